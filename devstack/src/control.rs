@@ -1,0 +1,190 @@
+//! Fault injection and the control endpoint (`/_devstack/...`).
+//!
+//! Faults are matched per service and operation: an error rate, added latency, a throttling
+//! rate, a full outage window (connections are accepted and dropped at once, which a client sees
+//! as a reset, as when a link is down) and a clock offset.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::Shared;
+use crate::wire::{ApiError, Protocol, Req};
+
+/// One rule: applies to calls whose service and operation match (`*` or absent = any).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct FaultRule {
+    /// Service short name (`ssm`, `logs`, `monitoring`, `sts`, `eks`, `rolesanywhere`, `mirror`).
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Operation name (`PutLogEvents`, ...).
+    #[serde(default)]
+    pub operation: Option<String>,
+    /// Probability in [0, 1] of answering with a 500 InternalServerError.
+    #[serde(default)]
+    pub error_rate: f64,
+    /// Probability in [0, 1] of answering with a throttling error.
+    #[serde(default)]
+    pub throttle_rate: f64,
+    /// Added latency in milliseconds.
+    #[serde(default)]
+    pub latency_ms: u64,
+}
+
+impl FaultRule {
+    fn matches(&self, service: &str, op: &str) -> bool {
+        let m = |want: &Option<String>, got: &str| match want.as_deref() {
+            None | Some("*") => true,
+            Some(w) => w.eq_ignore_ascii_case(got),
+        };
+        m(&self.service, service) && m(&self.operation, op)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    pub rules: Vec<FaultRule>,
+    /// While `Some(t)` and `now < t`, every connection is dropped on accept.
+    pub outage_until: Option<Instant>,
+    /// Seconds added to the devstack's clock (negative: behind the host).
+    pub clock_offset_secs: i64,
+}
+
+impl Faults {
+    pub fn latency_for(&self, service: &str, op: &str) -> Option<Duration> {
+        let ms: u64 = self.rules.iter().filter(|r| r.matches(service, op)).map(|r| r.latency_ms).sum();
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
+    /// Rolls the dice for every matching rule; the first that fires decides the error.
+    pub fn injected_error(&self, service: &str, op: &str, proto: Protocol) -> Option<ApiError> {
+        for r in self.rules.iter().filter(|r| r.matches(service, op)) {
+            if r.throttle_rate > 0.0 && rand::random::<f64>() < r.throttle_rate {
+                return Some(ApiError::throttling(proto));
+            }
+            if r.error_rate > 0.0 && rand::random::<f64>() < r.error_rate {
+                return Some(ApiError::internal("injected fault"));
+            }
+        }
+        None
+    }
+
+    pub fn in_outage(&self) -> bool {
+        self.outage_until.is_some_and(|t| Instant::now() < t)
+    }
+}
+
+/// Wire form of the fault settings for `GET/PUT /_devstack/faults`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultsDoc {
+    #[serde(default)]
+    pub rules: Vec<FaultRule>,
+    /// Remaining outage in seconds (0 = none).
+    #[serde(default)]
+    pub outage_secs: f64,
+    #[serde(default)]
+    pub clock_offset_secs: i64,
+}
+
+impl FaultsDoc {
+    pub fn from_faults(f: &Faults) -> Self {
+        let outage_secs = f
+            .outage_until
+            .and_then(|t| t.checked_duration_since(Instant::now()))
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        FaultsDoc { rules: f.rules.clone(), outage_secs, clock_offset_secs: f.clock_offset_secs }
+    }
+    pub fn into_faults(self) -> Faults {
+        Faults {
+            rules: self.rules,
+            outage_until: (self.outage_secs > 0.0).then(|| Instant::now() + Duration::from_secs_f64(self.outage_secs)),
+            clock_offset_secs: self.clock_offset_secs,
+        }
+    }
+}
+
+/// Control endpoint:
+/// - `GET /_devstack/health` → `ok`
+/// - `GET /_devstack/faults`, `PUT /_devstack/faults` (JSON [`FaultsDoc`]) → current settings
+/// - `POST /_devstack/outage?secs=N` → drop every connection for N seconds (0 ends it)
+/// - `POST /_devstack/clock?offset_secs=N`
+/// - `GET /_devstack/counters` → JSON map `service/Operation` → calls; `DELETE` resets
+pub async fn handle(state: &Shared, op: &str, req: &Req) -> axum::response::Response {
+    use axum::http::{Method, StatusCode};
+    let q = req.query_pairs();
+    let qf = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let json = |v: serde_json::Value| crate::wire::bytes_response(StatusCode::OK, "application/json", v.to_string().into());
+    match (req.method.clone(), op) {
+        (Method::GET, "health") => crate::wire::bytes_response(StatusCode::OK, "text/plain", "ok\n".into()),
+        (Method::GET, "faults") => json(serde_json::to_value(FaultsDoc::from_faults(&state.faults())).unwrap_or_default()),
+        (Method::PUT, "faults") => match serde_json::from_slice::<FaultsDoc>(&req.body) {
+            Ok(doc) => {
+                *state.faults_mut() = doc.into_faults();
+                json(serde_json::to_value(FaultsDoc::from_faults(&state.faults())).unwrap_or_default())
+            }
+            Err(e) => ApiError::bad_request("InvalidFaults", format!("faults document: {e}")).render(Protocol::Plain),
+        },
+        (Method::POST, "outage") => match qf("secs").map(|s| s.parse::<f64>()) {
+            Some(Ok(secs)) if secs >= 0.0 => {
+                state.faults_mut().outage_until = (secs > 0.0).then(|| Instant::now() + Duration::from_secs_f64(secs));
+                json(serde_json::json!({ "outage_secs": secs }))
+            }
+            _ => ApiError::bad_request("InvalidParameter", "outage needs ?secs=N (N >= 0)").render(Protocol::Plain),
+        },
+        (Method::POST, "clock") => match qf("offset_secs").map(|s| s.parse::<i64>()) {
+            Some(Ok(off)) => {
+                state.faults_mut().clock_offset_secs = off;
+                json(serde_json::json!({ "clock_offset_secs": off }))
+            }
+            _ => ApiError::bad_request("InvalidParameter", "clock needs ?offset_secs=N").render(Protocol::Plain),
+        },
+        (Method::GET, "counters") => json(serde_json::to_value(state.counters()).unwrap_or_default()),
+        (Method::DELETE, "counters") => {
+            state.reset_counters();
+            json(serde_json::json!({}))
+        }
+        _ => ApiError::not_found("UnknownControl", format!("no control endpoint {} /_devstack/{op}", req.method)).render(Protocol::Plain),
+    }
+}
+
+/// A listener that, during an outage window, accepts connections and drops them at once.
+pub struct GatedListener {
+    inner: tokio::net::TcpListener,
+    state: Shared,
+}
+
+impl GatedListener {
+    pub fn new(inner: tokio::net::TcpListener, state: Shared) -> Self {
+        Self { inner, state }
+    }
+}
+
+impl axum::serve::Listener for GatedListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((io, addr)) => {
+                    if self.state.faults().in_outage() {
+                        // Reset rather than FIN so clients see a hard network error.
+                        let _ = io.set_linger(Some(Duration::ZERO));
+                        drop(io);
+                        continue;
+                    }
+                    let _ = io.set_nodelay(true);
+                    return (io, addr);
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}

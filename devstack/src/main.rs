@@ -1,0 +1,107 @@
+//! `hybrid-devstack` — the local AWS stand-in for hybrid-agent's demo, tests and benchmarks.
+//!
+//! Listens on 127.0.0.1 and prints its URL on the first line of stdout, so scripts can read it:
+//! `url=$(hybrid-devstack --port 0 | head -1)`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(name = "hybrid-devstack", version, about = "Local AWS stand-in for hybrid-agent: SSM hybrid activation, CloudWatch Logs and metrics, EKS, STS and an artifact mirror on 127.0.0.1")]
+struct Args {
+    /// TCP port on 127.0.0.1 (0 picks a free port; the URL is printed either way).
+    #[arg(long, default_value_t = 4566)]
+    port: u16,
+    /// Persist state (activations, instances, credentials, logs, metrics) here across restarts.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Lifetime of issued instance credentials, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    token_lifetime: u64,
+    /// Directory served by the artifact mirror at /mirror/.
+    #[arg(long)]
+    mirror_dir: Option<PathBuf>,
+    /// Region the stand-in answers as.
+    #[arg(long, default_value = "us-west-2")]
+    region: String,
+    /// Probability (0..1) of an injected 500 on every operation.
+    #[arg(long, default_value_t = 0.0)]
+    error_rate: f64,
+    /// Probability (0..1) of an injected throttling error on every operation.
+    #[arg(long, default_value_t = 0.0)]
+    throttle_rate: f64,
+    /// Added latency on every operation, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Seconds added to the devstack's clock (negative = behind the host).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    clock_offset: i64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DEVSTACK_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let mut faults = hybrid_devstack::control::Faults { clock_offset_secs: args.clock_offset, ..Default::default() };
+    if args.error_rate > 0.0 || args.throttle_rate > 0.0 || args.latency_ms > 0 {
+        faults.rules.push(hybrid_devstack::control::FaultRule {
+            error_rate: args.error_rate,
+            throttle_rate: args.throttle_rate,
+            latency_ms: args.latency_ms,
+            ..Default::default()
+        });
+    }
+    let config = hybrid_devstack::Config {
+        port: args.port,
+        state_dir: args.state_dir,
+        token_lifetime: Duration::from_secs(args.token_lifetime),
+        mirror_dir: args.mirror_dir,
+        region: args.region,
+        faults,
+        ..Default::default()
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hybrid-devstack: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let (listener, state) = match hybrid_devstack::server::bind(config).await {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("hybrid-devstack: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match listener.local_addr() {
+            Ok(addr) => {
+                use std::io::Write;
+                println!("http://{addr}");
+                let _ = std::io::stdout().flush();
+            }
+            Err(e) => {
+                eprintln!("hybrid-devstack: no local address: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        let shutdown = async {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+        };
+        hybrid_devstack::server::serve(listener, state, shutdown).await;
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,1 @@
+//! SigV4 canonical request / string-to-sign construction for verification (being built).

@@ -1,0 +1,86 @@
+//! Shared state of a running devstack: configuration, the clock (with its injectable offset),
+//! per-service stores, fault settings and call counters.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, SystemTime};
+
+use crate::control::Faults;
+use crate::server::{Config, DevstackError};
+
+pub type Shared = Arc<State>;
+
+pub struct State {
+    pub config: Config,
+    faults: RwLock<Faults>,
+    counters: Mutex<BTreeMap<String, u64>>,
+    /// Credentials the devstack knows: the admin key pair and everything it issued.
+    pub creds: Mutex<crate::auth::CredentialStore>,
+    pub ssm: Mutex<crate::ssm::SsmState>,
+    pub logs: Mutex<crate::logs::LogsState>,
+    pub metrics: Mutex<crate::metrics::MetricsState>,
+    pub eks: crate::eks::EksState,
+    pub rolesanywhere: crate::rolesanywhere::RolesAnywhereState,
+}
+
+/// Locks a mutex, recovering the data if a handler panicked while holding it (the devstack keeps
+/// serving; a poisoned test double would only hide the original panic).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl State {
+    pub fn new(config: Config) -> Result<State, DevstackError> {
+        let faults = config.faults.clone();
+        let dir = config.state_dir.clone();
+        Ok(State {
+            creds: Mutex::new(crate::auth::CredentialStore::load(dir.as_deref())?),
+            ssm: Mutex::new(crate::ssm::SsmState::load(dir.as_deref())?),
+            logs: Mutex::new(crate::logs::LogsState::load(dir.as_deref())?),
+            metrics: Mutex::new(crate::metrics::MetricsState::load(dir.as_deref())?),
+            eks: crate::eks::EksState::load(dir.as_deref(), &config)?,
+            rolesanywhere: crate::rolesanywhere::RolesAnywhereState::load(dir.as_deref())?,
+            faults: RwLock::new(faults),
+            counters: Mutex::new(BTreeMap::new()),
+            config,
+        })
+    }
+
+    /// The devstack's "now": the host clock plus the injected clock offset. Used for signature
+    /// expiry checks, credential expiry, the `Date` header and log ingestion times.
+    pub fn now(&self) -> SystemTime {
+        let offset = self.faults().clock_offset_secs;
+        let base = SystemTime::now();
+        if offset >= 0 {
+            base + Duration::from_secs(offset as u64)
+        } else {
+            base - Duration::from_secs(offset.unsigned_abs())
+        }
+    }
+
+    pub fn faults(&self) -> RwLockReadGuard<'_, Faults> {
+        self.faults.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn faults_mut(&self) -> RwLockWriteGuard<'_, Faults> {
+        self.faults.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts one call of `service`/`op` (e.g. `logs/DescribeLogStreams`).
+    pub fn count_call(&self, service: &str, op: &str) {
+        *lock(&self.counters).entry(format!("{service}/{op}")).or_insert(0) += 1;
+    }
+
+    /// How often `service`/`op` was called since start (or the last reset).
+    pub fn call_count(&self, service: &str, op: &str) -> u64 {
+        lock(&self.counters).get(&format!("{service}/{op}")).copied().unwrap_or(0)
+    }
+
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        lock(&self.counters).clone()
+    }
+
+    pub fn reset_counters(&self) {
+        lock(&self.counters).clear();
+    }
+}
