@@ -7,6 +7,11 @@ use crate::server::DevstackError;
 use crate::state::Shared;
 use crate::wire::{ApiError, Req};
 
+/// The devstack's fixed admin key pair: what a user's own AWS tooling would sign with. Not a
+/// secret — the devstack only listens on 127.0.0.1.
+pub const ADMIN_ACCESS_KEY_ID: &str = "AKIADEVSTACKADMIN000";
+pub const ADMIN_SECRET_ACCESS_KEY: &str = "devstack-admin-secret-key-not-a-real-secret";
+
 #[derive(Debug, Default)]
 pub struct CredentialStore {}
 

@@ -12,6 +12,8 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "hybrid-devstack", version, about = "Local AWS stand-in for hybrid-agent: SSM hybrid activation, CloudWatch Logs and metrics, EKS, STS and an artifact mirror on 127.0.0.1")]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TCP port on 127.0.0.1 (0 picks a free port; the URL is printed either way).
     #[arg(long, default_value_t = 4566)]
     port: u16,
@@ -41,8 +43,36 @@ struct Args {
     clock_offset: i64,
 }
 
+/// Client-side helpers that talk to a running devstack with the official AWS SDK, as a user
+/// would talk to AWS.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Create an SSM hybrid activation (CreateActivation through aws-sdk-ssm) and print it as
+    /// JSON: {"ActivationId": "...", "ActivationCode": "..."}.
+    CreateActivation {
+        /// Devstack URL (as printed at its start).
+        #[arg(long, env = "AWS_ENDPOINT_URL")]
+        endpoint: String,
+        /// IAM role the hybrid node assumes.
+        #[arg(long, default_value = "AmazonEKSHybridNodesRole")]
+        iam_role: String,
+        /// How many machines may register with it.
+        #[arg(long, default_value_t = 1)]
+        registration_limit: i32,
+        /// Seconds until the activation expires.
+        #[arg(long, default_value_t = 86_400)]
+        expires_in: u64,
+        /// Region.
+        #[arg(long, default_value = "us-west-2")]
+        region: String,
+    },
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::CreateActivation { endpoint, iam_role, registration_limit, expires_in, region }) = args.command {
+        return create_activation(&endpoint, &iam_role, registration_limit, expires_in, &region);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DEVSTACK_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
@@ -103,5 +133,54 @@ fn main() -> ExitCode {
         };
         hybrid_devstack::server::serve(listener, state, shutdown).await;
         ExitCode::SUCCESS
+    })
+}
+
+fn create_activation(endpoint: &str, iam_role: &str, limit: i32, expires_in: u64, region: &str) -> ExitCode {
+    use aws_sdk_ssm::primitives::DateTime;
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hybrid-devstack: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(endpoint)
+            .region(aws_config::Region::new(region.to_string()))
+            .credentials_provider(aws_credential_types::Credentials::new(
+                hybrid_devstack::auth::ADMIN_ACCESS_KEY_ID,
+                hybrid_devstack::auth::ADMIN_SECRET_ACCESS_KEY,
+                None,
+                None,
+                "devstack-admin",
+            ))
+            .load()
+            .await;
+        let ssm = aws_sdk_ssm::Client::new(&config);
+        let expires = std::time::SystemTime::now() + Duration::from_secs(expires_in);
+        match ssm
+            .create_activation()
+            .iam_role(iam_role)
+            .registration_limit(limit)
+            .expiration_date(DateTime::from(expires))
+            .default_instance_name("hybrid-agent-demo")
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let doc = serde_json::json!({
+                    "ActivationId": out.activation_id(),
+                    "ActivationCode": out.activation_code(),
+                });
+                println!("{doc}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hybrid-devstack: CreateActivation at {endpoint} failed: {}", aws_sdk_ssm::error::DisplayErrorContext(&e));
+                ExitCode::FAILURE
+            }
+        }
     })
 }
