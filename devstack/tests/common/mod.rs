@@ -1,0 +1,82 @@
+//! Shared test plumbing: an in-process devstack, a moto_server from the project's venv, and SDK
+//! configs pointed at either.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::Credentials;
+
+/// The devstack's fixed admin key pair (documented in devstack/src/auth.rs).
+pub const ADMIN_ACCESS_KEY_ID: &str = "AKIADEVSTACKADMIN000";
+pub const ADMIN_SECRET_ACCESS_KEY: &str = "devstack-admin-secret-key-not-a-real-secret";
+pub const REGION: &str = "us-west-2";
+
+pub fn devstack() -> hybrid_devstack::Devstack {
+    hybrid_devstack::Devstack::spawn(hybrid_devstack::Config::default()).expect("start devstack")
+}
+
+/// An SDK config for `url` with static credentials and SDK retries off (tests see every error).
+pub async fn sdk_config(url: &str, access_key: &str, secret: &str, token: Option<String>) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(url)
+        .region(Region::new(REGION))
+        .credentials_provider(Credentials::new(access_key, secret, token, None, "test"))
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder().operation_timeout(Duration::from_secs(30)).build(),
+        )
+        .load()
+        .await
+}
+
+pub async fn admin_config(url: &str) -> SdkConfig {
+    sdk_config(url, ADMIN_ACCESS_KEY_ID, ADMIN_SECRET_ACCESS_KEY, None).await
+}
+
+/// A moto_server child on a free loopback port, killed on drop.
+pub struct Moto {
+    pub url: String,
+    child: Child,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Starts moto_server from `<repo>/.venv` (installed by scripts/setup). A missing moto is a
+/// failure with the fix, never a skip.
+pub fn moto() -> Moto {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bin = std::env::var_os("MOTO_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join(".venv/bin/moto_server"));
+    assert!(bin.exists(), "moto_server not found at {} — run scripts/setup (or scripts/test) to install it", bin.display());
+    let port = free_port();
+    let child = Command::new(&bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "moto_server did not listen on {url} within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Moto { url, child }
+}
