@@ -1,1 +1,21 @@
+//! hybrid-agent: turns an on-prem or edge Linux machine into an Amazon EKS hybrid node and keeps
+//! it healthy.
+//!
+//! The binary (`src/main.rs`) is a thin shell over this library: [`cli`] parses the command line
+//! and runs commands, [`config`] loads and validates every input once into a typed
+//! [`config::Config`], [`paths`] resolves every host path beneath `--root`, [`logging`] sets up
+//! stderr logging, and [`exit`] documents every exit code.
 
+pub mod aws;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod exit;
+pub mod identity;
+pub mod install;
+pub mod logging;
+pub mod node;
+pub mod paths;
+pub mod state;
+pub mod supervise;
+pub mod telemetry;

@@ -112,6 +112,9 @@ impl FaultsDoc {
 /// - `POST /_devstack/outage?secs=N` → drop every connection for N seconds (0 ends it)
 /// - `POST /_devstack/clock?offset_secs=N`
 /// - `GET /_devstack/counters` → JSON map `service/Operation` → calls; `DELETE` resets
+/// - `/_devstack/ssm/...` → [`crate::ssm::control`]
+/// - `/_devstack/eks/...` → [`crate::eks::control`], `/_devstack/mirror/...` → [`crate::mirror::control`]
+/// - `POST /_devstack/rolesanywhere/issue` → a certificate from the test CA ([`crate::rolesanywhere::issue`])
 pub async fn handle(state: &Shared, op: &str, req: &Req) -> axum::response::Response {
     use axum::http::{Method, StatusCode};
     let q = req.query_pairs();
@@ -146,6 +149,11 @@ pub async fn handle(state: &Shared, op: &str, req: &Req) -> axum::response::Resp
             state.reset_counters();
             json(serde_json::json!({}))
         }
+        // SSM knobs (key-rotation requests) live with the SSM state they change.
+        (_, op) if op.starts_with("ssm/") => crate::ssm::control(state, op, req),
+        (_, op) if op.starts_with("eks/") => crate::eks::control(state, op, req).await,
+        (_, op) if op.starts_with("mirror/") => crate::mirror::control(state, op, req).await,
+        (Method::POST, "rolesanywhere/issue") => crate::rolesanywhere::control_issue(state, req),
         _ => ApiError::not_found("UnknownControl", format!("no control endpoint {} /_devstack/{op}", req.method)).render(Protocol::Plain),
     }
 }

@@ -18,6 +18,7 @@ pub mod eks;
 pub mod logs;
 pub mod metrics;
 pub mod mirror;
+pub mod persist;
 pub mod rolesanywhere;
 pub mod server;
 pub mod sigv4;

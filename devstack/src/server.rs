@@ -241,6 +241,11 @@ pub fn classify(req: &Req) -> Option<(Service, String)> {
 }
 
 async fn dispatch(AxState(state): AxState<Shared>, request: Request<Body>) -> Response {
+    // The GatedListener refuses new connections during an outage; a request on a connection
+    // kept alive from before must fail too, or pooled clients would never notice the outage.
+    if state.faults().in_outage() {
+        return crate::mirror::severed_response();
+    }
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(b) => b,
@@ -266,7 +271,10 @@ async fn dispatch(AxState(state): AxState<Shared>, request: Request<Body>) -> Re
     };
     state.count_call(service.name(), &op);
     if !matches!(service, Service::Control) {
-        if let Some(delay) = state.faults().latency_for(service.name(), &op) {
+        // Bound first: in an `if let` the faults read guard would live across the await, and a
+        // std guard held there makes the handler future !Send.
+        let delay = state.faults().latency_for(service.name(), &op);
+        if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
         if let Some(err) = state.faults().injected_error(service.name(), &op, service.protocol()) {

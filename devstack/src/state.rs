@@ -20,6 +20,7 @@ pub struct State {
     pub logs: Mutex<crate::logs::LogsState>,
     pub metrics: Mutex<crate::metrics::MetricsState>,
     pub eks: crate::eks::EksState,
+    pub mirror: crate::mirror::MirrorState,
     pub rolesanywhere: crate::rolesanywhere::RolesAnywhereState,
 }
 
@@ -39,6 +40,7 @@ impl State {
             logs: Mutex::new(crate::logs::LogsState::load(dir.as_deref())?),
             metrics: Mutex::new(crate::metrics::MetricsState::load(dir.as_deref())?),
             eks: crate::eks::EksState::load(dir.as_deref(), &config)?,
+            mirror: crate::mirror::MirrorState::default(),
             rolesanywhere: crate::rolesanywhere::RolesAnywhereState::load(dir.as_deref())?,
             faults: RwLock::new(faults),
             counters: Mutex::new(BTreeMap::new()),

@@ -1,0 +1,161 @@
+//! The HTTP client of the private API clients (SSM hybrid instance calls, IAM Roles Anywhere
+//! CreateSession), which aws-sdk-rust does not cover: reqwest over rustls (aws-lc-rs), explicit
+//! timeouts, optional proxy and extra CA bundle, and a classification of transport failures so
+//! a TLS problem and an unreachable endpoint get different messages and exit codes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Time allowed to establish TCP + TLS. A reachable AWS endpoint answers in well under a second;
+/// 10 s covers slow satellite links without hanging a `join` for long.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for a whole request. The identity calls return a few hundred bytes.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Proxy and trust settings shared by every private client.
+#[derive(Debug, Clone, Default)]
+pub struct HttpSettings {
+    /// `http://host:port` proxy for every request (HTTPS is tunnelled with CONNECT).
+    pub proxy: Option<String>,
+    /// PEM bundle of extra CAs trusted besides the system's (corporate TLS inspection).
+    pub extra_ca_bundle: Option<PathBuf>,
+    pub connect_timeout: Option<Duration>,
+    pub request_timeout: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpSetupError {
+    #[error("proxy URL `{url}` is not valid: {source}")]
+    Proxy { url: String, source: reqwest::Error },
+    #[error("cannot read CA bundle {path}: {source}")]
+    CaRead { path: PathBuf, source: std::io::Error },
+    #[error("CA bundle {path} holds no usable PEM certificate: {source}")]
+    CaParse { path: PathBuf, source: reqwest::Error },
+    #[error("cannot build the HTTP client: {0}")]
+    Build(reqwest::Error),
+}
+
+/// A client with the settings applied.
+pub fn client(settings: &HttpSettings) -> Result<reqwest::Client, HttpSetupError> {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(settings.connect_timeout.unwrap_or(CONNECT_TIMEOUT))
+        .timeout(settings.request_timeout.unwrap_or(REQUEST_TIMEOUT))
+        // Identity calls are minutes apart: a pooled connection would mostly be one a NAT or
+        // proxy has silently dropped. A fresh connection per call fails fast and honestly.
+        .pool_max_idle_per_host(0)
+        .user_agent(concat!("hybrid-agent/", env!("CARGO_PKG_VERSION")));
+    if let Some(url) = &settings.proxy {
+        let proxy = reqwest::Proxy::all(url).map_err(|source| HttpSetupError::Proxy { url: url.clone(), source })?;
+        b = b.proxy(proxy);
+    }
+    if let Some(path) = &settings.extra_ca_bundle {
+        let pem = std::fs::read(path).map_err(|source| HttpSetupError::CaRead { path: path.clone(), source })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|source| HttpSetupError::CaParse { path: path.clone(), source })?;
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.build().map_err(HttpSetupError::Build)
+}
+
+/// What went wrong below HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// The TLS handshake failed: untrusted certificate, wrong host name, not TLS at all.
+    Tls,
+    /// The request or connection timed out.
+    Timeout,
+    /// DNS, connection refused/reset, proxy refused, ...
+    Connect,
+}
+
+/// Classifies a reqwest error and renders its whole source chain (reqwest's own `Display` says
+/// only "error sending request").
+pub fn classify(e: &reqwest::Error) -> (TransportKind, String) {
+    let mut detail = e.to_string();
+    let mut tls = false;
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        if s.downcast_ref::<rustls::Error>().is_some() {
+            tls = true;
+        }
+        if s.downcast_ref::<std::io::Error>().is_some_and(io_wraps_rustls) {
+            tls = true;
+        }
+        src = s.source();
+    }
+    let kind = if tls {
+        TransportKind::Tls
+    } else if e.is_timeout() {
+        TransportKind::Timeout
+    } else {
+        TransportKind::Connect
+    };
+    (kind, dedup_chain(&detail))
+}
+
+/// hyper-util wraps tokio-rustls's `io::Error(InvalidData, rustls::Error)` in another
+/// `io::Error`; look through any depth of such wrapping.
+fn io_wraps_rustls(io: &std::io::Error) -> bool {
+    match io.get_ref() {
+        Some(inner) => {
+            inner.downcast_ref::<rustls::Error>().is_some() || inner.downcast_ref::<std::io::Error>().is_some_and(io_wraps_rustls)
+        }
+        None => false,
+    }
+}
+
+/// hyper and reqwest often repeat the inner message in the outer one; drop exact repeats.
+fn dedup_chain(s: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for p in s.split(": ") {
+        if !parts.contains(&p) {
+            parts.push(p);
+        }
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn refused_connection_is_connect() {
+        // Bind then drop: the port is (almost certainly) closed afterwards.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let c = client(&HttpSettings::default()).expect("client");
+        let e = c.get(format!("http://127.0.0.1:{port}/")).send().await.expect_err("closed port");
+        let (kind, detail) = classify(&e);
+        assert_eq!(kind, TransportKind::Connect, "{detail}");
+    }
+
+    #[tokio::test]
+    async fn https_to_a_plain_http_server_is_tls() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").await;
+            }
+        });
+        let c = client(&HttpSettings::default()).expect("client");
+        let e = c.get(format!("https://127.0.0.1:{port}/")).send().await.expect_err("not TLS");
+        let (kind, detail) = classify(&e);
+        assert_eq!(kind, TransportKind::Tls, "{detail}");
+    }
+
+    #[test]
+    fn bad_ca_bundle_names_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("ca.pem");
+        let e = client(&HttpSettings { extra_ca_bundle: Some(p.clone()), ..Default::default() }).expect_err("missing");
+        assert!(e.to_string().contains("ca.pem"), "{e}");
+    }
+}

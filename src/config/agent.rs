@@ -1,0 +1,647 @@
+//! The agent's own settings: `/etc/hybrid-agent/config.toml` (optional; defaults otherwise).
+//!
+//! The file is for what nodeadm's NodeConfig has no words for: where credentials are written,
+//! which supervisor backend runs kubelet and containerd, how much telemetry may be spooled while
+//! offline, where logs and metrics go, proxy and CA settings, and endpoint overrides. Every key is
+//! optional; `examples/config.toml` documents them all with their defaults and is loaded by the
+//! tests, so it cannot go stale.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::SourceFile;
+use super::endpoints::{ENDPOINT_SCHEMES, Endpoints, Service};
+use super::env::Env;
+use super::problem::{Problem, Problems};
+use super::types::{SafeUrl, parse_duration, serialize_duration, serialize_opt_duration};
+use crate::paths::HostPaths;
+
+/// Credentials profile written by default; kubelet's exec plugin reads `default` (nodeadm).
+pub const DEFAULT_CREDENTIALS_PROFILE: &str = "default";
+/// Cap on the credential-refresh retry backoff. nodeadm caps it at 60 s; ssm-agent's uncapped
+/// backoff grew to hours (PROTOCOLS.md §1, ssm-agent#468).
+pub const DEFAULT_REFRESH_BACKOFF_CAP: Duration = Duration::from_secs(60);
+/// Shortest allowed backoff cap: below a second the agent would hammer a failing endpoint. Ours.
+pub const MIN_REFRESH_BACKOFF_CAP: Duration = Duration::from_secs(1);
+/// Longest allowed backoff cap: credentials last about an hour (PROTOCOLS.md §1), so waiting
+/// longer than that between attempts guarantees expired credentials.
+pub const MAX_REFRESH_BACKOFF_CAP: Duration = Duration::from_secs(3_600);
+/// Shortest allowed maximum key age: rotating the SSM key more often than hourly only adds
+/// load on UpdateManagedInstancePublicKey. Ours.
+pub const MIN_MAX_KEY_AGE: Duration = Duration::from_secs(3_600);
+/// Spool size when the file says nothing. Ours (DESIGN.md "nothing lost while offline").
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 512 * 1024 * 1024;
+/// Smallest spool that holds one full PutLogEvents batch (1,048,576 bytes, PROTOCOLS.md §4).
+pub const MIN_SPOOL_MAX_BYTES: u64 = 1_048_576;
+/// Default log group; `{cluster}` is replaced by the cluster name. Ours.
+pub const DEFAULT_LOG_GROUP: &str = "/aws/eks-hybrid/{cluster}";
+/// Default log stream; one stream per node and unit. Ours.
+pub const DEFAULT_LOG_STREAM: &str = "{node}/{unit}";
+/// Default CloudWatch metric namespace. Ours.
+pub const DEFAULT_METRIC_NAMESPACE: &str = "HybridAgent";
+/// Metric publishing interval: CloudWatch's standard resolution is one minute.
+pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(60);
+/// How long log events may wait in memory before a PutLogEvents call. Ours.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+/// Units whose journal entries are shipped by default (DESIGN.md "telemetry").
+pub const DEFAULT_UNITS: [&str; 3] = ["kubelet", "containerd", "hybrid-agent"];
+/// Maximum length of a log group or stream name (CloudWatch Logs CreateLogGroup/CreateLogStream).
+pub const MAX_LOG_NAME_LEN: usize = 512;
+/// Maximum length of a metric namespace (CloudWatch PutMetricData `Namespace`).
+pub const MAX_NAMESPACE_LEN: usize = 255;
+/// Placeholders a log group or stream template may use.
+pub const TEMPLATE_PLACEHOLDERS: [&str; 4] = ["cluster", "node", "unit", "region"];
+/// URL schemes a proxy may use.
+pub const PROXY_SCHEMES: &[&str] = &["http", "https", "socks5", "socks5h"];
+/// URL schemes the artifact mirror may use.
+pub const MIRROR_SCHEMES: &[&str] = &["https", "http"];
+
+// ---------------------------------------------------------------------------------------------
+// The file as written. Every field is optional so that a bad value can be dropped and the rest
+// still checked (see `tolerant`).
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AgentConfigFile {
+    credentials: Option<CredentialsSection>,
+    supervisor: Option<SupervisorSection>,
+    spool: Option<SpoolSection>,
+    telemetry: Option<TelemetrySection>,
+    artifacts: Option<ArtifactsSection>,
+    network: Option<NetworkSection>,
+    endpoints: Option<EndpointsSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialsSection {
+    file: Option<String>,
+    profile: Option<String>,
+    refresh_backoff_cap: Option<String>,
+    max_key_age: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SupervisorSection {
+    backend: Option<SupervisorBackend>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpoolSection {
+    dir: Option<String>,
+    max_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TelemetrySection {
+    log_group: Option<String>,
+    log_stream: Option<String>,
+    metric_namespace: Option<String>,
+    metrics_interval: Option<String>,
+    flush_interval: Option<String>,
+    units: Option<Vec<String>>,
+    min_priority: Option<Priority>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArtifactsSection {
+    mirror_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkSection {
+    proxy: Option<String>,
+    no_proxy: Option<Vec<String>>,
+    ca_bundle: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointsSection {
+    ssm: Option<String>,
+    logs: Option<String>,
+    cloudwatch: Option<String>,
+    eks: Option<String>,
+    sts: Option<String>,
+    rolesanywhere: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validated settings.
+
+/// How kubelet and containerd are supervised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SupervisorBackend {
+    /// systemd when PID 1 is systemd, else the built-in process supervisor.
+    #[default]
+    Auto,
+    /// systemd units over D-Bus.
+    Systemd,
+    /// Child processes of the agent (for boxes and tests without systemd).
+    Process,
+}
+
+/// journald/syslog priority; entries at this priority or more severe are shipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// 0
+    Emerg,
+    /// 1
+    Alert,
+    /// 2
+    Crit,
+    /// 3
+    #[serde(alias = "error")]
+    Err,
+    /// 4
+    #[serde(alias = "warn")]
+    Warning,
+    /// 5
+    Notice,
+    /// 6
+    #[default]
+    Info,
+    /// 7
+    Debug,
+}
+
+impl Priority {
+    /// The numeric syslog priority (`PRIORITY=` in the journal).
+    pub fn number(self) -> u8 {
+        self as u8
+    }
+}
+
+/// Where and how refreshed credentials are written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CredentialsConfig {
+    /// Shared credentials file (resolved under `--root`).
+    pub file: PathBuf,
+    /// Profile section written in it.
+    pub profile: String,
+    /// Cap on the retry backoff after a failed refresh.
+    #[serde(serialize_with = "serialize_duration")]
+    pub refresh_backoff_cap: Duration,
+    /// Rotate the SSM key pair after this age even if SSM does not ask (None: only when asked).
+    #[serde(serialize_with = "serialize_opt_duration")]
+    pub max_key_age: Option<Duration>,
+}
+
+/// Supervisor choice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SupervisorConfig {
+    /// Backend.
+    pub backend: SupervisorBackend,
+}
+
+/// Offline telemetry spool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpoolConfig {
+    /// Spool directory (resolved under `--root`).
+    pub dir: PathBuf,
+    /// Size cap; the oldest data is dropped (and counted) beyond it.
+    pub max_bytes: u64,
+}
+
+/// Logs and metrics shipping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TelemetryConfig {
+    /// Log group name template.
+    pub log_group: String,
+    /// Log stream name template.
+    pub log_stream: String,
+    /// CloudWatch metric namespace.
+    pub metric_namespace: String,
+    /// Metric publishing interval.
+    #[serde(serialize_with = "serialize_duration")]
+    pub metrics_interval: Duration,
+    /// Longest time a log event waits before being sent.
+    #[serde(serialize_with = "serialize_duration")]
+    pub flush_interval: Duration,
+    /// Units (or syslog identifiers) whose journal entries are shipped.
+    pub units: Vec<String>,
+    /// Least severe priority shipped.
+    pub min_priority: Priority,
+}
+
+/// Artifact download settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ArtifactsConfig {
+    /// Mirror serving the artifact manifest and files instead of the public locations.
+    pub mirror_url: Option<SafeUrl>,
+}
+
+/// Outbound network settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkConfig {
+    /// HTTP(S) proxy for every AWS and artifact request.
+    pub proxy: Option<SafeUrl>,
+    /// Hosts reached directly, bypassing the proxy.
+    pub no_proxy: Vec<String>,
+    /// Extra PEM CA bundle trusted in addition to the system roots (resolved under `--root`).
+    pub ca_bundle: Option<PathBuf>,
+}
+
+/// The validated agent configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentConfig {
+    /// Credentials file settings.
+    pub credentials: CredentialsConfig,
+    /// Supervisor settings.
+    pub supervisor: SupervisorConfig,
+    /// Spool settings.
+    pub spool: SpoolConfig,
+    /// Telemetry settings.
+    pub telemetry: TelemetryConfig,
+    /// Artifact settings.
+    pub artifacts: ArtifactsConfig,
+    /// Network settings.
+    pub network: NetworkConfig,
+    /// Endpoint overrides after applying the environment.
+    pub endpoints: Endpoints,
+}
+
+impl AgentConfig {
+    /// The configuration with no file and no environment overrides.
+    pub fn defaults(paths: &HostPaths) -> Self {
+        Self {
+            credentials: CredentialsConfig {
+                file: paths.aws_credentials(),
+                profile: DEFAULT_CREDENTIALS_PROFILE.to_owned(),
+                refresh_backoff_cap: DEFAULT_REFRESH_BACKOFF_CAP,
+                max_key_age: None,
+            },
+            supervisor: SupervisorConfig {
+                backend: SupervisorBackend::Auto,
+            },
+            spool: SpoolConfig {
+                dir: paths.spool_dir(),
+                max_bytes: DEFAULT_SPOOL_MAX_BYTES,
+            },
+            telemetry: TelemetryConfig {
+                log_group: DEFAULT_LOG_GROUP.to_owned(),
+                log_stream: DEFAULT_LOG_STREAM.to_owned(),
+                metric_namespace: DEFAULT_METRIC_NAMESPACE.to_owned(),
+                metrics_interval: DEFAULT_METRICS_INTERVAL,
+                flush_interval: DEFAULT_FLUSH_INTERVAL,
+                units: DEFAULT_UNITS.iter().map(|u| (*u).to_owned()).collect(),
+                min_priority: Priority::Info,
+            },
+            artifacts: ArtifactsConfig { mirror_url: None },
+            network: NetworkConfig {
+                proxy: None,
+                no_proxy: Vec::new(),
+                ca_bundle: None,
+            },
+            endpoints: Endpoints::default(),
+        }
+    }
+}
+
+/// Validates the parsed file (or `None` for no file) into [`AgentConfig`], adding every problem
+/// to `problems`. Fields already reported by the parser are skipped so they are not reported
+/// twice.
+pub(crate) fn resolve(
+    file: Option<(&AgentConfigFile, &SourceFile<'_>)>,
+    paths: &HostPaths,
+    env: &Env,
+    problems: &mut Problems,
+) -> AgentConfig {
+    let mut config = AgentConfig::defaults(paths);
+    let mut file_endpoints = BTreeMap::new();
+    if let Some((raw, source)) = file {
+        let mut check = Check {
+            source,
+            problems,
+            paths,
+        };
+        check.credentials(raw.credentials.as_ref(), &mut config.credentials);
+        if let Some(backend) = raw.supervisor.as_ref().and_then(|s| s.backend) {
+            config.supervisor.backend = backend;
+        }
+        check.spool(raw.spool.as_ref(), &mut config.spool);
+        check.telemetry(raw.telemetry.as_ref(), &mut config.telemetry);
+        if let Some(url) = raw.artifacts.as_ref().and_then(|a| a.mirror_url.as_deref()) {
+            config.artifacts.mirror_url = check.url("artifacts.mirror_url", url, MIRROR_SCHEMES);
+        }
+        check.network(raw.network.as_ref(), &mut config.network);
+        if let Some(e) = &raw.endpoints {
+            for (service, value) in [
+                (Service::Ssm, &e.ssm),
+                (Service::Logs, &e.logs),
+                (Service::Cloudwatch, &e.cloudwatch),
+                (Service::Eks, &e.eks),
+                (Service::Sts, &e.sts),
+                (Service::Rolesanywhere, &e.rolesanywhere),
+            ] {
+                if let Some(value) = value {
+                    let field = format!("endpoints.{}", service.config_key());
+                    if let Some(url) = check.url(&field, value, ENDPOINT_SCHEMES) {
+                        file_endpoints.insert(service, url);
+                    }
+                }
+            }
+        }
+    }
+    match Endpoints::resolve(&file_endpoints, env) {
+        Ok(endpoints) => config.endpoints = endpoints,
+        Err(env_problems) => problems.extend(env_problems),
+    }
+    config
+}
+
+struct Check<'a, 'p> {
+    source: &'a SourceFile<'a>,
+    problems: &'p mut Problems,
+    paths: &'a HostPaths,
+}
+
+impl Check<'_, '_> {
+    fn report(&mut self, field: &str, message: impl Into<String>, hint: impl Into<String>) {
+        if self.problems.mentions(field) {
+            return;
+        }
+        let problem = Problem::new(self.source.location(field), field, message).hint(hint);
+        self.problems.push(problem);
+    }
+
+    fn duration(
+        &mut self,
+        field: &str,
+        value: &str,
+        min: Duration,
+        max: Option<Duration>,
+    ) -> Option<Duration> {
+        let d = match parse_duration(value) {
+            Ok(d) => d,
+            Err(message) => {
+                self.report(
+                    field,
+                    message,
+                    "write a number and a unit, e.g. \"60s\", \"5m\" or \"30d\"",
+                );
+                return None;
+            }
+        };
+        let too_long = max.is_some_and(|max| d > max);
+        if d < min || too_long {
+            let range = match max {
+                Some(max) => format!(
+                    "between {} and {}",
+                    super::types::format_duration(min),
+                    super::types::format_duration(max)
+                ),
+                None => format!("at least {}", super::types::format_duration(min)),
+            };
+            self.report(
+                field,
+                format!("`{value}` is out of range"),
+                format!("use a value {range}"),
+            );
+            return None;
+        }
+        Some(d)
+    }
+
+    fn host_path(&mut self, field: &str, value: &str) -> Option<PathBuf> {
+        if !value.starts_with('/') {
+            self.report(
+                field,
+                format!("`{value}` is not an absolute path"),
+                "write the absolute path on the host, e.g. /var/lib/…; it is resolved under --root",
+            );
+            return None;
+        }
+        Some(self.paths.resolve(value))
+    }
+
+    fn url(&mut self, field: &str, value: &str, schemes: &[&str]) -> Option<SafeUrl> {
+        match SafeUrl::parse(value, schemes) {
+            Ok(url) => Some(url),
+            Err(message) => {
+                self.report(
+                    field,
+                    message,
+                    format!(
+                        "write a full URL such as {}://host:port",
+                        schemes.first().copied().unwrap_or("https")
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn credentials(&mut self, raw: Option<&CredentialsSection>, out: &mut CredentialsConfig) {
+        let Some(raw) = raw else { return };
+        if let Some(file) = &raw.file
+            && let Some(path) = self.host_path("credentials.file", file)
+        {
+            out.file = path;
+        }
+        if let Some(profile) = &raw.profile {
+            let valid = !profile.is_empty()
+                && profile.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | '+' | '@')
+                });
+            if valid {
+                out.profile = profile.clone();
+            } else {
+                self.report(
+                    "credentials.profile",
+                    format!("`{profile}` is not a usable profile name"),
+                    "use letters, digits and - _ . (no spaces or brackets), e.g. \"default\"",
+                );
+            }
+        }
+        if let Some(cap) = &raw.refresh_backoff_cap
+            && let Some(d) = self.duration(
+                "credentials.refresh_backoff_cap",
+                cap,
+                MIN_REFRESH_BACKOFF_CAP,
+                Some(MAX_REFRESH_BACKOFF_CAP),
+            )
+        {
+            out.refresh_backoff_cap = d;
+        }
+        if let Some(age) = &raw.max_key_age {
+            out.max_key_age = self.duration("credentials.max_key_age", age, MIN_MAX_KEY_AGE, None);
+        }
+    }
+
+    fn spool(&mut self, raw: Option<&SpoolSection>, out: &mut SpoolConfig) {
+        let Some(raw) = raw else { return };
+        if let Some(dir) = &raw.dir
+            && let Some(path) = self.host_path("spool.dir", dir)
+        {
+            out.dir = path;
+        }
+        if let Some(max) = raw.max_bytes {
+            if max < MIN_SPOOL_MAX_BYTES {
+                self.report(
+                    "spool.max_bytes",
+                    format!("{max} bytes cannot hold one PutLogEvents batch"),
+                    format!("use at least {MIN_SPOOL_MAX_BYTES} (1 MiB)"),
+                );
+            } else {
+                out.max_bytes = max;
+            }
+        }
+    }
+
+    fn template(&mut self, field: &str, value: &str, allowed_char: fn(char) -> bool) -> bool {
+        let mut ok = true;
+        if value.is_empty() || value.chars().count() > MAX_LOG_NAME_LEN {
+            self.report(field, "must be 1 to 512 characters", "shorten the name");
+            return false;
+        }
+        let mut rest = value;
+        while let Some(open) = rest.find('{') {
+            let Some(close) = rest[open..].find('}') else {
+                self.report(
+                    field,
+                    "has an unclosed `{`",
+                    "close the placeholder, e.g. {cluster}",
+                );
+                return false;
+            };
+            let name = &rest[open + 1..open + close];
+            if !TEMPLATE_PLACEHOLDERS.contains(&name) {
+                self.report(
+                    field,
+                    format!("uses unknown placeholder `{{{name}}}`"),
+                    "use {cluster}, {node}, {unit} or {region}",
+                );
+                ok = false;
+            }
+            if let Some(bad) = rest[..open].chars().find(|c| !allowed_char(*c)) {
+                self.report(
+                    field,
+                    format!("contains `{bad}`, which CloudWatch Logs does not allow here"),
+                    "remove the character",
+                );
+                ok = false;
+            }
+            rest = &rest[open + close + 1..];
+        }
+        if let Some(bad) = rest.chars().find(|c| !allowed_char(*c)) {
+            self.report(
+                field,
+                format!("contains `{bad}`, which CloudWatch Logs does not allow here"),
+                "remove the character",
+            );
+            ok = false;
+        }
+        ok
+    }
+
+    fn telemetry(&mut self, raw: Option<&TelemetrySection>, out: &mut TelemetryConfig) {
+        let Some(raw) = raw else { return };
+        // CloudWatch Logs log group names: [.-_/#A-Za-z0-9]; stream names: anything but ':' and '*'.
+        fn group_char(c: char) -> bool {
+            c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/' | '#')
+        }
+        fn stream_char(c: char) -> bool {
+            c != ':' && c != '*' && !c.is_control()
+        }
+        if let Some(group) = &raw.log_group
+            && self.template("telemetry.log_group", group, group_char)
+        {
+            out.log_group = group.clone();
+        }
+        if let Some(stream) = &raw.log_stream
+            && self.template("telemetry.log_stream", stream, stream_char)
+        {
+            out.log_stream = stream.clone();
+        }
+        if let Some(ns) = &raw.metric_namespace {
+            let printable = ns.chars().all(|c| c.is_ascii_graphic() || c == ' ');
+            if ns.is_empty() || ns.len() > MAX_NAMESPACE_LEN || !printable || ns.starts_with("AWS/")
+            {
+                self.report(
+                    "telemetry.metric_namespace",
+                    format!("`{ns}` is not a usable CloudWatch namespace"),
+                    "use 1 to 255 printable ASCII characters not starting with \"AWS/\"",
+                );
+            } else {
+                out.metric_namespace = ns.clone();
+            }
+        }
+        if let Some(v) = &raw.metrics_interval
+            && let Some(d) = self.duration(
+                "telemetry.metrics_interval",
+                v,
+                Duration::from_secs(1),
+                Some(Duration::from_secs(3_600)),
+            )
+        {
+            out.metrics_interval = d;
+        }
+        if let Some(v) = &raw.flush_interval
+            && let Some(d) = self.duration(
+                "telemetry.flush_interval",
+                v,
+                Duration::from_millis(100),
+                Some(Duration::from_secs(300)),
+            )
+        {
+            out.flush_interval = d;
+        }
+        if let Some(units) = &raw.units {
+            let bad: Vec<&String> = units
+                .iter()
+                .filter(|u| u.is_empty() || u.chars().any(|c| c.is_whitespace() || c.is_control()))
+                .collect();
+            if units.is_empty() {
+                self.report(
+                    "telemetry.units",
+                    "is empty, so no logs would be shipped",
+                    "list at least one unit, e.g. [\"kubelet\"]",
+                );
+            } else if !bad.is_empty() {
+                self.report(
+                    "telemetry.units",
+                    format!("has {} invalid unit name(s)", bad.len()),
+                    "use unit names without spaces, e.g. \"kubelet\" or \"kubelet.service\"",
+                );
+            } else {
+                out.units = units.clone();
+            }
+        }
+        if let Some(p) = raw.min_priority {
+            out.min_priority = p;
+        }
+    }
+
+    fn network(&mut self, raw: Option<&NetworkSection>, out: &mut NetworkConfig) {
+        let Some(raw) = raw else { return };
+        if let Some(proxy) = &raw.proxy {
+            out.proxy = self.url("network.proxy", proxy, PROXY_SCHEMES);
+        }
+        if let Some(no_proxy) = &raw.no_proxy {
+            out.no_proxy = no_proxy.clone();
+        }
+        if let Some(ca) = &raw.ca_bundle {
+            out.ca_bundle = self.host_path("network.ca_bundle", ca);
+        }
+    }
+}
+
+/// Where the agent config comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentConfigSource {
+    /// `/etc/hybrid-agent/config.toml` under `--root`; a missing file means defaults.
+    Default,
+    /// A path the user named with `--config`; it must exist.
+    Explicit(PathBuf),
+}

@@ -1,0 +1,176 @@
+//! Wall-clock time for signing and expiry, with the skew against the service corrected.
+//!
+//! A box that boots with a wrong clock signs requests the service rejects as "Signature
+//! expired" (amazon-ssm-agent#616), and amazon-ssm-agent keeps failing until NTP catches up.
+//! Every response from AWS carries a `Date` header; [`SkewedClock`] remembers the difference
+//! and signs with the service's notion of now, so one rejected request is the most a skewed
+//! clock costs. The host clock itself is injected ([`Clock`]) so tests can move it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, SystemTime};
+
+/// Skew below this is left alone: `Date` has one-second resolution and a request takes time,
+/// and SigV4 tolerates 5 minutes anyway. Above it, the correction is applied.
+pub const SKEW_TOLERANCE: Duration = Duration::from_secs(5);
+
+/// Source of "now". The real one is [`SystemClock`].
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now(&self) -> SystemTime;
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// The host clock plus the last measured offset to the service's clock.
+#[derive(Debug)]
+pub struct SkewedClock {
+    host: Arc<dyn Clock>,
+    /// Service time minus host time, in milliseconds; 0 while within tolerance.
+    offset_ms: AtomicI64,
+    /// Whether the current offset has been logged (log once per change, not per request).
+    logged: AtomicBool,
+}
+
+/// What [`SkewedClock::observe`] concluded from one response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkewChange {
+    /// The correction in use did not change.
+    Unchanged,
+    /// A new correction (in ms, service minus host) is in use from now on.
+    Corrected(i64),
+    /// The clocks agree again; the correction was dropped.
+    Cleared,
+}
+
+impl SkewedClock {
+    pub fn new(host: Arc<dyn Clock>) -> SkewedClock {
+        SkewedClock { host, offset_ms: AtomicI64::new(0), logged: AtomicBool::new(false) }
+    }
+
+    /// The host clock, uncorrected (for local bookkeeping such as "last refresh").
+    pub fn host_now(&self) -> SystemTime {
+        self.host.now()
+    }
+
+    /// The service's time as best known: what to sign with and compare expiry against.
+    pub fn now(&self) -> SystemTime {
+        shift(self.host.now(), self.offset_ms.load(Ordering::Relaxed))
+    }
+
+    /// Current correction in milliseconds (service minus host).
+    pub fn offset_ms(&self) -> i64 {
+        self.offset_ms.load(Ordering::Relaxed)
+    }
+
+    /// Feeds one response's `Date` header (HTTP-date) received at host time `received`.
+    pub fn observe(&self, date_header: &str, received: SystemTime) -> SkewChange {
+        let Ok(server) = httpdate::parse_http_date(date_header) else {
+            return SkewChange::Unchanged;
+        };
+        let skew_ms = signed_ms(server, received);
+        let tolerance = SKEW_TOLERANCE.as_millis() as i64;
+        let old = self.offset_ms.load(Ordering::Relaxed);
+        if skew_ms.abs() < tolerance {
+            if old != 0 {
+                self.offset_ms.store(0, Ordering::Relaxed);
+                self.logged.store(false, Ordering::Relaxed);
+                tracing::info!("host clock agrees with the service again; clock skew correction dropped");
+                return SkewChange::Cleared;
+            }
+            return SkewChange::Unchanged;
+        }
+        // Within tolerance of the correction already in use: keep it (stable signing times).
+        if old != 0 && (skew_ms - old).abs() < tolerance {
+            return SkewChange::Unchanged;
+        }
+        self.offset_ms.store(skew_ms, Ordering::Relaxed);
+        if !self.logged.swap(true, Ordering::Relaxed) || old != 0 {
+            tracing::warn!(
+                skew_secs = skew_ms / 1000,
+                "host clock differs from the service's by {} s (service minus host); signing with the service's time — check NTP (timedatectl status)",
+                skew_ms / 1000
+            );
+        }
+        SkewChange::Corrected(skew_ms)
+    }
+}
+
+fn signed_ms(a: SystemTime, b: SystemTime) -> i64 {
+    match a.duration_since(b) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
+    }
+}
+
+fn shift(t: SystemTime, ms: i64) -> SystemTime {
+    if ms >= 0 {
+        t + Duration::from_millis(ms as u64)
+    } else {
+        t.checked_sub(Duration::from_millis(ms.unsigned_abs())).unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+}
+
+/// A clock tests set by hand.
+#[derive(Debug)]
+pub struct ManualClock(std::sync::Mutex<SystemTime>);
+
+impl ManualClock {
+    pub fn new(t: SystemTime) -> ManualClock {
+        ManualClock(std::sync::Mutex::new(t))
+    }
+    pub fn set(&self, t: SystemTime) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = t;
+    }
+    pub fn advance(&self, d: Duration) {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *g += d;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> SystemTime {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn corrects_large_skew_and_ignores_small() {
+        let host = Arc::new(ManualClock::new(at(1_700_000_600)));
+        let c = SkewedClock::new(host.clone());
+        // Service is 10 minutes behind the host.
+        let date = httpdate::fmt_http_date(at(1_700_000_000));
+        assert_eq!(c.observe(&date, host.now()), SkewChange::Corrected(-600_000));
+        assert_eq!(c.now(), at(1_700_000_000));
+        // Same skew again: unchanged, no new log.
+        host.advance(Duration::from_secs(1));
+        assert_eq!(c.observe(&httpdate::fmt_http_date(at(1_700_000_001)), host.now()), SkewChange::Unchanged);
+        // Host fixed by NTP: the service date now matches the host within tolerance.
+        host.set(at(1_700_000_010));
+        assert_eq!(c.observe(&httpdate::fmt_http_date(at(1_700_000_012)), host.now()), SkewChange::Cleared);
+        assert_eq!(c.now(), at(1_700_000_010));
+        // Small skew never corrects.
+        assert_eq!(c.observe(&httpdate::fmt_http_date(at(1_700_000_013)), host.now()), SkewChange::Unchanged);
+        assert_eq!(c.offset_ms(), 0);
+    }
+
+    #[test]
+    fn garbage_date_is_ignored() {
+        let c = SkewedClock::new(Arc::new(SystemClock));
+        assert_eq!(c.observe("yesterday", SystemTime::now()), SkewChange::Unchanged);
+    }
+}

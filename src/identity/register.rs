@@ -1,0 +1,184 @@
+//! SSM hybrid registration: the `identity` phase of `hybrid-agent join` for SSM activations.
+//!
+//! A registered host reuses its identity when `join` runs again; `--reregister` makes a fresh
+//! one on purpose. Nothing is written before the service accepted the registration, so a failed
+//! registration (expired activation, wrong code, network) leaves the host as it was. After
+//! success the files are written in an order that survives a crash at any point: the new key as
+//! `instance.key.new`, the fingerprint, `registration.json` (the commit point), then the key is
+//! promoted. A crash before the promotion leaves a pending key that the first credential
+//! refresh resolves by asking the service ([`crate::identity::ssm_source`]).
+
+use std::time::{Duration, SystemTime};
+
+use crate::config::Secret;
+use crate::identity::keys::{InstanceKey, KeyError};
+use crate::identity::ssm::{SsmClient, SsmError, codes};
+use crate::identity::store::{IdentityStore, Registration, StoreError};
+
+/// Attempts at RegisterManagedInstance when the failure is transient (InternalServerError,
+/// TooManyUpdates, throttling, network). A join should not hang for minutes: three tries over
+/// a few seconds, then the operator sees the error.
+pub const REGISTER_ATTEMPTS: u32 = 3;
+/// Wait before the second attempt; doubled for the third.
+pub const REGISTER_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// The activation `join` registers with.
+#[derive(Debug, Clone)]
+pub struct Activation {
+    pub id: String,
+    pub code: Secret,
+}
+
+/// Why registration failed, each with what to do about it. Nothing was written in any case
+/// but [`RegisterError::Store`] after a successful registration (which says so).
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error(
+        "SSM activation {activation_id} has expired (an activation is valid until the expiry set when it was created, at most 30 days). Create a new one, e.g. `aws ssm create-activation --iam-role <hybrid nodes role> --registration-limit 1 --region {region}`, and run `hybrid-agent join` again with its id and code. Nothing was written to this host."
+    )]
+    ActivationExpired { activation_id: String, region: String },
+    #[error(
+        "SSM rejected activation {activation_id} in region {region} ({message}). Check that the activation id and code are a pair (copy both from the create-activation output) and that the region is the one the activation was created in. Nothing was written to this host."
+    )]
+    InvalidActivation { activation_id: String, region: String, message: String },
+    #[error(
+        "SSM activation {activation_id} has reached its registration limit: it has registered as many machines as it allows. Deregister machines that are gone (`aws ssm deregister-managed-instance --instance-id mi-…`), or create an activation with a higher --registration-limit. Nothing was written to this host."
+    )]
+    RegistrationLimit { activation_id: String },
+    #[error("{source}. Nothing was written to this host; run `hybrid-agent join` again once the endpoint is reachable.")]
+    Network { source: SsmError },
+    #[error("{source}. Nothing was written to this host.")]
+    Tls { source: SsmError },
+    #[error("{source}. Nothing was written to this host.")]
+    Rejected { source: SsmError },
+    #[error("cannot create the instance key: {0}. Nothing was written to this host.")]
+    Key(#[from] KeyError),
+    #[error(
+        "instance {instance_id} was registered with SSM but its state could not be saved: {source}. Fix the problem, deregister {instance_id} (`aws ssm deregister-managed-instance --instance-id {instance_id}`) and run `hybrid-agent join` again."
+    )]
+    Store { instance_id: String, source: StoreError },
+    #[error("the existing registration cannot be used: {0}")]
+    Existing(StoreError),
+}
+
+/// What `join`'s identity phase found or did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegisterOutcome {
+    /// The host was already registered; its identity is kept.
+    Reused(Registration),
+    /// A new registration.
+    Registered(Registration),
+}
+
+impl RegisterOutcome {
+    pub fn registration(&self) -> &Registration {
+        match self {
+            RegisterOutcome::Reused(r) | RegisterOutcome::Registered(r) => r,
+        }
+    }
+}
+
+/// Registers this host unless it already is (or `reregister` asks for a fresh identity).
+pub async fn ensure_registered(
+    client: &SsmClient,
+    store: &IdentityStore,
+    activation: &Activation,
+    reregister: bool,
+) -> Result<RegisterOutcome, RegisterError> {
+    if !reregister && let Some(existing) = store.load_registration().map_err(RegisterError::Existing)? {
+        // The identity must be usable, or re-running join would "succeed" with nothing working.
+        store.load_fingerprint().map_err(RegisterError::Existing)?.ok_or_else(|| {
+            RegisterError::Existing(StoreError::Corrupt {
+                path: store.fingerprint_path(),
+                reason: "missing".into(),
+            })
+        })?;
+        if store.load_pending_key().map_err(RegisterError::Existing)?.is_none() {
+            store.load_key().map_err(RegisterError::Existing)?;
+        }
+        if existing.activation_id != activation.id {
+            tracing::warn!(
+                instance_id = %existing.instance_id,
+                "this host is already registered as {} (activation {}); keeping that identity. To register with activation {} instead, run join with --reregister",
+                existing.instance_id, existing.activation_id, activation.id
+            );
+        } else {
+            tracing::info!(instance_id = %existing.instance_id, "already registered; reusing the identity");
+        }
+        return Ok(RegisterOutcome::Reused(existing));
+    }
+
+    // A fingerprint is generated once per host and kept across re-registrations; a corrupt
+    // one stops here rather than being silently replaced.
+    let stored_fingerprint = store.load_fingerprint().map_err(RegisterError::Existing)?;
+    let fingerprint = stored_fingerprint.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let key = InstanceKey::generate()?;
+    let region = client.region().to_string();
+
+    let instance_id = register_with_retries(client, activation, &key, &fingerprint).await.map_err(|e| classify(e, activation, &region))?;
+    tracing::info!(%instance_id, key = %key.public_key_id(), "registered with SSM");
+
+    let now = SystemTime::now();
+    let registration = Registration {
+        instance_id: instance_id.clone(),
+        region,
+        activation_id: activation.id.clone(),
+        registered_at: now,
+        key_created_at: now,
+    };
+    let persist = || -> Result<(), StoreError> {
+        store.save_pending_key(&key)?;
+        if stored_fingerprint.is_none() {
+            store.save_fingerprint(&fingerprint)?;
+        }
+        store.save_registration(&registration)?;
+        store.promote_pending_key()?;
+        Ok(())
+    };
+    persist().map_err(|source| RegisterError::Store { instance_id, source })?;
+    Ok(RegisterOutcome::Registered(registration))
+}
+
+async fn register_with_retries(
+    client: &SsmClient,
+    activation: &Activation,
+    key: &InstanceKey,
+    fingerprint: &str,
+) -> Result<String, SsmError> {
+    let mut delay = REGISTER_RETRY_DELAY;
+    let mut attempt = 1;
+    loop {
+        match client.register(&activation.id, &activation.code, key, fingerprint).await {
+            Ok(id) => return Ok(id),
+            Err(e) if e.is_transient() && attempt < REGISTER_ATTEMPTS => {
+                tracing::warn!(attempt, "registration failed, retrying in {} s: {e}", delay.as_secs());
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn classify(e: SsmError, activation: &Activation, region: &str) -> RegisterError {
+    match e.code() {
+        Some(codes::ACTIVATION_EXPIRED) => {
+            RegisterError::ActivationExpired { activation_id: activation.id.clone(), region: region.to_string() }
+        }
+        Some(codes::INVALID_ACTIVATION) => RegisterError::InvalidActivation {
+            activation_id: activation.id.clone(),
+            region: region.to_string(),
+            message: match &e {
+                SsmError::Api { message, .. } => message.clone(),
+                _ => String::new(),
+            },
+        },
+        Some(codes::REGISTRATION_LIMIT) => RegisterError::RegistrationLimit { activation_id: activation.id.clone() },
+        _ => match e {
+            SsmError::Network { .. } => RegisterError::Network { source: e },
+            SsmError::Tls { .. } => RegisterError::Tls { source: e },
+            other => RegisterError::Rejected { source: other },
+        },
+    }
+}

@@ -1,0 +1,129 @@
+//! When to refresh credentials and how long to wait after a failure.
+//!
+//! amazon-ssm-agent refreshes at exactly 50 % of the lifetime, so a fleet registered together
+//! hits the service together, and its retry backoff grew to hours (amazon-ssm-agent#468). Here:
+//! refresh at half the *remaining* lifetime with ±10 % jitter; after a failure wait a capped
+//! exponential backoff with full jitter (nodeadm caps at 60 s, so do we by default). While the
+//! current credentials are still valid the wait is also bounded by a quarter of their remaining
+//! life, so attempts get denser as expiry nears instead of sleeping through it.
+
+use std::time::{Duration, SystemTime};
+
+/// Default upper bound of one retry wait (nodeadm's cap, PROTOCOLS.md §1).
+pub const DEFAULT_BACKOFF_CAP: Duration = Duration::from_secs(60);
+/// First retry waits up to this long.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Share of the remaining lifetime after which to refresh.
+pub const REFRESH_FRACTION: f64 = 0.5;
+/// Jitter around the refresh point (±10 %).
+pub const REFRESH_JITTER: f64 = 0.10;
+/// Never schedule closer than this; avoids a busy loop on a service that hands out credentials
+/// that are already (nearly) expired.
+pub const MIN_DELAY: Duration = Duration::from_millis(250);
+
+/// A random number in [0, 1); injected so tests can pin it.
+pub trait Jitter: Send + Sync {
+    fn unit(&self) -> f64;
+}
+
+/// The real jitter source.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RandomJitter;
+
+impl Jitter for RandomJitter {
+    fn unit(&self) -> f64 {
+        rand::random::<f64>()
+    }
+}
+
+/// Time from `now` until the next refresh of credentials expiring at `expires`: half the
+/// remaining lifetime, ±10 %. Already expired → refresh now.
+pub fn refresh_delay(now: SystemTime, expires: SystemTime, jitter: &dyn Jitter) -> Duration {
+    let Ok(remaining) = expires.duration_since(now) else {
+        return Duration::ZERO;
+    };
+    if remaining.is_zero() {
+        return Duration::ZERO;
+    }
+    let factor = REFRESH_FRACTION * (1.0 + REFRESH_JITTER * (2.0 * jitter.unit() - 1.0));
+    remaining.mul_f64(factor).max(MIN_DELAY.min(remaining))
+}
+
+/// Wait before retry number `attempt` (0 = first retry): uniform in [0, min(cap, base·2^attempt)]
+/// ("full jitter"), at least [`MIN_DELAY`]; when `remaining` (life left in the current
+/// credentials) is known, at most a quarter of it.
+pub fn backoff_delay(attempt: u32, cap: Duration, remaining: Option<Duration>, jitter: &dyn Jitter) -> Duration {
+    let exp = BACKOFF_BASE.saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX));
+    let ceiling = exp.min(cap);
+    let mut d = ceiling.mul_f64(jitter.unit().clamp(0.0, 1.0));
+    if let Some(r) = remaining.filter(|r| !r.is_zero()) {
+        d = d.min(r / 4);
+    }
+    d.max(MIN_DELAY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed(f64);
+    impl Jitter for Fixed {
+        fn unit(&self) -> f64 {
+            self.0
+        }
+    }
+
+    fn t(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    #[test]
+    fn refresh_at_half_remaining_with_ten_percent_jitter() {
+        let now = t(1000);
+        let exp = t(1000 + 3600);
+        assert_eq!(refresh_delay(now, exp, &Fixed(0.5)), Duration::from_secs(1800));
+        assert_eq!(refresh_delay(now, exp, &Fixed(0.0)), Duration::from_secs(1620));
+        assert_eq!(refresh_delay(now, exp, &Fixed(1.0)), Duration::from_secs(1980));
+        // Half of the *remaining* lifetime, not of the original one.
+        assert_eq!(refresh_delay(t(2800), exp, &Fixed(0.5)), Duration::from_secs(900));
+    }
+
+    #[test]
+    fn expired_refreshes_now() {
+        assert_eq!(refresh_delay(t(10), t(5), &Fixed(0.5)), Duration::ZERO);
+        assert_eq!(refresh_delay(t(10), t(10), &Fixed(0.5)), Duration::ZERO);
+    }
+
+    #[test]
+    fn jitter_spreads_a_fleet() {
+        let delays: std::collections::BTreeSet<_> =
+            (0..50).map(|_| refresh_delay(t(0), t(3600), &RandomJitter).as_millis()).collect();
+        assert!(delays.len() > 40, "50 agents should not refresh in lock-step");
+        assert!(delays.iter().all(|&d| (1_620_000..=1_980_000).contains(&d)));
+    }
+
+    #[test]
+    fn backoff_grows_then_caps() {
+        let cap = Duration::from_secs(60);
+        let top = |a| backoff_delay(a, cap, None, &Fixed(1.0));
+        assert_eq!(top(0), Duration::from_secs(1));
+        assert_eq!(top(1), Duration::from_secs(2));
+        assert_eq!(top(5), Duration::from_secs(32));
+        assert_eq!(top(6), Duration::from_secs(60));
+        assert_eq!(top(1000), Duration::from_secs(60));
+        // Full jitter: anywhere from the floor up.
+        assert_eq!(backoff_delay(6, cap, None, &Fixed(0.0)), MIN_DELAY);
+        assert_eq!(backoff_delay(6, cap, None, &Fixed(0.5)), Duration::from_secs(30));
+        // Configurable cap.
+        assert_eq!(backoff_delay(10, Duration::from_secs(5), None, &Fixed(1.0)), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn backoff_tightens_near_expiry() {
+        let cap = Duration::from_secs(60);
+        assert_eq!(backoff_delay(10, cap, Some(Duration::from_secs(40)), &Fixed(1.0)), Duration::from_secs(10));
+        assert_eq!(backoff_delay(10, cap, Some(Duration::from_millis(400)), &Fixed(1.0)), MIN_DELAY);
+        // Expired (zero remaining): the plain backoff applies.
+        assert_eq!(backoff_delay(10, cap, Some(Duration::ZERO), &Fixed(1.0)), cap);
+    }
+}

@@ -1,0 +1,307 @@
+//! From the validated configuration to running identity machinery: the `identity` phase of
+//! `join` and the rotation loop of `run`.
+//!
+//! `run` is started by systemd with the agent config only, so `join` records what it decided
+//! about the node's identity in `identity/provider.json` (provider, region, the IAM Roles
+//! Anywhere ARNs and file paths, `enableCredentialsFile`; no secrets). Endpoints, proxy, CA
+//! bundle, credentials file and backoff come from the agent config at every start, so changing
+//! them needs a restart, not a re-join.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::aws::http::{self, HttpSettings, HttpSetupError};
+use crate::config::{AgentConfig, EndpointError, Provider, Region, Service};
+use crate::exit::ExitCode;
+use crate::identity::TemporaryCredentials;
+use crate::identity::clock::{Clock, SkewedClock, SystemClock};
+use crate::identity::credfile::CredentialsTarget;
+use crate::identity::iam_ra::{DEFAULT_SESSION_DURATION, IamRaError, IamRaSettings, IamRaSource};
+use crate::identity::register::{self, Activation, RegisterError, RegisterOutcome};
+use crate::identity::rotation::{RefreshError, RotationSettings, Rotator, Source};
+use crate::identity::schedule::RandomJitter;
+use crate::identity::ssm::{SsmClient, SsmError};
+use crate::identity::ssm_source::{SsmSource, SsmSourceError};
+use crate::identity::store::{IdentityStore, ProviderKind, StoreError};
+use crate::paths::HostPaths;
+
+pub const PROVIDER_FILE: &str = "provider.json";
+/// Credentials found at start with less life than this are refreshed at once rather than used.
+pub const SEED_MIN_REMAINING: Duration = Duration::from_secs(60);
+
+/// What `join` decided, for `run`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct ProviderConfig {
+    pub provider: ProviderKind,
+    pub region: String,
+    pub enable_credentials_file: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iam_ra: Option<IamRaConfig>,
+}
+
+/// IAM Roles Anywhere settings as `join` resolved them (paths already under `--root`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct IamRaConfig {
+    pub node_name: String,
+    pub trust_anchor_arn: String,
+    pub profile_arn: String,
+    pub role_arn: String,
+    pub certificate_path: PathBuf,
+    pub private_key_path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Http(#[from] HttpSetupError),
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("this host has not joined yet ({path} is missing); run `hybrid-agent join` first")]
+    NotJoined { path: PathBuf },
+    #[error("region `{region}` recorded in {path} is not valid: {reason}; run `hybrid-agent join` again")]
+    Region { path: PathBuf, region: String, reason: String },
+    #[error(transparent)]
+    Ssm(#[from] SsmError),
+    #[error(transparent)]
+    SsmSource(#[from] SsmSourceError),
+    #[error(transparent)]
+    IamRa(#[from] IamRaError),
+}
+
+/// Why the identity phase of `join` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error(transparent)]
+    Register(#[from] RegisterError),
+    #[error(
+        "cannot fetch or write the first credentials: {0}. Nothing else was changed; an SSM registration made by this join is kept and reused when join runs again"
+    )]
+    FirstRefresh(RefreshError),
+}
+
+impl JoinError {
+    /// The documented exit code (src/exit.rs) of this failure.
+    pub fn exit_code(&self) -> ExitCode {
+        use crate::identity::iam_ra::IamRaError;
+        match self {
+            JoinError::Register(e) => match e {
+                RegisterError::ActivationExpired { .. } => ExitCode::ActivationExpired,
+                RegisterError::InvalidActivation { .. } => ExitCode::ActivationInvalid,
+                RegisterError::RegistrationLimit { .. } => ExitCode::RegistrationLimit,
+                RegisterError::Network { .. } => ExitCode::RegistrationNetwork,
+                RegisterError::Tls { .. } => ExitCode::RegistrationTls,
+                _ => ExitCode::Failure,
+            },
+            JoinError::FirstRefresh(RefreshError::IamRa(IamRaError::Network { .. }))
+            | JoinError::FirstRefresh(RefreshError::Ssm(SsmSourceError::Ssm(SsmError::Network { .. }))) => ExitCode::RegistrationNetwork,
+            JoinError::FirstRefresh(RefreshError::IamRa(IamRaError::Tls { .. }))
+            | JoinError::FirstRefresh(RefreshError::Ssm(SsmSourceError::Ssm(SsmError::Tls { .. }))) => ExitCode::RegistrationTls,
+            _ => ExitCode::Failure,
+        }
+    }
+}
+
+/// The paths and settings every identity operation needs.
+#[derive(Debug, Clone)]
+pub struct IdentityEnv<'a> {
+    pub paths: &'a HostPaths,
+    pub agent: &'a AgentConfig,
+    pub host_clock: Arc<dyn Clock>,
+}
+
+impl<'a> IdentityEnv<'a> {
+    pub fn new(paths: &'a HostPaths, agent: &'a AgentConfig) -> IdentityEnv<'a> {
+        IdentityEnv { paths, agent, host_clock: Arc::new(SystemClock) }
+    }
+
+    pub fn store(&self) -> IdentityStore {
+        IdentityStore::new(&self.paths.state_dir())
+    }
+
+    fn http(&self) -> Result<reqwest::Client, SetupError> {
+        let settings = HttpSettings {
+            proxy: self.agent.network.proxy.as_ref().map(|u| u.expose().to_string()),
+            extra_ca_bundle: self.agent.network.ca_bundle.clone(),
+            ..Default::default()
+        };
+        Ok(http::client(&settings)?)
+    }
+
+    /// The shared credentials file, plus `/eks-hybrid/.aws/credentials` (same profile) with
+    /// `enableCredentialsFile`.
+    pub fn targets(&self, enable_credentials_file: bool) -> Vec<CredentialsTarget> {
+        let profile = self.agent.credentials.profile.clone();
+        let mut t = vec![CredentialsTarget { path: self.agent.credentials.file.clone(), profile: profile.clone() }];
+        if enable_credentials_file {
+            t.push(CredentialsTarget { path: self.paths.eks_hybrid_aws_credentials(), profile });
+        }
+        t
+    }
+
+    fn ssm_client(&self, region: &Region, clock: Arc<SkewedClock>) -> Result<SsmClient, SetupError> {
+        let url = self.agent.endpoints.url(Service::Ssm, region)?;
+        Ok(SsmClient::new(self.http()?, url, region.as_str(), clock)?)
+    }
+
+    fn provider_path(&self) -> PathBuf {
+        self.store().dir().join(PROVIDER_FILE)
+    }
+
+    pub fn load_provider(&self) -> Result<ProviderConfig, SetupError> {
+        let path = self.provider_path();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(SetupError::NotJoined { path }),
+            Err(source) => return Err(StoreError::Read { path, source }.into()),
+        };
+        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt { path, reason: e.to_string() }.into())
+    }
+
+    fn save_provider(&self, p: &ProviderConfig) -> Result<(), SetupError> {
+        let mut text = serde_json::to_string_pretty(p).unwrap_or_default();
+        text.push('\n');
+        crate::identity::atomic::write_atomic(&self.provider_path(), text.as_bytes(), 0o600).map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    /// Builds the rotation loop from what `join` recorded.
+    pub fn rotator(&self) -> Result<Rotator, SetupError> {
+        self.rotator_from(&self.load_provider()?)
+    }
+
+    fn rotator_from(&self, provider: &ProviderConfig) -> Result<Rotator, SetupError> {
+        let region = Region::parse(&provider.region).map_err(|reason| SetupError::Region {
+            path: self.provider_path(),
+            region: provider.region.clone(),
+            reason,
+        })?;
+        let clock = Arc::new(SkewedClock::new(self.host_clock.clone()));
+        let source = match (&provider.provider, &provider.iam_ra) {
+            (ProviderKind::IamRa, Some(ira)) => Source::IamRa(self.iam_ra_source(&region, ira, clock)?),
+            _ => {
+                let client = self.ssm_client(&region, clock)?;
+                Source::Ssm(Box::new(SsmSource::load(client, self.store(), self.agent.credentials.max_key_age)?))
+            }
+        };
+        let settings = RotationSettings {
+            targets: self.targets(provider.enable_credentials_file),
+            backoff_cap: self.agent.credentials.refresh_backoff_cap,
+        };
+        Ok(Rotator::new(source, settings, self.store(), self.host_clock.clone(), Arc::new(RandomJitter)))
+    }
+
+    fn iam_ra_source(&self, region: &Region, ira: &IamRaConfig, clock: Arc<SkewedClock>) -> Result<IamRaSource, SetupError> {
+        let settings = IamRaSettings {
+            endpoint: self.agent.endpoints.url(Service::Rolesanywhere, region)?,
+            region: region.as_str().to_string(),
+            trust_anchor_arn: ira.trust_anchor_arn.clone(),
+            profile_arn: ira.profile_arn.clone(),
+            role_arn: ira.role_arn.clone(),
+            certificate_path: ira.certificate_path.clone(),
+            private_key_path: ira.private_key_path.clone(),
+            session_name: Some(ira.node_name.clone()),
+            duration: DEFAULT_SESSION_DURATION,
+        };
+        Ok(IamRaSource::new(self.http()?, settings, clock)?)
+    }
+
+    /// Credentials still valid from a previous run, read back from our own credentials file
+    /// (once, at start) when `credentials.json` says they are ours and not about to expire.
+    pub fn previous_credentials(&self, targets: &[CredentialsTarget]) -> Option<(TemporaryCredentials, Option<SystemTime>)> {
+        let state = self.store().load_credentials_state().ok()??;
+        let remaining = state.expiration.duration_since(self.host_clock.now()).ok()?;
+        if remaining < SEED_MIN_REMAINING {
+            return None;
+        }
+        let values = targets.first()?.read().ok()??;
+        if values.access_key_id != state.access_key_id {
+            return None;
+        }
+        Some((
+            TemporaryCredentials {
+                access_key_id: values.access_key_id,
+                secret_access_key: values.secret_access_key,
+                session_token: values.session_token?,
+                expiration: state.expiration,
+            },
+            Some(state.last_refresh),
+        ))
+    }
+
+    /// The identity phase of `join`: register (SSM) or check the certificate (IAM Roles
+    /// Anywhere), record the provider for `run`, fetch the first credentials and write them.
+    pub async fn join(
+        &self,
+        provider: &Provider,
+        region: &Region,
+        enable_credentials_file: bool,
+        reregister: bool,
+    ) -> Result<JoinOutcome, JoinError> {
+        let record = match provider {
+            Provider::Ssm { activation_id, activation_code } => {
+                let clock = Arc::new(SkewedClock::new(self.host_clock.clone()));
+                let client = self.ssm_client(region, clock)?;
+                let activation = Activation { id: activation_id.clone(), code: activation_code.clone() };
+                let outcome = register::ensure_registered(&client, &self.store(), &activation, reregister).await?;
+                (
+                    ProviderConfig {
+                        provider: ProviderKind::Ssm,
+                        region: outcome.registration().region.clone(),
+                        enable_credentials_file,
+                        iam_ra: None,
+                    },
+                    Some(outcome),
+                )
+            }
+            Provider::IamRolesAnywhere { node_name, trust_anchor_arn, profile_arn, role_arn, certificate_path, private_key_path, .. } => (
+                ProviderConfig {
+                    provider: ProviderKind::IamRa,
+                    region: region.as_str().to_string(),
+                    enable_credentials_file,
+                    iam_ra: Some(IamRaConfig {
+                        node_name: node_name.clone(),
+                        trust_anchor_arn: trust_anchor_arn.clone(),
+                        profile_arn: profile_arn.clone(),
+                        role_arn: role_arn.clone(),
+                        certificate_path: certificate_path.clone(),
+                        private_key_path: private_key_path.clone(),
+                    }),
+                },
+                None,
+            ),
+        };
+        let (record, registration) = record;
+        // For IAM Roles Anywhere this first CreateSession is also the proof that certificate,
+        // key and ARNs work: nothing is written before it succeeds.
+        let mut rotator = self.rotator_from(&record)?;
+        let creds = rotator.refresh_once().await.map_err(JoinError::FirstRefresh)?;
+        self.save_provider(&record)?;
+        Ok(JoinOutcome {
+            provider: record.provider,
+            identity: rotator.source().identity(),
+            registration,
+            expiration: creds.expiration,
+            files: self.targets(record.enable_credentials_file).into_iter().map(|t| t.path).collect(),
+        })
+    }
+}
+
+/// What the identity phase did, for `join`'s output.
+#[derive(Debug, Clone)]
+pub struct JoinOutcome {
+    pub provider: ProviderKind,
+    pub identity: String,
+    pub registration: Option<RegisterOutcome>,
+    pub expiration: SystemTime,
+    pub files: Vec<PathBuf>,
+}
+

@@ -1,0 +1,441 @@
+//! The private SSM API of hybrid instances: `RegisterManagedInstance` (anonymous),
+//! `RequestManagedInstanceRoleToken` and `UpdateManagedInstancePublicKey` (signed with the
+//! instance's RSA key). Not in aws-sdk-ssm, so spoken here directly: awsJson 1.1 over reqwest.
+//!
+//! This client makes one attempt per call and classifies the outcome; retrying belongs to the
+//! caller (registration retries a few transient failures, the rotation loop backs off), with
+//! one exception: a request rejected as `InvalidSignatureException` while the response's `Date`
+//! shows a clock skew the client did not know yet is re-signed with the corrected time and sent
+//! again at once. That single retry is what turns a skewed boot clock from an endless
+//! "Signature expired" loop (amazon-ssm-agent#616) into one extra round trip.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use reqwest::Url;
+use serde::Deserialize;
+
+use crate::aws::http::{TransportKind, classify};
+use crate::config::Secret;
+use crate::identity::TemporaryCredentials;
+use crate::identity::clock::{SkewChange, SkewedClock};
+use crate::identity::keys::{InstanceKey, PUBLIC_KEY_TYPE};
+use crate::identity::sigv4::{self, CanonicalInput, SigningTime};
+
+/// awsJson 1.1 content type (PROTOCOLS.md §1).
+pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+/// `X-Amz-Target` prefix of every SSM operation.
+pub const TARGET_PREFIX: &str = "AmazonSSM.";
+/// SigV4 signing name of SSM.
+pub const SIGNING_SERVICE: &str = "ssm";
+/// The algorithm name in the string to sign and the Authorization header: SSM keeps SigV4's
+/// name although the signature is RSA-PSS (PROTOCOLS.md §1).
+pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
+
+pub const OP_REGISTER: &str = "RegisterManagedInstance";
+pub const OP_ROLE_TOKEN: &str = "RequestManagedInstanceRoleToken";
+pub const OP_UPDATE_KEY: &str = "UpdateManagedInstancePublicKey";
+
+/// Error codes the agent acts on (PROTOCOLS.md §1).
+pub mod codes {
+    pub const ACTIVATION_EXPIRED: &str = "ActivationExpired";
+    pub const INVALID_ACTIVATION: &str = "InvalidActivation";
+    pub const REGISTRATION_LIMIT: &str = "RegistrationLimitExceeded";
+    pub const INVALID_PUBLIC_KEY: &str = "InvalidPublicKey";
+    pub const ALREADY_REGISTERED: &str = "InstanceAlreadyRegistered";
+    pub const FINGERPRINT_MISMATCH: &str = "MachineFingerprintDoesNotMatch";
+    pub const INVALID_INSTANCE_ID: &str = "InvalidInstanceId";
+    pub const ACCESS_DENIED: &str = "AccessDeniedException";
+    pub const INVALID_SIGNATURE: &str = "InvalidSignatureException";
+    pub const INTERNAL: &str = "InternalServerError";
+    pub const TOO_MANY_UPDATES: &str = "TooManyUpdates";
+    pub const THROTTLING: &str = "ThrottlingException";
+}
+
+/// One failed SSM call. Never carries a request body, key or token.
+#[derive(Debug, thiserror::Error)]
+pub enum SsmError {
+    #[error("SSM {operation} at {endpoint} failed: {code}: {message}")]
+    Api { operation: &'static str, endpoint: String, status: u16, code: String, message: String },
+    #[error(
+        "TLS with {endpoint} failed during SSM {operation}: {detail}; if a proxy or TLS inspection sits in the path, add its CA with `extra_ca_bundle` in the agent config; a wrong host clock also breaks certificate checks"
+    )]
+    Tls { operation: &'static str, endpoint: String, detail: String },
+    #[error(
+        "cannot reach {endpoint} for SSM {operation}: {detail}; check DNS, routing and the proxy setting, or the SSM endpoint override (AWS_ENDPOINT_URL_SSM)"
+    )]
+    Network { operation: &'static str, endpoint: String, timeout: bool, detail: String },
+    #[error("SSM {operation} at {endpoint} returned an unexpected response: {detail}")]
+    Response { operation: &'static str, endpoint: String, detail: String },
+    #[error("cannot sign SSM {operation}: the RSA signature failed")]
+    Sign { operation: &'static str },
+}
+
+impl SsmError {
+    /// The service error code (`ActivationExpired`, ...) if the service answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            SsmError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    pub fn is_code(&self, want: &str) -> bool {
+        self.code() == Some(want)
+    }
+
+    /// Worth retrying later: server-side and network trouble, throttling. Not a rejected key,
+    /// activation or signature (those need a change, not time) — except a signature rejected for
+    /// its time, which the next attempt re-signs.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SsmError::Network { .. } => true,
+            SsmError::Api { status, code, message, .. } => {
+                *status >= 500
+                    || matches!(code.as_str(), codes::INTERNAL | codes::TOO_MANY_UPDATES | codes::THROTTLING)
+                    || code.contains("Throttl")
+                    || (code == codes::INVALID_SIGNATURE && message.to_ascii_lowercase().contains("expired"))
+            }
+            SsmError::Response { .. } => true,
+            SsmError::Tls { .. } | SsmError::Sign { .. } => false,
+        }
+    }
+
+    /// The instance identity is gone for good: only registering again helps.
+    pub fn needs_reregistration(&self) -> bool {
+        self.is_code(codes::FINGERPRINT_MISMATCH) || self.is_code(codes::INVALID_INSTANCE_ID)
+    }
+}
+
+/// Credentials from RequestManagedInstanceRoleToken.
+#[derive(Debug, Clone)]
+pub struct RoleToken {
+    pub credentials: TemporaryCredentials,
+    /// The service asks for a new key pair (`UpdateKeyPair`, missing = false).
+    pub update_key_pair: bool,
+}
+
+/// Client for the private SSM operations at one endpoint and region.
+#[derive(Debug, Clone)]
+pub struct SsmClient {
+    http: reqwest::Client,
+    endpoint: Url,
+    host: String,
+    region: String,
+    clock: Arc<SkewedClock>,
+}
+
+#[derive(Deserialize)]
+struct ApiErrorBody {
+    #[serde(rename = "__type", default)]
+    kind: Option<String>,
+    #[serde(default, alias = "Message")]
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RegisterOut {
+    instance_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RoleTokenOut {
+    access_key_id: String,
+    secret_access_key: String,
+    session_token: String,
+    token_expiration_date: serde_json::Value,
+    #[serde(default)]
+    update_key_pair: Option<bool>,
+}
+
+/// `__type` may be `Code`, `prefix#Code` or `Code:http://...` (awsJson 1.1 error shapes).
+pub fn error_code(raw: &str) -> &str {
+    let after_hash = raw.rsplit_once('#').map_or(raw, |(_, c)| c);
+    after_hash.split_once(':').map_or(after_hash, |(c, _)| c).trim()
+}
+
+/// `TokenExpirationDate` as epoch seconds (integer or fractional) or an ISO-8601/RFC 3339
+/// string: the wire form is unverified (PROTOCOLS.md §1), so both are accepted.
+pub fn parse_expiration(v: &serde_json::Value) -> Option<SystemTime> {
+    match v {
+        serde_json::Value::Number(n) => {
+            let secs = n.as_f64()?;
+            (secs.is_finite() && secs > 0.0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs))
+        }
+        serde_json::Value::String(s) => {
+            if let Ok(secs) = s.parse::<f64>() {
+                return parse_expiration(&serde_json::json!(secs));
+            }
+            let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+            Some(SystemTime::from(t))
+        }
+        _ => None,
+    }
+}
+
+/// The endpoint for messages: scheme, host and port only (no userinfo or query).
+pub fn display_endpoint(url: &Url) -> String {
+    url.origin().ascii_serialization()
+}
+
+impl SsmClient {
+    /// `endpoint` is the SSM endpoint (`https://ssm.<region>.amazonaws.com/` or an override).
+    pub fn new(http: reqwest::Client, endpoint: Url, region: &str, clock: Arc<SkewedClock>) -> Result<Self, SsmError> {
+        let host = sigv4::host_header(&endpoint).ok_or_else(|| SsmError::Response {
+            operation: OP_REGISTER,
+            endpoint: endpoint.to_string(),
+            detail: "the endpoint URL has no host".into(),
+        })?;
+        Ok(SsmClient { http, endpoint, host, region: region.to_string(), clock })
+    }
+
+    pub fn endpoint(&self) -> String {
+        display_endpoint(&self.endpoint)
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    pub fn clock(&self) -> &Arc<SkewedClock> {
+        &self.clock
+    }
+
+    /// RegisterManagedInstance: returns the new `mi-…` instance id.
+    pub async fn register(
+        &self,
+        activation_id: &str,
+        activation_code: &Secret,
+        key: &InstanceKey,
+        fingerprint: &str,
+    ) -> Result<String, SsmError> {
+        let body = serde_json::json!({
+            "ActivationCode": activation_code.expose(),
+            "ActivationId": activation_id,
+            "PublicKey": key.public_key_b64(),
+            "PublicKeyType": PUBLIC_KEY_TYPE,
+            "Fingerprint": fingerprint,
+        });
+        let out: RegisterOut = self.call(OP_REGISTER, &body, None).await?;
+        if !out.instance_id.starts_with("mi-") {
+            return Err(SsmError::Response {
+                operation: OP_REGISTER,
+                endpoint: self.endpoint(),
+                detail: format!("InstanceId `{}` is not a managed instance id (mi-…)", out.instance_id),
+            });
+        }
+        Ok(out.instance_id)
+    }
+
+    /// RequestManagedInstanceRoleToken, signed with `key`.
+    pub async fn request_role_token(&self, instance_id: &str, key: &InstanceKey, fingerprint: &str) -> Result<RoleToken, SsmError> {
+        let body = serde_json::json!({ "Fingerprint": fingerprint });
+        let out: RoleTokenOut = self.call(OP_ROLE_TOKEN, &body, Some((instance_id, key))).await?;
+        let expires_service = parse_expiration(&out.token_expiration_date).ok_or_else(|| SsmError::Response {
+            operation: OP_ROLE_TOKEN,
+            endpoint: self.endpoint(),
+            detail: format!("TokenExpirationDate `{}` is neither epoch seconds nor an ISO-8601 time", out.token_expiration_date),
+        })?;
+        Ok(RoleToken {
+            credentials: TemporaryCredentials {
+                access_key_id: out.access_key_id,
+                secret_access_key: Secret::new(out.secret_access_key),
+                session_token: Secret::new(out.session_token),
+                expiration: self.to_host_time(expires_service),
+            },
+            update_key_pair: out.update_key_pair.unwrap_or(false),
+        })
+    }
+
+    /// UpdateManagedInstancePublicKey, signed with the OLD key (`current`).
+    pub async fn update_public_key(&self, instance_id: &str, current: &InstanceKey, new_public_b64: &str) -> Result<(), SsmError> {
+        let body = serde_json::json!({ "NewPublicKey": new_public_b64, "NewPublicKeyType": PUBLIC_KEY_TYPE });
+        let _: serde_json::Value = self.call(OP_UPDATE_KEY, &body, Some((instance_id, current))).await?;
+        Ok(())
+    }
+
+    /// Service time → host time, with the skew measured so far: expiry is compared against the
+    /// host clock everywhere else (scheduler, SDK clients, status).
+    fn to_host_time(&self, service: SystemTime) -> SystemTime {
+        let off = self.clock.offset_ms();
+        if off >= 0 {
+            service.checked_sub(Duration::from_millis(off as u64)).unwrap_or(service)
+        } else {
+            service + Duration::from_millis(off.unsigned_abs())
+        }
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        body: &serde_json::Value,
+        signer: Option<(&str, &InstanceKey)>,
+    ) -> Result<T, SsmError> {
+        let body = body.to_string().into_bytes();
+        let mut resigned = false;
+        loop {
+            let (status, date_change, bytes) = self.send_once(operation, &body, signer).await?;
+            if (200..300).contains(&status) {
+                let text = if bytes.bytes.is_empty() { &b"{}"[..] } else { &bytes.bytes[..] };
+                return serde_json::from_slice(text).map_err(|e| SsmError::Response {
+                    operation,
+                    endpoint: self.endpoint(),
+                    detail: format!("HTTP {status} body is not the expected JSON: {e}"),
+                });
+            }
+            let err = self.api_error(operation, status, &bytes);
+            if signer.is_some() && !resigned && err.is_code(codes::INVALID_SIGNATURE) && matches!(date_change, SkewChange::Corrected(_) | SkewChange::Cleared) {
+                tracing::info!(operation, "request rejected as {}; re-signing once with the corrected clock", codes::INVALID_SIGNATURE);
+                resigned = true;
+                continue;
+            }
+            return Err(err);
+        }
+    }
+
+    async fn send_once(
+        &self,
+        operation: &'static str,
+        body: &[u8],
+        signer: Option<(&str, &InstanceKey)>,
+    ) -> Result<(u16, SkewChange, RawBody), SsmError> {
+        let target = format!("{TARGET_PREFIX}{operation}");
+        let mut req = self
+            .http
+            .post(self.endpoint.clone())
+            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+            .header(reqwest::header::HOST, &self.host)
+            .header("x-amz-target", &target);
+        if let Some((instance_id, key)) = signer {
+            let time = SigningTime::new(self.clock.now());
+            let auth = self.authorization(operation, instance_id, key, &time, &target, body)?;
+            req = req.header("x-amz-date", &time.amz_date).header(reqwest::header::AUTHORIZATION, auth);
+        }
+        let resp = req.body(body.to_vec()).send().await.map_err(|e| self.transport_error(operation, &e))?;
+        let received = self.clock.host_now();
+        let change = resp
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .map(|d| self.clock.observe(d, received))
+            .unwrap_or(SkewChange::Unchanged);
+        let status = resp.status().as_u16();
+        let error_type = resp.headers().get("x-amzn-errortype").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let bytes = resp.bytes().await.map_err(|e| self.transport_error(operation, &e))?;
+        Ok((status, change, RawBody { bytes: bytes.to_vec(), error_type }))
+    }
+
+    /// `Authorization` for an instance call: SigV4 canonicalisation, RSA-PSS signature in base64.
+    fn authorization(
+        &self,
+        operation: &'static str,
+        instance_id: &str,
+        key: &InstanceKey,
+        time: &SigningTime,
+        target: &str,
+        body: &[u8],
+    ) -> Result<String, SsmError> {
+        let (canonical, signed_headers) = sigv4::canonical_request(&CanonicalInput {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &[
+                ("content-type", CONTENT_TYPE),
+                ("host", &self.host),
+                ("x-amz-date", &time.amz_date),
+                ("x-amz-target", target),
+            ],
+            payload: body,
+        });
+        let scope = sigv4::scope(time, &self.region, SIGNING_SERVICE);
+        let to_sign = sigv4::string_to_sign(ALGORITHM, time, &scope, &canonical);
+        let sig = key.sign_pss(to_sign.as_bytes()).map_err(|_| SsmError::Sign { operation })?;
+        let sig = base64::engine::general_purpose::STANDARD.encode(sig);
+        Ok(format!("{ALGORITHM} Credential={instance_id}/{scope}, SignedHeaders={signed_headers}, Signature={sig}"))
+    }
+
+    fn api_error(&self, operation: &'static str, status: u16, body: &RawBody) -> SsmError {
+        let parsed: Option<ApiErrorBody> = serde_json::from_slice(&body.bytes).ok();
+        let raw = parsed
+            .as_ref()
+            .and_then(|b| b.kind.clone())
+            .or_else(|| body.error_type.clone())
+            .unwrap_or_else(|| format!("HTTP{status}"));
+        let message = parsed.and_then(|b| b.message).unwrap_or_else(|| {
+            // Not JSON (a proxy's error page): a short, printable excerpt helps more than nothing.
+            String::from_utf8_lossy(&body.bytes).chars().filter(|c| !c.is_control()).take(200).collect()
+        });
+        SsmError::Api { operation, endpoint: self.endpoint(), status, code: error_code(&raw).to_string(), message }
+    }
+
+    fn transport_error(&self, operation: &'static str, e: &reqwest::Error) -> SsmError {
+        let (kind, detail) = classify(e);
+        match kind {
+            TransportKind::Tls => SsmError::Tls { operation, endpoint: self.endpoint(), detail },
+            TransportKind::Timeout | TransportKind::Connect => {
+                SsmError::Network { operation, endpoint: self.endpoint(), timeout: kind == TransportKind::Timeout, detail }
+            }
+        }
+    }
+}
+
+/// A response body with the error-type header some services use instead of `__type`.
+struct RawBody {
+    bytes: Vec<u8>,
+    error_type: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_code_shapes() {
+        assert_eq!(error_code("ActivationExpired"), "ActivationExpired");
+        assert_eq!(error_code("com.amazonaws.ssm#InvalidActivation"), "InvalidActivation");
+        assert_eq!(
+            error_code("InvalidSignatureException:http://internal.amazon.com/coral/com.amazon.coral.service/"),
+            "InvalidSignatureException"
+        );
+    }
+
+    #[test]
+    fn expiration_number_or_string() {
+        let want = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_expiration(&serde_json::json!(1_700_000_000)), Some(want));
+        assert_eq!(parse_expiration(&serde_json::json!(1_700_000_000.0)), Some(want));
+        assert_eq!(parse_expiration(&serde_json::json!("1700000000")), Some(want));
+        assert_eq!(parse_expiration(&serde_json::json!("2023-11-14T22:13:20Z")), Some(want));
+        assert_eq!(parse_expiration(&serde_json::json!("2023-11-14T23:13:20+01:00")), Some(want));
+        assert_eq!(parse_expiration(&serde_json::json!("soon")), None);
+        assert_eq!(parse_expiration(&serde_json::json!(null)), None);
+        assert_eq!(parse_expiration(&serde_json::json!(-5)), None);
+    }
+
+    fn api(code: &str, status: u16, message: &str) -> SsmError {
+        SsmError::Api { operation: OP_ROLE_TOKEN, endpoint: "x".into(), status, code: code.into(), message: message.into() }
+    }
+
+    #[test]
+    fn classification() {
+        assert!(api(codes::INTERNAL, 500, "").is_transient());
+        assert!(api(codes::TOO_MANY_UPDATES, 400, "").is_transient());
+        assert!(api(codes::THROTTLING, 400, "Rate exceeded").is_transient());
+        assert!(api(codes::INVALID_SIGNATURE, 400, "Signature expired: 20240101T000000Z is now earlier than ...").is_transient());
+        assert!(!api(codes::INVALID_SIGNATURE, 400, "The request signature we calculated does not match").is_transient());
+        assert!(!api(codes::ACTIVATION_EXPIRED, 400, "").is_transient());
+        assert!(!api(codes::FINGERPRINT_MISMATCH, 400, "").is_transient());
+        assert!(api(codes::FINGERPRINT_MISMATCH, 400, "").needs_reregistration());
+        assert!(api(codes::INVALID_INSTANCE_ID, 400, "").needs_reregistration());
+        assert!(!api(codes::ACCESS_DENIED, 400, "").needs_reregistration());
+    }
+
+    #[test]
+    fn display_endpoint_drops_userinfo() {
+        let u = Url::parse("https://user:pw@ssm.us-west-2.amazonaws.com/?x=1").expect("url");
+        assert_eq!(display_endpoint(&u), "https://ssm.us-west-2.amazonaws.com");
+    }
+}

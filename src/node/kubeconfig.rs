@@ -1,0 +1,140 @@
+//! kubelet's kubeconfig: the cluster's API server and CA, and the aws-iam-authenticator exec
+//! plugin that turns the node's AWS credentials (the shared credentials file the identity
+//! module keeps fresh) into a bearer token, as nodeadm configures it.
+
+use serde::Serialize;
+
+use super::{RenderInput, RenderedFile};
+use crate::paths;
+
+/// The exec credential API kubelet speaks to the plugin.
+pub const EXEC_API_VERSION: &str = "client.authentication.k8s.io/v1beta1";
+/// Where the installer puts aws-iam-authenticator (nodeadm's path).
+pub const AUTHENTICATOR: &str = "/usr/local/bin/aws-iam-authenticator";
+/// Profile the AWS SDKs read when none is named.
+const DEFAULT_PROFILE: &str = "default";
+
+#[derive(Serialize)]
+struct Kubeconfig<'a> {
+    #[serde(rename = "apiVersion")]
+    api_version: &'a str,
+    kind: &'a str,
+    clusters: Vec<Named<ClusterEntry>>,
+    contexts: Vec<Named<ContextEntry<'a>>>,
+    #[serde(rename = "current-context")]
+    current_context: &'a str,
+    users: Vec<Named<UserEntry<'a>>>,
+}
+
+#[derive(Serialize)]
+struct Named<T> {
+    name: &'static str,
+    #[serde(flatten)]
+    inner: T,
+}
+
+#[derive(Serialize)]
+struct ClusterEntry {
+    cluster: ClusterBody,
+}
+
+#[derive(Serialize)]
+struct ClusterBody {
+    #[serde(rename = "certificate-authority")]
+    certificate_authority: String,
+    server: String,
+}
+
+#[derive(Serialize)]
+struct ContextEntry<'a> {
+    context: ContextBody<'a>,
+}
+
+#[derive(Serialize)]
+struct ContextBody<'a> {
+    cluster: &'a str,
+    user: &'a str,
+}
+
+#[derive(Serialize)]
+struct UserEntry<'a> {
+    user: UserBody<'a>,
+}
+
+#[derive(Serialize)]
+struct UserBody<'a> {
+    exec: Exec<'a>,
+}
+
+#[derive(Serialize)]
+struct Exec<'a> {
+    #[serde(rename = "apiVersion")]
+    api_version: &'a str,
+    command: String,
+    args: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    env: Vec<EnvVar>,
+    #[serde(rename = "interactiveMode")]
+    interactive_mode: &'a str,
+    #[serde(rename = "provideClusterInfo")]
+    provide_cluster_info: bool,
+}
+
+#[derive(Serialize)]
+struct EnvVar {
+    name: &'static str,
+    value: String,
+}
+
+/// The kubeconfig file.
+pub fn render(input: &RenderInput<'_>) -> RenderedFile {
+    let cluster = &input.node.cluster;
+    let mut env = Vec::new();
+    // The SDK inside the authenticator finds /root/.aws/credentials [default] by itself; name
+    // the file and profile only when the agent was configured to use others.
+    let default_file = input.paths.aws_credentials();
+    if input.credentials_file != default_file {
+        env.push(EnvVar { name: "AWS_SHARED_CREDENTIALS_FILE", value: input.credentials_file.display().to_string() });
+    }
+    if input.credentials_profile != DEFAULT_PROFILE {
+        env.push(EnvVar { name: "AWS_PROFILE", value: input.credentials_profile.to_owned() });
+    }
+    let doc = Kubeconfig {
+        api_version: "v1",
+        kind: "Config",
+        clusters: vec![Named {
+            name: "kubernetes",
+            inner: ClusterEntry {
+                cluster: ClusterBody {
+                    certificate_authority: input.host(paths::CLUSTER_CA),
+                    server: input.cluster.api_server_endpoint.clone(),
+                },
+            },
+        }],
+        contexts: vec![Named { name: "kubelet", inner: ContextEntry { context: ContextBody { cluster: "kubernetes", user: "kubelet" } } }],
+        current_context: "kubelet",
+        users: vec![Named {
+            name: "kubelet",
+            inner: UserEntry {
+                user: UserBody {
+                    exec: Exec {
+                        api_version: EXEC_API_VERSION,
+                        command: input.host(AUTHENTICATOR),
+                        args: vec![
+                            "token".to_owned(),
+                            "--cluster-id".to_owned(),
+                            cluster.name.clone(),
+                            "--region".to_owned(),
+                            cluster.region.as_str().to_owned(),
+                        ],
+                        env,
+                        interactive_mode: "Never",
+                        provide_cluster_info: false,
+                    },
+                },
+            },
+        }],
+    };
+    let text = serde_yaml_ng::to_string(&doc).unwrap_or_default();
+    RenderedFile::new(paths::KUBELET_KUBECONFIG, format!("# Written by hybrid-agent (nodeadm-compatible).\n{text}").into_bytes(), 0o600, "kubelet kubeconfig")
+}

@@ -1,0 +1,152 @@
+//! Node configuration: every file kubelet and containerd need, rendered from the validated
+//! NodeConfig the way nodeadm writes them (PROTOCOLS.md §3), so a nodeadm user finds each one
+//! where they expect it.
+//!
+//! Rendering is pure: [`render`] turns a [`RenderInput`] into a list of [`RenderedFile`]s plus the
+//! command lines, with no I/O, so every file has a snapshot test. [`apply`] writes them through
+//! the install [`Journal`](crate::install::land::Journal), which skips files whose content and
+//! mode are already right (a second `join` with the same configuration changes nothing) and
+//! keeps backups of what it replaces (so a failed join or `leave` can put them back).
+//!
+//! Paths inside the files are host paths re-rooted under `--root`: with `--root /` they are
+//! exactly nodeadm's; in a sandbox they point into the sandbox, so containerd and kubelet
+//! started there never touch the real host.
+
+pub mod cluster;
+pub mod containerd;
+pub mod kubeconfig;
+pub mod kubelet;
+pub mod system;
+
+use std::path::{Path, PathBuf};
+
+pub use cluster::{ClusterDetails, ClusterError};
+
+use crate::config::NodeSettings;
+use crate::install::land::{Journal, LandError, Written};
+use crate::paths::{self, HostPaths};
+
+/// Everything the renderers read.
+#[derive(Debug, Clone, Copy)]
+pub struct RenderInput<'a> {
+    pub node: &'a NodeSettings,
+    /// The Kubernetes node name: the `mi-…` id (SSM) or the IAM Roles Anywhere nodeName.
+    pub node_name: &'a str,
+    pub cluster: &'a ClusterDetails,
+    /// Installed Kubernetes version, e.g. `1.31.2`.
+    pub kubernetes_version: &'a str,
+    pub paths: &'a HostPaths,
+    /// The shared credentials file the identity module writes (resolved path) and its profile.
+    pub credentials_file: &'a Path,
+    pub credentials_profile: &'a str,
+}
+
+impl RenderInput<'_> {
+    /// A host path as the rendered files must name it (re-rooted under `--root`).
+    pub fn host(&self, host_path: &str) -> String {
+        self.paths.resolve(host_path).display().to_string()
+    }
+}
+
+/// One file to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedFile {
+    /// Host path (not re-rooted).
+    pub path: PathBuf,
+    pub content: Vec<u8>,
+    pub mode: u32,
+    /// What it is, for `--dry-run` and logs.
+    pub what: &'static str,
+}
+
+impl RenderedFile {
+    pub fn new(path: impl Into<PathBuf>, content: Vec<u8>, mode: u32, what: &'static str) -> Self {
+        Self { path: path.into(), content, mode, what }
+    }
+}
+
+/// Why rendering failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("`{version}` is not a Kubernetes 1.x version")]
+    Version { version: String },
+    #[error("swap is on ({devices}); kubelet refuses to run with swap by default. Turn it off (`swapoff -a` and remove it from /etc/fstab), or allow it with `failSwapOn: false` in spec.kubelet.config")]
+    SwapOn { devices: String },
+    #[error(transparent)]
+    Land(#[from] LandError),
+}
+
+/// The rendered node configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub files: Vec<RenderedFile>,
+    pub kubelet_args: Vec<String>,
+    pub kubelet_env: Vec<(String, String)>,
+    pub kubelet_healthz_url: String,
+    pub containerd_args: Vec<String>,
+    /// containerd's socket (resolved path), for its health probe.
+    pub containerd_socket: PathBuf,
+}
+
+/// Renders every file. Pure: no I/O.
+pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
+    let mut files = containerd::render(input);
+    let kubelet = kubelet::render(input)?;
+    files.extend(kubelet.files);
+    files.push(kubeconfig::render(input));
+    files.push(RenderedFile::new(paths::CLUSTER_CA, input.cluster.ca_pem.clone(), 0o644, "cluster CA bundle"));
+    files.extend(system::render());
+    Ok(Rendered {
+        files,
+        kubelet_args: kubelet.args,
+        kubelet_env: kubelet.env,
+        kubelet_healthz_url: kubelet.healthz_url,
+        containerd_args: containerd::args(input),
+        containerd_socket: input.paths.resolve(containerd::CONTAINERD_SOCKET),
+    })
+}
+
+/// Fails while swap is on, unless kubelet is told to accept it.
+pub fn check_swap(paths: &HostPaths, node: &NodeSettings) -> Result<(), RenderError> {
+    let active = system::active_swap(paths);
+    if active.is_empty() || kubelet::swap_allowed(&node.kubelet.config) {
+        return Ok(());
+    }
+    Err(RenderError::SwapOn { devices: active.join(", ") })
+}
+
+/// Directories a node needs besides the files' own: CNI's, and the data and state directories
+/// of containerd and kubelet (`true` = owned as a whole tree: removed with content on rollback).
+pub const DIRECTORIES: [(&str, bool, u32); 5] = [
+    (paths::CNI_BIN_DIR, false, 0o755),
+    (paths::CNI_CONF_DIR, false, 0o755),
+    (containerd::CONTAINERD_ROOT, true, 0o711),
+    (containerd::CONTAINERD_STATE, true, 0o711),
+    ("/var/lib/kubelet", true, 0o700),
+];
+
+/// What [`apply`] did to each file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub path: PathBuf,
+    pub what: &'static str,
+    pub written: Written,
+}
+
+/// Writes the rendered files (only those whose content or mode differ) and creates the node's
+/// directories, recording everything in `journal`.
+pub fn apply(rendered: &Rendered, journal: &mut Journal) -> Result<Vec<Applied>, RenderError> {
+    for (dir, tree, mode) in DIRECTORIES {
+        if tree {
+            journal.ensure_tree(Path::new(dir), mode)?;
+        } else {
+            journal.ensure_dir(Path::new(dir))?;
+        }
+    }
+    let mut out = Vec::new();
+    for f in &rendered.files {
+        let written = journal.write_file(&f.path, &f.content, f.mode)?;
+        out.push(Applied { path: f.path.clone(), what: f.what, written });
+    }
+    Ok(out)
+}

@@ -1,0 +1,184 @@
+//! systemd unit files the agent writes: kubelet.service, a containerd.service drop-in, and the
+//! agent's own hybrid-agent.service (shipped by the packages; `systemd/` holds the default
+//! rendering, and a test keeps the two identical).
+//!
+//! containerd comes from the distro with its own unit, so we only add a drop-in (never give up
+//! restarting, our config path); kubelet has no distro unit, so we own kubelet.service, shaped like
+//! nodeadm's. Rendering is pure so it can be unit-tested and `systemd-analyze verify`-ed.
+
+use std::path::{Path, PathBuf};
+
+use super::ExecSpec;
+
+/// Where administrators' and installers' units live, relative to the host root (systemd.unit(5)).
+pub const SYSTEM_UNIT_DIR: &str = "etc/systemd/system";
+
+/// Our drop-in for the distro's containerd.service, relative to [`SYSTEM_UNIT_DIR`].
+pub const CONTAINERD_DROPIN: &str = "containerd.service.d/10-hybrid-agent.conf";
+
+/// Where the packages install the agent binary.
+pub const AGENT_BINARY: &str = "/usr/bin/hybrid-agent";
+
+/// kubelet's binary path under nodeadm.
+pub const KUBELET_BINARY: &str = "/usr/bin/kubelet";
+
+/// systemd's restart delay for kubelet and containerd (nodeadm's kubelet.service and Debian's
+/// containerd.service both use 5 s).
+pub const DEFAULT_RESTART_SEC: u32 = 5;
+
+/// First line of every file we write, so an administrator knows edits are overwritten.
+const HEADER: &str = "# Written by hybrid-agent; local edits are overwritten. Override with a drop-in instead.";
+
+/// A unit file (or drop-in) and where it goes, relative to the unit directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitFile {
+    pub path: PathBuf,
+    pub content: String,
+}
+
+/// kubelet.service running `exec` (the real kubelet, or the stand-in in tests and the demo).
+pub fn kubelet_service(exec: &ExecSpec, restart_sec: u32) -> UnitFile {
+    let mut s = String::new();
+    s.push_str(HEADER);
+    s.push_str(
+        "\n[Unit]\n\
+         Description=Kubernetes kubelet (supervised by hybrid-agent)\n\
+         Documentation=https://kubernetes.io/docs/reference/command-line-tools-reference/kubelet/\n\
+         After=containerd.service\n\
+         Wants=containerd.service\n\
+         # hybrid-agent watches restarts itself (crash loop -> degraded): systemd never gives up.\n\
+         StartLimitIntervalSec=0\n\
+         \n[Service]\n",
+    );
+    for (k, v) in &exec.env {
+        s.push_str(&format!("Environment={}\n", quote_word(&format!("{k}={v}"))));
+    }
+    s.push_str(&format!("ExecStart={}\n", exec_line(&exec.program, &exec.args)));
+    s.push_str(&format!(
+        "Restart=always\n\
+         RestartSec={restart_sec}\n\
+         # Pods' processes belong to containerd's shims, not kubelet: stop only kubelet itself.\n\
+         KillMode=process\n\
+         CPUAccounting=true\n\
+         MemoryAccounting=true\n\
+         \n[Install]\n\
+         WantedBy=multi-user.target\n"
+    ));
+    UnitFile { path: PathBuf::from("kubelet.service"), content: s }
+}
+
+/// The drop-in for the distro's containerd.service: never stop restarting, and run with our
+/// config when it is not containerd's default path.
+pub fn containerd_dropin(program: &Path, config: Option<&Path>, restart_sec: u32) -> UnitFile {
+    let mut s = String::new();
+    s.push_str(HEADER);
+    s.push_str(
+        "\n[Unit]\n\
+         # hybrid-agent watches restarts itself (crash loop -> degraded): systemd never gives up.\n\
+         StartLimitIntervalSec=0\n\
+         \n[Service]\n",
+    );
+    s.push_str(&format!("Restart=always\nRestartSec={restart_sec}\n"));
+    if let Some(config) = config {
+        // An empty ExecStart= clears the distro's before ours replaces it (systemd.service(5)).
+        let args = vec!["--config".to_string(), config.display().to_string()];
+        s.push_str(&format!("ExecStart=\nExecStart={}\n", exec_line(program, &args)));
+    }
+    UnitFile { path: PathBuf::from(CONTAINERD_DROPIN), content: s }
+}
+
+/// The agent's own unit. `KillMode=process`: under the built-in backend, containerd and kubelet
+/// are the agent's children in their own process groups and must outlive an agent restart to be
+/// adopted; under systemd they are separate units anyway.
+pub fn hybrid_agent_service(program: &Path) -> UnitFile {
+    let mut s = String::new();
+    s.push_str(
+        "[Unit]\n\
+         Description=hybrid-agent: keeps this machine joined to Amazon EKS as a hybrid node\n\
+         Documentation=https://github.com/hybrid-agent/hybrid-agent\n\
+         Wants=network-online.target\n\
+         After=network-online.target\n\
+         \n[Service]\n\
+         Type=notify\n\
+         NotifyAccess=main\n",
+    );
+    s.push_str(&format!("ExecStart={}\n", exec_line(program, &["run".to_string()])));
+    s.push_str(
+        "Restart=always\n\
+         RestartSec=5\n\
+         WatchdogSec=60\n\
+         TimeoutStopSec=30\n\
+         KillMode=process\n\
+         \n[Install]\n\
+         WantedBy=multi-user.target\n",
+    );
+    UnitFile { path: PathBuf::from("hybrid-agent.service"), content: s }
+}
+
+/// An `ExecStart=` command line: each word quoted as systemd.service(5) "Command lines" requires.
+pub fn exec_line(program: &Path, args: &[String]) -> String {
+    let mut words = vec![quote_word(&program.display().to_string())];
+    words.extend(args.iter().map(|a| quote_word(a)));
+    words.join(" ")
+}
+
+/// Quotes one word for a unit file: `%` and `$` are doubled (specifier and variable expansion),
+/// and words with anything but plain characters are double-quoted with C-style escapes.
+pub fn quote_word(word: &str) -> String {
+    let escaped = word.replace('%', "%%").replace('$', "$$");
+    let plain = !escaped.is_empty()
+        && escaped.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%$".contains(c));
+    if plain {
+        return escaped;
+    }
+    let mut out = String::from("\"");
+    for c in escaped.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_quoted_for_systemd() {
+        assert_eq!(quote_word("--node-ip=10.0.0.1"), "--node-ip=10.0.0.1");
+        assert_eq!(quote_word("a b"), "\"a b\"");
+        assert_eq!(quote_word("100%"), "100%%");
+        assert_eq!(quote_word("$HOME"), "$$HOME");
+        assert_eq!(quote_word("say \"hi\"\\"), "\"say \\\"hi\\\"\\\\\"");
+        assert_eq!(quote_word(""), "\"\"");
+    }
+
+    #[test]
+    fn kubelet_unit_orders_after_containerd_and_restarts_forever() {
+        let exec = ExecSpec {
+            program: KUBELET_BINARY.into(),
+            args: vec!["--config".into(), "/etc/kubernetes/kubelet/config.json".into()],
+            env: vec![("AWS_CONFIG_FILE".into(), "/etc/aws config".into())],
+        };
+        let unit = kubelet_service(&exec, 7).content;
+        assert!(unit.contains("After=containerd.service\n"));
+        assert!(unit.contains("StartLimitIntervalSec=0\n"));
+        assert!(unit.contains("ExecStart=/usr/bin/kubelet --config /etc/kubernetes/kubelet/config.json\n"));
+        assert!(unit.contains("Environment=\"AWS_CONFIG_FILE=/etc/aws config\"\n"));
+        assert!(unit.contains("RestartSec=7\n"));
+    }
+
+    #[test]
+    fn containerd_dropin_replaces_exec_start_only_with_a_config() {
+        let plain = containerd_dropin(Path::new("/usr/bin/containerd"), None, 5).content;
+        assert!(!plain.contains("ExecStart"));
+        let with = containerd_dropin(Path::new("/usr/bin/containerd"), Some(Path::new("/etc/c.toml")), 5).content;
+        assert!(with.contains("ExecStart=\nExecStart=/usr/bin/containerd --config /etc/c.toml\n"));
+    }
+}

@@ -1,0 +1,562 @@
+//! The queue between a source and CloudWatch Logs, and the loop that ships it.
+//!
+//! Records arrive in chunks (a chunk from the journal carries the journal cursor after it).
+//! While CloudWatch keeps up they stay in memory — the journal already holds them on disk, so
+//! writing them a second time would buy nothing — and the journal cursor advances only when
+//! CloudWatch accepted them. When a PutLogEvents attempt fails, everything not yet accepted
+//! (the window in flight first, then the memory queue, then every new chunk) is appended to the
+//! spool with a group commit, and the journal cursor advances as soon as the spool is durable:
+//! the reader keeps draining the journal at full speed during an outage, so journald may vacuum
+//! without losing a line. Sources whose lines exist nowhere else (child output) always go
+//! through the spool. A full spool stops taking chunks (the source pauses; counted and shown).
+//! When memory holds more than its limit and CloudWatch is healthy, the loop simply stops taking
+//! chunks (backpressure: the journal is the buffer).
+//!
+//! Shipping is by windows (see [`super::batch`]): one batch per stream, streams in parallel, the
+//! next window only after the whole window was accepted. The spool is drained before memory, so
+//! each stream stays in order.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::batch::{Batch, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, WindowBuilder};
+use super::journal::Cursor;
+use super::record::Record;
+use super::sink::LogsSink;
+use super::spool::{Spool, SpoolError, SpoolPos};
+use super::status::StatusCell;
+
+/// A group of records from one source read at once.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    pub records: Vec<Record>,
+    /// Journal position after these records (journal sources only).
+    pub cursor: Option<Cursor>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShipperOptions {
+    /// Send a partial batch once its oldest record waited this long.
+    pub flush_interval: Duration,
+    /// Memory queue bound; above it the shipper stops taking chunks (or spills when failing).
+    pub mem_limit_bytes: usize,
+    /// Every record goes through the spool (sources with no other durable copy).
+    pub durable_input: bool,
+    /// Where the journal cursor is saved (atomic rename), for journal sources.
+    pub cursor_path: Option<PathBuf>,
+}
+
+/// Pauses while the spool is full before trying again.
+const FULL_RETRY: Duration = Duration::from_millis(500);
+/// Largest wait in the loop when nothing is due (status stays fresh, shutdown is seen at once
+/// through the watch channel anyway).
+const IDLE_WAKE: Duration = Duration::from_secs(3600);
+
+enum Source {
+    Spool(SpoolPos),
+    Mem,
+}
+
+struct InFlight {
+    source: Source,
+    batches: Arc<Vec<Batch>>,
+    /// qseq range the window covers (memory windows).
+    first: u64,
+    end: u64,
+    /// Set when the window's records were also written to the spool head while in flight.
+    spooled_end: Option<SpoolPos>,
+    task: JoinHandle<()>,
+}
+
+struct StreamBook {
+    backlog: u64,
+    last_shipped_ms: Option<i64>,
+    lag_ms: Option<i64>,
+}
+
+pub struct Shipper {
+    spool: Spool,
+    sink: Arc<LogsSink>,
+    opts: ShipperOptions,
+    status: Arc<StatusCell>,
+    mem: VecDeque<Record>,
+    mem_bytes: usize,
+    /// Per stream (bytes, events) in memory, to see when a full batch is ready.
+    mem_streams: HashMap<Arc<str>, (usize, usize)>,
+    mem_front_qseq: u64,
+    next_qseq: u64,
+    /// (end qseq, cursor) per chunk not yet durable.
+    chunks: VecDeque<(u64, Cursor)>,
+    saved_cursor: Option<Cursor>,
+    inflight: Option<InFlight>,
+    pending: Option<Chunk>,
+    first_pending_at: Option<Instant>,
+    books: HashMap<Arc<str>, StreamBook>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShipperError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("cannot save the journal cursor to {path}: {source}")]
+    Cursor {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl Shipper {
+    pub fn new(
+        spool: Spool,
+        sink: Arc<LogsSink>,
+        opts: ShipperOptions,
+        status: Arc<StatusCell>,
+    ) -> Shipper {
+        Shipper {
+            spool,
+            sink,
+            opts,
+            status,
+            mem: VecDeque::new(),
+            mem_bytes: 0,
+            mem_streams: HashMap::new(),
+            mem_front_qseq: 0,
+            next_qseq: 0,
+            chunks: VecDeque::new(),
+            saved_cursor: None,
+            inflight: None,
+            pending: None,
+            first_pending_at: None,
+            books: HashMap::new(),
+        }
+    }
+
+    /// Runs until `shutdown` turns true (or the source closes and everything is shipped).
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Chunk>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), ShipperError> {
+        let mut rx_open = true;
+        if !self.spool.is_empty() {
+            self.first_pending_at = Some(Instant::now());
+        }
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if self.inflight.is_none() && self.ready() {
+                self.start_window()?;
+            }
+            if !rx_open
+                && self.inflight.is_none()
+                && self.mem.is_empty()
+                && self.spool.is_empty()
+                && self.pending.is_none()
+            {
+                break;
+            }
+            let failing = self.sink.failing.load(Ordering::Relaxed);
+            if failing
+                && (!self.mem.is_empty()
+                    || self.inflight.as_ref().is_some_and(|f| {
+                        matches!(f.source, Source::Mem) && f.spooled_end.is_none()
+                    }))
+            {
+                self.spill()?;
+            }
+            if self.pending.is_some() {
+                self.retry_pending()?;
+            }
+            let take = rx_open
+                && self.pending.is_none()
+                && (failing
+                    || self.opts.durable_input
+                    || self.mem_bytes < self.opts.mem_limit_bytes);
+            let wake = self.next_wake(failing);
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                r = async { match self.inflight.as_mut() { Some(f) => (&mut f.task).await, None => std::future::pending().await } } => {
+                    let _ = r;
+                    self.finish_window()?;
+                }
+                c = rx.recv(), if take => match c {
+                    Some(c) => self.on_chunk(c)?,
+                    None => rx_open = false,
+                },
+                _ = tokio::time::sleep(wake) => {}
+            }
+            self.publish();
+        }
+        // Leave in-flight sends a moment to land so their records need not be sent again.
+        if let Some(f) = self.inflight.as_mut() {
+            if tokio::time::timeout(Duration::from_secs(2), &mut f.task)
+                .await
+                .is_ok()
+            {
+                self.finish_window()?;
+            }
+        }
+        self.spool.commit()?;
+        self.publish();
+        Ok(())
+    }
+
+    fn next_wake(&self, failing: bool) -> Duration {
+        let mut wake = IDLE_WAKE;
+        if let Some(t) = self.first_pending_at {
+            wake = wake.min(self.opts.flush_interval.saturating_sub(t.elapsed()));
+        }
+        if self.pending.is_some() {
+            wake = wake.min(FULL_RETRY);
+        }
+        if self.inflight.is_some() && !failing {
+            // A send that starts failing makes the loop spill; look at that flag regularly.
+            wake = wake.min(Duration::from_millis(250));
+        }
+        wake.max(Duration::from_millis(5))
+    }
+
+    fn ready(&self) -> bool {
+        if !self.spool.is_empty() {
+            return true;
+        }
+        if self.mem.is_empty() {
+            return false;
+        }
+        if self
+            .first_pending_at
+            .is_some_and(|t| t.elapsed() >= self.opts.flush_interval)
+        {
+            return true;
+        }
+        self.mem_streams
+            .values()
+            .any(|&(b, n)| b >= MAX_BATCH_BYTES || n >= MAX_BATCH_EVENTS)
+            || self.mem_bytes >= self.opts.mem_limit_bytes
+    }
+
+    fn on_chunk(&mut self, c: Chunk) -> Result<(), ShipperError> {
+        let failing = self.sink.failing.load(Ordering::Relaxed);
+        if self.opts.durable_input || failing {
+            if failing {
+                self.spill()?;
+            }
+            if !self.mem.is_empty() {
+                // The memory queue did not fit the spool: this chunk must not overtake it.
+                self.status.counters.set_paused(true);
+                self.pending = Some(c);
+                return Ok(());
+            }
+            match self.spool.append(&c.records) {
+                Ok(()) => self.spool.commit()?,
+                Err(SpoolError::Full { .. }) => {
+                    self.status.counters.set_paused(true);
+                    tracing::warn!(
+                        "spool full; pausing log sources until CloudWatch accepts the backlog"
+                    );
+                    self.pending = Some(c);
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+            self.accept_chunk(c, true)
+        } else {
+            self.accept_chunk(c, false)
+        }
+    }
+
+    fn retry_pending(&mut self) -> Result<(), ShipperError> {
+        if !self.mem.is_empty() {
+            self.spill()?;
+            if !self.mem.is_empty() {
+                return Ok(());
+            }
+        }
+        let Some(c) = self.pending.take() else {
+            return Ok(());
+        };
+        match self.spool.append(&c.records) {
+            Ok(()) => {
+                self.spool.commit()?;
+                self.status.counters.set_paused(false);
+                self.accept_chunk(c, true)
+            }
+            Err(SpoolError::Full { .. }) => {
+                self.pending = Some(c);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Books a chunk that is either already in the spool (`spooled`) or goes to memory.
+    fn accept_chunk(&mut self, c: Chunk, spooled: bool) -> Result<(), ShipperError> {
+        let n = c.records.len() as u64;
+        for r in &c.records {
+            self.books
+                .entry(r.stream.clone())
+                .or_insert(StreamBook {
+                    backlog: 0,
+                    last_shipped_ms: None,
+                    lag_ms: None,
+                })
+                .backlog += 1;
+        }
+        if n > 0 && self.first_pending_at.is_none() {
+            self.first_pending_at = Some(Instant::now());
+        }
+        if spooled {
+            // Durable now: memory is empty (spill came first), so the frontier moves past it.
+            self.next_qseq += n;
+            self.mem_front_qseq = self.next_qseq;
+        } else {
+            for r in c.records {
+                let e = self.mem_streams.entry(r.stream.clone()).or_insert((0, 0));
+                e.0 += r.batch_bytes();
+                e.1 += 1;
+                self.mem_bytes += r.message.len() + 64;
+                self.mem.push_back(r);
+            }
+            self.next_qseq += n;
+        }
+        if let Some(cur) = c.cursor {
+            self.chunks.push_back((self.next_qseq, cur));
+        }
+        self.advance_cursor()
+    }
+
+    /// Moves the window in flight (if from memory) and the memory queue into the spool.
+    fn spill(&mut self) -> Result<(), ShipperError> {
+        if let Some(f) = self.inflight.as_mut() {
+            if matches!(f.source, Source::Mem) && f.spooled_end.is_none() {
+                let recs: Vec<Record> = f
+                    .batches
+                    .iter()
+                    .flat_map(|b| b.events.iter().cloned())
+                    .collect();
+                match self.spool.append(&recs) {
+                    Ok(()) => f.spooled_end = Some(self.spool.end_pos()),
+                    Err(SpoolError::Full { .. }) => {
+                        self.status.counters.set_paused(true);
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        if !self.mem.is_empty() {
+            let recs: Vec<Record> = self.mem.iter().cloned().collect();
+            match self.spool.append(&recs) {
+                Ok(()) => {
+                    self.mem.clear();
+                    self.mem_bytes = 0;
+                    self.mem_streams.clear();
+                    self.mem_front_qseq = self.next_qseq;
+                }
+                Err(SpoolError::Full { .. }) => self.status.counters.set_paused(true),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.spool.commit()?;
+        self.advance_cursor()
+    }
+
+    fn lowest_undurable(&self) -> u64 {
+        let mut low = if self.mem.is_empty() {
+            self.next_qseq
+        } else {
+            self.mem_front_qseq
+        };
+        if let Some(f) = &self.inflight {
+            if matches!(f.source, Source::Mem) && f.spooled_end.is_none() {
+                low = low.min(f.first);
+            }
+        }
+        low
+    }
+
+    fn advance_cursor(&mut self) -> Result<(), ShipperError> {
+        let low = self.lowest_undurable();
+        let mut newest = None;
+        while self.chunks.front().is_some_and(|(end, _)| *end <= low) {
+            newest = self.chunks.pop_front().map(|(_, c)| c);
+        }
+        if let (Some(c), Some(path)) = (newest, self.opts.cursor_path.as_ref()) {
+            if self.saved_cursor != Some(c) {
+                save_cursor(path, &c).map_err(|source| ShipperError::Cursor {
+                    path: path.clone(),
+                    source,
+                })?;
+                self.saved_cursor = Some(c);
+            }
+        }
+        Ok(())
+    }
+
+    fn start_window(&mut self) -> Result<(), ShipperError> {
+        let mut wb = WindowBuilder::new();
+        let (source, first, end) = if !self.spool.is_empty() {
+            let (_, pos) = self.spool.read(|r| {
+                if wb.fits(&r) {
+                    wb.push(r);
+                    true
+                } else {
+                    false
+                }
+            })?;
+            (Source::Spool(pos), 0, 0)
+        } else {
+            let first = self.mem_front_qseq;
+            while let Some(r) = self.mem.pop_front() {
+                if !wb.fits(&r) {
+                    self.mem.push_front(r);
+                    break;
+                }
+                if let Some(e) = self.mem_streams.get_mut(&r.stream) {
+                    e.0 = e.0.saturating_sub(r.batch_bytes());
+                    e.1 = e.1.saturating_sub(1);
+                }
+                self.mem_bytes = self.mem_bytes.saturating_sub(r.message.len() + 64);
+                self.mem_front_qseq += 1;
+                wb.push(r);
+            }
+            (Source::Mem, first, self.mem_front_qseq)
+        };
+        if self.mem.is_empty() && self.spool.is_empty() {
+            self.first_pending_at = None;
+        } else {
+            self.first_pending_at = Some(Instant::now());
+        }
+        if wb.is_empty() {
+            if let Source::Spool(pos) = source {
+                // Only unreadable records: acknowledge them away.
+                self.spool.ack(pos)?;
+                self.status
+                    .counters
+                    .add_spool_corrupt(std::mem::take(&mut self.spool.corrupt_records));
+            }
+            return Ok(());
+        }
+        let (batches, dropped) = wb.finish(super::now_ms());
+        self.status.counters.add_dropped_too_old(dropped);
+        let batches = Arc::new(batches);
+        let sink = self.sink.clone();
+        let shared = batches.clone();
+        let task = tokio::spawn(async move {
+            let mut hs = Vec::with_capacity(shared.len());
+            for i in 0..shared.len() {
+                let (sink, shared) = (sink.clone(), shared.clone());
+                hs.push(tokio::spawn(async move { sink.ship(&shared[i]).await }));
+            }
+            for h in hs {
+                let _ = h.await;
+            }
+        });
+        self.inflight = Some(InFlight {
+            source,
+            batches,
+            first,
+            end,
+            spooled_end: None,
+            task,
+        });
+        Ok(())
+    }
+
+    fn finish_window(&mut self) -> Result<(), ShipperError> {
+        let Some(f) = self.inflight.take() else {
+            return Ok(());
+        };
+        let now = super::now_ms();
+        for b in f.batches.iter() {
+            let bk = self.books.entry(b.stream.clone()).or_insert(StreamBook {
+                backlog: 0,
+                last_shipped_ms: None,
+                lag_ms: None,
+            });
+            bk.backlog = bk.backlog.saturating_sub(b.events.len() as u64);
+            bk.last_shipped_ms = Some(now);
+            bk.lag_ms = b
+                .events
+                .iter()
+                .map(|e| e.timestamp_ms)
+                .max()
+                .map(|t| (now - t).max(0));
+        }
+        match f.source {
+            Source::Spool(pos) => self.spool.ack(pos)?,
+            Source::Mem => {
+                if let Some(pos) = f.spooled_end {
+                    self.spool.ack(pos)?;
+                }
+                let _ = (f.first, f.end);
+            }
+        }
+        self.status
+            .counters
+            .add_spool_corrupt(std::mem::take(&mut self.spool.corrupt_records));
+        if self.pending.is_some() {
+            self.retry_pending()?;
+        }
+        self.advance_cursor()
+    }
+
+    fn publish(&self) {
+        let sink = &self.sink;
+        let streams: Vec<_> = self
+            .books
+            .iter()
+            .map(|(k, b)| {
+                (
+                    sink.stream_name(k),
+                    super::status::StreamStatus {
+                        name: sink.stream_name(k),
+                        last_shipped_ms: b.last_shipped_ms,
+                        lag_ms: b.lag_ms,
+                        backlog_events: b.backlog,
+                    },
+                )
+            })
+            .collect();
+        let (bytes, oldest) = (self.spool.backlog_bytes(), self.spool.oldest_ms());
+        let durable = self.opts.durable_input;
+        self.status.update(|s| {
+            s.log_group = sink.group().to_string();
+            for (k, v) in streams {
+                s.streams.insert(k, v);
+            }
+            // Two shippers share the snapshot: the journal one owns the spool figures, the
+            // child one adds to them.
+            if !durable {
+                s.spool_bytes = bytes;
+                s.spool_oldest_ms = oldest;
+            }
+        });
+    }
+}
+
+/// Writes the cursor atomically (temp file + rename): a crash leaves the old or the new one.
+pub fn save_cursor(path: &std::path::Path, c: &Cursor) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, c.to_text())?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Reads a saved cursor; `None` when there is none (first start) or it is unreadable (logged).
+pub fn load_cursor(path: &std::path::Path) -> Option<Cursor> {
+    let text = std::fs::read_to_string(path).ok()?;
+    match Cursor::parse(&text) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable journal cursor; reading the journal from its start");
+            None
+        }
+    }
+}

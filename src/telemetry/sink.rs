@@ -1,0 +1,348 @@
+//! The CloudWatch Logs sink: PutLogEvents with one retry owner.
+//!
+//! The SDK's own retries are off (the client is built with `RetryConfig::disabled()`); this module
+//! classifies every failure once ([`classify`]) and retries throttling, 5xx, network and
+//! credential errors forever with capped exponential backoff and full jitter — the data waits in
+//! the queue or spool meanwhile, nothing is dropped for being late. No DescribeLogStreams, ever:
+//! a ResourceNotFoundException creates the group and the stream (already-exists is success) and
+//! the batch is replayed. A 200 is never retried: events listed in `rejectedLogEventsInfo` are
+//! counted and logged. A batch the service calls invalid (InvalidParameterException) cannot
+//! succeed by retrying; it is counted as rejected and logged rather than blocking every later line.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use aws_sdk_cloudwatchlogs::Client;
+use aws_sdk_cloudwatchlogs::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_cloudwatchlogs::types::InputLogEvent;
+
+use super::batch::Batch;
+use super::status::Counters;
+
+/// First retry delay ceiling; doubles per attempt up to [`Backoff::cap`].
+pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(200);
+pub const DEFAULT_BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// Capped exponential backoff with full jitter (sleep uniformly in `[0, min(cap, base·2^n)]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: DEFAULT_BACKOFF_BASE,
+            cap: DEFAULT_BACKOFF_CAP,
+        }
+    }
+}
+
+impl Backoff {
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        let exp = self.base.saturating_mul(1u32 << attempt.min(20));
+        exp.min(self.cap)
+    }
+
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let c = self.ceiling(attempt);
+        c.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// What to do about a failed call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Group or stream missing: create them and replay.
+    Missing,
+    /// Throttling, 5xx, network, timeouts, credentials (rotation fixes them): back off and retry.
+    Retry,
+    /// The request itself is wrong; retrying cannot help.
+    Reject,
+}
+
+/// Classifies an error by its AWS error code and HTTP status (`None` for network/timeout
+/// failures that never produced a response).
+pub fn classify(code: Option<&str>, status: Option<u16>) -> Class {
+    match code {
+        Some("ResourceNotFoundException") => Class::Missing,
+        Some("InvalidParameterException" | "SerializationException" | "ValidationException") => {
+            Class::Reject
+        }
+        Some(_) | None => match status {
+            Some(s)
+                if (400..500).contains(&s)
+                    && s != 429
+                    && s != 403
+                    && s != 408
+                    && code.is_none() =>
+            {
+                Class::Reject
+            }
+            _ => Class::Retry,
+        },
+    }
+}
+
+fn classify_sdk<E: ProvideErrorMetadata>(
+    e: &SdkError<E, aws_sdk_cloudwatchlogs::config::http::HttpResponse>,
+) -> Class {
+    match e {
+        SdkError::ServiceError(s) => classify(s.err().code(), Some(s.raw().status().as_u16())),
+        SdkError::ResponseError(r) => classify(None, Some(r.raw().status().as_u16())),
+        _ => Class::Retry,
+    }
+}
+
+fn describe<E: std::fmt::Debug + ProvideErrorMetadata>(
+    e: &SdkError<E, aws_sdk_cloudwatchlogs::config::http::HttpResponse>,
+) -> String {
+    match e {
+        SdkError::ServiceError(s) => {
+            format!(
+                "{}: {}",
+                s.err().code().unwrap_or("unknown"),
+                s.err().message().unwrap_or("")
+            )
+        }
+        SdkError::DispatchFailure(_) => "network error (connection failed)".into(),
+        SdkError::TimeoutError(_) => "timed out".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Ships batches of one log group.
+pub struct LogsSink {
+    client: Client,
+    group: String,
+    /// `{node}` and `{unit}` replaced per stream key.
+    stream_template: String,
+    node: String,
+    backoff: Backoff,
+    counters: Arc<Counters>,
+    /// Set while some batch is failing; the shipper spills to the spool while it is.
+    pub failing: Arc<AtomicBool>,
+}
+
+impl LogsSink {
+    pub fn new(
+        client: Client,
+        group: String,
+        stream_template: String,
+        node: String,
+        backoff: Backoff,
+        counters: Arc<Counters>,
+    ) -> LogsSink {
+        LogsSink {
+            client,
+            group,
+            stream_template,
+            node,
+            backoff,
+            counters,
+            failing: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn stream_name(&self, key: &str) -> String {
+        self.stream_template
+            .replace("{node}", &self.node)
+            .replace("{unit}", key)
+    }
+
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Sends one batch until CloudWatch accepted it (or called it invalid). Returns when the
+    /// batch needs no further attempt.
+    pub async fn ship(&self, batch: &Batch) {
+        let stream = self.stream_name(&batch.stream);
+        let n = batch.events.len() as u64;
+        let mut attempt = 0u32;
+        loop {
+            // Built per attempt: the batch stays with the shipper (it may also go to the spool).
+            let events: Vec<InputLogEvent> = batch
+                .events
+                .iter()
+                .filter_map(|r| {
+                    InputLogEvent::builder()
+                        .timestamp(r.timestamp_ms)
+                        .message(r.message.clone())
+                        .build()
+                        .ok()
+                })
+                .collect();
+            let res = self
+                .client
+                .put_log_events()
+                .log_group_name(&self.group)
+                .log_stream_name(&stream)
+                .set_log_events(Some(events))
+                .send()
+                .await;
+            match res {
+                Ok(out) => {
+                    self.failing.store(false, Ordering::Relaxed);
+                    let rejected = out
+                        .rejected_log_events_info()
+                        .map(|i| rejected_count(i, n))
+                        .unwrap_or(0);
+                    if rejected > 0 {
+                        tracing::warn!(group = %self.group, stream = %stream, rejected, info = ?out.rejected_log_events_info(), "CloudWatch Logs rejected events (too old, too new or expired); not retried");
+                    }
+                    self.counters.add_rejected(rejected);
+                    self.counters.add_shipped(n - rejected);
+                    return;
+                }
+                Err(e) => match classify_sdk(&e) {
+                    Class::Missing => {
+                        if let Err(msg) = self.create(&stream).await {
+                            self.fail(attempt, &stream, &msg).await;
+                            attempt += 1;
+                        }
+                        // Replay at once after creating.
+                    }
+                    Class::Retry => {
+                        let msg = describe(&e);
+                        self.fail(attempt, &stream, &msg).await;
+                        attempt += 1;
+                    }
+                    Class::Reject => {
+                        tracing::error!(group = %self.group, stream = %stream, error = %describe(&e), events = n, "CloudWatch Logs refused a batch as invalid; counted as rejected");
+                        self.counters.add_rejected(n);
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    async fn fail(&self, attempt: u32, stream: &str, msg: &str) {
+        self.failing.store(true, Ordering::Relaxed);
+        self.counters.add_retry();
+        let d = self.backoff.delay(attempt);
+        if attempt < 3 || attempt % 10 == 0 {
+            tracing::warn!(group = %self.group, stream = %stream, attempt, delay_ms = d.as_millis() as u64, error = %msg, "PutLogEvents failed; retrying");
+        }
+        tokio::time::sleep(d).await;
+    }
+
+    /// Creates the group and the stream; already-existing is success.
+    async fn create(&self, stream: &str) -> Result<(), String> {
+        match self
+            .client
+            .create_log_group()
+            .log_group_name(&self.group)
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_already_exists_exception()) => {}
+            Err(e) => return Err(format!("CreateLogGroup {}: {}", self.group, describe(&e))),
+        }
+        match self
+            .client
+            .create_log_stream()
+            .log_group_name(&self.group)
+            .log_stream_name(stream)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_already_exists_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "CreateLogStream {}/{stream}: {}",
+                self.group,
+                describe(&e)
+            )),
+        }
+    }
+}
+
+/// Events a `rejectedLogEventsInfo` covers: `[0, tooOld]`, `[0, expired]`, `[tooNew, n)`.
+fn rejected_count(info: &aws_sdk_cloudwatchlogs::types::RejectedLogEventsInfo, n: u64) -> u64 {
+    let old = info
+        .too_old_log_event_end_index()
+        .map(|i| i64::from(i) + 1)
+        .unwrap_or(0);
+    let exp = info
+        .expired_log_event_end_index()
+        .map(|i| i64::from(i) + 1)
+        .unwrap_or(0);
+    let front = old.max(exp).clamp(0, n as i64) as u64;
+    let back = info
+        .too_new_log_event_start_index()
+        .map(|i| (n as i64 - i64::from(i)).clamp(0, n as i64) as u64)
+        .unwrap_or(0);
+    (front + back).min(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_cloudwatchlogs::types::RejectedLogEventsInfo;
+
+    #[test]
+    fn classes() {
+        assert_eq!(
+            classify(Some("ResourceNotFoundException"), Some(400)),
+            Class::Missing
+        );
+        assert_eq!(
+            classify(Some("ThrottlingException"), Some(400)),
+            Class::Retry
+        );
+        assert_eq!(
+            classify(Some("ServiceUnavailableException"), Some(503)),
+            Class::Retry
+        );
+        assert_eq!(classify(None, Some(500)), Class::Retry);
+        assert_eq!(classify(None, None), Class::Retry);
+        assert_eq!(
+            classify(Some("ExpiredTokenException"), Some(400)),
+            Class::Retry
+        );
+        assert_eq!(
+            classify(Some("InvalidParameterException"), Some(400)),
+            Class::Reject
+        );
+        assert_eq!(classify(None, Some(413)), Class::Reject);
+    }
+
+    #[test]
+    fn backoff_is_capped_exponential() {
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+        };
+        assert_eq!(b.ceiling(0), Duration::from_millis(100));
+        assert_eq!(b.ceiling(3), Duration::from_millis(800));
+        assert_eq!(b.ceiling(30), Duration::from_secs(1));
+        for a in 0..10 {
+            assert!(b.delay(a) <= b.ceiling(a));
+        }
+    }
+
+    #[test]
+    fn rejected_indices() {
+        let i = RejectedLogEventsInfo::builder()
+            .too_old_log_event_end_index(2)
+            .too_new_log_event_start_index(8)
+            .build();
+        assert_eq!(rejected_count(&i, 10), 5);
+        let i = RejectedLogEventsInfo::builder()
+            .expired_log_event_end_index(0)
+            .build();
+        assert_eq!(rejected_count(&i, 10), 1);
+    }
+}

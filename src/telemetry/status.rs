@@ -1,0 +1,218 @@
+//! Counters and the status snapshot `hybrid-agent status` shows: per stream the last shipped
+//! time, lag and backlog; the spool (bytes, oldest record, pauses); the metric sender's state.
+//! Cheap to update from the hot path (atomics, one short mutex per window), cheap to read.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+/// Monotonic counters since the agent started.
+#[derive(Debug, Default)]
+pub struct Counters {
+    shipped: AtomicU64,
+    rejected: AtomicU64,
+    dropped_too_old: AtomicU64,
+    retries: AtomicU64,
+    spool_pauses: AtomicU64,
+    spool_paused: AtomicBool,
+    spool_corrupt_records: AtomicU64,
+    spool_torn_bytes: AtomicU64,
+    journal_missed_entries: AtomicU64,
+    child_lines_dropped: AtomicU64,
+}
+
+macro_rules! adder {
+    ($name:ident, $field:ident) => {
+        pub fn $name(&self, n: u64) {
+            if n > 0 {
+                self.$field.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    };
+}
+
+impl Counters {
+    adder!(add_shipped, shipped);
+    adder!(add_rejected, rejected);
+    adder!(add_dropped_too_old, dropped_too_old);
+    adder!(add_spool_corrupt, spool_corrupt_records);
+    adder!(add_spool_torn, spool_torn_bytes);
+    adder!(add_child_dropped, child_lines_dropped);
+
+    pub fn add_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_journal_missed(&self, n: u64) {
+        self.journal_missed_entries.store(n, Ordering::Relaxed);
+    }
+
+    /// Marks the spool full (sources paused) or not; counts each transition into paused.
+    pub fn set_paused(&self, paused: bool) {
+        if paused && !self.spool_paused.swap(true, Ordering::Relaxed) {
+            self.spool_pauses.fetch_add(1, Ordering::Relaxed);
+        } else if !paused {
+            self.spool_paused.store(false, Ordering::Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CounterSnapshot {
+            shipped: g(&self.shipped),
+            rejected: g(&self.rejected),
+            dropped_too_old: g(&self.dropped_too_old),
+            retries: g(&self.retries),
+            spool_pauses: g(&self.spool_pauses),
+            spool_paused: self.spool_paused.load(Ordering::Relaxed),
+            spool_corrupt_records: g(&self.spool_corrupt_records),
+            spool_torn_bytes: g(&self.spool_torn_bytes),
+            journal_missed_entries: g(&self.journal_missed_entries),
+            child_lines_dropped: g(&self.child_lines_dropped),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterSnapshot {
+    /// Events CloudWatch Logs accepted.
+    pub shipped: u64,
+    /// Events CloudWatch Logs refused (rejectedLogEventsInfo or an invalid batch).
+    pub rejected: u64,
+    /// Events older than 14 days, dropped before sending.
+    pub dropped_too_old: u64,
+    /// Failed PutLogEvents attempts that were retried.
+    pub retries: u64,
+    /// Times the spool filled up and sources paused.
+    pub spool_pauses: u64,
+    /// Sources are paused right now because the spool is full.
+    pub spool_paused: bool,
+    pub spool_corrupt_records: u64,
+    pub spool_torn_bytes: u64,
+    /// Journal entries deleted by journald before they could be read.
+    pub journal_missed_entries: u64,
+    /// Child output lines lost because the agent was shutting down.
+    pub child_lines_dropped: u64,
+}
+
+/// Per stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamStatus {
+    /// Full CloudWatch stream name.
+    pub name: String,
+    /// When CloudWatch last accepted a batch of this stream (ms since epoch).
+    pub last_shipped_ms: Option<i64>,
+    /// Age of the newest shipped event when it was accepted (ms): how far behind the stream is.
+    pub lag_ms: Option<i64>,
+    /// Events read but not yet accepted.
+    pub backlog_events: u64,
+}
+
+/// The metric sender.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsStatus {
+    /// `idle`, `sending`, `failing: <error>`, `disabled`.
+    pub state: String,
+    pub last_sent_ms: Option<i64>,
+    /// Data points kept on disk waiting to be sent.
+    pub backlog_points: u64,
+    pub sent_points: u64,
+    pub dropped_too_old_points: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TelemetryStatus {
+    pub log_group: String,
+    pub streams: BTreeMap<String, StreamStatus>,
+    pub spool_bytes: u64,
+    pub spool_max_bytes: u64,
+    pub spool_oldest_ms: Option<i64>,
+    pub counters: CounterSnapshot,
+    pub metrics: MetricsStatus,
+}
+
+/// Shared between the telemetry tasks and whoever reports status.
+#[derive(Debug, Default)]
+pub struct StatusCell {
+    pub counters: Arc<Counters>,
+    inner: Mutex<TelemetryStatus>,
+}
+
+impl StatusCell {
+    pub fn new() -> Arc<StatusCell> {
+        Arc::new(StatusCell::default())
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut TelemetryStatus)) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut g);
+    }
+
+    pub fn snapshot(&self) -> TelemetryStatus {
+        let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        s.counters = self.counters.snapshot();
+        s
+    }
+}
+
+impl TelemetryStatus {
+    /// The human form `hybrid-agent status` prints.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let now = super::now_ms();
+        let ago = |t: Option<i64>| {
+            t.map(|t| format!("{:.1}s ago", (now - t) as f64 / 1000.0))
+                .unwrap_or_else(|| "never".into())
+        };
+        let mut o = String::new();
+        let _ = writeln!(o, "logs: group {}", self.log_group);
+        for s in self.streams.values() {
+            let _ = writeln!(
+                o,
+                "  {}: last shipped {}, lag {}, backlog {} events",
+                s.name,
+                ago(s.last_shipped_ms),
+                s.lag_ms
+                    .map(|l| format!("{:.1}s", l as f64 / 1000.0))
+                    .unwrap_or_else(|| "-".into()),
+                s.backlog_events
+            );
+        }
+        let c = &self.counters;
+        let _ = writeln!(
+            o,
+            "  spool: {} of {} bytes, oldest {}{}; paused {} times",
+            self.spool_bytes,
+            self.spool_max_bytes,
+            ago(self.spool_oldest_ms),
+            if c.spool_paused {
+                ", SOURCES PAUSED (spool full)"
+            } else {
+                ""
+            },
+            c.spool_pauses
+        );
+        let _ = writeln!(
+            o,
+            "  shipped {}, rejected {}, dropped (>14 days) {}, retries {}, spool corrupt records {}, journal entries missed {}",
+            c.shipped,
+            c.rejected,
+            c.dropped_too_old,
+            c.retries,
+            c.spool_corrupt_records,
+            c.journal_missed_entries
+        );
+        let m = &self.metrics;
+        let _ = writeln!(
+            o,
+            "metrics: {} (last sent {}, {} points waiting on disk, {} sent)",
+            if m.state.is_empty() { "idle" } else { &m.state },
+            ago(m.last_sent_ms),
+            m.backlog_points,
+            m.sent_points
+        );
+        o
+    }
+}

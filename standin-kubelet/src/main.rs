@@ -1,0 +1,208 @@
+//! `standin-kubelet` — a STAND-IN for kubelet, NOT kubelet.
+//!
+//! kubelet has no Debian package and cannot run here without a cluster, yet hybrid-agent's
+//! supervisor must be shown to start it after containerd, probe its `/healthz`, restart it when
+//! it hangs or turns unhealthy, and back off when it crash-loops. This small program plays that
+//! part in the tests and the demo: it serves `/healthz` on kubelet's default port and can be told
+//! to misbehave
+//!
+//! - at start, by flags (`--mode`, `--crash-after`),
+//! - at any time, through a control file (`--control-file`, re-read at start and before every
+//!   `/healthz` answer, so a mode survives restarts — that is how a crash loop is made), or
+//! - through HTTP: `POST /standin/mode/{healthy|unhealthy|hang|crash}`.
+//!
+//! Every line it prints and its `--help` say it is a stand-in, so nobody mistakes it for kubelet.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use clap::{Parser, ValueEnum};
+
+/// Printed before every line, so logs never show this program as kubelet.
+const TAG: &str = "standin-kubelet [STAND-IN, not kubelet]";
+
+/// kubelet's default `--healthz-port` (kubelet's flag reference).
+const KUBELET_HEALTHZ_PORT: u16 = 10248;
+
+/// Exit code for a crash ordered by `--crash-after` or the `crash` mode.
+const CRASH_EXIT_CODE: i32 = 3;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "standin-kubelet",
+    version,
+    about = "A STAND-IN for kubelet (NOT kubelet) used by hybrid-agent's tests and demo.",
+    long_about = "A STAND-IN for kubelet — this is NOT kubelet. It serves /healthz like kubelet's \
+                  healthz endpoint so hybrid-agent's supervisor can be exercised, and it can be \
+                  told to crash, hang or turn unhealthy: by flags, through a control file holding \
+                  one word (healthy, unhealthy, hang, crash), or with \
+                  `POST /standin/mode/{healthy|unhealthy|hang|crash}`."
+)]
+struct Args {
+    /// Address /healthz listens on (kubelet's flag of the same name).
+    #[arg(long, default_value = "127.0.0.1")]
+    healthz_bind_address: std::net::IpAddr,
+    /// Port /healthz listens on (kubelet's flag of the same name).
+    #[arg(long, default_value_t = KUBELET_HEALTHZ_PORT)]
+    healthz_port: u16,
+    /// How the stand-in behaves from the start.
+    #[arg(long, value_enum, default_value_t = Mode::Healthy)]
+    mode: Mode,
+    /// Exit with a failure code this many seconds after start (0: at once).
+    #[arg(long)]
+    crash_after: Option<f64>,
+    /// A file holding one word (healthy, unhealthy, hang, crash); when it exists it overrides
+    /// --mode, at start and before every /healthz answer.
+    #[arg(long)]
+    control_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// /healthz answers 200 "ok".
+    Healthy,
+    /// /healthz answers 500.
+    Unhealthy,
+    /// /healthz accepts the connection and never answers.
+    Hang,
+    /// The process exits with a failure code.
+    Crash,
+}
+
+impl Mode {
+    fn from_word(word: &str) -> Option<Mode> {
+        match word.trim() {
+            "healthy" => Some(Mode::Healthy),
+            "unhealthy" => Some(Mode::Unhealthy),
+            "hang" => Some(Mode::Hang),
+            "crash" => Some(Mode::Crash),
+            _ => None,
+        }
+    }
+    fn as_u8(self) -> u8 {
+        self as u8
+    }
+    fn from_u8(v: u8) -> Mode {
+        match v {
+            1 => Mode::Unhealthy,
+            2 => Mode::Hang,
+            3 => Mode::Crash,
+            _ => Mode::Healthy,
+        }
+    }
+}
+
+struct Shared {
+    mode: AtomicU8,
+    control_file: Option<PathBuf>,
+}
+
+impl Shared {
+    /// The control file wins when it exists and holds a known word; otherwise the mode set by
+    /// flag or HTTP holds.
+    fn current(&self) -> Mode {
+        if let Some(path) = &self.control_file
+            && let Ok(text) = std::fs::read_to_string(path)
+        {
+            match Mode::from_word(&text) {
+                Some(mode) => return mode,
+                None => say(&format!("control file {} holds {:?}: ignored", path.display(), text.trim())),
+            }
+        }
+        Mode::from_u8(self.mode.load(Ordering::Relaxed))
+    }
+}
+
+fn say(line: &str) {
+    println!("{TAG}: {line}");
+}
+
+fn crash(reason: &str) -> ! {
+    say(&format!("crashing on purpose ({reason}), exit code {CRASH_EXIT_CODE}"));
+    std::process::exit(CRASH_EXIT_CODE);
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args = Args::parse();
+    let shared = Arc::new(Shared { mode: AtomicU8::new(args.mode.as_u8()), control_file: args.control_file.clone() });
+    let mode = shared.current();
+    say(&format!("starting in mode {mode:?} (pid {})", std::process::id()));
+    if mode == Mode::Crash {
+        crash("mode crash at start");
+    }
+    if let Some(secs) = args.crash_after {
+        if secs <= 0.0 {
+            crash("--crash-after 0");
+        }
+        let after = Duration::from_secs_f64(secs);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            crash(&format!("--crash-after {secs}"));
+        });
+    }
+
+    let addr = SocketAddr::new(args.healthz_bind_address, args.healthz_port);
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            say(&format!("cannot listen on {addr}: {e}"));
+            std::process::exit(1);
+        }
+    };
+    say(&format!("serving /healthz on {addr}"));
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/standin/mode/{mode}", post(set_mode))
+        .with_state(shared);
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+        terminated().await;
+        say("SIGTERM or SIGINT received, exiting");
+    });
+    if let Err(e) = serve.await {
+        say(&format!("server failed: {e}"));
+        std::process::exit(1);
+    }
+}
+
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+async fn healthz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
+    match shared.current() {
+        Mode::Healthy => (StatusCode::OK, "ok".into()),
+        Mode::Unhealthy => (StatusCode::INTERNAL_SERVER_ERROR, format!("{TAG}: unhealthy on purpose\n")),
+        Mode::Hang => std::future::pending().await,
+        Mode::Crash => crash("mode crash seen at /healthz"),
+    }
+}
+
+async fn set_mode(State(shared): State<Arc<Shared>>, Path(word): Path<String>) -> (StatusCode, String) {
+    let Some(mode) = Mode::from_word(&word) else {
+        return (StatusCode::BAD_REQUEST, format!("{TAG}: unknown mode {word:?}\n"));
+    };
+    say(&format!("mode set to {mode:?} over HTTP"));
+    if mode == Mode::Crash {
+        // Answer first would race the exit; a crash is a crash.
+        crash("mode crash over HTTP");
+    }
+    shared.mode.store(mode.as_u8(), Ordering::Relaxed);
+    (StatusCode::OK, format!("{TAG}: mode {mode:?}\n"))
+}

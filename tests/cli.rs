@@ -1,0 +1,391 @@
+//! The command-line contract, through the real binary: help text, exit codes, usage errors,
+//! logging flags, and the subcommands that report "not built yet" instead of faking success.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const CODE: &str = "Fj2KxR7pQ9mW4nVb8TzL3sYe";
+const ACTIVATION_ID: &str = "7c4e5b8a-1f2d-4c3b-9a8e-0123456789ab";
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs the binary in `dir` with an empty environment plus `env`; the activation code must never
+/// appear in the output.
+fn run_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let output = Command::new(env!("CARGO_BIN_EXE_hybrid-agent"))
+        .env_clear()
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run hybrid-agent");
+    let run = Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    assert!(
+        !run.stdout.contains(CODE) && !run.stderr.contains(CODE),
+        "activation code leaked by {args:?}:\n{run:?}"
+    );
+    run
+}
+
+fn run(args: &[&str]) -> Run {
+    let dir = tempfile::tempdir().expect("temp dir");
+    run_in(dir.path(), args, &[])
+}
+
+/// A sandbox with an empty `--root` and a valid NodeConfig beside it.
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("root")).expect("root");
+        std::fs::write(
+            dir.path().join("node.yaml"),
+            format!(
+                "apiVersion: node.eks.aws/v1alpha1\nkind: NodeConfig\nspec:\n  cluster:\n    name: prod\n    region: us-west-2\n  hybrid:\n    ssm:\n      activationCode: {CODE}\n      activationId: {ACTIVATION_ID}\n"
+            ),
+        )
+        .expect("node.yaml");
+        Self { dir }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        self.run_env(args, &[])
+    }
+
+    fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let root = self.root().display().to_string();
+        let mut all = vec!["--root", root.as_str()];
+        all.extend_from_slice(args);
+        run_in(self.dir.path(), &all, env)
+    }
+
+    /// Every file and directory under the root (to prove nothing was written).
+    fn root_entries(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+                out.push(entry.path());
+                if entry.path().is_dir() {
+                    walk(&entry.path(), out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.root(), &mut out);
+        out
+    }
+}
+
+const SUBCOMMANDS: &[&[&str]] = &[
+    &["join"],
+    &["run"],
+    &["status"],
+    &["leave"],
+    &["install"],
+    &["upgrade"],
+    &["doctor"],
+    &["config"],
+    &["config", "check"],
+    &["config", "show"],
+];
+
+#[test]
+fn help_exits_zero_and_documents_exit_codes() {
+    for flag in ["--help", "-h"] {
+        let run = run(&[flag]);
+        assert_eq!(run.code, Some(0), "{run:?}");
+        assert!(run.stdout.contains("Exit codes"), "{run:?}");
+        for code in ["  0  ", "  1  ", "  2  ", "  64  "] {
+            assert!(
+                run.stdout.contains(code),
+                "exit code {code:?} missing: {run:?}"
+            );
+        }
+        assert!(
+            run.stdout.contains("Reserved"),
+            "registration codes are reserved: {run:?}"
+        );
+    }
+}
+
+#[test]
+fn every_subcommand_has_real_help() {
+    for sub in SUBCOMMANDS {
+        let mut args = sub.to_vec();
+        args.push("--help");
+        let run = run(&args);
+        assert_eq!(run.code, Some(0), "{args:?}: {run:?}");
+        // Long help: several lines of explanation beyond the usage line.
+        assert!(
+            run.stdout.lines().count() > 12,
+            "{args:?} help is too thin: {run:?}"
+        );
+    }
+    let join = run(&["join", "--help"]);
+    for expected in [
+        "--config-source",
+        "--activation-code-file",
+        "HYBRID_AGENT_ACTIVATION_CODE",
+        "--trust-anchor-arn",
+        "Examples:",
+    ] {
+        assert!(
+            join.stdout.contains(expected),
+            "join --help lacks {expected:?}: {join:?}"
+        );
+    }
+    assert!(
+        join.stdout.to_lowercase().contains("not built yet"),
+        "join --help must say what is missing: {join:?}"
+    );
+    let check = run(&["config", "check", "--help"]);
+    assert!(
+        check.stdout.contains("--config-source") && check.stdout.contains("--cluster"),
+        "{check:?}"
+    );
+}
+
+#[test]
+fn version_exits_zero() {
+    let run = run(&["--version"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.starts_with("hybrid-agent "), "{run:?}");
+}
+
+#[test]
+fn usage_errors_exit_64_not_clap_default() {
+    let cases: &[&[&str]] = &[
+        &[],
+        &["--no-such-flag"],
+        &["frobnicate"],
+        &["config"],
+        &["install"],
+        &["install", "v1.31.0"],
+        &["-v", "-q", "status"],
+        &["--log-format", "xml", "status"],
+        &[
+            "join",
+            "--activation-code",
+            CODE,
+            "--activation-code-file",
+            "f",
+        ],
+    ];
+    for args in cases {
+        let run = run(args);
+        assert_eq!(run.code, Some(64), "{args:?}: {run:?}");
+        assert!(
+            !run.stderr.is_empty(),
+            "{args:?}: usage errors explain themselves: {run:?}"
+        );
+    }
+}
+
+#[test]
+fn join_validates_then_says_registration_is_not_built() {
+    let sb = Sandbox::new();
+    let run = sb.run(&["join", "--config-source", "file://node.yaml"]);
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("credential registration (identity) is not built yet"),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("cluster prod"), "{run:?}");
+    assert!(
+        sb.root_entries().is_empty(),
+        "join wrote under --root: {:?}",
+        sb.root_entries()
+    );
+}
+
+#[test]
+fn join_with_invalid_config_exits_1_before_anything_else() {
+    let sb = Sandbox::new();
+    let run = sb.run(&["join", "--cluster", "prod", "--activation-id", "nope"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(!run.stderr.contains("not built"), "{run:?}");
+    assert!(run.stderr.contains("spec.cluster.region"), "{run:?}");
+    assert!(
+        run.stderr.contains("spec.hybrid.ssm.activationId"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains("spec.hybrid.ssm.activationCode"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn unfinished_subcommands_exit_2_naming_the_missing_capability() {
+    let sb = Sandbox::new();
+    let cases: &[(&[&str], &str)] = &[
+        (&["run"], "the agent daemon"),
+        (&["status"], "the daemon status socket"),
+        (&["leave"], "leaving the cluster"),
+        (&["install", "1.31"], "artifact installation"),
+        (
+            &["upgrade", "1.32"],
+            "upgrading the node's Kubernetes components",
+        ),
+        (&["doctor"], "host and connectivity checks"),
+    ];
+    for (args, capability) in cases {
+        let run = sb.run(args);
+        assert_eq!(run.code, Some(2), "{args:?}: {run:?}");
+        assert!(
+            run.stderr.contains(&capability.to_string()),
+            "{args:?}: {run:?}"
+        );
+        assert!(run.stderr.contains("not built yet"), "{args:?}: {run:?}");
+    }
+    assert!(
+        sb.root_entries().is_empty(),
+        "a stub wrote under --root: {:?}",
+        sb.root_entries()
+    );
+}
+
+#[test]
+fn unfinished_subcommands_still_reject_a_bad_agent_config() {
+    let sb = Sandbox::new();
+    let config = sb.dir.path().join("agent.toml");
+    std::fs::write(&config, "[supervisor]\nbackend = \"docker\"\n").expect("agent.toml");
+    let config = config.display().to_string();
+    for args in [["run"].as_slice(), &["install", "1.31"], &["doctor"]] {
+        let mut all = vec!["--config", config.as_str()];
+        all.extend_from_slice(args);
+        let run = sb.run(&all);
+        assert_eq!(run.code, Some(1), "{args:?}: {run:?}");
+        assert!(
+            run.stderr.contains("supervisor.backend"),
+            "{args:?}: {run:?}"
+        );
+    }
+}
+
+#[test]
+fn config_check_exits_zero_when_valid() {
+    let sb = Sandbox::new();
+    let run = sb.run(&["config", "check", "-c", "file://node.yaml"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.starts_with("configuration is valid"), "{run:?}");
+    // Agent config alone (no node settings given).
+    let run = sb.run(&["config", "check"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.contains("node settings:  not given"), "{run:?}");
+}
+
+#[test]
+fn config_show_redacts_in_yaml_and_json() {
+    let sb = Sandbox::new();
+    for format in [&[][..], &["--json"][..]] {
+        let mut args = vec!["config", "show", "-c", "file://node.yaml"];
+        args.extend_from_slice(format);
+        let run = sb.run(&args);
+        assert_eq!(run.code, Some(0), "{run:?}");
+        assert!(run.stdout.contains("***"), "{run:?}");
+        assert!(run.stdout.contains("activationCode"), "{run:?}");
+    }
+}
+
+#[test]
+fn quiet_and_verbose_control_log_lines() {
+    let sb = Sandbox::new();
+    let default = sb.run(&["join", "-c", "file://node.yaml"]);
+    assert!(
+        default.stderr.contains("INFO"),
+        "info is shown by default: {default:?}"
+    );
+    let quiet = sb.run(&["-q", "join", "-c", "file://node.yaml"]);
+    assert!(!quiet.stderr.contains("INFO"), "{quiet:?}");
+    // The outcome is still reported at any verbosity.
+    assert!(quiet.stderr.contains("not built yet"), "{quiet:?}");
+    assert_eq!(quiet.code, Some(2));
+}
+
+#[test]
+fn json_log_format_emits_json_lines_only() {
+    let sb = Sandbox::new();
+    let run = sb.run(&[
+        "--log-format",
+        "json",
+        "join",
+        "-c",
+        "file://node.yaml",
+        "--region",
+        "bad region",
+    ]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert!(!lines.is_empty(), "{run:?}");
+    for line in lines {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert_eq!(value["level"], "ERROR", "{line}");
+        assert_eq!(value["fields"]["field"], "spec.cluster.region", "{line}");
+        assert_eq!(value["fields"]["location"], "flag --region", "{line}");
+    }
+}
+
+#[test]
+fn activation_code_flag_warns_about_ps() {
+    let sb = Sandbox::new();
+    let run = sb.run(&[
+        "join",
+        "--cluster",
+        "prod",
+        "--region",
+        "us-west-2",
+        "--activation-id",
+        ACTIVATION_ID,
+        "--activation-code",
+        CODE,
+    ]);
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stderr.contains("WARN"), "{run:?}");
+    assert!(run.stderr.contains("`ps`"), "{run:?}");
+}
+
+#[test]
+fn activation_code_from_environment_is_accepted() {
+    let sb = Sandbox::new();
+    let run = sb.run_env(
+        &[
+            "join",
+            "--cluster",
+            "prod",
+            "--region",
+            "us-west-2",
+            "--activation-id",
+            ACTIVATION_ID,
+        ],
+        &[("HYBRID_AGENT_ACTIVATION_CODE", CODE)],
+    );
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(!run.stderr.contains("WARN"), "{run:?}");
+}

@@ -1,0 +1,927 @@
+//! Configuration loading and validation, exercised through the real binary: `config check`,
+//! `config show` and `join` on temporary files, with the environment controlled per test.
+//!
+//! Every invocation's stdout and stderr is searched for the secrets the inputs contain
+//! (activation codes, passwords); finding one fails the test, whatever the test is about.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Activation code used by the fixtures.
+const FIXTURE_CODE: &str = "Fj2KxR7pQ9mW4nVb8TzL3sYe";
+/// Secrets that appear in fixtures and must never be printed.
+const FIXTURE_SECRETS: &[&str] = &[FIXTURE_CODE, "Rg7hunter2Xq", "Pr0xyHunter2"];
+const ACTIVATION_ID: &str = "7c4e5b8a-1f2d-4c3b-9a8e-0123456789ab";
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn example_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config.toml")
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A temporary directory holding the `--root` and the input files of one test.
+struct Sandbox {
+    dir: tempfile::TempDir,
+    secrets: RefCell<Vec<String>>,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("root")).expect("root dir");
+        Self {
+            dir,
+            secrets: RefCell::new(FIXTURE_SECRETS.iter().map(|s| (*s).to_owned()).collect()),
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// Registers one more value that must never be printed.
+    fn secret(&self, value: &str) {
+        self.secrets.borrow_mut().push(value.to_owned());
+    }
+
+    fn write(&self, name: &str, content: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("parent dir");
+        }
+        std::fs::write(&path, content).expect("write input");
+        path
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        self.run_env(args, &[])
+    }
+
+    /// Runs the binary with `--root` set, an empty environment plus `env`, in the sandbox.
+    fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let output = Command::new(env!("CARGO_BIN_EXE_hybrid-agent"))
+            .env_clear()
+            .envs(env.iter().copied())
+            .current_dir(self.dir.path())
+            .arg("--root")
+            .arg(self.root())
+            .args(args)
+            .output()
+            .expect("run hybrid-agent");
+        let run = Run {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        };
+        for secret in self.secrets.borrow().iter() {
+            assert!(
+                !run.stdout.contains(secret.as_str()) && !run.stderr.contains(secret.as_str()),
+                "secret {secret:?} leaked into the output of {args:?}:\n{run:?}"
+            );
+        }
+        run
+    }
+}
+
+fn arg(path: &Path) -> String {
+    path.display().to_string()
+}
+
+fn source(path: &Path) -> String {
+    format!("file://{}", path.display())
+}
+
+/// The problem lines of an invalid run (`  - location: field: message (fix: …)`).
+fn problems(run: &Run) -> Vec<&str> {
+    assert_eq!(run.code, Some(1), "expected invalid configuration: {run:?}");
+    run.stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("  - "))
+        .collect()
+}
+
+/// The one problem line about `field`, which must name `file` and `line`.
+fn problem_at<'a>(run: &'a Run, field: &str, file: &str, line: usize) -> &'a str {
+    let found: Vec<&str> = problems(run)
+        .into_iter()
+        .filter(|p| p.contains(&format!(" {field}: ")))
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one problem about {field}: {run:?}"
+    );
+    let p = found[0];
+    assert!(
+        p.starts_with(&format!("{file}:{line}: {field}: ")),
+        "problem does not name {file}:{line}: {p}"
+    );
+    assert!(p.contains("(fix: "), "problem says no fix: {p}");
+    p
+}
+
+fn ssm_yaml(cluster: &str, activation_id: &str, code: &str) -> String {
+    format!(
+        "apiVersion: node.eks.aws/v1alpha1\nkind: NodeConfig\nspec:\n  cluster:\n{cluster}  hybrid:\n    ssm:\n      activationCode: {code}\n      activationId: {activation_id}\n"
+    )
+}
+
+const CLUSTER: &str = "    name: prod\n    region: us-west-2\n";
+
+// ------------------------------------------------------------------------------------------
+// Agent config
+
+#[test]
+fn example_config_is_valid_and_documents_the_defaults() {
+    let sb = Sandbox::new();
+    let with_file = sb.run(&[
+        "--config",
+        &arg(&example_config()),
+        "config",
+        "show",
+        "--json",
+    ]);
+    assert_eq!(with_file.code, Some(0), "{with_file:?}");
+    let without = sb.run(&["config", "show", "--json"]);
+    assert_eq!(without.code, Some(0), "{without:?}");
+    assert_eq!(
+        with_file.json()["agent"],
+        without.json()["agent"],
+        "examples/config.toml must show exactly the built-in defaults"
+    );
+    assert_eq!(
+        with_file.json()["sources"]["agentConfig"],
+        Value::String(arg(&example_config()))
+    );
+    assert_eq!(without.json()["sources"]["agentConfig"], Value::Null);
+
+    let check = sb.run(&["--config", &arg(&example_config()), "config", "check"]);
+    assert_eq!(check.code, Some(0), "{check:?}");
+    assert!(
+        check.stdout.starts_with("configuration is valid"),
+        "{check:?}"
+    );
+}
+
+#[test]
+fn every_agent_setting_is_applied_with_host_paths_under_root() {
+    let sb = Sandbox::new();
+    let run = sb.run(&[
+        "--config",
+        &arg(&fixture("agent-full.toml")),
+        "config",
+        "show",
+        "--json",
+    ]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let agent = &run.json()["agent"];
+    let root = arg(&sb.root());
+    assert_eq!(
+        agent["credentials"]["file"],
+        format!("{root}/etc/hybrid-agent/aws/credentials")
+    );
+    assert_eq!(agent["credentials"]["profile"], "eks-hybrid");
+    assert_eq!(agent["credentials"]["refresh_backoff_cap"], "30s");
+    assert_eq!(agent["credentials"]["max_key_age"], "30d");
+    assert_eq!(agent["supervisor"]["backend"], "process");
+    assert_eq!(agent["spool"]["dir"], format!("{root}/srv/spool"));
+    assert_eq!(agent["spool"]["max_bytes"], 1_073_741_824u64);
+    assert_eq!(agent["telemetry"]["log_group"], "/site/{region}/{cluster}");
+    assert_eq!(agent["telemetry"]["log_stream"], "{node}-{unit}");
+    assert_eq!(agent["telemetry"]["metric_namespace"], "Site/Edge");
+    assert_eq!(agent["telemetry"]["metrics_interval"], "30s");
+    assert_eq!(agent["telemetry"]["flush_interval"], "2s");
+    assert_eq!(
+        agent["telemetry"]["units"],
+        serde_json::json!(["kubelet.service", "containerd"])
+    );
+    assert_eq!(agent["telemetry"]["min_priority"], "warning");
+    assert_eq!(
+        agent["artifacts"]["mirror_url"],
+        "https://mirror.example.internal/eks"
+    );
+    assert_eq!(
+        agent["network"]["proxy"],
+        "http://agent:***@proxy.example.internal:3128/"
+    );
+    assert_eq!(
+        agent["network"]["no_proxy"],
+        serde_json::json!(["169.254.169.254", ".internal"])
+    );
+    assert_eq!(
+        agent["network"]["ca_bundle"],
+        format!("{root}/etc/pki/corp-root.pem")
+    );
+    for (service, port) in [
+        ("ssm", 4001),
+        ("logs", 4002),
+        ("cloudwatch", 4003),
+        ("eks", 4004),
+        ("sts", 4005),
+        ("rolesanywhere", 4006),
+    ] {
+        assert_eq!(
+            agent["endpoints"][service]["url"],
+            format!("http://127.0.0.1:{port}/"),
+            "{service}"
+        );
+        assert_eq!(
+            agent["endpoints"][service]["origin"]["from"], "file",
+            "{service}"
+        );
+    }
+}
+
+#[test]
+fn default_agent_config_location_is_under_root() {
+    let sb = Sandbox::new();
+    sb.write(
+        "root/etc/hybrid-agent/config.toml",
+        "[spool]\nmax_bytes = 2097152\n",
+    );
+    let run = sb.run(&["config", "show", "--json"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.json()["agent"]["spool"]["max_bytes"], 2_097_152u64);
+    assert_eq!(
+        run.json()["sources"]["agentConfig"],
+        arg(&sb.root().join("etc/hybrid-agent/config.toml"))
+    );
+}
+
+#[test]
+fn unknown_toml_field_names_field_file_and_line() {
+    let sb = Sandbox::new();
+    let path = sb.write(
+        "agent.toml",
+        "[credentials]\nprofile = \"default\"\nprofle = \"typo\"\n",
+    );
+    let run = sb.run(&["--config", &arg(&path), "config", "check"]);
+    let p = problem_at(&run, "credentials.profle", &arg(&path), 3);
+    assert!(p.contains("unknown field `profle`"), "{p}");
+    assert!(
+        p.contains("`profile`"),
+        "the known fields should be suggested: {p}"
+    );
+}
+
+#[test]
+fn malformed_toml_names_file_and_line() {
+    let sb = Sandbox::new();
+    let path = sb.write(
+        "agent.toml",
+        "[spool]\nmax_bytes = 1048576\n[telemetry\nunits = []\n",
+    );
+    let run = sb.run(&["--config", &arg(&path), "config", "check"]);
+    let found = problems(&run);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with(&format!("{}:3: TOML syntax error", arg(&path)))),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn explicit_agent_config_must_exist_and_is_named() {
+    let sb = Sandbox::new();
+    let run = sb.run(&["--config", "missing.toml", "config", "check"]);
+    let found = problems(&run);
+    assert_eq!(found.len(), 1, "{run:?}");
+    assert!(
+        found[0].starts_with("missing.toml: cannot read the agent config"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn every_agent_config_problem_is_listed() {
+    let sb = Sandbox::new();
+    let path = sb.write(
+        "agent.toml",
+        "[credentials]\nfile = \"relative/creds\"\nrefresh_backoff_cap = \"2h\"\n\n[spool]\nmax_bytes = \"big\"\n\n[telemetry]\nlog_group = \"/aws/{clutser}\"\nmin_priority = \"loud\"\n\n[network]\nproxy = \"ftp://proxy\"\n",
+    );
+    let run = sb.run(&["--config", &arg(&path), "config", "check"]);
+    let file = arg(&path);
+    problem_at(&run, "credentials.file", &file, 2);
+    problem_at(&run, "credentials.refresh_backoff_cap", &file, 3);
+    problem_at(&run, "spool.max_bytes", &file, 6);
+    problem_at(&run, "telemetry.log_group", &file, 9);
+    problem_at(&run, "telemetry.min_priority", &file, 10);
+    problem_at(&run, "network.proxy", &file, 13);
+    assert_eq!(problems(&run).len(), 6, "{run:?}");
+}
+
+// ------------------------------------------------------------------------------------------
+// Endpoints
+
+#[test]
+fn endpoint_environment_wins_over_file_and_specific_over_global() {
+    let sb = Sandbox::new();
+    let path = sb.write(
+        "agent.toml",
+        "[endpoints]\nssm = \"http://127.0.0.1:1001\"\neks = \"http://127.0.0.1:1002\"\n",
+    );
+    let args = [
+        "--config",
+        &arg(&path),
+        "config",
+        "check",
+        "--config-source",
+        &source(&fixture("nodeconfig-ssm.yaml")),
+    ];
+    let run = sb.run_env(
+        &args,
+        &[
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:2000"),
+            ("AWS_ENDPOINT_URL_SSM", "http://127.0.0.1:3000"),
+        ],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let line = |service: &str| -> String {
+        run.stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{service} ")))
+            .unwrap_or_else(|| panic!("no endpoint line for {service}: {run:?}"))
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(
+        line("ssm"),
+        "http://127.0.0.1:3000/ (environment AWS_ENDPOINT_URL_SSM)"
+    );
+    assert_eq!(
+        line("eks"),
+        "http://127.0.0.1:2000/ (environment AWS_ENDPOINT_URL)"
+    );
+    assert_eq!(
+        line("logs"),
+        "http://127.0.0.1:2000/ (environment AWS_ENDPOINT_URL)"
+    );
+
+    // Without the environment the file applies, and unset services use the AWS default.
+    let run = sb.run(&args);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("http://127.0.0.1:1001/ (agent config [endpoints])"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout
+            .contains("https://logs.us-west-2.amazonaws.com/ (AWS default)"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout
+            .contains("https://monitoring.us-west-2.amazonaws.com/ (AWS default)"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn malformed_endpoint_variable_is_named() {
+    let sb = Sandbox::new();
+    let run = sb.run_env(
+        &["config", "check"],
+        &[("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS", "not a url")],
+    );
+    let found = problems(&run);
+    assert_eq!(found.len(), 1, "{run:?}");
+    assert!(
+        found[0].starts_with("environment variable AWS_ENDPOINT_URL_CLOUDWATCH_LOGS: "),
+        "{run:?}"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// NodeConfig: valid inputs
+
+#[test]
+fn ssm_nodeconfig_passes_with_a_summary() {
+    let sb = Sandbox::new();
+    let run = sb.run(&[
+        "config",
+        "check",
+        "--config-source",
+        &source(&fixture("nodeconfig-ssm.yaml")),
+    ]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    for expected in [
+        "cluster:        prod-cluster",
+        "region:         us-west-2",
+        &format!("provider:       ssm (SSM hybrid activation {ACTIVATION_ID})"),
+        "node identity:  SSM managed-instance id",
+        "ssm            https://ssm.us-west-2.amazonaws.com/ (AWS default)",
+    ] {
+        assert!(
+            run.stdout.contains(expected),
+            "missing {expected:?}: {run:?}"
+        );
+    }
+}
+
+#[test]
+fn iam_roles_anywhere_nodeconfig_passes_with_paths_under_root() {
+    let sb = Sandbox::new();
+    let check = sb.run(&[
+        "config",
+        "check",
+        "-c",
+        &source(&fixture("nodeconfig-iam-ra.yaml")),
+    ]);
+    assert_eq!(check.code, Some(0), "{check:?}");
+    assert!(check.stdout.contains("provider:       iam-ra"), "{check:?}");
+    assert!(
+        check.stdout.contains("node identity:  nodeName `edge-01`"),
+        "{check:?}"
+    );
+    assert!(
+        check
+            .stdout
+            .contains("https://rolesanywhere.eu-central-1.amazonaws.com/"),
+        "{check:?}"
+    );
+
+    let show = sb.run(&[
+        "config",
+        "show",
+        "--json",
+        "-c",
+        &source(&fixture("nodeconfig-iam-ra.yaml")),
+    ]);
+    assert_eq!(show.code, Some(0), "{show:?}");
+    let provider = &show.json()["node"]["provider"];
+    assert_eq!(provider["type"], "iamRolesAnywhere");
+    assert_eq!(provider["nodeName"], "edge-01");
+    let root = arg(&sb.root());
+    assert_eq!(
+        provider["certificatePath"],
+        format!("{root}/etc/certificates/iam/pki/edge-01.crt")
+    );
+    assert_eq!(
+        provider["privateKeyPath"],
+        format!("{root}/etc/certificates/iam/pki/edge-01.key")
+    );
+    assert_eq!(show.json()["node"]["enableCredentialsFile"], true);
+}
+
+#[test]
+fn nodeadm_file_with_every_field_is_accepted() {
+    let sb = Sandbox::new();
+    let run = sb.run(&[
+        "config",
+        "show",
+        "--json",
+        "-c",
+        &source(&fixture("nodeconfig-every-field.yaml")),
+    ]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let node = &run.json()["node"];
+    assert_eq!(node["cluster"]["apiServerEndpoint"], "https://example.com/");
+    assert_eq!(
+        node["cluster"]["certificateAuthority"],
+        "Y2VydGlmaWNhdGVBdXRob3JpdHk="
+    );
+    assert_eq!(node["cluster"]["cidr"], "10.100.0.0/16");
+    assert_eq!(node["kubelet"]["config"]["maxPods"], 110);
+    assert_eq!(
+        node["containerd"]["baseRuntimeSpec"]["process"]["rlimits"][0]["soft"],
+        1024
+    );
+    assert_eq!(node["featureGates"]["InstanceIdNodeName"], true);
+    // The registry password inside the inline containerd TOML is redacted, the rest kept.
+    let containerd = node["containerd"]["config"]
+        .as_str()
+        .expect("containerd config shown");
+    assert!(containerd.contains("username = \"puller\""), "{containerd}");
+    assert!(containerd.contains("password = \"***\""), "{containerd}");
+}
+
+#[test]
+fn relative_config_source_is_relative_to_the_current_directory() {
+    let sb = Sandbox::new();
+    sb.write("node.yaml", &ssm_yaml(CLUSTER, ACTIVATION_ID, FIXTURE_CODE));
+    let run = sb.run(&["config", "check", "-c", "file://node.yaml"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.contains("node settings:  node.yaml"), "{run:?}");
+}
+
+// ------------------------------------------------------------------------------------------
+// NodeConfig: flags and secrets
+
+#[test]
+fn flags_alone_make_a_config_and_the_code_file_is_read() {
+    let sb = Sandbox::new();
+    let code = sb.write("code.txt", &format!("{FIXTURE_CODE}\n"));
+    let run = sb.run(&[
+        "config",
+        "show",
+        "--json",
+        "--cluster",
+        "prod",
+        "--region",
+        "us-east-1",
+        "--activation-id",
+        ACTIVATION_ID,
+        "--activation-code-file",
+        &arg(&code),
+    ]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let node = &run.json()["node"];
+    assert_eq!(node["cluster"]["name"], "prod");
+    assert_eq!(node["cluster"]["region"], "us-east-1");
+    assert_eq!(node["provider"]["activationId"], ACTIVATION_ID);
+    assert_eq!(node["provider"]["activationCode"], "***");
+    assert_eq!(run.json()["sources"]["nodeConfig"], Value::Null);
+}
+
+#[test]
+fn flags_override_file_values_and_problems_name_the_flag() {
+    let sb = Sandbox::new();
+    let path = sb.write("node.yaml", &ssm_yaml(CLUSTER, ACTIVATION_ID, FIXTURE_CODE));
+    let run = sb.run(&[
+        "config",
+        "show",
+        "--json",
+        "-c",
+        &source(&path),
+        "--region",
+        "eu-west-1",
+        "--cluster",
+        "other",
+    ]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.json()["node"]["cluster"]["region"], "eu-west-1");
+    assert_eq!(run.json()["node"]["cluster"]["name"], "other");
+
+    let run = sb.run(&[
+        "config",
+        "check",
+        "-c",
+        &source(&path),
+        "--activation-id",
+        "bad-id",
+    ]);
+    let found = problems(&run);
+    assert_eq!(found.len(), 1, "{run:?}");
+    assert!(
+        found[0].starts_with(
+            "flag --activation-id: spec.hybrid.ssm.activationId: `bad-id` is not a UUID"
+        ),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn activation_code_from_environment_or_flag_is_never_printed() {
+    let sb = Sandbox::new();
+    let base = [
+        "config",
+        "show",
+        "--cluster",
+        "prod",
+        "--region",
+        "us-west-2",
+        "--activation-id",
+        ACTIVATION_ID,
+    ];
+
+    let run = sb.run_env(&base, &[("HYBRID_AGENT_ACTIVATION_CODE", FIXTURE_CODE)]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.contains("activationCode: '***'"), "{run:?}");
+
+    let mut with_flag = base.to_vec();
+    with_flag.extend(["--activation-code", FIXTURE_CODE]);
+    let run = sb.run(&with_flag);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("--activation-code shows the activation code"),
+        "no warning: {run:?}"
+    );
+    assert!(run.stderr.contains("ps"), "{run:?}");
+}
+
+#[test]
+fn environment_code_does_not_override_the_file_or_an_iam_ra_node() {
+    let sb = Sandbox::new();
+    let other = "ZZZZZZZZZZZZZZZZZZZZZZZZZZ";
+    sb.secret(other);
+    // The file's code wins: a short code in the environment would otherwise be an error.
+    let run = sb.run_env(
+        &[
+            "config",
+            "check",
+            "-c",
+            &source(&fixture("nodeconfig-ssm.yaml")),
+        ],
+        &[("HYBRID_AGENT_ACTIVATION_CODE", "short")],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    // An IAM Roles Anywhere node is not turned into "both providers set".
+    let run = sb.run_env(
+        &[
+            "config",
+            "check",
+            "-c",
+            &source(&fixture("nodeconfig-iam-ra.yaml")),
+        ],
+        &[("HYBRID_AGENT_ACTIVATION_CODE", other)],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+}
+
+#[test]
+fn unreadable_activation_code_file_is_named() {
+    let sb = Sandbox::new();
+    let run = sb.run(&[
+        "config",
+        "check",
+        "--cluster",
+        "prod",
+        "--region",
+        "us-west-2",
+        "--activation-id",
+        ACTIVATION_ID,
+        "--activation-code-file",
+        "no-such-code.txt",
+    ]);
+    let found = problems(&run);
+    assert_eq!(found.len(), 1, "{run:?}");
+    assert!(found[0].starts_with("flag --activation-code-file: spec.hybrid.ssm.activationCode: cannot read activation code file no-such-code.txt"), "{run:?}");
+}
+
+#[test]
+fn mistyped_activation_code_is_not_echoed() {
+    let sb = Sandbox::new();
+    // A number (unquoted digits) where a string is expected: reported by type, not value.
+    let numeric = "12345678901234567890";
+    sb.secret(numeric);
+    let path = sb.write("node.yaml", &ssm_yaml(CLUSTER, ACTIVATION_ID, numeric));
+    let run = sb.run(&["config", "check", "-c", &source(&path)]);
+    let p = problem_at(&run, "spec.hybrid.ssm.activationCode", &arg(&path), 9);
+    assert!(p.contains("not shown"), "{p}");
+
+    // Too many digits for any integer: the YAML parser itself fails and would quote the value.
+    let huge = "123456789012345678901234";
+    sb.secret(huge);
+    let path = sb.write("node2.yaml", &ssm_yaml(CLUSTER, ACTIVATION_ID, huge));
+    let run = sb.run(&["config", "check", "-c", &source(&path)]);
+    let found = problems(&run);
+    assert_eq!(found.len(), 1, "{run:?}");
+    assert!(
+        found[0].starts_with(&format!("{}:9: YAML syntax error", arg(&path))),
+        "{run:?}"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// NodeConfig: one test per kind of mistake
+
+#[test]
+fn unknown_yaml_field_names_field_file_and_line() {
+    let sb = Sandbox::new();
+    let path = sb.write(
+        "node.yaml",
+        &ssm_yaml(CLUSTER, ACTIVATION_ID, FIXTURE_CODE).replace("activationId:", "activationID:"),
+    );
+    let run = sb.run(&["config", "check", "-c", &source(&path)]);
+    let p = problem_at(&run, "spec.hybrid.ssm.activationID", &arg(&path), 10);
+    assert!(p.contains("unknown field `activationID`"), "{p}");
+    assert!(p.contains("`activationId`"), "{p}");
+}
+
+#[test]
+fn activation_id_must_be_a_uuid() {
+    let sb = Sandbox::new();
+    let path = sb.write(
+        "node.yaml",
+        &ssm_yaml(CLUSTER, "7c4e5b8a1f2d4c3b9a8e0123456789ab", FIXTURE_CODE),
+    );
+    let run = sb.run(&["config", "check", "-c", &source(&path)]);
+    let p = problem_at(&run, "spec.hybrid.ssm.activationId", &arg(&path), 10);
+    assert!(p.contains("is not a UUID"), "{p}");
+    assert_eq!(problems(&run).len(), 1, "{run:?}");
+}
+
+#[test]
+fn activation_code_must_have_twenty_characters() {
+    let sb = Sandbox::new();
+    let short = "Abc123Def456Ghi7890"; // 19 characters
+    sb.secret(short);
+    let path = sb.write("node.yaml", &ssm_yaml(CLUSTER, ACTIVATION_ID, short));
+    let run = sb.run(&["config", "check", "-c", &source(&path)]);
+    let p = problem_at(&run, "spec.hybrid.ssm.activationCode", &arg(&path), 9);
+    assert!(p.contains("19 characters"), "{p}");
+    assert!(p.contains("at least 20"), "{p}");
+}
+
+#[test]
+fn ssm_and_iam_roles_anywhere_together_are_rejected() {
+    let sb = Sandbox::new();
+    let yaml = format!(
+        "{}    iamRolesAnywhere:\n      nodeName: edge-01\n",
+        ssm_yaml(CLUSTER, ACTIVATION_ID, FIXTURE_CODE)
+    );
+    let path = sb.write("node.yaml", &yaml);
+    let run = sb.run(&["config", "check", "-c", &source(&path)]);
+    let p = problem_at(&run, "spec.hybrid", &arg(&path), 7);
+    assert!(
+        p.contains("both ssm") && p.contains("iamRolesAnywhere"),
+        "{p}"
+    );
+    assert!(p.contains("mutually exclusive"), "{p}");
+}
+
+#[test]
+fn a_provider_is_required() {
+    let sb = Sandbox::new();
+    let path = sb.write(
+        "node.yaml",
+        &format!("apiVersion: node.eks.aws/v1alpha1\nkind: NodeConfig\nspec:\n  cluster:\n{CLUSTER}  hybrid:\n    enableCredentialsFile: true\n"),
+    );
+    let run = sb.run(&["config", "check", "-c", &source(&path)]);
+    let p = problem_at(&run, "spec.hybrid", &arg(&path), 7);
+    assert!(p.contains("neither ssm nor iamRolesAnywhere"), "{p}");
+    assert!(
+        p.contains("--activation-id"),
+        "the fix should name the flags too: {p}"
+    );
+}
+
+#[test]
+fn cluster_name_is_required() {
+    let sb = Sandbox::new();
+    let path = sb.write(
+        "node.yaml",
+        &ssm_yaml("    region: us-west-2\n", ACTIVATION_ID, FIXTURE_CODE),
+    );
+    let run = sb.run(&["config", "check", "-c", &source(&path)]);
+    let p = problem_at(&run, "spec.cluster.name", &arg(&path), 4);
+    assert!(p.contains("is missing") && p.contains("--cluster"), "{p}");
+    assert_eq!(problems(&run).len(), 1, "{run:?}");
+}
+
+#[test]
+fn region_is_required() {
+    let sb = Sandbox::new();
+    let path = sb.write(
+        "node.yaml",
+        &ssm_yaml("    name: prod\n", ACTIVATION_ID, FIXTURE_CODE),
+    );
+    let run = sb.run(&["config", "check", "-c", &source(&path)]);
+    let p = problem_at(&run, "spec.cluster.region", &arg(&path), 4);
+    assert!(p.contains("is missing") && p.contains("--region"), "{p}");
+}
+
+#[test]
+fn hostname_override_in_kubelet_flags_is_rejected() {
+    let sb = Sandbox::new();
+    let yaml = format!(
+        "{}  kubelet:\n    flags:\n      - --node-labels=a=b\n      - --hostname-override=my-box\n",
+        ssm_yaml(CLUSTER, ACTIVATION_ID, FIXTURE_CODE)
+    );
+    let path = sb.write("node.yaml", &yaml);
+    let run = sb.run(&["config", "check", "-c", &source(&path)]);
+    let p = problem_at(&run, "spec.kubelet.flags[1]", &arg(&path), 14);
+    assert!(p.contains("--hostname-override"), "{p}");
+}
+
+#[test]
+fn malformed_yaml_names_file_and_line() {
+    let sb = Sandbox::new();
+    let path = sb.write(
+        "node.yaml",
+        "apiVersion: node.eks.aws/v1alpha1\nspec:\n  cluster:\n    name: x\n   region: [\n",
+    );
+    let run = sb.run(&["config", "check", "-c", &source(&path)]);
+    let found = problems(&run);
+    assert_eq!(found.len(), 1, "{run:?}");
+    assert!(
+        found[0].starts_with(&format!("{}:5: YAML syntax error", arg(&path))),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn missing_nodeconfig_file_is_named() {
+    let sb = Sandbox::new();
+    let run = sb.run(&["config", "check", "-c", "file:///no/such/nodeconfig.yaml"]);
+    let found = problems(&run);
+    assert_eq!(found.len(), 1, "{run:?}");
+    assert!(
+        found[0].starts_with("/no/such/nodeconfig.yaml: cannot read the NodeConfig"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn wrong_api_version_and_kind_are_both_reported() {
+    let sb = Sandbox::new();
+    let yaml = ssm_yaml(CLUSTER, ACTIVATION_ID, FIXTURE_CODE)
+        .replace("node.eks.aws/v1alpha1", "node.eks.aws/v1beta1")
+        .replace("kind: NodeConfig", "kind: NodeConfiguration");
+    let path = sb.write("node.yaml", &yaml);
+    let run = sb.run(&["config", "check", "-c", &source(&path)]);
+    let p = problem_at(&run, "apiVersion", &arg(&path), 1);
+    assert!(p.contains("node.eks.aws/v1alpha1"), "{p}");
+    problem_at(&run, "kind", &arg(&path), 2);
+}
+
+#[test]
+fn config_source_must_be_a_file_url() {
+    let sb = Sandbox::new();
+    for bad in [
+        "https://example.com/node.yaml",
+        "imds://user-data",
+        "/etc/node.yaml",
+    ] {
+        let run = sb.run(&["config", "check", "--config-source", bad]);
+        let found = problems(&run);
+        assert_eq!(found.len(), 1, "{run:?}");
+        assert!(found[0].starts_with("flag --config-source: "), "{run:?}");
+        assert!(found[0].contains("file://"), "{run:?}");
+    }
+}
+
+#[test]
+fn several_problems_in_one_file_are_all_listed() {
+    let sb = Sandbox::new();
+    let short = "tooShort";
+    sb.secret(short);
+    let yaml = "\
+apiVersion: node.eks.aws/v1alpha1
+kind: NodeConfig
+spec:
+  cluster:
+    nmae: prod
+    region: us-west2
+  kubelet:
+    flags: [--hostname-override=x]
+  hybrid:
+    ssm:
+      activationCode: tooShort
+      activationId: not-a-uuid
+  featureGatez: {}
+";
+    let path = sb.write("node.yaml", yaml);
+    let run = sb.run(&["config", "check", "-c", &source(&path)]);
+    let file = arg(&path);
+    problem_at(&run, "spec.cluster.nmae", &file, 5);
+    problem_at(&run, "spec.featureGatez", &file, 13);
+    problem_at(&run, "spec.cluster.name", &file, 4);
+    problem_at(&run, "spec.cluster.region", &file, 6);
+    problem_at(&run, "spec.kubelet.flags[0]", &file, 8);
+    problem_at(&run, "spec.hybrid.ssm.activationCode", &file, 11);
+    problem_at(&run, "spec.hybrid.ssm.activationId", &file, 12);
+    assert_eq!(problems(&run).len(), 7, "{run:?}");
+    assert!(
+        run.stderr.contains("invalid configuration: 7 problems"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn agent_and_node_problems_are_reported_together() {
+    let sb = Sandbox::new();
+    let agent = sb.write("agent.toml", "[spool]\nmax_bytes = 10\n");
+    let node = sb.write(
+        "node.yaml",
+        &ssm_yaml("    name: prod\n", ACTIVATION_ID, FIXTURE_CODE),
+    );
+    let run = sb.run(&["--config", &arg(&agent), "join", "-c", &source(&node)]);
+    problem_at(&run, "spool.max_bytes", &arg(&agent), 2);
+    problem_at(&run, "spec.cluster.region", &arg(&node), 4);
+}

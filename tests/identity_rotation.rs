@@ -1,0 +1,238 @@
+//! `hybrid-agent run` keeping credentials fresh, for both providers with the same tests: short
+//! token lifetimes, a reader hammering the credentials file, injected errors, an outage, and a
+//! host clock ten minutes ahead of the service's.
+
+mod identity_support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use hybrid_agent::identity::credfile;
+use identity_support::*;
+
+const SSM: Provider = Provider::Ssm;
+const IAM_RA: Provider = Provider::IamRa { rsa: false, intermediate: true };
+
+/// Token lifetime 20 s; at least 5 rotations while a reader parses the file in a tight loop and
+/// checks every read is a complete profile whose key works as a set.
+fn rotations_are_never_torn(provider: Provider) {
+    let ds = devstack(Duration::from_secs(20));
+    let host = Host::new(&ds);
+    let out = host.join(&ds, provider, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let file = host.path(CREDENTIALS);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (stop, reads, file) = (stop.clone(), reads.clone(), file.clone());
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeMap::new();
+            while !stop.load(Ordering::Relaxed) {
+                let text = std::fs::read_to_string(&file).expect("the file always exists");
+                let v = credfile::parse_profile(&text, "default").unwrap_or_else(|| panic!("torn or partial file:\n{text}"));
+                let token = v.session_token.as_ref().map(|t| t.expose().to_string()).unwrap_or_else(|| panic!("no token:\n{text}"));
+                assert!(text.ends_with('\n'), "truncated file:\n{text}");
+                // Key id, secret and token come from one response: a mix would pair a new id with
+                // an old secret or token.
+                let pair = (v.secret_access_key.expose().to_string(), token);
+                if let Some(prev) = seen.insert(v.access_key_id.clone(), pair.clone()) {
+                    assert_eq!(prev, pair, "access key {} seen with two different secrets", v.access_key_id);
+                }
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+            seen.len()
+        })
+    };
+
+    let mut daemon = host.spawn_daemon();
+    let start = Instant::now();
+    let mut keys = std::collections::BTreeSet::new();
+    let mut sts_checks = 0;
+    while keys.len() < 6 && start.elapsed() < Duration::from_secs(90) {
+        if let Some(v) = host.credentials() {
+            if keys.insert(v.access_key_id.clone()) {
+                host.remember_credentials();
+                sts_with_file(&ds, &file, "default").unwrap_or_else(|e| panic!("fresh credentials rejected: {e}"));
+                sts_checks += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let distinct_seen_by_reader = reader.join().expect("reader never saw a torn file");
+    let rotations = keys.len() - 1;
+    eprintln!(
+        "FIGURES {provider:?}: {rotations} rotations in {:.1} s, reader parsed the file {} times, saw {distinct_seen_by_reader} key sets, {sts_checks} STS checks",
+        start.elapsed().as_secs_f64(),
+        reads.load(Ordering::Relaxed)
+    );
+    assert!(rotations >= 5, "only {rotations} rotations in {:?}:\n{}", start.elapsed(), daemon.log());
+    let status = daemon.stop();
+    assert!(status.success(), "daemon exit {status:?}:\n{}", daemon.log());
+    host.assert_no_secret_in_output(&[&daemon]);
+}
+
+#[test]
+fn ssm_rotations_are_never_torn() {
+    rotations_are_never_torn(SSM);
+}
+
+#[test]
+fn iam_ra_rotations_are_never_torn() {
+    rotations_are_never_torn(IAM_RA);
+}
+
+/// 50 % of refreshes fail, then the endpoint disappears for two minutes. While it answers, the
+/// credentials in the file never expire; after it comes back, they are refreshed within the
+/// backoff cap (10 s here, configured in the agent config).
+fn survives_errors_and_an_outage(provider: Provider) {
+    const CAP: Duration = Duration::from_secs(10);
+    const OUTAGE: Duration = Duration::from_secs(120);
+    let op = match provider {
+        Provider::Ssm => ("ssm", "RequestManagedInstanceRoleToken"),
+        Provider::IamRa { .. } => ("rolesanywhere", "CreateSession"),
+    };
+    let ds = devstack(Duration::from_secs(20));
+    let host = Host::new(&ds);
+    host.agent_config("[credentials]\nrefresh_backoff_cap = \"10s\"\n");
+    let out = host.join(&ds, provider, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut daemon = host.spawn_daemon();
+
+    // Watches the file: with the endpoint reachable, the credentials in it must be valid.
+    let reachable = Arc::new(AtomicBool::new(true));
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (reachable, stop) = (reachable.clone(), stop.clone());
+        let store = host.store();
+        std::thread::spawn(move || {
+            let mut violations = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(Some(s)) = store.load_credentials_state()
+                    && reachable.load(Ordering::Relaxed)
+                    && s.expiration < SystemTime::now()
+                {
+                    violations.push(format!("{} expired while the endpoint was reachable", s.access_key_id));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            violations
+        })
+    };
+
+    set_faults(&ds, serde_json::json!({ "rules": [{ "service": op.0, "operation": op.1, "error_rate": 0.5 }] }));
+    let calls_before = calls(&ds, &format!("{}/{}", op.0, op.1));
+    std::thread::sleep(Duration::from_secs(25));
+    let calls_during_errors = calls(&ds, &format!("{}/{}", op.0, op.1)) - calls_before;
+
+    // Outage: nothing answers. Credentials may expire now; that is not the agent's fault.
+    reachable.store(false, Ordering::Relaxed);
+    set_faults(&ds, serde_json::json!({ "rules": [], "outage_secs": OUTAGE.as_secs() }));
+    std::thread::sleep(OUTAGE);
+    let last_before = host.credentials_state().expect("state").last_refresh;
+    let recovered_at = Instant::now();
+    // Recovery: the next successful refresh comes within the cap (plus one request's time).
+    let refreshed = wait_for(CAP + Duration::from_secs(10), || {
+        host.credentials_state().filter(|s| s.last_refresh > last_before).map(|_| recovered_at.elapsed())
+    });
+    reachable.store(true, Ordering::Relaxed);
+    let latency = refreshed.unwrap_or_else(|| panic!("no refresh within {:?} after the outage:\n{}", CAP + Duration::from_secs(10), daemon.log()));
+    eprintln!(
+        "FIGURES {provider:?}: {calls_during_errors} {} calls in 25 s at 50 % errors; refreshed {:.1} s after a {} s outage ended (cap {} s)",
+        op.1,
+        latency.as_secs_f64(),
+        OUTAGE.as_secs(),
+        CAP.as_secs()
+    );
+    assert!(latency <= CAP + Duration::from_secs(2), "refresh {latency:?} after recovery exceeds the {CAP:?} cap");
+    // A little more time reachable, then the verdict.
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let violations = watcher.join().expect("watcher");
+    assert!(violations.is_empty(), "{violations:?}\n{}", daemon.log());
+    assert!(sts_with_file(&ds, &host.path(CREDENTIALS), "default").is_ok());
+    host.remember_credentials();
+    assert!(daemon.stop().success());
+    host.assert_no_secret_in_output(&[&daemon]);
+}
+
+#[test]
+fn ssm_survives_errors_and_an_outage() {
+    survives_errors_and_an_outage(SSM);
+}
+
+#[test]
+fn iam_ra_survives_errors_and_an_outage() {
+    survives_errors_and_an_outage(IAM_RA);
+}
+
+/// The host clock is 10 minutes ahead of the service's (devstack clock offset -600 s). The
+/// agent corrects from the `Date` header: at most one rejected signature per process, then
+/// rotations succeed.
+fn skewed_host_clock_costs_at_most_one_rejection(provider: Provider) {
+    let ds = devstack(Duration::from_secs(20));
+    let _: serde_json::Value = control(&ds, "POST", "clock?offset_secs=-600", None).expect("clock offset");
+    let host = Host::new(&ds);
+    let out = host.join(&ds, provider, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let first = host.credentials().expect("creds").access_key_id;
+    let mut daemon = host.spawn_daemon();
+    let mut keys = std::collections::BTreeSet::from([first]);
+    let got = wait_for(Duration::from_secs(60), || {
+        if let Some(v) = host.credentials() {
+            keys.insert(v.access_key_id);
+        }
+        (keys.len() >= 4).then_some(())
+    });
+    let log = daemon.log();
+    assert!(got.is_some(), "rotation stalled with a skewed clock:\n{log}");
+    let rejections = log.matches("re-signing once with the corrected clock").count();
+    eprintln!("FIGURES {provider:?}: host clock +600 s: {} rotations, {rejections} rejected signature(s) in the daemon", keys.len() - 1);
+    assert!(rejections <= 1, "{rejections} rejections:\n{log}");
+    assert!(log.contains("clock differs from the service"), "the skew should be logged once:\n{log}");
+    host.remember_credentials();
+    assert!(daemon.stop().success());
+    host.assert_no_secret_in_output(&[&daemon]);
+}
+
+#[test]
+fn ssm_skewed_host_clock() {
+    skewed_host_clock_costs_at_most_one_rejection(SSM);
+}
+
+#[test]
+fn iam_ra_skewed_host_clock() {
+    skewed_host_clock_costs_at_most_one_rejection(IAM_RA);
+}
+
+/// `status` shows the rotation and works with the daemon down.
+#[test]
+fn status_reports_rotation_and_a_stopped_daemon() {
+    let ds = devstack(Duration::from_secs(20));
+    let host = Host::new(&ds);
+    assert!(host.join(&ds, SSM, &[]).status.success());
+    let out = host.agent(&["status", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["daemon"]["running"], false, "{v}");
+    assert_eq!(v["identity"]["provider"], "ssm", "{v}");
+    let mut daemon = host.spawn_daemon();
+    let running = wait_for(Duration::from_secs(30), || {
+        let out = host.agent(&["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["daemon"]["running"] == true && v["identity"]["refreshes"].as_u64()? >= 1).then_some(v)
+    })
+    .unwrap_or_else(|| panic!("status never showed a running daemon with a refresh:\n{}", daemon.log()));
+    let id = running["identity"]["identity"].as_str().expect("instance id");
+    assert!(id.starts_with("mi-"), "{running}");
+    assert!(running["identity"]["next_refresh"].is_string(), "{running}");
+    let text_out = text(&host.agent(&["status"]));
+    assert!(text_out.contains(id) && text_out.contains("running"), "{text_out}");
+    assert!(daemon.stop().success());
+    let text_out = text(&host.agent(&["status"]));
+    assert!(text_out.contains("not running"), "{text_out}");
+    host.remember_credentials();
+    host.assert_no_secret_in_output(&[&daemon]);
+}

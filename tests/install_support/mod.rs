@@ -1,0 +1,220 @@
+//! Shared pieces of the install, node and join tests: a mirror directory laid out like
+//! hybrid-assets.eks.amazonaws.com with generated artifacts, a devstack serving it, and a
+//! fingerprint of a whole directory tree (every path, its mode and content) to prove that a
+//! failed or undone operation left a `--root` sandbox exactly as it was.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use hybrid_agent::install::checksum::Sha256;
+
+/// The release the fixture mirror serves.
+pub const VERSION: &str = "1.31.2";
+/// A second release, for upgrades.
+pub const NEXT_VERSION: &str = "1.32.0";
+pub const ARCH: &str = "amd64";
+/// CNI plugin names put in the fixture tarball.
+pub const CNI_PLUGINS: [&str; 3] = ["bridge", "host-local", "loopback"];
+
+/// Deterministic pseudo-random bytes (xorshift64*): incompressible enough to look like a
+/// binary, reproducible so a failure can be replayed.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A gzip tarball of `(name, bytes, mode)` entries under `prefix`.
+pub fn tgz(entries: &[(&str, Vec<u8>, u32)], prefix: &str) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    for (name, bytes, mode) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(*mode);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, format!("{prefix}{name}"), bytes.as_slice()).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+fn put(path: &Path, bytes: &[u8], mode: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// What to put in a fixture release.
+pub struct ReleaseSpec {
+    pub version: &'static str,
+    /// kubelet's bytes (random data, or the stand-in's executable).
+    pub kubelet: Vec<u8>,
+    /// Size of the random aws-iam-authenticator.
+    pub authenticator_len: usize,
+    /// Include a containerd tarball (`bin/containerd`, `bin/ctr`) with these bytes.
+    pub containerd: Option<Vec<u8>>,
+}
+
+impl ReleaseSpec {
+    /// A release of random artifacts: kubelet `kubelet_len` bytes, authenticator 1 MiB, CNI
+    /// plugins of 512 KiB each, kubectl 1 MiB.
+    pub fn random(version: &'static str, kubelet_len: usize) -> Self {
+        Self { version, kubelet: noise(kubelet_len, 1), authenticator_len: 1 << 20, containerd: None }
+    }
+}
+
+/// Lays out `<mirror>/<version>/amd64/{kubelet,kubectl,aws-iam-authenticator,cni-plugins[,containerd]}`.
+pub fn write_release(mirror: &Path, spec: &ReleaseSpec) {
+    let dir = mirror.join(spec.version).join(ARCH);
+    put(&dir.join("kubelet"), &spec.kubelet, 0o755);
+    put(&dir.join("kubectl"), &noise(1 << 20, 2), 0o755);
+    put(&dir.join("aws-iam-authenticator"), &noise(spec.authenticator_len, 3), 0o755);
+    let plugins: Vec<(&str, Vec<u8>, u32)> =
+        CNI_PLUGINS.iter().enumerate().map(|(i, n)| (*n, noise(512 << 10, 10 + i as u64), 0o755)).collect();
+    let mut with_licence = plugins.clone();
+    with_licence.push(("LICENSE", b"Apache-2.0\n".to_vec(), 0o644));
+    put(&dir.join("cni-plugins"), &tgz(&with_licence, "./"), 0o644);
+    if let Some(bin) = &spec.containerd {
+        let entries = vec![("containerd", bin.clone(), 0o755), ("ctr", noise(64 << 10, 20), 0o755)];
+        put(&dir.join("containerd"), &tgz(&entries, "bin/"), 0o644);
+    }
+}
+
+/// The SHA-256 of a mirror file.
+pub fn mirror_sum(mirror: &Path, rel: &str) -> Sha256 {
+    Sha256::of_file(&mirror.join(rel)).unwrap()
+}
+
+/// Every path under `root` with its type, mode and content digest, relative to `root`. Paths
+/// starting with any of `skip` (relative, e.g. `var/log`) are left out with everything below.
+pub fn fingerprint(root: &Path, skip: &[&str]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    walk(root, root, skip, &mut out);
+    out
+}
+
+fn walk(root: &Path, dir: &Path, skip: &[&str], out: &mut BTreeMap<String, String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        if skip.iter().any(|s| rel == *s || rel.starts_with(&format!("{s}/"))) {
+            continue;
+        }
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mode = meta.mode() & 0o7777;
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            out.insert(rel, format!("dir {mode:04o}"));
+            walk(root, &path, skip, out);
+        } else if ft.is_symlink() {
+            out.insert(rel, format!("link -> {}", std::fs::read_link(&path).unwrap().display()));
+        } else if ft.is_file() {
+            let sum = Sha256::of_file(&path).map(|s| s.to_hex()).unwrap_or_else(|e| format!("unreadable: {e}"));
+            out.insert(rel, format!("file {mode:04o} {sum}"));
+        } else {
+            out.insert(rel, format!("special {mode:04o}"));
+        }
+    }
+}
+
+/// A readable diff of two fingerprints, for assertion messages.
+pub fn diff(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> String {
+    let mut lines = Vec::new();
+    for (k, v) in before {
+        match after.get(k) {
+            None => lines.push(format!("- {k} ({v})")),
+            Some(w) if w != v => lines.push(format!("~ {k}: {v} -> {w}")),
+            _ => {}
+        }
+    }
+    for (k, v) in after {
+        if !before.contains_key(k) {
+            lines.push(format!("+ {k} ({v})"));
+        }
+    }
+    lines.join("\n")
+}
+
+/// A devstack serving `mirror`, in-process.
+pub fn devstack(mirror: &Path) -> hybrid_devstack::Devstack {
+    hybrid_devstack::Devstack::spawn(hybrid_devstack::Config { mirror_dir: Some(mirror.to_path_buf()), ..Default::default() })
+        .expect("devstack starts")
+}
+
+/// The generated manifest URL of a devstack.
+pub fn manifest_url(ds: &hybrid_devstack::Devstack) -> String {
+    format!("{}/mirror/manifest.yaml", ds.url)
+}
+
+/// A control call to the devstack (`POST /_devstack/mirror/corrupt?...`), with a plain TCP
+/// client so the tests do not need an HTTP client crate of their own.
+pub fn control(ds: &hybrid_devstack::Devstack, method: &str, path_and_query: &str) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(ds.addr).unwrap();
+    write!(s, "{method} {path_and_query} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", ds.addr).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{method} {path_and_query}: {resp}");
+    resp
+}
+
+/// Builds the `standin-kubelet` workspace member once per test binary and returns its path
+/// (another package, so Cargo gives no `CARGO_BIN_EXE_` for it). `STANDIN_KUBELET_BIN` names a
+/// prebuilt one instead.
+pub fn standin_binary() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Some(prebuilt) = std::env::var_os("STANDIN_KUBELET_BIN") {
+            return PathBuf::from(prebuilt);
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "--offline", "-q", "-p", "standin-kubelet", "--message-format=json"])
+            .output()
+            .expect("run cargo build -p standin-kubelet");
+        assert!(out.status.success(), "cargo build -p standin-kubelet failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        for line in stdout.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            if v["reason"] == "compiler-artifact"
+                && v["target"]["name"] == "standin-kubelet"
+                && let Some(exe) = v["executable"].as_str()
+            {
+                return PathBuf::from(exe);
+            }
+        }
+        panic!("cargo build did not report the standin-kubelet executable:\n{stdout}");
+    })
+    .clone()
+}
+
+/// A TCP port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Simulates a distribution containerd in the sandbox: `/usr/bin/containerd` owned by the
+/// `containerd` dpkg package. `bin` is a hard link to the host's real binary when one exists
+/// (cheap, and it runs), else a small file.
+pub fn distro_containerd(root: &Path) {
+    let bin = root.join("usr/bin/containerd");
+    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    if std::fs::hard_link("/usr/bin/containerd", &bin).is_err() {
+        put(&bin, b"#!/bin/sh\nexit 0\n", 0o755);
+    }
+    put(&root.join("var/lib/dpkg/info/containerd.list"), b"/usr/bin/containerd\n", 0o644);
+}
