@@ -1,10 +1,12 @@
 //! hybrid-agent: turns an on-prem or edge Linux machine into an Amazon EKS hybrid node and keeps
 //! it healthy.
 //!
-//! The binary (`src/main.rs`) is a thin shell over this library: [`cli`] parses the command line
-//! and runs commands, [`config`] loads and validates every input once into a typed
-//! [`config::Config`], [`paths`] resolves every host path beneath `--root`, [`logging`] sets up
-//! stderr logging, and [`exit`] documents every exit code.
+//! The binary (`src/main.rs`) is a thin shell over this library. [`cli`] parses the command line
+//! and runs commands; [`config`] loads and validates every input (agent TOML, nodeadm NodeConfig,
+//! flags, endpoint environment) once into a typed [`config::Config`]; [`paths`] resolves every host
+//! path beneath `--root`; [`logging`] sets up stderr logging; [`exit`] documents every exit code.
+//! The remaining modules are the subsystems of DESIGN.md (credentials, install, node rendering,
+//! supervision, telemetry, the daemon), each documented in its own module header.
 
 pub mod aws;
 pub mod cli;
