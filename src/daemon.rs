@@ -22,7 +22,10 @@ pub enum DaemonError {
     #[error(transparent)]
     State(#[from] StateError),
     #[error("cannot install the {signal} handler: {source}")]
-    Signal { signal: &'static str, source: std::io::Error },
+    Signal {
+        signal: &'static str,
+        source: std::io::Error,
+    },
     #[error("cannot start the identity subsystem: {0}")]
     Identity(#[from] SetupError),
     #[error("cannot start the async runtime: {0}")]
@@ -32,7 +35,10 @@ pub enum DaemonError {
 /// `hybrid-agent run`: builds the subsystems from the joined state and the agent config, then
 /// runs them until SIGTERM/SIGINT.
 pub fn start(paths: &HostPaths, agent: &AgentConfig) -> Result<(), DaemonError> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(DaemonError::Runtime)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
     rt.block_on(async {
         let env = IdentityEnv::new(paths, agent);
         let mut rotator = env.rotator()?;
@@ -61,8 +67,14 @@ pub fn start(paths: &HostPaths, agent: &AgentConfig) -> Result<(), DaemonError> 
 /// Resolves on SIGTERM (systemd stop) or SIGINT (Ctrl-C in a terminal).
 pub async fn shutdown_signal() -> Result<(), DaemonError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(|source| DaemonError::Signal { signal: "SIGTERM", source })?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|source| DaemonError::Signal { signal: "SIGINT", source })?;
+    let mut term = signal(SignalKind::terminate()).map_err(|source| DaemonError::Signal {
+        signal: "SIGTERM",
+        source,
+    })?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|source| DaemonError::Signal {
+        signal: "SIGINT",
+        source,
+    })?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received; stopping"),
         _ = int.recv() => tracing::info!("SIGINT received; stopping"),
@@ -71,7 +83,11 @@ pub async fn shutdown_signal() -> Result<(), DaemonError> {
 }
 
 /// Runs the subsystems until `shutdown` resolves, publishing their state to `state_path`.
-pub async fn run(rotator: Rotator, state_path: PathBuf, shutdown: impl std::future::Future<Output = ()>) -> Result<(), DaemonError> {
+pub async fn run(
+    rotator: Rotator,
+    state_path: PathBuf,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), DaemonError> {
     let mut doc = DaemonState::new(SystemTime::now());
     let mut identity = rotator.status();
     doc.identity = Some(identity.borrow_and_update().clone());

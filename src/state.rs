@@ -23,8 +23,13 @@ const DAEMON_STATE_MODE: u32 = 0o600;
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot read daemon state {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("daemon state {path} is not valid JSON ({message}); it is rewritten when the daemon next runs")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "daemon state {path} is not valid JSON ({message}); it is rewritten when the daemon next runs"
+    )]
     Parse { path: PathBuf, message: String },
     #[error("cannot write daemon state: {0}")]
     Write(#[from] AtomicWriteError),
@@ -47,7 +52,13 @@ pub struct DaemonState {
 
 impl DaemonState {
     pub fn new(now: SystemTime) -> DaemonState {
-        DaemonState { pid: std::process::id(), started_at: now, updated_at: now, stopped_at: None, identity: None }
+        DaemonState {
+            pid: std::process::id(),
+            started_at: now,
+            updated_at: now,
+            stopped_at: None,
+            identity: None,
+        }
     }
 }
 
@@ -68,11 +79,19 @@ pub fn read(path: &Path) -> Result<Option<DaemonState>, StateError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(StateError::Read { path: path.to_path_buf(), source }),
+        Err(source) => {
+            return Err(StateError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
     };
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|e| StateError::Parse { path: path.to_path_buf(), message: e.to_string() })
+        .map_err(|e| StateError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
 }
 
 /// Whether the daemon that wrote `state` is still running: its pid exists, it did not record a
@@ -151,7 +170,13 @@ pub fn report(state_dir: &Path) -> Result<StatusReport, StateError> {
             updated_at: Some(d.updated_at),
             stopped_at: d.stopped_at,
         },
-        None => DaemonSummary { running: false, pid: None, started_at: None, updated_at: None, stopped_at: None },
+        None => DaemonSummary {
+            running: false,
+            pid: None,
+            started_at: None,
+            updated_at: None,
+            stopped_at: None,
+        },
     };
     let store = crate::identity::store::IdentityStore::new(state_dir);
     let files = store.load_credentials_state().ok().flatten();
@@ -186,7 +211,10 @@ pub fn report(state_dir: &Path) -> Result<StatusReport, StateError> {
         // Nothing refreshes while the daemon is down.
         id.next_refresh = None;
     }
-    Ok(StatusReport { daemon: summary, identity })
+    Ok(StatusReport {
+        daemon: summary,
+        identity,
+    })
 }
 
 fn when(t: SystemTime, now: SystemTime) -> String {
@@ -239,7 +267,8 @@ impl StatusReport {
                         let _ = writeln!(out, "next refresh:  {}", when(t, now));
                     }
                     None if !d.running => {
-                        let _ = writeln!(out, "next refresh:  none while the daemon is not running");
+                        let _ =
+                            writeln!(out, "next refresh:  none while the daemon is not running");
                     }
                     None => {}
                 }

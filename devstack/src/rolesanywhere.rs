@@ -71,30 +71,44 @@ pub struct RolesAnywhereState {
 fn ca_params() -> Result<rcgen::CertificateParams, rcgen::Error> {
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
     p.distinguished_name = rcgen::DistinguishedName::new();
-    p.distinguished_name.push(rcgen::DnType::CommonName, CA_COMMON_NAME);
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, CA_COMMON_NAME);
     p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
     Ok(p)
 }
 
 fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
     let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    base64::engine::general_purpose::STANDARD.decode(body.trim()).ok()
+    base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .ok()
 }
 
 impl RolesAnywhereState {
     /// Loads the CA from `dir`, or creates one (and persists it when `dir` is set).
     pub fn load(dir: Option<&Path>) -> Result<Self, DevstackError> {
         let path = dir.map(|d| d.join(STATE_FILE));
-        let err = |message: String| DevstackError::LoadState { path: path.clone().unwrap_or_default(), message };
+        let err = |message: String| DevstackError::LoadState {
+            path: path.clone().unwrap_or_default(),
+            message,
+        };
         if let Some(p) = &path
-            && let Some(doc) = crate::persist::read_json::<Persisted>(p).map_err(|e| err(e.to_string()))?
+            && let Some(doc) =
+                crate::persist::read_json::<Persisted>(p).map_err(|e| err(e.to_string()))?
         {
-            let ca_cert_der = pem_to_der(&doc.ca_cert_pem).ok_or_else(|| err("CA certificate is not PEM".into()))?;
+            let ca_cert_der = pem_to_der(&doc.ca_cert_pem)
+                .ok_or_else(|| err("CA certificate is not PEM".into()))?;
             return Ok(RolesAnywhereState { doc, ca_cert_der });
         }
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| err(format!("CA key: {e}")))?;
-        let cert = ca_params().and_then(|p| p.self_signed(&key)).map_err(|e| err(format!("CA certificate: {e}")))?;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| err(format!("CA key: {e}")))?;
+        let cert = ca_params()
+            .and_then(|p| p.self_signed(&key))
+            .map_err(|e| err(format!("CA certificate: {e}")))?;
         let doc = Persisted {
             ca_key_pem: key.serialize_pem(),
             ca_cert_pem: cert.pem(),
@@ -105,7 +119,10 @@ impl RolesAnywhereState {
             let bytes = serde_json::to_vec_pretty(&doc).map_err(|e| err(e.to_string()))?;
             crate::persist::write_atomic(p, &bytes).map_err(|e| err(e.to_string()))?;
         }
-        Ok(RolesAnywhereState { ca_cert_der: cert.der().to_vec(), doc })
+        Ok(RolesAnywhereState {
+            ca_cert_der: cert.der().to_vec(),
+            doc,
+        })
     }
 
     pub fn ca_certificate_pem(&self) -> &str {
@@ -125,8 +142,14 @@ pub fn resources(state: &Shared) -> Resources {
     let (region, account) = (&state.config.region, &state.config.account_id);
     let ra = &state.rolesanywhere.doc;
     Resources {
-        trust_anchor_arn: format!("arn:aws:rolesanywhere:{region}:{account}:trust-anchor/{}", ra.trust_anchor_id),
-        profile_arn: format!("arn:aws:rolesanywhere:{region}:{account}:profile/{}", ra.profile_id),
+        trust_anchor_arn: format!(
+            "arn:aws:rolesanywhere:{region}:{account}:trust-anchor/{}",
+            ra.trust_anchor_id
+        ),
+        profile_arn: format!(
+            "arn:aws:rolesanywhere:{region}:{account}:profile/{}",
+            ra.profile_id
+        ),
         role_arn: format!("arn:aws:iam::{account}:role/{ROLE_NAME}"),
     }
 }
@@ -183,22 +206,27 @@ fn offset(t: SystemTime) -> time::OffsetDateTime {
 /// Issues a certificate from the test CA.
 pub fn issue(state: &Shared, req: &IssueRequest) -> Result<IssuedCertificate, ApiError> {
     let ra = &state.rolesanywhere;
-    let ca_key = rcgen::KeyPair::from_pem(&ra.doc.ca_key_pem).map_err(rcgen_err("load the CA key"))?;
+    let ca_key =
+        rcgen::KeyPair::from_pem(&ra.doc.ca_key_pem).map_err(rcgen_err("load the CA key"))?;
     let ca_params = ca_params().map_err(rcgen_err("build the CA parameters"))?;
     let root = rcgen::Issuer::new(ca_params.clone(), ca_key);
     let now = state.now();
 
     let mut intermediate_pem = None;
     let intermediate = if req.intermediate {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(rcgen_err("generate a key"))?;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(rcgen_err("generate a key"))?;
         let mut p = ca_params.clone();
         p.distinguished_name = rcgen::DistinguishedName::new();
-        p.distinguished_name.push(rcgen::DnType::CommonName, "hybrid-devstack intermediate CA");
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "hybrid-devstack intermediate CA");
         p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
         p.not_before = offset(now - CERT_BACKDATE);
         p.not_after = offset(now + DEFAULT_CERT_VALIDITY);
         p.serial_number = Some(random_serial());
-        let cert = p.signed_by(&key, &root).map_err(rcgen_err("sign the intermediate"))?;
+        let cert = p
+            .signed_by(&key, &root)
+            .map_err(rcgen_err("sign the intermediate"))?;
         intermediate_pem = Some(cert.pem());
         Some(rcgen::Issuer::new(p, key))
     } else {
@@ -207,17 +235,25 @@ pub fn issue(state: &Shared, req: &IssueRequest) -> Result<IssuedCertificate, Ap
 
     let key = match req.key_type {
         KeyType::Ecdsa => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
-        KeyType::Rsa => rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048),
+        KeyType::Rsa => {
+            rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        }
     }
     .map_err(rcgen_err("generate the leaf key"))?;
-    let cn = req.common_name.clone().unwrap_or_else(|| "hybrid-node".into());
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(rcgen_err("build the leaf parameters"))?;
+    let cn = req
+        .common_name
+        .clone()
+        .unwrap_or_else(|| "hybrid-node".into());
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new())
+        .map_err(rcgen_err("build the leaf parameters"))?;
     p.distinguished_name = rcgen::DistinguishedName::new();
     p.distinguished_name.push(rcgen::DnType::CommonName, cn);
     p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     p.not_before = offset(now - CERT_BACKDATE);
-    let valid = req.valid_secs.unwrap_or(DEFAULT_CERT_VALIDITY.as_secs() as i64);
+    let valid = req
+        .valid_secs
+        .unwrap_or(DEFAULT_CERT_VALIDITY.as_secs() as i64);
     p.not_after = if valid > 0 {
         offset(now + Duration::from_secs(valid as u64))
     } else {
@@ -233,7 +269,9 @@ pub fn issue(state: &Shared, req: &IssueRequest) -> Result<IssuedCertificate, Ap
     .map_err(rcgen_err("sign the leaf"))?;
     let serial = x509_parser::parse_x509_certificate(cert.der())
         .map(|(_, c)| c.tbs_certificate.serial.to_string())
-        .map_err(|e| ApiError::internal(format!("devstack cannot parse its own certificate: {e}")))?;
+        .map_err(|e| {
+            ApiError::internal(format!("devstack cannot parse its own certificate: {e}"))
+        })?;
     let mut certificate_pem = cert.pem();
     if let Some(i) = intermediate_pem {
         certificate_pem.push_str(&i);
@@ -259,8 +297,11 @@ fn random_serial() -> rcgen::SerialNumber {
 
 /// Control arm: `POST /_devstack/rolesanywhere/issue`.
 pub fn control_issue(state: &Shared, req: &Req) -> Response {
-    let parsed: Result<IssueRequest, _> =
-        if req.body.is_empty() { Ok(IssueRequest::default()) } else { serde_json::from_slice(&req.body) };
+    let parsed: Result<IssueRequest, _> = if req.body.is_empty() {
+        Ok(IssueRequest::default())
+    } else {
+        serde_json::from_slice(&req.body)
+    };
     match parsed {
         Ok(r) => match issue(state, &r) {
             Ok(out) => crate::wire::bytes_response(
@@ -270,12 +311,15 @@ pub fn control_issue(state: &Shared, req: &Req) -> Response {
             ),
             Err(e) => e.render(Protocol::Plain),
         },
-        Err(e) => ApiError::bad_request("InvalidParameter", format!("issue request: {e}")).render(Protocol::Plain),
+        Err(e) => ApiError::bad_request("InvalidParameter", format!("issue request: {e}"))
+            .render(Protocol::Plain),
     }
 }
 
 fn parse(der: &[u8]) -> Result<X509Certificate<'_>, ApiError> {
-    x509_parser::parse_x509_certificate(der).map(|(_, c)| c).map_err(|_| denied("Invalid certificate"))
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, c)| c)
+        .map_err(|_| denied("Invalid certificate"))
 }
 
 fn denied(message: impl Into<String>) -> ApiError {
@@ -284,11 +328,18 @@ fn denied(message: impl Into<String>) -> ApiError {
 
 pub async fn handle(state: &Shared, op: &str, req: &Req) -> Response {
     if op != "CreateSession" || req.method != axum::http::Method::POST {
-        return ApiError::not_found("UnknownOperationException", format!("devstack IAM Roles Anywhere does not serve {op}"))
-            .render(Protocol::RestJson1);
+        return ApiError::not_found(
+            "UnknownOperationException",
+            format!("devstack IAM Roles Anywhere does not serve {op}"),
+        )
+        .render(Protocol::RestJson1);
     }
     match create_session(state, req) {
-        Ok(v) => crate::wire::bytes_response(StatusCode::CREATED, "application/json", v.to_string().into()),
+        Ok(v) => crate::wire::bytes_response(
+            StatusCode::CREATED,
+            "application/json",
+            v.to_string().into(),
+        ),
         Err(e) => e.render(Protocol::RestJson1),
     }
 }
@@ -305,8 +356,14 @@ struct SessionIn {
 fn create_session(state: &Shared, req: &Req) -> Result<serde_json::Value, ApiError> {
     let q = req.query_pairs();
     let param = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let (Some(profile), Some(role), Some(anchor)) = (param("profileArn"), param("roleArn"), param("trustAnchorArn")) else {
-        return Err(ApiError::validation("profileArn, roleArn and trustAnchorArn are required query parameters"));
+    let (Some(profile), Some(role), Some(anchor)) = (
+        param("profileArn"),
+        param("roleArn"),
+        param("trustAnchorArn"),
+    ) else {
+        return Err(ApiError::validation(
+            "profileArn, roleArn and trustAnchorArn are required query parameters",
+        ));
     };
     let res = resources(state);
     if anchor != res.trust_anchor_arn {
@@ -316,12 +373,18 @@ fn create_session(state: &Shared, req: &Req) -> Result<serde_json::Value, ApiErr
         return Err(denied(format!("Unknown profile {profile}")));
     }
     if role != res.role_arn {
-        return Err(denied(format!("Profile {profile} does not allow role {role}")));
+        return Err(denied(format!(
+            "Profile {profile} does not allow role {role}"
+        )));
     }
     let body: SessionIn = if req.body.is_empty() {
-        SessionIn { duration_seconds: None, role_session_name: None }
+        SessionIn {
+            duration_seconds: None,
+            role_session_name: None,
+        }
     } else {
-        serde_json::from_slice(&req.body).map_err(|e| ApiError::validation(format!("request body: {e}")))?
+        serde_json::from_slice(&req.body)
+            .map_err(|e| ApiError::validation(format!("request body: {e}")))?
     };
     let duration = body.duration_seconds.unwrap_or(DEFAULT_DURATION_SECS);
     if !(MIN_DURATION_SECS..=MAX_DURATION_SECS).contains(&duration) {
@@ -340,14 +403,20 @@ fn create_session(state: &Shared, req: &Req) -> Result<serde_json::Value, ApiErr
         None => Vec::new(),
         Some(v) => v
             .split(',')
-            .map(|c| b64.decode(c.trim()).map_err(|_| denied("Malformed X-Amz-X509-Chain header")))
+            .map(|c| {
+                b64.decode(c.trim())
+                    .map_err(|_| denied("Malformed X-Amz-X509-Chain header"))
+            })
             .collect::<Result<_, _>>()?,
     };
     if chain_der.len() > MAX_INTERMEDIATES {
         return Err(denied("Too many certificates in X-Amz-X509-Chain"));
     }
     let leaf = parse(&leaf_der)?;
-    let chain: Vec<X509Certificate<'_>> = chain_der.iter().map(|d| parse(d)).collect::<Result<_, _>>()?;
+    let chain: Vec<X509Certificate<'_>> = chain_der
+        .iter()
+        .map(|d| parse(d))
+        .collect::<Result<_, _>>()?;
     let (_, root) = x509_parser::parse_x509_certificate(&state.rolesanywhere.ca_cert_der)
         .map_err(|_| ApiError::internal("devstack CA certificate does not parse"))?;
     let now = state.now();
@@ -356,7 +425,9 @@ fn create_session(state: &Shared, req: &Req) -> Result<serde_json::Value, ApiErr
     // Signature.
     let signed = prepare_x509(req)?;
     if signed.auth.access_key_id != leaf.tbs_certificate.serial.to_string() {
-        return Err(denied("Credential does not name the serial number of the certificate in X-Amz-X509"));
+        return Err(denied(
+            "Credential does not name the serial number of the certificate in X-Amz-X509",
+        ));
     }
     if signed.auth.service != SIGNING_NAME || signed.auth.region != state.config.region {
         return Err(denied(format!(
@@ -364,13 +435,17 @@ fn create_session(state: &Shared, req: &Req) -> Result<serde_json::Value, ApiErr
             state.config.region
         )));
     }
-    for required in ["x-amz-x509"].into_iter().chain(req.header("x-amz-x509-chain").map(|_| "x-amz-x509-chain")) {
+    for required in ["x-amz-x509"]
+        .into_iter()
+        .chain(req.header("x-amz-x509-chain").map(|_| "x-amz-x509-chain"))
+    {
         if !signed.auth.signed_headers.iter().any(|h| h == required) {
             return Err(denied(format!("{required} must be a signed header")));
         }
     }
     sigv4::check_freshness(signed.signed_at, now).map_err(denied)?;
-    let signature = hex::decode(&signed.auth.signature).map_err(|_| denied("Signature is not hex"))?;
+    let signature =
+        hex::decode(&signed.auth.signature).map_err(|_| denied("Signature is not hex"))?;
     let spki = leaf.public_key().raw;
     let alg: &'static dyn sig::VerificationAlgorithm = match signed.auth.algorithm.as_str() {
         ALG_RSA => &sig::RSA_PKCS1_2048_8192_SHA256,
@@ -379,16 +454,23 @@ fn create_session(state: &Shared, req: &Req) -> Result<serde_json::Value, ApiErr
     };
     UnparsedPublicKey::new(alg, spki)
         .verify(signed.string_to_sign.as_bytes(), &signature)
-        .map_err(|_| denied("The request signature we calculated does not match the signature you provided"))?;
+        .map_err(|_| {
+            denied("The request signature we calculated does not match the signature you provided")
+        })?;
 
     // Credentials.
-    let session = body.role_session_name.unwrap_or_else(|| leaf.tbs_certificate.serial.to_string());
+    let session = body
+        .role_session_name
+        .unwrap_or_else(|| leaf.tbs_certificate.serial.to_string());
     let principal = Principal::assumed_role(&state.config.account_id, &role, &session);
     let lifetime = Duration::from_secs(duration).min(state.config.token_lifetime);
     let cred = lock(&state.creds).issue(&principal, now, lifetime)?;
     let expiration = time::OffsetDateTime::from_unix_timestamp(cred.expires_at)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default();
     Ok(serde_json::json!({
         "credentialSet": [{
@@ -410,7 +492,9 @@ fn create_session(state: &Shared, req: &Req) -> Result<serde_json::Value, ApiErr
 /// Like [`sigv4::prepare`], for the X.509 algorithms (their string to sign starts with the
 /// algorithm name, not `AWS4-HMAC-SHA256`).
 fn prepare_x509(req: &Req) -> Result<sigv4::SignedRequest, ApiError> {
-    let value = req.header("authorization").ok_or_else(|| denied("Missing Authorization header"))?;
+    let value = req
+        .header("authorization")
+        .ok_or_else(|| denied("Missing Authorization header"))?;
     let auth = sigv4::parse_authorization(value).map_err(|e| denied(e.to_string()))?;
     if !auth.signed_headers.iter().any(|h| h == "host") {
         return Err(denied("'Host' must be a signed header"));
@@ -425,38 +509,76 @@ fn prepare_x509(req: &Req) -> Result<sigv4::SignedRequest, ApiError> {
         return Err(denied("Date in Credential scope does not match X-Amz-Date"));
     }
     let canonical_request =
-        sigv4::canonical_request(req, &auth.signed_headers, PathEncoding::NormalizedDouble).map_err(|e| denied(e.to_string()))?;
-    let string_to_sign =
-        format!("{}\n{amz_date}\n{}\n{}", auth.algorithm, auth.scope(), sigv4::sha256_hex(canonical_request.as_bytes()));
-    Ok(sigv4::SignedRequest { auth, amz_date, signed_at, canonical_request, string_to_sign })
+        sigv4::canonical_request(req, &auth.signed_headers, PathEncoding::NormalizedDouble)
+            .map_err(|e| denied(e.to_string()))?;
+    let string_to_sign = format!(
+        "{}\n{amz_date}\n{}\n{}",
+        auth.algorithm,
+        auth.scope(),
+        sigv4::sha256_hex(canonical_request.as_bytes())
+    );
+    Ok(sigv4::SignedRequest {
+        auth,
+        amz_date,
+        signed_at,
+        canonical_request,
+        string_to_sign,
+    })
 }
 
 /// Leaf → intermediates (in order) → root: each signed by the next, each valid at `now`,
 /// issuers naming their subjects, intermediates being CAs.
-fn verify_chain(leaf: &X509Certificate<'_>, chain: &[X509Certificate<'_>], root: &X509Certificate<'_>, now: SystemTime) -> Result<(), ApiError> {
-    let now_secs = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+fn verify_chain(
+    leaf: &X509Certificate<'_>,
+    chain: &[X509Certificate<'_>],
+    root: &X509Certificate<'_>,
+    now: SystemTime,
+) -> Result<(), ApiError> {
+    let now_secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     let mut child = leaf;
     for (i, parent) in chain.iter().chain(std::iter::once(root)).enumerate() {
         let validity = child.validity();
         if now_secs < validity.not_before.timestamp() || now_secs > validity.not_after.timestamp() {
-            return Err(denied(format!("Certificate {} is not valid at this time", child.subject())));
+            return Err(denied(format!(
+                "Certificate {} is not valid at this time",
+                child.subject()
+            )));
         }
         if child.issuer().as_raw() != parent.subject().as_raw() {
-            return Err(denied(format!("Certificate {} is not issued by {}: untrusted certificate", child.subject(), parent.subject())));
+            return Err(denied(format!(
+                "Certificate {} is not issued by {}: untrusted certificate",
+                child.subject(),
+                parent.subject()
+            )));
         }
         if i < chain.len() && !parent.is_ca() {
-            return Err(denied(format!("Chain certificate {} is not a CA", parent.subject())));
+            return Err(denied(format!(
+                "Chain certificate {} is not a CA",
+                parent.subject()
+            )));
         }
-        let alg: &'static dyn sig::VerificationAlgorithm = if child.signature_algorithm.algorithm == OID_SIG_ECDSA_WITH_SHA256 {
-            &sig::ECDSA_P256_SHA256_ASN1
-        } else if child.signature_algorithm.algorithm == OID_PKCS1_SHA256WITHRSA {
-            &sig::RSA_PKCS1_2048_8192_SHA256
-        } else {
-            return Err(denied(format!("Unsupported certificate signature algorithm {}", child.signature_algorithm.algorithm)));
-        };
+        let alg: &'static dyn sig::VerificationAlgorithm =
+            if child.signature_algorithm.algorithm == OID_SIG_ECDSA_WITH_SHA256 {
+                &sig::ECDSA_P256_SHA256_ASN1
+            } else if child.signature_algorithm.algorithm == OID_PKCS1_SHA256WITHRSA {
+                &sig::RSA_PKCS1_2048_8192_SHA256
+            } else {
+                return Err(denied(format!(
+                    "Unsupported certificate signature algorithm {}",
+                    child.signature_algorithm.algorithm
+                )));
+            };
         UnparsedPublicKey::new(alg, parent.public_key().raw)
             .verify(child.tbs_certificate.as_ref(), &child.signature_value.data)
-            .map_err(|_| denied(format!("Certificate {} does not chain to the trust anchor: untrusted certificate", child.subject())))?;
+            .map_err(|_| {
+                denied(format!(
+                    "Certificate {} does not chain to the trust anchor: untrusted certificate",
+                    child.subject()
+                ))
+            })?;
         child = parent;
     }
     Ok(())

@@ -28,7 +28,10 @@ pub struct RotatingCredentials {
 
 impl RotatingCredentials {
     pub fn new(rx: watch::Receiver<Option<TemporaryCredentials>>) -> RotatingCredentials {
-        RotatingCredentials { rx, wait: DEFAULT_WAIT }
+        RotatingCredentials {
+            rx,
+            wait: DEFAULT_WAIT,
+        }
     }
 
     pub fn with_wait(mut self, wait: Duration) -> RotatingCredentials {
@@ -111,7 +114,13 @@ mod tests {
         assert_eq!(c.access_key_id(), "ASIA1");
         assert_eq!(c.session_token(), Some("t"));
         tx.send_replace(Some(creds("ASIA2", Duration::from_secs(60))));
-        assert_eq!(p.provide_credentials().await.expect("creds").access_key_id(), "ASIA2");
+        assert_eq!(
+            p.provide_credentials()
+                .await
+                .expect("creds")
+                .access_key_id(),
+            "ASIA2"
+        );
     }
 
     #[tokio::test]
@@ -119,7 +128,11 @@ mod tests {
         let (tx, rx) = watch::channel(Some(creds("OLD", Duration::ZERO)));
         let p = RotatingCredentials::new(rx).with_wait(Duration::from_millis(100));
         let e = p.provide_credentials().await.expect_err("expired");
-        assert!(format!("{e}").contains("not loaded") || format!("{e:?}").contains("no valid credentials"), "{e:?}");
+        assert!(
+            format!("{e}").contains("not loaded")
+                || format!("{e:?}").contains("no valid credentials"),
+            "{e:?}"
+        );
         drop(tx);
         let e = p.provide_credentials().await.expect_err("stopped");
         assert!(format!("{e:?}").contains("stopped"), "{e:?}");

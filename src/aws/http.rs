@@ -28,9 +28,15 @@ pub enum HttpSetupError {
     #[error("proxy URL `{url}` is not valid: {source}")]
     Proxy { url: String, source: reqwest::Error },
     #[error("cannot read CA bundle {path}: {source}")]
-    CaRead { path: PathBuf, source: std::io::Error },
+    CaRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("CA bundle {path} holds no usable PEM certificate: {source}")]
-    CaParse { path: PathBuf, source: reqwest::Error },
+    CaParse {
+        path: PathBuf,
+        source: reqwest::Error,
+    },
     #[error("cannot build the HTTP client: {0}")]
     Build(reqwest::Error),
 }
@@ -45,13 +51,23 @@ pub fn client(settings: &HttpSettings) -> Result<reqwest::Client, HttpSetupError
         .pool_max_idle_per_host(0)
         .user_agent(concat!("hybrid-agent/", env!("CARGO_PKG_VERSION")));
     if let Some(url) = &settings.proxy {
-        let proxy = reqwest::Proxy::all(url).map_err(|source| HttpSetupError::Proxy { url: url.clone(), source })?;
+        let proxy = reqwest::Proxy::all(url).map_err(|source| HttpSetupError::Proxy {
+            url: url.clone(),
+            source,
+        })?;
         b = b.proxy(proxy);
     }
     if let Some(path) = &settings.extra_ca_bundle {
-        let pem = std::fs::read(path).map_err(|source| HttpSetupError::CaRead { path: path.clone(), source })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|source| HttpSetupError::CaParse { path: path.clone(), source })?;
+        let pem = std::fs::read(path).map_err(|source| HttpSetupError::CaRead {
+            path: path.clone(),
+            source,
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
+            HttpSetupError::CaParse {
+                path: path.clone(),
+                source,
+            }
+        })?;
         for c in certs {
             b = b.add_root_certificate(c);
         }
@@ -82,7 +98,9 @@ pub fn classify(e: &reqwest::Error) -> (TransportKind, String) {
         if s.downcast_ref::<rustls::Error>().is_some() {
             tls = true;
         }
-        if s.downcast_ref::<std::io::Error>().is_some_and(io_wraps_rustls) {
+        if s.downcast_ref::<std::io::Error>()
+            .is_some_and(io_wraps_rustls)
+        {
             tls = true;
         }
         src = s.source();
@@ -102,7 +120,10 @@ pub fn classify(e: &reqwest::Error) -> (TransportKind, String) {
 fn io_wraps_rustls(io: &std::io::Error) -> bool {
     match io.get_ref() {
         Some(inner) => {
-            inner.downcast_ref::<rustls::Error>().is_some() || inner.downcast_ref::<std::io::Error>().is_some_and(io_wraps_rustls)
+            inner.downcast_ref::<rustls::Error>().is_some()
+                || inner
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(io_wraps_rustls)
         }
         None => false,
     }
@@ -126,27 +147,43 @@ mod tests {
     #[tokio::test]
     async fn refused_connection_is_connect() {
         // Bind then drop: the port is (almost certainly) closed afterwards.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
         let c = client(&HttpSettings::default()).expect("client");
-        let e = c.get(format!("http://127.0.0.1:{port}/")).send().await.expect_err("closed port");
+        let e = c
+            .get(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .expect_err("closed port");
         let (kind, detail) = classify(&e);
         assert_eq!(kind, TransportKind::Connect, "{detail}");
     }
 
     #[tokio::test]
     async fn https_to_a_plain_http_server_is_tls() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         tokio::spawn(async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             while let Ok((mut s, _)) = listener.accept().await {
                 let mut buf = [0u8; 1024];
                 let _ = s.read(&mut buf).await;
-                let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                    .await;
             }
         });
         let c = client(&HttpSettings::default()).expect("client");
-        let e = c.get(format!("https://127.0.0.1:{port}/")).send().await.expect_err("not TLS");
+        let e = c
+            .get(format!("https://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .expect_err("not TLS");
         let (kind, detail) = classify(&e);
         assert_eq!(kind, TransportKind::Tls, "{detail}");
     }
@@ -155,7 +192,11 @@ mod tests {
     fn bad_ca_bundle_names_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("ca.pem");
-        let e = client(&HttpSettings { extra_ca_bundle: Some(p.clone()), ..Default::default() }).expect_err("missing");
+        let e = client(&HttpSettings {
+            extra_ca_bundle: Some(p.clone()),
+            ..Default::default()
+        })
+        .expect_err("missing");
         assert!(e.to_string().contains("ca.pem"), "{e}");
     }
 }

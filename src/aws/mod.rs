@@ -35,7 +35,11 @@ pub enum Retries {
 }
 
 /// An `SdkConfig` for `region` with the given credentials.
-pub fn sdk_config(region: &str, credentials: SharedCredentialsProvider, retries: Retries) -> SdkConfig {
+pub fn sdk_config(
+    region: &str,
+    credentials: SharedCredentialsProvider,
+    retries: Retries,
+) -> SdkConfig {
     let retry = match retries {
         Retries::Caller => RetryConfig::disabled(),
         Retries::Sdk => RetryConfig::standard().with_max_attempts(SDK_STANDARD_ATTEMPTS),

@@ -19,16 +19,33 @@ pub const SECRET_DIR_MODE: u32 = 0o700;
 /// A filesystem step that failed, naming the file and the step.
 #[derive(Debug, thiserror::Error)]
 pub enum AtomicWriteError {
-    #[error("cannot create directory {path}: {source}; check that the parent exists and is writable by the agent (root)")]
-    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error(
+        "cannot create directory {path}: {source}; check that the parent exists and is writable by the agent (root)"
+    )]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} has no parent directory; give a file path, not a directory or `/`")]
     NoParent { path: PathBuf },
-    #[error("cannot write temporary file {path}: {source}; check free space and permissions of its directory")]
-    WriteTemp { path: PathBuf, source: std::io::Error },
+    #[error(
+        "cannot write temporary file {path}: {source}; check free space and permissions of its directory"
+    )]
+    WriteTemp {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot rename {from} to {to}: {source}")]
-    Rename { from: PathBuf, to: PathBuf, source: std::io::Error },
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot sync directory {path}: {source}")]
-    SyncDir { path: PathBuf, source: std::io::Error },
+    SyncDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Creates `dir` (and parents) if missing; new directories get `mode`. Existing directories are
@@ -41,7 +58,10 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> Result<(), AtomicWriteError> {
         .recursive(true)
         .mode(mode)
         .create(dir)
-        .map_err(|source| AtomicWriteError::CreateDir { path: dir.to_path_buf(), source })
+        .map_err(|source| AtomicWriteError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 /// Replaces `path` with `contents` atomically; the file has `mode` from its first byte on.
@@ -49,13 +69,24 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> Result<(), AtomicWriteError> {
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), AtomicWriteError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
-        _ => return Err(AtomicWriteError::NoParent { path: path.to_path_buf() }),
+        _ => {
+            return Err(AtomicWriteError::NoParent {
+                path: path.to_path_buf(),
+            });
+        }
     };
-    let name = path.file_name().ok_or_else(|| AtomicWriteError::NoParent { path: path.to_path_buf() })?;
+    let name = path.file_name().ok_or_else(|| AtomicWriteError::NoParent {
+        path: path.to_path_buf(),
+    })?;
     ensure_dir(dir, SECRET_DIR_MODE)?;
     // Dot-prefixed so tools globbing the directory skip it; pid + random so two writers (an
     // operator running `join` while the daemon rotates) never share a temp file.
-    let tmp = dir.join(format!(".{}.tmp-{}-{:08x}", name.to_string_lossy(), std::process::id(), rand::random::<u32>()));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{:08x}",
+        name.to_string_lossy(),
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     let result = write_temp(&tmp, contents, mode).and_then(|()| {
         std::fs::rename(&tmp, path).map_err(|source| AtomicWriteError::Rename {
             from: tmp.clone(),
@@ -71,11 +102,20 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Atomi
 }
 
 fn write_temp(tmp: &Path, contents: &[u8], mode: u32) -> Result<(), AtomicWriteError> {
-    let err = |source| AtomicWriteError::WriteTemp { path: tmp.to_path_buf(), source };
-    let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(tmp).map_err(err)?;
+    let err = |source| AtomicWriteError::WriteTemp {
+        path: tmp.to_path_buf(),
+        source,
+    };
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(tmp)
+        .map_err(err)?;
     // The umask may have narrowed `mode` (fine) but never widened it; set it exactly anyway so a
     // file meant to be 0644 (non-secret state) is not left 0600 by an unusual umask.
-    f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(err)?;
     f.write_all(contents).map_err(err)?;
     f.sync_all().map_err(err)
 }
@@ -84,7 +124,10 @@ fn write_temp(tmp: &Path, contents: &[u8], mode: u32) -> Result<(), AtomicWriteE
 pub fn sync_dir(dir: &Path) -> Result<(), AtomicWriteError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|source| AtomicWriteError::SyncDir { path: dir.to_path_buf(), source })
+        .map_err(|source| AtomicWriteError::SyncDir {
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 /// Removes `path` if it exists and syncs its directory; a missing file is not an error.
@@ -112,7 +155,11 @@ mod tests {
         assert_eq!(std::fs::read(&p).expect("read"), b"one");
         let mode = std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let dmode = std::fs::metadata(p.parent().expect("parent")).expect("meta").permissions().mode() & 0o777;
+        let dmode = std::fs::metadata(p.parent().expect("parent"))
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(dmode, 0o700);
         write_atomic(&p, b"two", 0o644).expect("second write");
         assert_eq!(std::fs::read(&p).expect("read"), b"two");
@@ -135,12 +182,17 @@ mod tests {
         let blocked = dir.path().join("blocked");
         std::fs::create_dir(&blocked).expect("mkdir");
         std::fs::write(blocked.join("x"), b"x").expect("write x");
-        let err = write_atomic(&blocked, b"new", SECRET_FILE_MODE).expect_err("rename over non-empty dir");
+        let err = write_atomic(&blocked, b"new", SECRET_FILE_MODE)
+            .expect_err("rename over non-empty dir");
         assert!(err.to_string().contains("blocked"), "{err}");
         assert_eq!(std::fs::read(&p).expect("read"), b"keep");
         let leftovers = std::fs::read_dir(dir.path())
             .expect("readdir")
-            .filter(|e| e.as_ref().map(|e| e.file_name().to_string_lossy().contains(".tmp-")).unwrap_or(false))
+            .filter(|e| {
+                e.as_ref()
+                    .map(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+                    .unwrap_or(false)
+            })
             .count();
         assert_eq!(leftovers, 0);
     }

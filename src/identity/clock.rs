@@ -51,7 +51,11 @@ pub enum SkewChange {
 
 impl SkewedClock {
     pub fn new(host: Arc<dyn Clock>) -> SkewedClock {
-        SkewedClock { host, offset_ms: AtomicI64::new(0), logged: AtomicBool::new(false) }
+        SkewedClock {
+            host,
+            offset_ms: AtomicI64::new(0),
+            logged: AtomicBool::new(false),
+        }
     }
 
     /// The host clock, uncorrected (for local bookkeeping such as "last refresh").
@@ -81,7 +85,9 @@ impl SkewedClock {
             if old != 0 {
                 self.offset_ms.store(0, Ordering::Relaxed);
                 self.logged.store(false, Ordering::Relaxed);
-                tracing::info!("host clock agrees with the service again; clock skew correction dropped");
+                tracing::info!(
+                    "host clock agrees with the service again; clock skew correction dropped"
+                );
                 return SkewChange::Cleared;
             }
             return SkewChange::Unchanged;
@@ -113,7 +119,8 @@ fn shift(t: SystemTime, ms: i64) -> SystemTime {
     if ms >= 0 {
         t + Duration::from_millis(ms as u64)
     } else {
-        t.checked_sub(Duration::from_millis(ms.unsigned_abs())).unwrap_or(SystemTime::UNIX_EPOCH)
+        t.checked_sub(Duration::from_millis(ms.unsigned_abs()))
+            .unwrap_or(SystemTime::UNIX_EPOCH)
     }
 }
 
@@ -154,23 +161,38 @@ mod tests {
         let c = SkewedClock::new(host.clone());
         // Service is 10 minutes behind the host.
         let date = httpdate::fmt_http_date(at(1_700_000_000));
-        assert_eq!(c.observe(&date, host.now()), SkewChange::Corrected(-600_000));
+        assert_eq!(
+            c.observe(&date, host.now()),
+            SkewChange::Corrected(-600_000)
+        );
         assert_eq!(c.now(), at(1_700_000_000));
         // Same skew again: unchanged, no new log.
         host.advance(Duration::from_secs(1));
-        assert_eq!(c.observe(&httpdate::fmt_http_date(at(1_700_000_001)), host.now()), SkewChange::Unchanged);
+        assert_eq!(
+            c.observe(&httpdate::fmt_http_date(at(1_700_000_001)), host.now()),
+            SkewChange::Unchanged
+        );
         // Host fixed by NTP: the service date now matches the host within tolerance.
         host.set(at(1_700_000_010));
-        assert_eq!(c.observe(&httpdate::fmt_http_date(at(1_700_000_012)), host.now()), SkewChange::Cleared);
+        assert_eq!(
+            c.observe(&httpdate::fmt_http_date(at(1_700_000_012)), host.now()),
+            SkewChange::Cleared
+        );
         assert_eq!(c.now(), at(1_700_000_010));
         // Small skew never corrects.
-        assert_eq!(c.observe(&httpdate::fmt_http_date(at(1_700_000_013)), host.now()), SkewChange::Unchanged);
+        assert_eq!(
+            c.observe(&httpdate::fmt_http_date(at(1_700_000_013)), host.now()),
+            SkewChange::Unchanged
+        );
         assert_eq!(c.offset_ms(), 0);
     }
 
     #[test]
     fn garbage_date_is_ignored() {
         let c = SkewedClock::new(Arc::new(SystemClock));
-        assert_eq!(c.observe("yesterday", SystemTime::now()), SkewChange::Unchanged);
+        assert_eq!(
+            c.observe("yesterday", SystemTime::now()),
+            SkewChange::Unchanged
+        );
     }
 }

@@ -20,8 +20,13 @@ const MANAGED_KEYS: [&str; 3] = [KEY_ACCESS_KEY_ID, KEY_SECRET_ACCESS_KEY, KEY_S
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredFileError {
-    #[error("cannot read credentials file {path}: {source}; fix its permissions or remove it so the agent can recreate it")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error(
+        "cannot read credentials file {path}: {source}; fix its permissions or remove it so the agent can recreate it"
+    )]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write credentials file: {0}")]
     Write(#[from] AtomicWriteError),
 }
@@ -47,7 +52,12 @@ impl CredentialsTarget {
         let existing = match std::fs::read_to_string(&self.path) {
             Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(source) => return Err(CredFileError::Read { path: self.path.clone(), source }),
+            Err(source) => {
+                return Err(CredFileError::Read {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
         };
         let text = render(&existing, &self.profile, creds);
         atomic::write_atomic(&self.path, text.as_bytes(), SECRET_FILE_MODE)?;
@@ -61,11 +71,17 @@ impl CredentialsTarget {
 }
 
 /// Reads `profile` from the file at `path` (absent file → `None`).
-pub fn read_profile_file(path: &Path, profile: &str) -> Result<Option<ProfileValues>, CredFileError> {
+pub fn read_profile_file(
+    path: &Path,
+    profile: &str,
+) -> Result<Option<ProfileValues>, CredFileError> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(parse_profile(&s, profile)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(CredFileError::Read { path: path.to_path_buf(), source }),
+        Err(source) => Err(CredFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -146,7 +162,9 @@ pub fn parse_profile(text: &str, profile: &str) -> Option<ProfileValues> {
         if !in_ours {
             continue;
         }
-        let Some((k, v)) = line.split_once('=') else { continue };
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
         let v = v.trim().to_string();
         match k.trim() {
             KEY_ACCESS_KEY_ID => akid = Some(v),
@@ -155,7 +173,11 @@ pub fn parse_profile(text: &str, profile: &str) -> Option<ProfileValues> {
             _ => {}
         }
     }
-    Some(ProfileValues { access_key_id: akid?, secret_access_key: secret?, session_token: token })
+    Some(ProfileValues {
+        access_key_id: akid?,
+        secret_access_key: secret?,
+        session_token: token,
+    })
 }
 
 #[cfg(test)]
@@ -190,12 +212,18 @@ mod tests {
         let text = render(existing, "default", &creds(2));
         assert!(text.starts_with("# managed by hand\n[other]\naws_access_key_id = AKIAOTHER\naws_secret_access_key = keep\n"));
         assert!(text.contains("[third]\nx = 1\n"));
-        assert!(!text.contains("OLD") && !text.contains("DUPLICATE"), "{text}");
+        assert!(
+            !text.contains("OLD") && !text.contains("DUPLICATE"),
+            "{text}"
+        );
         assert!(text.contains("region = us-west-2"));
         let v = parse_profile(&text, "default").expect("profile");
         assert_eq!(v.access_key_id, "ASIA0000000000000002");
         assert_eq!(v.secret_access_key.expose(), "secret-2");
-        assert_eq!(v.session_token.as_ref().map(|s| s.expose()), Some("token-2"));
+        assert_eq!(
+            v.session_token.as_ref().map(|s| s.expose()),
+            Some("token-2")
+        );
         let other = parse_profile(&text, "other").expect("other profile");
         assert_eq!(other.access_key_id, "AKIAOTHER");
         assert!(other.session_token.is_none());
@@ -215,12 +243,22 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(".aws/credentials");
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(&path, "[other]\naws_access_key_id = A\naws_secret_access_key = B\n").expect("seed");
-        let target = CredentialsTarget { path: path.clone(), profile: "default".into() };
+        std::fs::write(
+            &path,
+            "[other]\naws_access_key_id = A\naws_secret_access_key = B\n",
+        )
+        .expect("seed");
+        let target = CredentialsTarget {
+            path: path.clone(),
+            profile: "default".into(),
+        };
         target.write(&creds(4)).expect("write");
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert_eq!(target.read().expect("read").expect("present").access_key_id, "ASIA0000000000000004");
+        assert_eq!(
+            target.read().expect("read").expect("present").access_key_id,
+            "ASIA0000000000000004"
+        );
         assert!(read_profile_file(&path, "other").expect("read").is_some());
     }
 }

@@ -59,7 +59,11 @@ pub struct IamRaSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum IamRaError {
     #[error("cannot read the IAM Roles Anywhere {what} {path}: {source}")]
-    Read { what: &'static str, path: PathBuf, source: std::io::Error },
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("IAM Roles Anywhere certificate {path} is not usable: {reason}")]
     Certificate { path: PathBuf, reason: String },
     #[error(
@@ -68,10 +72,17 @@ pub enum IamRaError {
     CertificateExpired { path: PathBuf, not_after: String },
     #[error("IAM Roles Anywhere private key {path} is not usable: {reason}")]
     Key { path: PathBuf, reason: String },
-    #[error("private key {key} does not belong to certificate {cert}; point both settings at the same key pair")]
+    #[error(
+        "private key {key} does not belong to certificate {cert}; point both settings at the same key pair"
+    )]
     KeyMismatch { cert: PathBuf, key: PathBuf },
     #[error("IAM Roles Anywhere CreateSession at {endpoint} failed: {code}: {message}")]
-    Api { endpoint: String, status: u16, code: String, message: String },
+    Api {
+        endpoint: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error(
         "TLS with {endpoint} failed during IAM Roles Anywhere CreateSession: {detail}; if a proxy or TLS inspection sits in the path, add its CA with `extra_ca_bundle` in the agent config"
     )]
@@ -80,7 +91,9 @@ pub enum IamRaError {
         "cannot reach {endpoint} for IAM Roles Anywhere CreateSession: {detail}; check DNS, routing, the proxy setting and AWS_ENDPOINT_URL_ROLESANYWHERE"
     )]
     Network { endpoint: String, detail: String },
-    #[error("IAM Roles Anywhere CreateSession at {endpoint} returned an unexpected response: {detail}")]
+    #[error(
+        "IAM Roles Anywhere CreateSession at {endpoint} returned an unexpected response: {detail}"
+    )]
     Response { endpoint: String, detail: String },
     #[error("signing with the IAM Roles Anywhere private key failed")]
     Sign,
@@ -115,10 +128,15 @@ impl SigningKey {
         match self {
             SigningKey::Rsa(k) => {
                 let mut sig = vec![0u8; k.public_modulus_len()];
-                k.sign(&aws_lc_rs::signature::RSA_PKCS1_SHA256, &rng, msg, &mut sig).map_err(|_| IamRaError::Sign)?;
+                k.sign(&aws_lc_rs::signature::RSA_PKCS1_SHA256, &rng, msg, &mut sig)
+                    .map_err(|_| IamRaError::Sign)?;
                 Ok(sig)
             }
-            SigningKey::EcdsaP256(k) => Ok(k.sign(&rng, msg).map_err(|_| IamRaError::Sign)?.as_ref().to_vec()),
+            SigningKey::EcdsaP256(k) => Ok(k
+                .sign(&rng, msg)
+                .map_err(|_| IamRaError::Sign)?
+                .as_ref()
+                .to_vec()),
         }
     }
 
@@ -138,10 +156,18 @@ impl SigningKey {
 
     /// Reads a PEM private key.
     pub fn load(path: &Path) -> Result<SigningKey, IamRaError> {
-        let text = Secret::new(
-            std::fs::read_to_string(path).map_err(|source| IamRaError::Read { what: "private key", path: path.to_path_buf(), source })?,
-        );
-        let bad = |reason: &str| IamRaError::Key { path: path.to_path_buf(), reason: reason.to_string() };
+        let text =
+            Secret::new(
+                std::fs::read_to_string(path).map_err(|source| IamRaError::Read {
+                    what: "private key",
+                    path: path.to_path_buf(),
+                    source,
+                })?,
+            );
+        let bad = |reason: &str| IamRaError::Key {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        };
         let blocks = pem::decode_all(text.expose()).map_err(|e| bad(&e.to_string()))?;
         let ecdsa = &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING;
         for b in &blocks {
@@ -155,18 +181,28 @@ impl SigningKey {
                         .map_err(|_| bad("a PKCS#8 key that is neither RSA nor ECDSA P-256"));
                 }
                 "RSA PRIVATE KEY" => {
-                    return aws_lc_rs::rsa::KeyPair::from_der(&b.der).map(SigningKey::Rsa).map_err(|_| bad("not a valid PKCS#1 RSA key"));
+                    return aws_lc_rs::rsa::KeyPair::from_der(&b.der)
+                        .map(SigningKey::Rsa)
+                        .map_err(|_| bad("not a valid PKCS#1 RSA key"));
                 }
                 "EC PRIVATE KEY" => {
                     return aws_lc_rs::signature::EcdsaKeyPair::from_private_key_der(ecdsa, &b.der)
                         .map(SigningKey::EcdsaP256)
-                        .map_err(|_| bad("not a valid SEC1 ECDSA P-256 key (only P-256 is supported)"));
+                        .map_err(|_| {
+                            bad("not a valid SEC1 ECDSA P-256 key (only P-256 is supported)")
+                        });
                 }
-                "ENCRYPTED PRIVATE KEY" => return Err(bad("the key is encrypted; give the agent an unencrypted key file readable only by root")),
+                "ENCRYPTED PRIVATE KEY" => {
+                    return Err(bad(
+                        "the key is encrypted; give the agent an unencrypted key file readable only by root",
+                    ));
+                }
                 _ => {}
             }
         }
-        Err(bad("no `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY` block"))
+        Err(bad(
+            "no `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY` block",
+        ))
     }
 }
 
@@ -184,14 +220,28 @@ pub struct CertificateChain {
 
 impl CertificateChain {
     pub fn load(path: &Path) -> Result<CertificateChain, IamRaError> {
-        let text = std::fs::read_to_string(path).map_err(|source| IamRaError::Read { what: "certificate", path: path.to_path_buf(), source })?;
-        let bad = |reason: String| IamRaError::Certificate { path: path.to_path_buf(), reason };
+        let text = std::fs::read_to_string(path).map_err(|source| IamRaError::Read {
+            what: "certificate",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let bad = |reason: String| IamRaError::Certificate {
+            path: path.to_path_buf(),
+            reason,
+        };
         let blocks = pem::decode_all(&text).map_err(|e| bad(e.to_string()))?;
-        let mut certs = blocks.into_iter().filter(|b| b.label == "CERTIFICATE").map(|b| b.der);
-        let leaf_der = certs.next().ok_or_else(|| bad("no CERTIFICATE block".into()))?;
+        let mut certs = blocks
+            .into_iter()
+            .filter(|b| b.label == "CERTIFICATE")
+            .map(|b| b.der);
+        let leaf_der = certs
+            .next()
+            .ok_or_else(|| bad("no CERTIFICATE block".into()))?;
         let intermediates_der: Vec<Vec<u8>> = certs.collect();
-        let (_, cert) = x509_parser::parse_x509_certificate(&leaf_der).map_err(|e| bad(format!("not an X.509 certificate: {e}")))?;
-        let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(cert.validity().not_after.timestamp().max(0) as u64);
+        let (_, cert) = x509_parser::parse_x509_certificate(&leaf_der)
+            .map_err(|e| bad(format!("not an X.509 certificate: {e}")))?;
+        let not_after = SystemTime::UNIX_EPOCH
+            + Duration::from_secs(cert.validity().not_after.timestamp().max(0) as u64);
         Ok(CertificateChain {
             serial_decimal: cert.tbs_certificate.serial.to_string(),
             subject: cert.subject().to_string(),
@@ -233,12 +283,21 @@ pub struct IamRaSource {
 }
 
 impl IamRaSource {
-    pub fn new(http: reqwest::Client, settings: IamRaSettings, clock: Arc<SkewedClock>) -> Result<IamRaSource, IamRaError> {
+    pub fn new(
+        http: reqwest::Client,
+        settings: IamRaSettings,
+        clock: Arc<SkewedClock>,
+    ) -> Result<IamRaSource, IamRaError> {
         let host = sigv4::host_header(&settings.endpoint).ok_or_else(|| IamRaError::Response {
             endpoint: settings.endpoint.to_string(),
             detail: "the endpoint URL has no host".into(),
         })?;
-        Ok(IamRaSource { http, settings, host, clock })
+        Ok(IamRaSource {
+            http,
+            settings,
+            host,
+            clock,
+        })
     }
 
     pub fn settings(&self) -> &IamRaSettings {
@@ -287,8 +346,13 @@ impl IamRaSource {
             let err = self.api_error(status, &bytes, error_type);
             // A request refused while the Date header revealed a skew we did not know: re-sign
             // once with the service's time (see crate::identity::clock).
-            if !resigned && (400..500).contains(&status) && matches!(change, SkewChange::Corrected(_) | SkewChange::Cleared) {
-                tracing::info!("CreateSession rejected ({err}); re-signing once with the corrected clock");
+            if !resigned
+                && (400..500).contains(&status)
+                && matches!(change, SkewChange::Corrected(_) | SkewChange::Cleared)
+            {
+                tracing::info!(
+                    "CreateSession rejected ({err}); re-signing once with the corrected clock"
+                );
                 resigned = true;
                 continue;
             }
@@ -304,8 +368,14 @@ impl IamRaSource {
     ) -> Result<(u16, SkewChange, Vec<u8>, Option<String>), IamRaError> {
         let b64 = base64::engine::general_purpose::STANDARD;
         let x509 = b64.encode(&chain.leaf_der);
-        let chain_header = (!chain.intermediates_der.is_empty())
-            .then(|| chain.intermediates_der.iter().map(|c| b64.encode(c)).collect::<Vec<_>>().join(","));
+        let chain_header = (!chain.intermediates_der.is_empty()).then(|| {
+            chain
+                .intermediates_der
+                .iter()
+                .map(|c| b64.encode(c))
+                .collect::<Vec<_>>()
+                .join(",")
+        });
         let time = SigningTime::new(self.clock.now());
         let query_pairs = [
             ("profileArn", self.settings.profile_arn.as_str()),
@@ -322,8 +392,13 @@ impl IamRaSource {
         if let Some(c) = &chain_header {
             headers.push(("x-amz-x509-chain", c));
         }
-        let (canonical, signed_headers) =
-            sigv4::canonical_request(&CanonicalInput { method: "POST", path: SESSIONS_PATH, query: &query, headers: &headers, payload: body });
+        let (canonical, signed_headers) = sigv4::canonical_request(&CanonicalInput {
+            method: "POST",
+            path: SESSIONS_PATH,
+            query: &query,
+            headers: &headers,
+            payload: body,
+        });
         let scope = sigv4::scope(&time, &self.settings.region, SIGNING_SERVICE);
         let algorithm = key.algorithm();
         let to_sign = sigv4::string_to_sign(algorithm, &time, &scope, &canonical);
@@ -347,7 +422,11 @@ impl IamRaSource {
         if let Some(c) = &chain_header {
             req = req.header("x-amz-x509-chain", c);
         }
-        let resp = req.body(body.to_vec()).send().await.map_err(|e| self.transport_error(&e))?;
+        let resp = req
+            .body(body.to_vec())
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
         let received = self.clock.host_now();
         let change = resp
             .headers()
@@ -356,20 +435,42 @@ impl IamRaSource {
             .map(|d| self.clock.observe(d, received))
             .unwrap_or(SkewChange::Unchanged);
         let status = resp.status().as_u16();
-        let error_type = resp.headers().get("x-amzn-errortype").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let error_type = resp
+            .headers()
+            .get("x-amzn-errortype")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let bytes = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
         Ok((status, change, bytes.to_vec(), error_type))
     }
 
     fn parse_session(&self, bytes: &[u8]) -> Result<TemporaryCredentials, IamRaError> {
-        let bad = |detail: String| IamRaError::Response { endpoint: self.endpoint(), detail };
-        let out: SessionOut = serde_json::from_slice(bytes).map_err(|e| bad(format!("body is not a CreateSession response: {e}")))?;
-        let creds = out.credential_set.into_iter().next().ok_or_else(|| bad("credentialSet is empty".into()))?.credentials;
-        let expires_service = crate::identity::ssm::parse_expiration(&serde_json::Value::String(creds.expiration.clone()))
-            .ok_or_else(|| bad(format!("expiration `{}` is not an RFC 3339 time", creds.expiration)))?;
+        let bad = |detail: String| IamRaError::Response {
+            endpoint: self.endpoint(),
+            detail,
+        };
+        let out: SessionOut = serde_json::from_slice(bytes)
+            .map_err(|e| bad(format!("body is not a CreateSession response: {e}")))?;
+        let creds = out
+            .credential_set
+            .into_iter()
+            .next()
+            .ok_or_else(|| bad("credentialSet is empty".into()))?
+            .credentials;
+        let expires_service = crate::identity::ssm::parse_expiration(&serde_json::Value::String(
+            creds.expiration.clone(),
+        ))
+        .ok_or_else(|| {
+            bad(format!(
+                "expiration `{}` is not an RFC 3339 time",
+                creds.expiration
+            ))
+        })?;
         let off = self.clock.offset_ms();
         let expiration = if off >= 0 {
-            expires_service.checked_sub(Duration::from_millis(off as u64)).unwrap_or(expires_service)
+            expires_service
+                .checked_sub(Duration::from_millis(off as u64))
+                .unwrap_or(expires_service)
         } else {
             expires_service + Duration::from_millis(off.unsigned_abs())
         };
@@ -393,17 +494,32 @@ impl IamRaSource {
         let raw = error_type
             .or_else(|| parsed.as_ref().and_then(|b| b.kind.clone()))
             .unwrap_or_else(|| format!("HTTP{status}"));
-        let message = parsed
-            .and_then(|b| b.message)
-            .unwrap_or_else(|| String::from_utf8_lossy(bytes).chars().filter(|c| !c.is_control()).take(200).collect());
-        IamRaError::Api { endpoint: self.endpoint(), status, code: crate::identity::ssm::error_code(&raw).to_string(), message }
+        let message = parsed.and_then(|b| b.message).unwrap_or_else(|| {
+            String::from_utf8_lossy(bytes)
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(200)
+                .collect()
+        });
+        IamRaError::Api {
+            endpoint: self.endpoint(),
+            status,
+            code: crate::identity::ssm::error_code(&raw).to_string(),
+            message,
+        }
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> IamRaError {
         let (kind, detail) = classify(e);
         match kind {
-            TransportKind::Tls => IamRaError::Tls { endpoint: self.endpoint(), detail },
-            TransportKind::Timeout | TransportKind::Connect => IamRaError::Network { endpoint: self.endpoint(), detail },
+            TransportKind::Tls => IamRaError::Tls {
+                endpoint: self.endpoint(),
+                detail,
+            },
+            TransportKind::Timeout | TransportKind::Connect => IamRaError::Network {
+                endpoint: self.endpoint(),
+                detail,
+            },
         }
     }
 }
@@ -420,7 +536,10 @@ mod tests {
 
     fn self_signed(alg: &'static rcgen::SignatureAlgorithm) -> (String, String) {
         let key = rcgen::KeyPair::generate_for(alg).expect("keygen");
-        let cert = rcgen::CertificateParams::new(vec!["node-1".to_string()]).expect("params").self_signed(&key).expect("sign");
+        let cert = rcgen::CertificateParams::new(vec!["node-1".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("sign");
         (cert.pem(), key.serialize_pem())
     }
 
@@ -434,19 +553,32 @@ mod tests {
         assert_eq!(key.spki().as_deref(), Some(chain.spki_der.as_slice()));
         assert!(chain.serial_decimal.chars().all(|c| c.is_ascii_digit()));
         let sig = key.sign(b"msg").expect("sign");
-        let pk = aws_lc_rs::signature::ParsedPublicKey::new(&aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1, &chain.spki_der);
-        pk.expect("spki").verify_sig(b"msg", &sig).expect("verifies");
+        let pk = aws_lc_rs::signature::ParsedPublicKey::new(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+            &chain.spki_der,
+        );
+        pk.expect("spki")
+            .verify_sig(b"msg", &sig)
+            .expect("verifies");
     }
 
     #[test]
     fn mismatched_or_encrypted_key_is_reported_without_contents() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (_, key) = self_signed(&rcgen::PKCS_ECDSA_P256_SHA256);
-        let enc = write(dir.path(), "enc.pem", "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n");
+        let enc = write(
+            dir.path(),
+            "enc.pem",
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        );
         let e = SigningKey::load(&enc).expect_err("encrypted");
         assert!(e.to_string().contains("encrypted"), "{e}");
         let body_line = key.lines().nth(1).expect("pem body").to_string();
-        let broken = write(dir.path(), "broken.pem", &key.replace("PRIVATE KEY", "RSA PRIVATE KEY"));
+        let broken = write(
+            dir.path(),
+            "broken.pem",
+            &key.replace("PRIVATE KEY", "RSA PRIVATE KEY"),
+        );
         let e = SigningKey::load(&broken).expect_err("ec key labelled RSA");
         assert!(!e.to_string().contains(&body_line));
         assert!(!format!("{e:?}").contains(&body_line));

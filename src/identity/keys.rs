@@ -14,9 +14,9 @@ use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
 use aws_lc_rs::signature::KeyPair as _;
 use base64::Engine;
 
+use crate::config::Secret;
 use crate::identity::atomic::{self, AtomicWriteError, SECRET_FILE_MODE};
 use crate::identity::pem;
-use crate::config::Secret;
 
 /// Modulus size SSM requires (PROTOCOLS.md §1: "a fresh RSA-2048 key").
 pub const RSA_BITS: usize = 2048;
@@ -33,11 +33,17 @@ pub enum KeyError {
     #[error("cannot encode the instance key as PKCS#8")]
     Encode,
     #[error("cannot read instance key {path}: {source}")]
-    Read { path: std::path::PathBuf, source: std::io::Error },
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "instance key {path} is not a PKCS#8 RSA-{RSA_BITS} private key ({reason}); the key is lost, so this host must register again: `hybrid-agent join --reregister` with a new activation"
     )]
-    Invalid { path: std::path::PathBuf, reason: String },
+    Invalid {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("cannot store instance key: {0}")]
     Write(#[from] AtomicWriteError),
     #[error("RSA-PSS signing failed")]
@@ -68,18 +74,28 @@ impl InstanceKey {
 
     /// Parses a PKCS#8 DER key; rejects anything but RSA-2048 (SSM would).
     pub fn from_pkcs8(der: &[u8]) -> Result<Self, String> {
-        let pair = RsaKeyPair::from_pkcs8(der).map_err(|e| format!("rejected by aws-lc-rs: {e}"))?;
+        let pair =
+            RsaKeyPair::from_pkcs8(der).map_err(|e| format!("rejected by aws-lc-rs: {e}"))?;
         Self::from_parts(pair, der.to_vec())
     }
 
     fn from_parts(pair: RsaKeyPair, pkcs8: Vec<u8>) -> Result<Self, String> {
         if pair.public_modulus_len() * 8 != RSA_BITS {
-            return Err(format!("modulus is {} bits, not {RSA_BITS}", pair.public_modulus_len() * 8));
+            return Err(format!(
+                "modulus is {} bits, not {RSA_BITS}",
+                pair.public_modulus_len() * 8
+            ));
         }
-        let spki: PublicKeyX509Der<'static> =
-            pair.public_key().as_der().map_err(|_| "cannot encode the public key".to_string())?;
+        let spki: PublicKeyX509Der<'static> = pair
+            .public_key()
+            .as_der()
+            .map_err(|_| "cannot encode the public key".to_string())?;
         let public_key_b64 = base64::engine::general_purpose::STANDARD.encode(spki.as_ref());
-        Ok(InstanceKey { pair, pkcs8, public_key_b64 })
+        Ok(InstanceKey {
+            pair,
+            pkcs8,
+            public_key_b64,
+        })
     }
 
     /// Standard base64 of the DER SubjectPublicKeyInfo: `PublicKey` in RegisterManagedInstance.
@@ -90,7 +106,8 @@ impl InstanceKey {
     /// A short, non-secret identifier of the public key for logs and status: the first 16 hex
     /// digits of its SHA-256.
     pub fn public_key_id(&self) -> String {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.public_key_b64.as_bytes());
+        let digest =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.public_key_b64.as_bytes());
         hex::encode(&digest.as_ref()[..8])
     }
 
@@ -99,7 +116,12 @@ impl InstanceKey {
         let mut sig = vec![0u8; self.pair.public_modulus_len()];
         let rng = aws_lc_rs::rand::SystemRandom::new();
         self.pair
-            .sign(&aws_lc_rs::signature::RSA_PSS_SHA256, &rng, message, &mut sig)
+            .sign(
+                &aws_lc_rs::signature::RSA_PSS_SHA256,
+                &rng,
+                message,
+                &mut sig,
+            )
             .map_err(|_| KeyError::Sign)?;
         Ok(sig)
     }
@@ -117,8 +139,14 @@ impl InstanceKey {
 
     /// Reads a key written by [`InstanceKey::save`].
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: path.to_path_buf(), source })?;
-        let invalid = |reason: String| KeyError::Invalid { path: path.to_path_buf(), reason };
+        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let invalid = |reason: String| KeyError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
         let blocks = pem::decode_all(&text).map_err(|e| invalid(e.to_string()))?;
         let block = blocks
             .iter()
@@ -146,11 +174,17 @@ mod tests {
         assert_eq!(back.public_key_b64(), key.public_key_b64());
 
         let sig = back.sign_pss(b"string to sign").expect("sign");
-        let spki = base64::engine::general_purpose::STANDARD.decode(key.public_key_b64()).expect("b64");
+        let spki = base64::engine::general_purpose::STANDARD
+            .decode(key.public_key_b64())
+            .expect("b64");
         // Verify with the SPKI exactly as the service receives it.
-        let pk = aws_lc_rs::signature::ParsedPublicKey::new(&aws_lc_rs::signature::RSA_PSS_2048_8192_SHA256, &spki);
+        let pk = aws_lc_rs::signature::ParsedPublicKey::new(
+            &aws_lc_rs::signature::RSA_PSS_2048_8192_SHA256,
+            &spki,
+        );
         let pk = pk.expect("parse spki");
-        pk.verify_sig(b"string to sign", &sig).expect("signature verifies");
+        pk.verify_sig(b"string to sign", &sig)
+            .expect("signature verifies");
         assert!(pk.verify_sig(b"string to sigN", &sig).is_err());
         // PSS is randomised: two signatures of one message differ.
         assert_ne!(sig, back.sign_pss(b"string to sign").expect("sign"));
@@ -173,6 +207,9 @@ mod tests {
         std::fs::write(&path, pem::encode("PRIVATE KEY", b"not a key")).expect("write");
         let err = InstanceKey::load(&path).expect_err("garbage");
         let msg = err.to_string();
-        assert!(msg.contains("instance.key") && msg.contains("--reregister"), "{msg}");
+        assert!(
+            msg.contains("instance.key") && msg.contains("--reregister"),
+            "{msg}"
+        );
     }
 }

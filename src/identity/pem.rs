@@ -51,7 +51,11 @@ pub fn decode_all(text: &str) -> Result<Vec<Block>, PemError> {
     let mut blocks = Vec::new();
     let mut lines = text.lines();
     while let Some(line) = lines.next() {
-        let Some(label) = line.trim().strip_prefix("-----BEGIN ").and_then(|l| l.strip_suffix("-----")) else {
+        let Some(label) = line
+            .trim()
+            .strip_prefix("-----BEGIN ")
+            .and_then(|l| l.strip_suffix("-----"))
+        else {
             continue;
         };
         let end = format!("-----END {label}-----");
@@ -68,12 +72,19 @@ pub fn decode_all(text: &str) -> Result<Vec<Block>, PemError> {
             body.push_str(l);
         }
         if !closed {
-            return Err(PemError::Unterminated { label: label.to_string() });
+            return Err(PemError::Unterminated {
+                label: label.to_string(),
+            });
         }
         let der = base64::engine::general_purpose::STANDARD
             .decode(body.as_bytes())
-            .map_err(|_| PemError::Base64 { label: label.to_string() })?;
-        blocks.push(Block { label: label.to_string(), der });
+            .map_err(|_| PemError::Base64 {
+                label: label.to_string(),
+            })?;
+        blocks.push(Block {
+            label: label.to_string(),
+            der,
+        });
     }
     if blocks.is_empty() {
         return Err(PemError::Empty);
@@ -88,13 +99,27 @@ mod tests {
     #[test]
     fn round_trip_with_surrounding_text() {
         let der: Vec<u8> = (0..200u8).collect();
-        let text = format!("Bag Attributes\n{}junk\n{}", encode("CERTIFICATE", &der), encode("PRIVATE KEY", &[1, 2, 3]));
+        let text = format!(
+            "Bag Attributes\n{}junk\n{}",
+            encode("CERTIFICATE", &der),
+            encode("PRIVATE KEY", &[1, 2, 3])
+        );
         let blocks = decode_all(&text).expect("decode");
         assert_eq!(blocks.len(), 2);
-        assert_eq!(blocks[0], Block { label: "CERTIFICATE".into(), der });
+        assert_eq!(
+            blocks[0],
+            Block {
+                label: "CERTIFICATE".into(),
+                der
+            }
+        );
         assert_eq!(blocks[1].label, "PRIVATE KEY");
         assert_eq!(blocks[1].der, vec![1, 2, 3]);
-        assert!(encode("X", &[0; 100]).lines().all(|l| l.len() <= LINE || l.starts_with("-----")));
+        assert!(
+            encode("X", &[0; 100])
+                .lines()
+                .all(|l| l.len() <= LINE || l.starts_with("-----"))
+        );
     }
 
     #[test]
@@ -102,7 +127,9 @@ mod tests {
         assert_eq!(decode_all("nothing here"), Err(PemError::Empty));
         assert_eq!(
             decode_all("-----BEGIN CERTIFICATE-----\nAAAA\n"),
-            Err(PemError::Unterminated { label: "CERTIFICATE".into() })
+            Err(PemError::Unterminated {
+                label: "CERTIFICATE".into()
+            })
         );
         assert_eq!(
             decode_all("-----BEGIN X-----\n!!!\n-----END X-----\n"),

@@ -36,16 +36,25 @@ pub enum RegisterError {
     #[error(
         "SSM activation {activation_id} has expired (an activation is valid until the expiry set when it was created, at most 30 days). Create a new one, e.g. `aws ssm create-activation --iam-role <hybrid nodes role> --registration-limit 1 --region {region}`, and run `hybrid-agent join` again with its id and code. Nothing was written to this host."
     )]
-    ActivationExpired { activation_id: String, region: String },
+    ActivationExpired {
+        activation_id: String,
+        region: String,
+    },
     #[error(
         "SSM rejected activation {activation_id} in region {region} ({message}). Check that the activation id and code are a pair (copy both from the create-activation output) and that the region is the one the activation was created in. Nothing was written to this host."
     )]
-    InvalidActivation { activation_id: String, region: String, message: String },
+    InvalidActivation {
+        activation_id: String,
+        region: String,
+        message: String,
+    },
     #[error(
         "SSM activation {activation_id} has reached its registration limit: it has registered as many machines as it allows. Deregister machines that are gone (`aws ssm deregister-managed-instance --instance-id mi-…`), or create an activation with a higher --registration-limit. Nothing was written to this host."
     )]
     RegistrationLimit { activation_id: String },
-    #[error("{source}. Nothing was written to this host; run `hybrid-agent join` again once the endpoint is reachable.")]
+    #[error(
+        "{source}. Nothing was written to this host; run `hybrid-agent join` again once the endpoint is reachable."
+    )]
     Network { source: SsmError },
     #[error("{source}. Nothing was written to this host.")]
     Tls { source: SsmError },
@@ -56,7 +65,10 @@ pub enum RegisterError {
     #[error(
         "instance {instance_id} was registered with SSM but its state could not be saved: {source}. Fix the problem, deregister {instance_id} (`aws ssm deregister-managed-instance --instance-id {instance_id}`) and run `hybrid-agent join` again."
     )]
-    Store { instance_id: String, source: StoreError },
+    Store {
+        instance_id: String,
+        source: StoreError,
+    },
     #[error("the existing registration cannot be used: {0}")]
     Existing(StoreError),
 }
@@ -85,15 +97,24 @@ pub async fn ensure_registered(
     activation: &Activation,
     reregister: bool,
 ) -> Result<RegisterOutcome, RegisterError> {
-    if !reregister && let Some(existing) = store.load_registration().map_err(RegisterError::Existing)? {
+    if !reregister
+        && let Some(existing) = store.load_registration().map_err(RegisterError::Existing)?
+    {
         // The identity must be usable, or re-running join would "succeed" with nothing working.
-        store.load_fingerprint().map_err(RegisterError::Existing)?.ok_or_else(|| {
-            RegisterError::Existing(StoreError::Corrupt {
-                path: store.fingerprint_path(),
-                reason: "missing".into(),
-            })
-        })?;
-        if store.load_pending_key().map_err(RegisterError::Existing)?.is_none() {
+        store
+            .load_fingerprint()
+            .map_err(RegisterError::Existing)?
+            .ok_or_else(|| {
+                RegisterError::Existing(StoreError::Corrupt {
+                    path: store.fingerprint_path(),
+                    reason: "missing".into(),
+                })
+            })?;
+        if store
+            .load_pending_key()
+            .map_err(RegisterError::Existing)?
+            .is_none()
+        {
             store.load_key().map_err(RegisterError::Existing)?;
         }
         if existing.activation_id != activation.id {
@@ -111,11 +132,15 @@ pub async fn ensure_registered(
     // A fingerprint is generated once per host and kept across re-registrations; a corrupt
     // one stops here rather than being silently replaced.
     let stored_fingerprint = store.load_fingerprint().map_err(RegisterError::Existing)?;
-    let fingerprint = stored_fingerprint.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let fingerprint = stored_fingerprint
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let key = InstanceKey::generate()?;
     let region = client.region().to_string();
 
-    let instance_id = register_with_retries(client, activation, &key, &fingerprint).await.map_err(|e| classify(e, activation, &region))?;
+    let instance_id = register_with_retries(client, activation, &key, &fingerprint)
+        .await
+        .map_err(|e| classify(e, activation, &region))?;
     tracing::info!(%instance_id, key = %key.public_key_id(), "registered with SSM");
 
     let now = SystemTime::now();
@@ -135,7 +160,10 @@ pub async fn ensure_registered(
         store.promote_pending_key()?;
         Ok(())
     };
-    persist().map_err(|source| RegisterError::Store { instance_id, source })?;
+    persist().map_err(|source| RegisterError::Store {
+        instance_id,
+        source,
+    })?;
     Ok(RegisterOutcome::Registered(registration))
 }
 
@@ -148,10 +176,17 @@ async fn register_with_retries(
     let mut delay = REGISTER_RETRY_DELAY;
     let mut attempt = 1;
     loop {
-        match client.register(&activation.id, &activation.code, key, fingerprint).await {
+        match client
+            .register(&activation.id, &activation.code, key, fingerprint)
+            .await
+        {
             Ok(id) => return Ok(id),
             Err(e) if e.is_transient() && attempt < REGISTER_ATTEMPTS => {
-                tracing::warn!(attempt, "registration failed, retrying in {} s: {e}", delay.as_secs());
+                tracing::warn!(
+                    attempt,
+                    "registration failed, retrying in {} s: {e}",
+                    delay.as_secs()
+                );
                 tokio::time::sleep(delay).await;
                 delay *= 2;
                 attempt += 1;
@@ -163,9 +198,10 @@ async fn register_with_retries(
 
 fn classify(e: SsmError, activation: &Activation, region: &str) -> RegisterError {
     match e.code() {
-        Some(codes::ACTIVATION_EXPIRED) => {
-            RegisterError::ActivationExpired { activation_id: activation.id.clone(), region: region.to_string() }
-        }
+        Some(codes::ACTIVATION_EXPIRED) => RegisterError::ActivationExpired {
+            activation_id: activation.id.clone(),
+            region: region.to_string(),
+        },
         Some(codes::INVALID_ACTIVATION) => RegisterError::InvalidActivation {
             activation_id: activation.id.clone(),
             region: region.to_string(),
@@ -174,7 +210,9 @@ fn classify(e: SsmError, activation: &Activation, region: &str) -> RegisterError
                 _ => String::new(),
             },
         },
-        Some(codes::REGISTRATION_LIMIT) => RegisterError::RegistrationLimit { activation_id: activation.id.clone() },
+        Some(codes::REGISTRATION_LIMIT) => RegisterError::RegistrationLimit {
+            activation_id: activation.id.clone(),
+        },
         _ => match e {
             SsmError::Network { .. } => RegisterError::Network { source: e },
             SsmError::Tls { .. } => RegisterError::Tls { source: e },

@@ -76,7 +76,8 @@ impl RefreshError {
 
     /// What the operator should do, for status and the log.
     pub fn action(&self) -> Option<String> {
-        self.is_fatal().then(|| format!("register this host again: {REREGISTER_COMMAND}"))
+        self.is_fatal()
+            .then(|| format!("register this host again: {REREGISTER_COMMAND}"))
     }
 }
 
@@ -137,7 +138,13 @@ pub struct Rotator {
 }
 
 impl Rotator {
-    pub fn new(source: Source, settings: RotationSettings, store: IdentityStore, clock: Arc<dyn Clock>, jitter: Arc<dyn Jitter>) -> Rotator {
+    pub fn new(
+        source: Source,
+        settings: RotationSettings,
+        store: IdentityStore,
+        clock: Arc<dyn Clock>,
+        jitter: Arc<dyn Jitter>,
+    ) -> Rotator {
         let status = IdentityStatus {
             provider: source.kind(),
             identity: source.identity(),
@@ -188,7 +195,12 @@ impl Rotator {
             access_key_id: creds.access_key_id.clone(),
             expiration: creds.expiration,
             last_refresh: now,
-            files: self.settings.targets.iter().map(|t| t.path.clone()).collect(),
+            files: self
+                .settings
+                .targets
+                .iter()
+                .map(|t| t.path.clone())
+                .collect(),
         })?;
         self.credentials.send_replace(Some(creds.clone()));
         tracing::info!(
@@ -223,7 +235,10 @@ impl Rotator {
     }
 
     /// Refreshes until `shutdown` resolves; returns early only on a fatal error.
-    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), RefreshError> {
+    pub async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), RefreshError> {
         tokio::pin!(shutdown);
         loop {
             let expiration = self.credentials.borrow().as_ref().map(|c| c.expiration);
@@ -243,30 +258,49 @@ impl Rotator {
                     Ok(_) => break,
                     Err(e) if e.is_fatal() => {
                         let action = e.action();
-                        tracing::error!("credential refresh stopped: {e}; {}", action.clone().unwrap_or_default());
+                        tracing::error!(
+                            "credential refresh stopped: {e}; {}",
+                            action.clone().unwrap_or_default()
+                        );
                         let now = self.clock.now();
                         self.status.send_modify(|s| {
                             s.state = "failed".into();
                             s.next_refresh = None;
                             s.consecutive_failures += 1;
-                            s.last_error = Some(LastError { at: now, message: e.to_string(), action });
+                            s.last_error = Some(LastError {
+                                at: now,
+                                message: e.to_string(),
+                                action,
+                            });
                         });
                         return Err(e);
                     }
                     Err(e) => {
                         let now = self.clock.now();
-                        let remaining = self
-                            .credentials
-                            .borrow()
-                            .as_ref()
-                            .map(|c| c.expiration.duration_since(now).unwrap_or(Duration::ZERO));
-                        let wait = schedule::backoff_delay(attempt, self.settings.backoff_cap, remaining, self.jitter.as_ref());
-                        tracing::warn!(attempt = attempt + 1, retry_in_ms = wait.as_millis() as u64, "credential refresh failed: {e}");
+                        let remaining =
+                            self.credentials.borrow().as_ref().map(|c| {
+                                c.expiration.duration_since(now).unwrap_or(Duration::ZERO)
+                            });
+                        let wait = schedule::backoff_delay(
+                            attempt,
+                            self.settings.backoff_cap,
+                            remaining,
+                            self.jitter.as_ref(),
+                        );
+                        tracing::warn!(
+                            attempt = attempt + 1,
+                            retry_in_ms = wait.as_millis() as u64,
+                            "credential refresh failed: {e}"
+                        );
                         self.status.send_modify(|s| {
                             s.state = "retrying".into();
                             s.consecutive_failures += 1;
                             s.next_refresh = Some(now + wait);
-                            s.last_error = Some(LastError { at: now, message: e.to_string(), action: None });
+                            s.last_error = Some(LastError {
+                                at: now,
+                                message: e.to_string(),
+                                action: None,
+                            });
                         });
                         attempt = attempt.saturating_add(1);
                         tokio::select! {

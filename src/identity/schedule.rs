@@ -52,7 +52,12 @@ pub fn refresh_delay(now: SystemTime, expires: SystemTime, jitter: &dyn Jitter) 
 /// Wait before retry number `attempt` (0 = first retry): uniform in [0, min(cap, base·2^attempt)]
 /// ("full jitter"), at least [`MIN_DELAY`]; when `remaining` (life left in the current
 /// credentials) is known, at most a quarter of it.
-pub fn backoff_delay(attempt: u32, cap: Duration, remaining: Option<Duration>, jitter: &dyn Jitter) -> Duration {
+pub fn backoff_delay(
+    attempt: u32,
+    cap: Duration,
+    remaining: Option<Duration>,
+    jitter: &dyn Jitter,
+) -> Duration {
     let exp = BACKOFF_BASE.saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX));
     let ceiling = exp.min(cap);
     let mut d = ceiling.mul_f64(jitter.unit().clamp(0.0, 1.0));
@@ -81,11 +86,23 @@ mod tests {
     fn refresh_at_half_remaining_with_ten_percent_jitter() {
         let now = t(1000);
         let exp = t(1000 + 3600);
-        assert_eq!(refresh_delay(now, exp, &Fixed(0.5)), Duration::from_secs(1800));
-        assert_eq!(refresh_delay(now, exp, &Fixed(0.0)), Duration::from_secs(1620));
-        assert_eq!(refresh_delay(now, exp, &Fixed(1.0)), Duration::from_secs(1980));
+        assert_eq!(
+            refresh_delay(now, exp, &Fixed(0.5)),
+            Duration::from_secs(1800)
+        );
+        assert_eq!(
+            refresh_delay(now, exp, &Fixed(0.0)),
+            Duration::from_secs(1620)
+        );
+        assert_eq!(
+            refresh_delay(now, exp, &Fixed(1.0)),
+            Duration::from_secs(1980)
+        );
         // Half of the *remaining* lifetime, not of the original one.
-        assert_eq!(refresh_delay(t(2800), exp, &Fixed(0.5)), Duration::from_secs(900));
+        assert_eq!(
+            refresh_delay(t(2800), exp, &Fixed(0.5)),
+            Duration::from_secs(900)
+        );
     }
 
     #[test]
@@ -96,9 +113,13 @@ mod tests {
 
     #[test]
     fn jitter_spreads_a_fleet() {
-        let delays: std::collections::BTreeSet<_> =
-            (0..50).map(|_| refresh_delay(t(0), t(3600), &RandomJitter).as_millis()).collect();
-        assert!(delays.len() > 40, "50 agents should not refresh in lock-step");
+        let delays: std::collections::BTreeSet<_> = (0..50)
+            .map(|_| refresh_delay(t(0), t(3600), &RandomJitter).as_millis())
+            .collect();
+        assert!(
+            delays.len() > 40,
+            "50 agents should not refresh in lock-step"
+        );
         assert!(delays.iter().all(|&d| (1_620_000..=1_980_000).contains(&d)));
     }
 
@@ -113,17 +134,32 @@ mod tests {
         assert_eq!(top(1000), Duration::from_secs(60));
         // Full jitter: anywhere from the floor up.
         assert_eq!(backoff_delay(6, cap, None, &Fixed(0.0)), MIN_DELAY);
-        assert_eq!(backoff_delay(6, cap, None, &Fixed(0.5)), Duration::from_secs(30));
+        assert_eq!(
+            backoff_delay(6, cap, None, &Fixed(0.5)),
+            Duration::from_secs(30)
+        );
         // Configurable cap.
-        assert_eq!(backoff_delay(10, Duration::from_secs(5), None, &Fixed(1.0)), Duration::from_secs(5));
+        assert_eq!(
+            backoff_delay(10, Duration::from_secs(5), None, &Fixed(1.0)),
+            Duration::from_secs(5)
+        );
     }
 
     #[test]
     fn backoff_tightens_near_expiry() {
         let cap = Duration::from_secs(60);
-        assert_eq!(backoff_delay(10, cap, Some(Duration::from_secs(40)), &Fixed(1.0)), Duration::from_secs(10));
-        assert_eq!(backoff_delay(10, cap, Some(Duration::from_millis(400)), &Fixed(1.0)), MIN_DELAY);
+        assert_eq!(
+            backoff_delay(10, cap, Some(Duration::from_secs(40)), &Fixed(1.0)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            backoff_delay(10, cap, Some(Duration::from_millis(400)), &Fixed(1.0)),
+            MIN_DELAY
+        );
         // Expired (zero remaining): the plain backoff applies.
-        assert_eq!(backoff_delay(10, cap, Some(Duration::ZERO), &Fixed(1.0)), cap);
+        assert_eq!(
+            backoff_delay(10, cap, Some(Duration::ZERO), &Fixed(1.0)),
+            cap
+        );
     }
 }

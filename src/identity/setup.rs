@@ -65,8 +65,14 @@ pub enum SetupError {
     Store(#[from] StoreError),
     #[error("this host has not joined yet ({path} is missing); run `hybrid-agent join` first")]
     NotJoined { path: PathBuf },
-    #[error("region `{region}` recorded in {path} is not valid: {reason}; run `hybrid-agent join` again")]
-    Region { path: PathBuf, region: String, reason: String },
+    #[error(
+        "region `{region}` recorded in {path} is not valid: {reason}; run `hybrid-agent join` again"
+    )]
+    Region {
+        path: PathBuf,
+        region: String,
+        reason: String,
+    },
     #[error(transparent)]
     Ssm(#[from] SsmError),
     #[error(transparent)]
@@ -102,9 +108,13 @@ impl JoinError {
                 _ => ExitCode::Failure,
             },
             JoinError::FirstRefresh(RefreshError::IamRa(IamRaError::Network { .. }))
-            | JoinError::FirstRefresh(RefreshError::Ssm(SsmSourceError::Ssm(SsmError::Network { .. }))) => ExitCode::RegistrationNetwork,
+            | JoinError::FirstRefresh(RefreshError::Ssm(SsmSourceError::Ssm(
+                SsmError::Network { .. },
+            ))) => ExitCode::RegistrationNetwork,
             JoinError::FirstRefresh(RefreshError::IamRa(IamRaError::Tls { .. }))
-            | JoinError::FirstRefresh(RefreshError::Ssm(SsmSourceError::Ssm(SsmError::Tls { .. }))) => ExitCode::RegistrationTls,
+            | JoinError::FirstRefresh(RefreshError::Ssm(SsmSourceError::Ssm(SsmError::Tls {
+                ..
+            }))) => ExitCode::RegistrationTls,
             _ => ExitCode::Failure,
         }
     }
@@ -120,7 +130,11 @@ pub struct IdentityEnv<'a> {
 
 impl<'a> IdentityEnv<'a> {
     pub fn new(paths: &'a HostPaths, agent: &'a AgentConfig) -> IdentityEnv<'a> {
-        IdentityEnv { paths, agent, host_clock: Arc::new(SystemClock) }
+        IdentityEnv {
+            paths,
+            agent,
+            host_clock: Arc::new(SystemClock),
+        }
     }
 
     pub fn store(&self) -> IdentityStore {
@@ -129,7 +143,12 @@ impl<'a> IdentityEnv<'a> {
 
     fn http(&self) -> Result<reqwest::Client, SetupError> {
         let settings = HttpSettings {
-            proxy: self.agent.network.proxy.as_ref().map(|u| u.expose().to_string()),
+            proxy: self
+                .agent
+                .network
+                .proxy
+                .as_ref()
+                .map(|u| u.expose().to_string()),
             extra_ca_bundle: self.agent.network.ca_bundle.clone(),
             ..Default::default()
         };
@@ -140,14 +159,24 @@ impl<'a> IdentityEnv<'a> {
     /// `enableCredentialsFile`.
     pub fn targets(&self, enable_credentials_file: bool) -> Vec<CredentialsTarget> {
         let profile = self.agent.credentials.profile.clone();
-        let mut t = vec![CredentialsTarget { path: self.agent.credentials.file.clone(), profile: profile.clone() }];
+        let mut t = vec![CredentialsTarget {
+            path: self.agent.credentials.file.clone(),
+            profile: profile.clone(),
+        }];
         if enable_credentials_file {
-            t.push(CredentialsTarget { path: self.paths.eks_hybrid_aws_credentials(), profile });
+            t.push(CredentialsTarget {
+                path: self.paths.eks_hybrid_aws_credentials(),
+                profile,
+            });
         }
         t
     }
 
-    fn ssm_client(&self, region: &Region, clock: Arc<SkewedClock>) -> Result<SsmClient, SetupError> {
+    fn ssm_client(
+        &self,
+        region: &Region,
+        clock: Arc<SkewedClock>,
+    ) -> Result<SsmClient, SetupError> {
         let url = self.agent.endpoints.url(Service::Ssm, region)?;
         Ok(SsmClient::new(self.http()?, url, region.as_str(), clock)?)
     }
@@ -160,16 +189,25 @@ impl<'a> IdentityEnv<'a> {
         let path = self.provider_path();
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(SetupError::NotJoined { path }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SetupError::NotJoined { path });
+            }
             Err(source) => return Err(StoreError::Read { path, source }.into()),
         };
-        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt { path, reason: e.to_string() }.into())
+        serde_json::from_str(&text).map_err(|e| {
+            StoreError::Corrupt {
+                path,
+                reason: e.to_string(),
+            }
+            .into()
+        })
     }
 
     fn save_provider(&self, p: &ProviderConfig) -> Result<(), SetupError> {
         let mut text = serde_json::to_string_pretty(p).unwrap_or_default();
         text.push('\n');
-        crate::identity::atomic::write_atomic(&self.provider_path(), text.as_bytes(), 0o600).map_err(StoreError::from)?;
+        crate::identity::atomic::write_atomic(&self.provider_path(), text.as_bytes(), 0o600)
+            .map_err(StoreError::from)?;
         Ok(())
     }
 
@@ -186,20 +224,37 @@ impl<'a> IdentityEnv<'a> {
         })?;
         let clock = Arc::new(SkewedClock::new(self.host_clock.clone()));
         let source = match (&provider.provider, &provider.iam_ra) {
-            (ProviderKind::IamRa, Some(ira)) => Source::IamRa(self.iam_ra_source(&region, ira, clock)?),
+            (ProviderKind::IamRa, Some(ira)) => {
+                Source::IamRa(self.iam_ra_source(&region, ira, clock)?)
+            }
             _ => {
                 let client = self.ssm_client(&region, clock)?;
-                Source::Ssm(Box::new(SsmSource::load(client, self.store(), self.agent.credentials.max_key_age)?))
+                Source::Ssm(Box::new(SsmSource::load(
+                    client,
+                    self.store(),
+                    self.agent.credentials.max_key_age,
+                )?))
             }
         };
         let settings = RotationSettings {
             targets: self.targets(provider.enable_credentials_file),
             backoff_cap: self.agent.credentials.refresh_backoff_cap,
         };
-        Ok(Rotator::new(source, settings, self.store(), self.host_clock.clone(), Arc::new(RandomJitter)))
+        Ok(Rotator::new(
+            source,
+            settings,
+            self.store(),
+            self.host_clock.clone(),
+            Arc::new(RandomJitter),
+        ))
     }
 
-    fn iam_ra_source(&self, region: &Region, ira: &IamRaConfig, clock: Arc<SkewedClock>) -> Result<IamRaSource, SetupError> {
+    fn iam_ra_source(
+        &self,
+        region: &Region,
+        ira: &IamRaConfig,
+        clock: Arc<SkewedClock>,
+    ) -> Result<IamRaSource, SetupError> {
         let settings = IamRaSettings {
             endpoint: self.agent.endpoints.url(Service::Rolesanywhere, region)?,
             region: region.as_str().to_string(),
@@ -216,9 +271,15 @@ impl<'a> IdentityEnv<'a> {
 
     /// Credentials still valid from a previous run, read back from our own credentials file
     /// (once, at start) when `credentials.json` says they are ours and not about to expire.
-    pub fn previous_credentials(&self, targets: &[CredentialsTarget]) -> Option<(TemporaryCredentials, Option<SystemTime>)> {
+    pub fn previous_credentials(
+        &self,
+        targets: &[CredentialsTarget],
+    ) -> Option<(TemporaryCredentials, Option<SystemTime>)> {
         let state = self.store().load_credentials_state().ok()??;
-        let remaining = state.expiration.duration_since(self.host_clock.now()).ok()?;
+        let remaining = state
+            .expiration
+            .duration_since(self.host_clock.now())
+            .ok()?;
         if remaining < SEED_MIN_REMAINING {
             return None;
         }
@@ -247,11 +308,19 @@ impl<'a> IdentityEnv<'a> {
         reregister: bool,
     ) -> Result<JoinOutcome, JoinError> {
         let record = match provider {
-            Provider::Ssm { activation_id, activation_code } => {
+            Provider::Ssm {
+                activation_id,
+                activation_code,
+            } => {
                 let clock = Arc::new(SkewedClock::new(self.host_clock.clone()));
                 let client = self.ssm_client(region, clock)?;
-                let activation = Activation { id: activation_id.clone(), code: activation_code.clone() };
-                let outcome = register::ensure_registered(&client, &self.store(), &activation, reregister).await?;
+                let activation = Activation {
+                    id: activation_id.clone(),
+                    code: activation_code.clone(),
+                };
+                let outcome =
+                    register::ensure_registered(&client, &self.store(), &activation, reregister)
+                        .await?;
                 (
                     ProviderConfig {
                         provider: ProviderKind::Ssm,
@@ -262,7 +331,15 @@ impl<'a> IdentityEnv<'a> {
                     Some(outcome),
                 )
             }
-            Provider::IamRolesAnywhere { node_name, trust_anchor_arn, profile_arn, role_arn, certificate_path, private_key_path, .. } => (
+            Provider::IamRolesAnywhere {
+                node_name,
+                trust_anchor_arn,
+                profile_arn,
+                role_arn,
+                certificate_path,
+                private_key_path,
+                ..
+            } => (
                 ProviderConfig {
                     provider: ProviderKind::IamRa,
                     region: region.as_str().to_string(),
@@ -283,14 +360,21 @@ impl<'a> IdentityEnv<'a> {
         // For IAM Roles Anywhere this first CreateSession is also the proof that certificate,
         // key and ARNs work: nothing is written before it succeeds.
         let mut rotator = self.rotator_from(&record)?;
-        let creds = rotator.refresh_once().await.map_err(JoinError::FirstRefresh)?;
+        let creds = rotator
+            .refresh_once()
+            .await
+            .map_err(JoinError::FirstRefresh)?;
         self.save_provider(&record)?;
         Ok(JoinOutcome {
             provider: record.provider,
             identity: rotator.source().identity(),
             registration,
             expiration: creds.expiration,
-            files: self.targets(record.enable_credentials_file).into_iter().map(|t| t.path).collect(),
+            files: self
+                .targets(record.enable_credentials_file)
+                .into_iter()
+                .map(|t| t.path)
+                .collect(),
         })
     }
 }
@@ -304,4 +388,3 @@ pub struct JoinOutcome {
     pub expiration: SystemTime,
     pub files: Vec<PathBuf>,
 }
-

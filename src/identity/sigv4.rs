@@ -32,7 +32,9 @@ impl SigningTime {
         // Formatting a UTC OffsetDateTime with a fixed numeric description cannot fail for years
         // 0000-9999; fall back to the epoch rather than panic if it ever did.
         let amz_date = t
-            .format(format_description!("[year][month][day]T[hour][minute][second]Z"))
+            .format(format_description!(
+                "[year][month][day]T[hour][minute][second]Z"
+            ))
             .unwrap_or_else(|_| "19700101T000000Z".into());
         let date = amz_date[..8].to_string();
         SigningTime { amz_date, date }
@@ -50,7 +52,9 @@ pub fn uri_encode(s: &str, keep_slash: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
             b'/' if keep_slash => out.push('/'),
             _ => out.push_str(&format!("%{b:02X}")),
         }
@@ -60,9 +64,15 @@ pub fn uri_encode(s: &str, keep_slash: bool) -> String {
 
 /// Query pairs encoded and sorted by name then value, joined with `&`.
 pub fn canonical_query(pairs: &[(&str, &str)]) -> String {
-    let mut enc: Vec<(String, String)> = pairs.iter().map(|(k, v)| (uri_encode(k, false), uri_encode(v, false))).collect();
+    let mut enc: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| (uri_encode(k, false), uri_encode(v, false)))
+        .collect();
     enc.sort();
-    enc.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
+    enc.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// A request as SigV4 sees it. `headers` are the headers to sign; names in any case.
@@ -81,11 +91,20 @@ pub fn canonical_request(input: &CanonicalInput<'_>) -> (String, String) {
     let mut headers: Vec<(String, String)> = input
         .headers
         .iter()
-        .map(|(n, v)| (n.to_ascii_lowercase(), v.split_whitespace().collect::<Vec<_>>().join(" ")))
+        .map(|(n, v)| {
+            (
+                n.to_ascii_lowercase(),
+                v.split_whitespace().collect::<Vec<_>>().join(" "),
+            )
+        })
         .collect();
     headers.sort();
     let canonical_headers: String = headers.iter().map(|(n, v)| format!("{n}:{v}\n")).collect();
-    let signed_headers = headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(";");
+    let signed_headers = headers
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(";");
     let canonical = format!(
         "{}\n{}\n{}\n{}\n{}\n{}",
         input.method,
@@ -99,8 +118,17 @@ pub fn canonical_request(input: &CanonicalInput<'_>) -> (String, String) {
 }
 
 /// `<algorithm>\n<amz-date>\n<scope>\n<hex sha256 of canonical request>`.
-pub fn string_to_sign(algorithm: &str, time: &SigningTime, scope: &str, canonical_request: &str) -> String {
-    format!("{algorithm}\n{}\n{scope}\n{}", time.amz_date, sha256_hex(canonical_request.as_bytes()))
+pub fn string_to_sign(
+    algorithm: &str,
+    time: &SigningTime,
+    scope: &str,
+    canonical_request: &str,
+) -> String {
+    format!(
+        "{algorithm}\n{}\n{scope}\n{}",
+        time.amz_date,
+        sha256_hex(canonical_request.as_bytes())
+    )
 }
 
 /// `Host` header value for a URL: host, plus `:port` when the URL names a non-default port
@@ -128,7 +156,10 @@ mod tests {
         let st = SigningTime::new(t());
         assert_eq!(st.amz_date, "20240309T080706Z");
         assert_eq!(st.date, "20240309");
-        assert_eq!(scope(&st, "us-west-2", "ssm"), "20240309/us-west-2/ssm/aws4_request");
+        assert_eq!(
+            scope(&st, "us-west-2", "ssm"),
+            "20240309/us-west-2/ssm/aws4_request"
+        );
     }
 
     /// The SSM instance-call shape of PROTOCOLS.md §1, written out by hand: the four signed
@@ -159,21 +190,35 @@ mod tests {
              content-type;host;x-amz-date;x-amz-target\n\
              bcacd2e00f5b9e4fd4c7cdde97ca4128cb67b7fe01274e3e9addeeb03d63d0f6";
         assert_eq!(canonical, expected);
-        let sts = string_to_sign("AWS4-HMAC-SHA256", &st, &scope(&st, "us-west-2", "ssm"), &canonical);
+        let sts = string_to_sign(
+            "AWS4-HMAC-SHA256",
+            &st,
+            &scope(&st, "us-west-2", "ssm"),
+            &canonical,
+        );
         assert_eq!(
             sts,
-            format!("AWS4-HMAC-SHA256\n20240309T080706Z\n20240309/us-west-2/ssm/aws4_request\n{HAND_CANONICAL_SHA256}")
+            format!(
+                "AWS4-HMAC-SHA256\n20240309T080706Z\n20240309/us-west-2/ssm/aws4_request\n{HAND_CANONICAL_SHA256}"
+            )
         );
     }
 
     /// `sha256sum` of the canonical request above.
-    const HAND_CANONICAL_SHA256: &str = "54f5a522d5cf07f099714f47e23eea16c1b0109a3d92c5acff4c5675facfa291";
+    const HAND_CANONICAL_SHA256: &str =
+        "54f5a522d5cf07f099714f47e23eea16c1b0109a3d92c5acff4c5675facfa291";
 
     #[test]
     fn query_is_encoded_and_sorted() {
         let q = canonical_query(&[
-            ("trustAnchorArn", "arn:aws:rolesanywhere:us-west-2:123456789012:trust-anchor/ta"),
-            ("profileArn", "arn:aws:rolesanywhere:us-west-2:123456789012:profile/p"),
+            (
+                "trustAnchorArn",
+                "arn:aws:rolesanywhere:us-west-2:123456789012:trust-anchor/ta",
+            ),
+            (
+                "profileArn",
+                "arn:aws:rolesanywhere:us-west-2:123456789012:profile/p",
+            ),
             ("roleArn", "arn:aws:iam::123456789012:role/Node Role"),
         ]);
         assert_eq!(
@@ -195,7 +240,9 @@ mod tests {
         });
         assert_eq!(signed, "a;b");
         assert!(canonical.contains("a:1\nb:x y\n\na;b\n"), "{canonical}");
-        assert!(canonical.ends_with("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"));
+        assert!(
+            canonical.ends_with("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        );
     }
 
     #[test]
@@ -203,8 +250,14 @@ mod tests {
         let u = reqwest::Url::parse("http://127.0.0.1:4566/").expect("url");
         assert_eq!(host_header(&u).as_deref(), Some("127.0.0.1:4566"));
         let u = reqwest::Url::parse("https://ssm.us-west-2.amazonaws.com").expect("url");
-        assert_eq!(host_header(&u).as_deref(), Some("ssm.us-west-2.amazonaws.com"));
+        assert_eq!(
+            host_header(&u).as_deref(),
+            Some("ssm.us-west-2.amazonaws.com")
+        );
         let u = reqwest::Url::parse("https://ssm.us-west-2.amazonaws.com:443").expect("url");
-        assert_eq!(host_header(&u).as_deref(), Some("ssm.us-west-2.amazonaws.com"));
+        assert_eq!(
+            host_header(&u).as_deref(),
+            Some("ssm.us-west-2.amazonaws.com")
+        );
     }
 }

@@ -57,17 +57,36 @@ pub mod codes {
 #[derive(Debug, thiserror::Error)]
 pub enum SsmError {
     #[error("SSM {operation} at {endpoint} failed: {code}: {message}")]
-    Api { operation: &'static str, endpoint: String, status: u16, code: String, message: String },
+    Api {
+        operation: &'static str,
+        endpoint: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error(
         "TLS with {endpoint} failed during SSM {operation}: {detail}; if a proxy or TLS inspection sits in the path, add its CA with `extra_ca_bundle` in the agent config; a wrong host clock also breaks certificate checks"
     )]
-    Tls { operation: &'static str, endpoint: String, detail: String },
+    Tls {
+        operation: &'static str,
+        endpoint: String,
+        detail: String,
+    },
     #[error(
         "cannot reach {endpoint} for SSM {operation}: {detail}; check DNS, routing and the proxy setting, or the SSM endpoint override (AWS_ENDPOINT_URL_SSM)"
     )]
-    Network { operation: &'static str, endpoint: String, timeout: bool, detail: String },
+    Network {
+        operation: &'static str,
+        endpoint: String,
+        timeout: bool,
+        detail: String,
+    },
     #[error("SSM {operation} at {endpoint} returned an unexpected response: {detail}")]
-    Response { operation: &'static str, endpoint: String, detail: String },
+    Response {
+        operation: &'static str,
+        endpoint: String,
+        detail: String,
+    },
     #[error("cannot sign SSM {operation}: the RSA signature failed")]
     Sign { operation: &'static str },
 }
@@ -91,11 +110,20 @@ impl SsmError {
     pub fn is_transient(&self) -> bool {
         match self {
             SsmError::Network { .. } => true,
-            SsmError::Api { status, code, message, .. } => {
+            SsmError::Api {
+                status,
+                code,
+                message,
+                ..
+            } => {
                 *status >= 500
-                    || matches!(code.as_str(), codes::INTERNAL | codes::TOO_MANY_UPDATES | codes::THROTTLING)
+                    || matches!(
+                        code.as_str(),
+                        codes::INTERNAL | codes::TOO_MANY_UPDATES | codes::THROTTLING
+                    )
                     || code.contains("Throttl")
-                    || (code == codes::INVALID_SIGNATURE && message.to_ascii_lowercase().contains("expired"))
+                    || (code == codes::INVALID_SIGNATURE
+                        && message.to_ascii_lowercase().contains("expired"))
             }
             SsmError::Response { .. } => true,
             SsmError::Tls { .. } | SsmError::Sign { .. } => false,
@@ -154,7 +182,10 @@ struct RoleTokenOut {
 /// `__type` may be `Code`, `prefix#Code` or `Code:http://...` (awsJson 1.1 error shapes).
 pub fn error_code(raw: &str) -> &str {
     let after_hash = raw.rsplit_once('#').map_or(raw, |(_, c)| c);
-    after_hash.split_once(':').map_or(after_hash, |(c, _)| c).trim()
+    after_hash
+        .split_once(':')
+        .map_or(after_hash, |(c, _)| c)
+        .trim()
 }
 
 /// `TokenExpirationDate` as epoch seconds (integer or fractional) or an ISO-8601/RFC 3339
@@ -163,13 +194,15 @@ pub fn parse_expiration(v: &serde_json::Value) -> Option<SystemTime> {
     match v {
         serde_json::Value::Number(n) => {
             let secs = n.as_f64()?;
-            (secs.is_finite() && secs > 0.0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs))
+            (secs.is_finite() && secs > 0.0)
+                .then(|| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs))
         }
         serde_json::Value::String(s) => {
             if let Ok(secs) = s.parse::<f64>() {
                 return parse_expiration(&serde_json::json!(secs));
             }
-            let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+            let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .ok()?;
             Some(SystemTime::from(t))
         }
         _ => None,
@@ -183,13 +216,24 @@ pub fn display_endpoint(url: &Url) -> String {
 
 impl SsmClient {
     /// `endpoint` is the SSM endpoint (`https://ssm.<region>.amazonaws.com/` or an override).
-    pub fn new(http: reqwest::Client, endpoint: Url, region: &str, clock: Arc<SkewedClock>) -> Result<Self, SsmError> {
+    pub fn new(
+        http: reqwest::Client,
+        endpoint: Url,
+        region: &str,
+        clock: Arc<SkewedClock>,
+    ) -> Result<Self, SsmError> {
         let host = sigv4::host_header(&endpoint).ok_or_else(|| SsmError::Response {
             operation: OP_REGISTER,
             endpoint: endpoint.to_string(),
             detail: "the endpoint URL has no host".into(),
         })?;
-        Ok(SsmClient { http, endpoint, host, region: region.to_string(), clock })
+        Ok(SsmClient {
+            http,
+            endpoint,
+            host,
+            region: region.to_string(),
+            clock,
+        })
     }
 
     pub fn endpoint(&self) -> String {
@@ -224,21 +268,35 @@ impl SsmClient {
             return Err(SsmError::Response {
                 operation: OP_REGISTER,
                 endpoint: self.endpoint(),
-                detail: format!("InstanceId `{}` is not a managed instance id (mi-…)", out.instance_id),
+                detail: format!(
+                    "InstanceId `{}` is not a managed instance id (mi-…)",
+                    out.instance_id
+                ),
             });
         }
         Ok(out.instance_id)
     }
 
     /// RequestManagedInstanceRoleToken, signed with `key`.
-    pub async fn request_role_token(&self, instance_id: &str, key: &InstanceKey, fingerprint: &str) -> Result<RoleToken, SsmError> {
+    pub async fn request_role_token(
+        &self,
+        instance_id: &str,
+        key: &InstanceKey,
+        fingerprint: &str,
+    ) -> Result<RoleToken, SsmError> {
         let body = serde_json::json!({ "Fingerprint": fingerprint });
-        let out: RoleTokenOut = self.call(OP_ROLE_TOKEN, &body, Some((instance_id, key))).await?;
-        let expires_service = parse_expiration(&out.token_expiration_date).ok_or_else(|| SsmError::Response {
-            operation: OP_ROLE_TOKEN,
-            endpoint: self.endpoint(),
-            detail: format!("TokenExpirationDate `{}` is neither epoch seconds nor an ISO-8601 time", out.token_expiration_date),
-        })?;
+        let out: RoleTokenOut = self
+            .call(OP_ROLE_TOKEN, &body, Some((instance_id, key)))
+            .await?;
+        let expires_service =
+            parse_expiration(&out.token_expiration_date).ok_or_else(|| SsmError::Response {
+                operation: OP_ROLE_TOKEN,
+                endpoint: self.endpoint(),
+                detail: format!(
+                    "TokenExpirationDate `{}` is neither epoch seconds nor an ISO-8601 time",
+                    out.token_expiration_date
+                ),
+            })?;
         Ok(RoleToken {
             credentials: TemporaryCredentials {
                 access_key_id: out.access_key_id,
@@ -251,9 +309,16 @@ impl SsmClient {
     }
 
     /// UpdateManagedInstancePublicKey, signed with the OLD key (`current`).
-    pub async fn update_public_key(&self, instance_id: &str, current: &InstanceKey, new_public_b64: &str) -> Result<(), SsmError> {
+    pub async fn update_public_key(
+        &self,
+        instance_id: &str,
+        current: &InstanceKey,
+        new_public_b64: &str,
+    ) -> Result<(), SsmError> {
         let body = serde_json::json!({ "NewPublicKey": new_public_b64, "NewPublicKeyType": PUBLIC_KEY_TYPE });
-        let _: serde_json::Value = self.call(OP_UPDATE_KEY, &body, Some((instance_id, current))).await?;
+        let _: serde_json::Value = self
+            .call(OP_UPDATE_KEY, &body, Some((instance_id, current)))
+            .await?;
         Ok(())
     }
 
@@ -262,7 +327,9 @@ impl SsmClient {
     fn to_host_time(&self, service: SystemTime) -> SystemTime {
         let off = self.clock.offset_ms();
         if off >= 0 {
-            service.checked_sub(Duration::from_millis(off as u64)).unwrap_or(service)
+            service
+                .checked_sub(Duration::from_millis(off as u64))
+                .unwrap_or(service)
         } else {
             service + Duration::from_millis(off.unsigned_abs())
         }
@@ -279,7 +346,11 @@ impl SsmClient {
         loop {
             let (status, date_change, bytes) = self.send_once(operation, &body, signer).await?;
             if (200..300).contains(&status) {
-                let text = if bytes.bytes.is_empty() { &b"{}"[..] } else { &bytes.bytes[..] };
+                let text = if bytes.bytes.is_empty() {
+                    &b"{}"[..]
+                } else {
+                    &bytes.bytes[..]
+                };
                 return serde_json::from_slice(text).map_err(|e| SsmError::Response {
                     operation,
                     endpoint: self.endpoint(),
@@ -287,8 +358,16 @@ impl SsmClient {
                 });
             }
             let err = self.api_error(operation, status, &bytes);
-            if signer.is_some() && !resigned && err.is_code(codes::INVALID_SIGNATURE) && matches!(date_change, SkewChange::Corrected(_) | SkewChange::Cleared) {
-                tracing::info!(operation, "request rejected as {}; re-signing once with the corrected clock", codes::INVALID_SIGNATURE);
+            if signer.is_some()
+                && !resigned
+                && err.is_code(codes::INVALID_SIGNATURE)
+                && matches!(date_change, SkewChange::Corrected(_) | SkewChange::Cleared)
+            {
+                tracing::info!(
+                    operation,
+                    "request rejected as {}; re-signing once with the corrected clock",
+                    codes::INVALID_SIGNATURE
+                );
                 resigned = true;
                 continue;
             }
@@ -312,9 +391,15 @@ impl SsmClient {
         if let Some((instance_id, key)) = signer {
             let time = SigningTime::new(self.clock.now());
             let auth = self.authorization(operation, instance_id, key, &time, &target, body)?;
-            req = req.header("x-amz-date", &time.amz_date).header(reqwest::header::AUTHORIZATION, auth);
+            req = req
+                .header("x-amz-date", &time.amz_date)
+                .header(reqwest::header::AUTHORIZATION, auth);
         }
-        let resp = req.body(body.to_vec()).send().await.map_err(|e| self.transport_error(operation, &e))?;
+        let resp = req
+            .body(body.to_vec())
+            .send()
+            .await
+            .map_err(|e| self.transport_error(operation, &e))?;
         let received = self.clock.host_now();
         let change = resp
             .headers()
@@ -323,9 +408,23 @@ impl SsmClient {
             .map(|d| self.clock.observe(d, received))
             .unwrap_or(SkewChange::Unchanged);
         let status = resp.status().as_u16();
-        let error_type = resp.headers().get("x-amzn-errortype").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let bytes = resp.bytes().await.map_err(|e| self.transport_error(operation, &e))?;
-        Ok((status, change, RawBody { bytes: bytes.to_vec(), error_type }))
+        let error_type = resp
+            .headers()
+            .get("x-amzn-errortype")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(operation, &e))?;
+        Ok((
+            status,
+            change,
+            RawBody {
+                bytes: bytes.to_vec(),
+                error_type,
+            },
+        ))
     }
 
     /// `Authorization` for an instance call: SigV4 canonicalisation, RSA-PSS signature in base64.
@@ -352,9 +451,13 @@ impl SsmClient {
         });
         let scope = sigv4::scope(time, &self.region, SIGNING_SERVICE);
         let to_sign = sigv4::string_to_sign(ALGORITHM, time, &scope, &canonical);
-        let sig = key.sign_pss(to_sign.as_bytes()).map_err(|_| SsmError::Sign { operation })?;
+        let sig = key
+            .sign_pss(to_sign.as_bytes())
+            .map_err(|_| SsmError::Sign { operation })?;
         let sig = base64::engine::general_purpose::STANDARD.encode(sig);
-        Ok(format!("{ALGORITHM} Credential={instance_id}/{scope}, SignedHeaders={signed_headers}, Signature={sig}"))
+        Ok(format!(
+            "{ALGORITHM} Credential={instance_id}/{scope}, SignedHeaders={signed_headers}, Signature={sig}"
+        ))
     }
 
     fn api_error(&self, operation: &'static str, status: u16, body: &RawBody) -> SsmError {
@@ -366,18 +469,35 @@ impl SsmClient {
             .unwrap_or_else(|| format!("HTTP{status}"));
         let message = parsed.and_then(|b| b.message).unwrap_or_else(|| {
             // Not JSON (a proxy's error page): a short, printable excerpt helps more than nothing.
-            String::from_utf8_lossy(&body.bytes).chars().filter(|c| !c.is_control()).take(200).collect()
+            String::from_utf8_lossy(&body.bytes)
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(200)
+                .collect()
         });
-        SsmError::Api { operation, endpoint: self.endpoint(), status, code: error_code(&raw).to_string(), message }
+        SsmError::Api {
+            operation,
+            endpoint: self.endpoint(),
+            status,
+            code: error_code(&raw).to_string(),
+            message,
+        }
     }
 
     fn transport_error(&self, operation: &'static str, e: &reqwest::Error) -> SsmError {
         let (kind, detail) = classify(e);
         match kind {
-            TransportKind::Tls => SsmError::Tls { operation, endpoint: self.endpoint(), detail },
-            TransportKind::Timeout | TransportKind::Connect => {
-                SsmError::Network { operation, endpoint: self.endpoint(), timeout: kind == TransportKind::Timeout, detail }
-            }
+            TransportKind::Tls => SsmError::Tls {
+                operation,
+                endpoint: self.endpoint(),
+                detail,
+            },
+            TransportKind::Timeout | TransportKind::Connect => SsmError::Network {
+                operation,
+                endpoint: self.endpoint(),
+                timeout: kind == TransportKind::Timeout,
+                detail,
+            },
         }
     }
 }
@@ -395,9 +515,14 @@ mod tests {
     #[test]
     fn error_code_shapes() {
         assert_eq!(error_code("ActivationExpired"), "ActivationExpired");
-        assert_eq!(error_code("com.amazonaws.ssm#InvalidActivation"), "InvalidActivation");
         assert_eq!(
-            error_code("InvalidSignatureException:http://internal.amazon.com/coral/com.amazon.coral.service/"),
+            error_code("com.amazonaws.ssm#InvalidActivation"),
+            "InvalidActivation"
+        );
+        assert_eq!(
+            error_code(
+                "InvalidSignatureException:http://internal.amazon.com/coral/com.amazon.coral.service/"
+            ),
             "InvalidSignatureException"
         );
     }
@@ -405,18 +530,39 @@ mod tests {
     #[test]
     fn expiration_number_or_string() {
         let want = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(parse_expiration(&serde_json::json!(1_700_000_000)), Some(want));
-        assert_eq!(parse_expiration(&serde_json::json!(1_700_000_000.0)), Some(want));
-        assert_eq!(parse_expiration(&serde_json::json!("1700000000")), Some(want));
-        assert_eq!(parse_expiration(&serde_json::json!("2023-11-14T22:13:20Z")), Some(want));
-        assert_eq!(parse_expiration(&serde_json::json!("2023-11-14T23:13:20+01:00")), Some(want));
+        assert_eq!(
+            parse_expiration(&serde_json::json!(1_700_000_000)),
+            Some(want)
+        );
+        assert_eq!(
+            parse_expiration(&serde_json::json!(1_700_000_000.0)),
+            Some(want)
+        );
+        assert_eq!(
+            parse_expiration(&serde_json::json!("1700000000")),
+            Some(want)
+        );
+        assert_eq!(
+            parse_expiration(&serde_json::json!("2023-11-14T22:13:20Z")),
+            Some(want)
+        );
+        assert_eq!(
+            parse_expiration(&serde_json::json!("2023-11-14T23:13:20+01:00")),
+            Some(want)
+        );
         assert_eq!(parse_expiration(&serde_json::json!("soon")), None);
         assert_eq!(parse_expiration(&serde_json::json!(null)), None);
         assert_eq!(parse_expiration(&serde_json::json!(-5)), None);
     }
 
     fn api(code: &str, status: u16, message: &str) -> SsmError {
-        SsmError::Api { operation: OP_ROLE_TOKEN, endpoint: "x".into(), status, code: code.into(), message: message.into() }
+        SsmError::Api {
+            operation: OP_ROLE_TOKEN,
+            endpoint: "x".into(),
+            status,
+            code: code.into(),
+            message: message.into(),
+        }
     }
 
     #[test]
@@ -424,8 +570,22 @@ mod tests {
         assert!(api(codes::INTERNAL, 500, "").is_transient());
         assert!(api(codes::TOO_MANY_UPDATES, 400, "").is_transient());
         assert!(api(codes::THROTTLING, 400, "Rate exceeded").is_transient());
-        assert!(api(codes::INVALID_SIGNATURE, 400, "Signature expired: 20240101T000000Z is now earlier than ...").is_transient());
-        assert!(!api(codes::INVALID_SIGNATURE, 400, "The request signature we calculated does not match").is_transient());
+        assert!(
+            api(
+                codes::INVALID_SIGNATURE,
+                400,
+                "Signature expired: 20240101T000000Z is now earlier than ..."
+            )
+            .is_transient()
+        );
+        assert!(
+            !api(
+                codes::INVALID_SIGNATURE,
+                400,
+                "The request signature we calculated does not match"
+            )
+            .is_transient()
+        );
         assert!(!api(codes::ACTIVATION_EXPIRED, 400, "").is_transient());
         assert!(!api(codes::FINGERPRINT_MISMATCH, 400, "").is_transient());
         assert!(api(codes::FINGERPRINT_MISMATCH, 400, "").needs_reregistration());

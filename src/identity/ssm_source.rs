@@ -28,7 +28,9 @@ pub enum SsmSourceError {
     Ssm(#[from] SsmError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("this host is not registered with SSM ({path} is missing); run `hybrid-agent join` first")]
+    #[error(
+        "this host is not registered with SSM ({path} is missing); run `hybrid-agent join` first"
+    )]
     NotRegistered { path: std::path::PathBuf },
     #[error("cannot generate a new instance key: {0}")]
     Key(#[from] crate::identity::keys::KeyError),
@@ -83,27 +85,45 @@ pub struct SsmSource {
 
 impl SsmSource {
     /// Loads the identity from `store`. A pending key is left for the first refresh to resolve.
-    pub fn load(client: SsmClient, store: IdentityStore, max_key_age: Option<Duration>) -> Result<SsmSource, SsmSourceError> {
-        let registration = store
-            .load_registration()?
-            .ok_or_else(|| SsmSourceError::NotRegistered { path: store.registration_path() })?;
-        let fingerprint = store.load_fingerprint()?.ok_or_else(|| StoreError::Corrupt {
-            path: store.fingerprint_path(),
-            reason: "missing".into(),
-        })?;
+    pub fn load(
+        client: SsmClient,
+        store: IdentityStore,
+        max_key_age: Option<Duration>,
+    ) -> Result<SsmSource, SsmSourceError> {
+        let registration =
+            store
+                .load_registration()?
+                .ok_or_else(|| SsmSourceError::NotRegistered {
+                    path: store.registration_path(),
+                })?;
+        let fingerprint = store
+            .load_fingerprint()?
+            .ok_or_else(|| StoreError::Corrupt {
+                path: store.fingerprint_path(),
+                reason: "missing".into(),
+            })?;
         let key = match store.load_key() {
             Ok(k) => k,
             // Crash between writing the pending key and promoting it on a first registration:
             // there is no old key, and the pending one is the only candidate.
             Err(StoreError::Key(crate::identity::keys::KeyError::Read { source, .. }))
-                if source.kind() == std::io::ErrorKind::NotFound && store.pending_key_path().exists() =>
+                if source.kind() == std::io::ErrorKind::NotFound
+                    && store.pending_key_path().exists() =>
             {
                 store.promote_pending_key()?;
                 store.load_key()?
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(SsmSource { client, store, registration, fingerprint, key, max_key_age, rotation_wanted: false })
+        Ok(SsmSource {
+            client,
+            store,
+            registration,
+            fingerprint,
+            key,
+            max_key_age,
+            rotation_wanted: false,
+        })
     }
 
     pub fn instance_id(&self) -> &str {
@@ -129,7 +149,15 @@ impl SsmSource {
     pub async fn fetch(&mut self) -> Result<TemporaryCredentials, SsmSourceError> {
         let mut token = match self.resolve_pending_token().await? {
             Some(t) => t,
-            None => self.client.request_role_token(&self.registration.instance_id, &self.key, &self.fingerprint).await?,
+            None => {
+                self.client
+                    .request_role_token(
+                        &self.registration.instance_id,
+                        &self.key,
+                        &self.fingerprint,
+                    )
+                    .await?
+            }
         };
         if token.update_key_pair {
             tracing::info!(instance_id = %self.registration.instance_id, "SSM asks for a new key pair (UpdateKeyPair)");
@@ -146,15 +174,21 @@ impl SsmSource {
                         token = t;
                     }
                 }
-                Err(e) => tracing::warn!(instance_id = %self.registration.instance_id, "key rotation did not complete, will retry on the next refresh: {e}"),
+                Err(e) => {
+                    tracing::warn!(instance_id = %self.registration.instance_id, "key rotation did not complete, will retry on the next refresh: {e}")
+                }
             }
         }
         Ok(token.credentials)
     }
 
     fn key_too_old(&self) -> bool {
-        let Some(max) = self.max_key_age else { return false };
-        SystemTime::now().duration_since(self.registration.key_created_at).is_ok_and(|age| age >= max)
+        let Some(max) = self.max_key_age else {
+            return false;
+        };
+        SystemTime::now()
+            .duration_since(self.registration.key_created_at)
+            .is_ok_and(|age| age >= max)
     }
 
     /// Step 1: a new key, persisted as pending before anyone else knows it.
@@ -166,15 +200,24 @@ impl SsmSource {
 
     /// Step 2: UpdateManagedInstancePublicKey, signed with the current (old) key.
     pub async fn send_key_update(&self, new: &InstanceKey) -> Result<(), SsmError> {
-        self.client.update_public_key(&self.registration.instance_id, &self.key, new.public_key_b64()).await
+        self.client
+            .update_public_key(
+                &self.registration.instance_id,
+                &self.key,
+                new.public_key_b64(),
+            )
+            .await
     }
 
     /// Step 3: the pending key becomes the key, on disk and here.
     pub fn adopt_pending(&mut self) -> Result<(), SsmSourceError> {
-        let new = self.store.load_pending_key()?.ok_or_else(|| StoreError::Corrupt {
-            path: self.store.pending_key_path(),
-            reason: "pending key vanished before adoption".into(),
-        })?;
+        let new = self
+            .store
+            .load_pending_key()?
+            .ok_or_else(|| StoreError::Corrupt {
+                path: self.store.pending_key_path(),
+                reason: "pending key vanished before adoption".into(),
+            })?;
         self.store.promote_pending_key()?;
         let mut reg = self.registration.clone();
         reg.key_created_at = SystemTime::now();
@@ -185,7 +228,9 @@ impl SsmSource {
     }
 
     /// Steps 1–4 in order. Returns a token when the probe fetched one.
-    pub async fn rotate_key(&mut self) -> Result<(RotationOutcome, Option<RoleToken>), SsmSourceError> {
+    pub async fn rotate_key(
+        &mut self,
+    ) -> Result<(RotationOutcome, Option<RoleToken>), SsmSourceError> {
         let new = self.begin_key_rotation()?;
         match self.send_key_update(&new).await {
             Ok(()) => {
@@ -211,7 +256,9 @@ impl SsmSource {
     }
 
     /// Step 4: with a pending key on disk, find out which key the service accepts.
-    pub async fn resolve_pending(&mut self) -> Result<(PendingOutcome, Option<RoleToken>), SsmSourceError> {
+    pub async fn resolve_pending(
+        &mut self,
+    ) -> Result<(PendingOutcome, Option<RoleToken>), SsmSourceError> {
         let Some(pending) = self.store.load_pending_key()? else {
             return Ok((PendingOutcome::None, None));
         };
@@ -220,7 +267,11 @@ impl SsmSource {
             return Ok((PendingOutcome::None, None));
         }
         let id = self.registration.instance_id.clone();
-        match self.client.request_role_token(&id, &self.key, &self.fingerprint).await {
+        match self
+            .client
+            .request_role_token(&id, &self.key, &self.fingerprint)
+            .await
+        {
             Ok(token) => {
                 self.store.discard_pending_key()?;
                 tracing::info!(instance_id = %id, key = %self.key.public_key_id(), "the service accepts the old key; dropped the pending one");
@@ -228,9 +279,14 @@ impl SsmSource {
             }
             // No answer about the key: keep both and ask again later.
             Err(e) if e.is_transient() || e.needs_reregistration() => return Err(e.into()),
-            Err(e) => tracing::info!(instance_id = %id, "the service rejects the old key ({e}); probing the pending key"),
+            Err(e) => {
+                tracing::info!(instance_id = %id, "the service rejects the old key ({e}); probing the pending key")
+            }
         }
-        let token = self.client.request_role_token(&id, &pending, &self.fingerprint).await?;
+        let token = self
+            .client
+            .request_role_token(&id, &pending, &self.fingerprint)
+            .await?;
         self.adopt_pending()?;
         tracing::info!(instance_id = %id, key = %self.key.public_key_id(), "the service accepts the new key; adopted it");
         Ok((PendingOutcome::AdoptedNew, Some(token)))

@@ -36,7 +36,10 @@ const STATE_FILE_MODE: u32 = 0o600;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "{path} is corrupt ({reason}); if the registration is lost, register again with `hybrid-agent join --reregister` and a new activation"
     )]
@@ -46,9 +49,16 @@ pub enum StoreError {
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error("cannot remove {path}: {source}")]
-    Remove { path: PathBuf, source: std::io::Error },
+    Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot rename {from} to {to}: {source}")]
-    Rename { from: PathBuf, to: PathBuf, source: std::io::Error },
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Which credential provider the node uses (`eks.amazonaws.com/hybrid-credential-provider`).
@@ -108,7 +118,9 @@ pub struct IdentityStore {
 impl IdentityStore {
     /// `state_dir` is the agent state directory (`/var/lib/hybrid-agent` under `--root`).
     pub fn new(state_dir: &Path) -> IdentityStore {
-        IdentityStore { dir: state_dir.join(IDENTITY_DIR) }
+        IdentityStore {
+            dir: state_dir.join(IDENTITY_DIR),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -134,16 +146,25 @@ impl IdentityStore {
     /// UUID is an error, not a reason to make a new one.
     pub fn load_fingerprint(&self) -> Result<Option<String>, StoreError> {
         let path = self.fingerprint_path();
-        let Some(text) = read_optional(&path)? else { return Ok(None) };
+        let Some(text) = read_optional(&path)? else {
+            return Ok(None);
+        };
         let fp = text.trim();
         match uuid::Uuid::try_parse(fp) {
             Ok(u) if fp.len() == 36 => Ok(Some(u.hyphenated().to_string())),
-            _ => Err(StoreError::Corrupt { path, reason: "not a UUID".into() }),
+            _ => Err(StoreError::Corrupt {
+                path,
+                reason: "not a UUID".into(),
+            }),
         }
     }
 
     pub fn save_fingerprint(&self, fingerprint: &str) -> Result<(), StoreError> {
-        atomic::write_atomic(&self.fingerprint_path(), format!("{fingerprint}\n").as_bytes(), STATE_FILE_MODE)?;
+        atomic::write_atomic(
+            &self.fingerprint_path(),
+            format!("{fingerprint}\n").as_bytes(),
+            STATE_FILE_MODE,
+        )?;
         Ok(())
     }
 
@@ -175,7 +196,11 @@ impl IdentityStore {
     /// The pending key becomes the key (one atomic rename, then the directory is synced).
     pub fn promote_pending_key(&self) -> Result<(), StoreError> {
         let (from, to) = (self.pending_key_path(), self.key_path());
-        std::fs::rename(&from, &to).map_err(|source| StoreError::Rename { from: from.clone(), to: to.clone(), source })?;
+        std::fs::rename(&from, &to).map_err(|source| StoreError::Rename {
+            from: from.clone(),
+            to: to.clone(),
+            source,
+        })?;
         atomic::sync_dir(&self.dir)?;
         Ok(())
     }
@@ -198,15 +223,23 @@ fn read_optional(path: &Path) -> Result<Option<String>, StoreError> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(StoreError::Read { path: path.to_path_buf(), source }),
+        Err(source) => Err(StoreError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
 fn load_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
-    let Some(text) = read_optional(path)? else { return Ok(None) };
+    let Some(text) = read_optional(path)? else {
+        return Ok(None);
+    };
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|e| StoreError::Corrupt { path: path.to_path_buf(), reason: e.to_string() })
+        .map_err(|e| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
 }
 
 fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
@@ -226,11 +259,15 @@ pub mod ts {
     use time::format_description::well_known::Rfc3339;
 
     pub fn format(t: SystemTime) -> String {
-        time::OffsetDateTime::from(t).format(&Rfc3339).unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+        time::OffsetDateTime::from(t)
+            .format(&Rfc3339)
+            .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
     }
 
     pub fn parse(s: &str) -> Option<SystemTime> {
-        time::OffsetDateTime::parse(s, &Rfc3339).ok().map(SystemTime::from)
+        time::OffsetDateTime::parse(s, &Rfc3339)
+            .ok()
+            .map(SystemTime::from)
     }
 
     pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -253,11 +290,15 @@ pub mod ts {
             }
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<SystemTime>, D::Error> {
             let s = Option::<String>::deserialize(d)?;
             match s {
                 None => Ok(None),
-                Some(s) => parse(&s).map(Some).ok_or_else(|| serde::de::Error::custom(format!("`{s}` is not an RFC 3339 time"))),
+                Some(s) => parse(&s).map(Some).ok_or_else(|| {
+                    serde::de::Error::custom(format!("`{s}` is not an RFC 3339 time"))
+                }),
             }
         }
     }
@@ -275,10 +316,16 @@ mod tests {
         assert_eq!(store.load_fingerprint().expect("load"), None);
         let fp = uuid::Uuid::new_v4().to_string();
         store.save_fingerprint(&fp).expect("save");
-        assert_eq!(store.load_fingerprint().expect("load").as_deref(), Some(fp.as_str()));
+        assert_eq!(
+            store.load_fingerprint().expect("load").as_deref(),
+            Some(fp.as_str())
+        );
         std::fs::write(store.fingerprint_path(), "hardware-hash-123").expect("corrupt");
         let e = store.load_fingerprint().expect_err("corrupt");
-        assert!(e.to_string().contains("fingerprint") && e.to_string().contains("--reregister"), "{e}");
+        assert!(
+            e.to_string().contains("fingerprint") && e.to_string().contains("--reregister"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -307,11 +354,17 @@ mod tests {
         store.save_pending_key(&a).expect("save");
         store.promote_pending_key().expect("promote");
         assert!(store.load_pending_key().expect("load").is_none());
-        assert_eq!(store.load_key().expect("key").public_key_b64(), a.public_key_b64());
+        assert_eq!(
+            store.load_key().expect("key").public_key_b64(),
+            a.public_key_b64()
+        );
         let b = InstanceKey::generate().expect("key");
         store.save_pending_key(&b).expect("save");
         store.discard_pending_key().expect("discard");
         assert!(store.load_pending_key().expect("load").is_none());
-        assert_eq!(store.load_key().expect("key").public_key_b64(), a.public_key_b64());
+        assert_eq!(
+            store.load_key().expect("key").public_key_b64(),
+            a.public_key_b64()
+        );
     }
 }
