@@ -5,8 +5,8 @@
 //! printed at the end of `hybrid-agent --help` is generated from the same macro invocation that
 //! defines the enum, so the documentation cannot drift from the code.
 //!
-//! Numbering: 0–9 are general outcomes, 10–29 are reserved for credential registration (the
-//! identity issue fills them in; they are listed now so their numbers never move), 64 is
+//! Numbering: 0–9 are general outcomes, 10–29 are credential registration failures of `join`
+//! (after any of them nothing was written to the host), 64 is
 //! `EX_USAGE` from BSD `sysexits.h`, which shells and service managers already know.
 
 use std::fmt::Write as _;
@@ -40,11 +40,11 @@ exit_codes! {
     ConfigInvalid = 1 => "Invalid configuration or input (all problems listed); nothing changed.",
     NotBuilt = 2 => "Capability not built into this version yet; nothing was changed.",
     Failure = 3 => "An operation failed (I/O, unexpected state); see the message.",
-    ActivationExpired = 10 => "Reserved: the SSM activation has expired; create a new one.",
-    ActivationInvalid = 11 => "Reserved: SSM rejected the activation id/code (or its region).",
-    RegistrationLimit = 12 => "Reserved: the activation's registration limit is reached.",
-    RegistrationNetwork = 13 => "Reserved: the SSM or Roles Anywhere endpoint is unreachable.",
-    RegistrationTls = 14 => "Reserved: TLS to the endpoint failed (untrusted CA, clock skew).",
+    ActivationExpired = 10 => "join: the SSM activation has expired; create a new one.",
+    ActivationInvalid = 11 => "join: SSM rejected the activation id/code (or its region).",
+    RegistrationLimit = 12 => "join: the activation's registration limit is reached.",
+    RegistrationNetwork = 13 => "join: the SSM or Roles Anywhere endpoint is unreachable.",
+    RegistrationTls = 14 => "join: TLS to the endpoint failed (untrusted CA, clock skew).",
     Usage = 64 => "Usage error: unknown flag, missing or conflicting argument (EX_USAGE).",
 }
 

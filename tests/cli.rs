@@ -126,8 +126,8 @@ fn help_exits_zero_and_documents_exit_codes() {
             );
         }
         assert!(
-            run.stdout.contains("Reserved"),
-            "registration codes are reserved: {run:?}"
+            run.stdout.contains(" 10  ") && run.stdout.contains("activation has expired"),
+            "registration failures have their own codes: {run:?}"
         );
     }
 }
@@ -206,16 +206,27 @@ fn usage_errors_exit_64_not_clap_default() {
 }
 
 #[test]
-fn join_validates_then_says_registration_is_not_built() {
+fn join_validates_then_says_node_setup_is_not_built() {
     let sb = Sandbox::new();
-    let run = sb.run(&["join", "--config-source", "file://node.yaml"]);
+    // The identity phase is skipped: it would register with SSM (tests/identity_*.rs do that
+    // against the devstack).
+    let run = sb.run(&[
+        "join",
+        "--config-source",
+        "file://node.yaml",
+        "--skip",
+        "identity",
+    ]);
     assert_eq!(run.code, Some(2), "{run:?}");
     assert!(
         run.stderr
-            .contains("credential registration (identity) is not built yet"),
+            .contains("node setup (the install, render and start phases) is not built yet"),
         "{run:?}"
     );
-    assert!(run.stderr.contains("cluster prod"), "{run:?}");
+    assert!(
+        run.stderr.contains("--skip install,render,start"),
+        "{run:?}"
+    );
     assert!(
         sb.root_entries().is_empty(),
         "join wrote under --root: {:?}",
@@ -244,8 +255,6 @@ fn join_with_invalid_config_exits_1_before_anything_else() {
 fn unfinished_subcommands_exit_2_naming_the_missing_capability() {
     let sb = Sandbox::new();
     let cases: &[(&[&str], &str)] = &[
-        (&["run"], "the agent daemon"),
-        (&["status"], "the daemon status socket"),
         (&["leave"], "leaving the cluster"),
         (&["install", "1.31"], "artifact installation"),
         (
@@ -266,6 +275,28 @@ fn unfinished_subcommands_exit_2_naming_the_missing_capability() {
     assert!(
         sb.root_entries().is_empty(),
         "a stub wrote under --root: {:?}",
+        sb.root_entries()
+    );
+}
+
+#[test]
+fn run_and_status_on_a_machine_that_never_joined() {
+    let sb = Sandbox::new();
+    let run = sb.run(&["run"]);
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert!(
+        run.stderr.contains("run `hybrid-agent join` first"),
+        "{run:?}"
+    );
+    let status = sb.run(&["status"]);
+    assert_eq!(status.code, Some(0), "{status:?}");
+    assert!(
+        status.stdout.contains("not running") && status.stdout.contains("not joined"),
+        "{status:?}"
+    );
+    assert!(
+        sb.root_entries().is_empty(),
+        "run/status wrote under --root: {:?}",
         sb.root_entries()
     );
 }
@@ -316,12 +347,12 @@ fn config_show_redacts_in_yaml_and_json() {
 #[test]
 fn quiet_and_verbose_control_log_lines() {
     let sb = Sandbox::new();
-    let default = sb.run(&["join", "-c", "file://node.yaml"]);
+    let default = sb.run(&["join", "-c", "file://node.yaml", "--skip", "identity"]);
     assert!(
         default.stderr.contains("INFO"),
         "info is shown by default: {default:?}"
     );
-    let quiet = sb.run(&["-q", "join", "-c", "file://node.yaml"]);
+    let quiet = sb.run(&["-q", "join", "-c", "file://node.yaml", "--skip", "identity"]);
     assert!(!quiet.stderr.contains("INFO"), "{quiet:?}");
     // The outcome is still reported at any verbosity.
     assert!(quiet.stderr.contains("not built yet"), "{quiet:?}");
@@ -365,6 +396,8 @@ fn activation_code_flag_warns_about_ps() {
         ACTIVATION_ID,
         "--activation-code",
         CODE,
+        "--skip",
+        "identity",
     ]);
     assert_eq!(run.code, Some(2), "{run:?}");
     assert!(run.stderr.contains("WARN"), "{run:?}");
@@ -383,6 +416,8 @@ fn activation_code_from_environment_is_accepted() {
             "us-west-2",
             "--activation-id",
             ACTIVATION_ID,
+            "--skip",
+            "identity",
         ],
         &[("HYBRID_AGENT_ACTIVATION_CODE", CODE)],
     );

@@ -1,13 +1,21 @@
-//! `hybrid-agent join`: validate the node and agent configuration, then register and set up.
+//! `hybrid-agent join`: validate the node and agent configuration, then run the join phases.
 //!
-//! Validation is complete here; registration, installation and hand-over to the daemon come
-//! with the identity, install and node issues. Until then `join` stops after validation with
-//! exit code 2 rather than pretending to have joined.
+//! Phases are named, in order, and each can be skipped with `--skip` (as nodeadm's `--skip`):
+//! `identity` registers the machine and writes the first credentials; `install`, `render` and
+//! `start` come with later issues. A phase that is neither built nor skipped stops `join` with
+//! exit code 2 naming it, after the phases before it ran — never a fake success.
+
+use std::time::SystemTime;
 
 use clap::Args;
 
 use super::{CliError, Context, NodeConfigArgs};
 use crate::config;
+use crate::identity::register::RegisterOutcome;
+use crate::identity::setup::IdentityEnv;
+
+/// The phases of `join`, in the order they run.
+pub const PHASES: [&str; 4] = ["identity", "install", "render", "start"];
 
 pub(super) const LONG_ABOUT: &str = "\
 Join this machine to an EKS cluster as a hybrid node.
@@ -21,8 +29,13 @@ IAM Roles Anywhere), writes the shared credentials file (/root/.aws/credentials,
 default, by default), installs and configures containerd and kubelet (/etc/containerd, \
 /etc/kubernetes, /var/lib/kubelet) and starts hybrid-agent.service.
 
-Not built yet in this version: credential registration and everything after it. join stops \
-after validation with exit code 2 and changes nothing.
+Phases, in order: identity (register with SSM or check the IAM Roles Anywhere certificate, \
+write the first credentials), install, render, start. --skip PHASE[,PHASE] skips phases: \
+`--skip install,render,start` performs registration alone. Running join again on a registered \
+machine reuses its identity; --reregister makes a new one on purpose (with a new activation).
+
+Not built yet in this version: the install, render and start phases. Unless skipped, join \
+stops after the identity phase with exit code 2 naming them.
 
 The activation code is a secret: pass it in a file (--activation-code-file) or the \
 HYBRID_AGENT_ACTIVATION_CODE environment variable. It is never printed.";
@@ -49,6 +62,15 @@ pub struct JoinArgs {
     /// Node settings.
     #[command(flatten)]
     pub node: NodeConfigArgs,
+
+    /// Skip these phases (comma-separated): identity, install, render, start.
+    #[arg(long, value_name = "PHASE[,PHASE]", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(PHASES))]
+    pub skip: Vec<String>,
+
+    /// Register again with a fresh key and instance id even if this machine is registered
+    /// (SSM; needs an activation with a free registration).
+    #[arg(long)]
+    pub reregister: bool,
 }
 
 pub(super) fn run(args: &JoinArgs, ctx: &mut Context<'_>) -> Result<(), CliError> {
@@ -60,15 +82,68 @@ pub(super) fn run(args: &JoinArgs, ctx: &mut Context<'_>) -> Result<(), CliError
         provider = node.provider.label(),
         "configuration is valid"
     );
+    let skipped = |phase: &str| args.skip.iter().any(|s| s == phase);
+    if !skipped("identity") {
+        identity_phase(&config, args.reregister, ctx)?;
+    }
+    let missing: Vec<&str> = PHASES[1..]
+        .iter()
+        .copied()
+        .filter(|p| !skipped(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
     Err(CliError::NotBuilt {
         command: "join",
-        capability: "credential registration (identity)",
+        capability: "node setup (the install, render and start phases)",
         detail: format!(
-            "the configuration is valid (cluster {}, region {}, provider {}), but nothing was \
-             registered, installed or changed",
-            node.cluster.name,
-            node.cluster.region,
-            node.provider.label()
+            "phase(s) {} are not built; the phases before them completed. Use --skip {} to run \
+             only what is built",
+            missing.join(", "),
+            missing.join(",")
         ),
     })
+}
+
+fn identity_phase(
+    config: &config::Config,
+    reregister: bool,
+    ctx: &mut Context<'_>,
+) -> Result<(), CliError> {
+    let node = &config.node;
+    let env = IdentityEnv::new(&ctx.paths, &config.agent);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| CliError::Runtime {
+            command: "join",
+            source,
+        })?;
+    let out = rt.block_on(env.join(
+        &node.provider,
+        &node.cluster.region,
+        node.enable_credentials_file,
+        reregister,
+    ))?;
+    let how = match &out.registration {
+        Some(RegisterOutcome::Registered(_)) => "registered as",
+        Some(RegisterOutcome::Reused(_)) => "already registered as",
+        None => "IAM Roles Anywhere identity",
+    };
+    let remaining = out
+        .expiration
+        .duration_since(SystemTime::now())
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let files: Vec<String> = out.files.iter().map(|f| f.display().to_string()).collect();
+    ctx.write(
+        "join",
+        &format!(
+            "identity: {how} {} ({}); credentials valid for {remaining} s written to {}\n",
+            out.identity,
+            out.provider,
+            files.join(", ")
+        ),
+    )
 }

@@ -152,6 +152,24 @@ pub enum CliError {
         /// Serializer message.
         message: String,
     },
+    /// The identity phase of `join` failed (registration errors have their own exit codes).
+    #[error("join: {0}")]
+    Identity(#[from] crate::identity::setup::JoinError),
+    /// The daemon could not start or stopped with an error.
+    #[error("run: {0}")]
+    Daemon(#[from] crate::daemon::DaemonError),
+    /// The daemon state could not be read.
+    #[error("status: {0}")]
+    Status(#[from] crate::state::StateError),
+    /// The async runtime could not be created.
+    #[error("{command}: cannot start the async runtime: {source}")]
+    Runtime {
+        /// Subcommand name.
+        command: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl CliError {
@@ -160,7 +178,12 @@ impl CliError {
         match self {
             CliError::Config(_) => ExitCode::ConfigInvalid,
             CliError::NotBuilt { .. } => ExitCode::NotBuilt,
-            CliError::Output { .. } | CliError::Render { .. } => ExitCode::Failure,
+            CliError::Identity(e) => e.exit_code(),
+            CliError::Output { .. }
+            | CliError::Render { .. }
+            | CliError::Daemon(_)
+            | CliError::Status(_)
+            | CliError::Runtime { .. } => ExitCode::Failure,
         }
     }
 }

@@ -1,7 +1,4 @@
-//! `hybrid-agent run`: the long-running daemon behind hybrid-agent.service.
-//!
-//! The daemon (credential refresh, supervision, telemetry, status socket) is a later issue; for
-//! now `run` validates the agent configuration it would run with and exits 2.
+//! `hybrid-agent run`: the long-running daemon behind hybrid-agent.service ([`crate::daemon`]).
 
 use clap::Args;
 
@@ -18,8 +15,10 @@ metrics to CloudWatch through a durable spool under /var/lib/hybrid-agent/spool,
 `hybrid-agent status` on /run/hybrid-agent/status.sock. It notifies systemd when ready and stops \
 gracefully on SIGTERM.
 
-Not built yet in this version: the daemon. run validates the agent configuration (exit 1 with \
-every problem if it is invalid) and then exits with code 2.
+Built in this version: credential refresh and the state `hybrid-agent status` reads \
+(/var/lib/hybrid-agent/daemon.json). Supervision and telemetry are not wired into the daemon yet. \
+run needs a machine that has joined (exit 3 otherwise) and a valid agent configuration (exit 1 \
+with every problem otherwise).
 
 Example:
   hybrid-agent run --log-format json";
@@ -29,10 +28,7 @@ Example:
 pub struct RunArgs {}
 
 pub(super) fn run(_args: &RunArgs, ctx: &mut Context<'_>) -> Result<(), CliError> {
-    config::load_agent(ctx.load_context())?;
-    Err(CliError::NotBuilt {
-        command: "run",
-        capability: "the agent daemon (credential refresh, supervision, telemetry)",
-        detail: "the agent configuration is valid; nothing was started".to_owned(),
-    })
+    let agent = config::load_agent(ctx.load_context())?;
+    crate::daemon::start(&ctx.paths, &agent.agent)?;
+    Ok(())
 }

@@ -1,31 +1,44 @@
-//! `hybrid-agent status`: ask the running daemon how the node is doing.
+//! `hybrid-agent status`: how the node is doing, from the state the daemon publishes
+//! ([`crate::state`]); works when the daemon is down and says so.
+
+use std::time::SystemTime;
 
 use clap::Args;
 
 use super::{CliError, Context};
 
 pub(super) const LONG_ABOUT: &str = "\
-Show the node's health as the running daemon sees it: registration and credential expiry, \
-containerd and kubelet state and restarts, telemetry spool backlog and the last successful \
-CloudWatch upload. Reads the daemon's status socket (/run/hybrid-agent/status.sock under \
---root); writes nothing.
+Show the node's health: whether the daemon runs, the identity (SSM instance id or IAM Roles \
+Anywhere certificate), credential expiry, last and next refresh, and the last error with what to \
+do about it. Reads the state the daemon publishes (/var/lib/hybrid-agent/daemon.json under \
+--root) and the identity files, so it works when the daemon is down (and says so); writes \
+nothing.
 
-Not built yet in this version: the daemon's status socket. status exits with code 2.
+Not built yet in this version: containerd/kubelet and telemetry sections.
 
-Example:
-  hybrid-agent status";
+Examples:
+  hybrid-agent status
+  hybrid-agent status --json | jq .identity.expiration";
 
 /// `status` flags.
 #[derive(Debug, Clone, Args)]
-pub struct StatusArgs {}
+pub struct StatusArgs {
+    /// Print the status as JSON (stable field names, RFC 3339 times).
+    #[arg(long)]
+    pub json: bool,
+}
 
-pub(super) fn run(_args: &StatusArgs, ctx: &mut Context<'_>) -> Result<(), CliError> {
-    Err(CliError::NotBuilt {
-        command: "status",
-        capability: "the daemon status socket",
-        detail: format!(
-            "no status is available from {}",
-            ctx.paths.status_socket().display()
-        ),
-    })
+pub(super) fn run(args: &StatusArgs, ctx: &mut Context<'_>) -> Result<(), CliError> {
+    let report = crate::state::report(&ctx.paths.state_dir())?;
+    let text = if args.json {
+        let mut t = serde_json::to_string_pretty(&report).map_err(|e| CliError::Render {
+            format: "JSON",
+            message: e.to_string(),
+        })?;
+        t.push('\n');
+        t
+    } else {
+        report.to_text(SystemTime::now())
+    };
+    ctx.write("status", &text)
 }
