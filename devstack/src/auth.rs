@@ -98,12 +98,24 @@ impl CredentialStore {
         };
         let path = dir.join(CREDENTIALS_FILE);
         let doc: CredentialsDoc = crate::persist::read_json(&path)?.unwrap_or_default();
-        Ok(Self { issued: doc.issued.into_iter().map(|c| (c.access_key_id.clone(), c)).collect(), path: Some(path) })
+        Ok(Self {
+            issued: doc
+                .issued
+                .into_iter()
+                .map(|c| (c.access_key_id.clone(), c))
+                .collect(),
+            path: Some(path),
+        })
     }
 
     /// Issues a temporary credential for `identity`, valid for `lifetime` from `now`, and
     /// persists the store.
-    pub fn issue(&mut self, identity: &Principal, now: SystemTime, lifetime: Duration) -> Result<IssuedCredential, ApiError> {
+    pub fn issue(
+        &mut self,
+        identity: &Principal,
+        now: SystemTime,
+        lifetime: Duration,
+    ) -> Result<IssuedCredential, ApiError> {
         let cred = IssuedCredential {
             access_key_id: format!("{TEMPORARY_KEY_PREFIX}{}", random_string(UPPER_ALNUM, 16)?),
             secret_access_key: random_string(SECRET_ALPHABET, 40)?,
@@ -116,7 +128,11 @@ impl CredentialStore {
         let horizon = epoch_secs(now) - EXPIRED_RETENTION.as_secs() as i64;
         self.issued.retain(|_, c| c.expires_at > horizon);
         self.issued.insert(cred.access_key_id.clone(), cred.clone());
-        self.persist().map_err(|e| ApiError::internal(format!("devstack could not persist issued credentials: {e}")))?;
+        self.persist().map_err(|e| {
+            ApiError::internal(format!(
+                "devstack could not persist issued credentials: {e}"
+            ))
+        })?;
         Ok(cred)
     }
 
@@ -129,8 +145,13 @@ impl CredentialStore {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        let doc = CredentialsDoc { issued: self.issued.values().cloned().collect() };
-        let bytes = serde_json::to_vec_pretty(&doc).map_err(|e| PersistError::Write { path: path.clone(), source: std::io::Error::other(e) })?;
+        let doc = CredentialsDoc {
+            issued: self.issued.values().cloned().collect(),
+        };
+        let bytes = serde_json::to_vec_pretty(&doc).map_err(|e| PersistError::Write {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
         crate::persist::write_atomic(path, &bytes)
     }
 }
@@ -160,7 +181,8 @@ impl Principal {
     /// The session of `role` (a role name, possibly with a path, or a role ARN) named `session`,
     /// as STS reports assumed roles: ARN `arn:aws:sts::<account>:assumed-role/<role-name>/<session>`,
     /// user id `<role id>:<session>`. The role id (`AROA` + 17 chars) is derived from the role name
-    /// so it is stable across restarts.
+    /// so it is stable across restarts. `access_key_id` stays empty until credentials are issued
+    /// for it ([`CredentialStore::issue`]).
     pub fn assumed_role(account_id: &str, role: &str, session: &str) -> Principal {
         let role_name = role.rsplit('/').next().unwrap_or(role);
         let digest = sigv4::sha256_hex(role_name.as_bytes()).to_ascii_uppercase();
@@ -201,19 +223,33 @@ impl AuthFailure {
     /// The error AWS answers with for this failure on `service` (a signing name).
     pub fn into_api_error(self, service: &str) -> ApiError {
         let query = QUERY_STYLE_SERVICES.contains(&service);
-        let status = if JSON_400_SERVICES.contains(&service) { StatusCode::BAD_REQUEST } else { StatusCode::FORBIDDEN };
+        let status = if JSON_400_SERVICES.contains(&service) {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::FORBIDDEN
+        };
         let (json_code, query_code, message) = match self {
-            AuthFailure::Missing => ("MissingAuthenticationTokenException", "MissingAuthenticationToken", "Missing Authentication Token".to_string()),
-            AuthFailure::Incomplete(m) => ("IncompleteSignatureException", "IncompleteSignature", m),
+            AuthFailure::Missing => (
+                "MissingAuthenticationTokenException",
+                "MissingAuthenticationToken",
+                "Missing Authentication Token".to_string(),
+            ),
+            AuthFailure::Incomplete(m) => {
+                ("IncompleteSignatureException", "IncompleteSignature", m)
+            }
             AuthFailure::UnrecognizedClient => (
                 "UnrecognizedClientException",
                 "InvalidClientTokenId",
                 "The security token included in the request is invalid.".to_string(),
             ),
-            AuthFailure::ExpiredToken => {
-                ("ExpiredTokenException", "ExpiredToken", "The security token included in the request is expired".to_string())
+            AuthFailure::ExpiredToken => (
+                "ExpiredTokenException",
+                "ExpiredToken",
+                "The security token included in the request is expired".to_string(),
+            ),
+            AuthFailure::BadSignature(m) => {
+                ("InvalidSignatureException", "SignatureDoesNotMatch", m)
             }
-            AuthFailure::BadSignature(m) => ("InvalidSignatureException", "SignatureDoesNotMatch", m),
         };
         ApiError::new(status, if query { query_code } else { json_code }, message)
     }
@@ -246,8 +282,15 @@ pub fn authenticate(state: &Shared, req: &Req, service: &str) -> Result<Principa
 }
 
 fn verify(state: &Shared, req: &Req, service: &str) -> Result<Principal, AuthFailure> {
-    if req.header("authorization").is_none() && req.query_pairs().iter().any(|(k, _)| k == "X-Amz-Signature") {
-        return Err(AuthFailure::Incomplete("presigned (query-string) requests are not supported by the devstack".into()));
+    if req.header("authorization").is_none()
+        && req
+            .query_pairs()
+            .iter()
+            .any(|(k, _)| k == "X-Amz-Signature")
+    {
+        return Err(AuthFailure::Incomplete(
+            "presigned (query-string) requests are not supported by the devstack".into(),
+        ));
     }
     let signed = sigv4::prepare(req, PathEncoding::NormalizedDouble)?;
     if signed.auth.service != service {
@@ -261,10 +304,22 @@ fn verify(state: &Shared, req: &Req, service: &str) -> Result<Principal, AuthFai
         if token.is_some() {
             return Err(AuthFailure::UnrecognizedClient);
         }
-        (ADMIN_SECRET_ACCESS_KEY.to_string(), Principal::admin(&state.config.account_id))
+        (
+            ADMIN_SECRET_ACCESS_KEY.to_string(),
+            Principal::admin(&state.config.account_id),
+        )
     } else {
-        let cred = lock(&state.creds).get(&signed.auth.access_key_id).cloned().ok_or(AuthFailure::UnrecognizedClient)?;
-        let token_ok = token.is_some_and(|t| aws_lc_rs::constant_time::verify_slices_are_equal(t.as_bytes(), cred.session_token.as_bytes()).is_ok());
+        let cred = lock(&state.creds)
+            .get(&signed.auth.access_key_id)
+            .cloned()
+            .ok_or(AuthFailure::UnrecognizedClient)?;
+        let token_ok = token.is_some_and(|t| {
+            aws_lc_rs::constant_time::verify_slices_are_equal(
+                t.as_bytes(),
+                cred.session_token.as_bytes(),
+            )
+            .is_ok()
+        });
         if !token_ok {
             return Err(AuthFailure::UnrecognizedClient);
         }
@@ -297,7 +352,8 @@ const SECRET_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstu
 
 fn random_bytes(n: usize) -> Result<Vec<u8>, ApiError> {
     let mut buf = vec![0u8; n];
-    aws_lc_rs::rand::fill(&mut buf).map_err(|_| ApiError::internal("devstack: the system random generator failed"))?;
+    aws_lc_rs::rand::fill(&mut buf)
+        .map_err(|_| ApiError::internal("devstack: the system random generator failed"))?;
     Ok(buf)
 }
 
@@ -306,7 +362,9 @@ fn random_bytes(n: usize) -> Result<Vec<u8>, ApiError> {
 pub fn random_string(alphabet: &[u8], len: usize) -> Result<String, ApiError> {
     let n = alphabet.len();
     if n == 0 || n > 256 {
-        return Err(ApiError::internal("devstack: random_string needs an alphabet of 1..=256 symbols"));
+        return Err(ApiError::internal(
+            "devstack: random_string needs an alphabet of 1..=256 symbols",
+        ));
     }
     let limit = 256 - (256 % n);
     let mut out = String::with_capacity(len);
@@ -332,25 +390,65 @@ mod tests {
     #[test]
     fn error_codes_follow_the_service_family() {
         let e = AuthFailure::BadSignature("x".into()).into_api_error("sts");
-        assert_eq!((e.status, e.code.as_str()), (StatusCode::FORBIDDEN, "SignatureDoesNotMatch"));
+        assert_eq!(
+            (e.status, e.code.as_str()),
+            (StatusCode::FORBIDDEN, "SignatureDoesNotMatch")
+        );
         let e = AuthFailure::BadSignature("x".into()).into_api_error("ssm");
-        assert_eq!((e.status, e.code.as_str()), (StatusCode::BAD_REQUEST, "InvalidSignatureException"));
-        assert_eq!(AuthFailure::UnrecognizedClient.into_api_error("sts").code, "InvalidClientTokenId");
-        assert_eq!(AuthFailure::UnrecognizedClient.into_api_error("logs").code, "UnrecognizedClientException");
-        assert_eq!(AuthFailure::ExpiredToken.into_api_error("sts").code, "ExpiredToken");
-        assert_eq!(AuthFailure::ExpiredToken.into_api_error("ssm").code, "ExpiredTokenException");
-        assert_eq!(AuthFailure::Missing.into_api_error("sts").code, "MissingAuthenticationToken");
-        assert_eq!(AuthFailure::Missing.into_api_error("eks").code, "MissingAuthenticationTokenException");
+        assert_eq!(
+            (e.status, e.code.as_str()),
+            (StatusCode::BAD_REQUEST, "InvalidSignatureException")
+        );
+        assert_eq!(
+            AuthFailure::UnrecognizedClient.into_api_error("sts").code,
+            "InvalidClientTokenId"
+        );
+        assert_eq!(
+            AuthFailure::UnrecognizedClient.into_api_error("logs").code,
+            "UnrecognizedClientException"
+        );
+        assert_eq!(
+            AuthFailure::ExpiredToken.into_api_error("sts").code,
+            "ExpiredToken"
+        );
+        assert_eq!(
+            AuthFailure::ExpiredToken.into_api_error("ssm").code,
+            "ExpiredTokenException"
+        );
+        assert_eq!(
+            AuthFailure::Missing.into_api_error("sts").code,
+            "MissingAuthenticationToken"
+        );
+        assert_eq!(
+            AuthFailure::Missing.into_api_error("eks").code,
+            "MissingAuthenticationTokenException"
+        );
     }
 
     #[test]
     fn assumed_role_principal_uses_the_role_name() {
-        let p = Principal::assumed_role("123456789012", "service-role/HybridNodesRole", "mi-0123456789abcdef0");
-        assert_eq!(p.arn, "arn:aws:sts::123456789012:assumed-role/HybridNodesRole/mi-0123456789abcdef0");
+        let p = Principal::assumed_role(
+            "123456789012",
+            "service-role/HybridNodesRole",
+            "mi-0123456789abcdef0",
+        );
+        assert_eq!(
+            p.arn,
+            "arn:aws:sts::123456789012:assumed-role/HybridNodesRole/mi-0123456789abcdef0"
+        );
         let (role_id, session) = p.user_id.split_once(':').expect("role id:session");
         assert_eq!(session, "mi-0123456789abcdef0");
-        assert!(role_id.starts_with("AROA") && role_id.len() == 21, "{role_id}");
-        assert_eq!(Principal::assumed_role("123456789012", "HybridNodesRole", "x").user_id.split(':').next(), Some(role_id));
+        assert!(
+            role_id.starts_with("AROA") && role_id.len() == 21,
+            "{role_id}"
+        );
+        assert_eq!(
+            Principal::assumed_role("123456789012", "HybridNodesRole", "x")
+                .user_id
+                .split(':')
+                .next(),
+            Some(role_id)
+        );
     }
 
     #[test]
@@ -358,7 +456,10 @@ mod tests {
         let s = random_string(b"ab", 64).expect("random");
         assert_eq!(s.len(), 64);
         assert!(s.bytes().all(|b| b == b'a' || b == b'b'));
-        assert_ne!(random_string(ALNUM, 20).expect("random"), random_string(ALNUM, 20).expect("random"));
+        assert_ne!(
+            random_string(ALNUM, 20).expect("random"),
+            random_string(ALNUM, 20).expect("random")
+        );
     }
 
     #[test]
@@ -367,8 +468,12 @@ mod tests {
         let now = SystemTime::now();
         let who = Principal::assumed_role("123456789012", "R", "mi-0");
         let mut store = CredentialStore::load(Some(dir.path())).expect("load");
-        let old = store.issue(&who, now - EXPIRED_RETENTION * 2, Duration::from_secs(3600)).expect("issue old");
-        let fresh = store.issue(&who, now, Duration::from_secs(3600)).expect("issue");
+        let old = store
+            .issue(&who, now - EXPIRED_RETENTION * 2, Duration::from_secs(3600))
+            .expect("issue old");
+        let fresh = store
+            .issue(&who, now, Duration::from_secs(3600))
+            .expect("issue");
         assert!(fresh.access_key_id.starts_with("ASIA") && fresh.access_key_id.len() == 20);
         assert_eq!(fresh.secret_access_key.len(), 40);
         let reloaded = CredentialStore::load(Some(dir.path())).expect("reload");

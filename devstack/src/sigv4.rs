@@ -69,15 +69,22 @@ pub struct AuthHeader {
 impl AuthHeader {
     /// `<date>/<region>/<service>/aws4_request`
     pub fn scope(&self) -> String {
-        format!("{}/{}/{}/{SCOPE_TERMINATOR}", self.date, self.region, self.service)
+        format!(
+            "{}/{}/{}/{SCOPE_TERMINATOR}",
+            self.date, self.region, self.service
+        )
     }
 }
 
 /// Parses `AWS4-HMAC-SHA256 Credential=AK/20150830/us-east-1/service/aws4_request,
 /// SignedHeaders=host;x-amz-date, Signature=...`.
 pub fn parse_authorization(value: &str) -> Result<AuthHeader, SigV4Error> {
-    let incomplete = |m: &str| SigV4Error::Incomplete(format!("{m} (Authorization header: {value:?})"));
-    let (algorithm, rest) = value.trim().split_once(' ').ok_or_else(|| incomplete("Authorization header has no parameters"))?;
+    let incomplete =
+        |m: &str| SigV4Error::Incomplete(format!("{m} (Authorization header: {value:?})"));
+    let (algorithm, rest) = value
+        .trim()
+        .split_once(' ')
+        .ok_or_else(|| incomplete("Authorization header has no parameters"))?;
     let mut credential = None;
     let mut signed_headers = None;
     let mut signature = None;
@@ -86,26 +93,41 @@ pub fn parse_authorization(value: &str) -> Result<AuthHeader, SigV4Error> {
         if part.is_empty() {
             continue;
         }
-        let (k, v) = part.split_once('=').ok_or_else(|| incomplete("Authorization parameter without `=`"))?;
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| incomplete("Authorization parameter without `=`"))?;
         match k.trim() {
             "Credential" => credential = Some(v.trim()),
             "SignedHeaders" => signed_headers = Some(v.trim()),
             "Signature" => signature = Some(v.trim()),
-            _ => return Err(incomplete(&format!("unknown Authorization parameter `{k}`"))),
+            _ => {
+                return Err(incomplete(&format!(
+                    "unknown Authorization parameter `{k}`"
+                )));
+            }
         }
     }
-    let credential = credential.ok_or_else(|| incomplete("Authorization header requires 'Credential' parameter"))?;
-    let signed_headers = signed_headers.ok_or_else(|| incomplete("Authorization header requires 'SignedHeaders' parameter"))?;
-    let signature = signature.ok_or_else(|| incomplete("Authorization header requires 'Signature' parameter"))?;
+    let credential = credential
+        .ok_or_else(|| incomplete("Authorization header requires 'Credential' parameter"))?;
+    let signed_headers = signed_headers
+        .ok_or_else(|| incomplete("Authorization header requires 'SignedHeaders' parameter"))?;
+    let signature = signature
+        .ok_or_else(|| incomplete("Authorization header requires 'Signature' parameter"))?;
     let parts: Vec<&str> = credential.split('/').collect();
     let [access_key_id, date, region, service, terminator] = parts.as_slice() else {
-        return Err(incomplete("Credential must have the form <key>/<YYYYMMDD>/<region>/<service>/aws4_request"));
+        return Err(incomplete(
+            "Credential must have the form <key>/<YYYYMMDD>/<region>/<service>/aws4_request",
+        ));
     };
     if *terminator != SCOPE_TERMINATOR {
-        return Err(incomplete("Credential should be scoped with a valid terminator: 'aws4_request'"));
+        return Err(incomplete(
+            "Credential should be scoped with a valid terminator: 'aws4_request'",
+        ));
     }
     if access_key_id.is_empty() || region.is_empty() || service.is_empty() {
-        return Err(incomplete("Credential has an empty access key, region or service"));
+        return Err(incomplete(
+            "Credential has an empty access key, region or service",
+        ));
     }
     if date.len() != 8 || !date.bytes().all(|b| b.is_ascii_digit()) {
         return Err(incomplete("Credential date must be YYYYMMDD"));
@@ -119,7 +141,10 @@ pub fn parse_authorization(value: &str) -> Result<AuthHeader, SigV4Error> {
         date: date.to_string(),
         region: region.to_string(),
         service: service.to_string(),
-        signed_headers: signed_headers.split(';').map(|h| h.trim().to_ascii_lowercase()).collect(),
+        signed_headers: signed_headers
+            .split(';')
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect(),
         signature: signature.to_string(),
     })
 }
@@ -159,7 +184,11 @@ fn normalize_path(path: &str) -> String {
     if path.is_empty() {
         return "/".to_string();
     }
-    let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+    let path = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    };
     if !(path.contains('.') || path.contains("//")) {
         return path;
     }
@@ -174,7 +203,9 @@ fn normalize_path(path: &str) -> String {
         }
     }
     let mut out = format!("/{}", segments.join("/"));
-    let trailing = ["/", "/.", "/./", "/..", "/../"].iter().any(|s| path.ends_with(s));
+    let trailing = ["/", "/.", "/./", "/..", "/../"]
+        .iter()
+        .any(|s| path.ends_with(s));
     if trailing && !out.ends_with('/') {
         out.push('/');
     }
@@ -202,7 +233,11 @@ pub fn canonical_query(raw_query: &str) -> String {
         .map(|(k, v)| (uri_encode(&k, false), uri_encode(&v, false)))
         .collect();
     pairs.sort();
-    pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// Trims spaces at both ends and collapses inner runs of spaces to one. Only spaces: aws-sigv4
@@ -251,14 +286,21 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// The payload hash the signer used: `x-amz-content-sha256` when sent, else SHA-256 of the body.
 pub fn payload_hash(headers: &HeaderMap, body: &[u8]) -> String {
-    match headers.get(CONTENT_SHA256_HEADER).and_then(|v| v.to_str().ok()) {
+    match headers
+        .get(CONTENT_SHA256_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
         Some(declared) => declared.trim().to_string(),
         None => sha256_hex(body),
     }
 }
 
 /// Builds the canonical request of `req` for the headers the signer listed.
-pub fn canonical_request(req: &Req, signed_headers: &[String], mode: PathEncoding) -> Result<String, SigV4Error> {
+pub fn canonical_request(
+    req: &Req,
+    signed_headers: &[String],
+    mode: PathEncoding,
+) -> Result<String, SigV4Error> {
     Ok(format!(
         "{}\n{}\n{}\n{}\n{}\n{}",
         req.method.as_str(),
@@ -272,12 +314,17 @@ pub fn canonical_request(req: &Req, signed_headers: &[String], mode: PathEncodin
 
 /// `AWS4-HMAC-SHA256\n<amz-date>\n<scope>\n<hex sha256 of the canonical request>`
 pub fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &str) -> String {
-    format!("{ALGORITHM}\n{amz_date}\n{scope}\n{}", sha256_hex(canonical_request.as_bytes()))
+    format!(
+        "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
+        sha256_hex(canonical_request.as_bytes())
+    )
 }
 
 /// The SigV4 signing key: HMAC chain over date, region, service and `aws4_request`.
 pub fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> hmac::Key {
-    let step = |key: &[u8], data: &str| hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data.as_bytes());
+    let step = |key: &[u8], data: &str| {
+        hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data.as_bytes())
+    };
     let k_date = step(format!("AWS4{secret}").as_bytes(), date);
     let k_region = step(k_date.as_ref(), region);
     let k_service = step(k_region.as_ref(), service);
@@ -307,12 +354,16 @@ const AMZ_DATE_FORMAT: &[time::format_description::BorrowedFormatItem<'static>] 
 pub fn parse_amz_date(s: &str) -> Result<SystemTime, SigV4Error> {
     time::PrimitiveDateTime::parse(s, AMZ_DATE_FORMAT)
         .map(|t| SystemTime::from(t.assume_utc()))
-        .map_err(|e| SigV4Error::Incomplete(format!("X-Amz-Date {s:?} is not YYYYMMDDTHHMMSSZ: {e}")))
+        .map_err(|e| {
+            SigV4Error::Incomplete(format!("X-Amz-Date {s:?} is not YYYYMMDDTHHMMSSZ: {e}"))
+        })
 }
 
 /// Formats `t` as `YYYYMMDDTHHMMSSZ`.
 pub fn format_amz_date(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t).format(AMZ_DATE_FORMAT).unwrap_or_else(|_| "invalid-date".to_string())
+    time::OffsetDateTime::from(t)
+        .format(AMZ_DATE_FORMAT)
+        .unwrap_or_else(|_| "invalid-date".to_string())
 }
 
 /// `Err(message)` when `signed_at` is more than [`MAX_CLOCK_SKEW`] away from `now`; the message
@@ -353,17 +404,28 @@ pub struct SignedRequest {
 /// Parses the Authorization header and `X-Amz-Date` of `req` and rebuilds its canonical request
 /// and string to sign. Does not check the signature, the key or the clock.
 pub fn prepare(req: &Req, mode: PathEncoding) -> Result<SignedRequest, SigV4Error> {
-    let value = req.header("authorization").ok_or(SigV4Error::MissingAuthorization)?;
+    let value = req
+        .header("authorization")
+        .ok_or(SigV4Error::MissingAuthorization)?;
     let auth = parse_authorization(value)?;
     if auth.algorithm != ALGORITHM {
-        return Err(SigV4Error::Incomplete(format!("unsupported signing algorithm {:?}; expected {ALGORITHM}", auth.algorithm)));
+        return Err(SigV4Error::Incomplete(format!(
+            "unsupported signing algorithm {:?}; expected {ALGORITHM}",
+            auth.algorithm
+        )));
     }
     if !auth.signed_headers.iter().any(|h| h == "host") {
-        return Err(SigV4Error::Incomplete("'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.".into()));
+        return Err(SigV4Error::Incomplete(
+            "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.".into(),
+        ));
     }
     let amz_date = req
         .header(AMZ_DATE_HEADER)
-        .ok_or_else(|| SigV4Error::Incomplete("Authorization header requires existence of a 'X-Amz-Date' header".into()))?
+        .ok_or_else(|| {
+            SigV4Error::Incomplete(
+                "Authorization header requires existence of a 'X-Amz-Date' header".into(),
+            )
+        })?
         .trim()
         .to_string();
     let signed_at = parse_amz_date(&amz_date)?;
@@ -376,7 +438,13 @@ pub fn prepare(req: &Req, mode: PathEncoding) -> Result<SignedRequest, SigV4Erro
     }
     let canonical_request = canonical_request(req, &auth.signed_headers, mode)?;
     let string_to_sign = string_to_sign(&amz_date, &auth.scope(), &canonical_request);
-    Ok(SignedRequest { auth, amz_date, signed_at, canonical_request, string_to_sign })
+    Ok(SignedRequest {
+        auth,
+        amz_date,
+        signed_at,
+        canonical_request,
+        string_to_sign,
+    })
 }
 
 #[cfg(test)]
@@ -391,7 +459,9 @@ mod tests {
     const DATE: &str = "20150830T123600Z";
 
     fn req(method: Method, path_and_query: &str, headers: &[(&str, &str)], body: &str) -> Req {
-        let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+        let (path, query) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             map.append(
@@ -399,14 +469,23 @@ mod tests {
                 HeaderValue::from_str(v).expect("header value"),
             );
         }
-        Req { method, path: path.into(), query: query.into(), headers: map, body: bytes::Bytes::from(body.to_string()) }
+        Req {
+            method,
+            path: path.into(),
+            query: query.into(),
+            headers: map,
+            body: bytes::Bytes::from(body.to_string()),
+        }
     }
 
     fn signed(mut r: Req, signed_headers: &str, signature: &str) -> Req {
         let v = format!(
             "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders={signed_headers}, Signature={signature}"
         );
-        r.headers.insert("authorization", HeaderValue::from_str(&v).expect("auth value"));
+        r.headers.insert(
+            "authorization",
+            HeaderValue::from_str(&v).expect("auth value"),
+        );
         r
     }
 
@@ -414,7 +493,10 @@ mod tests {
         let r = signed(r, signed_headers, signature);
         let s = prepare(&r, PathEncoding::NormalizedDouble).expect("prepare");
         assert_eq!(s.canonical_request, want_creq);
-        assert_eq!(hmac_signature(SECRET, &s.auth, &s.string_to_sign), signature);
+        assert_eq!(
+            hmac_signature(SECRET, &s.auth, &s.string_to_sign),
+            signature
+        );
         assert!(verify_hmac(SECRET, &s.auth, &s.string_to_sign));
         assert!(!verify_hmac("wrong-secret", &s.auth, &s.string_to_sign));
     }
@@ -423,16 +505,40 @@ mod tests {
 
     #[test]
     fn get_vanilla() {
-        let r = req(Method::GET, "/", &[("host", "example.amazonaws.com"), ("x-amz-date", DATE)], "");
-        let creq = format!("GET\n/\n\nhost:example.amazonaws.com\nx-amz-date:{DATE}\n\nhost;x-amz-date\n{EMPTY_SHA}");
-        check(r, "host;x-amz-date", "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31", &creq);
+        let r = req(
+            Method::GET,
+            "/",
+            &[("host", "example.amazonaws.com"), ("x-amz-date", DATE)],
+            "",
+        );
+        let creq = format!(
+            "GET\n/\n\nhost:example.amazonaws.com\nx-amz-date:{DATE}\n\nhost;x-amz-date\n{EMPTY_SHA}"
+        );
+        check(
+            r,
+            "host;x-amz-date",
+            "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31",
+            &creq,
+        );
     }
 
     #[test]
     fn slashes_are_normalized() {
-        let r = req(Method::GET, "//example//", &[("host", "example.amazonaws.com"), ("x-amz-date", DATE)], "");
-        let creq = format!("GET\n/example/\n\nhost:example.amazonaws.com\nx-amz-date:{DATE}\n\nhost;x-amz-date\n{EMPTY_SHA}");
-        check(r, "host;x-amz-date", "9a624bd73a37c9a373b5312afbebe7a714a789de108f0bdfe846570885f57e84", &creq);
+        let r = req(
+            Method::GET,
+            "//example//",
+            &[("host", "example.amazonaws.com"), ("x-amz-date", DATE)],
+            "",
+        );
+        let creq = format!(
+            "GET\n/example/\n\nhost:example.amazonaws.com\nx-amz-date:{DATE}\n\nhost;x-amz-date\n{EMPTY_SHA}"
+        );
+        check(
+            r,
+            "host;x-amz-date",
+            "9a624bd73a37c9a373b5312afbebe7a714a789de108f0bdfe846570885f57e84",
+            &creq,
+        );
     }
 
     #[test]
@@ -446,7 +552,12 @@ mod tests {
         let creq = format!(
             "GET\n/\n%E1%88%B4=Value1&Param=Value2&Param-3=Value3\nhost:example.amazonaws.com\nx-amz-date:{DATE}\n\nhost;x-amz-date\n{EMPTY_SHA}"
         );
-        check(r, "host;x-amz-date", "371d3713e185cc334048618a97f809c9ffe339c62934c032af5a0e595648fcac", &creq);
+        check(
+            r,
+            "host;x-amz-date",
+            "371d3713e185cc334048618a97f809c9ffe339c62934c032af5a0e595648fcac",
+            &creq,
+        );
     }
 
     #[test]
@@ -454,13 +565,23 @@ mod tests {
         let r = req(
             Method::GET,
             "/",
-            &[("host", "example.amazonaws.com"), ("My-Header1", " value1"), ("My-Header2", "\"a   b   c\""), ("x-amz-date", DATE)],
+            &[
+                ("host", "example.amazonaws.com"),
+                ("My-Header1", " value1"),
+                ("My-Header2", "\"a   b   c\""),
+                ("x-amz-date", DATE),
+            ],
             "",
         );
         let creq = format!(
             "GET\n/\n\nhost:example.amazonaws.com\nmy-header1:value1\nmy-header2:\"a b c\"\nx-amz-date:{DATE}\n\nhost;my-header1;my-header2;x-amz-date\n{EMPTY_SHA}"
         );
-        check(r, "host;my-header1;my-header2;x-amz-date", "acc3ed3afb60bb290fc8d2dd0098b9911fcaa05412b367055dee359757a9c736", &creq);
+        check(
+            r,
+            "host;my-header1;my-header2;x-amz-date",
+            "acc3ed3afb60bb290fc8d2dd0098b9911fcaa05412b367055dee359757a9c736",
+            &creq,
+        );
     }
 
     #[test]
@@ -470,7 +591,10 @@ mod tests {
             Method::POST,
             "/",
             &[
-                ("content-type", "application/x-www-form-urlencoded; charset=utf-8"),
+                (
+                    "content-type",
+                    "application/x-www-form-urlencoded; charset=utf-8",
+                ),
                 ("host", "example.amazonaws.com"),
                 ("content-length", "13"),
                 ("x-amz-content-sha256", body_sha),
@@ -478,7 +602,11 @@ mod tests {
             ],
             "Param1=value1",
         );
-        assert_eq!(sha256_hex(b"Param1=value1"), body_sha, "the declared hash is the body's");
+        assert_eq!(
+            sha256_hex(b"Param1=value1"),
+            body_sha,
+            "the declared hash is the body's"
+        );
         let creq = format!(
             "POST\n/\n\ncontent-length:13\ncontent-type:application/x-www-form-urlencoded; charset=utf-8\nhost:example.amazonaws.com\nx-amz-content-sha256:{body_sha}\nx-amz-date:{DATE}\n\ncontent-length;content-type;host;x-amz-content-sha256;x-amz-date\n{body_sha}"
         );
@@ -496,33 +624,60 @@ mod tests {
         let r = req(
             Method::GET,
             "/",
-            &[("host", "example.amazonaws.com"), ("x-amz-date", DATE), ("x-amz-security-token", token)],
+            &[
+                ("host", "example.amazonaws.com"),
+                ("x-amz-date", DATE),
+                ("x-amz-security-token", token),
+            ],
             "",
         );
         let creq = format!(
             "GET\n/\n\nhost:example.amazonaws.com\nx-amz-date:{DATE}\nx-amz-security-token:{token}\n\nhost;x-amz-date;x-amz-security-token\n{EMPTY_SHA}"
         );
-        check(r, "host;x-amz-date;x-amz-security-token", "07ec1639c89043aa0e3e2de82b96708f198cceab042d4a97044c66dd9f74e7f8", &creq);
+        check(
+            r,
+            "host;x-amz-date;x-amz-security-token",
+            "07ec1639c89043aa0e3e2de82b96708f198cceab042d4a97044c66dd9f74e7f8",
+            &creq,
+        );
     }
 
     #[test]
     fn non_s3_paths_are_encoded_twice() {
         // aws-signing-test-suite/v4/double-encode-path
         assert_eq!(
-            canonical_uri("/test/@connections/JBDvjfGEIAMCERw%3D", PathEncoding::NormalizedDouble),
+            canonical_uri(
+                "/test/@connections/JBDvjfGEIAMCERw%3D",
+                PathEncoding::NormalizedDouble
+            ),
             "/test/%40connections/JBDvjfGEIAMCERw%253D"
         );
-        assert_eq!(canonical_uri("/test/JBDvjfGEIAMCERw%3D", PathEncoding::Single), "/test/JBDvjfGEIAMCERw%3D");
+        assert_eq!(
+            canonical_uri("/test/JBDvjfGEIAMCERw%3D", PathEncoding::Single),
+            "/test/JBDvjfGEIAMCERw%3D"
+        );
     }
 
     #[test]
     fn dot_segments_are_removed() {
-        assert_eq!(canonical_uri("/example/..", PathEncoding::NormalizedDouble), "/");
+        assert_eq!(
+            canonical_uri("/example/..", PathEncoding::NormalizedDouble),
+            "/"
+        );
         assert_eq!(canonical_uri("/./", PathEncoding::NormalizedDouble), "/");
-        assert_eq!(canonical_uri("/example1/example2/../..", PathEncoding::NormalizedDouble), "/");
-        assert_eq!(canonical_uri("/foo/bar/.", PathEncoding::NormalizedDouble), "/foo/bar/");
+        assert_eq!(
+            canonical_uri("/example1/example2/../..", PathEncoding::NormalizedDouble),
+            "/"
+        );
+        assert_eq!(
+            canonical_uri("/foo/bar/.", PathEncoding::NormalizedDouble),
+            "/foo/bar/"
+        );
         assert_eq!(canonical_uri("", PathEncoding::NormalizedDouble), "/");
-        assert_eq!(canonical_uri("/clusters/hybrid-demo", PathEncoding::NormalizedDouble), "/clusters/hybrid-demo");
+        assert_eq!(
+            canonical_uri("/clusters/hybrid-demo", PathEncoding::NormalizedDouble),
+            "/clusters/hybrid-demo"
+        );
     }
 
     #[test]
@@ -533,11 +688,25 @@ mod tests {
 
     #[test]
     fn repeated_headers_are_joined_in_order() {
-        let r = req(Method::GET, "/", &[("host", "h"), ("my-header1", "value2"), ("my-header1", "value1")], "");
-        let got = canonical_headers(&r.headers, &["host".into(), "my-header1".into()]).expect("headers");
+        let r = req(
+            Method::GET,
+            "/",
+            &[
+                ("host", "h"),
+                ("my-header1", "value2"),
+                ("my-header1", "value1"),
+            ],
+            "",
+        );
+        let got =
+            canonical_headers(&r.headers, &["host".into(), "my-header1".into()]).expect("headers");
         assert_eq!(got, "host:h\nmy-header1:value2,value1\n");
-        let missing = canonical_headers(&r.headers, &["x-amz-target".into()]).expect_err("missing header");
-        assert_eq!(missing, SigV4Error::MissingSignedHeader("x-amz-target".into()));
+        let missing =
+            canonical_headers(&r.headers, &["x-amz-target".into()]).expect_err("missing header");
+        assert_eq!(
+            missing,
+            SigV4Error::MissingSignedHeader("x-amz-target".into())
+        );
     }
 
     #[test]
@@ -549,7 +718,10 @@ mod tests {
         assert_eq!(ok.access_key_id, "mi-0123");
         assert_eq!(ok.scope(), "20240101/us-west-2/ssm/aws4_request");
         assert_eq!(ok.signed_headers, ["host", "x-amz-date"]);
-        assert_eq!(ok.signature, "abc==", "base64 padding survives the `=` split");
+        assert_eq!(
+            ok.signature, "abc==",
+            "base64 padding survives the `=` split"
+        );
         for bad in [
             "AWS4-HMAC-SHA256",
             "AWS4-HMAC-SHA256 Credential=AK/20240101/us-west-2/ssm, SignedHeaders=host, Signature=ab",
@@ -557,22 +729,44 @@ mod tests {
             "AWS4-HMAC-SHA256 Credential=AK/20240101/us-west-2/ssm/aws4_request, Signature=ab",
             "AWS4-HMAC-SHA256 Credential=AK/20240101/us-west-2/ssm/aws4_request, SignedHeaders=host",
         ] {
-            assert!(matches!(parse_authorization(bad), Err(SigV4Error::Incomplete(_))), "{bad}");
+            assert!(
+                matches!(parse_authorization(bad), Err(SigV4Error::Incomplete(_))),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn scope_date_must_match_amz_date() {
-        let r = req(Method::GET, "/", &[("host", "example.amazonaws.com"), ("x-amz-date", "20150831T000000Z")], "");
+        let r = req(
+            Method::GET,
+            "/",
+            &[
+                ("host", "example.amazonaws.com"),
+                ("x-amz-date", "20150831T000000Z"),
+            ],
+            "",
+        );
         let r = signed(r, "host;x-amz-date", "00");
-        assert!(matches!(prepare(&r, PathEncoding::NormalizedDouble), Err(SigV4Error::Incomplete(_))));
+        assert!(matches!(
+            prepare(&r, PathEncoding::NormalizedDouble),
+            Err(SigV4Error::Incomplete(_))
+        ));
     }
 
     #[test]
     fn host_must_be_signed() {
-        let r = req(Method::GET, "/", &[("host", "example.amazonaws.com"), ("x-amz-date", DATE)], "");
+        let r = req(
+            Method::GET,
+            "/",
+            &[("host", "example.amazonaws.com"), ("x-amz-date", DATE)],
+            "",
+        );
         let r = signed(r, "x-amz-date", "00");
-        assert!(matches!(prepare(&r, PathEncoding::NormalizedDouble), Err(SigV4Error::Incomplete(_))));
+        assert!(matches!(
+            prepare(&r, PathEncoding::NormalizedDouble),
+            Err(SigV4Error::Incomplete(_))
+        ));
     }
 
     #[test]
@@ -580,9 +774,16 @@ mod tests {
         let now = parse_amz_date(DATE).expect("date");
         assert!(check_freshness(now - MAX_CLOCK_SKEW, now).is_ok());
         assert!(check_freshness(now + MAX_CLOCK_SKEW, now).is_ok());
-        let old = check_freshness(now - MAX_CLOCK_SKEW - Duration::from_secs(1), now).expect_err("stale");
-        assert!(old.starts_with("Signature expired: 20150830T123059Z is now earlier than 20150830T123100Z"), "{old}");
-        let future = check_freshness(now + MAX_CLOCK_SKEW + Duration::from_secs(1), now).expect_err("future");
+        let old =
+            check_freshness(now - MAX_CLOCK_SKEW - Duration::from_secs(1), now).expect_err("stale");
+        assert!(
+            old.starts_with(
+                "Signature expired: 20150830T123059Z is now earlier than 20150830T123100Z"
+            ),
+            "{old}"
+        );
+        let future = check_freshness(now + MAX_CLOCK_SKEW + Duration::from_secs(1), now)
+            .expect_err("future");
         assert!(future.starts_with("Signature not yet current"), "{future}");
         assert_eq!(format_amz_date(now), DATE);
     }

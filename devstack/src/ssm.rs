@@ -137,7 +137,10 @@ impl SsmState {
         };
         let path = dir.join(SSM_STATE_FILE);
         let data = crate::persist::read_json(&path)?.unwrap_or_default();
-        Ok(Self { path: Some(path), data })
+        Ok(Self {
+            path: Some(path),
+            data,
+        })
     }
 
     fn persist(&self) -> Result<(), ApiError> {
@@ -145,11 +148,14 @@ impl SsmState {
             return Ok(());
         };
         let write = || -> Result<(), PersistError> {
-            let bytes =
-                serde_json::to_vec_pretty(&self.data).map_err(|e| PersistError::Write { path: path.clone(), source: std::io::Error::other(e) })?;
+            let bytes = serde_json::to_vec_pretty(&self.data).map_err(|e| PersistError::Write {
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })?;
             crate::persist::write_atomic(path, &bytes)
         };
-        write().map_err(|e| ApiError::internal(format!("devstack could not persist SSM state: {e}")))
+        write()
+            .map_err(|e| ApiError::internal(format!("devstack could not persist SSM state: {e}")))
     }
 }
 
@@ -173,7 +179,10 @@ pub async fn handle(state: &Shared, op: &str, req: &Req) -> Response {
             "AddTagsToResource" => add_tags(state, req),
             "RemoveTagsFromResource" => remove_tags(state, req),
             "ListTagsForResource" => list_tags(state, req),
-            _ => Err(err("UnknownOperationException", format!("devstack SSM does not implement {op}"))),
+            _ => Err(err(
+                "UnknownOperationException",
+                format!("devstack SSM does not implement {op}"),
+            )),
         }),
     };
     match result {
@@ -184,8 +193,17 @@ pub async fn handle(state: &Shared, op: &str, req: &Req) -> Response {
 
 /// Parses an awsJson body (an empty body reads as `{}`).
 fn parse<T: DeserializeOwned>(req: &Req) -> Result<T, ApiError> {
-    let body: &[u8] = if req.body.is_empty() { b"{}" } else { &req.body };
-    serde_json::from_slice(body).map_err(|e| err("SerializationException", format!("request body is not valid for this operation: {e}")))
+    let body: &[u8] = if req.body.is_empty() {
+        b"{}"
+    } else {
+        &req.body
+    };
+    serde_json::from_slice(body).map_err(|e| {
+        err(
+            "SerializationException",
+            format!("request body is not valid for this operation: {e}"),
+        )
+    })
 }
 
 fn now_secs(state: &Shared) -> i64 {
@@ -195,19 +213,32 @@ fn now_secs(state: &Shared) -> i64 {
 fn require<'a>(field: &str, v: &'a Option<String>) -> Result<&'a str, ApiError> {
     match v.as_deref() {
         Some(s) if !s.is_empty() => Ok(s),
-        _ => Err(ApiError::validation(format!("1 validation error detected: Value null at '{field}' failed to satisfy constraint: Member must not be null"))),
+        _ => Err(ApiError::validation(format!(
+            "1 validation error detected: Value null at '{field}' failed to satisfy constraint: Member must not be null"
+        ))),
     }
 }
 
 /// Pages `items` with an opaque NextToken (the offset of the next item).
-fn paginate<T>(items: Vec<T>, max: usize, next_token: Option<&str>) -> Result<(Vec<T>, Option<String>), ApiError> {
+fn paginate<T>(
+    items: Vec<T>,
+    max: usize,
+    next_token: Option<&str>,
+) -> Result<(Vec<T>, Option<String>), ApiError> {
     let start = match next_token {
         None | Some("") => 0,
-        Some(t) => t.parse::<usize>().ok().filter(|s| *s <= items.len()).ok_or_else(|| err("InvalidNextToken", "The specified token isn't valid."))?,
+        Some(t) => t
+            .parse::<usize>()
+            .ok()
+            .filter(|s| *s <= items.len())
+            .ok_or_else(|| err("InvalidNextToken", "The specified token isn't valid."))?,
     };
     let end = (start + max).min(items.len());
     let next = (end < items.len()).then(|| end.to_string());
-    Ok((items.into_iter().skip(start).take(end - start).collect(), next))
+    Ok((
+        items.into_iter().skip(start).take(end - start).collect(),
+        next,
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -229,9 +260,13 @@ struct CreateActivationInput {
 fn create_activation(state: &Shared, req: &Req) -> Result<Value, ApiError> {
     let input: CreateActivationInput = parse(req)?;
     let iam_role = require("iamRole", &input.iam_role)?.to_string();
-    let limit = input.registration_limit.unwrap_or(DEFAULT_REGISTRATION_LIMIT);
+    let limit = input
+        .registration_limit
+        .unwrap_or(DEFAULT_REGISTRATION_LIMIT);
     if !(1..=MAX_REGISTRATION_LIMIT).contains(&limit) {
-        return Err(ApiError::validation(format!("RegistrationLimit must be between 1 and {MAX_REGISTRATION_LIMIT}; got {limit}")));
+        return Err(ApiError::validation(format!(
+            "RegistrationLimit must be between 1 and {MAX_REGISTRATION_LIMIT}; got {limit}"
+        )));
     }
     let now = now_secs(state);
     let expires_at = match input.expiration_date {
@@ -239,13 +274,22 @@ fn create_activation(state: &Shared, req: &Req) -> Result<Value, ApiError> {
         Some(t) => t.floor() as i64,
     };
     if expires_at <= now {
-        return Err(err("InvalidParameters", "ExpirationDate must be in the future"));
+        return Err(err(
+            "InvalidParameters",
+            "ExpirationDate must be in the future",
+        ));
     }
     if expires_at > now + MAX_ACTIVATION_LIFETIME.as_secs() as i64 {
-        return Err(err("InvalidParameters", "ExpirationDate can be at most 30 days from now: activations expire within 30 days"));
+        return Err(err(
+            "InvalidParameters",
+            "ExpirationDate can be at most 30 days from now: activations expire within 30 days",
+        ));
     }
     if input.tags.len() > MAX_TAGS {
-        return Err(err("InvalidParameters", format!("at most {MAX_TAGS} tags per activation")));
+        return Err(err(
+            "InvalidParameters",
+            format!("at most {MAX_TAGS} tags per activation"),
+        ));
     }
     let activation = Activation {
         id: uuid::Uuid::new_v4().to_string(),
@@ -261,7 +305,9 @@ fn create_activation(state: &Shared, req: &Req) -> Result<Value, ApiError> {
     };
     let out = json!({ "ActivationId": activation.id, "ActivationCode": activation.code });
     let mut ssm = lock(&state.ssm);
-    ssm.data.activations.insert(activation.id.clone(), activation);
+    ssm.data
+        .activations
+        .insert(activation.id.clone(), activation);
     ssm.persist()?;
     Ok(out)
 }
@@ -287,12 +333,19 @@ fn describe_activations(state: &Shared, req: &Req) -> Result<Value, ApiError> {
     let input: DescribeActivationsInput = parse(req)?;
     let max = input.max_results.unwrap_or(ACTIVATIONS_MAX_RESULTS);
     if !(1..=ACTIVATIONS_MAX_RESULTS).contains(&max) {
-        return Err(ApiError::validation(format!("MaxResults must be between 1 and {ACTIVATIONS_MAX_RESULTS}")));
+        return Err(ApiError::validation(format!(
+            "MaxResults must be between 1 and {ACTIVATIONS_MAX_RESULTS}"
+        )));
     }
     for f in &input.filters {
         match f.filter_key.as_deref() {
             Some("ActivationIds" | "DefaultInstanceName" | "IamRole") => {}
-            other => return Err(err("InvalidFilter", format!("unsupported DescribeActivations filter key {other:?}"))),
+            other => {
+                return Err(err(
+                    "InvalidFilter",
+                    format!("unsupported DescribeActivations filter key {other:?}"),
+                ));
+            }
         }
     }
     let now = now_secs(state);
@@ -351,11 +404,17 @@ fn delete_activation(state: &Shared, req: &Req) -> Result<Value, ApiError> {
     let input: ActivationIdInput = parse(req)?;
     let id = require("activationId", &input.activation_id)?;
     if uuid::Uuid::parse_str(id).is_err() || id.len() != ACTIVATION_ID_LEN {
-        return Err(err("InvalidActivationId", format!("{id} is not an activation id (a UUID)")));
+        return Err(err(
+            "InvalidActivationId",
+            format!("{id} is not an activation id (a UUID)"),
+        ));
     }
     let mut ssm = lock(&state.ssm);
     if ssm.data.activations.remove(id).is_none() {
-        return Err(err("InvalidActivation", format!("activation {id} does not exist (deleted?)")));
+        return Err(err(
+            "InvalidActivation",
+            format!("activation {id} does not exist (deleted?)"),
+        ));
     }
     ssm.persist()?;
     Ok(json!({}))
@@ -364,7 +423,11 @@ fn delete_activation(state: &Shared, req: &Req) -> Result<Value, ApiError> {
 fn ping_status(state: &Shared, inst: &Instance, now: i64) -> &'static str {
     // An agent asks for a token well before the current one expires; one that has not asked
     // for a whole token lifetime has lost its connection.
-    if now - inst.last_ping_at <= state.config.token_lifetime.as_secs() as i64 { "Online" } else { "ConnectionLost" }
+    if now - inst.last_ping_at <= state.config.token_lifetime.as_secs() as i64 {
+        "Online"
+    } else {
+        "ConnectionLost"
+    }
 }
 
 #[derive(Deserialize)]
@@ -394,12 +457,23 @@ struct DescribeInstanceInformationInput {
 }
 
 /// Does `inst` pass the filter `key` = any of `values`?
-fn instance_matches(key: &str, values: &[String], inst: &Instance, ping: &str) -> Result<bool, ApiError> {
+fn instance_matches(
+    key: &str,
+    values: &[String],
+    inst: &Instance,
+    ping: &str,
+) -> Result<bool, ApiError> {
     let any = |field: &str| values.iter().any(|v| v == field);
     Ok(match key {
         "InstanceIds" => {
-            if let Some(bad) = values.iter().find(|v| !(v.starts_with("mi-") || v.starts_with("i-"))) {
-                return Err(err("InvalidInstanceInformationFilterValue", format!("{bad} is not an instance id")));
+            if let Some(bad) = values
+                .iter()
+                .find(|v| !(v.starts_with("mi-") || v.starts_with("i-")))
+            {
+                return Err(err(
+                    "InvalidInstanceInformationFilterValue",
+                    format!("{bad} is not an instance id"),
+                ));
             }
             any(&inst.id)
         }
@@ -410,7 +484,12 @@ fn instance_matches(key: &str, values: &[String], inst: &Instance, ping: &str) -
         "tag-key" => inst.tags.iter().any(|t| any(&t.key)),
         k => match k.strip_prefix("tag:") {
             Some(tag) => inst.tags.iter().any(|t| t.key == tag && any(&t.value)),
-            None => return Err(err("InvalidFilterKey", format!("devstack does not filter instances on {k:?}"))),
+            None => {
+                return Err(err(
+                    "InvalidFilterKey",
+                    format!("devstack does not filter instances on {k:?}"),
+                ));
+            }
         },
     })
 }
@@ -419,7 +498,9 @@ fn describe_instance_information(state: &Shared, req: &Req) -> Result<Value, Api
     let input: DescribeInstanceInformationInput = parse(req)?;
     let max = input.max_results.unwrap_or(INSTANCES_MAX_RESULTS);
     if !(INSTANCES_MIN_RESULTS..=INSTANCES_MAX_RESULTS).contains(&max) {
-        return Err(ApiError::validation(format!("MaxResults must be between {INSTANCES_MIN_RESULTS} and {INSTANCES_MAX_RESULTS}")));
+        return Err(ApiError::validation(format!(
+            "MaxResults must be between {INSTANCES_MIN_RESULTS} and {INSTANCES_MAX_RESULTS}"
+        )));
     }
     let mut filters: Vec<(String, Vec<String>)> = Vec::new();
     for f in input.instance_information_filter_list {
@@ -429,7 +510,10 @@ fn describe_instance_information(state: &Shared, req: &Req) -> Result<Value, Api
         filters.push((f.key.unwrap_or_default(), f.values));
     }
     if let Some((k, _)) = filters.iter().find(|(_, v)| v.is_empty()) {
-        return Err(err("InvalidInstanceInformationFilterValue", format!("filter {k:?} has no values")));
+        return Err(err(
+            "InvalidInstanceInformationFilterValue",
+            format!("filter {k:?} has no values"),
+        ));
     }
     let now = now_secs(state);
     let ssm = lock(&state.ssm);
@@ -484,7 +568,12 @@ fn deregister_managed_instance(state: &Shared, req: &Req) -> Result<Value, ApiEr
 }
 
 fn invalid_instance(id: &str) -> ApiError {
-    err("InvalidInstanceId", format!("Instance {id} is not a registered managed instance (never registered, or deregistered)"))
+    err(
+        "InvalidInstanceId",
+        format!(
+            "Instance {id} is not a registered managed instance (never registered, or deregistered)"
+        ),
+    )
 }
 
 #[derive(Deserialize)]
@@ -499,14 +588,25 @@ struct TagsInput {
 }
 
 /// Runs `f` on the managed instance a tag call names.
-fn with_tagged_instance<R>(state: &Shared, input: &TagsInput, f: impl FnOnce(&mut Vec<Tag>) -> Result<R, ApiError>) -> Result<R, ApiError> {
+fn with_tagged_instance<R>(
+    state: &Shared,
+    input: &TagsInput,
+    f: impl FnOnce(&mut Vec<Tag>) -> Result<R, ApiError>,
+) -> Result<R, ApiError> {
     let rtype = require("resourceType", &input.resource_type)?;
     let id = require("resourceId", &input.resource_id)?;
     if rtype != "ManagedInstance" {
-        return Err(err("InvalidResourceType", format!("devstack tags only ManagedInstance resources, not {rtype}")));
+        return Err(err(
+            "InvalidResourceType",
+            format!("devstack tags only ManagedInstance resources, not {rtype}"),
+        ));
     }
     let mut ssm = lock(&state.ssm);
-    let inst = ssm.data.instances.get_mut(id).ok_or_else(|| err("InvalidResourceId", format!("no managed instance {id}")))?;
+    let inst = ssm
+        .data
+        .instances
+        .get_mut(id)
+        .ok_or_else(|| err("InvalidResourceId", format!("no managed instance {id}")))?;
     let out = f(&mut inst.tags)?;
     ssm.persist()?;
     Ok(out)
@@ -524,7 +624,10 @@ fn add_tags(state: &Shared, req: &Req) -> Result<Value, ApiError> {
             }
         }
         if merged.len() > MAX_TAGS {
-            return Err(err("TooManyTagsError", format!("a resource can have at most {MAX_TAGS} tags")));
+            return Err(err(
+                "TooManyTagsError",
+                format!("a resource can have at most {MAX_TAGS} tags"),
+            ));
         }
         *tags = merged;
         Ok(json!({}))
@@ -554,7 +657,11 @@ fn validate_public_key(key: Option<&str>, key_type: Option<&str>) -> Result<Stri
     let bad = |m: String| err("InvalidPublicKey", m);
     match key_type {
         Some(PUBLIC_KEY_TYPE) => {}
-        other => return Err(bad(format!("PublicKeyType must be {PUBLIC_KEY_TYPE:?}; got {other:?}"))),
+        other => {
+            return Err(bad(format!(
+                "PublicKeyType must be {PUBLIC_KEY_TYPE:?}; got {other:?}"
+            )));
+        }
     }
     let key = key.ok_or_else(|| bad("PublicKey is required".into()))?;
     if key.len() != PUBLIC_KEY_B64_LEN {
@@ -563,11 +670,19 @@ fn validate_public_key(key: Option<&str>, key_type: Option<&str>) -> Result<Stri
             key.len()
         )));
     }
-    let der = base64::engine::general_purpose::STANDARD.decode(key).map_err(|e| bad(format!("PublicKey is not standard base64: {e}")))?;
-    let parsed = aws_lc_rs::rsa::PublicEncryptingKey::from_der(&der)
-        .map_err(|e| bad(format!("PublicKey is not a DER SubjectPublicKeyInfo of an RSA key: {e}")))?;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .map_err(|e| bad(format!("PublicKey is not standard base64: {e}")))?;
+    let parsed = aws_lc_rs::rsa::PublicEncryptingKey::from_der(&der).map_err(|e| {
+        bad(format!(
+            "PublicKey is not a DER SubjectPublicKeyInfo of an RSA key: {e}"
+        ))
+    })?;
     if parsed.key_size_bits() != PUBLIC_KEY_BITS {
-        return Err(bad(format!("PublicKey is RSA-{}; SSM requires RSA-{PUBLIC_KEY_BITS}", parsed.key_size_bits())));
+        return Err(bad(format!(
+            "PublicKey is RSA-{}; SSM requires RSA-{PUBLIC_KEY_BITS}",
+            parsed.key_size_bits()
+        )));
     }
     Ok(key.to_string())
 }
@@ -578,7 +693,8 @@ fn validate_public_key(key: Option<&str>, key_type: Option<&str>) -> Result<Stri
 /// ring's `UnparsedPublicKey` contract is a PKCS#1 RSAPublicKey. aws-lc-rs 1.19 happens to accept
 /// SPKI too, but we convert explicitly so the check does not hang on that leniency.
 fn verify_rsa_pss(spki_b64: &str, message: &[u8], signature_b64: &str) -> bool {
-    let Ok(signature) = base64::engine::general_purpose::STANDARD.decode(signature_b64.trim()) else {
+    let Ok(signature) = base64::engine::general_purpose::STANDARD.decode(signature_b64.trim())
+    else {
         return false;
     };
     let Ok(der) = base64::engine::general_purpose::STANDARD.decode(spki_b64) else {
@@ -588,14 +704,17 @@ fn verify_rsa_pss(spki_b64: &str, message: &[u8], signature_b64: &str) -> bool {
         return false;
     };
     // `RSA_PSS_2048_8192_SHA256` verifies with the salt length fixed to the digest length (32).
-    UnparsedPublicKey::new(&RSA_PSS_2048_8192_SHA256, public.as_ref()).verify(message, &signature).is_ok()
+    UnparsedPublicKey::new(&RSA_PSS_2048_8192_SHA256, public.as_ref())
+        .verify(message, &signature)
+        .is_ok()
 }
 
 /// Authenticates an instance call: SigV4 shape, `mi-...` key id, clock window, RSA-PSS signature
 /// against the instance's current key. Returns the instance id.
 fn verify_instance_call(state: &Shared, req: &Req) -> Result<String, ApiError> {
     let auth_err = |f: AuthFailure| f.into_api_error(SIGNING_NAME);
-    let signed = sigv4::prepare(req, PathEncoding::NormalizedDouble).map_err(|e| auth_err(e.into()))?;
+    let signed =
+        sigv4::prepare(req, PathEncoding::NormalizedDouble).map_err(|e| auth_err(e.into()))?;
     if signed.auth.service != SIGNING_NAME {
         return Err(auth_err(AuthFailure::BadSignature(format!(
             "Credential should be scoped to correct service: '{SIGNING_NAME}'. (got '{}')",
@@ -603,9 +722,19 @@ fn verify_instance_call(state: &Shared, req: &Req) -> Result<String, ApiError> {
         ))));
     }
     let id = signed.auth.access_key_id.clone();
-    let public_key = lock(&state.ssm).data.instances.get(&id).map(|i| i.public_key.clone()).ok_or_else(|| invalid_instance(&id))?;
-    sigv4::check_freshness(signed.signed_at, state.now()).map_err(|m| auth_err(AuthFailure::BadSignature(m)))?;
-    if !verify_rsa_pss(&public_key, signed.string_to_sign.as_bytes(), &signed.auth.signature) {
+    let public_key = lock(&state.ssm)
+        .data
+        .instances
+        .get(&id)
+        .map(|i| i.public_key.clone())
+        .ok_or_else(|| invalid_instance(&id))?;
+    sigv4::check_freshness(signed.signed_at, state.now())
+        .map_err(|m| auth_err(AuthFailure::BadSignature(m)))?;
+    if !verify_rsa_pss(
+        &public_key,
+        signed.string_to_sign.as_bytes(),
+        &signed.auth.signature,
+    ) {
         return Err(auth_err(AuthFailure::BadSignature(format!(
             "{}(Signature must be the standard base64 RSASSA-PSS SHA-256 signature, salt 32, made with the instance's current key.)",
             crate::auth::mismatch_message(&signed)
@@ -626,7 +755,10 @@ struct RegisterInput {
 
 fn new_instance_id(existing: &BTreeMap<String, Instance>) -> Result<String, ApiError> {
     loop {
-        let id = format!("{INSTANCE_ID_PREFIX}{}", crate::auth::random_string(b"0123456789abcdef", INSTANCE_ID_HEX_LEN)?);
+        let id = format!(
+            "{INSTANCE_ID_PREFIX}{}",
+            crate::auth::random_string(b"0123456789abcdef", INSTANCE_ID_HEX_LEN)?
+        );
         if !existing.contains_key(&id) {
             return Ok(id);
         }
@@ -635,30 +767,56 @@ fn new_instance_id(existing: &BTreeMap<String, Instance>) -> Result<String, ApiE
 
 fn register_managed_instance(state: &Shared, req: &Req) -> Result<Value, ApiError> {
     let input: RegisterInput = parse(req)?;
-    let invalid = || err("InvalidActivation", "The activation is not valid: the ActivationId does not exist (deleted?) or the ActivationCode does not match it.");
+    let invalid = || {
+        err(
+            "InvalidActivation",
+            "The activation is not valid: the ActivationId does not exist (deleted?) or the ActivationCode does not match it.",
+        )
+    };
     let activation_id = input.activation_id.as_deref().ok_or_else(invalid)?;
     let code = input.activation_code.as_deref().ok_or_else(invalid)?;
     let now = now_secs(state);
     let mut ssm = lock(&state.ssm);
-    let activation = ssm.data.activations.get(activation_id).ok_or_else(invalid)?;
-    if aws_lc_rs::constant_time::verify_slices_are_equal(code.as_bytes(), activation.code.as_bytes()).is_err() {
+    let activation = ssm
+        .data
+        .activations
+        .get(activation_id)
+        .ok_or_else(invalid)?;
+    if aws_lc_rs::constant_time::verify_slices_are_equal(
+        code.as_bytes(),
+        activation.code.as_bytes(),
+    )
+    .is_err()
+    {
         return Err(invalid());
     }
     if now >= activation.expires_at {
         return Err(err(
             "ActivationExpired",
-            format!("Activation {activation_id} expired at {} (epoch seconds); activations last at most 30 days: create a new one", activation.expires_at),
+            format!(
+                "Activation {activation_id} expired at {} (epoch seconds); activations last at most 30 days: create a new one",
+                activation.expires_at
+            ),
         ));
     }
-    let public_key = validate_public_key(input.public_key.as_deref(), input.public_key_type.as_deref())?;
+    let public_key = validate_public_key(
+        input.public_key.as_deref(),
+        input.public_key_type.as_deref(),
+    )?;
     let fingerprint = require("fingerprint", &input.fingerprint)?.to_string();
     if activation.registrations_count >= activation.registration_limit {
         return Err(err(
             "RegistrationLimitExceeded",
-            format!("Activation {activation_id} allows {} registration(s), all used: create a new activation", activation.registration_limit),
+            format!(
+                "Activation {activation_id} allows {} registration(s), all used: create a new activation",
+                activation.registration_limit
+            ),
         ));
     }
-    let (iam_role, name) = (activation.iam_role.clone(), activation.default_instance_name.clone());
+    let (iam_role, name) = (
+        activation.iam_role.clone(),
+        activation.default_instance_name.clone(),
+    );
     let id = new_instance_id(&ssm.data.instances)?;
     ssm.data.instances.insert(
         id.clone(),
@@ -695,15 +853,24 @@ fn request_role_token(state: &Shared, req: &Req) -> Result<Value, ApiError> {
     let now = state.now();
     let (principal, update_key_pair) = {
         let mut ssm = lock(&state.ssm);
-        let inst = ssm.data.instances.get_mut(&id).ok_or_else(|| invalid_instance(&id))?;
+        let inst = ssm
+            .data
+            .instances
+            .get_mut(&id)
+            .ok_or_else(|| invalid_instance(&id))?;
         if fingerprint != inst.fingerprint {
             return Err(err(
                 "MachineFingerprintDoesNotMatch",
-                format!("Fingerprint does not match the one {id} registered with: keep the registration fingerprint stable, or register again"),
+                format!(
+                    "Fingerprint does not match the one {id} registered with: keep the registration fingerprint stable, or register again"
+                ),
             ));
         }
         inst.last_ping_at = epoch_secs(now);
-        let out = (Principal::assumed_role(&state.config.account_id, &inst.iam_role, &inst.id), inst.key_rotation_requested);
+        let out = (
+            Principal::assumed_role(&state.config.account_id, &inst.iam_role, &inst.id),
+            inst.key_rotation_requested,
+        );
         ssm.persist()?;
         out
     };
@@ -727,9 +894,16 @@ struct UpdateKeyInput {
 fn update_public_key(state: &Shared, req: &Req) -> Result<Value, ApiError> {
     let id = verify_instance_call(state, req)?;
     let input: UpdateKeyInput = parse(req)?;
-    let key = validate_public_key(input.new_public_key.as_deref(), input.new_public_key_type.as_deref())?;
+    let key = validate_public_key(
+        input.new_public_key.as_deref(),
+        input.new_public_key_type.as_deref(),
+    )?;
     let mut ssm = lock(&state.ssm);
-    let inst = ssm.data.instances.get_mut(&id).ok_or_else(|| invalid_instance(&id))?;
+    let inst = ssm
+        .data
+        .instances
+        .get_mut(&id)
+        .ok_or_else(|| invalid_instance(&id))?;
     inst.public_key = key;
     inst.key_rotation_requested = false;
     ssm.persist()?;
@@ -743,15 +917,30 @@ fn update_public_key(state: &Shared, req: &Req) -> Result<Value, ApiError> {
 /// - `POST /_devstack/ssm/request-key-rotation?instance=mi-...` → the instance's next token
 ///   responses carry `UpdateKeyPair=true` until it calls UpdateManagedInstancePublicKey.
 pub fn control(state: &Shared, op: &str, req: &Req) -> Response {
-    let ok = |v: Value| crate::wire::bytes_response(StatusCode::OK, "application/json", v.to_string().into());
+    let ok = |v: Value| {
+        crate::wire::bytes_response(StatusCode::OK, "application/json", v.to_string().into())
+    };
     match (req.method.as_str(), op) {
         ("POST", "ssm/request-key-rotation") => {
-            let Some(id) = req.query_pairs().into_iter().find(|(k, _)| k == "instance").map(|(_, v)| v) else {
-                return ApiError::bad_request("InvalidParameter", "request-key-rotation needs ?instance=mi-...").render(Protocol::Plain);
+            let Some(id) = req
+                .query_pairs()
+                .into_iter()
+                .find(|(k, _)| k == "instance")
+                .map(|(_, v)| v)
+            else {
+                return ApiError::bad_request(
+                    "InvalidParameter",
+                    "request-key-rotation needs ?instance=mi-...",
+                )
+                .render(Protocol::Plain);
             };
             let mut ssm = lock(&state.ssm);
             let Some(inst) = ssm.data.instances.get_mut(&id) else {
-                return ApiError::not_found("InvalidInstanceId", format!("no managed instance {id}")).render(Protocol::Plain);
+                return ApiError::not_found(
+                    "InvalidInstanceId",
+                    format!("no managed instance {id}"),
+                )
+                .render(Protocol::Plain);
             };
             inst.key_rotation_requested = true;
             match ssm.persist() {
@@ -759,7 +948,11 @@ pub fn control(state: &Shared, op: &str, req: &Req) -> Response {
                 Err(e) => e.render(Protocol::Plain),
             }
         }
-        _ => ApiError::not_found("UnknownControl", format!("no control endpoint {} /_devstack/{op}", req.method)).render(Protocol::Plain),
+        _ => ApiError::not_found(
+            "UnknownControl",
+            format!("no control endpoint {} /_devstack/{op}", req.method),
+        )
+        .render(Protocol::Plain),
     }
 }
 
@@ -780,18 +973,26 @@ mod tests {
         let kp = KeyPair::generate(KeySize::Rsa2048).expect("keygen");
         let key = spki_b64(&kp);
         assert_eq!(key.len(), PUBLIC_KEY_B64_LEN);
-        assert_eq!(validate_public_key(Some(&key), Some("Rsa")).expect("valid"), key);
+        assert_eq!(
+            validate_public_key(Some(&key), Some("Rsa")).expect("valid"),
+            key
+        );
 
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let mut sig = vec![0u8; kp.public_modulus_len()];
-        kp.sign(&RSA_PSS_SHA256, &rng, b"string to sign", &mut sig).expect("sign");
+        kp.sign(&RSA_PSS_SHA256, &rng, b"string to sign", &mut sig)
+            .expect("sign");
         let sig = base64::engine::general_purpose::STANDARD.encode(&sig);
         assert!(verify_rsa_pss(&key, b"string to sign", &sig));
         assert!(!verify_rsa_pss(&key, b"string to sigN", &sig));
         let other = spki_b64(&KeyPair::generate(KeySize::Rsa2048).expect("keygen"));
         assert!(!verify_rsa_pss(&other, b"string to sign", &sig));
         // Hex is not the wire form.
-        let hex_sig = hex::encode(base64::engine::general_purpose::STANDARD.decode(&sig).expect("b64"));
+        let hex_sig = hex::encode(
+            base64::engine::general_purpose::STANDARD
+                .decode(&sig)
+                .expect("b64"),
+        );
         assert!(!verify_rsa_pss(&key, b"string to sign", &hex_sig));
     }
 
@@ -799,7 +1000,8 @@ mod tests {
     fn public_keys_other_than_rsa_2048_spki_are_rejected() {
         let kp = KeyPair::generate(KeySize::Rsa2048).expect("keygen");
         let key = spki_b64(&kp);
-        let code = |k: &str, t: Option<&str>| validate_public_key(Some(k), t).expect_err("reject").code;
+        let code =
+            |k: &str, t: Option<&str>| validate_public_key(Some(k), t).expect_err("reject").code;
         assert_eq!(code(&key, Some("Ecdsa")), "InvalidPublicKey");
         assert_eq!(code(&key, None), "InvalidPublicKey");
         // PKCS#1 RSAPublicKey instead of SPKI: wrong length.
@@ -825,7 +1027,17 @@ mod tests {
         assert_eq!((p, next.as_deref()), (vec![0, 1, 2, 3, 4], Some("5")));
         let (p, next) = paginate((0..7).collect(), 5, Some("5")).expect("page 2");
         assert_eq!((p, next), (vec![5, 6], None));
-        assert_eq!(paginate((0..7).collect::<Vec<i32>>(), 5, Some("x")).expect_err("bad").code, "InvalidNextToken");
-        assert_eq!(paginate((0..7).collect::<Vec<i32>>(), 5, Some("9")).expect_err("bad").code, "InvalidNextToken");
+        assert_eq!(
+            paginate((0..7).collect::<Vec<i32>>(), 5, Some("x"))
+                .expect_err("bad")
+                .code,
+            "InvalidNextToken"
+        );
+        assert_eq!(
+            paginate((0..7).collect::<Vec<i32>>(), 5, Some("9"))
+                .expect_err("bad")
+                .code,
+            "InvalidNextToken"
+        );
     }
 }

@@ -27,15 +27,25 @@ pub async fn handle(state: &Shared, op: &str, req: &Req) -> Response {
 
 fn answer(state: &Shared, op: &str, req: &Req) -> Result<Response, ApiError> {
     let principal = crate::auth::authenticate(state, req, SIGNING_NAME)?;
-    let version = req.form_pairs().into_iter().find(|(k, _)| k == "Version").map(|(_, v)| v);
+    let version = req
+        .form_pairs()
+        .into_iter()
+        .find(|(k, _)| k == "Version")
+        .map(|(_, v)| v);
     if version.as_deref().is_some_and(|v| v != STS_API_VERSION) {
         return Err(ApiError::bad_request(
             "InvalidAction",
-            format!("Could not find operation {op} for version {}", version.unwrap_or_default()),
+            format!(
+                "Could not find operation {op} for version {}",
+                version.unwrap_or_default()
+            ),
         ));
     }
     if op != "GetCallerIdentity" {
-        return Err(ApiError::bad_request("InvalidAction", format!("devstack STS implements only GetCallerIdentity, not {op}")));
+        return Err(ApiError::bad_request(
+            "InvalidAction",
+            format!("devstack STS implements only GetCallerIdentity, not {op}"),
+        ));
     }
     let request_id = uuid::Uuid::new_v4().to_string();
     let body = format!(

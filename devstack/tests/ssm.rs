@@ -9,9 +9,14 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_ssm::error::ProvideErrorMetadata;
 use aws_sdk_ssm::primitives::DateTime;
-use aws_sdk_ssm::types::{DescribeActivationsFilter, DescribeActivationsFilterKeys, InstanceInformationStringFilter, ResourceTypeForTagging, Tag};
+use aws_sdk_ssm::types::{
+    DescribeActivationsFilter, DescribeActivationsFilterKeys, InstanceInformationStringFilter,
+    ResourceTypeForTagging, Tag,
+};
 use base64::Engine;
-use instance_client::{Client, Registered, Tamper, create_activation, new_key, register_new, spki_b64};
+use instance_client::{
+    Client, Registered, Tamper, create_activation, new_key, register_new, spki_b64,
+};
 use serde_json::json;
 
 const ROLE: &str = "AmazonEKSHybridNodesRole";
@@ -25,7 +30,10 @@ fn secs(t: &DateTime) -> i64 {
 }
 
 fn now_secs() -> i64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("clock after 1970").as_secs() as i64
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,32 +43,56 @@ async fn activation_lifecycle_through_the_sdk() {
     let c = Client::new(&ds);
 
     let before = now_secs();
-    let created = ssm.create_activation().iam_role(ROLE).default_instance_name("edge-rack-1").send().await.expect("CreateActivation");
+    let created = ssm
+        .create_activation()
+        .iam_role(ROLE)
+        .default_instance_name("edge-rack-1")
+        .send()
+        .await
+        .expect("CreateActivation");
     let id = created.activation_id().expect("ActivationId").to_string();
-    let code = created.activation_code().expect("ActivationCode").to_string();
+    let code = created
+        .activation_code()
+        .expect("ActivationCode")
+        .to_string();
     uuid::Uuid::parse_str(&id).expect("ActivationId is a UUID");
     assert_eq!(code.len(), 20, "activation code: {code}");
 
     let listed = ssm
         .describe_activations()
-        .filters(DescribeActivationsFilter::builder().filter_key(DescribeActivationsFilterKeys::ActivationIds).filter_values(&id).build())
+        .filters(
+            DescribeActivationsFilter::builder()
+                .filter_key(DescribeActivationsFilterKeys::ActivationIds)
+                .filter_values(&id)
+                .build(),
+        )
         .send()
         .await
         .expect("DescribeActivations");
-    let [a] = listed.activation_list() else { panic!("one activation: {listed:?}") };
+    let [a] = listed.activation_list() else {
+        panic!("one activation: {listed:?}")
+    };
     assert_eq!(a.activation_id(), Some(id.as_str()));
     assert_eq!(a.iam_role(), Some(ROLE));
     assert_eq!(a.default_instance_name(), Some("edge-rack-1"));
     assert_eq!(a.registration_limit(), Some(1), "default limit is 1");
     assert_eq!(a.registrations_count(), Some(0));
-    assert_eq!(a.expired(), false);
+    assert!(!a.expired());
     let expires = secs(a.expiration_date().expect("ExpirationDate"));
-    assert!((before + 86_400..=now_secs() + 86_400).contains(&expires), "default expiry is 24 h: {expires}");
+    assert!(
+        (before + 86_400..=now_secs() + 86_400).contains(&expires),
+        "default expiry is 24 h: {expires}"
+    );
 
     // Filtering on another role finds nothing.
     let none = ssm
         .describe_activations()
-        .filters(DescribeActivationsFilter::builder().filter_key(DescribeActivationsFilterKeys::IamRole).filter_values("OtherRole").build())
+        .filters(
+            DescribeActivationsFilter::builder()
+                .filter_key(DescribeActivationsFilterKeys::IamRole)
+                .filter_values("OtherRole")
+                .build(),
+        )
         .send()
         .await
         .expect("DescribeActivations by role");
@@ -68,10 +100,17 @@ async fn activation_lifecycle_through_the_sdk() {
 
     // A registration is counted.
     let key = new_key();
-    c.register(&id, &code, &spki_b64(&key), "fp-1").await.expect_ok();
+    c.register(&id, &code, &spki_b64(&key), "fp-1")
+        .await
+        .expect_ok();
     let listed = ssm
         .describe_activations()
-        .filters(DescribeActivationsFilter::builder().filter_key(DescribeActivationsFilterKeys::ActivationIds).filter_values(&id).build())
+        .filters(
+            DescribeActivationsFilter::builder()
+                .filter_key(DescribeActivationsFilterKeys::ActivationIds)
+                .filter_values(&id)
+                .build(),
+        )
         .send()
         .await
         .expect("DescribeActivations");
@@ -81,17 +120,40 @@ async fn activation_lifecycle_through_the_sdk() {
     let too_long = ssm
         .create_activation()
         .iam_role(ROLE)
-        .expiration_date(DateTime::from(SystemTime::now() + Duration::from_secs(31 * 86_400)))
+        .expiration_date(DateTime::from(
+            SystemTime::now() + Duration::from_secs(31 * 86_400),
+        ))
         .send()
         .await
         .expect_err("31-day activation");
-    assert_eq!(too_long.into_service_error().code(), Some("InvalidParameters"));
+    assert_eq!(
+        too_long.into_service_error().code(),
+        Some("InvalidParameters")
+    );
 
-    ssm.delete_activation().activation_id(&id).send().await.expect("DeleteActivation");
-    let gone = ssm.delete_activation().activation_id(&id).send().await.expect_err("second delete");
+    ssm.delete_activation()
+        .activation_id(&id)
+        .send()
+        .await
+        .expect("DeleteActivation");
+    let gone = ssm
+        .delete_activation()
+        .activation_id(&id)
+        .send()
+        .await
+        .expect_err("second delete");
     assert!(gone.into_service_error().is_invalid_activation());
-    let listed = ssm.describe_activations().send().await.expect("DescribeActivations");
-    assert!(listed.activation_list().iter().all(|a| a.activation_id() != Some(id.as_str())));
+    let listed = ssm
+        .describe_activations()
+        .send()
+        .await
+        .expect("DescribeActivations");
+    assert!(
+        listed
+            .activation_list()
+            .iter()
+            .all(|a| a.activation_id() != Some(id.as_str()))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,22 +162,42 @@ async fn instance_information_tags_and_deregistration() {
     let ssm = ssm_admin(&ds).await;
     let c = Client::new(&ds);
     let node = register_new(&c, &ssm, ROLE).await;
-    assert!(node.id.starts_with("mi-") && node.id.len() == 20 && node.id[3..].bytes().all(|b| b.is_ascii_hexdigit()), "{}", node.id);
+    assert!(
+        node.id.starts_with("mi-")
+            && node.id.len() == 20
+            && node.id[3..].bytes().all(|b| b.is_ascii_hexdigit()),
+        "{}",
+        node.id
+    );
 
     let describe = || async {
         ssm.describe_instance_information()
-            .filters(InstanceInformationStringFilter::builder().key("InstanceIds").values(&node.id).build().expect("filter"))
+            .filters(
+                InstanceInformationStringFilter::builder()
+                    .key("InstanceIds")
+                    .values(&node.id)
+                    .build()
+                    .expect("filter"),
+            )
             .send()
             .await
             .expect("DescribeInstanceInformation")
     };
     let info = describe().await;
-    let [i] = info.instance_information_list() else { panic!("one instance: {info:?}") };
+    let [i] = info.instance_information_list() else {
+        panic!("one instance: {info:?}")
+    };
     assert_eq!(i.instance_id(), Some(node.id.as_str()));
     assert_eq!(i.ping_status().map(|p| p.as_str()), Some("Online"));
-    assert_eq!(i.resource_type().map(|r| r.as_str()), Some("ManagedInstance"));
+    assert_eq!(
+        i.resource_type().map(|r| r.as_str()),
+        Some("ManagedInstance")
+    );
     assert_eq!(i.iam_role(), Some(ROLE));
-    assert!(i.activation_id().is_some_and(|a| uuid::Uuid::parse_str(a).is_ok()));
+    assert!(
+        i.activation_id()
+            .is_some_and(|a| uuid::Uuid::parse_str(a).is_ok())
+    );
     let registered = secs(i.registration_date().expect("RegistrationDate"));
     let first_ping = secs(i.last_ping_date_time().expect("LastPingDateTime"));
 
@@ -125,14 +207,26 @@ async fn instance_information_tags_and_deregistration() {
     assert!(tok.str("AccessKeyId").starts_with("ASIA"));
     let info = describe().await;
     let i = &info.instance_information_list()[0];
-    assert_eq!(secs(i.registration_date().expect("RegistrationDate")), registered);
-    assert!(secs(i.last_ping_date_time().expect("LastPingDateTime")) >= first_ping + 60, "ping moved: {i:?}");
+    assert_eq!(
+        secs(i.registration_date().expect("RegistrationDate")),
+        registered
+    );
+    assert!(
+        secs(i.last_ping_date_time().expect("LastPingDateTime")) >= first_ping + 60,
+        "ping moved: {i:?}"
+    );
     c.control("clock?offset_secs=0").await;
 
     ssm.add_tags_to_resource()
         .resource_type(ResourceTypeForTagging::ManagedInstance)
         .resource_id(&node.id)
-        .tags(Tag::builder().key("eks-cluster").value("hybrid-demo").build().expect("tag"))
+        .tags(
+            Tag::builder()
+                .key("eks-cluster")
+                .value("hybrid-demo")
+                .build()
+                .expect("tag"),
+        )
         .send()
         .await
         .expect("AddTagsToResource");
@@ -143,20 +237,39 @@ async fn instance_information_tags_and_deregistration() {
         .send()
         .await
         .expect("ListTagsForResource");
-    let kv: Vec<(&str, &str)> = tags.tag_list().iter().map(|t| (t.key(), t.value())).collect();
+    let kv: Vec<(&str, &str)> = tags
+        .tag_list()
+        .iter()
+        .map(|t| (t.key(), t.value()))
+        .collect();
     assert_eq!(kv, [("eks-cluster", "hybrid-demo")]);
     let by_tag = ssm
         .describe_instance_information()
-        .filters(InstanceInformationStringFilter::builder().key("tag:eks-cluster").values("hybrid-demo").build().expect("filter"))
+        .filters(
+            InstanceInformationStringFilter::builder()
+                .key("tag:eks-cluster")
+                .values("hybrid-demo")
+                .build()
+                .expect("filter"),
+        )
         .send()
         .await
         .expect("DescribeInstanceInformation by tag");
     assert_eq!(by_tag.instance_information_list().len(), 1);
 
-    ssm.deregister_managed_instance().instance_id(&node.id).send().await.expect("DeregisterManagedInstance");
+    ssm.deregister_managed_instance()
+        .instance_id(&node.id)
+        .send()
+        .await
+        .expect("DeregisterManagedInstance");
     assert!(describe().await.instance_information_list().is_empty());
     node.token(&c).await.expect_err("InvalidInstanceId");
-    let again = ssm.deregister_managed_instance().instance_id(&node.id).send().await.expect_err("second deregister");
+    let again = ssm
+        .deregister_managed_instance()
+        .instance_id(&node.id)
+        .send()
+        .await
+        .expect_err("second deregister");
     assert!(again.into_service_error().is_invalid_instance_id());
 }
 
@@ -167,22 +280,48 @@ async fn public_calls_must_be_signed_with_known_keys() {
     let anonymous = c.unsigned("DescribeActivations", &json!({})).await;
     anonymous.expect_err("MissingAuthenticationTokenException");
 
-    let wrong_secret = aws_sdk_ssm::Client::new(&common::sdk_config(&ds.url, common::ADMIN_ACCESS_KEY_ID, "not-the-secret", None).await);
-    let e = wrong_secret.describe_activations().send().await.expect_err("bad secret");
+    let wrong_secret = aws_sdk_ssm::Client::new(
+        &common::sdk_config(&ds.url, common::ADMIN_ACCESS_KEY_ID, "not-the-secret", None).await,
+    );
+    let e = wrong_secret
+        .describe_activations()
+        .send()
+        .await
+        .expect_err("bad secret");
     let e = e.into_service_error();
     assert_eq!(e.code(), Some("InvalidSignatureException"));
-    assert!(e.message().is_some_and(|m| m.contains("Canonical String")), "{e:?}");
+    assert!(
+        e.message().is_some_and(|m| m.contains("Canonical String")),
+        "{e:?}"
+    );
 
-    let unknown = aws_sdk_ssm::Client::new(&common::sdk_config(&ds.url, "AKIAUNKNOWNKEY000000", "x", None).await);
-    let e = unknown.describe_activations().send().await.expect_err("unknown key");
-    assert_eq!(e.into_service_error().code(), Some("UnrecognizedClientException"));
+    let unknown = aws_sdk_ssm::Client::new(
+        &common::sdk_config(&ds.url, "AKIAUNKNOWNKEY000000", "x", None).await,
+    );
+    let e = unknown
+        .describe_activations()
+        .send()
+        .await
+        .expect_err("unknown key");
+    assert_eq!(
+        e.into_service_error().code(),
+        Some("UnrecognizedClientException")
+    );
 
     // Ten minutes of skew between the client and the devstack clock.
     c.control("clock?offset_secs=600").await;
-    let e = ssm_admin(&ds).await.describe_activations().send().await.expect_err("skewed clock");
+    let e = ssm_admin(&ds)
+        .await
+        .describe_activations()
+        .send()
+        .await
+        .expect_err("skewed clock");
     let e = e.into_service_error();
     assert_eq!(e.code(), Some("InvalidSignatureException"));
-    assert!(e.message().is_some_and(|m| m.contains("Signature expired")), "{e:?}");
+    assert!(
+        e.message().is_some_and(|m| m.contains("Signature expired")),
+        "{e:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,17 +331,32 @@ async fn token_request_returns_credentials_the_devstack_accepts() {
     let c = Client::new(&ds);
     let node = register_new(&c, &ssm, ROLE).await;
     let tok = node.token(&c).await.expect_ok();
-    let expiry = tok.body["TokenExpirationDate"].as_i64().expect("TokenExpirationDate is epoch seconds");
+    let expiry = tok.body["TokenExpirationDate"]
+        .as_i64()
+        .expect("TokenExpirationDate is epoch seconds");
     let now = now_secs();
-    assert!((now + 3590..=now + 3610).contains(&expiry), "one-hour token: {expiry} vs now {now}");
+    assert!(
+        (now + 3590..=now + 3610).contains(&expiry),
+        "one-hour token: {expiry} vs now {now}"
+    );
     assert_eq!(tok.body["UpdateKeyPair"], json!(false));
     assert_eq!(tok.str("SecretAccessKey").len(), 40);
 
     // The issued credentials sign SSM calls too (the agent uses them for DeregisterManagedInstance).
     let as_node = aws_sdk_ssm::Client::new(
-        &common::sdk_config(&ds.url, tok.str("AccessKeyId"), tok.str("SecretAccessKey"), Some(tok.str("SessionToken").to_string())).await,
+        &common::sdk_config(
+            &ds.url,
+            tok.str("AccessKeyId"),
+            tok.str("SecretAccessKey"),
+            Some(tok.str("SessionToken").to_string()),
+        )
+        .await,
     );
-    as_node.describe_instance_information().send().await.expect("DescribeInstanceInformation with issued credentials");
+    as_node
+        .describe_instance_information()
+        .send()
+        .await
+        .expect("DescribeInstanceInformation with issued credentials");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,19 +377,42 @@ async fn tampered_or_misdirected_signatures_are_rejected() {
 
     call(Tamper::default()).await.expect_ok();
 
-    let r = call(Tamper { signed_body: Some(br#"{"Fingerprint":"someone-else"}"#.to_vec()), ..Default::default() }).await;
+    let r = call(Tamper {
+        signed_body: Some(br#"{"Fingerprint":"someone-else"}"#.to_vec()),
+        ..Default::default()
+    })
+    .await;
     r.expect_err("InvalidSignatureException");
-    let r = call(Tamper { signed_host: Some("ssm.us-west-2.amazonaws.com".into()), ..Default::default() }).await;
+    let r = call(Tamper {
+        signed_host: Some("ssm.us-west-2.amazonaws.com".into()),
+        ..Default::default()
+    })
+    .await;
     r.expect_err("InvalidSignatureException");
-    let r = call(Tamper { signed_target: Some("AmazonSSM.UpdateManagedInstancePublicKey".into()), ..Default::default() }).await;
+    let r = call(Tamper {
+        signed_target: Some("AmazonSSM.UpdateManagedInstancePublicKey".into()),
+        ..Default::default()
+    })
+    .await;
     r.expect_err("InvalidSignatureException");
 
     // Another key, same instance id.
-    let r = c.signed_with(op, &body, &node.id, &new_key(), now, &Tamper::default()).await;
+    let r = c
+        .signed_with(op, &body, &node.id, &new_key(), now, &Tamper::default())
+        .await;
     r.expect_err("InvalidSignatureException");
 
     // Six minutes old.
-    let r = c.signed_with(op, &body, &node.id, &node.key, now - Duration::from_secs(360), &Tamper::default()).await;
+    let r = c
+        .signed_with(
+            op,
+            &body,
+            &node.id,
+            &node.key,
+            now - Duration::from_secs(360),
+            &Tamper::default(),
+        )
+        .await;
     r.expect_err("InvalidSignatureException");
     assert!(r.message().contains("Signature expired"), "{}", r.message());
 
@@ -246,10 +423,21 @@ async fn tampered_or_misdirected_signatures_are_rejected() {
     assert!(r.message().contains("Signature expired"), "{}", r.message());
     c.control("clock?offset_secs=0").await;
 
-    let r = c.token(&node.id, &node.key, "a-different-fingerprint").await;
+    let r = c
+        .token(&node.id, &node.key, "a-different-fingerprint")
+        .await;
     r.expect_err("MachineFingerprintDoesNotMatch");
 
-    let r = c.signed_with(op, &body, "mi-00000000000000000", &node.key, now, &Tamper::default()).await;
+    let r = c
+        .signed_with(
+            op,
+            &body,
+            "mi-00000000000000000",
+            &node.key,
+            now,
+            &Tamper::default(),
+        )
+        .await;
     r.expect_err("InvalidInstanceId");
 
     // No Authorization at all.
@@ -268,18 +456,30 @@ async fn registration_checks_activation_limit_expiry_and_key() {
     let key = spki_b64(&new_key());
 
     let (id, code) = create_activation(&ssm, ROLE, 1).await;
-    c.register(&id, "WRONGCODEWRONGCODE00", &key, "fp").await.expect_err("InvalidActivation");
-    c.register(&uuid::Uuid::new_v4().to_string(), &code, &key, "fp").await.expect_err("InvalidActivation");
+    c.register(&id, "WRONGCODEWRONGCODE00", &key, "fp")
+        .await
+        .expect_err("InvalidActivation");
+    c.register(&uuid::Uuid::new_v4().to_string(), &code, &key, "fp")
+        .await
+        .expect_err("InvalidActivation");
 
     // Bad keys: RSA-3072, PKCS#1 instead of SPKI, right length but not a key, wrong type.
-    let rsa3072 = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa3072).expect("keygen");
-    c.register(&id, &code, &spki_b64(&rsa3072), "fp").await.expect_err("InvalidPublicKey");
+    let rsa3072 =
+        aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa3072).expect("keygen");
+    c.register(&id, &code, &spki_b64(&rsa3072), "fp")
+        .await
+        .expect_err("InvalidPublicKey");
     let k = new_key();
-    let pkcs1 = base64::engine::general_purpose::STANDARD.encode(aws_lc_rs::signature::KeyPair::public_key(&k).as_ref());
-    c.register(&id, &code, &pkcs1, "fp").await.expect_err("InvalidPublicKey");
+    let pkcs1 = base64::engine::general_purpose::STANDARD
+        .encode(aws_lc_rs::signature::KeyPair::public_key(&k).as_ref());
+    c.register(&id, &code, &pkcs1, "fp")
+        .await
+        .expect_err("InvalidPublicKey");
     let junk = base64::engine::general_purpose::STANDARD.encode([0x30u8; 294]);
     assert_eq!(junk.len(), 392);
-    c.register(&id, &code, &junk, "fp").await.expect_err("InvalidPublicKey");
+    c.register(&id, &code, &junk, "fp")
+        .await
+        .expect_err("InvalidPublicKey");
     let r = c
         .unsigned(
             "RegisterManagedInstance",
@@ -302,15 +502,30 @@ async fn registration_checks_activation_limit_expiry_and_key() {
         .send()
         .await
         .expect("CreateActivation");
-    let (sid, scode) = (short.activation_id().expect("id"), short.activation_code().expect("code"));
+    let (sid, scode) = (
+        short.activation_id().expect("id"),
+        short.activation_code().expect("code"),
+    );
     c.control("clock?offset_secs=180").await;
     let r = c.register(sid, scode, &spki_b64(&new_key()), "fp").await;
     r.expect_err("ActivationExpired");
-    assert!(r.message().contains("30 days"), "the error says activations expire: {}", r.message());
+    assert!(
+        r.message().contains("30 days"),
+        "the error says activations expire: {}",
+        r.message()
+    );
     // Three minutes of skew is within the signature window: the SDK still gets through, and sees
     // the activation as expired.
-    let d = ssm.describe_activations().send().await.expect("DescribeActivations");
-    let a = d.activation_list().iter().find(|a| a.activation_id() == Some(sid)).expect("listed");
+    let d = ssm
+        .describe_activations()
+        .send()
+        .await
+        .expect("DescribeActivations");
+    let a = d
+        .activation_list()
+        .iter()
+        .find(|a| a.activation_id() == Some(sid))
+        .expect("listed");
     assert!(a.expired());
 }
 
@@ -320,10 +535,17 @@ async fn key_rotation_requested_by_the_control_endpoint() {
     let ssm = ssm_admin(&ds).await;
     let c = Client::new(&ds);
     let node = register_new(&c, &ssm, ROLE).await;
-    assert_eq!(node.token(&c).await.expect_ok().body["UpdateKeyPair"], json!(false));
+    assert_eq!(
+        node.token(&c).await.expect_ok().body["UpdateKeyPair"],
+        json!(false)
+    );
 
-    c.control(&format!("ssm/request-key-rotation?instance={}", node.id)).await;
-    assert_eq!(node.token(&c).await.expect_ok().body["UpdateKeyPair"], json!(true));
+    c.control(&format!("ssm/request-key-rotation?instance={}", node.id))
+        .await;
+    assert_eq!(
+        node.token(&c).await.expect_ok().body["UpdateKeyPair"],
+        json!(true)
+    );
 
     // A bad new key is refused and changes nothing.
     let r = c
@@ -348,14 +570,24 @@ async fn key_rotation_requested_by_the_control_endpoint() {
     r.expect_ok();
     // The old key no longer signs; the new one does, and the rotation request is satisfied.
     node.token(&c).await.expect_err("InvalidSignatureException");
-    let rotated = Registered { id: node.id.clone(), key: new, fingerprint: node.fingerprint.clone() };
-    assert_eq!(rotated.token(&c).await.expect_ok().body["UpdateKeyPair"], json!(false));
+    let rotated = Registered {
+        id: node.id.clone(),
+        key: new,
+        fingerprint: node.fingerprint.clone(),
+    };
+    assert_eq!(
+        rotated.token(&c).await.expect_ok().body["UpdateKeyPair"],
+        json!(false)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_with_state_dir_keeps_instances_keys_and_credentials() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = || hybrid_devstack::Config { state_dir: Some(dir.path().to_path_buf()), ..Default::default() };
+    let config = || hybrid_devstack::Config {
+        state_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
 
     let ds = hybrid_devstack::Devstack::spawn(config()).expect("start devstack");
     let c = Client::new(&ds);
@@ -370,14 +602,43 @@ async fn restart_with_state_dir_keeps_instances_keys_and_credentials() {
     // The instance and its key survive: a signed token request works.
     node.token(&c).await.expect_ok();
     let ssm = ssm_admin(&ds).await;
-    let info = ssm.describe_instance_information().send().await.expect("DescribeInstanceInformation");
-    assert!(info.instance_information_list().iter().any(|i| i.instance_id() == Some(node.id.as_str())));
-    let acts = ssm.describe_activations().send().await.expect("DescribeActivations");
-    assert!(acts.activation_list().iter().any(|a| a.activation_id() == Some(spare_id.as_str())));
+    let info = ssm
+        .describe_instance_information()
+        .send()
+        .await
+        .expect("DescribeInstanceInformation");
+    assert!(
+        info.instance_information_list()
+            .iter()
+            .any(|i| i.instance_id() == Some(node.id.as_str()))
+    );
+    let acts = ssm
+        .describe_activations()
+        .send()
+        .await
+        .expect("DescribeActivations");
+    assert!(
+        acts.activation_list()
+            .iter()
+            .any(|a| a.activation_id() == Some(spare_id.as_str()))
+    );
     // Credentials issued before the restart still verify.
     let sts = aws_sdk_sts::Client::new(
-        &common::sdk_config(&ds.url, tok.str("AccessKeyId"), tok.str("SecretAccessKey"), Some(tok.str("SessionToken").to_string())).await,
+        &common::sdk_config(
+            &ds.url,
+            tok.str("AccessKeyId"),
+            tok.str("SecretAccessKey"),
+            Some(tok.str("SessionToken").to_string()),
+        )
+        .await,
     );
-    let who = sts.get_caller_identity().send().await.expect("GetCallerIdentity with pre-restart credentials");
-    assert_eq!(who.arn(), Some(format!("arn:aws:sts::123456789012:assumed-role/{ROLE}/{}", node.id).as_str()));
+    let who = sts
+        .get_caller_identity()
+        .send()
+        .await
+        .expect("GetCallerIdentity with pre-restart credentials");
+    assert_eq!(
+        who.arn(),
+        Some(format!("arn:aws:sts::123456789012:assumed-role/{ROLE}/{}", node.id).as_str())
+    );
 }

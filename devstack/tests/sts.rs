@@ -21,9 +21,16 @@ async fn sts_with(url: &str, ak: &str, secret: &str, token: Option<&str>) -> aws
 async fn admin_identity() {
     let ds = common::devstack();
     let sts = aws_sdk_sts::Client::new(&common::admin_config(&ds.url).await);
-    let who = sts.get_caller_identity().send().await.expect("GetCallerIdentity");
+    let who = sts
+        .get_caller_identity()
+        .send()
+        .await
+        .expect("GetCallerIdentity");
     assert_eq!(who.account(), Some("123456789012"));
-    assert_eq!(who.arn(), Some("arn:aws:iam::123456789012:user/devstack-admin"));
+    assert_eq!(
+        who.arn(),
+        Some("arn:aws:iam::123456789012:user/devstack-admin")
+    );
     assert_eq!(who.user_id(), Some("AIDADEVSTACKADMIN0000"));
 }
 
@@ -52,8 +59,21 @@ async fn response_is_the_aws_xml_shape() {
     let ds = common::devstack();
     let sts = aws_sdk_sts::Client::new(&common::admin_config(&ds.url).await);
     let capture = CaptureBody::default();
-    sts.get_caller_identity().customize().interceptor(capture.clone()).send().await.expect("GetCallerIdentity");
-    let body = String::from_utf8(capture.0.lock().expect("capture lock").take().expect("body captured")).expect("UTF-8");
+    sts.get_caller_identity()
+        .customize()
+        .interceptor(capture.clone())
+        .send()
+        .await
+        .expect("GetCallerIdentity");
+    let body = String::from_utf8(
+        capture
+            .0
+            .lock()
+            .expect("capture lock")
+            .take()
+            .expect("body captured"),
+    )
+    .expect("UTF-8");
     let (head, rest) = body.split_once("<RequestId>").expect("RequestId element");
     let (request_id, tail) = rest.split_once("</RequestId>").expect("RequestId end");
     uuid::Uuid::parse_str(request_id).expect("RequestId is a UUID");
@@ -75,7 +95,10 @@ async fn response_is_the_aws_xml_shape() {
         .expect("HTTP");
     assert_eq!(resp.status().as_u16(), 403);
     let body = resp.text().await.expect("body");
-    assert!(body.contains("<Code>MissingAuthenticationToken</Code>"), "{body}");
+    assert!(
+        body.contains("<Code>MissingAuthenticationToken</Code>"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,34 +108,80 @@ async fn issued_credentials_identify_the_assumed_role_until_they_expire() {
     let ssm = aws_sdk_ssm::Client::new(&common::admin_config(&ds.url).await);
     let node = register_new(&c, &ssm, ROLE).await;
     let tok = node.token(&c).await.expect_ok();
-    let (ak, secret, token) = (tok.str("AccessKeyId"), tok.str("SecretAccessKey"), tok.str("SessionToken"));
+    let (ak, secret, token) = (
+        tok.str("AccessKeyId"),
+        tok.str("SecretAccessKey"),
+        tok.str("SessionToken"),
+    );
 
-    let who = sts_with(&ds.url, ak, secret, Some(token)).await.get_caller_identity().send().await.expect("GetCallerIdentity");
-    assert_eq!(who.arn(), Some(format!("arn:aws:sts::123456789012:assumed-role/AmazonEKSHybridNodesRole/{}", node.id).as_str()));
+    let who = sts_with(&ds.url, ak, secret, Some(token))
+        .await
+        .get_caller_identity()
+        .send()
+        .await
+        .expect("GetCallerIdentity");
+    assert_eq!(
+        who.arn(),
+        Some(
+            format!(
+                "arn:aws:sts::123456789012:assumed-role/AmazonEKSHybridNodesRole/{}",
+                node.id
+            )
+            .as_str()
+        )
+    );
     assert_eq!(who.account(), Some("123456789012"));
     let user_id = who.user_id().expect("UserId");
-    assert!(user_id.starts_with("AROA") && user_id.ends_with(&format!(":{}", node.id)), "{user_id}");
+    assert!(
+        user_id.starts_with("AROA") && user_id.ends_with(&format!(":{}", node.id)),
+        "{user_id}"
+    );
 
     // One character of the secret changed.
     let mut bad = secret.to_string();
     let last = if bad.ends_with('A') { "B" } else { "A" };
     bad.replace_range(bad.len() - 1.., last);
-    let e = sts_with(&ds.url, ak, &bad, Some(token)).await.get_caller_identity().send().await.expect_err("tampered secret");
+    let e = sts_with(&ds.url, ak, &bad, Some(token))
+        .await
+        .get_caller_identity()
+        .send()
+        .await
+        .expect_err("tampered secret");
     assert_eq!(e.into_service_error().code(), Some("SignatureDoesNotMatch"));
 
     // The key without its session token, or with another one.
-    let e = sts_with(&ds.url, ak, secret, None).await.get_caller_identity().send().await.expect_err("no token");
+    let e = sts_with(&ds.url, ak, secret, None)
+        .await
+        .get_caller_identity()
+        .send()
+        .await
+        .expect_err("no token");
     assert_eq!(e.into_service_error().code(), Some("InvalidClientTokenId"));
-    let e = sts_with(&ds.url, ak, secret, Some("not-the-token")).await.get_caller_identity().send().await.expect_err("other token");
+    let e = sts_with(&ds.url, ak, secret, Some("not-the-token"))
+        .await
+        .get_caller_identity()
+        .send()
+        .await
+        .expect_err("other token");
     assert_eq!(e.into_service_error().code(), Some("InvalidClientTokenId"));
 
     // A key the devstack never issued.
-    let e = sts_with(&ds.url, "ASIANEVERISSUED00000", secret, Some(token)).await.get_caller_identity().send().await.expect_err("unknown");
+    let e = sts_with(&ds.url, "ASIANEVERISSUED00000", secret, Some(token))
+        .await
+        .get_caller_identity()
+        .send()
+        .await
+        .expect_err("unknown");
     assert_eq!(e.into_service_error().code(), Some("InvalidClientTokenId"));
 
     // Past the one-hour lifetime on the devstack's clock.
     c.control("clock?offset_secs=3700").await;
-    let e = sts_with(&ds.url, ak, secret, Some(token)).await.get_caller_identity().send().await.expect_err("expired");
+    let e = sts_with(&ds.url, ak, secret, Some(token))
+        .await
+        .get_caller_identity()
+        .send()
+        .await
+        .expect_err("expired");
     assert_eq!(e.into_service_error().code(), Some("ExpiredToken"));
 
     // A fresh token from the same node works again (signed at the devstack's time).
@@ -133,15 +202,31 @@ async fn issued_credentials_identify_the_assumed_role_until_they_expire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_signature_failures() {
     let ds = common::devstack();
-    let e = sts_with(&ds.url, common::ADMIN_ACCESS_KEY_ID, "wrong", None).await.get_caller_identity().send().await.expect_err("bad secret");
+    let e = sts_with(&ds.url, common::ADMIN_ACCESS_KEY_ID, "wrong", None)
+        .await
+        .get_caller_identity()
+        .send()
+        .await
+        .expect_err("bad secret");
     let e = e.into_service_error();
     assert_eq!(e.code(), Some("SignatureDoesNotMatch"));
-    assert!(e.message().is_some_and(|m| m.contains("String-to-Sign")), "{e:?}");
+    assert!(
+        e.message().is_some_and(|m| m.contains("String-to-Sign")),
+        "{e:?}"
+    );
 
     let c = Client::new(&ds);
     c.control("clock?offset_secs=-600").await;
-    let e = aws_sdk_sts::Client::new(&common::admin_config(&ds.url).await).get_caller_identity().send().await.expect_err("skew");
+    let e = aws_sdk_sts::Client::new(&common::admin_config(&ds.url).await)
+        .get_caller_identity()
+        .send()
+        .await
+        .expect_err("skew");
     let e = e.into_service_error();
     assert_eq!(e.code(), Some("SignatureDoesNotMatch"));
-    assert!(e.message().is_some_and(|m| m.contains("Signature not yet current")), "{e:?}");
+    assert!(
+        e.message()
+            .is_some_and(|m| m.contains("Signature not yet current")),
+        "{e:?}"
+    );
 }

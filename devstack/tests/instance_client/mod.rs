@@ -30,7 +30,9 @@ fn sha256_hex(b: &[u8]) -> String {
 
 fn amz_date(t: SystemTime) -> String {
     let f = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
-    time::OffsetDateTime::from(t).format(f).expect("format date")
+    time::OffsetDateTime::from(t)
+        .format(f)
+        .expect("format date")
 }
 
 /// What gets signed, when it differs from what is sent.
@@ -42,8 +44,6 @@ pub struct Tamper {
     pub signed_host: Option<String>,
     /// Sign this X-Amz-Target, send the real one.
     pub signed_target: Option<String>,
-    /// Put this in the Credential instead of the instance id.
-    pub credential_id: Option<String>,
 }
 
 #[derive(Debug)]
@@ -55,14 +55,24 @@ pub struct Resp {
 impl Resp {
     /// The error code, without a `namespace#` prefix.
     pub fn code(&self) -> &str {
-        let t = self.body.get("__type").and_then(Value::as_str).unwrap_or("");
+        let t = self
+            .body
+            .get("__type")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         t.rsplit('#').next().unwrap_or(t)
     }
     pub fn message(&self) -> &str {
-        self.body.get("message").and_then(Value::as_str).unwrap_or("")
+        self.body
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("")
     }
     pub fn str(&self, field: &str) -> &str {
-        self.body.get(field).and_then(Value::as_str).unwrap_or_else(|| panic!("{field} in {}", self.body))
+        self.body
+            .get(field)
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("{field} in {}", self.body))
     }
     #[track_caller]
     pub fn expect_ok(self) -> Self {
@@ -71,7 +81,12 @@ impl Resp {
     }
     #[track_caller]
     pub fn expect_err(&self, code: &str) {
-        assert_eq!((self.status, self.code()), (400, code), "body: {}", self.body);
+        assert_eq!(
+            (self.status, self.code()),
+            (400, code),
+            "body: {}",
+            self.body
+        );
     }
 }
 
@@ -84,7 +99,11 @@ pub struct Client {
 
 impl Client {
     pub fn new(ds: &hybrid_devstack::Devstack) -> Client {
-        Client { url: ds.url.clone(), host: ds.addr.to_string(), http: reqwest::Client::new() }
+        Client {
+            url: ds.url.clone(),
+            host: ds.addr.to_string(),
+            http: reqwest::Client::new(),
+        }
     }
 
     async fn send(&self, op: &str, body: Vec<u8>, extra: Vec<(&'static str, String)>) -> Resp {
@@ -100,15 +119,26 @@ impl Client {
         let resp = rb.send().await.expect("HTTP call to the devstack");
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.expect("response body");
-        let body = if bytes.is_empty() { json!({}) } else { serde_json::from_slice(&bytes).expect("JSON response") };
+        let body = if bytes.is_empty() {
+            json!({})
+        } else {
+            serde_json::from_slice(&bytes).expect("JSON response")
+        };
         Resp { status, body }
     }
 
     pub async fn unsigned(&self, op: &str, body: &Value) -> Resp {
-        self.send(op, body.to_string().into_bytes(), Vec::new()).await
+        self.send(op, body.to_string().into_bytes(), Vec::new())
+            .await
     }
 
-    pub async fn register(&self, activation_id: &str, code: &str, public_key: &str, fingerprint: &str) -> Resp {
+    pub async fn register(
+        &self,
+        activation_id: &str,
+        code: &str,
+        public_key: &str,
+        fingerprint: &str,
+    ) -> Resp {
         self.unsigned(
             "RegisterManagedInstance",
             &json!({
@@ -123,7 +153,15 @@ impl Client {
     }
 
     /// An instance call signed with `key` at `at` (PROTOCOLS.md §1), tampered as `t` says.
-    pub async fn signed_with(&self, op: &str, body: &Value, instance: &str, key: &KeyPair, at: SystemTime, t: &Tamper) -> Resp {
+    pub async fn signed_with(
+        &self,
+        op: &str,
+        body: &Value,
+        instance: &str,
+        key: &KeyPair,
+        at: SystemTime,
+        t: &Tamper,
+    ) -> Resp {
         let body = body.to_string().into_bytes();
         let date = amz_date(at);
         let day = &date[..8];
@@ -135,30 +173,62 @@ impl Client {
             sha256_hex(t.signed_body.as_deref().unwrap_or(&body)),
         );
         let scope = format!("{day}/{REGION}/ssm/aws4_request");
-        let to_sign = format!("AWS4-HMAC-SHA256\n{date}\n{scope}\n{}", sha256_hex(canonical.as_bytes()));
+        let to_sign = format!(
+            "AWS4-HMAC-SHA256\n{date}\n{scope}\n{}",
+            sha256_hex(canonical.as_bytes())
+        );
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let mut sig = vec![0u8; key.public_modulus_len()];
-        key.sign(&RSA_PSS_SHA256, &rng, to_sign.as_bytes(), &mut sig).expect("RSA-PSS sign");
+        key.sign(&RSA_PSS_SHA256, &rng, to_sign.as_bytes(), &mut sig)
+            .expect("RSA-PSS sign");
         let auth = format!(
             "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders=content-type;host;x-amz-date;x-amz-target, Signature={}",
-            t.credential_id.as_deref().unwrap_or(instance),
+            instance,
             base64::engine::general_purpose::STANDARD.encode(&sig)
         );
-        self.send(op, body, vec![("x-amz-date", date), ("authorization", auth)]).await
+        self.send(
+            op,
+            body,
+            vec![("x-amz-date", date), ("authorization", auth)],
+        )
+        .await
     }
 
     pub async fn signed(&self, op: &str, body: &Value, instance: &str, key: &KeyPair) -> Resp {
-        self.signed_with(op, body, instance, key, SystemTime::now(), &Tamper::default()).await
+        self.signed_with(
+            op,
+            body,
+            instance,
+            key,
+            SystemTime::now(),
+            &Tamper::default(),
+        )
+        .await
     }
 
     pub async fn token(&self, instance: &str, key: &KeyPair, fingerprint: &str) -> Resp {
-        self.signed("RequestManagedInstanceRoleToken", &json!({ "Fingerprint": fingerprint }), instance, key).await
+        self.signed(
+            "RequestManagedInstanceRoleToken",
+            &json!({ "Fingerprint": fingerprint }),
+            instance,
+            key,
+        )
+        .await
     }
 
     /// POST to the control endpoint, e.g. `clock?offset_secs=60`.
     pub async fn control(&self, path_and_query: &str) {
-        let resp = self.http.post(format!("{}/_devstack/{path_and_query}", self.url)).send().await.expect("control call");
-        assert!(resp.status().is_success(), "control {path_and_query}: {}", resp.status());
+        let resp = self
+            .http
+            .post(format!("{}/_devstack/{path_and_query}", self.url))
+            .send()
+            .await
+            .expect("control call");
+        assert!(
+            resp.status().is_success(),
+            "control {path_and_query}: {}",
+            resp.status()
+        );
     }
 }
 
@@ -176,9 +246,22 @@ impl Registered {
 }
 
 /// Creates an activation through aws-sdk-ssm with the admin keys.
-pub async fn create_activation(ssm: &aws_sdk_ssm::Client, role: &str, limit: i32) -> (String, String) {
-    let out = ssm.create_activation().iam_role(role).registration_limit(limit).send().await.expect("CreateActivation");
-    (out.activation_id().expect("id").to_string(), out.activation_code().expect("code").to_string())
+pub async fn create_activation(
+    ssm: &aws_sdk_ssm::Client,
+    role: &str,
+    limit: i32,
+) -> (String, String) {
+    let out = ssm
+        .create_activation()
+        .iam_role(role)
+        .registration_limit(limit)
+        .send()
+        .await
+        .expect("CreateActivation");
+    (
+        out.activation_id().expect("id").to_string(),
+        out.activation_code().expect("code").to_string(),
+    )
 }
 
 /// Creates an activation and registers one instance with a fresh key.
@@ -186,6 +269,13 @@ pub async fn register_new(c: &Client, ssm: &aws_sdk_ssm::Client, role: &str) -> 
     let (id, code) = create_activation(ssm, role, 1).await;
     let key = new_key();
     let fingerprint = uuid::Uuid::new_v4().to_string();
-    let resp = c.register(&id, &code, &spki_b64(&key), &fingerprint).await.expect_ok();
-    Registered { id: resp.str("InstanceId").to_string(), key, fingerprint }
+    let resp = c
+        .register(&id, &code, &spki_b64(&key), &fingerprint)
+        .await
+        .expect_ok();
+    Registered {
+        id: resp.str("InstanceId").to_string(),
+        key,
+        fingerprint,
+    }
 }
