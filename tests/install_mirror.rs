@@ -22,11 +22,25 @@ use install_support::*;
 const KUBELET_LEN: usize = 6 << 20;
 
 fn installer(root: &Path, allow_insecure: bool) -> Installer {
-    Installer::new(HostPaths::new(root), &FetchSettings { allow_insecure, ..Default::default() }, Progress::Silent).unwrap()
+    Installer::new(
+        HostPaths::new(root),
+        &FetchSettings {
+            allow_insecure,
+            ..Default::default()
+        },
+        Progress::Silent,
+    )
+    .unwrap()
 }
 
 fn request(ds: &hybrid_devstack::Devstack, version: &str) -> InstallRequest {
-    InstallRequest { kubernetes_version: version.into(), arch: ARCH.into(), source: Source::Mirror { manifest_url: manifest_url(ds) } }
+    InstallRequest {
+        kubernetes_version: version.into(),
+        arch: ARCH.into(),
+        source: Source::Mirror {
+            manifest_url: manifest_url(ds),
+        },
+    }
 }
 
 fn journal(root: &Path) -> Journal {
@@ -48,43 +62,94 @@ fn fixture() -> Fixture {
     std::fs::create_dir(&root).unwrap();
     distro_containerd(&root);
     let ds = devstack(&mirror);
-    Fixture { _dir: dir, mirror, root, ds }
+    Fixture {
+        _dir: dir,
+        mirror,
+        root,
+        ds,
+    }
 }
 
 #[tokio::test]
 async fn installs_every_artifact_verified_with_modes_and_tracker() {
     let f = fixture();
     let mut j = journal(&f.root);
-    let report = installer(&f.root, true).install(&request(&f.ds, "1.31"), &mut j).await.expect("install");
-    assert_eq!(report.version, VERSION, "a minor version picks the latest patch");
+    let report = installer(&f.root, true)
+        .install(&request(&f.ds, "1.31"), &mut j)
+        .await
+        .expect("install");
+    assert_eq!(
+        report.version, VERSION,
+        "a minor version picks the latest patch"
+    );
     assert!(!report.unchanged);
     assert!(report.downloaded_bytes >= KUBELET_LEN as u64);
 
     let kubelet = f.root.join("usr/bin/kubelet");
-    assert_eq!(Sha256::of_file(&kubelet).unwrap(), mirror_sum(&f.mirror, &format!("{VERSION}/{ARCH}/kubelet")));
-    assert_eq!(std::fs::metadata(&kubelet).unwrap().permissions().mode() & 0o7777, 0o755);
+    assert_eq!(
+        Sha256::of_file(&kubelet).unwrap(),
+        mirror_sum(&f.mirror, &format!("{VERSION}/{ARCH}/kubelet"))
+    );
+    assert_eq!(
+        std::fs::metadata(&kubelet).unwrap().permissions().mode() & 0o7777,
+        0o755
+    );
     assert!(f.root.join("usr/local/bin/aws-iam-authenticator").is_file());
     assert!(f.root.join("usr/local/bin/kubectl").is_file());
     for plugin in CNI_PLUGINS {
         let p = f.root.join("opt/cni/bin").join(plugin);
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777, 0o755, "{plugin}");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+            0o755,
+            "{plugin}"
+        );
     }
-    assert_eq!(std::fs::metadata(f.root.join("opt/cni/bin/LICENSE")).unwrap().permissions().mode() & 0o7777, 0o644);
-    assert!(!f.root.join(STAGING_DIR.trim_start_matches('/')).exists(), "staging is cleaned up");
+    assert_eq!(
+        std::fs::metadata(f.root.join("opt/cni/bin/LICENSE"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o644
+    );
+    assert!(
+        !f.root.join(STAGING_DIR.trim_start_matches('/')).exists(),
+        "staging is cleaned up"
+    );
 
-    let tracker = Tracker::load(&HostPaths::new(&f.root)).unwrap().expect("tracker written");
+    let tracker = Tracker::load(&HostPaths::new(&f.root))
+        .unwrap()
+        .expect("tracker written");
     assert_eq!(tracker.kubernetes_version, VERSION);
-    assert!(matches!(&tracker.containerd, ContainerdRecord::Distro { package: Some(p), .. } if p == "containerd"), "{:?}", tracker.containerd);
-    assert!(!tracker.files.iter().any(|t| t.path == Path::new("/usr/bin/containerd")), "the distro's containerd is not ours");
+    assert!(
+        matches!(&tracker.containerd, ContainerdRecord::Distro { package: Some(p), .. } if p == "containerd"),
+        "{:?}",
+        tracker.containerd
+    );
+    assert!(
+        !tracker
+            .files
+            .iter()
+            .any(|t| t.path == Path::new("/usr/bin/containerd")),
+        "the distro's containerd is not ours"
+    );
     for t in &tracker.files {
-        assert_eq!(Sha256::of_file(&f.root.join(t.path.strip_prefix("/").unwrap())).unwrap(), t.sha256, "{}", t.path.display());
+        assert_eq!(
+            Sha256::of_file(&f.root.join(t.path.strip_prefix("/").unwrap())).unwrap(),
+            t.sha256,
+            "{}",
+            t.path.display()
+        );
     }
     assert_eq!(tracker.files.len(), 3 + CNI_PLUGINS.len() + 1);
 
     // Same release again: nothing is downloaded or touched.
     let before = fingerprint(&f.root, &[]);
     let mut j2 = journal(&f.root);
-    let again = installer(&f.root, true).install(&request(&f.ds, VERSION), &mut j2).await.expect("reinstall");
+    let again = installer(&f.root, true)
+        .install(&request(&f.ds, VERSION), &mut j2)
+        .await
+        .expect("reinstall");
     assert!(again.unchanged);
     assert!(j2.changes().is_empty());
     assert_eq!(fingerprint(&f.root, &[]), before);
@@ -92,7 +157,10 @@ async fn installs_every_artifact_verified_with_modes_and_tracker() {
     // Uninstall removes exactly the tracked files; the distro containerd stays.
     tracker.uninstall(&HostPaths::new(&f.root)).unwrap();
     assert!(!kubelet.exists());
-    assert!(!f.root.join("opt/cni").exists(), "directories the install created are removed");
+    assert!(
+        !f.root.join("opt/cni").exists(),
+        "directories the install created are removed"
+    );
     assert!(f.root.join("usr/bin/containerd").exists());
     assert!(!f.root.join(TRACKER.trim_start_matches('/')).exists());
 }
@@ -108,11 +176,27 @@ async fn containerd_comes_from_the_manifest_when_the_distro_has_none() {
     std::fs::create_dir(&root).unwrap();
     let ds = devstack(&mirror);
     let mut j = journal(&root);
-    let report = installer(&root, true).install(&request(&ds, VERSION), &mut j).await.expect("install");
-    assert_eq!(report.containerd, ContainerdRecord::Manifest { path: "/usr/local/bin/containerd".into() });
-    assert_eq!(Sha256::of_file(&root.join("usr/local/bin/containerd")).unwrap(), Sha256::of_bytes(&noise(2 << 20, 7)));
+    let report = installer(&root, true)
+        .install(&request(&ds, VERSION), &mut j)
+        .await
+        .expect("install");
+    assert_eq!(
+        report.containerd,
+        ContainerdRecord::Manifest {
+            path: "/usr/local/bin/containerd".into()
+        }
+    );
+    assert_eq!(
+        Sha256::of_file(&root.join("usr/local/bin/containerd")).unwrap(),
+        Sha256::of_bytes(&noise(2 << 20, 7))
+    );
     assert!(root.join("usr/local/bin/ctr").is_file());
-    assert!(report.files.iter().any(|t| t.path == Path::new("/usr/local/bin/containerd")));
+    assert!(
+        report
+            .files
+            .iter()
+            .any(|t| t.path == Path::new("/usr/local/bin/containerd"))
+    );
 }
 
 #[tokio::test]
@@ -124,10 +208,20 @@ async fn a_release_without_containerd_anywhere_is_refused_before_downloading() {
     std::fs::create_dir(&root).unwrap();
     let ds = devstack(&mirror);
     let mut j = journal(&root);
-    let err = installer(&root, true).install(&request(&ds, VERSION), &mut j).await.expect_err("no containerd");
+    let err = installer(&root, true)
+        .install(&request(&ds, VERSION), &mut j)
+        .await
+        .expect_err("no containerd");
     assert!(matches!(err, InstallError::NoContainerd { .. }), "{err}");
-    assert!(err.to_string().contains("apt-get install containerd"), "{err}");
-    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "nothing written");
+    assert!(
+        err.to_string().contains("apt-get install containerd"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&root).unwrap().count(),
+        0,
+        "nothing written"
+    );
 }
 
 #[tokio::test]
@@ -135,13 +229,25 @@ async fn one_flipped_byte_is_refused_and_nothing_is_installed() {
     let f = fixture();
     let before = fingerprint(&f.root, &[]);
     let rel = format!("{VERSION}/{ARCH}/kubelet");
-    control(&f.ds, "POST", &format!("/_devstack/mirror/corrupt?path={rel}&offset=12345"));
+    control(
+        &f.ds,
+        "POST",
+        &format!("/_devstack/mirror/corrupt?path={rel}&offset=12345"),
+    );
     let mut j = journal(&f.root);
-    let err = installer(&f.root, true).install(&request(&f.ds, VERSION), &mut j).await.expect_err("corrupt");
+    let err = installer(&f.root, true)
+        .install(&request(&f.ds, VERSION), &mut j)
+        .await
+        .expect_err("corrupt");
     let failures = j.rollback();
     assert!(failures.is_empty(), "{failures:?}");
     match &err {
-        InstallError::Fetch { artifact, source: FetchError::Mismatch { expected, actual, .. } } => {
+        InstallError::Fetch {
+            artifact,
+            source: FetchError::Mismatch {
+                expected, actual, ..
+            },
+        } => {
             assert_eq!(artifact, "kubelet");
             assert_eq!(*expected, mirror_sum(&f.mirror, &rel));
             assert_ne!(expected, actual);
@@ -150,7 +256,12 @@ async fn one_flipped_byte_is_refused_and_nothing_is_installed() {
     }
     assert!(err.to_string().contains("checksum mismatch"), "{err}");
     let after = fingerprint(&f.root, &[]);
-    assert_eq!(before, after, "the sandbox changed:\n{}", diff(&before, &after));
+    assert_eq!(
+        before,
+        after,
+        "the sandbox changed:\n{}",
+        diff(&before, &after)
+    );
 }
 
 #[tokio::test]
@@ -158,17 +269,37 @@ async fn a_download_cut_in_the_middle_resumes_with_range() {
     let f = fixture();
     let rel = format!("{VERSION}/{ARCH}/kubelet");
     let cut_at = (KUBELET_LEN / 2) as u64;
-    control(&f.ds, "POST", &format!("/_devstack/mirror/cut?path={rel}&after={cut_at}&times=1"));
+    control(
+        &f.ds,
+        "POST",
+        &format!("/_devstack/mirror/cut?path={rel}&after={cut_at}&times=1"),
+    );
     let mut j = journal(&f.root);
-    let report = installer(&f.root, true).install(&request(&f.ds, VERSION), &mut j).await.expect("install despite the cut");
-    assert_eq!(report.resumed, 1, "the second try continued from the partial file");
+    let report = installer(&f.root, true)
+        .install(&request(&f.ds, VERSION), &mut j)
+        .await
+        .expect("install despite the cut");
+    assert_eq!(
+        report.resumed, 1,
+        "the second try continued from the partial file"
+    );
     // Every byte went over the wire once: the second try asked only for the missing half.
     let served: u64 = ["kubelet", "kubectl", "aws-iam-authenticator", "cni-plugins"]
         .iter()
-        .map(|n| std::fs::metadata(f.mirror.join(VERSION).join(ARCH).join(n)).unwrap().len())
+        .map(|n| {
+            std::fs::metadata(f.mirror.join(VERSION).join(ARCH).join(n))
+                .unwrap()
+                .len()
+        })
         .sum();
-    assert_eq!(report.downloaded_bytes, served, "a resumed download does not fetch the first {cut_at} bytes twice");
-    assert_eq!(Sha256::of_file(&f.root.join("usr/bin/kubelet")).unwrap(), mirror_sum(&f.mirror, &rel));
+    assert_eq!(
+        report.downloaded_bytes, served,
+        "a resumed download does not fetch the first {cut_at} bytes twice"
+    );
+    assert_eq!(
+        Sha256::of_file(&f.root.join("usr/bin/kubelet")).unwrap(),
+        mirror_sum(&f.mirror, &rel)
+    );
 }
 
 #[tokio::test]
@@ -176,11 +307,27 @@ async fn a_download_cut_on_every_try_fails_after_three_and_installs_nothing() {
     let f = fixture();
     let before = fingerprint(&f.root, &[]);
     let rel = format!("{VERSION}/{ARCH}/aws-iam-authenticator");
-    control(&f.ds, "POST", &format!("/_devstack/mirror/cut?path={rel}&after=1000&times=3"));
+    control(
+        &f.ds,
+        "POST",
+        &format!("/_devstack/mirror/cut?path={rel}&after=1000&times=3"),
+    );
     let mut j = journal(&f.root);
-    let err = installer(&f.root, true).install(&request(&f.ds, VERSION), &mut j).await.expect_err("cut three times");
+    let err = installer(&f.root, true)
+        .install(&request(&f.ds, VERSION), &mut j)
+        .await
+        .expect_err("cut three times");
     assert!(j.rollback().is_empty());
-    assert!(matches!(&err, InstallError::Fetch { source: FetchError::Transport { attempts: 3, .. }, .. }), "{err}");
+    assert!(
+        matches!(
+            &err,
+            InstallError::Fetch {
+                source: FetchError::Transport { attempts: 3, .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(fingerprint(&f.root, &[]), before);
 }
 
@@ -188,8 +335,17 @@ async fn a_download_cut_on_every_try_fails_after_three_and_installs_nothing() {
 async fn plain_http_is_refused_unless_allowed() {
     let f = fixture();
     let mut j = journal(&f.root);
-    let err = installer(&f.root, false).install(&request(&f.ds, VERSION), &mut j).await.expect_err("http");
-    assert!(matches!(err, InstallError::ManifestFetch(FetchError::Insecure { .. })), "{err}");
+    let err = installer(&f.root, false)
+        .install(&request(&f.ds, VERSION), &mut j)
+        .await
+        .expect_err("http");
+    assert!(
+        matches!(
+            err,
+            InstallError::ManifestFetch(FetchError::Insecure { .. })
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("--allow-insecure-mirror"), "{err}");
 }
 
@@ -197,6 +353,9 @@ async fn plain_http_is_refused_unless_allowed() {
 async fn an_unknown_version_names_what_the_mirror_offers() {
     let f = fixture();
     let mut j = journal(&f.root);
-    let err = installer(&f.root, true).install(&request(&f.ds, "1.29"), &mut j).await.expect_err("absent");
+    let err = installer(&f.root, true)
+        .install(&request(&f.ds, "1.29"), &mut j)
+        .await
+        .expect_err("absent");
     assert!(err.to_string().contains(VERSION), "{err}");
 }

@@ -383,7 +383,7 @@ impl Journal {
             return Ok(true);
         }
         let backup = self.next_backup_path(host_path);
-        self.store_backup(&real, &backup)?;
+        self.store_backup(&real, &backup, false)?;
         fs::remove_file(&real).map_err(err("remove", &real))?;
         sync_parent(&real)?;
         self.record(Change::ReplacedFile {
@@ -407,7 +407,7 @@ impl Journal {
         }
         if fs::symlink_metadata(&real).is_ok() {
             let backup = self.next_backup_path(host_path);
-            self.store_backup(&real, &backup)?;
+            self.store_backup(&real, &backup, true)?;
             self.record(Change::ReplacedFile {
                 path: host_path.to_path_buf(),
                 backup,
@@ -429,7 +429,7 @@ impl Journal {
         }
         let backup = self.next_backup_path(host_path);
         let real = self.paths.resolve(host_path);
-        self.store_backup(&real, &backup)?;
+        self.store_backup(&real, &backup, false)?;
         Ok(Some(backup))
     }
 
@@ -466,8 +466,14 @@ impl Journal {
     }
 
     /// Keeps the old content at `backup` (a host path): a hard link when possible (same inode,
-    /// no copy), a copy otherwise.
-    fn store_backup(&mut self, real: &Path, backup: &Path) -> Result<(), LandError> {
+    /// no copy) — safe because the journal only ever replaces files by rename — or a copy when
+    /// `must_copy` (foreign code may rewrite the file in place) or linking fails.
+    fn store_backup(
+        &mut self,
+        real: &Path,
+        backup: &Path,
+        must_copy: bool,
+    ) -> Result<(), LandError> {
         let dir = self.backup_dir.clone();
         self.ensure_tree(&dir, 0o700)?;
         let real_backup = self.paths.resolve(backup);
@@ -476,7 +482,7 @@ impl Journal {
             let target = fs::read_link(real).map_err(err("read link", real))?;
             std::os::unix::fs::symlink(&target, &real_backup)
                 .map_err(err("back up", &real_backup))?;
-        } else if fs::hard_link(real, &real_backup).is_err() {
+        } else if must_copy || fs::hard_link(real, &real_backup).is_err() {
             copy_file(real, &real_backup, meta.mode() & 0o7777)?;
         }
         sync_parent(&real_backup)
@@ -750,7 +756,12 @@ mod tests {
         let mut j = Journal::load(paths.clone(), &file)
             .expect("load")
             .expect("present");
-        assert_eq!(j.changes().len(), 2);
+        assert_eq!(
+            j.changes().len(),
+            5,
+            "/var, /var/lib, the state tree, /etc, /etc/a: {:?}",
+            j.changes()
+        );
         assert!(j.rollback().is_empty());
         assert!(!paths.resolve("/etc/a").exists());
         assert!(!paths.resolve("/var/lib/hybrid-agent").exists());

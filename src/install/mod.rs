@@ -694,3 +694,61 @@ pub fn now_rfc3339() -> String {
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
+
+impl Installer {
+    /// `bundle create`: downloads (and verifies) every artifact of the release from the mirror
+    /// into a temporary directory next to `out`, then writes the bundle to `out` atomically.
+    pub async fn create_bundle(
+        &self,
+        manifest_url: &str,
+        version: &str,
+        arch: &str,
+        out: &Path,
+    ) -> Result<bundle::BundleMeta, InstallError> {
+        let req = InstallRequest {
+            kubernetes_version: version.to_owned(),
+            arch: arch.to_owned(),
+            source: Source::Mirror {
+                manifest_url: manifest_url.to_owned(),
+            },
+        };
+        let resolved = self.resolve(&req).await?;
+        let parent = out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let work = WorkDir(parent.join(format!(".hybrid-agent-bundle-{}", std::process::id())));
+        let _ = fs::remove_dir_all(&work.0);
+        fs::create_dir(&work.0).map_err(|source| InstallError::Io {
+            op: "create directory",
+            path: work.0.clone(),
+            source,
+        })?;
+        let items = self.download_release(&resolved.selection, &work.0).await?;
+        let (out, version, arch, source) = (
+            out.to_path_buf(),
+            resolved.selection.version.clone(),
+            arch.to_owned(),
+            manifest_url.to_owned(),
+        );
+        let meta = tokio::task::spawn_blocking(move || {
+            bundle::write(&out, &version, &arch, &source, &now_rfc3339(), &items)
+        })
+        .await
+        .map_err(|e| InstallError::Io {
+            op: "write",
+            path: PathBuf::from("bundle"),
+            source: std::io::Error::other(e),
+        })??;
+        Ok(meta)
+    }
+}
+
+/// A scratch directory removed with its content when dropped.
+struct WorkDir(PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}

@@ -28,7 +28,11 @@ pub const REGISTRY_CONFIG_PATH: &str = "/etc/containerd/certs.d:/etc/docker/cert
 /// `region_config`); China and GovCloud use other accounts.
 pub const ECR_ACCOUNT_COMMERCIAL: &str = "602401143452";
 /// ECR accounts per region prefix where they differ (nodeadm manifest `region_config`).
-const ECR_ACCOUNTS: [(&str, &str); 3] = [("cn-north-1", "918309763551"), ("cn-northwest-1", "961992271922"), ("us-gov-", "013241004608")];
+const ECR_ACCOUNTS: [(&str, &str); 3] = [
+    ("cn-north-1", "918309763551"),
+    ("cn-northwest-1", "961992271922"),
+    ("us-gov-", "013241004608"),
+];
 /// The pause image tag EKS uses (nodeadm's sandbox image).
 pub const PAUSE_TAG: &str = "3.5";
 
@@ -50,9 +54,15 @@ pub fn render(input: &RenderInput<'_>) -> Vec<RenderedFile> {
     let mut files = Vec::new();
     if !input.node.containerd.base_runtime_spec.is_empty() {
         base_spec_line = format!("base_runtime_spec = {}\n", toml_str(&p(BASE_RUNTIME_SPEC)));
-        let mut json = serde_json::to_vec_pretty(&input.node.containerd.base_runtime_spec).unwrap_or_default();
+        let mut json =
+            serde_json::to_vec_pretty(&input.node.containerd.base_runtime_spec).unwrap_or_default();
         json.push(b'\n');
-        files.push(RenderedFile::new(BASE_RUNTIME_SPEC, json, 0o644, "containerd base OCI runtime spec"));
+        files.push(RenderedFile::new(
+            BASE_RUNTIME_SPEC,
+            json,
+            0o644,
+            "containerd base OCI runtime spec",
+        ));
     }
     let config = format!(
         "# Written by hybrid-agent (nodeadm-compatible); rewritten on every join.\n\
@@ -83,7 +93,7 @@ pub fn render(input: &RenderInput<'_>) -> Vec<RenderedFile> {
          {base_spec_line}\
          \n\
          [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n\
-         SystemdCgroup = true\n\
+         SystemdCgroup = {systemd_cgroup}\n\
          \n\
          [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
          bin_dir = {cni_bin}\n\
@@ -94,17 +104,39 @@ pub fn render(input: &RenderInput<'_>) -> Vec<RenderedFile> {
         imports = toml_str(&format!("{}/*.toml", p(paths::CONTAINERD_DROPINS))),
         socket = toml_str(&p(CONTAINERD_SOCKET)),
         opt = toml_str(&p(CONTAINERD_OPT)),
-        sandbox = toml_str(&sandbox_image(region, input.node.cluster.region.dns_suffix())),
-        registry = toml_str(&REGISTRY_CONFIG_PATH.split(':').map(|d| p(d)).collect::<Vec<_>>().join(":")),
+        sandbox = toml_str(&sandbox_image(
+            region,
+            input.node.cluster.region.dns_suffix()
+        )),
+        registry = toml_str(
+            &REGISTRY_CONFIG_PATH
+                .split(':')
+                .map(|d| p(d))
+                .collect::<Vec<_>>()
+                .join(":")
+        ),
         cni_bin = toml_str(&p(paths::CNI_BIN_DIR)),
         cni_conf = toml_str(&p(paths::CNI_CONF_DIR)),
+        systemd_cgroup = input.systemd_cgroups,
     );
-    files.insert(0, RenderedFile::new(paths::CONTAINERD_CONFIG, config.into_bytes(), 0o644, "containerd configuration"));
+    files.insert(
+        0,
+        RenderedFile::new(
+            paths::CONTAINERD_CONFIG,
+            config.into_bytes(),
+            0o644,
+            "containerd configuration",
+        ),
+    );
     if let Some(user) = &input.node.containerd.config {
         // An imported file without `version` would be read with version-1 plugin names.
-        let has_version = user.parse::<toml::Table>().is_ok_and(|t| t.contains_key("version"));
+        let has_version = user
+            .parse::<toml::Table>()
+            .is_ok_and(|t| t.contains_key("version"));
         let version_line = if has_version { "" } else { "version = 2\n" };
-        let mut text = format!("# From spec.containerd.config of the NodeConfig; written by hybrid-agent.\n{version_line}{user}");
+        let mut text = format!(
+            "# From spec.containerd.config of the NodeConfig; written by hybrid-agent.\n{version_line}{user}"
+        );
         if !text.ends_with('\n') {
             text.push('\n');
         }
@@ -135,8 +167,17 @@ mod tests {
 
     #[test]
     fn sandbox_image_per_partition() {
-        assert_eq!(sandbox_image("us-west-2", "amazonaws.com"), "602401143452.dkr.ecr.us-west-2.amazonaws.com/eks/pause:3.5");
-        assert_eq!(sandbox_image("cn-north-1", "amazonaws.com.cn"), "918309763551.dkr.ecr.cn-north-1.amazonaws.com.cn/eks/pause:3.5");
-        assert_eq!(sandbox_image("us-gov-west-1", "amazonaws.com"), "013241004608.dkr.ecr.us-gov-west-1.amazonaws.com/eks/pause:3.5");
+        assert_eq!(
+            sandbox_image("us-west-2", "amazonaws.com"),
+            "602401143452.dkr.ecr.us-west-2.amazonaws.com/eks/pause:3.5"
+        );
+        assert_eq!(
+            sandbox_image("cn-north-1", "amazonaws.com.cn"),
+            "918309763551.dkr.ecr.cn-north-1.amazonaws.com.cn/eks/pause:3.5"
+        );
+        assert_eq!(
+            sandbox_image("us-gov-west-1", "amazonaws.com"),
+            "013241004608.dkr.ecr.us-gov-west-1.amazonaws.com/eks/pause:3.5"
+        );
     }
 }

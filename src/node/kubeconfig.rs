@@ -94,10 +94,16 @@ pub fn render(input: &RenderInput<'_>) -> RenderedFile {
     // the file and profile only when the agent was configured to use others.
     let default_file = input.paths.aws_credentials();
     if input.credentials_file != default_file {
-        env.push(EnvVar { name: "AWS_SHARED_CREDENTIALS_FILE", value: input.credentials_file.display().to_string() });
+        env.push(EnvVar {
+            name: "AWS_SHARED_CREDENTIALS_FILE",
+            value: input.credentials_file.display().to_string(),
+        });
     }
     if input.credentials_profile != DEFAULT_PROFILE {
-        env.push(EnvVar { name: "AWS_PROFILE", value: input.credentials_profile.to_owned() });
+        env.push(EnvVar {
+            name: "AWS_PROFILE",
+            value: input.credentials_profile.to_owned(),
+        });
     }
     let doc = Kubeconfig {
         api_version: "v1",
@@ -111,7 +117,15 @@ pub fn render(input: &RenderInput<'_>) -> RenderedFile {
                 },
             },
         }],
-        contexts: vec![Named { name: "kubelet", inner: ContextEntry { context: ContextBody { cluster: "kubernetes", user: "kubelet" } } }],
+        contexts: vec![Named {
+            name: "kubelet",
+            inner: ContextEntry {
+                context: ContextBody {
+                    cluster: "kubernetes",
+                    user: "kubelet",
+                },
+            },
+        }],
         current_context: "kubelet",
         users: vec![Named {
             name: "kubelet",
@@ -136,5 +150,10 @@ pub fn render(input: &RenderInput<'_>) -> RenderedFile {
         }],
     };
     let text = serde_yaml_ng::to_string(&doc).unwrap_or_default();
-    RenderedFile::new(paths::KUBELET_KUBECONFIG, format!("# Written by hybrid-agent (nodeadm-compatible).\n{text}").into_bytes(), 0o600, "kubelet kubeconfig")
+    RenderedFile::new(
+        paths::KUBELET_KUBECONFIG,
+        format!("# Written by hybrid-agent (nodeadm-compatible).\n{text}").into_bytes(),
+        0o600,
+        "kubelet kubeconfig",
+    )
 }

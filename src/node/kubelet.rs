@@ -43,7 +43,9 @@ pub fn minor(version: &str) -> Result<u32, RenderError> {
     let mut parts = version.split('.');
     match (parts.next(), parts.next().and_then(|m| m.parse().ok())) {
         (Some("1"), Some(m)) => Ok(m),
-        _ => Err(RenderError::Version { version: version.to_owned() }),
+        _ => Err(RenderError::Version {
+            version: version.to_owned(),
+        }),
     }
 }
 
@@ -85,7 +87,7 @@ fn base_config(input: &RenderInput<'_>) -> Map<String, Value> {
             "mode": "Webhook",
             "webhook": { "cacheAuthorizedTTL": "5m0s", "cacheUnauthorizedTTL": "30s" }
         },
-        "cgroupDriver": "systemd",
+        "cgroupDriver": if input.systemd_cgroups { "systemd" } else { "cgroupfs" },
         "cgroupRoot": "/",
         "clusterDomain": "cluster.local",
         "containerRuntimeEndpoint": format!("unix://{}", input.host(super::containerd::CONTAINERD_SOCKET)),
@@ -102,7 +104,10 @@ fn base_config(input: &RenderInput<'_>) -> Map<String, Value> {
         "serverTLSBootstrap": true,
         "tlsCipherSuites": TLS_CIPHER_SUITES,
     });
-    if let (Some(obj), Some(dns)) = (c.as_object_mut(), input.cluster.service_cidr.as_deref().and_then(cluster_dns)) {
+    if let (Some(obj), Some(dns)) = (
+        c.as_object_mut(),
+        input.cluster.service_cidr.as_deref().and_then(cluster_dns),
+    ) {
         obj.insert("clusterDNS".to_owned(), json!([dns]));
     }
     match c {
@@ -149,11 +154,19 @@ pub fn render(input: &RenderInput<'_>) -> Result<KubeletPlan, RenderError> {
     let dropins = minor >= DROPIN_MIN_MINOR;
     let mut files = Vec::new();
     if dropins {
-        files.push(RenderedFile::new(paths::KUBELET_CONFIG, pretty(&base), 0o644, "kubelet configuration"));
+        files.push(RenderedFile::new(
+            paths::KUBELET_CONFIG,
+            pretty(&base),
+            0o644,
+            "kubelet configuration",
+        ));
         if !user.is_empty() {
             let mut dropin = Map::new();
             // kubelet requires each drop-in to name its kind and version.
-            dropin.insert("apiVersion".to_owned(), json!("kubelet.config.k8s.io/v1beta1"));
+            dropin.insert(
+                "apiVersion".to_owned(),
+                json!("kubelet.config.k8s.io/v1beta1"),
+            );
             dropin.insert("kind".to_owned(), json!("KubeletConfiguration"));
             merge(&mut dropin, user);
             files.push(RenderedFile::new(
@@ -165,17 +178,30 @@ pub fn render(input: &RenderInput<'_>) -> Result<KubeletPlan, RenderError> {
         }
     } else {
         merge(&mut base, user);
-        files.push(RenderedFile::new(paths::KUBELET_CONFIG, pretty(&base), 0o644, "kubelet configuration (NodeConfig settings merged in)"));
+        files.push(RenderedFile::new(
+            paths::KUBELET_CONFIG,
+            pretty(&base),
+            0o644,
+            "kubelet configuration (NodeConfig settings merged in)",
+        ));
     }
 
     let provider = input.node.provider.label();
     let mut args = vec![format!("--config={}", input.host(paths::KUBELET_CONFIG))];
     if dropins {
-        args.push(format!("--config-dir={}", input.host(paths::KUBELET_CONFIG_DROPINS)));
+        args.push(format!(
+            "--config-dir={}",
+            input.host(paths::KUBELET_CONFIG_DROPINS)
+        ));
     }
-    args.push(format!("--kubeconfig={}", input.host(paths::KUBELET_KUBECONFIG)));
+    args.push(format!(
+        "--kubeconfig={}",
+        input.host(paths::KUBELET_KUBECONFIG)
+    ));
     args.push(format!("--hostname-override={}", input.node_name));
-    args.push(format!("--node-labels={LABEL_COMPUTE_TYPE},{LABEL_CREDENTIAL_PROVIDER}={provider}"));
+    args.push(format!(
+        "--node-labels={LABEL_COMPUTE_TYPE},{LABEL_CREDENTIAL_PROVIDER}={provider}"
+    ));
     args.extend(input.node.kubelet.flags.iter().cloned());
 
     let env = if DROPIN_ALPHA_MINORS.contains(&minor) {
@@ -183,11 +209,30 @@ pub fn render(input: &RenderInput<'_>) -> Result<KubeletPlan, RenderError> {
     } else {
         Vec::new()
     };
-    let address = effective.get("healthzBindAddress").and_then(Value::as_str).unwrap_or(DEFAULT_HEALTHZ_ADDRESS);
-    let address = if address == "0.0.0.0" || address.is_empty() { "127.0.0.1" } else { address };
-    let port = effective.get("healthzPort").and_then(Value::as_u64).unwrap_or(DEFAULT_HEALTHZ_PORT);
-    let host = if address.contains(':') { format!("[{address}]") } else { address.to_owned() };
-    Ok(KubeletPlan { files, args, env, healthz_url: format!("http://{host}:{port}/healthz") })
+    let address = effective
+        .get("healthzBindAddress")
+        .and_then(Value::as_str)
+        .unwrap_or(DEFAULT_HEALTHZ_ADDRESS);
+    let address = if address == "0.0.0.0" || address.is_empty() {
+        "127.0.0.1"
+    } else {
+        address
+    };
+    let port = effective
+        .get("healthzPort")
+        .and_then(Value::as_u64)
+        .unwrap_or(DEFAULT_HEALTHZ_PORT);
+    let host = if address.contains(':') {
+        format!("[{address}]")
+    } else {
+        address.to_owned()
+    };
+    Ok(KubeletPlan {
+        files,
+        args,
+        env,
+        healthz_url: format!("http://{host}:{port}/healthz"),
+    })
 }
 
 /// Whether the user allows kubelet to run with swap on (`failSwapOn: false`, kubelet's own
@@ -204,7 +249,10 @@ mod tests {
     fn dns_from_service_cidr() {
         assert_eq!(cluster_dns("172.20.0.0/16").as_deref(), Some("172.20.0.10"));
         assert_eq!(cluster_dns("10.100.0.0/16").as_deref(), Some("10.100.0.10"));
-        assert_eq!(cluster_dns("fd00:10:96::/108").as_deref(), Some("fd00:10:96::a"));
+        assert_eq!(
+            cluster_dns("fd00:10:96::/108").as_deref(),
+            Some("fd00:10:96::a")
+        );
         assert_eq!(cluster_dns("garbage"), None);
     }
 
@@ -215,7 +263,10 @@ mod tests {
         if let (Value::Object(b), Value::Object(o)) = (&mut base, &over) {
             merge(b, o);
         }
-        assert_eq!(base, json!({"a": {"x": 1, "y": 3}, "b": [9], "c": 1, "d": true}));
+        assert_eq!(
+            base,
+            json!({"a": {"x": 1, "y": 3}, "b": [9], "c": 1, "d": true})
+        );
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub struct RenderInput<'a> {
     /// The shared credentials file the identity module writes (resolved path) and its profile.
     pub credentials_file: &'a Path,
     pub credentials_profile: &'a str,
+    /// True when systemd manages the host's cgroups (PID 1 is systemd): kubelet and runc then
+    /// use the systemd cgroup driver, as nodeadm configures; on hosts without systemd (the
+    /// built-in supervisor) they must use cgroupfs, or kubelet refuses to start.
+    pub systemd_cgroups: bool,
 }
 
 impl RenderInput<'_> {
@@ -61,7 +65,12 @@ pub struct RenderedFile {
 
 impl RenderedFile {
     pub fn new(path: impl Into<PathBuf>, content: Vec<u8>, mode: u32, what: &'static str) -> Self {
-        Self { path: path.into(), content, mode, what }
+        Self {
+            path: path.into(),
+            content,
+            mode,
+            what,
+        }
     }
 }
 
@@ -70,7 +79,9 @@ impl RenderedFile {
 pub enum RenderError {
     #[error("`{version}` is not a Kubernetes 1.x version")]
     Version { version: String },
-    #[error("swap is on ({devices}); kubelet refuses to run with swap by default. Turn it off (`swapoff -a` and remove it from /etc/fstab), or allow it with `failSwapOn: false` in spec.kubelet.config")]
+    #[error(
+        "swap is on ({devices}); kubelet refuses to run with swap by default. Turn it off (`swapoff -a` and remove it from /etc/fstab), or allow it with `failSwapOn: false` in spec.kubelet.config"
+    )]
     SwapOn { devices: String },
     #[error(transparent)]
     Land(#[from] LandError),
@@ -94,7 +105,12 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
     let kubelet = kubelet::render(input)?;
     files.extend(kubelet.files);
     files.push(kubeconfig::render(input));
-    files.push(RenderedFile::new(paths::CLUSTER_CA, input.cluster.ca_pem.clone(), 0o644, "cluster CA bundle"));
+    files.push(RenderedFile::new(
+        paths::CLUSTER_CA,
+        input.cluster.ca_pem.clone(),
+        0o644,
+        "cluster CA bundle",
+    ));
     files.extend(system::render());
     Ok(Rendered {
         files,
@@ -112,7 +128,9 @@ pub fn check_swap(paths: &HostPaths, node: &NodeSettings) -> Result<(), RenderEr
     if active.is_empty() || kubelet::swap_allowed(&node.kubelet.config) {
         return Ok(());
     }
-    Err(RenderError::SwapOn { devices: active.join(", ") })
+    Err(RenderError::SwapOn {
+        devices: active.join(", "),
+    })
 }
 
 /// Directories a node needs besides the files' own: CNI's, and the data and state directories
@@ -146,7 +164,11 @@ pub fn apply(rendered: &Rendered, journal: &mut Journal) -> Result<Vec<Applied>,
     let mut out = Vec::new();
     for f in &rendered.files {
         let written = journal.write_file(&f.path, &f.content, f.mode)?;
-        out.push(Applied { path: f.path.clone(), what: f.what, written });
+        out.push(Applied {
+            path: f.path.clone(),
+            what: f.what,
+            written,
+        });
     }
     Ok(out)
 }

@@ -24,18 +24,30 @@ pub const PROC_SWAPS: &str = "/proc/swaps";
 
 /// The sysctl and modules-load files.
 pub fn render() -> Vec<RenderedFile> {
-    let mut sysctl = String::from("# Written by hybrid-agent: kernel settings kubelet and CNI plugins need.\n");
+    let mut sysctl =
+        String::from("# Written by hybrid-agent: kernel settings kubelet and CNI plugins need.\n");
     for (k, v) in SYSCTLS {
         sysctl.push_str(&format!("{k} = {v}\n"));
     }
-    let mut modules = String::from("# Written by hybrid-agent: modules containerd and CNI plugins need.\n");
+    let mut modules =
+        String::from("# Written by hybrid-agent: modules containerd and CNI plugins need.\n");
     for m in MODULES {
         modules.push_str(m);
         modules.push('\n');
     }
     vec![
-        RenderedFile::new(paths::SYSCTL_CONF, sysctl.into_bytes(), 0o644, "sysctl settings"),
-        RenderedFile::new(paths::MODULES_LOAD_CONF, modules.into_bytes(), 0o644, "kernel modules loaded at boot"),
+        RenderedFile::new(
+            paths::SYSCTL_CONF,
+            sysctl.into_bytes(),
+            0o644,
+            "sysctl settings",
+        ),
+        RenderedFile::new(
+            paths::MODULES_LOAD_CONF,
+            modules.into_bytes(),
+            0o644,
+            "kernel modules loaded at boot",
+        ),
     ]
 }
 
@@ -66,7 +78,11 @@ mod tests {
         let f = dir.path().join("swaps");
         std::fs::write(&f, "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n").expect("write");
         assert!(active_swap_in(&f).is_empty());
-        std::fs::write(&f, "Filename Type Size Used Priority\n/swapfile file 1048572 0 -2\n").expect("write");
+        std::fs::write(
+            &f,
+            "Filename Type Size Used Priority\n/swapfile file 1048572 0 -2\n",
+        )
+        .expect("write");
         assert_eq!(active_swap_in(&f), vec!["/swapfile".to_owned()]);
         assert!(active_swap_in(&dir.path().join("absent")).is_empty());
     }

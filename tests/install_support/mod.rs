@@ -45,7 +45,8 @@ pub fn tgz(entries: &[(&str, Vec<u8>, u32)], prefix: &str) -> Vec<u8> {
         h.set_size(bytes.len() as u64);
         h.set_mode(*mode);
         h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, format!("{prefix}{name}"), bytes.as_slice()).unwrap();
+        b.append_data(&mut h, format!("{prefix}{name}"), bytes.as_slice())
+            .unwrap();
     }
     b.into_inner().unwrap().finish().unwrap()
 }
@@ -71,7 +72,12 @@ impl ReleaseSpec {
     /// A release of random artifacts: kubelet `kubelet_len` bytes, authenticator 1 MiB, CNI
     /// plugins of 512 KiB each, kubectl 1 MiB.
     pub fn random(version: &'static str, kubelet_len: usize) -> Self {
-        Self { version, kubelet: noise(kubelet_len, 1), authenticator_len: 1 << 20, containerd: None }
+        Self {
+            version,
+            kubelet: noise(kubelet_len, 1),
+            authenticator_len: 1 << 20,
+            containerd: None,
+        }
     }
 }
 
@@ -80,14 +86,24 @@ pub fn write_release(mirror: &Path, spec: &ReleaseSpec) {
     let dir = mirror.join(spec.version).join(ARCH);
     put(&dir.join("kubelet"), &spec.kubelet, 0o755);
     put(&dir.join("kubectl"), &noise(1 << 20, 2), 0o755);
-    put(&dir.join("aws-iam-authenticator"), &noise(spec.authenticator_len, 3), 0o755);
-    let plugins: Vec<(&str, Vec<u8>, u32)> =
-        CNI_PLUGINS.iter().enumerate().map(|(i, n)| (*n, noise(512 << 10, 10 + i as u64), 0o755)).collect();
+    put(
+        &dir.join("aws-iam-authenticator"),
+        &noise(spec.authenticator_len, 3),
+        0o755,
+    );
+    let plugins: Vec<(&str, Vec<u8>, u32)> = CNI_PLUGINS
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (*n, noise(512 << 10, 10 + i as u64), 0o755))
+        .collect();
     let mut with_licence = plugins.clone();
     with_licence.push(("LICENSE", b"Apache-2.0\n".to_vec(), 0o644));
     put(&dir.join("cni-plugins"), &tgz(&with_licence, "./"), 0o644);
     if let Some(bin) = &spec.containerd {
-        let entries = vec![("containerd", bin.clone(), 0o755), ("ctr", noise(64 << 10, 20), 0o755)];
+        let entries = vec![
+            ("containerd", bin.clone(), 0o755),
+            ("ctr", noise(64 << 10, 20), 0o755),
+        ];
         put(&dir.join("containerd"), &tgz(&entries, "bin/"), 0o644);
     }
 }
@@ -106,11 +122,20 @@ pub fn fingerprint(root: &Path, skip: &[&str]) -> BTreeMap<String, String> {
 }
 
 fn walk(root: &Path, dir: &Path, skip: &[&str], out: &mut BTreeMap<String, String>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let path = e.path();
-        let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-        if skip.iter().any(|s| rel == *s || rel.starts_with(&format!("{s}/"))) {
+        let rel = path
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        if skip
+            .iter()
+            .any(|s| rel == *s || rel.starts_with(&format!("{s}/")))
+        {
             continue;
         }
         let meta = std::fs::symlink_metadata(&path).unwrap();
@@ -120,9 +145,14 @@ fn walk(root: &Path, dir: &Path, skip: &[&str], out: &mut BTreeMap<String, Strin
             out.insert(rel, format!("dir {mode:04o}"));
             walk(root, &path, skip, out);
         } else if ft.is_symlink() {
-            out.insert(rel, format!("link -> {}", std::fs::read_link(&path).unwrap().display()));
+            out.insert(
+                rel,
+                format!("link -> {}", std::fs::read_link(&path).unwrap().display()),
+            );
         } else if ft.is_file() {
-            let sum = Sha256::of_file(&path).map(|s| s.to_hex()).unwrap_or_else(|e| format!("unreadable: {e}"));
+            let sum = Sha256::of_file(&path)
+                .map(|s| s.to_hex())
+                .unwrap_or_else(|e| format!("unreadable: {e}"));
             out.insert(rel, format!("file {mode:04o} {sum}"));
         } else {
             out.insert(rel, format!("special {mode:04o}"));
@@ -150,8 +180,11 @@ pub fn diff(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>)
 
 /// A devstack serving `mirror`, in-process.
 pub fn devstack(mirror: &Path) -> hybrid_devstack::Devstack {
-    hybrid_devstack::Devstack::spawn(hybrid_devstack::Config { mirror_dir: Some(mirror.to_path_buf()), ..Default::default() })
-        .expect("devstack starts")
+    hybrid_devstack::Devstack::spawn(hybrid_devstack::Config {
+        mirror_dir: Some(mirror.to_path_buf()),
+        ..Default::default()
+    })
+    .expect("devstack starts")
 }
 
 /// The generated manifest URL of a devstack.
@@ -167,7 +200,10 @@ pub fn control(ds: &hybrid_devstack::Devstack, method: &str, path_and_query: &st
     write!(s, "{method} {path_and_query} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", ds.addr).unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
-    assert!(resp.starts_with("HTTP/1.1 200"), "{method} {path_and_query}: {resp}");
+    assert!(
+        resp.starts_with("HTTP/1.1 200"),
+        "{method} {path_and_query}: {resp}"
+    );
     resp
 }
 
@@ -183,13 +219,26 @@ pub fn standin_binary() -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let out = Command::new(cargo)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "--offline", "-q", "-p", "standin-kubelet", "--message-format=json"])
+            .args([
+                "build",
+                "--offline",
+                "-q",
+                "-p",
+                "standin-kubelet",
+                "--message-format=json",
+            ])
             .output()
             .expect("run cargo build -p standin-kubelet");
-        assert!(out.status.success(), "cargo build -p standin-kubelet failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "cargo build -p standin-kubelet failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         for line in stdout.lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
             if v["reason"] == "compiler-artifact"
                 && v["target"]["name"] == "standin-kubelet"
                 && let Some(exe) = v["executable"].as_str()
@@ -204,7 +253,11 @@ pub fn standin_binary() -> PathBuf {
 
 /// A TCP port nothing listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Simulates a distribution containerd in the sandbox: `/usr/bin/containerd` owned by the
@@ -216,5 +269,9 @@ pub fn distro_containerd(root: &Path) {
     if std::fs::hard_link("/usr/bin/containerd", &bin).is_err() {
         put(&bin, b"#!/bin/sh\nexit 0\n", 0o755);
     }
-    put(&root.join("var/lib/dpkg/info/containerd.list"), b"/usr/bin/containerd\n", 0o644);
+    put(
+        &root.join("var/lib/dpkg/info/containerd.list"),
+        b"/usr/bin/containerd\n",
+        0o644,
+    );
 }

@@ -1,0 +1,367 @@
+//! Snapshots of every file the node renderers write, for a NodeConfig loaded and validated the
+//! way `join` loads it, with `--root /` so the paths are exactly nodeadm's. A change to any
+//! rendered byte shows up as a snapshot diff to review (`cargo insta review`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use hybrid_agent::config::{self, AgentConfigSource, Env, LoadContext, NodeInput, NodeSettings};
+use hybrid_agent::install::land::{Journal, Written};
+use hybrid_agent::node::{self, ClusterDetails, RenderInput, Rendered};
+use hybrid_agent::paths::HostPaths;
+
+const NODE_NAME: &str = "mi-0123456789abcdef0";
+/// A real certificate's shape is all the renderer checks; the body is not parsed.
+const CA_PEM: &str =
+    "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUDemo\n-----END CERTIFICATE-----\n";
+
+const SSM_NODECONFIG: &str = r#"
+apiVersion: node.eks.aws/v1alpha1
+kind: NodeConfig
+spec:
+  cluster:
+    name: prod-cluster
+    region: us-west-2
+  kubelet:
+    config:
+      shutdownGracePeriod: 30s
+      maxPods: 58
+    flags:
+      - --node-labels=abc.company.com/test-label=true
+  containerd:
+    config: |
+      [plugins."io.containerd.grpc.v1.cri".containerd]
+      discard_unpacked_layers = false
+  hybrid:
+    ssm:
+      activationCode: Fj2KxR7pQ9mW4nVb8TzL3sYe
+      activationId: 7c4e5b8a-1f2d-4c3b-9a8e-0123456789ab
+"#;
+
+fn load(yaml: &str) -> NodeSettings {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nodeconfig.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let paths = HostPaths::new(dir.path().join("root"));
+    let env = Env::from_iter(Vec::<(String, String)>::new());
+    let ctx = LoadContext {
+        paths: &paths,
+        env: &env,
+        agent_config: &AgentConfigSource::Default,
+    };
+    let input = NodeInput {
+        config_source: Some(format!("file://{}", file.display())),
+        ..Default::default()
+    };
+    config::load(ctx, &input).expect("valid NodeConfig").node
+}
+
+fn cluster() -> ClusterDetails {
+    ClusterDetails {
+        api_server_endpoint: "https://ABCDEF0123456789.gr7.us-west-2.eks.amazonaws.com".into(),
+        ca_pem: CA_PEM.as_bytes().to_vec(),
+        service_cidr: Some("172.20.0.0/16".into()),
+    }
+}
+
+fn render(
+    node: &NodeSettings,
+    version: &str,
+    paths: &HostPaths,
+    credentials: &Path,
+    profile: &str,
+) -> Rendered {
+    let cluster = cluster();
+    let input = RenderInput {
+        node,
+        node_name: NODE_NAME,
+        cluster: &cluster,
+        kubernetes_version: version,
+        paths,
+        credentials_file: credentials,
+        credentials_profile: profile,
+        systemd_cgroups: true,
+    };
+    node::render(&input).expect("render")
+}
+
+fn file<'a>(r: &'a Rendered, path: &str) -> &'a str {
+    let f = r
+        .files
+        .iter()
+        .find(|f| f.path == Path::new(path))
+        .unwrap_or_else(|| panic!("{path} not rendered"));
+    std::str::from_utf8(&f.content).unwrap()
+}
+
+fn mode(r: &Rendered, path: &str) -> u32 {
+    r.files
+        .iter()
+        .find(|f| f.path == Path::new(path))
+        .unwrap()
+        .mode
+}
+
+#[test]
+fn every_file_for_kubernetes_1_31() {
+    let node = load(SSM_NODECONFIG);
+    let root = HostPaths::default();
+    let r = render(
+        &node,
+        "1.31.2",
+        &root,
+        Path::new("/root/.aws/credentials"),
+        "default",
+    );
+    let names: Vec<String> = r
+        .files
+        .iter()
+        .map(|f| format!("{} {:04o}", f.path.display(), f.mode))
+        .collect();
+    insta::assert_snapshot!("files_1_31", names.join("\n"));
+    insta::assert_snapshot!(
+        "containerd_config_toml",
+        file(&r, "/etc/containerd/config.toml")
+    );
+    insta::assert_snapshot!(
+        "containerd_user_dropin",
+        file(&r, "/etc/containerd/config.d/00-nodeconfig.toml")
+    );
+    insta::assert_snapshot!(
+        "kubelet_config_json_1_31",
+        file(&r, "/etc/kubernetes/kubelet/config.json")
+    );
+    insta::assert_snapshot!(
+        "kubelet_user_dropin",
+        file(&r, "/etc/kubernetes/kubelet/config.json.d/40-nodeadm.conf")
+    );
+    insta::assert_snapshot!("kubeconfig", file(&r, "/var/lib/kubelet/kubeconfig"));
+    insta::assert_snapshot!("sysctl", file(&r, "/etc/sysctl.d/99-hybrid-agent.conf"));
+    insta::assert_snapshot!(
+        "modules_load",
+        file(&r, "/etc/modules-load.d/hybrid-agent.conf")
+    );
+    insta::assert_snapshot!("kubelet_args_1_31", r.kubelet_args.join("\n"));
+    assert_eq!(file(&r, "/etc/kubernetes/pki/ca.crt"), CA_PEM);
+    assert_eq!(mode(&r, "/var/lib/kubelet/kubeconfig"), 0o600);
+    assert_eq!(
+        mode(&r, "/etc/containerd/config.d/00-nodeconfig.toml"),
+        0o600,
+        "may hold registry credentials"
+    );
+    assert_eq!(r.kubelet_healthz_url, "http://127.0.0.1:10248/healthz");
+    assert!(
+        r.kubelet_env.is_empty(),
+        "the drop-in directory is on by default from 1.30"
+    );
+    // The user's flag comes last, after ours.
+    assert_eq!(
+        r.kubelet_args.last().map(String::as_str),
+        Some("--node-labels=abc.company.com/test-label=true")
+    );
+    // Every rendered file parses as what it claims to be.
+    toml::from_str::<toml::Table>(file(&r, "/etc/containerd/config.toml"))
+        .expect("containerd config is TOML");
+    serde_json::from_str::<serde_json::Value>(file(&r, "/etc/kubernetes/kubelet/config.json"))
+        .expect("kubelet config is JSON");
+    serde_yaml_ng::from_str::<serde_yaml_ng::Value>(file(&r, "/var/lib/kubelet/kubeconfig"))
+        .expect("kubeconfig is YAML");
+}
+
+#[test]
+fn before_1_28_user_kubelet_config_is_merged_and_no_config_dir() {
+    let node = load(SSM_NODECONFIG);
+    let r = render(
+        &node,
+        "1.27.9",
+        &HostPaths::default(),
+        Path::new("/root/.aws/credentials"),
+        "default",
+    );
+    insta::assert_snapshot!(
+        "kubelet_config_json_1_27",
+        file(&r, "/etc/kubernetes/kubelet/config.json")
+    );
+    assert!(
+        !r.files
+            .iter()
+            .any(|f| f.path.starts_with("/etc/kubernetes/kubelet/config.json.d"))
+    );
+    assert!(!r.kubelet_args.iter().any(|a| a.starts_with("--config-dir")));
+}
+
+#[test]
+fn kubernetes_1_29_needs_the_drop_in_alpha_switch() {
+    let node = load(SSM_NODECONFIG);
+    let r = render(
+        &node,
+        "1.29.3",
+        &HostPaths::default(),
+        Path::new("/root/.aws/credentials"),
+        "default",
+    );
+    assert_eq!(
+        r.kubelet_env,
+        vec![(
+            "KUBELET_CONFIG_DROPIN_DIR_ALPHA".to_owned(),
+            "on".to_owned()
+        )]
+    );
+}
+
+#[test]
+fn user_healthz_port_and_credentials_file_reach_the_plan() {
+    let yaml = SSM_NODECONFIG.replace("maxPods: 58", "maxPods: 58\n      healthzPort: 20248");
+    let node = load(&yaml);
+    let r = render(
+        &node,
+        "1.31.2",
+        &HostPaths::default(),
+        Path::new("/etc/hybrid-agent/aws-credentials"),
+        "hybrid",
+    );
+    assert_eq!(r.kubelet_healthz_url, "http://127.0.0.1:20248/healthz");
+    insta::assert_snapshot!(
+        "kubeconfig_custom_credentials",
+        file(&r, "/var/lib/kubelet/kubeconfig")
+    );
+}
+
+#[test]
+fn paths_inside_files_follow_the_root() {
+    let node = load(SSM_NODECONFIG);
+    let root = HostPaths::new("/sandbox");
+    let r = render(
+        &node,
+        "1.31.2",
+        &root,
+        Path::new("/sandbox/root/.aws/credentials"),
+        "default",
+    );
+    let containerd = file(&r, "/etc/containerd/config.toml");
+    assert!(
+        containerd.contains("root = \"/sandbox/var/lib/containerd\""),
+        "{containerd}"
+    );
+    assert!(
+        containerd.contains("address = \"/sandbox/run/containerd/containerd.sock\""),
+        "{containerd}"
+    );
+    assert!(
+        containerd.contains("path = \"/sandbox/opt/containerd\""),
+        "{containerd}"
+    );
+    assert!(
+        file(&r, "/var/lib/kubelet/kubeconfig")
+            .contains("/sandbox/usr/local/bin/aws-iam-authenticator")
+    );
+    assert!(
+        !file(&r, "/var/lib/kubelet/kubeconfig").contains("AWS_SHARED_CREDENTIALS_FILE"),
+        "the default file under the root needs no variable"
+    );
+    assert_eq!(
+        r.containerd_args,
+        vec![
+            "--config".to_owned(),
+            "/sandbox/etc/containerd/config.toml".to_owned()
+        ]
+    );
+}
+
+#[test]
+fn without_systemd_the_cgroup_driver_is_cgroupfs() {
+    let node = load(SSM_NODECONFIG);
+    let cluster = cluster();
+    let paths = HostPaths::default();
+    let input = RenderInput {
+        node: &node,
+        node_name: NODE_NAME,
+        cluster: &cluster,
+        kubernetes_version: "1.31.2",
+        paths: &paths,
+        credentials_file: Path::new("/root/.aws/credentials"),
+        credentials_profile: "default",
+        systemd_cgroups: false,
+    };
+    let r = node::render(&input).unwrap();
+    assert!(file(&r, "/etc/containerd/config.toml").contains("SystemdCgroup = false"));
+    assert!(
+        file(&r, "/etc/kubernetes/kubelet/config.json").contains("\"cgroupDriver\": \"cgroupfs\"")
+    );
+}
+
+#[test]
+fn swap_blocks_unless_kubelet_accepts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = HostPaths::new(dir.path());
+    let node = load(SSM_NODECONFIG);
+    node::check_swap(&paths, &node).expect("no /proc/swaps in a sandbox: no swap");
+    std::fs::create_dir_all(dir.path().join("proc")).unwrap();
+    std::fs::write(
+        dir.path().join("proc/swaps"),
+        "Filename Type Size Used Priority\n/dev/sda2 partition 1000 0 -2\n",
+    )
+    .unwrap();
+    let err = node::check_swap(&paths, &node).expect_err("swap on");
+    assert!(
+        err.to_string().contains("/dev/sda2") && err.to_string().contains("failSwapOn"),
+        "{err}"
+    );
+    let allowed =
+        load(&SSM_NODECONFIG.replace("maxPods: 58", "maxPods: 58\n      failSwapOn: false"));
+    node::check_swap(&paths, &allowed).expect("allowed by failSwapOn: false");
+}
+
+#[test]
+fn files_are_rewritten_only_when_their_content_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = HostPaths::new(dir.path());
+    let node = load(SSM_NODECONFIG);
+    let creds = paths.aws_credentials();
+    let r = render(&node, "1.31.2", &paths, &creds, "default");
+    let mut j = Journal::new(paths.clone(), "/var/lib/hybrid-agent/backups", None);
+    let first = node::apply(&r, &mut j).unwrap();
+    assert!(
+        first.iter().all(|a| a.written == Written::Created),
+        "{first:?}"
+    );
+    let mtime = |p: &str| {
+        std::fs::metadata(paths.resolve(p))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    let before = mtime("/etc/containerd/config.toml");
+
+    let mut j2 = Journal::new(paths.clone(), "/var/lib/hybrid-agent/backups", None);
+    let second = node::apply(&r, &mut j2).unwrap();
+    assert!(
+        second.iter().all(|a| a.written == Written::Unchanged),
+        "{second:?}"
+    );
+    assert!(j2.changes().is_empty());
+    assert_eq!(mtime("/etc/containerd/config.toml"), before);
+
+    let changed = load(&SSM_NODECONFIG.replace("maxPods: 58", "maxPods: 64"));
+    let r2 = render(&changed, "1.31.2", &paths, &creds, "default");
+    let mut j3 = Journal::new(paths.clone(), "/var/lib/hybrid-agent/backups", None);
+    let third = node::apply(&r2, &mut j3).unwrap();
+    let rewritten: Vec<_> = third
+        .iter()
+        .filter(|a| a.written != Written::Unchanged)
+        .map(|a| a.path.display().to_string())
+        .collect();
+    assert_eq!(
+        rewritten,
+        vec!["/etc/kubernetes/kubelet/config.json.d/40-nodeadm.conf".to_owned()]
+    );
+    // And the journal can put the old one back.
+    assert!(j3.rollback().is_empty());
+    assert!(
+        std::fs::read_to_string(
+            paths.resolve("/etc/kubernetes/kubelet/config.json.d/40-nodeadm.conf")
+        )
+        .unwrap()
+        .contains("58")
+    );
+}
