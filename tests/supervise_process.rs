@@ -27,8 +27,8 @@ use hybrid_agent::supervise::backoff::{BackoffPolicy, CrashLoopPolicy};
 use hybrid_agent::supervise::pidfile::{self, PidRecord};
 use hybrid_agent::supervise::process::{ProcessBackend, ProcessSettings};
 use hybrid_agent::supervise::{
-    Backend, BackendKind, ComponentName, ComponentState, EventKind, Selection, StartOutcome, SupervisionStatus,
-    Supervisor, SupervisorConfig,
+    Backend, BackendKind, ComponentName, ComponentState, EventKind, Selection, StartOutcome,
+    SupervisionStatus, Supervisor, SupervisorConfig,
 };
 use serde::{Deserialize, Serialize};
 use supervise_support::*;
@@ -36,7 +36,10 @@ use supervise_support::*;
 const AGENT_ENV: &str = "SUPERVISE_TEST_AGENT";
 
 fn selection() -> Selection {
-    Selection { kind: BackendKind::Process, reason: "test: built-in backend".into() }
+    Selection {
+        kind: BackendKind::Process,
+        reason: "test: built-in backend".into(),
+    }
 }
 
 /// What the re-executed agent runs.
@@ -62,7 +65,11 @@ fn agent_process() {
         panic!("agent_process is a helper: run it with {AGENT_ENV} set");
     };
     let cfg: AgentConfig = serde_json::from_str(&text).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let mut components = Vec::new();
         if let (Some(config), Some(socket)) = (&cfg.containerd_config, &cfg.containerd_socket) {
@@ -72,7 +79,11 @@ fn agent_process() {
         }
         if let Some(port) = cfg.kubelet_port {
             let extra: Vec<&str> = cfg.kubelet_args.iter().map(String::as_str).collect();
-            components.push(standin_component(port, &extra, fast_probe(3, Duration::from_secs(2))));
+            components.push(standin_component(
+                port,
+                &extra,
+                fast_probe(3, Duration::from_secs(2)),
+            ));
         }
         let mut settings = ProcessSettings::new(&cfg.state_dir);
         settings.backoff = BackoffPolicy {
@@ -83,12 +94,19 @@ fn agent_process() {
         };
         settings.stop_timeout = Duration::from_secs(5);
         let mut config = SupervisorConfig::new(components);
-        config.crash_loop = CrashLoopPolicy { restarts: 4, window: Duration::from_secs(60) };
+        config.crash_loop = CrashLoopPolicy {
+            restarts: 4,
+            window: Duration::from_secs(60),
+        };
         let sup = Supervisor::new(ProcessBackend::new(settings), selection(), config);
         let mut status = sup.status();
         let (status_file, history_file) = (cfg.status_file.clone(), cfg.history_file.clone());
         tokio::spawn(async move {
-            let mut history = std::fs::OpenOptions::new().create(true).append(true).open(&history_file).unwrap();
+            let mut history = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&history_file)
+                .unwrap();
             loop {
                 let snapshot = status.borrow_and_update().clone();
                 let json = serde_json::to_string(&snapshot).unwrap();
@@ -101,7 +119,8 @@ fn agent_process() {
                 }
             }
         });
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
         sup.run(async move {
             term.recv().await;
         })
@@ -126,7 +145,9 @@ impl ContainerdFixtureRef<'_> {
                 env: vec![],
             },
             unit: "containerd.service".into(),
-            probe: hybrid_agent::supervise::Probe::ContainerdVersion { socket: self.socket.to_path_buf() },
+            probe: hybrid_agent::supervise::Probe::ContainerdVersion {
+                socket: self.socket.to_path_buf(),
+            },
             probe_policy: fast_probe(3, Duration::from_secs(5)),
         }
     }
@@ -139,9 +160,18 @@ struct AgentProcess {
 
 impl AgentProcess {
     fn spawn(cfg: &AgentConfig, log: &Path) -> Self {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let child = Command::new(std::env::current_exe().unwrap())
-            .args(["agent_process", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "agent_process",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(AGENT_ENV, serde_json::to_string(cfg).unwrap())
             .env("STANDIN_KUBELET_BIN", standin_binary())
             .env("RUST_LOG", "info")
@@ -166,7 +196,13 @@ impl Drop for AgentProcess {
 }
 
 /// Reads the agent's status file until `pred` holds (bounded).
-fn wait_file_status(path: &Path, log: &Path, limit: Duration, what: &str, pred: impl Fn(&SupervisionStatus) -> bool) -> SupervisionStatus {
+fn wait_file_status(
+    path: &Path,
+    log: &Path,
+    limit: Duration,
+    what: &str,
+    pred: impl Fn(&SupervisionStatus) -> bool,
+) -> SupervisionStatus {
     let deadline = Instant::now() + limit;
     let mut last = None;
     while Instant::now() < deadline {
@@ -205,7 +241,8 @@ impl Drop for PidFileReaper {
 }
 
 fn healthy(s: &SupervisionStatus, c: ComponentName) -> bool {
-    s.component(c).is_some_and(|c| c.state == ComponentState::Healthy && c.pid.is_some())
+    s.component(c)
+        .is_some_and(|c| c.state == ComponentState::Healthy && c.pid.is_some())
 }
 
 #[test]
@@ -230,14 +267,22 @@ fn containerd_is_restarted_after_kill_and_adopted_across_an_agent_restart() {
 
     // 1. Started, both healthy; kubelet only after containerd answered.
     let mut agent = AgentProcess::spawn(&cfg, &agent_log);
-    let s = wait_file_status(&cfg.status_file, &agent_log, Duration::from_secs(60), "containerd and kubelet healthy", |s| {
-        healthy(s, ComponentName::Containerd) && healthy(s, ComponentName::Kubelet)
-    });
+    let s = wait_file_status(
+        &cfg.status_file,
+        &agent_log,
+        Duration::from_secs(60),
+        "containerd and kubelet healthy",
+        |s| healthy(s, ComponentName::Containerd) && healthy(s, ComponentName::Kubelet),
+    );
     let ctd1 = s.component(ComponentName::Containerd).unwrap().clone();
     let first_pid = ctd1.pid.unwrap();
     assert!(!ctd1.adopted);
     let probe = ctd1.last_probe.clone().unwrap();
-    assert!(probe.ok && probe.detail.starts_with("containerd "), "probe detail: {}", probe.detail);
+    assert!(
+        probe.ok && probe.detail.starts_with("containerd "),
+        "probe detail: {}",
+        probe.detail
+    );
     let kubelet_pid = s.component(ComponentName::Kubelet).unwrap().pid.unwrap();
 
     let history: Vec<SupervisionStatus> = std::fs::read_to_string(&cfg.history_file)
@@ -247,13 +292,23 @@ fn containerd_is_restarted_after_kill_and_adopted_across_an_agent_restart() {
         .collect();
     let first_ctd_ok = history
         .iter()
-        .position(|s| s.component(ComponentName::Containerd).unwrap().last_probe.as_ref().is_some_and(|p| p.ok))
+        .position(|s| {
+            s.component(ComponentName::Containerd)
+                .unwrap()
+                .last_probe
+                .as_ref()
+                .is_some_and(|p| p.ok)
+        })
         .unwrap();
     let first_kubelet_started = history
         .iter()
         .position(|s| {
             let k = s.component(ComponentName::Kubelet).unwrap();
-            k.pid.is_some() || !matches!(k.state, ComponentState::Pending | ComponentState::WaitingForDependency)
+            k.pid.is_some()
+                || !matches!(
+                    k.state,
+                    ComponentState::Pending | ComponentState::WaitingForDependency
+                )
         })
         .unwrap();
     assert!(
@@ -263,15 +318,26 @@ fn containerd_is_restarted_after_kill_and_adopted_across_an_agent_restart() {
 
     // 2. kill -9 containerd: restarted, healthy again, with a new pid.
     let killed_at = hybrid_agent::supervise::status::now_unix_ms();
-    rustix::process::kill_process(rustix::process::Pid::from_raw(first_pid as i32).unwrap(), rustix::process::Signal::KILL)
-        .unwrap();
-    let s = wait_file_status(&cfg.status_file, &agent_log, Duration::from_secs(60), "containerd restarted and healthy", |s| {
-        let c = s.component(ComponentName::Containerd).unwrap();
-        c.restarts >= 1
-            && c.pid.is_some_and(|p| p != first_pid)
-            && c.state == ComponentState::Healthy
-            && c.last_probe.as_ref().is_some_and(|p| p.ok && p.at_unix_ms > killed_at)
-    });
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(first_pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let s = wait_file_status(
+        &cfg.status_file,
+        &agent_log,
+        Duration::from_secs(60),
+        "containerd restarted and healthy",
+        |s| {
+            let c = s.component(ComponentName::Containerd).unwrap();
+            c.restarts >= 1
+                && c.pid.is_some_and(|p| p != first_pid)
+                && c.state == ComponentState::Healthy
+                && c.last_probe
+                    .as_ref()
+                    .is_some_and(|p| p.ok && p.at_unix_ms > killed_at)
+        },
+    );
     let second_pid = s.component(ComponentName::Containerd).unwrap().pid.unwrap();
     assert!(!alive(first_pid));
     assert!(alive(second_pid));
@@ -279,17 +345,28 @@ fn containerd_is_restarted_after_kill_and_adopted_across_an_agent_restart() {
     // 3. The agent dies hard; containerd and kubelet keep running.
     agent.kill9();
     assert!(alive(second_pid), "containerd died with the agent");
-    assert!(alive(kubelet_pid), "the stand-in kubelet died with the agent");
+    assert!(
+        alive(kubelet_pid),
+        "the stand-in kubelet died with the agent"
+    );
 
     // 4. A new agent adopts both: same pids, no restart.
     std::fs::remove_file(&cfg.status_file).unwrap();
     let _agent2 = AgentProcess::spawn(&cfg, &agent_log);
-    let s = wait_file_status(&cfg.status_file, &agent_log, Duration::from_secs(60), "containerd adopted and healthy", |s| {
-        healthy(s, ComponentName::Containerd) && healthy(s, ComponentName::Kubelet)
-    });
+    let s = wait_file_status(
+        &cfg.status_file,
+        &agent_log,
+        Duration::from_secs(60),
+        "containerd adopted and healthy",
+        |s| healthy(s, ComponentName::Containerd) && healthy(s, ComponentName::Kubelet),
+    );
     let c = s.component(ComponentName::Containerd).unwrap();
     assert!(c.adopted, "containerd was not adopted:\n{}", dump());
-    assert_eq!(c.pid, Some(second_pid), "containerd was restarted instead of adopted");
+    assert_eq!(
+        c.pid,
+        Some(second_pid),
+        "containerd was restarted instead of adopted"
+    );
     assert_eq!(c.restarts, 0);
     let k = s.component(ComponentName::Kubelet).unwrap();
     assert!(k.adopted);
@@ -300,11 +377,24 @@ fn containerd_is_restarted_after_kill_and_adopted_across_an_agent_restart() {
 
     // 5. Stop through a backend that did not start them: the ownership check lets it.
     drop(_agent2);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let backend = ProcessBackend::new(ProcessSettings::new(&state_dir));
-        backend.stop(&ctd.component(fast_probe(3, Duration::ZERO))).await.unwrap();
-        backend.stop(&standin_component(cfg.kubelet_port.unwrap(), &[], fast_probe(3, Duration::ZERO))).await.unwrap();
+        backend
+            .stop(&ctd.component(fast_probe(3, Duration::ZERO)))
+            .await
+            .unwrap();
+        backend
+            .stop(&standin_component(
+                cfg.kubelet_port.unwrap(),
+                &[],
+                fast_probe(3, Duration::ZERO),
+            ))
+            .await
+            .unwrap();
     });
     assert!(!alive(second_pid), "containerd still runs after stop");
     assert!(!alive(kubelet_pid), "the stand-in still runs after stop");
@@ -325,13 +415,20 @@ async fn crash_looping_standin_backs_off_to_the_cap_and_is_degraded() {
     let control = work.path().join("mode");
     std::fs::write(&control, "crash").unwrap();
     let port = free_port();
-    let spec = standin_component(port, &["--control-file", control.to_str().unwrap()], fast_probe(3, Duration::from_millis(500)));
+    let spec = standin_component(
+        port,
+        &["--control-file", control.to_str().unwrap()],
+        fast_probe(3, Duration::from_millis(500)),
+    );
     let mut settings = ProcessSettings::new(work.path().join("state"));
     let backoff = fast_backoff();
     settings.backoff = backoff.clone();
     let _reaper = PidFileReaper(settings.state_dir.clone());
     let mut config = SupervisorConfig::new(vec![spec]);
-    config.crash_loop = CrashLoopPolicy { restarts: 4, window: Duration::from_secs(60) };
+    config.crash_loop = CrashLoopPolicy {
+        restarts: 4,
+        window: Duration::from_secs(60),
+    };
     config.on_shutdown = hybrid_agent::supervise::ShutdownAction::Stop;
     let sup = Supervisor::new(ProcessBackend::new(settings), selection(), config);
     let mut status = sup.status();
@@ -341,10 +438,15 @@ async fn crash_looping_standin_backs_off_to_the_cap_and_is_degraded() {
     }));
 
     // Seven restarts: 100, 200, 400, 800 (cap), 800, 800, 800 ms before jitter.
-    let s = wait_status(&mut status, Duration::from_secs(60), "7 restart delays recorded and degraded", |s| {
-        let k = s.component(ComponentName::Kubelet).unwrap();
-        k.recent_restart_delays_ms.len() >= 7 && k.degraded
-    })
+    let s = wait_status(
+        &mut status,
+        Duration::from_secs(60),
+        "7 restart delays recorded and degraded",
+        |s| {
+            let k = s.component(ComponentName::Kubelet).unwrap();
+            k.recent_restart_delays_ms.len() >= 7 && k.degraded
+        },
+    )
     .await;
     let k = s.component(ComponentName::Kubelet).unwrap();
     assert!(s.degraded());
@@ -360,21 +462,33 @@ async fn crash_looping_standin_backs_off_to_the_cap_and_is_degraded() {
         );
     }
     let cap = backoff.cap.as_millis() as u64;
-    assert!(k.recent_restart_delays_ms.iter().all(|d| *d <= cap), "a delay exceeded the cap");
-    println!("figures: crash-loop restart delays (ms) {:?}, cap {cap} ms, restarts {}", k.recent_restart_delays_ms, k.restarts);
+    assert!(
+        k.recent_restart_delays_ms.iter().all(|d| *d <= cap),
+        "a delay exceeded the cap"
+    );
+    println!(
+        "figures: crash-loop restart delays (ms) {:?}, cap {cap} ms, restarts {}",
+        k.recent_restart_delays_ms, k.restarts
+    );
 
     // Still retrying at the cap: once the stand-in behaves, it comes back healthy.
     std::fs::write(&control, "healthy").unwrap();
-    let s = wait_status(&mut status, Duration::from_secs(30), "stand-in healthy again", |s| {
-        s.component(ComponentName::Kubelet).unwrap().state == ComponentState::Healthy
-    })
+    let s = wait_status(
+        &mut status,
+        Duration::from_secs(30),
+        "stand-in healthy again",
+        |s| s.component(ComponentName::Kubelet).unwrap().state == ComponentState::Healthy,
+    )
     .await;
     let pid = s.component(ComponentName::Kubelet).unwrap().pid.unwrap();
     assert!(alive(pid));
 
     stop_tx.send(()).unwrap();
     run.await.unwrap().unwrap();
-    assert!(!alive(pid), "ShutdownAction::Stop left the stand-in running");
+    assert!(
+        !alive(pid),
+        "ShutdownAction::Stop left the stand-in running"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,27 +515,48 @@ async fn unhealthy_or_hung_standin_is_restarted_after_k_failed_probes() {
     // Record the highest failure count seen before each restart.
     let mut watcher = sup_watch(status.clone());
 
-    let s = wait_status(&mut status, Duration::from_secs(30), "stand-in healthy", |s| {
-        s.component(ComponentName::Kubelet).unwrap().state == ComponentState::Healthy
-    })
+    let s = wait_status(
+        &mut status,
+        Duration::from_secs(30),
+        "stand-in healthy",
+        |s| s.component(ComponentName::Kubelet).unwrap().state == ComponentState::Healthy,
+    )
     .await;
     let pid1 = s.component(ComponentName::Kubelet).unwrap().pid.unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
 
     for (round, mode) in [(1u32, "unhealthy"), (2, "hang")] {
         let before = s_pid(&status);
-        let r = http.post(format!("http://127.0.0.1:{port}/standin/mode/{mode}")).send().await.unwrap();
+        let r = http
+            .post(format!("http://127.0.0.1:{port}/standin/mode/{mode}"))
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success());
-        let s = wait_status(&mut status, Duration::from_secs(30), &format!("restart #{round} after {mode}"), |s| {
-            let k = s.component(ComponentName::Kubelet).unwrap();
-            k.probe_restarts == round && k.state == ComponentState::Healthy && k.pid.is_some_and(|p| p != before)
-        })
+        let s = wait_status(
+            &mut status,
+            Duration::from_secs(30),
+            &format!("restart #{round} after {mode}"),
+            |s| {
+                let k = s.component(ComponentName::Kubelet).unwrap();
+                k.probe_restarts == round
+                    && k.state == ComponentState::Healthy
+                    && k.pid.is_some_and(|p| p != before)
+            },
+        )
         .await;
         let k = s.component(ComponentName::Kubelet).unwrap();
-        assert_eq!(k.restarts, round, "the backend restarted it more than once per round");
+        assert_eq!(
+            k.restarts, round,
+            "the backend restarted it more than once per round"
+        );
         assert!(!alive(before), "the {mode} stand-in {before} still runs");
         let max_seen = watcher.max_failures_before_restart(round).await;
-        assert_eq!(max_seen, K - 1, "failures counted before restart #{round} (the K-th resets the count as it restarts)");
+        assert_eq!(
+            max_seen,
+            K - 1,
+            "failures counted before restart #{round} (the K-th resets the count as it restarts)"
+        );
     }
     assert!(!alive(pid1));
 
@@ -429,7 +564,10 @@ async fn unhealthy_or_hung_standin_is_restarted_after_k_failed_probes() {
     let mut stops = 0;
     while let Ok(ev) = events.try_recv() {
         if let EventKind::Exited { how, .. } = ev.kind {
-            assert!(how.starts_with("stopped for restart"), "unexpected exit: {how}");
+            assert!(
+                how.starts_with("stopped for restart"),
+                "unexpected exit: {how}"
+            );
             stops += 1;
         }
     }
@@ -439,7 +577,11 @@ async fn unhealthy_or_hung_standin_is_restarted_after_k_failed_probes() {
 }
 
 fn s_pid(rx: &tokio::sync::watch::Receiver<SupervisionStatus>) -> u32 {
-    rx.borrow().component(ComponentName::Kubelet).unwrap().pid.unwrap()
+    rx.borrow()
+        .component(ComponentName::Kubelet)
+        .unwrap()
+        .pid
+        .unwrap()
 }
 
 /// Follows every status change and remembers the highest consecutive failure count seen while
@@ -494,7 +636,11 @@ async fn a_pid_file_naming_a_foreign_process_is_neither_adopted_nor_signalled() 
     std::fs::create_dir_all(settings.pid_file(ComponentName::Kubelet).parent().unwrap()).unwrap();
     pidfile::write(
         &settings.pid_file(ComponentName::Kubelet),
-        &PidRecord { pid: fpid, start_ticks, exe: standin_binary() },
+        &PidRecord {
+            pid: fpid,
+            start_ticks,
+            exe: standin_binary(),
+        },
     )
     .unwrap();
 
@@ -506,7 +652,12 @@ async fn a_pid_file_naming_a_foreign_process_is_neither_adopted_nor_signalled() 
     };
     assert_ne!(ours, fpid);
     assert!(alive(fpid), "the foreign process was signalled");
-    assert_eq!(pidfile::read(&settings.pid_file(ComponentName::Kubelet)).unwrap().map(|r| r.pid), Some(ours));
+    assert_eq!(
+        pidfile::read(&settings.pid_file(ComponentName::Kubelet))
+            .unwrap()
+            .map(|r| r.pid),
+        Some(ours)
+    );
     backend.stop(&spec).await.unwrap();
     assert!(!alive(ours));
     assert!(alive(fpid), "stopping ours touched the foreign process");

@@ -65,19 +65,34 @@ pub async fn select(
     match choice {
         BackendChoice::Process => Ok((
             AnyBackend::Process(ProcessBackend::new(process)),
-            Selection { kind: BackendKind::Process, reason: "configured: supervisor.backend = \"process\"".into() },
+            Selection {
+                kind: BackendKind::Process,
+                reason: "configured: supervisor.backend = \"process\"".into(),
+            },
         )),
         BackendChoice::Systemd => {
             let address = systemd.bus_address.clone();
             let b = SystemdBackend::connect(systemd).await?;
-            let reason = format!("configured: supervisor.backend = \"systemd\" (systemd {} on {address})", b.systemd_version());
-            Ok((AnyBackend::Systemd(b), Selection { kind: BackendKind::Systemd, reason }))
+            let reason = format!(
+                "configured: supervisor.backend = \"systemd\" (systemd {} on {address})",
+                b.systemd_version()
+            );
+            Ok((
+                AnyBackend::Systemd(b),
+                Selection {
+                    kind: BackendKind::Systemd,
+                    reason,
+                },
+            ))
         }
         BackendChoice::Auto if !systemd_booted(root) => Ok((
             AnyBackend::Process(ProcessBackend::new(process)),
             Selection {
                 kind: BackendKind::Process,
-                reason: format!("auto: {} does not exist, so PID 1 is not systemd: using the built-in backend", marker.display()),
+                reason: format!(
+                    "auto: {} does not exist, so PID 1 is not systemd: using the built-in backend",
+                    marker.display()
+                ),
             },
         )),
         BackendChoice::Auto => {
@@ -89,9 +104,18 @@ pub async fn select(
                         marker.display(),
                         b.systemd_version()
                     );
-                    Ok((AnyBackend::Systemd(b), Selection { kind: BackendKind::Systemd, reason }))
+                    Ok((
+                        AnyBackend::Systemd(b),
+                        Selection {
+                            kind: BackendKind::Systemd,
+                            reason,
+                        },
+                    ))
                 }
-                Err(e) => Err(SuperviseError::SystemdUnreachable { marker, detail: e.to_string() }),
+                Err(e) => Err(SuperviseError::SystemdUnreachable {
+                    marker,
+                    detail: e.to_string(),
+                }),
             }
         }
     }

@@ -69,7 +69,10 @@ pub struct CrashLoopPolicy {
 impl Default for CrashLoopPolicy {
     fn default() -> Self {
         // Five restarts in five minutes: at the 60 s cap a crash-looping child stays degraded.
-        CrashLoopPolicy { restarts: 5, window: Duration::from_secs(300) }
+        CrashLoopPolicy {
+            restarts: 5,
+            window: Duration::from_secs(300),
+        }
     }
 }
 
@@ -116,7 +119,11 @@ mod tests {
         let p = policy();
         let steps: Vec<u128> = (1..=7).map(|n| p.step(n).as_millis()).collect();
         assert_eq!(steps, vec![100, 200, 400, 800, 1000, 1000, 1000]);
-        assert_eq!(p.step(0).as_millis(), 100, "0 failures is treated as the first");
+        assert_eq!(
+            p.step(0).as_millis(),
+            100,
+            "0 failures is treated as the first"
+        );
         assert_eq!(p.step(u32::MAX), p.cap, "no overflow for very long loops");
     }
 
@@ -133,7 +140,10 @@ mod tests {
 
     #[test]
     fn crash_loop_needs_n_restarts_inside_the_window() {
-        let policy = CrashLoopPolicy { restarts: 3, window: Duration::from_secs(10) };
+        let policy = CrashLoopPolicy {
+            restarts: 3,
+            window: Duration::from_secs(10),
+        };
         let mut d = CrashLoopDetector::default();
         let t0 = Instant::now();
         d.record(t0);

@@ -182,20 +182,30 @@ pub trait Backend: Send + Sync + 'static {
 
     /// One-time preparation before the first start (systemd: write unit files and reload if their
     /// content changed).
-    fn prepare(&self, components: &[ComponentSpec]) -> impl Future<Output = Result<(), SuperviseError>> + Send;
+    fn prepare(
+        &self,
+        components: &[ComponentSpec],
+    ) -> impl Future<Output = Result<(), SuperviseError>> + Send;
 
     /// Starts the component, or adopts/keeps it when it already runs. Returns once the backend
     /// considers it started (systemd: the start job finished).
-    fn start(&self, c: &ComponentSpec) -> impl Future<Output = Result<StartOutcome, SuperviseError>> + Send;
+    fn start(
+        &self,
+        c: &ComponentSpec,
+    ) -> impl Future<Output = Result<StartOutcome, SuperviseError>> + Send;
 
     /// Stops the component: SIGTERM, a bounded wait, then SIGKILL (systemd: StopUnit).
     fn stop(&self, c: &ComponentSpec) -> impl Future<Output = Result<(), SuperviseError>> + Send;
 
     /// Restarts the component (used after K failed probes).
-    fn restart(&self, c: &ComponentSpec) -> impl Future<Output = Result<(), SuperviseError>> + Send;
+    fn restart(&self, c: &ComponentSpec)
+    -> impl Future<Output = Result<(), SuperviseError>> + Send;
 
     /// The component's current state.
-    fn status(&self, c: &ComponentSpec) -> impl Future<Output = Result<UnitStatus, SuperviseError>> + Send;
+    fn status(
+        &self,
+        c: &ComponentSpec,
+    ) -> impl Future<Output = Result<UnitStatus, SuperviseError>> + Send;
 
     /// A stream of changes. Subscribe before `start` to see everything.
     fn watch(&self) -> broadcast::Receiver<BackendEvent>;
@@ -208,23 +218,58 @@ pub const EVENT_CHANNEL_CAPACITY: usize = 256;
 /// Everything that can go wrong while supervising; each variant names the thing and the operation.
 #[derive(Debug, thiserror::Error)]
 pub enum SuperviseError {
-    #[error("cannot start {component}: running {program} failed: {source}; check that it is installed and executable")]
-    Spawn { component: ComponentName, program: PathBuf, source: std::io::Error },
+    #[error(
+        "cannot start {component}: running {program} failed: {source}; check that it is installed and executable"
+    )]
+    Spawn {
+        component: ComponentName,
+        program: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot {op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot signal {component} (pid {pid}) with {signal}: {source}")]
-    Signal { component: ComponentName, pid: u32, signal: &'static str, source: std::io::Error },
-    #[error("cannot connect to the D-Bus system bus at {address}: {source}; is dbus running? (the built-in backend, `supervisor.backend = \"process\"`, needs no systemd)")]
-    BusConnect { address: String, source: zbus::Error },
+    Signal {
+        component: ComponentName,
+        pid: u32,
+        signal: &'static str,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot connect to the D-Bus system bus at {address}: {source}; is dbus running? (the built-in backend, `supervisor.backend = \"process\"`, needs no systemd)"
+    )]
+    BusConnect {
+        address: String,
+        source: zbus::Error,
+    },
     #[error("D-Bus call {call} for {unit} failed: {source}")]
-    Dbus { call: &'static str, unit: String, source: zbus::Error },
-    #[error("{unit} did not become active within {waited:?} (last state {state}); see `journalctl -u {unit}`")]
-    UnitStartTimeout { unit: String, waited: Duration, state: String },
+    Dbus {
+        call: &'static str,
+        unit: String,
+        source: zbus::Error,
+    },
+    #[error(
+        "{unit} did not become active within {waited:?} (last state {state}); see `journalctl -u {unit}`"
+    )]
+    UnitStartTimeout {
+        unit: String,
+        waited: Duration,
+        state: String,
+    },
     #[error("{unit} failed to start (state {state}); see `journalctl -u {unit}`")]
     UnitFailed { unit: String, state: String },
     #[error("{component} did not stop within {waited:?} after SIGKILL")]
-    StopTimeout { component: ComponentName, waited: Duration },
-    #[error("PID 1 is systemd ({marker} exists) but its D-Bus API did not answer: {detail}; fix dbus or choose `supervisor.backend = \"process\"` explicitly")]
+    StopTimeout {
+        component: ComponentName,
+        waited: Duration,
+    },
+    #[error(
+        "PID 1 is systemd ({marker} exists) but its D-Bus API did not answer: {detail}; fix dbus or choose `supervisor.backend = \"process\"` explicitly"
+    )]
     SystemdUnreachable { marker: PathBuf, detail: String },
     #[error("{component} is not supervised by this backend yet; start it first")]
     NotStarted { component: ComponentName },

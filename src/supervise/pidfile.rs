@@ -51,13 +51,21 @@ pub fn read(path: &Path) -> Result<Option<PidRecord>, SuperviseError> {
     match std::fs::read(path) {
         Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(SuperviseError::Io { op: "read pid file", path: path.to_path_buf(), source }),
+        Err(source) => Err(SuperviseError::Io {
+            op: "read pid file",
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
 /// Writes the pid file atomically (temp file + rename), so a crash never leaves half a record.
 pub fn write(path: &Path, record: &PidRecord) -> Result<(), SuperviseError> {
-    let io = |op, source| SuperviseError::Io { op, path: path.to_path_buf(), source };
+    let io = |op, source| SuperviseError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    };
     let tmp = path.with_extension("pid.tmp");
     let bytes = serde_json::to_vec(record).map_err(|e| io("serialize pid record for", e.into()))?;
     std::fs::write(&tmp, bytes).map_err(|e| io("write pid file", e))?;
@@ -68,7 +76,11 @@ pub fn remove(path: &Path) -> Result<(), SuperviseError> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(SuperviseError::Io { op: "remove pid file", path: path.to_path_buf(), source }),
+        Err(source) => Err(SuperviseError::Io {
+            op: "remove pid file",
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -88,7 +100,9 @@ pub fn proc_stat(pid: u32) -> Option<(char, u64)> {
 pub fn proc_exe(pid: u32) -> Option<PathBuf> {
     let link = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
     let text = link.to_string_lossy();
-    Some(PathBuf::from(text.strip_suffix(" (deleted)").unwrap_or(&text)))
+    Some(PathBuf::from(
+        text.strip_suffix(" (deleted)").unwrap_or(&text),
+    ))
 }
 
 /// Whether `/proc/<pid>/environ` holds `key=value`.
@@ -97,7 +111,9 @@ pub fn proc_has_env(pid: u32, key: &str, value: &str) -> bool {
         return false;
     };
     let wanted = format!("{key}={value}");
-    bytes.split(|b| *b == 0).any(|entry| entry == wanted.as_bytes())
+    bytes
+        .split(|b| *b == 0)
+        .any(|entry| entry == wanted.as_bytes())
 }
 
 /// Runs the ownership check on a recorded pid.
@@ -110,19 +126,32 @@ pub fn check(record: &PidRecord, expected_exe: &Path, marker: &str) -> Ownership
     }
     if start_ticks != record.start_ticks {
         return Ownership::Foreign {
-            reason: format!("pid {} started at tick {start_ticks}, not {} (pid reused)", record.pid, record.start_ticks),
+            reason: format!(
+                "pid {} started at tick {start_ticks}, not {} (pid reused)",
+                record.pid, record.start_ticks
+            ),
         };
     }
     if !proc_has_env(record.pid, MARKER_ENV, marker) {
-        return Ownership::Foreign { reason: format!("pid {} lacks {MARKER_ENV}={marker}", record.pid) };
+        return Ownership::Foreign {
+            reason: format!("pid {} lacks {MARKER_ENV}={marker}", record.pid),
+        };
     }
-    let expected = std::fs::canonicalize(expected_exe).unwrap_or_else(|_| expected_exe.to_path_buf());
+    let expected =
+        std::fs::canonicalize(expected_exe).unwrap_or_else(|_| expected_exe.to_path_buf());
     match proc_exe(record.pid) {
         Some(exe) if exe == expected => Ownership::Ours,
         Some(exe) => Ownership::OursStale {
-            reason: format!("pid {} runs {} instead of {}", record.pid, exe.display(), expected.display()),
+            reason: format!(
+                "pid {} runs {} instead of {}",
+                record.pid,
+                exe.display(),
+                expected.display()
+            ),
         },
-        None => Ownership::OursStale { reason: format!("cannot read the executable of pid {}", record.pid) },
+        None => Ownership::OursStale {
+            reason: format!("cannot read the executable of pid {}", record.pid),
+        },
     }
 }
 
@@ -137,12 +166,28 @@ mod tests {
             panic!("/proc/self/stat unreadable");
         };
         let exe = proc_exe(me).unwrap_or_default();
-        let record = PidRecord { pid: me, start_ticks: start, exe: exe.clone() };
+        let record = PidRecord {
+            pid: me,
+            start_ticks: start,
+            exe: exe.clone(),
+        };
         // The test process has no marker: it must never count as ours.
-        assert!(matches!(check(&record, &exe, "kubelet@/nowhere"), Ownership::Foreign { .. }));
-        let reused = PidRecord { start_ticks: start + 1, ..record.clone() };
-        assert!(matches!(check(&reused, &exe, "x"), Ownership::Foreign { .. }));
-        let gone = PidRecord { pid: u32::MAX - 1, ..record };
+        assert!(matches!(
+            check(&record, &exe, "kubelet@/nowhere"),
+            Ownership::Foreign { .. }
+        ));
+        let reused = PidRecord {
+            start_ticks: start + 1,
+            ..record.clone()
+        };
+        assert!(matches!(
+            check(&reused, &exe, "x"),
+            Ownership::Foreign { .. }
+        ));
+        let gone = PidRecord {
+            pid: u32::MAX - 1,
+            ..record
+        };
         assert_eq!(check(&gone, &exe, "x"), Ownership::NotRunning);
     }
 
@@ -151,7 +196,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let path = dir.path().join("kubelet.pid");
         assert_eq!(read(&path).ok().flatten(), None);
-        let rec = PidRecord { pid: 42, start_ticks: 7, exe: "/usr/bin/x".into() };
+        let rec = PidRecord {
+            pid: 42,
+            start_ticks: 7,
+            exe: "/usr/bin/x".into(),
+        };
         write(&path, &rec).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(read(&path).ok().flatten(), Some(rec));
         remove(&path).unwrap_or_else(|e| panic!("{e}"));

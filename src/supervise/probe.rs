@@ -69,7 +69,10 @@ impl Default for Prober {
 impl Prober {
     pub fn new() -> Self {
         // Probes go to local endpoints only: a proxy from the environment must not intercept them.
-        let http = reqwest::Client::builder().no_proxy().build().unwrap_or_else(|_| reqwest::Client::new());
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
         Prober { http }
     }
 
@@ -82,8 +85,18 @@ impl Prober {
         };
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         match result {
-            Ok(detail) => ProbeRecord { ok: true, detail, at_unix_ms: now_unix_ms(), latency_ms },
-            Err(detail) => ProbeRecord { ok: false, detail, at_unix_ms: now_unix_ms(), latency_ms },
+            Ok(detail) => ProbeRecord {
+                ok: true,
+                detail,
+                at_unix_ms: now_unix_ms(),
+                latency_ms,
+            },
+            Err(detail) => ProbeRecord {
+                ok: false,
+                detail,
+                at_unix_ms: now_unix_ms(),
+                latency_ms,
+            },
         }
     }
 
@@ -103,7 +116,10 @@ impl Prober {
                 if status.is_success() {
                     Ok(body.trim().chars().take(200).collect())
                 } else {
-                    Err(format!("GET {url}: {status} {}", body.trim().chars().take(200).collect::<String>()))
+                    Err(format!(
+                        "GET {url}: {status} {}",
+                        body.trim().chars().take(200).collect::<String>()
+                    ))
                 }
             }
         }

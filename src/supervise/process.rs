@@ -35,8 +35,8 @@ use tokio::task::JoinHandle;
 use super::backoff::BackoffPolicy;
 use super::pidfile::{self, MARKER_ENV, Ownership, PidRecord};
 use super::{
-    Backend, BackendEvent, BackendKind, ComponentName, ComponentSpec, EVENT_CHANNEL_CAPACITY, EventKind, RunState,
-    StartOutcome, SuperviseError, UnitStatus,
+    Backend, BackendEvent, BackendKind, ComponentName, ComponentSpec, EVENT_CHANNEL_CAPACITY,
+    EventKind, RunState, StartOutcome, SuperviseError, UnitStatus,
 };
 
 /// Subdirectory of the agent's state dir for pid files and child logs.
@@ -133,7 +133,12 @@ impl ProcessBackend {
     pub fn new(settings: ProcessSettings) -> Self {
         let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
         let (output, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
-        ProcessBackend { settings, events, output, keepers: Mutex::new(HashMap::new()) }
+        ProcessBackend {
+            settings,
+            events,
+            output,
+            keepers: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn settings(&self) -> &ProcessSettings {
@@ -149,7 +154,10 @@ impl ProcessBackend {
         pidfile::marker_value(c, &self.settings.state_dir)
     }
 
-    fn keeper_handles(&self, c: ComponentName) -> Option<(mpsc::Sender<Cmd>, watch::Receiver<UnitStatus>)> {
+    fn keeper_handles(
+        &self,
+        c: ComponentName,
+    ) -> Option<(mpsc::Sender<Cmd>, watch::Receiver<UnitStatus>)> {
         let keepers = self.keepers.lock().ok()?;
         let k = keepers.get(&c)?;
         if k.task.is_finished() {
@@ -161,11 +169,16 @@ impl ProcessBackend {
     async fn start_impl(&self, spec: &ComponentSpec) -> Result<StartOutcome, SuperviseError> {
         let name = spec.name;
         if let Some((_, status)) = self.keeper_handles(name) {
-            return Ok(StartOutcome::AlreadyActive { pid: status.borrow().pid });
+            return Ok(StartOutcome::AlreadyActive {
+                pid: status.borrow().pid,
+            });
         }
         let dir = self.settings.dir();
-        std::fs::create_dir_all(&dir)
-            .map_err(|source| SuperviseError::Io { op: "create directory", path: dir.clone(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| SuperviseError::Io {
+            op: "create directory",
+            path: dir.clone(),
+            source,
+        })?;
         let pid_path = self.settings.pid_file(name);
         let log_path = self.settings.log_file(name);
         let marker = self.marker(name);
@@ -178,7 +191,9 @@ impl ProcessBackend {
                         tracing::info!(component = %name, pid = record.pid, "adopting the running {name} left by an earlier agent (ownership check passed)");
                         adopted = Some((record.pid, Held::Adopted(fd)));
                     }
-                    Err(e) => tracing::warn!(component = %name, pid = record.pid, "cannot open a pidfd for {name}: {e}; starting anew"),
+                    Err(e) => {
+                        tracing::warn!(component = %name, pid = record.pid, "cannot open a pidfd for {name}: {e}; starting anew")
+                    }
                 },
                 Ownership::OursStale { reason } => {
                     tracing::info!(component = %name, pid = record.pid, "stopping stale {name}: {reason}");
@@ -204,13 +219,20 @@ impl ProcessBackend {
                 // The first start failure goes back to the caller (k0s does the same); later
                 // failures are retried by the keeper.
                 let (pid, child) = spawn_child(spec, &marker, &log_path, &pid_path)?;
-                (StartOutcome::Started { pid: Some(pid) }, (pid, Held::Own(child)))
+                (
+                    StartOutcome::Started { pid: Some(pid) },
+                    (pid, Held::Own(child)),
+                )
             }
         };
         let adopted_flag = matches!(outcome, StartOutcome::Adopted { .. });
         let initial = UnitStatus {
             state: RunState::Active,
-            detail: if adopted_flag { "adopted".into() } else { "running".into() },
+            detail: if adopted_flag {
+                "adopted".into()
+            } else {
+                "running".into()
+            },
             pid: Some(held.0),
             restarts: 0,
         };
@@ -230,26 +252,44 @@ impl ProcessBackend {
         };
         let _ = self.events.send(BackendEvent {
             component: name,
-            kind: EventKind::Running { pid: Some(held.0), adopted: adopted_flag },
+            kind: EventKind::Running {
+                pid: Some(held.0),
+                adopted: adopted_flag,
+            },
         });
         let task = tokio::spawn(keeper.run(Some((held.0, held.1, Instant::now())), cmd_rx));
         let tail = tokio::spawn(tail_log(name, log_path, tail_from, self.output.clone()));
-        if let Ok(mut keepers) = self.keepers.lock() {
-            if let Some(old) = keepers.insert(name, Keeper { cmd: cmd_tx, status: status_rx, task, tail }) {
-                old.task.abort();
-                old.tail.abort();
-            }
+        if let Ok(mut keepers) = self.keepers.lock()
+            && let Some(old) = keepers.insert(
+                name,
+                Keeper {
+                    cmd: cmd_tx,
+                    status: status_rx,
+                    task,
+                    tail,
+                },
+            )
+        {
+            old.task.abort();
+            old.tail.abort();
         }
         Ok(outcome)
     }
 
-    async fn send(&self, c: ComponentName, make: fn(oneshot::Sender<Result<(), SuperviseError>>) -> Cmd) -> Result<(), SuperviseError> {
+    async fn send(
+        &self,
+        c: ComponentName,
+        make: fn(oneshot::Sender<Result<(), SuperviseError>>) -> Cmd,
+    ) -> Result<(), SuperviseError> {
         let Some((cmd, _)) = self.keeper_handles(c) else {
             return Err(SuperviseError::NotStarted { component: c });
         };
         let (tx, rx) = oneshot::channel();
-        cmd.send(make(tx)).await.map_err(|_| SuperviseError::KeeperGone { component: c })?;
-        rx.await.map_err(|_| SuperviseError::KeeperGone { component: c })?
+        cmd.send(make(tx))
+            .await
+            .map_err(|_| SuperviseError::KeeperGone { component: c })?;
+        rx.await
+            .map_err(|_| SuperviseError::KeeperGone { component: c })?
     }
 
     async fn stop_impl(&self, spec: &ComponentSpec) -> Result<(), SuperviseError> {
@@ -262,7 +302,13 @@ impl ProcessBackend {
             match pidfile::check(&record, &spec.exec.program, &self.marker(spec.name)) {
                 Ownership::Ours | Ownership::OursStale { .. } => {
                     if let Ok(fd) = open_pidfd(record.pid) {
-                        stop_held(spec.name, record.pid, &mut Held::Adopted(fd), self.settings.stop_timeout).await?;
+                        stop_held(
+                            spec.name,
+                            record.pid,
+                            &mut Held::Adopted(fd),
+                            self.settings.stop_timeout,
+                        )
+                        .await?;
                     }
                 }
                 Ownership::NotRunning => {}
@@ -281,13 +327,23 @@ impl ProcessBackend {
         }
         let record = pidfile::read(&self.settings.pid_file(spec.name))?;
         Ok(match record {
-            Some(r) if pidfile::check(&r, &spec.exec.program, &self.marker(spec.name)) == Ownership::Ours => UnitStatus {
-                state: RunState::Active,
-                detail: "running, not supervised by this agent yet".into(),
-                pid: Some(r.pid),
+            Some(r)
+                if pidfile::check(&r, &spec.exec.program, &self.marker(spec.name))
+                    == Ownership::Ours =>
+            {
+                UnitStatus {
+                    state: RunState::Active,
+                    detail: "running, not supervised by this agent yet".into(),
+                    pid: Some(r.pid),
+                    restarts: 0,
+                }
+            }
+            _ => UnitStatus {
+                state: RunState::Inactive,
+                detail: "not running".into(),
+                pid: None,
                 restarts: 0,
             },
-            _ => UnitStatus { state: RunState::Inactive, detail: "not running".into(), pid: None, restarts: 0 },
         })
     }
 }
@@ -335,7 +391,10 @@ enum Held {
 }
 
 fn open_pidfd(pid: u32) -> std::io::Result<AsyncFd<OwnedFd>> {
-    let pid = i32::try_from(pid).ok().and_then(Pid::from_raw).ok_or_else(|| std::io::Error::other("invalid pid"))?;
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| std::io::Error::other("invalid pid"))?;
     let fd = rustix::process::pidfd_open(pid, PidfdFlags::NONBLOCK)?;
     // Deprecated because it is unsound for handles that do not own their fd; an OwnedFd does,
     // which is the I/O safety the deprecation asks for (and `register` would need unsafe code).
@@ -366,21 +425,37 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
-fn signal_group(name: ComponentName, pid: u32, sig: Signal, label: &'static str) -> Result<(), SuperviseError> {
+fn signal_group(
+    name: ComponentName,
+    pid: u32,
+    sig: Signal,
+    label: &'static str,
+) -> Result<(), SuperviseError> {
     let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
         return Ok(());
     };
     // Children lead their own group (pgid = pid). Fall back to the process alone if the group is
     // gone (its leader may have changed groups).
-    let result = rustix::process::kill_process_group(p, sig).or_else(|_| rustix::process::kill_process(p, sig));
+    let result = rustix::process::kill_process_group(p, sig)
+        .or_else(|_| rustix::process::kill_process(p, sig));
     match result {
         Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
-        Err(e) => Err(SuperviseError::Signal { component: name, pid, signal: label, source: e.into() }),
+        Err(e) => Err(SuperviseError::Signal {
+            component: name,
+            pid,
+            signal: label,
+            source: e.into(),
+        }),
     }
 }
 
 /// SIGTERM, up to `timeout` for the exit, then SIGKILL and a short wait.
-async fn stop_held(name: ComponentName, pid: u32, held: &mut Held, timeout: Duration) -> Result<String, SuperviseError> {
+async fn stop_held(
+    name: ComponentName,
+    pid: u32,
+    held: &mut Held,
+    timeout: Duration,
+) -> Result<String, SuperviseError> {
     signal_group(name, pid, Signal::TERM, "SIGTERM")?;
     if let Ok(how) = tokio::time::timeout(timeout, wait_exit(held)).await {
         return Ok(how);
@@ -389,7 +464,10 @@ async fn stop_held(name: ComponentName, pid: u32, held: &mut Held, timeout: Dura
     signal_group(name, pid, Signal::KILL, "SIGKILL")?;
     tokio::time::timeout(KILL_WAIT, wait_exit(held))
         .await
-        .map_err(|_| SuperviseError::StopTimeout { component: name, waited: timeout + KILL_WAIT })
+        .map_err(|_| SuperviseError::StopTimeout {
+            component: name,
+            waited: timeout + KILL_WAIT,
+        })
 }
 
 /// Spawns the component in its own process group with the ownership marker, output appended to
@@ -404,7 +482,11 @@ fn spawn_child(
         let path = log_path.to_path_buf();
         move |source| SuperviseError::Io { op, path, source }
     };
-    let log = OpenOptions::new().create(true).append(true).open(log_path).map_err(io("open child log"))?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .map_err(io("open child log"))?;
     let log_err = log.try_clone().map_err(io("duplicate child log handle"))?;
     let mut cmd = tokio::process::Command::new(&spec.exec.program);
     cmd.args(&spec.exec.args)
@@ -423,8 +505,16 @@ fn spawn_child(
     let pid = child.id().unwrap_or(0);
     // The start time is fixed at fork, so reading it right away is race-free.
     let start_ticks = pidfile::proc_stat(pid).map(|(_, t)| t).unwrap_or(0);
-    let exe = std::fs::canonicalize(&spec.exec.program).unwrap_or_else(|_| spec.exec.program.clone());
-    pidfile::write(pid_path, &PidRecord { pid, start_ticks, exe })?;
+    let exe =
+        std::fs::canonicalize(&spec.exec.program).unwrap_or_else(|_| spec.exec.program.clone());
+    pidfile::write(
+        pid_path,
+        &PidRecord {
+            pid,
+            start_ticks,
+            exe,
+        },
+    )?;
     Ok((pid, child))
 }
 
@@ -455,11 +545,19 @@ enum Next {
 
 impl KeeperTask {
     fn emit(&self, kind: EventKind) {
-        let _ = self.events.send(BackendEvent { component: self.spec.name, kind });
+        let _ = self.events.send(BackendEvent {
+            component: self.spec.name,
+            kind,
+        });
     }
 
     fn set_status(&self, state: RunState, detail: &str, pid: Option<u32>) {
-        self.status.send_replace(UnitStatus { state, detail: detail.into(), pid, restarts: self.restarts });
+        self.status.send_replace(UnitStatus {
+            state,
+            detail: detail.into(),
+            pid,
+            restarts: self.restarts,
+        });
     }
 
     fn note_failure(&mut self, ran_for: Duration) {
@@ -537,13 +635,24 @@ impl KeeperTask {
 
     /// Waits out the backoff (unless `wait` is false) and spawns again; spawn failures back off
     /// and retry. A Stop during the wait parks the keeper; a closed channel ends it.
-    async fn respawn(&mut self, rx: &mut mpsc::Receiver<Cmd>, mut wait: bool) -> Option<(u32, Held, Instant)> {
+    async fn respawn(
+        &mut self,
+        rx: &mut mpsc::Receiver<Cmd>,
+        mut wait: bool,
+    ) -> Option<(u32, Held, Instant)> {
         let name = self.spec.name;
         loop {
             if wait {
                 let delay = self.backoff.delay(self.failures);
-                self.set_status(RunState::Restarting, &format!("restarting in {} ms", delay.as_millis()), None);
-                self.emit(EventKind::RestartScheduled { delay, failures: self.failures });
+                self.set_status(
+                    RunState::Restarting,
+                    &format!("restarting in {} ms", delay.as_millis()),
+                    None,
+                );
+                self.emit(EventKind::RestartScheduled {
+                    delay,
+                    failures: self.failures,
+                });
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     cmd = rx.recv() => match cmd {
@@ -564,13 +673,21 @@ impl KeeperTask {
                     self.restarts = self.restarts.saturating_add(1);
                     tracing::info!(component = %name, pid, restarts = self.restarts, "{name} restarted");
                     self.set_status(RunState::Active, "running", Some(pid));
-                    self.emit(EventKind::Restarted { pid: Some(pid), restarts: self.restarts });
-                    self.emit(EventKind::Running { pid: Some(pid), adopted: false });
+                    self.emit(EventKind::Restarted {
+                        pid: Some(pid),
+                        restarts: self.restarts,
+                    });
+                    self.emit(EventKind::Running {
+                        pid: Some(pid),
+                        adopted: false,
+                    });
                     return Some((pid, Held::Own(child), Instant::now()));
                 }
                 Err(e) => {
                     tracing::warn!(component = %name, "restart of {name} failed: {e}");
-                    self.emit(EventKind::SpawnFailed { error: e.to_string() });
+                    self.emit(EventKind::SpawnFailed {
+                        error: e.to_string(),
+                    });
                     self.failures = self.failures.saturating_add(1);
                 }
             }
@@ -579,7 +696,12 @@ impl KeeperTask {
 }
 
 /// Follows a child log file and republishes each complete line, tagged with the component.
-async fn tail_log(name: ComponentName, path: PathBuf, mut offset: u64, out: broadcast::Sender<OutputLine>) {
+async fn tail_log(
+    name: ComponentName,
+    path: PathBuf,
+    mut offset: u64,
+    out: broadcast::Sender<OutputLine>,
+) {
     let mut partial: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut interval = tokio::time::interval(LOG_TAIL_INTERVAL);
@@ -605,18 +727,25 @@ async fn tail_log(name: ComponentName, path: PathBuf, mut offset: u64, out: broa
                 for chunk in buf[..n].split_inclusive(|b| *b == b'\n') {
                     partial.extend_from_slice(chunk);
                     if partial.ends_with(b"\n") || partial.len() >= MAX_LINE_BYTES {
-                        let line = String::from_utf8_lossy(&partial).trim_end_matches(['\n', '\r']).to_string();
+                        let line = String::from_utf8_lossy(&partial)
+                            .trim_end_matches(['\n', '\r'])
+                            .to_string();
                         partial.clear();
                         tracing::info!(target: "hybrid_agent::child", component = %name, "{line}");
-                        let _ = out.send(OutputLine { component: name, line });
+                        let _ = out.send(OutputLine {
+                            component: name,
+                            line,
+                        });
                     }
                 }
             }
         }
-        if offset >= LOG_FILE_TRUNCATE_BYTES && partial.is_empty() && file.metadata().map(|m| m.len()).unwrap_or(0) == offset {
-            if file.set_len(0).is_ok() {
-                offset = 0;
-            }
+        if offset >= LOG_FILE_TRUNCATE_BYTES
+            && partial.is_empty()
+            && file.metadata().map(|m| m.len()).unwrap_or(0) == offset
+            && file.set_len(0).is_ok()
+        {
+            offset = 0;
         }
     }
 }
@@ -627,7 +756,13 @@ mod tests {
 
     #[test]
     fn exit_descriptions_name_code_or_signal() {
-        assert_eq!(describe_exit(std::process::ExitStatus::from_raw(3 << 8)), "exit code 3");
-        assert_eq!(describe_exit(std::process::ExitStatus::from_raw(9)), "killed by signal 9");
+        assert_eq!(
+            describe_exit(std::process::ExitStatus::from_raw(3 << 8)),
+            "exit code 3"
+        );
+        assert_eq!(
+            describe_exit(std::process::ExitStatus::from_raw(9)),
+            "killed by signal 9"
+        );
     }
 }

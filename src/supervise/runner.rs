@@ -24,8 +24,13 @@ use tokio::sync::{broadcast, watch};
 
 use super::backoff::{BackoffPolicy, CrashLoopDetector, CrashLoopPolicy};
 use super::probe::Prober;
-use super::status::{ComponentState, ComponentStatus, RECENT_DELAYS_KEPT, SupervisionStatus, now_unix_ms};
-use super::{Backend, BackendEvent, ComponentSpec, EventKind, RunState, Selection, StartOutcome, SuperviseError};
+use super::status::{
+    ComponentState, ComponentStatus, RECENT_DELAYS_KEPT, SupervisionStatus, now_unix_ms,
+};
+use super::{
+    Backend, BackendEvent, ComponentSpec, EventKind, RunState, Selection, StartOutcome,
+    SuperviseError,
+};
 
 /// Probe cadence until a component first answers after a (re)start: starts should be noticed in
 /// well under the normal interval.
@@ -101,11 +106,20 @@ impl<B: Backend> Supervisor<B> {
         let initial = SupervisionStatus {
             backend: selection.kind,
             backend_reason: selection.reason.clone(),
-            components: config.components.iter().map(|c| ComponentStatus::new(c.name, c.unit.clone())).collect(),
+            components: config
+                .components
+                .iter()
+                .map(|c| ComponentStatus::new(c.name, c.unit.clone()))
+                .collect(),
             updated_at_unix_ms: now_unix_ms(),
         };
         let (status, _) = watch::channel(initial);
-        Supervisor { backend, selection, config, status }
+        Supervisor {
+            backend,
+            selection,
+            config,
+            status,
+        }
     }
 
     /// The live status; every change is published.
@@ -122,7 +136,10 @@ impl<B: Backend> Supervisor<B> {
     }
 
     /// Supervises until `shutdown` completes, then leaves or stops the components as configured.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), SuperviseError> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), SuperviseError> {
         let mut events = self.backend.watch();
         let specs: Vec<ComponentSpec> = self.config.components.clone();
         self.backend.prepare(&specs).await?;
@@ -242,6 +259,14 @@ impl<B: Backend> Supervisor<B> {
                 continue;
             }
             c.retry_at = None;
+            // systemd shows `failed` for a moment before `auto-restart`: act only if it stayed so.
+            match self.backend.status(&c.spec).await {
+                Ok(s) if s.state != RunState::Failed => {
+                    c.failed_attempts = 0;
+                    continue;
+                }
+                _ => {}
+            }
             tracing::warn!(component = %c.spec.name, attempt = c.failed_attempts, "{} had failed; starting it again", c.spec.name);
             match self.backend.start(&c.spec).await {
                 Ok(outcome) => {
@@ -271,7 +296,9 @@ impl<B: Backend> Supervisor<B> {
             if !comps[i].started || comps[i].next_probe > now {
                 continue;
             }
-            let record = prober.probe(&comps[i].spec.probe, comps[i].spec.probe_policy.timeout).await;
+            let record = prober
+                .probe(&comps[i].spec.probe, comps[i].spec.probe_policy.timeout)
+                .await;
             let c = &mut comps[i];
             let policy = c.spec.probe_policy.clone();
             let ok = record.ok;
@@ -291,10 +318,22 @@ impl<B: Backend> Supervisor<B> {
             }
             let down = matches!(
                 c.status.run_state,
-                Some(RunState::Restarting | RunState::Inactive | RunState::Failed | RunState::Deactivating)
+                Some(
+                    RunState::Restarting
+                        | RunState::Inactive
+                        | RunState::Failed
+                        | RunState::Deactivating
+                )
             ) || c.status.pid.is_none() && c.status.run_state != Some(RunState::Active);
-            let in_grace = c.running_since.is_some_and(|t| now.saturating_duration_since(t) < policy.startup_grace);
-            c.next_probe = now + if c.healthy_once { policy.interval } else { policy.interval.min(STARTUP_PROBE_INTERVAL) };
+            let in_grace = c
+                .running_since
+                .is_some_and(|t| now.saturating_duration_since(t) < policy.startup_grace);
+            c.next_probe = now
+                + if c.healthy_once {
+                    policy.interval
+                } else {
+                    policy.interval.min(STARTUP_PROBE_INTERVAL)
+                };
             if down {
                 c.status.state = ComponentState::Restarting;
                 continue;
@@ -382,7 +421,9 @@ impl<B: Backend> Supervisor<B> {
             EventKind::State { state, .. } => {
                 c.status.run_state = Some(state);
                 match state {
-                    RunState::Failed if c.started && c.retry_at.is_none() => self.schedule_failed_retry(c),
+                    RunState::Failed if c.started && c.retry_at.is_none() => {
+                        self.schedule_failed_retry(c)
+                    }
                     RunState::Restarting | RunState::Inactive | RunState::Failed => {
                         c.status.state = ComponentState::Restarting;
                         c.healthy_once = false;
@@ -411,7 +452,12 @@ impl<B: Backend> Supervisor<B> {
 }
 
 fn push_delay(status: &mut ComponentStatus, delay: Duration) {
-    status.recent_restart_delays_ms.push(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
-    let excess = status.recent_restart_delays_ms.len().saturating_sub(RECENT_DELAYS_KEPT);
+    status
+        .recent_restart_delays_ms
+        .push(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+    let excess = status
+        .recent_restart_delays_ms
+        .len()
+        .saturating_sub(RECENT_DELAYS_KEPT);
     status.recent_restart_delays_ms.drain(..excess);
 }

@@ -29,8 +29,8 @@ use zbus_systemd::systemd1::ManagerProxy;
 
 use super::units::UnitFile;
 use super::{
-    Backend, BackendEvent, BackendKind, ComponentName, ComponentSpec, EVENT_CHANNEL_CAPACITY, EventKind, RunState,
-    StartOutcome, SuperviseError, UnitStatus,
+    Backend, BackendEvent, BackendKind, ComponentName, ComponentSpec, EVENT_CHANNEL_CAPACITY,
+    EventKind, RunState, StartOutcome, SuperviseError, UnitStatus,
 };
 
 /// systemd's well-known D-Bus name.
@@ -120,7 +120,10 @@ impl SystemdBackend {
     /// Connects to the bus, checks systemd answers, and subscribes to its signals.
     pub async fn connect(settings: SystemdSettings) -> Result<Self, SuperviseError> {
         let address = settings.bus_address.clone();
-        let connect_err = |source| SuperviseError::BusConnect { address: address.clone(), source };
+        let connect_err = |source| SuperviseError::BusConnect {
+            address: address.clone(),
+            source,
+        };
         let conn = tokio::time::timeout(
             settings.call_timeout,
             zbus::connection::Builder::address(address.as_str())
@@ -128,16 +131,26 @@ impl SystemdBackend {
                 .build(),
         )
         .await
-        .map_err(|_| connect_err(zbus::Error::InputOutput(std::io::Error::from(std::io::ErrorKind::TimedOut).into())))?
+        .map_err(|_| {
+            connect_err(zbus::Error::InputOutput(
+                std::io::Error::from(std::io::ErrorKind::TimedOut).into(),
+            ))
+        })?
         .map_err(connect_err)?;
         let manager = ManagerProxy::builder(&conn)
             .cache_properties(CacheProperties::No)
             .build()
             .await
             .map_err(dbus("connect to the Manager for", "systemd"))?;
-        let version = manager.version().await.map_err(dbus("Get Version for", "systemd"))?;
+        let version = manager
+            .version()
+            .await
+            .map_err(dbus("Get Version for", "systemd"))?;
         // Without a subscriber systemd emits no unit signals on the system bus.
-        manager.subscribe().await.map_err(dbus("Subscribe for", "systemd"))?;
+        manager
+            .subscribe()
+            .await
+            .map_err(dbus("Subscribe for", "systemd"))?;
         let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
         Ok(SystemdBackend {
             conn,
@@ -186,7 +199,10 @@ impl SystemdBackend {
             report.enable_changes = changes.len();
         }
         if !report.written.is_empty() || report.enable_changes > 0 {
-            self.manager.reload().await.map_err(dbus("Reload", "the manager"))?;
+            self.manager
+                .reload()
+                .await
+                .map_err(dbus("Reload", "the manager"))?;
             self.reloads.fetch_add(1, Ordering::Relaxed);
             report.reloaded = true;
             tracing::info!(written = ?report.written, enable_changes = report.enable_changes, "unit files changed; systemd reloaded");
@@ -199,11 +215,18 @@ impl SystemdBackend {
     }
 
     fn requested(&self, c: ComponentName) -> u32 {
-        self.requested_restarts.lock().ok().and_then(|m| m.get(&c).copied()).unwrap_or(0)
+        self.requested_restarts
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&c).copied())
+            .unwrap_or(0)
     }
 
     /// Starts following a unit (idempotent); returns its state channel.
-    async fn ensure_watch(&self, spec: &ComponentSpec) -> Result<watch::Receiver<UnitSnapshot>, SuperviseError> {
+    async fn ensure_watch(
+        &self,
+        spec: &ComponentSpec,
+    ) -> Result<watch::Receiver<UnitSnapshot>, SuperviseError> {
         if let Ok(w) = self.watches.lock()
             && let Some(existing) = w.get(&spec.name)
             && !existing.task.is_finished()
@@ -211,7 +234,11 @@ impl SystemdBackend {
             return Ok(existing.state.clone());
         }
         let unit = spec.unit.clone();
-        let path = self.manager.load_unit(unit.clone()).await.map_err(dbus("LoadUnit", &unit))?;
+        let path = self
+            .manager
+            .load_unit(unit.clone())
+            .await
+            .map_err(dbus("LoadUnit", &unit))?;
         let props = zbus::fdo::PropertiesProxy::builder(&self.conn)
             .destination(SYSTEMD_BUS_NAME)
             .path(path)
@@ -220,7 +247,10 @@ impl SystemdBackend {
             .await
             .map_err(dbus("Properties proxy", &unit))?;
         // Register the signal match before reading the state, so no change falls in between.
-        let mut stream = props.receive_properties_changed().await.map_err(dbus("AddMatch PropertiesChanged", &unit))?;
+        let mut stream = props
+            .receive_properties_changed()
+            .await
+            .map_err(dbus("AddMatch PropertiesChanged", &unit))?;
         let initial = read_snapshot(&props, &unit).await?;
         let (tx, rx) = watch::channel(initial.clone());
         let events = self.events.clone();
@@ -235,7 +265,9 @@ impl SystemdBackend {
                         "ActiveState" => next.active = value_string(value).unwrap_or(next.active),
                         "SubState" => next.sub = value_string(value).unwrap_or(next.sub),
                         "MainPID" => next.main_pid = value_u32(value).unwrap_or(next.main_pid),
-                        "NRestarts" => next.n_restarts = value_u32(value).unwrap_or(next.n_restarts),
+                        "NRestarts" => {
+                            next.n_restarts = value_u32(value).unwrap_or(next.n_restarts)
+                        }
                         _ => {}
                     }
                 }
@@ -245,16 +277,27 @@ impl SystemdBackend {
                 let send = |kind| {
                     let _ = events.send(BackendEvent { component, kind });
                 };
-                if (next.active.as_str(), next.sub.as_str()) != (last.active.as_str(), last.sub.as_str()) {
+                if (next.active.as_str(), next.sub.as_str())
+                    != (last.active.as_str(), last.sub.as_str())
+                {
                     tracing::debug!(unit = %unit, active = %next.active, sub = %next.sub, "unit state changed");
-                    send(EventKind::State { state: RunState::from_systemd(&next.active, &next.sub), detail: next.sub.clone() });
+                    send(EventKind::State {
+                        state: RunState::from_systemd(&next.active, &next.sub),
+                        detail: next.sub.clone(),
+                    });
                 }
                 if next.main_pid != last.main_pid {
                     if last.main_pid != 0 {
-                        send(EventKind::Exited { pid: Some(last.main_pid), how: format!("main pid gone ({} / {})", next.active, next.sub) });
+                        send(EventKind::Exited {
+                            pid: Some(last.main_pid),
+                            how: format!("main pid gone ({} / {})", next.active, next.sub),
+                        });
                     }
                     if next.main_pid != 0 {
-                        send(EventKind::Running { pid: Some(next.main_pid), adopted: false });
+                        send(EventKind::Running {
+                            pid: Some(next.main_pid),
+                            adopted: false,
+                        });
                     }
                 }
                 if next.n_restarts > last.n_restarts {
@@ -293,10 +336,16 @@ impl SystemdBackend {
                     return Ok(snap);
                 }
                 if fail_on_failed && snap.active == "failed" {
-                    return Err(SuperviseError::UnitFailed { unit: unit.to_string(), state: format!("{}/{}", snap.active, snap.sub) });
+                    return Err(SuperviseError::UnitFailed {
+                        unit: unit.to_string(),
+                        state: format!("{}/{}", snap.active, snap.sub),
+                    });
                 }
                 if rx.changed().await.is_err() {
-                    return Err(SuperviseError::UnitFailed { unit: unit.to_string(), state: "watch ended".into() });
+                    return Err(SuperviseError::UnitFailed {
+                        unit: unit.to_string(),
+                        state: "watch ended".into(),
+                    });
                 }
             }
         })
@@ -341,41 +390,73 @@ impl Backend for SystemdBackend {
         let mut rx = self.ensure_watch(c).await?;
         let before = rx.borrow_and_update().clone();
         if before.active == "active" {
-            return Ok(StartOutcome::AlreadyActive { pid: (before.main_pid != 0).then_some(before.main_pid) });
+            return Ok(StartOutcome::AlreadyActive {
+                pid: (before.main_pid != 0).then_some(before.main_pid),
+            });
         }
         if before.active == "failed" {
             // A failed unit keeps its failure until reset; clear it so the new start counts.
             let _ = self.manager.reset_failed_unit(c.unit.clone()).await;
         }
-        self.manager.start_unit(c.unit.clone(), "replace".into()).await.map_err(dbus("StartUnit", &c.unit))?;
-        let snap = self.wait_for(&c.unit, &mut rx, |s| s.active == "active", true).await?;
-        Ok(StartOutcome::Started { pid: (snap.main_pid != 0).then_some(snap.main_pid) })
+        self.manager
+            .start_unit(c.unit.clone(), "replace".into())
+            .await
+            .map_err(dbus("StartUnit", &c.unit))?;
+        let snap = self
+            .wait_for(&c.unit, &mut rx, |s| s.active == "active", true)
+            .await?;
+        Ok(StartOutcome::Started {
+            pid: (snap.main_pid != 0).then_some(snap.main_pid),
+        })
     }
 
     async fn stop(&self, c: &ComponentSpec) -> Result<(), SuperviseError> {
         let mut rx = self.ensure_watch(c).await?;
-        self.manager.stop_unit(c.unit.clone(), "replace".into()).await.map_err(dbus("StopUnit", &c.unit))?;
-        self.wait_for(&c.unit, &mut rx, |s| s.active == "inactive" || s.active == "failed", false).await?;
+        self.manager
+            .stop_unit(c.unit.clone(), "replace".into())
+            .await
+            .map_err(dbus("StopUnit", &c.unit))?;
+        self.wait_for(
+            &c.unit,
+            &mut rx,
+            |s| s.active == "inactive" || s.active == "failed",
+            false,
+        )
+        .await?;
         Ok(())
     }
 
     async fn restart(&self, c: &ComponentSpec) -> Result<(), SuperviseError> {
         let mut rx = self.ensure_watch(c).await?;
         let old_pid = rx.borrow_and_update().main_pid;
-        self.manager.restart_unit(c.unit.clone(), "replace".into()).await.map_err(dbus("RestartUnit", &c.unit))?;
+        self.manager
+            .restart_unit(c.unit.clone(), "replace".into())
+            .await
+            .map_err(dbus("RestartUnit", &c.unit))?;
         let total = {
-            let mut m = self.requested_restarts.lock().map_err(|_| SuperviseError::KeeperGone { component: c.name })?;
+            let mut m = self
+                .requested_restarts
+                .lock()
+                .map_err(|_| SuperviseError::KeeperGone { component: c.name })?;
             let n = m.entry(c.name).or_insert(0);
             *n += 1;
             *n
         };
         let snap = self
-            .wait_for(&c.unit, &mut rx, |s| s.active == "active" && s.main_pid != old_pid, true)
+            .wait_for(
+                &c.unit,
+                &mut rx,
+                |s| s.active == "active" && s.main_pid != old_pid,
+                true,
+            )
             .await?;
-        self.emit(c.name, EventKind::Restarted {
-            pid: (snap.main_pid != 0).then_some(snap.main_pid),
-            restarts: snap.n_restarts.saturating_add(total),
-        });
+        self.emit(
+            c.name,
+            EventKind::Restarted {
+                pid: (snap.main_pid != 0).then_some(snap.main_pid),
+                restarts: snap.n_restarts.saturating_add(total),
+            },
+        );
         Ok(())
     }
 
@@ -390,15 +471,24 @@ impl Backend for SystemdBackend {
     }
 }
 
-async fn read_snapshot(props: &zbus::fdo::PropertiesProxy<'_>, unit: &str) -> Result<UnitSnapshot, SuperviseError> {
-    let unit_if = zbus::names::InterfaceName::from_static_str_unchecked("org.freedesktop.systemd1.Unit");
-    let service_if = zbus::names::InterfaceName::from_static_str_unchecked("org.freedesktop.systemd1.Service");
+async fn read_snapshot(
+    props: &zbus::fdo::PropertiesProxy<'_>,
+    unit: &str,
+) -> Result<UnitSnapshot, SuperviseError> {
+    let unit_if =
+        zbus::names::InterfaceName::from_static_str_unchecked("org.freedesktop.systemd1.Unit");
+    let service_if =
+        zbus::names::InterfaceName::from_static_str_unchecked("org.freedesktop.systemd1.Service");
     let get = |iface, name: &'static str| {
         let props = props.clone();
         async move { props.get(iface, name).await }
     };
-    let active = get(unit_if.clone(), "ActiveState").await.map_err(|e| dbus("Get ActiveState", unit)(e.into()))?;
-    let sub = get(unit_if, "SubState").await.map_err(|e| dbus("Get SubState", unit)(e.into()))?;
+    let active = get(unit_if.clone(), "ActiveState")
+        .await
+        .map_err(|e| dbus("Get ActiveState", unit)(e.into()))?;
+    let sub = get(unit_if, "SubState")
+        .await
+        .map_err(|e| dbus("Get SubState", unit)(e.into()))?;
     // A unit that is not a service (or not loaded) has no Service interface: treat as zero.
     let main_pid = get(service_if.clone(), "MainPID").await.ok();
     let n_restarts = get(service_if, "NRestarts").await.ok();
@@ -439,17 +529,34 @@ pub fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool, SuperviseErro
         Ok(existing) if existing == bytes => return Ok(false),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => return Err(SuperviseError::Io { op: "read unit file", path: path.to_path_buf(), source }),
+        Err(source) => {
+            return Err(SuperviseError::Io {
+                op: "read unit file",
+                path: path.to_path_buf(),
+                source,
+            });
+        }
     }
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|source| SuperviseError::Io { op: "create unit directory", path: parent.to_path_buf(), source })?;
+        std::fs::create_dir_all(parent).map_err(|source| SuperviseError::Io {
+            op: "create unit directory",
+            path: parent.to_path_buf(),
+            source,
+        })?;
     }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".hybrid-agent.tmp");
     let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(|source| SuperviseError::Io { op: "write unit file", path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, path).map_err(|source| SuperviseError::Io { op: "rename unit file into place", path: path.to_path_buf(), source })?;
+    std::fs::write(&tmp, bytes).map_err(|source| SuperviseError::Io {
+        op: "write unit file",
+        path: tmp.clone(),
+        source,
+    })?;
+    std::fs::rename(&tmp, path).map_err(|source| SuperviseError::Io {
+        op: "rename unit file into place",
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok(true)
 }
 

@@ -27,7 +27,8 @@ pub const KUBELET_BINARY: &str = "/usr/bin/kubelet";
 pub const DEFAULT_RESTART_SEC: u32 = 5;
 
 /// First line of every file we write, so an administrator knows edits are overwritten.
-const HEADER: &str = "# Written by hybrid-agent; local edits are overwritten. Override with a drop-in instead.";
+const HEADER: &str =
+    "# Written by hybrid-agent; local edits are overwritten. Override with a drop-in instead.";
 
 /// A unit file (or drop-in) and where it goes, relative to the unit directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,9 +52,15 @@ pub fn kubelet_service(exec: &ExecSpec, restart_sec: u32) -> UnitFile {
          \n[Service]\n",
     );
     for (k, v) in &exec.env {
-        s.push_str(&format!("Environment={}\n", quote_word(&format!("{k}={v}"))));
+        s.push_str(&format!(
+            "Environment={}\n",
+            quote_word(&format!("{k}={v}"))
+        ));
     }
-    s.push_str(&format!("ExecStart={}\n", exec_line(&exec.program, &exec.args)));
+    s.push_str(&format!(
+        "ExecStart={}\n",
+        exec_line(&exec.program, &exec.args)
+    ));
     s.push_str(&format!(
         "Restart=always\n\
          RestartSec={restart_sec}\n\
@@ -64,7 +71,10 @@ pub fn kubelet_service(exec: &ExecSpec, restart_sec: u32) -> UnitFile {
          \n[Install]\n\
          WantedBy=multi-user.target\n"
     ));
-    UnitFile { path: PathBuf::from("kubelet.service"), content: s }
+    UnitFile {
+        path: PathBuf::from("kubelet.service"),
+        content: s,
+    }
 }
 
 /// The drop-in for the distro's containerd.service: never stop restarting, and run with our
@@ -82,9 +92,15 @@ pub fn containerd_dropin(program: &Path, config: Option<&Path>, restart_sec: u32
     if let Some(config) = config {
         // An empty ExecStart= clears the distro's before ours replaces it (systemd.service(5)).
         let args = vec!["--config".to_string(), config.display().to_string()];
-        s.push_str(&format!("ExecStart=\nExecStart={}\n", exec_line(program, &args)));
+        s.push_str(&format!(
+            "ExecStart=\nExecStart={}\n",
+            exec_line(program, &args)
+        ));
     }
-    UnitFile { path: PathBuf::from(CONTAINERD_DROPIN), content: s }
+    UnitFile {
+        path: PathBuf::from(CONTAINERD_DROPIN),
+        content: s,
+    }
 }
 
 /// The agent's own unit. `KillMode=process`: under the built-in backend, containerd and kubelet
@@ -102,7 +118,10 @@ pub fn hybrid_agent_service(program: &Path) -> UnitFile {
          Type=notify\n\
          NotifyAccess=main\n",
     );
-    s.push_str(&format!("ExecStart={}\n", exec_line(program, &["run".to_string()])));
+    s.push_str(&format!(
+        "ExecStart={}\n",
+        exec_line(program, &["run".to_string()])
+    ));
     s.push_str(
         "Restart=always\n\
          RestartSec=5\n\
@@ -112,7 +131,10 @@ pub fn hybrid_agent_service(program: &Path) -> UnitFile {
          \n[Install]\n\
          WantedBy=multi-user.target\n",
     );
-    UnitFile { path: PathBuf::from("hybrid-agent.service"), content: s }
+    UnitFile {
+        path: PathBuf::from("hybrid-agent.service"),
+        content: s,
+    }
 }
 
 /// An `ExecStart=` command line: each word quoted as systemd.service(5) "Command lines" requires.
@@ -127,7 +149,9 @@ pub fn exec_line(program: &Path, args: &[String]) -> String {
 pub fn quote_word(word: &str) -> String {
     let escaped = word.replace('%', "%%").replace('$', "$$");
     let plain = !escaped.is_empty()
-        && escaped.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%$".contains(c));
+        && escaped
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%$".contains(c));
     if plain {
         return escaped;
     }
@@ -163,13 +187,20 @@ mod tests {
     fn kubelet_unit_orders_after_containerd_and_restarts_forever() {
         let exec = ExecSpec {
             program: KUBELET_BINARY.into(),
-            args: vec!["--config".into(), "/etc/kubernetes/kubelet/config.json".into()],
+            args: vec![
+                "--config".into(),
+                "/etc/kubernetes/kubelet/config.json".into(),
+            ],
             env: vec![("AWS_CONFIG_FILE".into(), "/etc/aws config".into())],
         };
         let unit = kubelet_service(&exec, 7).content;
         assert!(unit.contains("After=containerd.service\n"));
         assert!(unit.contains("StartLimitIntervalSec=0\n"));
-        assert!(unit.contains("ExecStart=/usr/bin/kubelet --config /etc/kubernetes/kubelet/config.json\n"));
+        assert!(
+            unit.contains(
+                "ExecStart=/usr/bin/kubelet --config /etc/kubernetes/kubelet/config.json\n"
+            )
+        );
         assert!(unit.contains("Environment=\"AWS_CONFIG_FILE=/etc/aws config\"\n"));
         assert!(unit.contains("RestartSec=7\n"));
     }
@@ -178,7 +209,12 @@ mod tests {
     fn containerd_dropin_replaces_exec_start_only_with_a_config() {
         let plain = containerd_dropin(Path::new("/usr/bin/containerd"), None, 5).content;
         assert!(!plain.contains("ExecStart"));
-        let with = containerd_dropin(Path::new("/usr/bin/containerd"), Some(Path::new("/etc/c.toml")), 5).content;
+        let with = containerd_dropin(
+            Path::new("/usr/bin/containerd"),
+            Some(Path::new("/etc/c.toml")),
+            5,
+        )
+        .content;
         assert!(with.contains("ExecStart=\nExecStart=/usr/bin/containerd --config /etc/c.toml\n"));
     }
 }

@@ -113,7 +113,11 @@ impl Shared {
         {
             match Mode::from_word(&text) {
                 Some(mode) => return mode,
-                None => say(&format!("control file {} holds {:?}: ignored", path.display(), text.trim())),
+                None => say(&format!(
+                    "control file {} holds {:?}: ignored",
+                    path.display(),
+                    text.trim()
+                )),
             }
         }
         Mode::from_u8(self.mode.load(Ordering::Relaxed))
@@ -125,16 +129,24 @@ fn say(line: &str) {
 }
 
 fn crash(reason: &str) -> ! {
-    say(&format!("crashing on purpose ({reason}), exit code {CRASH_EXIT_CODE}"));
+    say(&format!(
+        "crashing on purpose ({reason}), exit code {CRASH_EXIT_CODE}"
+    ));
     std::process::exit(CRASH_EXIT_CODE);
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = Args::parse();
-    let shared = Arc::new(Shared { mode: AtomicU8::new(args.mode.as_u8()), control_file: args.control_file.clone() });
+    let shared = Arc::new(Shared {
+        mode: AtomicU8::new(args.mode.as_u8()),
+        control_file: args.control_file.clone(),
+    });
     let mode = shared.current();
-    say(&format!("starting in mode {mode:?} (pid {})", std::process::id()));
+    say(&format!(
+        "starting in mode {mode:?} (pid {})",
+        std::process::id()
+    ));
     if mode == Mode::Crash {
         crash("mode crash at start");
     }
@@ -174,7 +186,10 @@ async fn main() {
 
 async fn terminated() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}
@@ -188,15 +203,24 @@ async fn terminated() {
 async fn healthz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
     match shared.current() {
         Mode::Healthy => (StatusCode::OK, "ok".into()),
-        Mode::Unhealthy => (StatusCode::INTERNAL_SERVER_ERROR, format!("{TAG}: unhealthy on purpose\n")),
+        Mode::Unhealthy => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{TAG}: unhealthy on purpose\n"),
+        ),
         Mode::Hang => std::future::pending().await,
         Mode::Crash => crash("mode crash seen at /healthz"),
     }
 }
 
-async fn set_mode(State(shared): State<Arc<Shared>>, Path(word): Path<String>) -> (StatusCode, String) {
+async fn set_mode(
+    State(shared): State<Arc<Shared>>,
+    Path(word): Path<String>,
+) -> (StatusCode, String) {
     let Some(mode) = Mode::from_word(&word) else {
-        return (StatusCode::BAD_REQUEST, format!("{TAG}: unknown mode {word:?}\n"));
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("{TAG}: unknown mode {word:?}\n"),
+        );
     };
     say(&format!("mode set to {mode:?} over HTTP"));
     if mode == Mode::Crash {

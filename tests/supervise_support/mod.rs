@@ -25,14 +25,27 @@ pub fn standin_binary() -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let out = Command::new(cargo)
             .current_dir(manifest)
-            .args(["build", "--offline", "-q", "-p", "standin-kubelet", "--message-format=json"])
+            .args([
+                "build",
+                "--offline",
+                "-q",
+                "-p",
+                "standin-kubelet",
+                "--message-format=json",
+            ])
             .output()
             .expect("run cargo build -p standin-kubelet");
-        assert!(out.status.success(), "cargo build -p standin-kubelet failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "cargo build -p standin-kubelet failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // The artifact message names the executable wherever the target dir is.
         let stdout = String::from_utf8_lossy(&out.stdout);
         for line in stdout.lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
             if v["reason"] == "compiler-artifact"
                 && v["target"]["name"] == "standin-kubelet"
                 && let Some(exe) = v["executable"].as_str()
@@ -67,9 +80,15 @@ pub fn standin_component(port: u16, extra: &[&str], policy: ProbePolicy) -> Comp
     args.extend(extra.iter().map(|s| s.to_string()));
     ComponentSpec {
         name: ComponentName::Kubelet,
-        exec: ExecSpec { program: standin_binary(), args, env: vec![] },
+        exec: ExecSpec {
+            program: standin_binary(),
+            args,
+            env: vec![],
+        },
         unit: "kubelet.service".into(),
-        probe: Probe::HttpGet { url: format!("http://127.0.0.1:{port}/healthz") },
+        probe: Probe::HttpGet {
+            url: format!("http://127.0.0.1:{port}/healthz"),
+        },
         probe_policy: policy,
     }
 }
@@ -115,9 +134,15 @@ pub const CONTAINERD: &str = "/usr/bin/containerd";
 
 impl ContainerdFixture {
     pub fn new() -> Self {
-        assert!(Path::new(CONTAINERD).exists(), "{CONTAINERD} is missing: run scripts/setup (Debian package containerd)");
+        assert!(
+            Path::new(CONTAINERD).exists(),
+            "{CONTAINERD} is missing: run scripts/setup (Debian package containerd)"
+        );
         // Short path: unix socket paths are limited to 108 bytes.
-        let dir = tempfile::Builder::new().prefix("h5ctd").tempdir_in("/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("h5ctd")
+            .tempdir_in("/tmp")
+            .unwrap();
         let d = dir.path();
         let socket = d.join("c.sock");
         let config = d.join("config.toml");
@@ -146,7 +171,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             opt = d.join("opt").display(),
         );
         std::fs::write(&config, text).unwrap();
-        ContainerdFixture { dir, config, socket }
+        ContainerdFixture {
+            dir,
+            config,
+            socket,
+        }
     }
 
     pub fn component(&self, policy: ProbePolicy) -> ComponentSpec {
@@ -158,7 +187,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                 env: vec![],
             },
             unit: "containerd.service".into(),
-            probe: Probe::ContainerdVersion { socket: self.socket.clone() },
+            probe: Probe::ContainerdVersion {
+                socket: self.socket.clone(),
+            },
             probe_policy: policy,
         }
     }
@@ -166,5 +197,6 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
 /// Whether `pid` names a live (non-zombie) process.
 pub fn alive(pid: u32) -> bool {
-    hybrid_agent::supervise::pidfile::proc_stat(pid).is_some_and(|(state, _)| state != 'Z' && state != 'X')
+    hybrid_agent::supervise::pidfile::proc_stat(pid)
+        .is_some_and(|(state, _)| state != 'Z' && state != 'X')
 }
