@@ -53,8 +53,10 @@ pub const MAX_DESCRIBE_LIMIT: usize = 50;
 pub const MAX_GROUP_NAME_LEN: usize = 512;
 pub const MAX_STREAM_NAME_LEN: usize = 512;
 /// Retention values PutRetentionPolicy accepts (API reference).
-pub const RETENTION_DAYS: [i64; 22] =
-    [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653];
+pub const RETENTION_DAYS: [i64; 22] = [
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
+    3288, 3653,
+];
 
 /// Subdirectory of the state directory and the metadata file inside it.
 const LOGS_DIR: &str = "logs";
@@ -145,14 +147,18 @@ impl LogsState {
             return Ok(Self::default());
         };
         let dir = dir.join(LOGS_DIR);
-        let mut state = LogsState { dir: Some(dir.clone()), groups: BTreeMap::new() };
+        let mut state = LogsState {
+            dir: Some(dir.clone()),
+            groups: BTreeMap::new(),
+        };
         let Some(meta) = persist::read_json::<MetaDoc>(&dir.join(META_FILE))? else {
             return Ok(state);
         };
         for g in meta.groups {
             let mut streams = BTreeMap::new();
             for s in g.streams {
-                let mut events: Vec<StoredEvent> = persist::read_json_lines(&dir.join(STREAMS_DIR).join(&s.file))?;
+                let mut events: Vec<StoredEvent> =
+                    persist::read_json_lines(&dir.join(STREAMS_DIR).join(&s.file))?;
                 events.sort_by_key(|e| e.timestamp);
                 let last_ingestion_time = events.iter().map(|e| e.ingestion_time).max();
                 let stored_bytes = events.iter().map(|e| e.message.len() as u64).sum();
@@ -170,10 +176,17 @@ impl LogsState {
                     },
                 );
             }
-            let next_ordinal = g.next_ordinal.max(streams.values().map(|s| s.ordinal + 1).max().unwrap_or(0));
+            let next_ordinal = g
+                .next_ordinal
+                .max(streams.values().map(|s| s.ordinal + 1).max().unwrap_or(0));
             state.groups.insert(
                 g.name,
-                LogGroup { creation_time: g.creation_time, retention_days: g.retention_in_days, next_ordinal, streams },
+                LogGroup {
+                    creation_time: g.creation_time,
+                    retention_days: g.retention_in_days,
+                    next_ordinal,
+                    streams,
+                },
             );
         }
         Ok(state)
@@ -218,7 +231,11 @@ impl LogsState {
 }
 
 fn persist_error(e: PersistError) -> ApiError {
-    ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException", format!("devstack could not persist: {e}"))
+    ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "ServiceUnavailableException",
+        format!("devstack could not persist: {e}"),
+    )
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -226,16 +243,24 @@ fn invalid(message: impl Into<String>) -> ApiError {
 }
 
 fn group_not_found() -> ApiError {
-    ApiError::bad_request("ResourceNotFoundException", "The specified log group does not exist.")
+    ApiError::bad_request(
+        "ResourceNotFoundException",
+        "The specified log group does not exist.",
+    )
 }
 
 fn stream_not_found() -> ApiError {
-    ApiError::bad_request("ResourceNotFoundException", "The specified log stream does not exist.")
+    ApiError::bad_request(
+        "ResourceNotFoundException",
+        "The specified log stream does not exist.",
+    )
 }
 
 /// The message AWS gives for a missing required member.
 fn required(field: &str) -> ApiError {
-    invalid(format!("1 validation error detected: Value null at '{field}' failed to satisfy constraint: Member must not be null"))
+    invalid(format!(
+        "1 validation error detected: Value null at '{field}' failed to satisfy constraint: Member must not be null"
+    ))
 }
 
 /// Handles one CloudWatch Logs operation.
@@ -256,7 +281,10 @@ pub async fn handle(state: &Shared, op: &str, req: &Req) -> Response {
         "PutLogEvents" => parse(req).and_then(|i| put_log_events(state, i, now)),
         "GetLogEvents" => parse(req).and_then(|i| get_log_events(state, i)),
         "FilterLogEvents" => parse(req).and_then(|i| filter_log_events(state, i)),
-        _ => Err(ApiError::bad_request("UnknownOperationException", format!("devstack CloudWatch Logs does not implement {op}"))),
+        _ => Err(ApiError::bad_request(
+            "UnknownOperationException",
+            format!("devstack CloudWatch Logs does not implement {op}"),
+        )),
     };
     match result {
         Ok(v) => v,
@@ -265,20 +293,36 @@ pub async fn handle(state: &Shared, op: &str, req: &Req) -> Response {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(req: &Req) -> Result<T, ApiError> {
-    let body: &[u8] = if req.body.is_empty() { b"{}" } else { &req.body };
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("SerializationException", format!("cannot parse request body: {e}")))
+    let body: &[u8] = if req.body.is_empty() {
+        b"{}"
+    } else {
+        &req.body
+    };
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            "SerializationException",
+            format!("cannot parse request body: {e}"),
+        )
+    })
 }
 
 fn ok_json<T: Serialize>(v: &T) -> Result<Response, ApiError> {
-    let body = serde_json::to_vec(v).map_err(|e| ApiError::internal(format!("cannot serialise response: {e}")))?;
-    Ok(crate::wire::bytes_response(axum::http::StatusCode::OK, "application/x-amz-json-1.1", body.into()))
+    let body = serde_json::to_vec(v)
+        .map_err(|e| ApiError::internal(format!("cannot serialise response: {e}")))?;
+    Ok(crate::wire::bytes_response(
+        axum::http::StatusCode::OK,
+        "application/x-amz-json-1.1",
+        body.into(),
+    ))
 }
 
 /// Accepts a name or an ARN (`arn:aws:logs:<region>:<account>:log-group:<name>[:*]`), as the
 /// `logGroupIdentifier` members do.
 fn group_name(name: Option<String>, identifier: Option<String>) -> Result<String, ApiError> {
     match (name, identifier) {
-        (Some(_), Some(_)) => Err(invalid("LogGroup name and LogGroup ARN are mutually exclusive parameters.")),
+        (Some(_), Some(_)) => Err(invalid(
+            "LogGroup name and LogGroup ARN are mutually exclusive parameters.",
+        )),
         (Some(n), None) => Ok(n),
         (None, Some(id)) => match id.split_once(":log-group:") {
             Some((_, rest)) => Ok(rest.strip_suffix(":*").unwrap_or(rest).to_string()),
@@ -308,7 +352,10 @@ fn validate_stream_name(name: &str) -> Result<(), ApiError> {
 }
 
 fn group_arn(state: &Shared, group: &str) -> String {
-    format!("arn:aws:logs:{}:{}:log-group:{group}", state.config.region, state.config.account_id)
+    format!(
+        "arn:aws:logs:{}:{}:log-group:{group}",
+        state.config.region, state.config.account_id
+    )
 }
 
 #[derive(Deserialize)]
@@ -324,9 +371,20 @@ fn create_log_group(state: &Shared, i: GroupInput, now: i64) -> Result<Response,
     validate_group_name(&name)?;
     let mut logs = lock(&state.logs);
     if logs.groups.contains_key(&name) {
-        return Err(ApiError::bad_request("ResourceAlreadyExistsException", "The specified log group already exists"));
+        return Err(ApiError::bad_request(
+            "ResourceAlreadyExistsException",
+            "The specified log group already exists",
+        ));
     }
-    logs.groups.insert(name, LogGroup { creation_time: now, retention_days: None, next_ordinal: 0, streams: BTreeMap::new() });
+    logs.groups.insert(
+        name,
+        LogGroup {
+            creation_time: now,
+            retention_days: None,
+            next_ordinal: 0,
+            streams: BTreeMap::new(),
+        },
+    );
     logs.save_meta().map_err(persist_error)?;
     Ok(json_ok(&serde_json::json!({})))
 }
@@ -346,14 +404,19 @@ fn delete_log_group(state: &Shared, i: GroupInput) -> Result<Response, ApiError>
 
 fn put_retention_policy(state: &Shared, i: GroupInput) -> Result<Response, ApiError> {
     let name = group_name(i.log_group_name, i.log_group_identifier)?;
-    let days = i.retention_in_days.ok_or_else(|| required("retentionInDays"))?;
+    let days = i
+        .retention_in_days
+        .ok_or_else(|| required("retentionInDays"))?;
     if !RETENTION_DAYS.contains(&days) {
         return Err(invalid(format!(
             "1 validation error detected: Value '{days}' at 'retentionInDays' failed to satisfy constraint: Member must satisfy enum value set: {RETENTION_DAYS:?}"
         )));
     }
     let mut logs = lock(&state.logs);
-    logs.groups.get_mut(&name).ok_or_else(group_not_found)?.retention_days = Some(days);
+    logs.groups
+        .get_mut(&name)
+        .ok_or_else(group_not_found)?
+        .retention_days = Some(days);
     logs.save_meta().map_err(persist_error)?;
     Ok(json_ok(&serde_json::json!({})))
 }
@@ -361,7 +424,10 @@ fn put_retention_policy(state: &Shared, i: GroupInput) -> Result<Response, ApiEr
 fn delete_retention_policy(state: &Shared, i: GroupInput) -> Result<Response, ApiError> {
     let name = group_name(i.log_group_name, i.log_group_identifier)?;
     let mut logs = lock(&state.logs);
-    logs.groups.get_mut(&name).ok_or_else(group_not_found)?.retention_days = None;
+    logs.groups
+        .get_mut(&name)
+        .ok_or_else(group_not_found)?
+        .retention_days = None;
     logs.save_meta().map_err(persist_error)?;
     Ok(json_ok(&serde_json::json!({})))
 }
@@ -381,14 +447,25 @@ fn create_log_stream(state: &Shared, i: StreamInput, now: i64) -> Result<Respons
     let mut logs = lock(&state.logs);
     let g = logs.groups.get_mut(&group).ok_or_else(group_not_found)?;
     if g.streams.contains_key(&stream) {
-        return Err(ApiError::bad_request("ResourceAlreadyExistsException", "The specified log stream already exists"));
+        return Err(ApiError::bad_request(
+            "ResourceAlreadyExistsException",
+            "The specified log stream already exists",
+        ));
     }
     let ordinal = g.next_ordinal;
     g.next_ordinal += 1;
     let file = stream_file_name(&group, &stream);
     g.streams.insert(
         stream,
-        LogStream { creation_time: now, ordinal, file, events: Vec::new(), last_ingestion_time: None, stored_bytes: 0, sequence: 0 },
+        LogStream {
+            creation_time: now,
+            ordinal,
+            file,
+            events: Vec::new(),
+            last_ingestion_time: None,
+            stored_bytes: 0,
+            sequence: 0,
+        },
     );
     logs.save_meta().map_err(persist_error)?;
     Ok(json_ok(&serde_json::json!({})))
@@ -454,7 +531,9 @@ struct GroupOut {
 
 fn describe_log_groups(state: &Shared, i: DescribeGroupsInput) -> Result<Response, ApiError> {
     if i.log_group_name_prefix.is_some() && i.log_group_name_pattern.is_some() {
-        return Err(invalid("LogGroup name prefix and LogGroup name pattern are mutually exclusive parameters."));
+        return Err(invalid(
+            "LogGroup name prefix and LogGroup name pattern are mutually exclusive parameters.",
+        ));
     }
     let limit = check_limit(i.limit, MAX_DESCRIBE_LIMIT, MAX_DESCRIBE_LIMIT)?;
     let offset = parse_token(i.next_token.as_deref(), "dlg")?;
@@ -462,8 +541,16 @@ fn describe_log_groups(state: &Shared, i: DescribeGroupsInput) -> Result<Respons
     let matching: Vec<(&String, &LogGroup)> = logs
         .groups
         .iter()
-        .filter(|(n, _)| i.log_group_name_prefix.as_deref().is_none_or(|p| n.starts_with(p)))
-        .filter(|(n, _)| i.log_group_name_pattern.as_deref().is_none_or(|p| n.contains(p)))
+        .filter(|(n, _)| {
+            i.log_group_name_prefix
+                .as_deref()
+                .is_none_or(|p| n.starts_with(p))
+        })
+        .filter(|(n, _)| {
+            i.log_group_name_pattern
+                .as_deref()
+                .is_none_or(|p| n.contains(p))
+        })
         .collect();
     let page: Vec<GroupOut> = matching
         .iter()
@@ -530,14 +617,23 @@ fn describe_log_streams(state: &Shared, i: DescribeStreamsInput) -> Result<Respo
         }
     };
     if by_time && i.log_stream_name_prefix.is_some() {
-        return Err(invalid("Cannot order by LastEventTime with a logStreamNamePrefix."));
+        return Err(invalid(
+            "Cannot order by LastEventTime with a logStreamNamePrefix.",
+        ));
     }
     let limit = check_limit(i.limit, MAX_DESCRIBE_LIMIT, MAX_DESCRIBE_LIMIT)?;
     let offset = parse_token(i.next_token.as_deref(), "dls")?;
     let logs = lock(&state.logs);
     let g = logs.groups.get(&group).ok_or_else(group_not_found)?;
-    let mut matching: Vec<(&String, &LogStream)> =
-        g.streams.iter().filter(|(n, _)| i.log_stream_name_prefix.as_deref().is_none_or(|p| n.starts_with(p))).collect();
+    let mut matching: Vec<(&String, &LogStream)> = g
+        .streams
+        .iter()
+        .filter(|(n, _)| {
+            i.log_stream_name_prefix
+                .as_deref()
+                .is_none_or(|p| n.starts_with(p))
+        })
+        .collect();
     if by_time {
         // Streams without events sort first, as their lastEventTimestamp is absent.
         matching.sort_by_key(|(n, s)| (s.events.last().map(|e| e.timestamp), (*n).clone()));
@@ -613,8 +709,12 @@ fn validate_batch(events: Vec<InputEvent>) -> Result<Vec<(i64, String)>, ApiErro
     let mut out = Vec::with_capacity(events.len());
     let mut bytes = 0usize;
     for (n, e) in events.into_iter().enumerate() {
-        let timestamp = e.timestamp.ok_or_else(|| required(&format!("logEvents.{}.member.timestamp", n + 1)))?;
-        let message = e.message.ok_or_else(|| required(&format!("logEvents.{}.member.message", n + 1)))?;
+        let timestamp = e
+            .timestamp
+            .ok_or_else(|| required(&format!("logEvents.{}.member.timestamp", n + 1)))?;
+        let message = e
+            .message
+            .ok_or_else(|| required(&format!("logEvents.{}.member.message", n + 1)))?;
         if message.is_empty() {
             return Err(invalid(format!(
                 "1 validation error detected: Value '' at 'logEvents.{}.member.message' failed to satisfy constraint: Member must have length greater than or equal to 1",
@@ -625,21 +725,31 @@ fn validate_batch(events: Vec<InputEvent>) -> Result<Vec<(i64, String)>, ApiErro
         out.push((timestamp, message));
     }
     if bytes > MAX_BATCH_BYTES {
-        return Err(invalid(format!("Upload too large: {bytes} bytes exceeds limit of {MAX_BATCH_BYTES}")));
+        return Err(invalid(format!(
+            "Upload too large: {bytes} bytes exceeds limit of {MAX_BATCH_BYTES}"
+        )));
     }
     if out.windows(2).any(|w| w[1].0 < w[0].0) {
-        return Err(invalid("Log events in a single PutLogEvents request must be in chronological order."));
+        return Err(invalid(
+            "Log events in a single PutLogEvents request must be in chronological order.",
+        ));
     }
     if let (Some(first), Some(last)) = (out.first(), out.last())
         && last.0 - first.0 > MAX_BATCH_SPAN_MS
     {
-        return Err(invalid("The batch of log events in a single PutLogEvents request cannot span more than 24 hours."));
+        return Err(invalid(
+            "The batch of log events in a single PutLogEvents request cannot span more than 24 hours.",
+        ));
     }
     Ok(out)
 }
 
 /// Splits a chronological batch into rejected prefix / accepted middle / rejected suffix.
-fn classify(events: &[(i64, String)], now: i64, retention_days: Option<i64>) -> (std::ops::Range<usize>, RejectedInfo) {
+fn classify(
+    events: &[(i64, String)],
+    now: i64,
+    retention_days: Option<i64>,
+) -> (std::ops::Range<usize>, RejectedInfo) {
     let too_old_before = now - MAX_EVENT_AGE_MS;
     let expired_before = retention_days.map(|d| now - d * 24 * 3600 * 1000);
     let too_new_after = now + MAX_EVENT_FUTURE_MS;
@@ -648,7 +758,9 @@ fn classify(events: &[(i64, String)], now: i64, retention_days: Option<i64>) -> 
         Some(cut) => events.partition_point(|(t, _)| *t < cut).max(too_old_end),
         None => too_old_end,
     };
-    let too_new_start = events.partition_point(|(t, _)| *t <= too_new_after).max(expired_end);
+    let too_new_start = events
+        .partition_point(|(t, _)| *t <= too_new_after)
+        .max(expired_end);
     let info = RejectedInfo {
         too_new_log_event_start_index: (too_new_start < events.len()).then_some(too_new_start),
         too_old_log_event_end_index: (too_old_end > 0).then_some(too_old_end),
@@ -672,11 +784,16 @@ fn put_log_events(state: &Shared, i: PutEventsInput, now: i64) -> Result<Respons
     let mut events = events;
     let stored: Vec<StoredEvent> = events
         .drain(accepted)
-        .map(|(timestamp, message)| StoredEvent { timestamp, ingestion_time: now, message })
+        .map(|(timestamp, message)| StoredEvent {
+            timestamp,
+            ingestion_time: now,
+            message,
+        })
         .collect();
     if !stored.is_empty() {
         if let Some(dir) = &logs.dir {
-            persist::append_json_lines(&dir.join(STREAMS_DIR).join(&s.file), &stored).map_err(persist_error)?;
+            persist::append_json_lines(&dir.join(STREAMS_DIR).join(&s.file), &stored)
+                .map_err(persist_error)?;
         }
         let needs_sort = match (s.events.last(), stored.first()) {
             (Some(last), Some(first)) => first.timestamp < last.timestamp,
@@ -720,8 +837,13 @@ struct OutEvent<'a> {
 
 /// Window of a sorted event list: `start` inclusive, `end` exclusive (API reference).
 fn window(events: &[StoredEvent], start: Option<i64>, end: Option<i64>) -> &[StoredEvent] {
-    let lo = start.map(|s| events.partition_point(|e| e.timestamp < s)).unwrap_or(0);
-    let hi = end.map(|t| events.partition_point(|e| e.timestamp < t)).unwrap_or(events.len()).max(lo);
+    let lo = start
+        .map(|s| events.partition_point(|e| e.timestamp < s))
+        .unwrap_or(0);
+    let hi = end
+        .map(|t| events.partition_point(|e| e.timestamp < t))
+        .unwrap_or(events.len())
+        .max(lo);
     &events[lo..hi]
 }
 
@@ -749,7 +871,9 @@ fn get_log_events(state: &Shared, i: GetEventsInput) -> Result<Response, ApiErro
     let limit = check_limit(i.limit, MAX_PAGE_EVENTS, MAX_PAGE_EVENTS)?;
     let token = match i.next_token.as_deref() {
         None => None,
-        Some(t) => Some(parse_get_token(t).ok_or_else(|| invalid("The specified nextToken is invalid."))?),
+        Some(t) => {
+            Some(parse_get_token(t).ok_or_else(|| invalid("The specified nextToken is invalid."))?)
+        }
     };
     let logs = lock(&state.logs);
     let g = logs.groups.get(&group).ok_or_else(group_not_found)?;
@@ -761,7 +885,12 @@ fn get_log_events(state: &Shared, i: GetEventsInput) -> Result<Response, ApiErro
     let forward = |from: usize| {
         let from = from.min(n);
         let (mut end, mut bytes) = (from, 0usize);
-        while end < n && fits(end - from, bytes + events[end].message.len() + EVENT_OVERHEAD_BYTES) {
+        while end < n
+            && fits(
+                end - from,
+                bytes + events[end].message.len() + EVENT_OVERHEAD_BYTES,
+            )
+        {
             bytes += events[end].message.len() + EVENT_OVERHEAD_BYTES;
             end += 1;
         }
@@ -770,7 +899,12 @@ fn get_log_events(state: &Shared, i: GetEventsInput) -> Result<Response, ApiErro
     let backward = |to: usize| {
         let to = to.min(n);
         let (mut start, mut bytes) = (to, 0usize);
-        while start > 0 && fits(to - start, bytes + events[start - 1].message.len() + EVENT_OVERHEAD_BYTES) {
+        while start > 0
+            && fits(
+                to - start,
+                bytes + events[start - 1].message.len() + EVENT_OVERHEAD_BYTES,
+            )
+        {
             bytes += events[start - 1].message.len() + EVENT_OVERHEAD_BYTES;
             start -= 1;
         }
@@ -793,7 +927,11 @@ fn get_log_events(state: &Shared, i: GetEventsInput) -> Result<Response, ApiErro
     };
     let out: Vec<OutEvent<'_>> = events[range]
         .iter()
-        .map(|e| OutEvent { timestamp: e.timestamp, message: &e.message, ingestion_time: e.ingestion_time })
+        .map(|e| OutEvent {
+            timestamp: e.timestamp,
+            message: &e.message,
+            ingestion_time: e.ingestion_time,
+        })
         .collect();
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
@@ -802,7 +940,11 @@ fn get_log_events(state: &Shared, i: GetEventsInput) -> Result<Response, ApiErro
         next_forward_token: String,
         next_backward_token: String,
     }
-    ok_json(&GetOut { events: out, next_forward_token: next_forward, next_backward_token: next_backward })
+    ok_json(&GetOut {
+        events: out,
+        next_forward_token: next_forward,
+        next_backward_token: next_backward,
+    })
 }
 
 #[derive(Deserialize)]
@@ -833,7 +975,9 @@ impl Pattern {
     fn parse(p: &str) -> Result<Pattern, ApiError> {
         let p = p.trim();
         if p.starts_with('{') || p.starts_with('[') {
-            return Err(invalid(format!("devstack supports only term filter patterns, not '{p}'")));
+            return Err(invalid(format!(
+                "devstack supports only term filter patterns, not '{p}'"
+            )));
         }
         let (mut include, mut exclude) = (Vec::new(), Vec::new());
         let mut rest = p;
@@ -844,7 +988,11 @@ impl Pattern {
             }
             let term;
             if let Some(q) = rest.strip_prefix('"') {
-                let end = q.find('"').ok_or_else(|| invalid(format!("Invalid filter pattern: unterminated quote in '{p}'")))?;
+                let end = q.find('"').ok_or_else(|| {
+                    invalid(format!(
+                        "Invalid filter pattern: unterminated quote in '{p}'"
+                    ))
+                })?;
                 term = &q[..end];
                 rest = &q[end + 1..];
             } else {
@@ -853,7 +1001,11 @@ impl Pattern {
                 rest = &rest[end..];
             }
             if !term.is_empty() {
-                if negate { exclude.push(term.to_string()) } else { include.push(term.to_string()) }
+                if negate {
+                    exclude.push(term.to_string())
+                } else {
+                    include.push(term.to_string())
+                }
             }
             rest = rest.trim_start();
         }
@@ -861,14 +1013,17 @@ impl Pattern {
     }
 
     fn matches(&self, message: &str) -> bool {
-        self.include.iter().all(|t| message.contains(t.as_str())) && !self.exclude.iter().any(|t| message.contains(t.as_str()))
+        self.include.iter().all(|t| message.contains(t.as_str()))
+            && !self.exclude.iter().any(|t| message.contains(t.as_str()))
     }
 }
 
 fn filter_log_events(state: &Shared, i: FilterInput) -> Result<Response, ApiError> {
     let group = group_name(i.log_group_name, i.log_group_identifier)?;
     if i.log_stream_names.is_some() && i.log_stream_name_prefix.is_some() {
-        return Err(invalid("logStreamNames and logStreamNamePrefix are mutually exclusive parameters."));
+        return Err(invalid(
+            "logStreamNames and logStreamNamePrefix are mutually exclusive parameters.",
+        ));
     }
     let limit = check_limit(i.limit, MAX_PAGE_EVENTS, MAX_PAGE_EVENTS)?;
     let offset = parse_token(i.next_token.as_deref(), "fle")?;
@@ -887,8 +1042,14 @@ fn filter_log_events(state: &Shared, i: FilterInput) -> Result<Response, ApiErro
         if !wanted {
             continue;
         }
-        let lo = i.start_time.map(|t| s.events.partition_point(|e| e.timestamp < t)).unwrap_or(0);
-        for (k, e) in window(&s.events, i.start_time, i.end_time).iter().enumerate() {
+        let lo = i
+            .start_time
+            .map(|t| s.events.partition_point(|e| e.timestamp < t))
+            .unwrap_or(0);
+        for (k, e) in window(&s.events, i.start_time, i.end_time)
+            .iter()
+            .enumerate()
+        {
             if pattern.matches(&e.message) {
                 hits.push((e.timestamp, s.ordinal, lo + k, name.as_str(), e));
             }
@@ -931,7 +1092,11 @@ fn filter_log_events(state: &Shared, i: FilterInput) -> Result<Response, ApiErro
         next_token: Option<String>,
     }
     let next_token = (next < hits.len()).then(|| format!("fle/{next}"));
-    ok_json(&FilterOut { events: page, searched_log_streams: Vec::new(), next_token })
+    ok_json(&FilterOut {
+        events: page,
+        searched_log_streams: Vec::new(),
+        next_token,
+    })
 }
 
 #[cfg(test)]
@@ -975,7 +1140,11 @@ mod tests {
         let p = Pattern::parse("\"line 3\"").expect("pattern");
         assert!(p.matches("line 3 ✓") && !p.matches("line 4"));
         let p = Pattern::parse("ERROR -timeout kubelet").expect("pattern");
-        assert!(p.matches("kubelet ERROR x") && !p.matches("kubelet ERROR timeout") && !p.matches("ERROR"));
+        assert!(
+            p.matches("kubelet ERROR x")
+                && !p.matches("kubelet ERROR timeout")
+                && !p.matches("ERROR")
+        );
         assert!(Pattern::parse("").expect("empty").matches("anything"));
         assert!(Pattern::parse("{ $.level = \"x\" }").is_err());
     }
