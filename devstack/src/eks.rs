@@ -41,7 +41,9 @@ pub const DEFAULT_SERVICE_CIDR: &str = "172.20.0.0/16";
 pub const MAX_LIST_RESULTS: usize = 100;
 const EKS_DIR: &str = "eks";
 const CLUSTERS_FILE: &str = "clusters.json";
-const STATUSES: [&str; 6] = ["CREATING", "ACTIVE", "DELETING", "FAILED", "UPDATING", "PENDING"];
+const STATUSES: [&str; 6] = [
+    "CREATING", "ACTIVE", "DELETING", "FAILED", "UPDATING", "PENDING",
+];
 
 /// One cluster as the devstack keeps (and persists) it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,21 +72,32 @@ pub struct EksState {
 #[derive(Debug, thiserror::Error)]
 enum EksError {
     #[error("cannot generate the CA certificate of cluster {cluster}: {source}")]
-    Ca { cluster: String, source: rcgen::Error },
+    Ca {
+        cluster: String,
+        source: rcgen::Error,
+    },
     #[error(transparent)]
     Persist(#[from] persist::PersistError),
 }
 
 /// A fresh self-signed CA (CN=kubernetes, as the EKS cluster CA is named), PEM cert and key.
 fn generate_ca(cluster: &str) -> Result<(String, String), EksError> {
-    let err = |source| EksError::Ca { cluster: cluster.to_string(), source };
+    let err = |source| EksError::Ca {
+        cluster: cluster.to_string(),
+        source,
+    };
     let key = rcgen::KeyPair::generate().map_err(err)?;
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(rcgen::DnType::CommonName, "kubernetes");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "kubernetes");
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages =
-        vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature, rcgen::KeyUsagePurpose::CrlSign];
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
     // EKS cluster CAs are valid for ten years.
     let year = time::OffsetDateTime::now_utc().year();
     params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
@@ -101,8 +114,14 @@ fn new_cluster(name: &str, now_secs: i64) -> Result<Cluster, EksError> {
         version: DEFAULT_VERSION.into(),
         endpoint: DEFAULT_ENDPOINT.into(),
         created_at: now_secs,
-        remote_node_cidrs: DEFAULT_REMOTE_NODE_CIDRS.iter().map(|s| s.to_string()).collect(),
-        remote_pod_cidrs: DEFAULT_REMOTE_POD_CIDRS.iter().map(|s| s.to_string()).collect(),
+        remote_node_cidrs: DEFAULT_REMOTE_NODE_CIDRS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        remote_pod_cidrs: DEFAULT_REMOTE_POD_CIDRS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         service_cidr: DEFAULT_SERVICE_CIDR.into(),
         ca_cert_pem,
         ca_key_pem,
@@ -118,16 +137,32 @@ impl EksState {
     pub fn load(dir: Option<&Path>, _config: &Config) -> Result<Self, DevstackError> {
         let file = dir.map(|d| d.join(EKS_DIR).join(CLUSTERS_FILE));
         let label = file.clone().unwrap_or_else(|| PathBuf::from("(in memory)"));
-        let load_err = |e: EksError| DevstackError::LoadState { path: label.clone(), message: e.to_string() };
+        let load_err = |e: EksError| DevstackError::LoadState {
+            path: label.clone(),
+            message: e.to_string(),
+        };
         let mut clusters: BTreeMap<String, Cluster> = match &file {
-            Some(f) => persist::read_json::<Vec<Cluster>>(f)?.unwrap_or_default().into_iter().map(|c| (c.name.clone(), c)).collect(),
+            Some(f) => persist::read_json::<Vec<Cluster>>(f)?
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| (c.name.clone(), c))
+                .collect(),
             None => BTreeMap::new(),
         };
         let state = if clusters.contains_key(DEMO_CLUSTER) {
-            EksState { file, clusters: Mutex::new(clusters) }
+            EksState {
+                file,
+                clusters: Mutex::new(clusters),
+            }
         } else {
-            clusters.insert(DEMO_CLUSTER.to_string(), new_cluster(DEMO_CLUSTER, now_secs()).map_err(load_err)?);
-            let s = EksState { file, clusters: Mutex::new(clusters) };
+            clusters.insert(
+                DEMO_CLUSTER.to_string(),
+                new_cluster(DEMO_CLUSTER, now_secs()).map_err(load_err)?,
+            );
+            let s = EksState {
+                file,
+                clusters: Mutex::new(clusters),
+            };
             s.save(&lock(&s.clusters)).map_err(|e| load_err(e.into()))?;
             s
         };
@@ -139,8 +174,10 @@ impl EksState {
             return Ok(());
         };
         let list: Vec<&Cluster> = clusters.values().collect();
-        let bytes = serde_json::to_vec_pretty(&list)
-            .map_err(|e| persist::PersistError::Write { path: file.clone(), source: std::io::Error::other(e) })?;
+        let bytes = serde_json::to_vec_pretty(&list).map_err(|e| persist::PersistError::Write {
+            path: file.clone(),
+            source: std::io::Error::other(e),
+        })?;
         persist::write_atomic(file, &bytes)
     }
 
@@ -153,7 +190,9 @@ impl EksState {
 fn cluster_json(state: &Shared, c: &Cluster) -> serde_json::Value {
     let region = &state.config.region;
     let account = &state.config.account_id;
-    let id = &hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, c.name.as_bytes()).as_ref())[..17];
+    let id = &hex::encode(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, c.name.as_bytes()).as_ref(),
+    )[..17];
     let mut v = serde_json::json!({
         "name": c.name,
         "arn": format!("arn:aws:eks:{region}:{account}:cluster/{}", c.name),
@@ -183,8 +222,7 @@ fn cluster_json(state: &Shared, c: &Cluster) -> serde_json::Value {
     // While a cluster is still being created EKS reports neither endpoint nor CA.
     if c.status != "CREATING" {
         v["endpoint"] = serde_json::Value::String(c.endpoint.clone());
-        v["certificateAuthority"] =
-            serde_json::json!({ "data": base64::engine::general_purpose::STANDARD.encode(c.ca_cert_pem.as_bytes()) });
+        v["certificateAuthority"] = serde_json::json!({ "data": base64::engine::general_purpose::STANDARD.encode(c.ca_cert_pem.as_bytes()) });
         v["identity"] = serde_json::json!({ "oidc": { "issuer": format!("https://oidc.eks.{region}.amazonaws.com/id/{}", id.to_uppercase()) } });
     }
     v
@@ -201,16 +239,34 @@ pub async fn handle(state: &Shared, op: &str, req: &Req) -> Response {
     }
     match op {
         "DescribeCluster" => {
-            let name = crate::mirror::percent_decode(req.path.trim_end_matches('/').rsplit('/').next().unwrap_or_default());
+            let name = crate::mirror::percent_decode(
+                req.path
+                    .trim_end_matches('/')
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default(),
+            );
             match state.eks.cluster(&name) {
-                Some(c) => rest_json(StatusCode::OK, &serde_json::json!({ "cluster": cluster_json(state, &c) })),
-                None => ApiError::not_found("ResourceNotFoundException", format!("No cluster found for name: {name}."))
-                    .render(Protocol::RestJson1),
+                Some(c) => rest_json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "cluster": cluster_json(state, &c) }),
+                ),
+                None => ApiError::not_found(
+                    "ResourceNotFoundException",
+                    format!("No cluster found for name: {name}."),
+                )
+                .render(Protocol::RestJson1),
             }
         }
         "ListClusters" => list_clusters(state, req),
-        _ => ApiError::bad_request("InvalidRequestException", format!("devstack EKS does not implement {} {}", req.method, req.path))
-            .render(Protocol::RestJson1),
+        _ => ApiError::bad_request(
+            "InvalidRequestException",
+            format!(
+                "devstack EKS does not implement {} {}",
+                req.method, req.path
+            ),
+        )
+        .render(Protocol::RestJson1),
     }
 }
 
@@ -221,15 +277,19 @@ fn list_clusters(state: &Shared, req: &Req) -> Response {
         None => MAX_LIST_RESULTS,
         Some(Ok(n)) if (1..=MAX_LIST_RESULTS).contains(&n) => n,
         _ => {
-            return ApiError::bad_request("InvalidParameterException", format!("maxResults must be between 1 and {MAX_LIST_RESULTS}"))
-                .render(Protocol::RestJson1);
+            return ApiError::bad_request(
+                "InvalidParameterException",
+                format!("maxResults must be between 1 and {MAX_LIST_RESULTS}"),
+            )
+            .render(Protocol::RestJson1);
         }
     };
     let offset = match get("nextToken").map(str::parse::<usize>) {
         None => 0,
         Some(Ok(n)) => n,
         Some(Err(_)) => {
-            return ApiError::bad_request("InvalidParameterException", "The nextToken is invalid.").render(Protocol::RestJson1);
+            return ApiError::bad_request("InvalidParameterException", "The nextToken is invalid.")
+                .render(Protocol::RestJson1);
         }
     };
     let clusters = lock(&state.eks.clusters);
@@ -256,7 +316,15 @@ pub async fn control(state: &Shared, op: &str, req: &Req) -> Response {
     let Some(name) = get("name").filter(|n| !n.is_empty()) else {
         return bad(format!("/_devstack/{op} needs ?name=CLUSTER"));
     };
-    let cidrs = |k: &str| get(k).map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect::<Vec<_>>());
+    let cidrs = |k: &str| {
+        get(k).map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+    };
     match (req.method.clone(), op) {
         (Method::POST, "eks/clusters") => {
             if let Some(s) = get("status")
@@ -300,7 +368,11 @@ pub async fn control(state: &Shared, op: &str, req: &Req) -> Response {
         (Method::DELETE, "eks/clusters") => {
             let mut clusters = lock(&state.eks.clusters);
             if clusters.remove(&name).is_none() {
-                return ApiError::not_found("ResourceNotFoundException", format!("No cluster found for name: {name}.")).render(Protocol::Plain);
+                return ApiError::not_found(
+                    "ResourceNotFoundException",
+                    format!("No cluster found for name: {name}."),
+                )
+                .render(Protocol::Plain);
             }
             if let Err(e) = state.eks.save(&clusters) {
                 return ApiError::internal(e.to_string()).render(Protocol::Plain);
@@ -308,9 +380,20 @@ pub async fn control(state: &Shared, op: &str, req: &Req) -> Response {
             rest_json(StatusCode::OK, &serde_json::json!({}))
         }
         (Method::GET, "eks/ca") => match state.eks.cluster(&name) {
-            Some(c) => rest_json(StatusCode::OK, &serde_json::json!({ "cert_pem": c.ca_cert_pem, "key_pem": c.ca_key_pem })),
-            None => ApiError::not_found("ResourceNotFoundException", format!("No cluster found for name: {name}.")).render(Protocol::Plain),
+            Some(c) => rest_json(
+                StatusCode::OK,
+                &serde_json::json!({ "cert_pem": c.ca_cert_pem, "key_pem": c.ca_key_pem }),
+            ),
+            None => ApiError::not_found(
+                "ResourceNotFoundException",
+                format!("No cluster found for name: {name}."),
+            )
+            .render(Protocol::Plain),
         },
-        _ => ApiError::not_found("UnknownControl", format!("no control endpoint {} /_devstack/{op}", req.method)).render(Protocol::Plain),
+        _ => ApiError::not_found(
+            "UnknownControl",
+            format!("no control endpoint {} /_devstack/{op}", req.method),
+        )
+        .render(Protocol::Plain),
     }
 }
