@@ -52,6 +52,8 @@ pub const SSM_DIR: &str = "ssm";
 const ECR_ACCOUNT_ID: &str = "602401143452";
 /// Read size when streaming and hashing files.
 const CHUNK: usize = 64 * 1024;
+/// How long a cut body waits before failing, so hyper flushes the bytes before the cut point.
+const CUT_FLUSH_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// One fault on one file.
 #[derive(Debug, Clone)]
@@ -117,10 +119,14 @@ fn relative_path(path: &str) -> Result<String, ApiError> {
     let rest = path.strip_prefix(PREFIX).unwrap_or("");
     let mut segments = Vec::new();
     for raw in rest.split('/') {
-        let seg = String::from_utf8(percent_decode_bytes(raw))
-            .map_err(|_| ApiError::bad_request("InvalidPath", format!("{path}: path is not UTF-8")))?;
+        let seg = String::from_utf8(percent_decode_bytes(raw)).map_err(|_| {
+            ApiError::bad_request("InvalidPath", format!("{path}: path is not UTF-8"))
+        })?;
         if seg.is_empty() || seg == "." || seg == ".." || seg.contains(['/', '\\', '\0']) {
-            return Err(ApiError::bad_request("InvalidPath", format!("{path}: '..', '.', empty and encoded-slash segments are refused")));
+            return Err(ApiError::bad_request(
+                "InvalidPath",
+                format!("{path}: '..', '.', empty and encoded-slash segments are refused"),
+            ));
         }
         segments.push(seg);
     }
@@ -141,12 +147,21 @@ fn plain(status: StatusCode, code: &str, message: String) -> Response {
 /// Serves one mirror request.
 pub async fn handle(state: &Shared, req: &Req) -> Response {
     if req.method != Method::GET && req.method != Method::HEAD {
-        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", format!("the mirror serves GET and HEAD, not {}", req.method));
-        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        let mut r = plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("the mirror serves GET and HEAD, not {}", req.method),
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
     let Some(root) = state.config.mirror_dir.clone() else {
-        return plain(StatusCode::NOT_FOUND, "NoMirror", "this devstack was started without a mirror directory (--mirror-dir)".into());
+        return plain(
+            StatusCode::NOT_FOUND,
+            "NoMirror",
+            "this devstack was started without a mirror directory (--mirror-dir)".into(),
+        );
     };
     let rel = match relative_path(&req.path) {
         Ok(r) => r,
@@ -158,25 +173,44 @@ pub async fn handle(state: &Shared, req: &Req) -> Response {
     if !on_disk {
         let host = req.header("host").unwrap_or("127.0.0.1").to_string();
         match rel.as_str() {
-            "manifest.yaml" | "manifest.json" => return serve_manifest(state, &root, &rel, &host, head).await,
+            "manifest.yaml" | "manifest.json" => {
+                return serve_manifest(state, &root, &rel, &host, head).await;
+            }
             _ => {}
         }
         if let Some(base) = rel.strip_suffix(CHECKSUM_SUFFIX) {
             return serve_checksum(state, &root, base, head).await;
         }
-        return plain(StatusCode::NOT_FOUND, "NoSuchKey", format!("{} is not in the mirror", req.path));
+        return plain(
+            StatusCode::NOT_FOUND,
+            "NoSuchKey",
+            format!("{} is not in the mirror", req.path),
+        );
     }
     serve_file(state, &root, &rel, req, head).await
 }
 
 /// Resolves `rel` under `root`, refusing symlinks that lead outside it.
 async fn resolve(root: &Path, rel: &str) -> Result<(PathBuf, std::fs::Metadata), Response> {
-    let not_found = || plain(StatusCode::NOT_FOUND, "NoSuchKey", format!("{PREFIX}{rel} is not in the mirror"));
-    let (Ok(real_root), Ok(real)) = (tokio::fs::canonicalize(root).await, tokio::fs::canonicalize(root.join(rel)).await) else {
+    let not_found = || {
+        plain(
+            StatusCode::NOT_FOUND,
+            "NoSuchKey",
+            format!("{PREFIX}{rel} is not in the mirror"),
+        )
+    };
+    let (Ok(real_root), Ok(real)) = (
+        tokio::fs::canonicalize(root).await,
+        tokio::fs::canonicalize(root.join(rel)).await,
+    ) else {
         return Err(not_found());
     };
     if !real.starts_with(&real_root) {
-        return Err(plain(StatusCode::FORBIDDEN, "AccessDenied", format!("{PREFIX}{rel} leads outside the mirror")));
+        return Err(plain(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            format!("{PREFIX}{rel} leads outside the mirror"),
+        ));
     }
     match tokio::fs::metadata(&real).await {
         Ok(m) if m.is_file() => Ok((real, m)),
@@ -200,13 +234,17 @@ fn parse_range(value: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, ()> 
     let (a, b) = (a.trim(), b.trim());
     if a.is_empty() {
         // Suffix range: the last N bytes.
-        let Ok(n) = b.parse::<u64>() else { return Ok(None) };
+        let Ok(n) = b.parse::<u64>() else {
+            return Ok(None);
+        };
         if n == 0 || len == 0 {
             return Err(());
         }
         return Ok(Some((len.saturating_sub(n), len - 1)));
     }
-    let Ok(start) = a.parse::<u64>() else { return Ok(None) };
+    let Ok(start) = a.parse::<u64>() else {
+        return Ok(None);
+    };
     let end = if b.is_empty() {
         len.saturating_sub(1)
     } else {
@@ -222,7 +260,12 @@ fn parse_range(value: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, ()> 
 }
 
 fn etag(meta: &std::fs::Metadata) -> String {
-    let mtime = meta.modified().ok().and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     format!("\"{:x}-{:x}\"", meta.len(), mtime)
 }
 
@@ -239,7 +282,10 @@ async fn serve_file(state: &Shared, root: &Path, rel: &str, req: &Req, head: boo
     };
     let len = meta.len();
     let tag = etag(&meta);
-    if req.header("if-none-match").is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*")) {
+    if req
+        .header("if-none-match")
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"))
+    {
         let mut r = Response::new(Body::empty());
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         set(&mut r, header::ETAG, &tag);
@@ -253,7 +299,11 @@ async fn serve_file(state: &Shared, root: &Path, rel: &str, req: &Req, head: boo
     let range = match parse_range(range_header, len) {
         Ok(r) => r,
         Err(()) => {
-            let mut r = plain(StatusCode::RANGE_NOT_SATISFIABLE, "InvalidRange", format!("{PREFIX}{rel} has {len} bytes"));
+            let mut r = plain(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "InvalidRange",
+                format!("{PREFIX}{rel} has {len} bytes"),
+            );
             set(&mut r, header::CONTENT_RANGE, &format!("bytes */{len}"));
             set(&mut r, header::ACCEPT_RANGES, "bytes");
             return r;
@@ -268,16 +318,35 @@ async fn serve_file(state: &Shared, root: &Path, rel: &str, req: &Req, head: boo
     } else {
         let mut file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
-            Err(e) => return plain(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("cannot open {}: {e}", path.display())),
+            Err(e) => {
+                return plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    format!("cannot open {}: {e}", path.display()),
+                );
+            }
         };
         if start > 0
             && let Err(e) = file.seek(std::io::SeekFrom::Start(start)).await
         {
-            return plain(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("cannot seek {}: {e}", path.display()));
+            return plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                format!("cannot seek {}: {e}", path.display()),
+            );
         }
-        let corrupt_at = take_fault(&state.mirror.corrupt, rel).map(|at| at.min(len.saturating_sub(1)));
+        let corrupt_at =
+            take_fault(&state.mirror.corrupt, rel).map(|at| at.min(len.saturating_sub(1)));
         let cut_after = take_fault(&state.mirror.cut, rel);
-        let reader = FaultyReader { inner: file.take(count), pos: start, corrupt_at, cut_after, sent: 0, scratch: Vec::new() };
+        let reader = FaultyReader {
+            inner: file.take(count),
+            pos: start,
+            corrupt_at,
+            cut_after,
+            sent: 0,
+            scratch: Vec::new(),
+            grace: None,
+        };
         Body::from_stream(tokio_util::io::ReaderStream::with_capacity(reader, CHUNK))
     };
     let mut r = Response::new(body);
@@ -290,7 +359,11 @@ async fn serve_file(state: &Shared, root: &Path, rel: &str, req: &Req, head: boo
         set(&mut r, header::LAST_MODIFIED, &httpdate::fmt_http_date(m));
     }
     if let Some((s, e)) = range {
-        set(&mut r, header::CONTENT_RANGE, &format!("bytes {s}-{e}/{len}"));
+        set(
+            &mut r,
+            header::CONTENT_RANGE,
+            &format!("bytes {s}-{e}/{len}"),
+        );
     }
     r
 }
@@ -306,19 +379,42 @@ struct FaultyReader<R> {
     cut_after: Option<u64>,
     sent: u64,
     scratch: Vec<u8>,
+    grace: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for FaultyReader<R> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
         if let Some(limit) = this.cut_after
             && this.sent >= limit
         {
-            return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "devstack mirror fault: cut")));
+            // hyper drops what it has not yet written when a body fails, so give it a moment
+            // (a pending body makes it flush) before failing: exactly `limit` bytes go out.
+            if limit > 0 {
+                let grace = this
+                    .grace
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(CUT_FLUSH_GRACE)));
+                if grace.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "devstack mirror fault: cut",
+            )));
         }
         // Never read past the cut point, so exactly `limit` bytes go out. Reading through a
         // scratch buffer costs a copy but needs no unsafe buffer bookkeeping.
-        let allowed = this.cut_after.map(|l| (l - this.sent) as usize).unwrap_or(usize::MAX).min(buf.remaining()).min(CHUNK);
+        let allowed = this
+            .cut_after
+            .map(|l| (l - this.sent) as usize)
+            .unwrap_or(usize::MAX)
+            .min(buf.remaining())
+            .min(CHUNK);
         if this.scratch.len() < allowed {
             this.scratch.resize(allowed, 0);
         }
@@ -346,14 +442,27 @@ impl<R: AsyncRead + Unpin> AsyncRead for FaultyReader<R> {
 /// does the same mid-body; the dispatcher uses this for requests that arrive during an outage
 /// on connections accepted before it.
 pub fn severed_response() -> Response {
-    let reader = FaultyReader { inner: tokio::io::empty(), pos: 0, corrupt_at: None, cut_after: Some(0), sent: 0, scratch: Vec::new() };
+    let reader = FaultyReader {
+        inner: tokio::io::empty(),
+        pos: 0,
+        corrupt_at: None,
+        cut_after: Some(0),
+        sent: 0,
+        scratch: Vec::new(),
+        grace: None,
+    };
     let mut r = Response::new(Body::from_stream(tokio_util::io::ReaderStream::new(reader)));
-    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     r
 }
 
 /// SHA-256 of a file, streamed; cached by size and mtime.
-async fn sha256_hex(state: &Shared, path: &Path, meta: &std::fs::Metadata) -> std::io::Result<String> {
+async fn sha256_hex(
+    state: &Shared,
+    path: &Path,
+    meta: &std::fs::Metadata,
+) -> std::io::Result<String> {
     let mtime = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
     if let Some((len, m, hex)) = lock(&state.mirror.sha_cache).get(path)
         && *len == meta.len()
@@ -379,11 +488,23 @@ async fn sha256_hex(state: &Shared, path: &Path, meta: &std::fs::Metadata) -> st
 async fn serve_checksum(state: &Shared, root: &Path, base: &str, head: bool) -> Response {
     let (path, meta) = match resolve(root, base).await {
         Ok(r) => r,
-        Err(_) => return plain(StatusCode::NOT_FOUND, "NoSuchKey", format!("{PREFIX}{base}{CHECKSUM_SUFFIX} is not in the mirror")),
+        Err(_) => {
+            return plain(
+                StatusCode::NOT_FOUND,
+                "NoSuchKey",
+                format!("{PREFIX}{base}{CHECKSUM_SUFFIX} is not in the mirror"),
+            );
+        }
     };
     let hex = match sha256_hex(state, &path, &meta).await {
         Ok(h) => h,
-        Err(e) => return plain(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("cannot hash {}: {e}", path.display())),
+        Err(e) => {
+            return plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                format!("cannot hash {}: {e}", path.display()),
+            );
+        }
     };
     let name = base.rsplit('/').next().unwrap_or(base);
     let text = format!("{hex}  {name}\n");
@@ -392,7 +513,11 @@ async fn serve_checksum(state: &Shared, root: &Path, base: &str, head: bool) -> 
 
 fn small_response(bytes: Vec<u8>, content_type: &str, head: bool) -> Response {
     let len = bytes.len();
-    let mut r = Response::new(if head { Body::empty() } else { Body::from(bytes) });
+    let mut r = Response::new(if head {
+        Body::empty()
+    } else {
+        Body::from(bytes)
+    });
     set(&mut r, header::CONTENT_TYPE, content_type);
     set(&mut r, header::CONTENT_LENGTH, &len.to_string());
     r
@@ -446,10 +571,17 @@ struct Manifest {
     region_config: BTreeMap<String, RegionData>,
 }
 
+/// A numeric `x.y.z` version.
+type Semver = (u64, u64, u64);
+
 /// `x.y.z` with numeric parts.
-fn semver(v: &str) -> Option<(u64, u64, u64)> {
+fn semver(v: &str) -> Option<Semver> {
     let mut it = v.split('.');
-    let parts = (it.next()?.parse().ok()?, it.next()?.parse().ok()?, it.next()?.parse().ok()?);
+    let parts = (
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+    );
     it.next().is_none().then_some(parts)
 }
 
@@ -483,7 +615,13 @@ fn artifacts(dir: &Path, base: &str, prefix: &str) -> Vec<Artifact> {
                 continue;
             }
             let uri = format!("{base}{prefix}/{arch}/{name}");
-            out.push(Artifact { checksum_uri: format!("{uri}{CHECKSUM_SUFFIX}"), uri, name, arch: arch.clone(), os: "linux" });
+            out.push(Artifact {
+                checksum_uri: format!("{uri}{CHECKSUM_SUFFIX}"),
+                uri,
+                name,
+                arch: arch.clone(),
+                os: "linux",
+            });
         }
     }
     out.sort_by(|a, b| (&a.name, &a.arch).cmp(&(&b.name, &b.arch)));
@@ -497,36 +635,49 @@ fn date_of(meta: &std::fs::Metadata) -> String {
 }
 
 fn tool_releases(dir: &Path, base: &str, top: &str) -> Vec<ToolRelease> {
-    let mut out: Vec<(Option<(u64, u64, u64)>, ToolRelease)> = sorted_dir(dir)
+    let mut out: Vec<(Option<Semver>, ToolRelease)> = sorted_dir(dir)
         .into_iter()
         .filter(|(_, _, m)| m.is_dir())
         .map(|(version, path, _)| {
-            (semver(&version), ToolRelease { artifacts: artifacts(&path, base, &format!("{top}/{version}")), version })
+            (
+                semver(&version),
+                ToolRelease {
+                    artifacts: artifacts(&path, base, &format!("{top}/{version}")),
+                    version,
+                },
+            )
         })
         .filter(|(_, r)| !r.artifacts.is_empty())
         .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.sort_by_key(|(v, _)| *v);
     out.into_iter().map(|(_, r)| r).collect()
 }
 
 fn build_manifest(root: &Path, base: &str, region: &str) -> Manifest {
-    let mut by_minor: BTreeMap<(u64, u64), Vec<((u64, u64, u64), PatchRelease)>> = BTreeMap::new();
+    let mut by_minor: BTreeMap<(u64, u64), Vec<(Semver, PatchRelease)>> = BTreeMap::new();
     for (version, path, meta) in sorted_dir(root) {
-        let Some(v) = semver(&version).filter(|_| meta.is_dir()) else { continue };
+        let Some(v) = semver(&version).filter(|_| meta.is_dir()) else {
+            continue;
+        };
         let arts = artifacts(&path, base, &version);
         if arts.is_empty() {
             continue;
         }
         by_minor.entry((v.0, v.1)).or_default().push((
             v,
-            PatchRelease { patch_version: v.2.to_string(), release_date: date_of(&meta), artifacts: arts, version },
+            PatchRelease {
+                patch_version: v.2.to_string(),
+                release_date: date_of(&meta),
+                artifacts: arts,
+                version,
+            },
         ));
     }
     let supported_eks_releases = by_minor
         .into_iter()
         .rev()
         .map(|((major, minor), mut patches)| {
-            patches.sort_by(|a, b| a.0.cmp(&b.0));
+            patches.sort_by_key(|(v, _)| *v);
             let latest = patches.last().map(|p| p.0.2).unwrap_or(0);
             EksRelease {
                 major_minor_version: format!("{major}.{minor}"),
@@ -538,7 +689,11 @@ fn build_manifest(root: &Path, base: &str, region: &str) -> Manifest {
     let mut region_config = BTreeMap::new();
     region_config.insert(
         region.to_string(),
-        RegionData { partition: "aws", ecr_account_id: ECR_ACCOUNT_ID, cred_providers: BTreeMap::from([("iam-ra", true), ("ssm", true)]) },
+        RegionData {
+            partition: "aws",
+            ecr_account_id: ECR_ACCOUNT_ID,
+            cred_providers: BTreeMap::from([("iam-ra", true), ("ssm", true)]),
+        },
     );
     Manifest {
         supported_eks_releases,
@@ -548,22 +703,47 @@ fn build_manifest(root: &Path, base: &str, region: &str) -> Manifest {
     }
 }
 
-async fn serve_manifest(state: &Shared, root: &Path, rel: &str, host: &str, head: bool) -> Response {
+async fn serve_manifest(
+    state: &Shared,
+    root: &Path,
+    rel: &str,
+    host: &str,
+    head: bool,
+) -> Response {
     let base = format!("http://{host}{PREFIX}");
     let root = root.to_path_buf();
     let region = state.config.region.clone();
-    let manifest = match tokio::task::spawn_blocking(move || build_manifest(&root, &base, &region)).await {
-        Ok(m) => m,
-        Err(e) => return plain(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("manifest generation failed: {e}")),
-    };
+    let manifest =
+        match tokio::task::spawn_blocking(move || build_manifest(&root, &base, &region)).await {
+            Ok(m) => m,
+            Err(e) => {
+                return plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    format!("manifest generation failed: {e}"),
+                );
+            }
+        };
     let (bytes, content_type) = if rel.ends_with(".json") {
-        (serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string()), "application/json")
+        (
+            serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string()),
+            "application/json",
+        )
     } else {
-        (serde_yaml_ng::to_string(&manifest).map(String::into_bytes).map_err(|e| e.to_string()), "application/yaml")
+        (
+            serde_yaml_ng::to_string(&manifest)
+                .map(String::into_bytes)
+                .map_err(|e| e.to_string()),
+            "application/yaml",
+        )
     };
     match bytes {
         Ok(b) => small_response(b, content_type, head),
-        Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("cannot render {rel}: {e}")),
+        Err(e) => plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!("cannot render {rel}: {e}"),
+        ),
     }
 }
 
@@ -588,26 +768,41 @@ pub async fn control(state: &Shared, op: &str, req: &Req) -> Response {
         Ok(r) => r,
         Err(e) => return e.render(Protocol::Plain),
     };
-    let num = |k: &str| get(k).map(|v| v.parse::<u64>().map_err(|_| format!("{k} must be a non-negative integer, not {v}")));
+    let num = |k: &str| {
+        get(k).map(|v| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{k} must be a non-negative integer, not {v}"))
+        })
+    };
     let times = match num("times").transpose() {
         Ok(t) => t.map(|t| t.min(u32::MAX as u64) as u32).filter(|t| *t > 0),
         Err(m) => return bad(m),
     };
-    let ok = |v: serde_json::Value| crate::wire::bytes_response(StatusCode::OK, "application/json", v.to_string().into());
+    let ok = |v: serde_json::Value| {
+        crate::wire::bytes_response(StatusCode::OK, "application/json", v.to_string().into())
+    };
     match (req.method.clone(), op) {
         (Method::POST, "mirror/corrupt") => {
             let at = match num("offset").transpose() {
                 Ok(Some(o)) => o,
                 Ok(None) => {
                     let len = match &state.config.mirror_dir {
-                        Some(root) => std::fs::metadata(root.join(&rel)).map(|m| m.len()).unwrap_or(0),
+                        Some(root) => std::fs::metadata(root.join(&rel))
+                            .map(|m| m.len())
+                            .unwrap_or(0),
                         None => 0,
                     };
                     len / 2
                 }
                 Err(m) => return bad(m),
             };
-            lock(&state.mirror.corrupt).insert(rel.clone(), Fault { at, remaining: times });
+            lock(&state.mirror.corrupt).insert(
+                rel.clone(),
+                Fault {
+                    at,
+                    remaining: times,
+                },
+            );
             ok(serde_json::json!({ "path": rel, "offset": at, "times": times }))
         }
         (Method::POST, "mirror/cut") => {
@@ -617,7 +812,13 @@ pub async fn control(state: &Shared, op: &str, req: &Req) -> Response {
                 Err(m) => return bad(m),
             };
             let times = times.unwrap_or(1);
-            lock(&state.mirror.cut).insert(rel.clone(), Fault { at: after, remaining: Some(times) });
+            lock(&state.mirror.cut).insert(
+                rel.clone(),
+                Fault {
+                    at: after,
+                    remaining: Some(times),
+                },
+            );
             ok(serde_json::json!({ "path": rel, "after": after, "times": times }))
         }
         (Method::DELETE, "mirror/corrupt") => {
@@ -628,7 +829,11 @@ pub async fn control(state: &Shared, op: &str, req: &Req) -> Response {
             lock(&state.mirror.cut).remove(&rel);
             ok(serde_json::json!({ "path": rel }))
         }
-        _ => plain(StatusCode::NOT_FOUND, "UnknownControl", format!("no control endpoint {} /_devstack/{op}", req.method)),
+        _ => plain(
+            StatusCode::NOT_FOUND,
+            "UnknownControl",
+            format!("no control endpoint {} /_devstack/{op}", req.method),
+        ),
     }
 }
 
@@ -655,21 +860,12 @@ mod tests {
         assert!(relative_path("/mirror/a/%2E%2E/b").is_err());
         assert!(relative_path("/mirror/a%2fb").is_err());
         assert!(relative_path("/mirror/a//b").is_err());
-        assert_eq!(relative_path("/mirror/1.31.2/amd64/kubelet").ok().as_deref(), Some("1.31.2/amd64/kubelet"));
+        assert_eq!(
+            relative_path("/mirror/1.31.2/amd64/kubelet")
+                .ok()
+                .as_deref(),
+            Some("1.31.2/amd64/kubelet")
+        );
         assert_eq!(relative_path("/mirror/a%20b").ok().as_deref(), Some("a b"));
     }
-}
-#[allow(dead_code)]
-fn _send_check(state: &Shared, req: &Req) {
-    fn is_send<T: Send>(_: &T) {}
-    is_send(&handle(state, req));
-    is_send(&control(state, "", req));
-    is_send(&crate::eks::control(state, "", req));
-    is_send(&crate::eks::handle(state, "", req));
-    is_send(&crate::logs::handle(state, "", req));
-    is_send(&crate::metrics::handle(state, Protocol::Plain, "", req));
-    is_send(&crate::control::handle(state, "", req));
-    is_send(&crate::ssm::handle(state, "", req));
-    is_send(&crate::sts::handle(state, "", req));
-    is_send(&crate::rolesanywhere::handle(state, "", req));
 }
