@@ -1,8 +1,9 @@
 //! `hybrid-agent run`: one tokio runtime, one task per subsystem, graceful stop on SIGTERM.
 //!
-//! Today the subsystems are the credential rotation loop and the state writer that publishes
-//! its status for `hybrid-agent status` ([`crate::state`]); supervision and telemetry join as
-//! further tasks next to rotation, each publishing into its own section of the state. A
+//! The subsystems are the credential rotation loop, supervision of containerd and kubelet
+//! ([`crate::supervise`], when `join` left a plan) and the state writer that publishes their
+//! status for `hybrid-agent status` ([`crate::state`]); telemetry joins as a further task, each
+//! publishing into its own section of the state. A
 //! subsystem that stops for good (rotation after `MachineFingerprintDoesNotMatch`) does not take
 //! the daemon down: the others keep the node running and status shows the failure and the fix.
 
@@ -16,6 +17,7 @@ use crate::identity::rotation::Rotator;
 use crate::identity::setup::{IdentityEnv, SetupError};
 use crate::paths::HostPaths;
 use crate::state::{self, DaemonState, StateError};
+use crate::supervise::{AnyBackend, BackendChoice, SupervisionPlan, Supervisor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -56,12 +58,49 @@ pub fn start(paths: &HostPaths, agent: &AgentConfig) -> Result<(), DaemonError> 
                 let _ = fail_tx.send(e);
             }
         };
-        run(rotator, state::path(&paths.state_dir()), shutdown).await?;
+        let supervision = supervision(paths, agent).await;
+        run(rotator, supervision, state::path(&paths.state_dir()), shutdown).await?;
         match fail_rx.await {
             Ok(e) => Err(e),
             Err(_) => Ok(()),
         }
     })
+}
+
+/// The supervisor for containerd and kubelet, when `join` left a plan. Failing to set it up is
+/// logged, not fatal: credential rotation must go on, or the node loses its credentials too.
+async fn supervision(paths: &HostPaths, agent: &AgentConfig) -> Option<Supervisor<AnyBackend>> {
+    use crate::config::SupervisorBackend;
+    let choice = match agent.supervisor.backend {
+        SupervisorBackend::Auto => BackendChoice::Auto,
+        SupervisorBackend::Systemd => BackendChoice::Systemd,
+        SupervisorBackend::Process => BackendChoice::Process,
+    };
+    let state_dir = paths.state_dir();
+    let plan = match SupervisionPlan::read(&state_dir) {
+        Ok(Some(plan)) => plan,
+        Ok(None) => {
+            tracing::info!(
+                "no supervision plan in {} yet (join's render phase writes it): containerd and kubelet are not supervised",
+                state_dir.display()
+            );
+            return None;
+        }
+        Err(e) => {
+            tracing::error!("supervision disabled: {e}");
+            return None;
+        }
+    };
+    match crate::supervise::plan::build(choice, paths.root(), &state_dir, &plan).await {
+        Ok((backend, selection, config)) => {
+            tracing::info!(backend = ?selection.kind, "supervision: {}", selection.reason);
+            Some(Supervisor::new(backend, selection, config))
+        }
+        Err(e) => {
+            tracing::error!("supervision disabled: {e}");
+            None
+        }
+    }
 }
 
 /// Resolves on SIGTERM (systemd stop) or SIGINT (Ctrl-C in a terminal).
@@ -85,6 +124,7 @@ pub async fn shutdown_signal() -> Result<(), DaemonError> {
 /// Runs the subsystems until `shutdown` resolves, publishing their state to `state_path`.
 pub async fn run(
     rotator: Rotator,
+    supervision: Option<Supervisor<AnyBackend>>,
     state_path: PathBuf,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), DaemonError> {
@@ -93,7 +133,25 @@ pub async fn run(
     doc.identity = Some(identity.borrow_and_update().clone());
     state::write(&state_path, &doc)?;
 
+    let mut supervision_status = supervision.as_ref().map(|s| s.status());
+    if let Some(rx) = &mut supervision_status {
+        doc.supervision = Some(rx.borrow_and_update().clone());
+    }
+
     let (stop_tx, mut stop_rx) = watch::channel(false);
+    // Supervision stops with the daemon; the components keep running (their units, or children
+    // left for the next agent to adopt).
+    let supervising = supervision.map(|s| {
+        let mut stop = stop_tx.subscribe();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            };
+            if let Err(e) = s.run(stopped).await {
+                tracing::error!("supervision stopped: {e}");
+            }
+        })
+    });
     let rotation = tokio::spawn(rotator.run(async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     }));
@@ -115,10 +173,29 @@ pub async fn run(
                     tracing::warn!("{e}");
                 }
             }
+            changed = changed_or_pending(&mut supervision_status) => {
+                if !changed {
+                    // The supervisor ended (its error is logged); keep its last snapshot.
+                    supervision_status = None;
+                    continue;
+                }
+                if let Some(rx) = &mut supervision_status {
+                    doc.supervision = Some(rx.borrow_and_update().clone());
+                }
+                doc.updated_at = SystemTime::now();
+                if let Err(e) = state::write(&state_path, &doc) {
+                    tracing::warn!("{e}");
+                }
+            }
         }
     }
 
     let _ = stop_tx.send(true);
+    if let Some(task) = supervising
+        && let Err(e) = task.await
+    {
+        tracing::error!("supervision task panicked: {e}");
+    }
     match rotation.await {
         Ok(Ok(())) | Ok(Err(_)) => {}
         Err(e) => tracing::error!("credential rotation task panicked: {e}"),
@@ -129,4 +206,12 @@ pub async fn run(
     doc.stopped_at = Some(now);
     state::write(&state_path, &doc)?;
     Ok(())
+}
+
+/// Waits for the next change; never resolves without a receiver.
+async fn changed_or_pending<T>(rx: &mut Option<watch::Receiver<T>>) -> bool {
+    match rx {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
 }

@@ -48,6 +48,9 @@ pub struct DaemonState {
     pub stopped_at: Option<SystemTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<IdentityStatus>,
+    /// containerd and kubelet ([`crate::supervise`]); absent until `join` left a supervision plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervision: Option<crate::supervise::SupervisionStatus>,
 }
 
 impl DaemonState {
@@ -58,6 +61,7 @@ impl DaemonState {
             updated_at: now,
             stopped_at: None,
             identity: None,
+            supervision: None,
         }
     }
 }
@@ -144,6 +148,9 @@ pub struct StatusReport {
     pub daemon: DaemonSummary,
     /// From the daemon's state, or from the identity files when the daemon never ran.
     pub identity: Option<IdentityStatus>,
+    /// containerd and kubelet as the daemon last saw them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub supervision: Option<crate::supervise::SupervisionStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -180,6 +187,7 @@ pub fn report(state_dir: &Path) -> Result<StatusReport, StateError> {
     };
     let store = crate::identity::store::IdentityStore::new(state_dir);
     let files = store.load_credentials_state().ok().flatten();
+    let supervision = daemon.as_ref().and_then(|d| d.supervision.clone());
     let mut identity = daemon.and_then(|d| d.identity);
     // `join` (or a daemon since stopped) may have refreshed after the daemon last wrote.
     match (&mut identity, files) {
@@ -214,6 +222,7 @@ pub fn report(state_dir: &Path) -> Result<StatusReport, StateError> {
     Ok(StatusReport {
         daemon: summary,
         identity,
+        supervision,
     })
 }
 
@@ -282,6 +291,9 @@ impl StatusReport {
                     }
                 }
             }
+        }
+        if let Some(sup) = &self.supervision {
+            out.push_str(&crate::supervise::status::to_text(sup, d.running));
         }
         out
     }

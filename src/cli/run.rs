@@ -15,8 +15,10 @@ metrics to CloudWatch through a durable spool under /var/lib/hybrid-agent/spool,
 `hybrid-agent status` on /run/hybrid-agent/status.sock. It notifies systemd when ready and stops \
 gracefully on SIGTERM.
 
-Built in this version: credential refresh and the state `hybrid-agent status` reads \
-(/var/lib/hybrid-agent/daemon.json). Supervision and telemetry are not wired into the daemon yet. \
+Built in this version: credential refresh, supervision of containerd and kubelet once `join` \
+has left its supervision plan (/var/lib/hybrid-agent/supervision.json; supervisor.backend picks \
+systemd or the built-in backend), and the state `hybrid-agent status` reads \
+(/var/lib/hybrid-agent/daemon.json). Telemetry is not wired into the daemon yet. \
 run needs a machine that has joined (exit 3 otherwise) and a valid agent configuration (exit 1 \
 with every problem otherwise).
 

@@ -14,7 +14,10 @@ do about it. Reads the state the daemon publishes (/var/lib/hybrid-agent/daemon.
 --root) and the identity files, so it works when the daemon is down (and says so); writes \
 nothing.
 
-Not built yet in this version: containerd/kubelet and telemetry sections.
+With supervision running it also shows the backend (and why it was chosen) and, for containerd \
+and kubelet, health, pid, restarts, the last probe and whether they are degraded (crash loop).
+
+Not built yet in this version: the telemetry section.
 
 Examples:
   hybrid-agent status

@@ -21,6 +21,7 @@
 pub mod auto;
 pub mod backoff;
 pub mod pidfile;
+pub mod plan;
 pub mod probe;
 pub mod process;
 pub mod runner;
@@ -37,6 +38,7 @@ use tokio::sync::broadcast;
 
 pub use auto::{AnyBackend, BackendChoice, BackendKind, Selection};
 pub use backoff::{BackoffPolicy, CrashLoopPolicy};
+pub use plan::SupervisionPlan;
 pub use probe::{Probe, ProbePolicy};
 pub use runner::{ShutdownAction, Supervisor, SupervisorConfig};
 pub use status::{ComponentState, ComponentStatus, ProbeRecord, SupervisionStatus};

@@ -10,7 +10,7 @@ use super::{BackendKind, ComponentName, RunState};
 /// Most recent restart delays kept per component (enough to see the climb to the cap).
 pub const RECENT_DELAYS_KEPT: usize = 16;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SupervisionStatus {
     pub backend: BackendKind,
     /// Why `auto` chose this backend (or that it was configured).
@@ -50,7 +50,7 @@ pub enum ComponentState {
     Stopped,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeRecord {
     pub ok: bool,
     /// The version containerd reported, "ok" from /healthz, or what went wrong.
@@ -59,7 +59,7 @@ pub struct ProbeRecord {
     pub latency_ms: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComponentStatus {
     pub name: ComponentName,
     pub unit: String,
@@ -106,4 +106,86 @@ pub fn now_unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// The human-readable supervision section of `hybrid-agent status`. `daemon_running` false means
+/// the snapshot is what the daemon saw last, and says so.
+pub fn to_text(s: &SupervisionStatus, daemon_running: bool) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let backend = match s.backend {
+        BackendKind::Systemd => "systemd units",
+        BackendKind::Process => "built-in (child processes)",
+    };
+    let stale = if daemon_running {
+        ""
+    } else {
+        " — as last seen; the daemon is not running"
+    };
+    let _ = writeln!(out, "supervision:   {backend}{stale}");
+    let _ = writeln!(out, "  chosen:      {}", s.backend_reason);
+    for c in &s.components {
+        let state = match c.state {
+            ComponentState::Pending => "not started",
+            ComponentState::WaitingForDependency => "waiting for containerd to answer",
+            ComponentState::Starting => "starting",
+            ComponentState::Healthy => "healthy",
+            ComponentState::Unhealthy => "UNHEALTHY",
+            ComponentState::Restarting => "restarting",
+            ComponentState::Stopped => "stopped",
+        };
+        let degraded = if c.degraded {
+            ", DEGRADED (crash loop; still retrying at the capped delay)"
+        } else {
+            ""
+        };
+        let pid = c
+            .pid
+            .map(|p| format!("pid {p}"))
+            .unwrap_or_else(|| "no pid".into());
+        let adopted = if c.adopted { ", adopted" } else { "" };
+        let _ = writeln!(
+            out,
+            "  {:<12} {state}{degraded}; {pid}{adopted}; {} restarts ({} after failed probes)",
+            format!("{}:", c.name),
+            c.restarts,
+            c.probe_restarts
+        );
+        if let Some(p) = &c.last_probe {
+            let verdict = if p.ok { "ok" } else { "FAILED" };
+            let _ = writeln!(
+                out,
+                "    probe:     {verdict} in {} ms: {}",
+                p.latency_ms, p.detail
+            );
+        }
+        if let Some(last) = c.recent_restart_delays_ms.last() {
+            let _ = writeln!(out, "    backoff:   last restart delay {last} ms");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_names_degraded_components_and_stale_snapshots() {
+        let mut k = ComponentStatus::new(ComponentName::Kubelet, "kubelet.service".into());
+        k.degraded = true;
+        k.restarts = 7;
+        k.recent_restart_delays_ms = vec![1000, 2000];
+        let s = SupervisionStatus {
+            backend: BackendKind::Process,
+            backend_reason: "auto: /run/systemd/system does not exist".into(),
+            components: vec![k],
+            updated_at_unix_ms: 0,
+        };
+        let text = to_text(&s, false);
+        assert!(text.contains("DEGRADED"), "{text}");
+        assert!(text.contains("as last seen"), "{text}");
+        assert!(text.contains("7 restarts"), "{text}");
+        assert!(text.contains("last restart delay 2000 ms"), "{text}");
+    }
 }
