@@ -20,10 +20,17 @@ const LINES_PER_SEC: usize = 2000;
 #[test]
 #[ignore = "started by journald_kill_minus_9_loses_nothing as the agent process"]
 fn agent_child_process() {
-    let (Some(dir), Some(state), Some(url)) = (std::env::var_os("HA_JOURNAL_DIR"), std::env::var_os("HA_STATE"), std::env::var("HA_URL").ok()) else {
+    let (Some(dir), Some(state), Some(url)) = (
+        std::env::var_os("HA_JOURNAL_DIR"),
+        std::env::var_os("HA_STATE"),
+        std::env::var("HA_URL").ok(),
+    ) else {
         panic!("agent_child_process needs HA_JOURNAL_DIR, HA_STATE and HA_URL");
     };
-    let agent = InProcess::start(settings(&PathBuf::from(dir), &PathBuf::from(state), &["kubelet"]), &url);
+    let agent = InProcess::start(
+        settings(&PathBuf::from(dir), &PathBuf::from(state), &["kubelet"]),
+        &url,
+    );
     loop {
         std::thread::sleep(Duration::from_secs(3600));
         let _ = &agent;
@@ -32,7 +39,13 @@ fn agent_child_process() {
 
 fn spawn_agent(j: &Journald, state: &std::path::Path, url: &str) -> std::process::Child {
     Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "agent_child_process", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "agent_child_process",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("HA_JOURNAL_DIR", j.dir())
         .env("HA_STATE", state)
         .env("HA_URL", url)
@@ -98,7 +111,12 @@ fn journald_kill_minus_9_loses_nothing() {
     // A kill repeats at most the window in flight: one batch of this stream. Lines here are
     // ~220 bytes in CloudWatch (prefix included) + 26 bytes of overhead.
     let per_batch = hybrid_agent::telemetry::batch::MAX_BATCH_BYTES / (220 + 26);
-    eprintln!("kill -9 x{KILLS} at {LINES_PER_SEC} lines/s: {n} lines written, all arrived once or more; {dups} duplicates (bound {KILLS} x {per_batch})");
-    assert!(dups <= KILLS * per_batch, "{dups} duplicates: more than one batch per kill");
+    eprintln!(
+        "kill -9 x{KILLS} at {LINES_PER_SEC} lines/s: {n} lines written, all arrived once or more; {dups} duplicates (bound {KILLS} x {per_batch})"
+    );
+    assert!(
+        dups <= KILLS * per_batch,
+        "{dups} duplicates: more than one batch per kill"
+    );
     assert_eq!(ds.state.call_count("logs", "DescribeLogStreams"), 0);
 }

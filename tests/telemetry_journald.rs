@@ -13,14 +13,16 @@ use telemetry_support::*;
 const KUBELET_LINES: usize = 6000;
 const CONTAINERD_LINES: usize = 2500;
 
-fn write_mix(j: &Journald, from: usize, to_k: usize, to_c: usize) {
+/// Writes kubelet lines `[k0, k1)` and containerd lines `[c0, c1)` interleaved, plus noise.
+fn write_mix(j: &Journald, (k0, k1): (usize, usize), (c0, c1): (usize, usize)) {
     let w = j.writer();
-    for i in from..to_k.max(to_c) {
-        if i < to_k {
+    for step in 0..(k1 - k0).max(c1 - c0) {
+        let i = k0 + step;
+        if i < k1 {
             w.send("kubelet", 6, &line("kubelet", i, 200));
         }
-        if i < to_c {
-            w.send("containerd", 4, &line("containerd", i, 120));
+        if c0 + step < c1 {
+            w.send("containerd", 4, &line("containerd", c0 + step, 120));
         }
         if i % 10 == 0 {
             // Not configured, and below the minimum priority: never shipped.
@@ -37,9 +39,20 @@ fn group() -> String {
 async fn check(url: &str) {
     let k = read_stream(url, &group(), &format!("{NODE}/kubelet")).await;
     let c = read_stream(url, &group(), &format!("{NODE}/containerd")).await;
-    assert_eq!(check_exactly_once_in_order(&k, "kubelet", KUBELET_LINES), 0, "kubelet duplicates");
-    assert_eq!(check_exactly_once_in_order(&c, "containerd", CONTAINERD_LINES), 0, "containerd duplicates");
-    assert!(k.iter().all(|m| !m.contains(" debug ")), "a debug-priority line was shipped");
+    assert_eq!(
+        check_exactly_once_in_order(&k, "kubelet", KUBELET_LINES),
+        0,
+        "kubelet duplicates"
+    );
+    assert_eq!(
+        check_exactly_once_in_order(&c, "containerd", CONTAINERD_LINES),
+        0,
+        "containerd duplicates"
+    );
+    assert!(
+        k.iter().all(|m| !m.contains(" debug ")),
+        "a debug-priority line was shipped"
+    );
     // Priority, identifier and pid survive in the message.
     assert!(k[0].starts_with("<6>kubelet["), "{}", k[0]);
     assert!(c[0].starts_with("<4>containerd["), "{}", c[0]);
@@ -51,21 +64,42 @@ fn journald_to_devstack_exactly_once_in_order_and_resumes_from_cursor() {
     let ds = devstack();
     let tmp = tempfile::tempdir().expect("tempdir");
     // Half before the agent starts, half while it runs, the last part after a restart.
-    write_mix(&j, 0, KUBELET_LINES / 2, CONTAINERD_LINES / 2);
-    let agent = InProcess::start(settings(&j.dir(), tmp.path(), &["kubelet", "containerd"]), &ds.url);
-    write_mix(&j, KUBELET_LINES / 2, KUBELET_LINES * 3 / 4, CONTAINERD_LINES * 3 / 4);
+    write_mix(&j, (0, KUBELET_LINES / 2), (0, CONTAINERD_LINES / 2));
+    let agent = InProcess::start(
+        settings(&j.dir(), tmp.path(), &["kubelet", "containerd"]),
+        &ds.url,
+    );
+    write_mix(
+        &j,
+        (KUBELET_LINES / 2, KUBELET_LINES * 3 / 4),
+        (CONTAINERD_LINES / 2, CONTAINERD_LINES * 3 / 4),
+    );
     let want = (KUBELET_LINES * 3 / 4 + CONTAINERD_LINES * 3 / 4) as u64;
-    agent.wait_for("first part shipped", Duration::from_secs(60), |s| s.counters.shipped >= want);
+    agent.wait_for("first part shipped", Duration::from_secs(60), |s| {
+        s.counters.shipped >= want
+    });
     let st = agent.status.snapshot();
     assert_eq!(st.counters.shipped, want, "shipped more than written");
-    let k = st.streams.get(&format!("{NODE}/kubelet")).expect("kubelet stream in status");
+    let k = st
+        .streams
+        .get(&format!("{NODE}/kubelet"))
+        .expect("kubelet stream in status");
     assert_eq!(k.backlog_events, 0);
     assert!(k.last_shipped_ms.is_some() && k.lag_ms.is_some());
     agent.stop();
-    write_mix(&j, KUBELET_LINES * 3 / 4, KUBELET_LINES, CONTAINERD_LINES);
-    let agent = InProcess::start(settings(&j.dir(), tmp.path(), &["kubelet", "containerd"]), &ds.url);
+    write_mix(
+        &j,
+        (KUBELET_LINES * 3 / 4, KUBELET_LINES),
+        (CONTAINERD_LINES * 3 / 4, CONTAINERD_LINES),
+    );
+    let agent = InProcess::start(
+        settings(&j.dir(), tmp.path(), &["kubelet", "containerd"]),
+        &ds.url,
+    );
     let rest = (KUBELET_LINES + CONTAINERD_LINES) as u64 - want;
-    agent.wait_for("rest shipped after restart", Duration::from_secs(60), |s| s.counters.shipped >= rest);
+    agent.wait_for("rest shipped after restart", Duration::from_secs(60), |s| {
+        s.counters.shipped >= rest
+    });
     agent.stop();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(check(&ds.url));
@@ -79,10 +113,15 @@ fn journald_to_moto_exactly_once_in_order() {
     let j = Journald::start(JournaldLimits::default());
     let moto = moto();
     let tmp = tempfile::tempdir().expect("tempdir");
-    write_mix(&j, 0, KUBELET_LINES, CONTAINERD_LINES);
-    let agent = InProcess::start(settings(&j.dir(), tmp.path(), &["kubelet", "containerd"]), &moto.url);
+    write_mix(&j, (0, KUBELET_LINES), (0, CONTAINERD_LINES));
+    let agent = InProcess::start(
+        settings(&j.dir(), tmp.path(), &["kubelet", "containerd"]),
+        &moto.url,
+    );
     let want = (KUBELET_LINES + CONTAINERD_LINES) as u64;
-    agent.wait_for("all shipped to moto", Duration::from_secs(120), |s| s.counters.shipped >= want);
+    agent.wait_for("all shipped to moto", Duration::from_secs(120), |s| {
+        s.counters.shipped >= want
+    });
     agent.stop();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(check(&moto.url));

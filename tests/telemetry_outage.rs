@@ -19,17 +19,27 @@ const LINES_PER_SEC: usize = 2000;
 const LINE_LEN: usize = 200;
 
 fn outage_secs() -> u64 {
-    std::env::var("HA_OUTAGE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(120)
+    std::env::var("HA_OUTAGE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120)
 }
 
 async fn control(url: &str, secs: u64) {
-    let r = reqwest::Client::new().post(format!("{url}/_devstack/outage?secs={secs}")).send().await.expect("outage control");
+    let r = reqwest::Client::new()
+        .post(format!("{url}/_devstack/outage?secs={secs}"))
+        .send()
+        .await
+        .expect("outage control");
     assert!(r.status().is_success());
 }
 
 #[test]
 fn outage_with_vacuuming_journald_loses_nothing_and_drains_in_full_batches() {
-    let j = Journald::start(JournaldLimits { runtime_max_use: "4M", runtime_max_file_size: "1M" });
+    let j = Journald::start(JournaldLimits {
+        runtime_max_use: "4M",
+        runtime_max_file_size: "1M",
+    });
     let ds = devstack();
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut s = settings(&j.dir(), tmp.path(), &["kubelet"]);
@@ -47,13 +57,16 @@ fn outage_with_vacuuming_journald_loses_nothing_and_drains_in_full_batches() {
                 w.send("kubelet", 6, &line("kubelet", *i, LINE_LEN));
                 *i += 1;
             }
-            let next = start + Duration::from_millis(10 * (start.elapsed().as_millis() as u64 / 10 + 1));
+            let next =
+                start + Duration::from_millis(10 * (start.elapsed().as_millis() as u64 / 10 + 1));
             std::thread::sleep(next.saturating_duration_since(Instant::now()));
         }
     };
     write_for(3, &mut i);
     let before = i as u64;
-    agent.wait_for("pre-outage lines shipped", Duration::from_secs(60), |s| s.counters.shipped >= before);
+    agent.wait_for("pre-outage lines shipped", Duration::from_secs(60), |s| {
+        s.counters.shipped >= before
+    });
     let calls_before = ds.state.call_count("logs", "PutLogEvents");
     let files_before = j.files();
 
@@ -66,16 +79,27 @@ fn outage_with_vacuuming_journald_loses_nothing_and_drains_in_full_batches() {
     let during = (n as u64) - before;
     // journald rotated and vacuumed: the files present before the outage are gone.
     let files_after = j.files();
-    let vacuumed = files_before.iter().filter(|f| f.contains('@') && !files_after.contains(f)).count();
-    assert!(vacuumed > 0, "journald did not vacuum: before {files_before:?} after {files_after:?}");
+    let vacuumed = files_before
+        .iter()
+        .filter(|f| f.contains('@') && !files_after.contains(f))
+        .count();
+    assert!(
+        vacuumed > 0,
+        "journald did not vacuum: before {files_before:?} after {files_after:?}"
+    );
     let spooled = agent.status.snapshot().spool_bytes;
     assert!(spooled > 0, "the spool held nothing during the outage");
     // Outage ends by itself; wait for the drain.
-    agent.wait_for("backlog drained", Duration::from_secs(secs + 180), |s| s.counters.shipped >= n as u64);
+    agent.wait_for("backlog drained", Duration::from_secs(secs + 180), |s| {
+        s.counters.shipped >= n as u64
+    });
     let outage_end = outage_start + Duration::from_secs(secs);
     let calls = ds.state.call_count("logs", "PutLogEvents") - calls_before;
     let st = agent.status.snapshot();
-    assert_eq!(st.counters.journal_missed_entries, 0, "journald deleted entries before the agent read them");
+    assert_eq!(
+        st.counters.journal_missed_entries, 0,
+        "journald deleted entries before the agent read them"
+    );
     agent.stop();
 
     let group = format!("/aws/eks-hybrid/{CLUSTER}");
@@ -88,7 +112,10 @@ fn outage_with_vacuuming_journald_loses_nothing_and_drains_in_full_batches() {
         "outage {secs}s: {during} lines written during it, spool peaked >= {spooled} bytes, {vacuumed} journal files vacuumed, drained in {calls} PutLogEvents calls averaging {:.3} MiB",
         avg / 1048576.0
     );
-    assert!(avg >= 0.9 * 1048576.0, "backlog drained in batches averaging {avg} bytes");
+    assert!(
+        avg >= 0.9 * 1048576.0,
+        "backlog drained in batches averaging {avg} bytes"
+    );
     assert_eq!(ds.state.call_count("logs", "DescribeLogStreams"), 0);
 
     // Metrics sampled during the outage arrived with their original timestamps.
@@ -97,10 +124,24 @@ fn outage_with_vacuuming_journald_loses_nothing_and_drains_in_full_batches() {
         c.get_metric_statistics()
             .namespace("HybridAgent")
             .metric_name("SpoolBytes")
-            .dimensions(aws_sdk_cloudwatch::types::Dimension::builder().name("ClusterName").value(CLUSTER).build())
-            .dimensions(aws_sdk_cloudwatch::types::Dimension::builder().name("NodeName").value(NODE).build())
-            .start_time(aws_sdk_cloudwatch::primitives::DateTime::from(outage_start - Duration::from_secs(60)))
-            .end_time(aws_sdk_cloudwatch::primitives::DateTime::from(SystemTime::now()))
+            .dimensions(
+                aws_sdk_cloudwatch::types::Dimension::builder()
+                    .name("ClusterName")
+                    .value(CLUSTER)
+                    .build(),
+            )
+            .dimensions(
+                aws_sdk_cloudwatch::types::Dimension::builder()
+                    .name("NodeName")
+                    .value(NODE)
+                    .build(),
+            )
+            .start_time(aws_sdk_cloudwatch::primitives::DateTime::from(
+                outage_start - Duration::from_secs(60),
+            ))
+            .end_time(aws_sdk_cloudwatch::primitives::DateTime::from(
+                SystemTime::now(),
+            ))
             .period(1)
             .statistics(aws_sdk_cloudwatch::types::Statistic::Maximum)
             .send()
@@ -110,10 +151,23 @@ fn outage_with_vacuuming_journald_loses_nothing_and_drains_in_full_batches() {
     let inside: Vec<f64> = cw
         .datapoints()
         .iter()
-        .filter_map(|d| d.timestamp().and_then(|t| SystemTime::try_from(*t).ok()).map(|t| (t, d.maximum().unwrap_or(0.0))))
-        .filter(|(t, _)| *t > outage_start + Duration::from_secs(3) && *t < outage_end - Duration::from_secs(3))
+        .filter_map(|d| {
+            d.timestamp()
+                .and_then(|t| SystemTime::try_from(*t).ok())
+                .map(|t| (t, d.maximum().unwrap_or(0.0)))
+        })
+        .filter(|(t, _)| {
+            *t > outage_start + Duration::from_secs(3) && *t < outage_end - Duration::from_secs(3)
+        })
         .map(|(_, v)| v)
         .collect();
-    assert!(inside.len() as u64 >= secs / 4, "only {} SpoolBytes points from inside the outage arrived", inside.len());
-    assert!(inside.iter().any(|v| *v > 0.0), "no point from inside the outage shows the spool in use");
+    assert!(
+        inside.len() as u64 >= secs / 4,
+        "only {} SpoolBytes points from inside the outage arrived",
+        inside.len()
+    );
+    assert!(
+        inside.iter().any(|v| *v > 0.0),
+        "no point from inside the outage shows the spool in use"
+    );
 }

@@ -13,9 +13,9 @@ use hybrid_agent::telemetry::record::Record;
 use hybrid_agent::telemetry::spool::{Spool, SpoolBudget};
 use telemetry_support::*;
 
-async fn outage(url: &str, secs: u64) {
-    let r = reqwest::Client::new().post(format!("{url}/_devstack/outage?secs={secs}")).send().await.expect("outage control");
-    assert!(r.status().is_success());
+/// Starts or ends an outage in-process (the control endpoint itself is unreachable during one).
+fn outage(ds: &hybrid_devstack::Devstack, on: bool) {
+    ds.state.faults_mut().outage_until = on.then(|| Instant::now() + Duration::from_secs(3600));
 }
 
 #[test]
@@ -28,20 +28,40 @@ fn spool_full_pauses_sources_and_drops_nothing() {
     s.spool_max_bytes = 1 << 20;
     s.metrics_interval = Some(Duration::from_secs(1));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(outage(&ds.url, 3600));
+    outage(&ds, true);
     let agent = InProcess::start(s, &ds.url);
     let w = j.writer();
     let n = 10_000;
     for i in 0..n {
         w.send("kubelet", 6, &line("kubelet", i, 200));
     }
-    agent.wait_for("sources paused on a full spool", Duration::from_secs(60), |s| s.counters.spool_paused && s.counters.spool_pauses >= 1);
+    agent.wait_for(
+        "sources paused on a full spool",
+        Duration::from_secs(60),
+        |s| s.counters.spool_paused && s.counters.spool_pauses >= 1,
+    );
     let st = agent.status.snapshot();
     assert!(st.render().contains("SOURCES PAUSED"), "{}", st.render());
-    assert!(st.spool_bytes <= 1 << 20);
-    // Metric samples keep being taken while paused (kept on disk if there is room).
-    rt.block_on(outage(&ds.url, 0));
-    agent.wait_for("everything shipped after the outage", Duration::from_secs(120), |s| s.counters.shipped >= n as u64);
+    assert!(
+        st.spool_bytes <= st.spool_max_bytes && st.spool_max_bytes < 1 << 20,
+        "{}",
+        st.render()
+    );
+    // Samples taken while paused (1 s interval) wait on disk until the outage ends.
+    let sampled_paused = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < sampled_paused {
+        assert!(
+            agent.status.snapshot().counters.spool_paused,
+            "sources resumed while CloudWatch was still down"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    outage(&ds, false);
+    agent.wait_for(
+        "everything shipped after the outage",
+        Duration::from_secs(120),
+        |s| s.counters.shipped >= n as u64,
+    );
     let st = agent.status.snapshot();
     assert!(!st.counters.spool_paused);
     // The pause shows in the metrics too (sampled while paused, sent afterwards).
@@ -56,21 +76,41 @@ fn spool_full_pauses_sources_and_drops_nothing() {
                 .get_metric_statistics()
                 .namespace("HybridAgent")
                 .metric_name("SpoolPaused")
-                .dimensions(aws_sdk_cloudwatch::types::Dimension::builder().name("ClusterName").value(CLUSTER).build())
-                .dimensions(aws_sdk_cloudwatch::types::Dimension::builder().name("NodeName").value(NODE).build())
-                .start_time(aws_sdk_cloudwatch::primitives::DateTime::from_secs(hybrid_agent::telemetry::now_ms() / 1000 - 600))
-                .end_time(aws_sdk_cloudwatch::primitives::DateTime::from_secs(hybrid_agent::telemetry::now_ms() / 1000 + 60))
+                .dimensions(
+                    aws_sdk_cloudwatch::types::Dimension::builder()
+                        .name("ClusterName")
+                        .value(CLUSTER)
+                        .build(),
+                )
+                .dimensions(
+                    aws_sdk_cloudwatch::types::Dimension::builder()
+                        .name("NodeName")
+                        .value(NODE)
+                        .build(),
+                )
+                .start_time(aws_sdk_cloudwatch::primitives::DateTime::from_secs(
+                    hybrid_agent::telemetry::now_ms() / 1000 - 600,
+                ))
+                .end_time(aws_sdk_cloudwatch::primitives::DateTime::from_secs(
+                    hybrid_agent::telemetry::now_ms() / 1000 + 60,
+                ))
                 .period(60)
                 .statistics(aws_sdk_cloudwatch::types::Statistic::Maximum)
                 .send()
                 .await
                 .expect("GetMetricStatistics");
-            r.datapoints().iter().filter_map(|d| d.maximum()).fold(0.0f64, f64::max)
+            r.datapoints()
+                .iter()
+                .filter_map(|d| d.maximum())
+                .fold(0.0f64, f64::max)
         });
         if max >= 1.0 {
             break;
         }
-        assert!(Instant::now() < paused_seen, "SpoolPaused=1 never arrived in CloudWatch metrics");
+        assert!(
+            Instant::now() < paused_seen,
+            "SpoolPaused=1 never arrived in CloudWatch metrics"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     agent.stop();
@@ -88,23 +128,43 @@ fn spool_truncated_mid_record_recovers_and_counts() {
     {
         let (mut spool, _) = Spool::open(&dir, SpoolBudget::new(1 << 30)).expect("spool");
         let recs: Vec<Record> = (0..100)
-            .map(|i| Record { stream: "kubelet".into(), timestamp_ms: hybrid_agent::telemetry::now_ms(), message: line("kubelet", i, 100) })
+            .map(|i| Record {
+                stream: "kubelet".into(),
+                timestamp_ms: hybrid_agent::telemetry::now_ms(),
+                message: line("kubelet", i, 100),
+            })
             .collect();
         spool.append(&recs).expect("append");
         spool.commit().expect("commit");
     }
-    let seg = std::fs::read_dir(&dir).expect("spool dir").flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "seg")).expect("segment");
+    let seg = std::fs::read_dir(&dir)
+        .expect("spool dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .expect("segment");
     let len = std::fs::metadata(&seg).expect("segment").len();
-    let f = std::fs::OpenOptions::new().write(true).open(&seg).expect("open segment");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .expect("open segment");
     f.set_len(len - 40).expect("truncate");
     drop(f);
 
     let agent = InProcess::start(s, &ds.url);
-    agent.wait_for("the 99 whole records shipped", Duration::from_secs(60), |s| s.counters.shipped >= 99);
+    agent.wait_for(
+        "the 99 whole records shipped",
+        Duration::from_secs(60),
+        |s| s.counters.shipped >= 99,
+    );
     let st = agent.status.snapshot();
     assert!(st.counters.spool_torn_bytes > 0, "torn tail not counted");
     agent.stop();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let messages = rt.block_on(read_stream(&ds.url, &format!("/aws/eks-hybrid/{CLUSTER}"), &format!("{NODE}/kubelet")));
+    let messages = rt.block_on(read_stream(
+        &ds.url,
+        &format!("/aws/eks-hybrid/{CLUSTER}"),
+        &format!("{NODE}/kubelet"),
+    ));
     assert_eq!(check_exactly_once_in_order(&messages, "kubelet", 99), 0);
 }

@@ -323,6 +323,7 @@ pub async fn run_metrics(
             }
             let points = collector.sample(super::now_ms(), probe.as_ref(), &status);
             let recs: Vec<Record> = points.iter().filter_map(to_record).collect();
+            tracing::debug!(points = recs.len(), "metrics sample taken");
             match spool.append(&recs) {
                 Ok(()) => spool.commit()?,
                 // The shared spool is full of logs: a sample is the least valuable thing to keep.
@@ -348,6 +349,7 @@ pub async fn run_metrics(
                     }
                     true
                 })?;
+                tracing::debug!(points = points.len(), ?pos, "metrics read from spool");
                 if points.is_empty() {
                     spool.ack(pos)?;
                     retry_at = None;
@@ -359,6 +361,7 @@ pub async fn run_metrics(
                 points.retain(|p| now_ms - p.timestamp_ms <= MAX_DATUM_AGE_MS);
                 dropped += (before - points.len()) as u64;
                 let data: Vec<MetricDatum> = points.iter().map(|p| datum(p, &settings)).collect();
+                status.update(|s| s.metrics.state = format!("sending {} points", points.len()));
                 let res = if data.is_empty() {
                     Ok(())
                 } else {
@@ -421,5 +424,56 @@ pub async fn run_metrics(
         if *shutdown.borrow() {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_has_host_agent_pipeline_and_component_metrics() {
+        struct Probe;
+        impl HealthProbe for Probe {
+            fn components(&self) -> Vec<ComponentHealth> {
+                vec![ComponentHealth {
+                    name: "containerd".into(),
+                    up: true,
+                    restarts: 2,
+                }]
+            }
+            fn credential_seconds_to_expiry(&self) -> Option<f64> {
+                Some(1800.0)
+            }
+        }
+        let status = StatusCell::new();
+        let mut c = Collector::new(std::path::PathBuf::from("/"));
+        let _ = c.sample(1, &Probe, &status);
+        let pts = c.sample(2, &Probe, &status);
+        let names: Vec<&str> = pts.iter().map(|p| p.name.as_str()).collect();
+        for want in [
+            "HostCpuUtilization",
+            "HostMemoryUtilization",
+            "HostDiskUtilization",
+            "AgentMemoryRss",
+            "AgentCpuUtilization",
+            "CredentialSecondsToExpiry",
+            "SpoolBytes",
+            "SpoolPaused",
+            "LogEventsShipped",
+            "ComponentUp",
+            "ComponentRestarts",
+        ] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        assert!(pts.iter().all(|p| p.timestamp_ms == 2));
+        let restarts = pts
+            .iter()
+            .find(|p| p.name == "ComponentRestarts")
+            .expect("restarts");
+        assert_eq!(
+            (restarts.value, restarts.component.as_deref()),
+            (2.0, Some("containerd"))
+        );
     }
 }

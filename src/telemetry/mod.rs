@@ -60,6 +60,8 @@ const CHUNK_CHANNEL: usize = 4;
 pub const DEFAULT_MEM_LIMIT_BYTES: usize = 4 << 20;
 /// How often the reader looks for new entries when it has caught up.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// The metrics spool's part of the spool bound (1/8: at 512 MiB, weeks of samples).
+const METRICS_SPOOL_SHARE: u64 = 8;
 /// Delay before reopening the journal after a read error.
 const READ_ERROR_DELAY: Duration = Duration::from_secs(5);
 
@@ -199,9 +201,13 @@ pub async fn run(
         path: settings.state_dir.clone(),
         source,
     })?;
-    let budget = SpoolBudget::new(settings.spool_max_bytes);
+    // Metrics get their own eighth of the bound, so a spool full of logs never stops the
+    // samples that show it (SpoolPaused) from being kept.
+    let metrics_max = settings.spool_max_bytes / METRICS_SPOOL_SHARE;
+    let budget = SpoolBudget::new(settings.spool_max_bytes - metrics_max);
+    let metrics_budget = SpoolBudget::new(metrics_max);
     let counters = status.counters.clone();
-    let open = |name: &str| -> Result<Spool, spool::SpoolError> {
+    let open = |name: &str, budget: &Arc<SpoolBudget>| -> Result<Spool, spool::SpoolError> {
         let (s, rec) = Spool::open(&settings.spool_dir.join(name), budget.clone())?;
         if rec.torn_bytes > 0 {
             tracing::warn!(
@@ -214,10 +220,10 @@ pub async fn run(
         counters.add_spool_corrupt(rec.corrupt_records);
         Ok(s)
     };
-    let journal_spool = open("journal")?;
-    let child_spool = open("child")?;
-    let metrics_spool = open("metrics")?;
-    status.update(|s| s.spool_max_bytes = settings.spool_max_bytes);
+    let journal_spool = open("journal", &budget)?;
+    let child_spool = open("child", &budget)?;
+    let metrics_spool = open("metrics", &metrics_budget)?;
+    status.update(|s| s.spool_max_bytes = settings.spool_max_bytes - metrics_max);
 
     let group = settings.log_group_name();
     let sink = Arc::new(LogsSink::new(

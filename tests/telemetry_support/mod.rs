@@ -35,7 +35,10 @@ pub struct JournaldLimits {
 
 impl Default for JournaldLimits {
     fn default() -> Self {
-        JournaldLimits { runtime_max_use: "1G", runtime_max_file_size: "64M" }
+        JournaldLimits {
+            runtime_max_use: "1G",
+            runtime_max_file_size: "64M",
+        }
     }
 }
 
@@ -57,31 +60,48 @@ impl Journald {
         let j = Journald { child, pid };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !j.socket().exists() {
-            assert!(Instant::now() < deadline, "journald did not create {} within 20 s", j.socket().display());
+            assert!(
+                Instant::now() < deadline,
+                "journald did not create {} within 20 s",
+                j.socket().display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         j
     }
 
     pub fn socket(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/root/run/systemd/journal/socket", self.pid))
+        PathBuf::from(format!(
+            "/proc/{}/root/run/systemd/journal/socket",
+            self.pid
+        ))
     }
 
     /// The directory journald writes (`/run/log/journal/<machine-id>` in its namespace).
     pub fn dir(&self) -> PathBuf {
-        let id = std::fs::read_to_string("/etc/machine-id").expect("/etc/machine-id").trim().to_string();
+        let id = std::fs::read_to_string("/etc/machine-id")
+            .expect("/etc/machine-id")
+            .trim()
+            .to_string();
         PathBuf::from(format!("/proc/{}/root/run/log/journal/{id}", self.pid))
     }
 
     pub fn writer(&self) -> JournalWriter {
         let sock = UnixDatagram::unbound().expect("datagram socket");
-        JournalWriter { sock, path: self.socket() }
+        JournalWriter {
+            sock,
+            path: self.socket(),
+        }
     }
 
     /// Files in the journal directory (to see rotation and vacuuming happen).
     pub fn files(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.dir())
-            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
@@ -112,7 +132,9 @@ pub struct JournalWriter {
 impl JournalWriter {
     pub fn send(&self, ident: &str, priority: u8, message: &str) {
         let body = format!("MESSAGE={message}\nPRIORITY={priority}\nSYSLOG_IDENTIFIER={ident}\n");
-        self.sock.send_to(body.as_bytes(), &self.path).expect("send to journald");
+        self.sock
+            .send_to(body.as_bytes(), &self.path)
+            .expect("send to journald");
     }
 }
 
@@ -127,7 +149,8 @@ pub fn line(tag: &str, seq: usize, len: usize) -> String {
 
 /// Parses `<6>ident[pid]: <tag> <seq> xxx` back to (tag, seq).
 pub fn parse_line(message: &str) -> Option<(String, usize)> {
-    let rest = message.split_once("]: ").map(|(_, r)| r).or_else(|| message.split_once(": ").map(|(_, r)| r))?;
+    // Journal lines carry a `<pri>ident[pid]: ` prefix; lines written straight to the spool not.
+    let rest = message.split_once("]: ").map(|(_, r)| r).unwrap_or(message);
     let mut it = rest.split(' ');
     let tag = it.next()?.to_string();
     let seq = it.next()?.parse().ok()?;
@@ -142,7 +165,13 @@ pub async fn sdk_config(url: &str) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .endpoint_url(url)
         .region(Region::new(REGION))
-        .credentials_provider(Credentials::new(ADMIN_ACCESS_KEY_ID, ADMIN_SECRET_ACCESS_KEY, None, None, "test"))
+        .credentials_provider(Credentials::new(
+            ADMIN_ACCESS_KEY_ID,
+            ADMIN_SECRET_ACCESS_KEY,
+            None,
+            None,
+            "test",
+        ))
         .load()
         .await
 }
@@ -163,7 +192,10 @@ pub fn settings(journal_dir: &Path, state: &Path, units: &[&str]) -> TelemetrySe
         flush_interval: Duration::from_millis(200),
         poll_interval: Duration::from_millis(100),
         mem_limit_bytes: telemetry::DEFAULT_MEM_LIMIT_BYTES,
-        backoff: telemetry::sink::Backoff { base: Duration::from_millis(100), cap: Duration::from_secs(2) },
+        backoff: telemetry::sink::Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(2),
+        },
         metric_namespace: "HybridAgent".into(),
         metrics_interval: None,
         root: state.to_path_buf(),
@@ -179,30 +211,57 @@ pub struct InProcess {
 
 impl InProcess {
     pub fn start(settings: TelemetrySettings, url: &str) -> InProcess {
+        // Agent logs on stderr when RUST_LOG asks for them (nextest shows them on failure).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
         let status = StatusCell::new();
         let (stop, rx) = tokio::sync::watch::channel(false);
         let (st, url) = (status.clone(), url.to_string());
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
             rt.block_on(async move {
-                let deps = telemetry::TelemetryDeps { sdk: sdk_config(&url).await, child_lines: None, probe: Arc::new(telemetry::NoProbe) };
+                let deps = telemetry::TelemetryDeps {
+                    sdk: sdk_config(&url).await,
+                    child_lines: None,
+                    probe: Arc::new(telemetry::NoProbe),
+                };
                 if let Err(e) = telemetry::run(settings, deps, st, rx).await {
+                    eprintln!("telemetry failed: {e}");
                     panic!("telemetry failed: {e}");
                 }
             });
         });
-        InProcess { status, stop, thread: Some(thread) }
+        InProcess {
+            status,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// Waits (bounded) until `cond` holds on the status; panics with the status otherwise.
-    pub fn wait_for(&self, what: &str, limit: Duration, cond: impl Fn(&telemetry::TelemetryStatus) -> bool) {
+    pub fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        cond: impl Fn(&telemetry::TelemetryStatus) -> bool,
+    ) {
         let deadline = Instant::now() + limit;
         loop {
             let s = self.status.snapshot();
             if cond(&s) {
                 return;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; status:\n{}", s.render());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; status:\n{}",
+                s.render()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -241,7 +300,11 @@ pub async fn read_stream(url: &str, group: &str, stream: &str) -> Vec<String> {
             .await
             .unwrap_or_else(|e| panic!("GetLogEvents {group}/{stream}: {e:?}"));
         let events = resp.events();
-        out.extend(events.iter().filter_map(|e| e.message().map(str::to_string)));
+        out.extend(
+            events
+                .iter()
+                .filter_map(|e| e.message().map(str::to_string)),
+        );
         let next = resp.next_forward_token().map(str::to_string);
         if events.is_empty() || next.is_none() || next == token {
             break;
@@ -253,14 +316,24 @@ pub async fn read_stream(url: &str, group: &str, stream: &str) -> Vec<String> {
 
 /// Checks `messages` hold `tag` lines 0..n each exactly once and in order; returns duplicates.
 pub fn check_exactly_once_in_order(messages: &[String], tag: &str, n: usize) -> usize {
-    let seqs: Vec<usize> = messages.iter().filter_map(|m| parse_line(m)).filter(|(t, _)| t == tag).map(|(_, s)| s).collect();
+    let seqs: Vec<usize> = messages
+        .iter()
+        .filter_map(|m| parse_line(m))
+        .filter(|(t, _)| t == tag)
+        .map(|(_, s)| s)
+        .collect();
     let mut seen = vec![0u32; n];
     for &s in &seqs {
         assert!(s < n, "unexpected {tag} line {s}");
         seen[s] += 1;
     }
     let missing: Vec<usize> = (0..n).filter(|&i| seen[i] == 0).collect();
-    assert!(missing.is_empty(), "{} {tag} lines missing, first {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    assert!(
+        missing.is_empty(),
+        "{} {tag} lines missing, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
     // In order: with duplicates (replays after a crash) the sequence may step back, but only to
     // repeat lines already seen; first occurrences must be increasing.
     let mut first_seen = vec![false; n];
@@ -278,7 +351,10 @@ pub fn check_exactly_once_in_order(messages: &[String], tag: &str, n: usize) -> 
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// moto_server from the project's venv (scripts/setup installs it), killed on drop.
@@ -296,8 +372,14 @@ impl Drop for Moto {
 
 pub fn moto() -> Moto {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let bin = std::env::var_os("MOTO_SERVER").map(PathBuf::from).unwrap_or_else(|| repo.join(".venv/bin/moto_server"));
-    assert!(bin.exists(), "moto_server not found at {} — run scripts/setup", bin.display());
+    let bin = std::env::var_os("MOTO_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join(".venv/bin/moto_server"));
+    assert!(
+        bin.exists(),
+        "moto_server not found at {} — run scripts/setup",
+        bin.display()
+    );
     let port = free_port();
     let child = Command::new(&bin)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -308,7 +390,10 @@ pub fn moto() -> Moto {
     let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto_server did not listen on {url} within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "moto_server did not listen on {url} within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     Moto { url, child }
