@@ -349,6 +349,28 @@ fn containerd_is_restarted_after_kill_and_adopted_across_an_agent_restart() {
         alive(kubelet_pid),
         "the stand-in kubelet died with the agent"
     );
+    // Output goes to a log file, not a pipe to the dead agent: a child that writes now survives
+    // (through a pipe it would die of EPIPE/SIGPIPE, and could never be adopted).
+    let port = cfg.kubelet_port.unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-sf",
+            "-X",
+            "POST",
+            &format!("http://127.0.0.1:{port}/standin/mode/healthy"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the orphaned stand-in did not answer");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        alive(kubelet_pid),
+        "the stand-in died writing output after the agent died"
+    );
+    let log =
+        std::fs::read_to_string(ProcessSettings::new(&state_dir).log_file(ComponentName::Kubelet))
+            .unwrap();
+    assert!(log.contains("mode set to Healthy over HTTP"), "{log}");
 
     // 4. A new agent adopts both: same pids, no restart.
     std::fs::remove_file(&cfg.status_file).unwrap();
@@ -663,4 +685,36 @@ async fn a_pid_file_naming_a_foreign_process_is_neither_adopted_nor_signalled() 
     assert!(alive(fpid), "stopping ours touched the foreign process");
     let _ = foreign.kill();
     let _ = foreign.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_output_is_captured_line_by_line_and_tagged() {
+    let work = tempfile::tempdir().unwrap();
+    let settings = ProcessSettings::new(work.path().join("state"));
+    let _reaper = PidFileReaper(settings.state_dir.clone());
+    let backend = ProcessBackend::new(settings);
+    let mut output = backend.output();
+    let port = free_port();
+    let spec = standin_component(port, &[], fast_probe(3, Duration::ZERO));
+    backend.start(&spec).await.unwrap();
+    let want = format!("serving /healthz on 127.0.0.1:{port}");
+    let line = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let l = output.recv().await.unwrap();
+            if l.line.contains(&want) {
+                return l;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no output line containing {want:?}"));
+    assert_eq!(line.component, ComponentName::Kubelet);
+    assert!(
+        line.line
+            .starts_with("standin-kubelet [STAND-IN, not kubelet]: "),
+        "{:?}",
+        line.line
+    );
+    assert!(!line.line.ends_with('\n'));
+    backend.stop(&spec).await.unwrap();
 }
