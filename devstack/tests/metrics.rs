@@ -580,50 +580,7 @@ async fn datapoints_survive_a_restart() {
 
 /// POSTs a form body to `/` signed for `monitoring` with the admin key.
 async fn signed_query(url: &str, body: String) -> reqwest::Response {
-    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-    let identity = aws_credential_types::Credentials::new(
-        common::ADMIN_ACCESS_KEY_ID,
-        common::ADMIN_SECRET_ACCESS_KEY,
-        None,
-        None,
-        "test",
-    )
-    .into();
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region(common::REGION)
-        .name("monitoring")
-        .time(SystemTime::now())
-        .settings(SigningSettings::default())
-        .build()
-        .expect("signing params")
-        .into();
-    let mut request = axum::http::Request::builder()
-        .method("POST")
-        .uri(format!("{url}/"))
-        .header(
-            "content-type",
-            "application/x-www-form-urlencoded; charset=utf-8",
-        )
-        .body(body.into_bytes())
-        .expect("request");
-    let signable = SignableRequest::new(
-        "POST",
-        request.uri().to_string(),
-        request
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.to_str().expect("ascii header"))),
-        SignableBody::Bytes(request.body()),
-    )
-    .expect("signable request");
-    let (instructions, _) = sign(signable, &params).expect("sign").into_parts();
-    instructions.apply_to_request_http1x(&mut request);
-    let request = reqwest::Request::try_from(request).expect("reqwest request");
-    reqwest::Client::new()
-        .execute(request)
-        .await
-        .expect("devstack answers")
+    common::signed_query(url, "monitoring", body).await
 }
 
 fn iso(secs: i64) -> String {

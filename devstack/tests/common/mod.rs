@@ -80,3 +80,52 @@ pub fn moto() -> Moto {
     }
     Moto { url, child }
 }
+
+/// POSTs an awsQuery form body to `url/`, SigV4-signed for `service` with the admin key.
+pub async fn signed_query(url: &str, service: &str, body: String) -> reqwest::Response {
+    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+    let identity = aws_credential_types::Credentials::new(
+        ADMIN_ACCESS_KEY_ID,
+        ADMIN_SECRET_ACCESS_KEY,
+        None,
+        None,
+        "test",
+    )
+    .into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(REGION)
+        .name(service)
+        .time(std::time::SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .expect("signing params")
+        .into();
+    let mut request = axum::http::Request::builder()
+        .method("POST")
+        .uri(format!("{url}/"))
+        .header(
+            "content-type",
+            "application/x-www-form-urlencoded; charset=utf-8",
+        )
+        .body(body.into_bytes())
+        .expect("request");
+    let signable = SignableRequest::new(
+        "POST",
+        request.uri().to_string(),
+        request
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().expect("ascii header"))),
+        SignableBody::Bytes(request.body()),
+    )
+    .expect("signable request");
+    let (instructions, _) = sign(signable, &params).expect("sign").into_parts();
+    instructions.apply_to_request_http1x(&mut request);
+    let request = reqwest::Request::try_from(request).expect("reqwest request");
+    reqwest::Client::new()
+        .execute(request)
+        .await
+        .expect("devstack answers")
+}
+
