@@ -89,10 +89,15 @@ fn journald_kill_minus_9_loses_nothing() {
     done.store(true, Ordering::Relaxed);
     writer.join().expect("writer");
     let n = written.load(Ordering::Relaxed);
-    let mut last = spawn_agent(&j, tmp.path(), &ds.url);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let stream = format!("{NODE}/kubelet");
     let group = format!("/aws/eks-hybrid/{CLUSTER}");
+    let before_last = rt.block_on(read_stream(&ds.url, &group, &stream)).len();
+    assert!(
+        before_last > n / 4,
+        "the killed agents shipped only {before_last} of {n} lines between kills"
+    );
+    let mut last = spawn_agent(&j, tmp.path(), &ds.url);
     let deadline = Instant::now() + Duration::from_secs(120);
     let messages = loop {
         let m = rt.block_on(read_stream(&ds.url, &group, &stream));

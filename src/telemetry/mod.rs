@@ -115,6 +115,40 @@ impl TelemetrySettings {
     }
 }
 
+impl TelemetrySettings {
+    /// The settings `hybrid-agent run` uses: the validated agent config, host paths under
+    /// `--root`, and the node's identity (cluster, node name, region).
+    pub fn from_agent_config(
+        agent: &crate::config::AgentConfig,
+        paths: &crate::paths::HostPaths,
+        cluster: &str,
+        node: &str,
+        region: &str,
+    ) -> TelemetrySettings {
+        let t = &agent.telemetry;
+        TelemetrySettings {
+            cluster: cluster.to_string(),
+            node: node.to_string(),
+            log_group: t.log_group.clone(),
+            log_stream: t.log_stream.clone(),
+            region: region.to_string(),
+            units: t.units.clone(),
+            max_priority: t.min_priority.number(),
+            journal_dirs: default_journal_dirs(paths.root()),
+            state_dir: paths.state_dir().join("telemetry"),
+            spool_dir: agent.spool.dir.clone(),
+            spool_max_bytes: agent.spool.max_bytes,
+            flush_interval: t.flush_interval,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            mem_limit_bytes: DEFAULT_MEM_LIMIT_BYTES,
+            backoff: Backoff::default(),
+            metric_namespace: t.metric_namespace.clone(),
+            metrics_interval: Some(t.metrics_interval),
+            root: paths.root().to_path_buf(),
+        }
+    }
+}
+
 /// journald's directories under `root` for this machine: persistent then volatile.
 pub fn default_journal_dirs(root: &Path) -> Vec<PathBuf> {
     let id = std::fs::read_to_string(root.join(MACHINE_ID_FILE))
