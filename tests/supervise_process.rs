@@ -165,7 +165,9 @@ impl AgentProcess {
             .append(true)
             .open(log)
             .unwrap();
-        let child = Command::new(std::env::current_exe().unwrap())
+        // /proc/self/exe, not current_exe(): the test binary may be relinked by a build while
+        // this test runs, and the magic link still names the running one.
+        let child = Command::new("/proc/self/exe")
             .args([
                 "agent_process",
                 "--ignored",
