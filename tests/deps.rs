@@ -1,6 +1,8 @@
 //! The dependency rules of DESIGN.md, checked on the resolved graph: no OpenSSL (static musl
 //! builds, one TLS stack), no libsystemd (cannot link statically), no legacy hyper 0.14 / ring
 //! stack (what the AWS SDK's default `rustls` feature drags in).
+//! Checked for the host target (Linux, what we ship), so a fresh machine needs no foreign-platform
+//! crates downloaded.
 
 use std::process::Command;
 
@@ -8,7 +10,7 @@ fn cargo_tree_inverse(spec: &str) -> (bool, String) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["tree", "--workspace", "--target", "all", "--edges", "normal,build,dev", "--offline", "-i", spec])
+        .args(["tree", "--workspace", "--edges", "normal,build,dev", "-i", spec])
         .output()
         .expect("run cargo tree");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
