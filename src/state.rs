@@ -191,11 +191,9 @@ pub fn report(state_dir: &Path) -> Result<StatusReport, StateError> {
     let mut identity = daemon.and_then(|d| d.identity);
     // `join` (or a daemon since stopped) may have refreshed after the daemon last wrote.
     match (&mut identity, files) {
-        (Some(id), Some(f)) => {
-            if id.last_refresh.is_none_or(|t| t < f.last_refresh) {
-                id.last_refresh = Some(f.last_refresh);
-                id.expiration = Some(f.expiration);
-            }
+        (Some(id), Some(f)) if id.last_refresh.is_none_or(|t| t < f.last_refresh) => {
+            id.last_refresh = Some(f.last_refresh);
+            id.expiration = Some(f.expiration);
         }
         (None, Some(f)) => {
             identity = Some(IdentityStatus {

@@ -154,10 +154,10 @@ pub enum CliError {
     },
     /// The identity phase of `join` failed (registration errors have their own exit codes).
     #[error("join: {0}")]
-    Identity(#[from] crate::identity::setup::JoinError),
+    Identity(Box<crate::identity::setup::JoinError>),
     /// The daemon could not start or stopped with an error.
     #[error("run: {0}")]
-    Daemon(#[from] crate::daemon::DaemonError),
+    Daemon(Box<crate::daemon::DaemonError>),
     /// The daemon state could not be read.
     #[error("status: {0}")]
     Status(#[from] crate::state::StateError),
@@ -170,6 +170,20 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+}
+
+// Boxed: these errors carry whole service responses and would make every `Result` the CLI
+// passes around as large as the largest of them.
+impl From<crate::identity::setup::JoinError> for CliError {
+    fn from(e: crate::identity::setup::JoinError) -> Self {
+        CliError::Identity(Box::new(e))
+    }
+}
+
+impl From<crate::daemon::DaemonError> for CliError {
+    fn from(e: crate::daemon::DaemonError) -> Self {
+        CliError::Daemon(Box::new(e))
+    }
 }
 
 impl CliError {

@@ -29,7 +29,7 @@ pub const REREGISTER_COMMAND: &str = "hybrid-agent join --reregister --activatio
 #[derive(Debug)]
 pub enum Source {
     Ssm(Box<SsmSource>),
-    IamRa(IamRaSource),
+    IamRa(Box<IamRaSource>),
 }
 
 impl Source {

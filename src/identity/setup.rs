@@ -88,10 +88,18 @@ pub enum JoinError {
     Setup(#[from] SetupError),
     #[error(transparent)]
     Register(#[from] RegisterError),
-    #[error(
-        "cannot fetch or write the first credentials: {0}. Nothing else was changed; an SSM registration made by this join is kept and reused when join runs again"
-    )]
-    FirstRefresh(RefreshError),
+    #[error("cannot fetch or write the first credentials: {source}. {}", first_refresh_next_step(.source))]
+    FirstRefresh { source: RefreshError },
+}
+
+/// What a failed first refresh left behind, in the words the operator needs.
+fn first_refresh_next_step(e: &RefreshError) -> &'static str {
+    match e {
+        RefreshError::IamRa(_) => "Nothing was written to this host",
+        _ => {
+            "The SSM registration is kept; run `hybrid-agent join` again to retry (it reuses the registration)"
+        }
+    }
 }
 
 impl JoinError {
@@ -107,14 +115,18 @@ impl JoinError {
                 RegisterError::Tls { .. } => ExitCode::RegistrationTls,
                 _ => ExitCode::Failure,
             },
-            JoinError::FirstRefresh(RefreshError::IamRa(IamRaError::Network { .. }))
-            | JoinError::FirstRefresh(RefreshError::Ssm(SsmSourceError::Ssm(
-                SsmError::Network { .. },
-            ))) => ExitCode::RegistrationNetwork,
-            JoinError::FirstRefresh(RefreshError::IamRa(IamRaError::Tls { .. }))
-            | JoinError::FirstRefresh(RefreshError::Ssm(SsmSourceError::Ssm(SsmError::Tls {
-                ..
-            }))) => ExitCode::RegistrationTls,
+            JoinError::FirstRefresh {
+                source: RefreshError::IamRa(IamRaError::Network { .. }),
+            }
+            | JoinError::FirstRefresh {
+                source: RefreshError::Ssm(SsmSourceError::Ssm(SsmError::Network { .. })),
+            } => ExitCode::RegistrationNetwork,
+            JoinError::FirstRefresh {
+                source: RefreshError::IamRa(IamRaError::Tls { .. }),
+            }
+            | JoinError::FirstRefresh {
+                source: RefreshError::Ssm(SsmSourceError::Ssm(SsmError::Tls { .. })),
+            } => ExitCode::RegistrationTls,
             _ => ExitCode::Failure,
         }
     }
@@ -225,7 +237,7 @@ impl<'a> IdentityEnv<'a> {
         let clock = Arc::new(SkewedClock::new(self.host_clock.clone()));
         let source = match (&provider.provider, &provider.iam_ra) {
             (ProviderKind::IamRa, Some(ira)) => {
-                Source::IamRa(self.iam_ra_source(&region, ira, clock)?)
+                Source::IamRa(Box::new(self.iam_ra_source(&region, ira, clock)?))
             }
             _ => {
                 let client = self.ssm_client(&region, clock)?;
@@ -363,7 +375,7 @@ impl<'a> IdentityEnv<'a> {
         let creds = rotator
             .refresh_once()
             .await
-            .map_err(JoinError::FirstRefresh)?;
+            .map_err(|source| JoinError::FirstRefresh { source })?;
         self.save_provider(&record)?;
         Ok(JoinOutcome {
             provider: record.provider,
