@@ -23,19 +23,33 @@ fn ssm_join_writes_a_private_credentials_file_that_sts_accepts() {
 
     let creds_file = host.path(CREDENTIALS);
     assert_eq!(mode(&creds_file), 0o600);
-    let creds = host.credentials().expect("default profile with all three keys");
-    assert!(creds.access_key_id.starts_with("ASIA"), "{}", creds.access_key_id);
+    let creds = host
+        .credentials()
+        .expect("default profile with all three keys");
+    assert!(
+        creds.access_key_id.starts_with("ASIA"),
+        "{}",
+        creds.access_key_id
+    );
 
     let store = host.store();
-    let reg = store.load_registration().expect("registration").expect("registered");
+    let reg = store
+        .load_registration()
+        .expect("registration")
+        .expect("registered");
     assert!(reg.instance_id.starts_with("mi-"));
     assert_eq!(reg.region, REGION);
     assert_eq!(mode(&store.key_path()), 0o600);
     assert!(!store.pending_key_path().exists());
     assert!(store.load_fingerprint().expect("fingerprint").is_some());
-    assert!(text(&out).contains(&reg.instance_id), "join should say which instance it registered:\n{}", text(&out));
+    assert!(
+        text(&out).contains(&reg.instance_id),
+        "join should say which instance it registered:\n{}",
+        text(&out)
+    );
 
-    let arn = sts_with_file(&ds, &creds_file, "default").expect("GetCallerIdentity with the written file");
+    let arn = sts_with_file(&ds, &creds_file, "default")
+        .expect("GetCallerIdentity with the written file");
     assert!(arn.contains(&reg.instance_id), "{arn}");
     host.assert_no_secret_in_output(&[]);
 }
@@ -48,24 +62,58 @@ fn rejoin_reuses_the_identity_and_reregister_makes_a_new_one() {
     let out = host.join_ssm(&a, &[]);
     assert!(out.status.success(), "{}", text(&out));
     let store = host.store();
-    let first = store.load_registration().expect("load").expect("registered");
-    let fingerprint = store.load_fingerprint().expect("load").expect("fingerprint");
+    let first = store
+        .load_registration()
+        .expect("load")
+        .expect("registered");
+    let fingerprint = store
+        .load_fingerprint()
+        .expect("load")
+        .expect("fingerprint");
     let key = std::fs::read(store.key_path()).expect("key");
 
     let out = host.join_ssm(&a, &[]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(store.load_registration().expect("load").expect("registered").instance_id, first.instance_id);
-    assert_eq!(std::fs::read(store.key_path()).expect("key"), key, "re-running join must not replace the key");
+    assert_eq!(
+        store
+            .load_registration()
+            .expect("load")
+            .expect("registered")
+            .instance_id,
+        first.instance_id
+    );
+    assert_eq!(
+        std::fs::read(store.key_path()).expect("key"),
+        key,
+        "re-running join must not replace the key"
+    );
     assert!(text(&out).contains("already registered"), "{}", text(&out));
 
     let out = host.join_ssm(&a, &["--reregister"]);
     assert!(out.status.success(), "{}", text(&out));
-    let second = store.load_registration().expect("load").expect("registered");
+    let second = store
+        .load_registration()
+        .expect("load")
+        .expect("registered");
     assert_ne!(second.instance_id, first.instance_id);
-    assert_ne!(std::fs::read(store.key_path()).expect("key"), key, "--reregister makes a fresh key");
+    assert_ne!(
+        std::fs::read(store.key_path()).expect("key"),
+        key,
+        "--reregister makes a fresh key"
+    );
     // The fingerprint is the machine's and survives re-registration.
-    assert_eq!(store.load_fingerprint().expect("load").expect("fingerprint"), fingerprint);
-    assert!(sts_with_file(&ds, &host.path(CREDENTIALS), "default").expect("sts").contains(&second.instance_id));
+    assert_eq!(
+        store
+            .load_fingerprint()
+            .expect("load")
+            .expect("fingerprint"),
+        fingerprint
+    );
+    assert!(
+        sts_with_file(&ds, &host.path(CREDENTIALS), "default")
+            .expect("sts")
+            .contains(&second.instance_id)
+    );
     host.assert_no_secret_in_output(&[]);
 }
 
@@ -75,11 +123,20 @@ fn other_profiles_in_the_credentials_file_are_kept() {
     let host = Host::new(&ds);
     let file = host.path(CREDENTIALS);
     std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
-    std::fs::write(&file, "[admin]\naws_access_key_id = AKIAEXAMPLEADMIN\naws_secret_access_key = keep-me\n").expect("seed");
+    std::fs::write(
+        &file,
+        "[admin]\naws_access_key_id = AKIAEXAMPLEADMIN\naws_secret_access_key = keep-me\n",
+    )
+    .expect("seed");
     let out = host.join(&ds, Provider::Ssm, &[]);
     assert!(out.status.success(), "{}", text(&out));
     let text_now = std::fs::read_to_string(&file).expect("read");
-    assert!(text_now.contains("[admin]\naws_access_key_id = AKIAEXAMPLEADMIN\naws_secret_access_key = keep-me\n"), "{text_now}");
+    assert!(
+        text_now.contains(
+            "[admin]\naws_access_key_id = AKIAEXAMPLEADMIN\naws_secret_access_key = keep-me\n"
+        ),
+        "{text_now}"
+    );
     assert!(host.credentials().is_some());
 }
 
@@ -93,7 +150,11 @@ fn failing_join(host: &Host, a: &Activation, code: i32, needles: &[&str]) {
     for n in needles {
         assert!(t.contains(n), "message should mention `{n}`:\n{t}");
     }
-    assert_eq!(files_under(host.root.path()), before, "a failed registration must leave no state:\n{t}");
+    assert_eq!(
+        files_under(host.root.path()),
+        before,
+        "a failed registration must leave no state:\n{t}"
+    );
     host.assert_no_secret_in_output(&[]);
 }
 
@@ -103,7 +164,12 @@ fn expired_activation_exits_10_says_so_and_writes_nothing() {
     let host = Host::new(&ds);
     let a = create_activation(&ds, 1, Duration::from_secs(2));
     std::thread::sleep(Duration::from_secs(3));
-    failing_join(&host, &a, 10, &["expired", "create-activation", "Nothing was written"]);
+    failing_join(
+        &host,
+        &a,
+        10,
+        &["expired", "create-activation", "Nothing was written"],
+    );
 }
 
 #[test]
@@ -131,7 +197,11 @@ fn unreachable_endpoint_exits_13_and_tls_failure_exits_14() {
     let a = create_activation(&ds, 1, Duration::from_secs(3600));
 
     let mut host = Host::new(&ds);
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
     host.endpoint = format!("http://127.0.0.1:{closed}");
     failing_join(&host, &a, 13, &["cannot reach", "Nothing was written"]);
 
@@ -147,10 +217,17 @@ fn iam_roles_anywhere_join_with_rsa_ecdsa_and_intermediate_chain() {
     for (rsa, intermediate) in [(true, false), (false, false), (false, true), (true, true)] {
         let host = Host::new(&ds);
         let out = host.join(&ds, Provider::IamRa { rsa, intermediate }, &[]);
-        assert!(out.status.success(), "rsa={rsa} intermediate={intermediate}:\n{}", text(&out));
+        assert!(
+            out.status.success(),
+            "rsa={rsa} intermediate={intermediate}:\n{}",
+            text(&out)
+        );
         assert_eq!(mode(&host.path(CREDENTIALS)), 0o600);
         let arn = sts_with_file(&ds, &host.path(CREDENTIALS), "default").expect("sts");
-        assert!(arn.contains("assumed-role/AmazonEKSHybridNodesRole/edge-node-1"), "{arn}");
+        assert!(
+            arn.contains("assumed-role/AmazonEKSHybridNodesRole/edge-node-1"),
+            "{arn}"
+        );
         host.assert_no_secret_in_output(&[]);
     }
 }
@@ -173,14 +250,24 @@ fn iam_roles_anywhere_rejections_write_nothing() {
     let good = issue_certificate(&ds, false, false, None);
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.distinguished_name.push(rcgen::DnType::CommonName, "impostor");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "impostor");
     let cert = params.self_signed(&key).expect("self-signed");
-    let impostor = Issued { certificate_pem: cert.pem(), private_key_pem: key.serialize_pem(), ..good };
+    let impostor = Issued {
+        certificate_pem: cert.pem(),
+        private_key_pem: key.serialize_pem(),
+        ..good
+    };
     host.install_certificate(&impostor);
     let before = files_under(host.root.path());
     let out = host.join_iam_ra(&impostor, &[]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("AccessDeniedException"), "{}", text(&out));
+    assert!(
+        text(&out).contains("AccessDeniedException"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(files_under(host.root.path()), before);
     host.assert_no_secret_in_output(&[]);
 }

@@ -19,11 +19,19 @@ pub const AGENT: &str = env!("CARGO_BIN_EXE_hybrid-agent");
 pub const CREDENTIALS: &str = "root/.aws/credentials";
 
 pub fn devstack(token_lifetime: Duration) -> hybrid_devstack::Devstack {
-    hybrid_devstack::Devstack::spawn(hybrid_devstack::Config { token_lifetime, ..Default::default() }).expect("devstack starts")
+    hybrid_devstack::Devstack::spawn(hybrid_devstack::Config {
+        token_lifetime,
+        ..Default::default()
+    })
+    .expect("devstack starts")
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 /// An SSM activation created through aws-sdk-ssm as an operator would.
@@ -32,13 +40,14 @@ pub struct Activation {
     pub code: String,
 }
 
-pub fn create_activation(ds: &hybrid_devstack::Devstack, limit: i32, expires_in: Duration) -> Activation {
-    runtime().block_on(async {
-        let config = aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(REGION))
-            .endpoint_url(&ds.url)
-            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
+/// SDK config signed with the devstack's admin key: an operator's own tooling.
+pub fn admin_sdk(ds: &hybrid_devstack::Devstack) -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(&ds.url)
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(
                 aws_credential_types::Credentials::new(
                     hybrid_devstack::auth::ADMIN_ACCESS_KEY_ID,
                     hybrid_devstack::auth::ADMIN_SECRET_ACCESS_KEY,
@@ -46,14 +55,25 @@ pub fn create_activation(ds: &hybrid_devstack::Devstack, limit: i32, expires_in:
                     None,
                     "test-admin",
                 ),
-            ))
-            .build();
-        let ssm = aws_sdk_ssm::Client::new(&config);
+            ),
+        )
+        .build()
+}
+
+pub fn create_activation(
+    ds: &hybrid_devstack::Devstack,
+    limit: i32,
+    expires_in: Duration,
+) -> Activation {
+    runtime().block_on(async {
+        let ssm = aws_sdk_ssm::Client::new(&admin_sdk(ds));
         let out = ssm
             .create_activation()
             .iam_role("AmazonEKSHybridNodesRole")
             .registration_limit(limit)
-            .expiration_date(aws_sdk_ssm::primitives::DateTime::from(SystemTime::now() + expires_in))
+            .expiration_date(aws_sdk_ssm::primitives::DateTime::from(
+                SystemTime::now() + expires_in,
+            ))
             .send()
             .await
             .expect("CreateActivation");
@@ -69,7 +89,10 @@ pub fn create_activation(ds: &hybrid_devstack::Devstack, limit: i32, expires_in:
 pub enum Provider {
     Ssm,
     /// IAM Roles Anywhere with an RSA or ECDSA leaf, optionally behind an intermediate CA.
-    IamRa { rsa: bool, intermediate: bool },
+    IamRa {
+        rsa: bool,
+        intermediate: bool,
+    },
 }
 
 /// A machine: a `--root` directory plus the agent's environment.
@@ -112,7 +135,11 @@ impl Host {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(AGENT);
-        c.arg("--root").arg(self.root.path()).args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+        c.arg("--root")
+            .arg(self.root.path())
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
         c.env("AWS_ENDPOINT_URL", &self.endpoint);
         c
     }
@@ -124,7 +151,11 @@ impl Host {
 
     pub fn agent_with(&self, mut c: Command) -> Output {
         let out = c.output().expect("run hybrid-agent");
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         self.outputs.lock().expect("lock").push(text);
         out
     }
@@ -134,7 +165,12 @@ impl Host {
     }
 
     /// `join` with the identity phase only, for either provider. Returns the output.
-    pub fn join(&self, ds: &hybrid_devstack::Devstack, provider: Provider, extra: &[&str]) -> Output {
+    pub fn join(
+        &self,
+        ds: &hybrid_devstack::Devstack,
+        provider: Provider,
+        extra: &[&str],
+    ) -> Output {
         match provider {
             Provider::Ssm => {
                 let a = create_activation(ds, 1, Duration::from_secs(3600));
@@ -176,12 +212,20 @@ impl Host {
         std::fs::create_dir_all(&pki).expect("mkdir pki");
         std::fs::write(pki.join("server.pem"), &issued.certificate_pem).expect("cert");
         std::fs::write(pki.join("server.key"), &issued.private_key_pem).expect("key");
-        for line in issued.private_key_pem.lines().filter(|l| !l.starts_with("-----")) {
+        for line in issued
+            .private_key_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+        {
             self.remember_secret(line);
         }
     }
 
     pub fn join_iam_ra(&self, issued: &Issued, extra: &[&str]) -> Output {
+        // Paths typed on the command line are taken as given (not re-rooted), as a user's shell
+        // would see them.
+        let cert = self.path("etc/iam/pki/server.pem").display().to_string();
+        let key = self.path("etc/iam/pki/server.key").display().to_string();
         let mut args = vec![
             "join",
             "--cluster",
@@ -197,9 +241,9 @@ impl Host {
             "--role-arn",
             &issued.role_arn,
             "--certificate-path",
-            "/etc/iam/pki/server.pem",
+            &cert,
             "--private-key-path",
-            "/etc/iam/pki/server.key",
+            &key,
             "--skip",
             "install,render,start",
         ];
@@ -226,7 +270,9 @@ impl Host {
 
     /// The `default` profile of the shared credentials file.
     pub fn credentials(&self) -> Option<ProfileValues> {
-        credfile::read_profile_file(&self.path(CREDENTIALS), "default").ok().flatten()
+        credfile::read_profile_file(&self.path(CREDENTIALS), "default")
+            .ok()
+            .flatten()
     }
 
     pub fn credentials_state(&self) -> Option<CredentialsState> {
@@ -235,12 +281,22 @@ impl Host {
 
     /// Starts `hybrid-agent run` with output to files under scratch.
     pub fn spawn_daemon(&self) -> Daemon {
-        let n = std::fs::read_dir(self.scratch.path()).map(|d| d.count()).unwrap_or(0);
+        let n = std::fs::read_dir(self.scratch.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
         let log = self.scratch.path().join(format!("daemon-{n}.log"));
         let file = std::fs::File::create(&log).expect("log file");
         let err = file.try_clone().expect("clone");
-        let child = self.command(&["run"]).stdout(Stdio::from(file)).stderr(Stdio::from(err)).spawn().expect("spawn run");
-        Daemon { child: Some(child), log }
+        let child = self
+            .command(&["run"])
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawn run");
+        Daemon {
+            child: Some(child),
+            log,
+        }
     }
 
     /// Asserts no remembered secret appears in any output or daemon log.
@@ -250,10 +306,17 @@ impl Host {
             texts.push(d.log());
         }
         let secrets = self.secrets.lock().expect("lock").clone();
-        assert!(!secrets.is_empty(), "no secrets were recorded: the check would be vacuous");
+        assert!(
+            !secrets.is_empty(),
+            "no secrets were recorded: the check would be vacuous"
+        );
         for s in secrets.iter().filter(|s| s.len() >= 16) {
             for t in &texts {
-                assert!(!t.contains(s.as_str()), "a secret ({}…) appears in agent output:\n{t}", &s[..6]);
+                assert!(
+                    !t.contains(s.as_str()),
+                    "a secret ({}…) appears in agent output:\n{t}",
+                    &s[..6]
+                );
             }
         }
     }
@@ -273,7 +336,10 @@ impl Daemon {
     /// SIGTERM, then wait.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         c.wait().expect("wait")
     }
 
@@ -303,7 +369,12 @@ pub struct Issued {
     pub role_arn: String,
 }
 
-pub fn issue_certificate(ds: &hybrid_devstack::Devstack, rsa: bool, intermediate: bool, valid_secs: Option<i64>) -> Issued {
+pub fn issue_certificate(
+    ds: &hybrid_devstack::Devstack,
+    rsa: bool,
+    intermediate: bool,
+    valid_secs: Option<i64>,
+) -> Issued {
     let body = serde_json::json!({
         "key_type": if rsa { "rsa" } else { "ecdsa" },
         "common_name": "edge-node-1",
@@ -314,7 +385,12 @@ pub fn issue_certificate(ds: &hybrid_devstack::Devstack, rsa: bool, intermediate
 }
 
 /// A call to the devstack control endpoint.
-pub fn control<T: serde::de::DeserializeOwned>(ds: &hybrid_devstack::Devstack, method: &str, op: &str, body: Option<serde_json::Value>) -> Result<T, String> {
+pub fn control<T: serde::de::DeserializeOwned>(
+    ds: &hybrid_devstack::Devstack,
+    method: &str,
+    op: &str,
+    body: Option<serde_json::Value>,
+) -> Result<T, String> {
     runtime().block_on(async {
         let c = reqwest::Client::new();
         let url = format!("{}/_devstack/{op}", ds.url);
@@ -342,15 +418,27 @@ pub fn set_faults(ds: &hybrid_devstack::Devstack, doc: serde_json::Value) {
 }
 
 pub fn calls(ds: &hybrid_devstack::Devstack, key: &str) -> u64 {
-    ds.state.call_count(key.split('/').next().unwrap_or(""), key.split('/').nth(1).unwrap_or(""))
+    ds.state.call_count(
+        key.split('/').next().unwrap_or(""),
+        key.split('/').nth(1).unwrap_or(""),
+    )
 }
 
 /// GetCallerIdentity through aws-sdk-sts with credentials from the profile file: what any tool
 /// reading the shared credentials file does. Returns the caller ARN.
-pub fn sts_with_file(ds: &hybrid_devstack::Devstack, file: &Path, profile: &str) -> Result<String, String> {
+// aws-config re-exports the profile-file types under deprecated aliases; the replacement lives
+// in aws-runtime, which is not worth a direct dependency for one test helper.
+#[allow(deprecated)]
+pub fn sts_with_file(
+    ds: &hybrid_devstack::Devstack,
+    file: &Path,
+    profile: &str,
+) -> Result<String, String> {
     runtime().block_on(async {
         use aws_config::profile::profile_file::{ProfileFileKind, ProfileFiles};
-        let files = ProfileFiles::builder().with_file(ProfileFileKind::Credentials, file).build();
+        let files = ProfileFiles::builder()
+            .with_file(ProfileFileKind::Credentials, file)
+            .build();
         let provider = aws_config::profile::ProfileFileCredentialsProvider::builder()
             .profile_files(files)
             .profile_name(profile)
@@ -359,7 +447,9 @@ pub fn sts_with_file(ds: &hybrid_devstack::Devstack, file: &Path, profile: &str)
             .behavior_version(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(REGION))
             .endpoint_url(&ds.url)
-            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(provider))
+            .credentials_provider(
+                aws_credential_types::provider::SharedCredentialsProvider::new(provider),
+            )
             .build();
         let sts = aws_sdk_sts::Client::new(&config);
         sts.get_caller_identity()
@@ -385,7 +475,11 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
 }
 
 pub fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Every file under `dir`, relative.
@@ -393,7 +487,9 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {
