@@ -168,3 +168,132 @@ fn spool_truncated_mid_record_recovers_and_counts() {
     ));
     assert_eq!(check_exactly_once_in_order(&messages, "kubelet", 99), 0);
 }
+
+#[test]
+fn child_output_is_spooled_and_shipped_per_component() {
+    let ds = devstack();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let empty_journal = tmp.path().join("journal");
+    std::fs::create_dir_all(&empty_journal).expect("journal dir");
+    let s = settings(&empty_journal, tmp.path(), &["kubelet"]);
+    let spool_dir = s.spool_dir.join("child");
+    let (tx, rx) = hybrid_agent::telemetry::child_line_channel();
+    // CloudWatch down first: the lines must be on disk, not only in memory.
+    ds.state.faults_mut().outage_until = Some(Instant::now() + Duration::from_secs(3600));
+    let agent = InProcess::start_with_children(s, &ds.url, Some(rx));
+    let n = 3000;
+    for i in 0..n {
+        let (component, stream) = if i % 3 == 0 {
+            ("containerd", hybrid_agent::telemetry::ChildStream::Stderr)
+        } else {
+            (
+                "kubelet-standin",
+                hybrid_agent::telemetry::ChildStream::Stdout,
+            )
+        };
+        let line = hybrid_agent::telemetry::ChildLine {
+            component: component.into(),
+            stream,
+            line: line(component, i, 80),
+            timestamp: std::time::SystemTime::now(),
+        };
+        assert!(tx.blocking_send(line));
+    }
+    agent.wait_for("child lines in the spool", Duration::from_secs(30), |_| {
+        std::fs::read_dir(&spool_dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .sum::<u64>()
+                    > 3000 * 80
+            })
+            .unwrap_or(false)
+    });
+    ds.state.faults_mut().outage_until = None;
+    agent.wait_for("child lines shipped", Duration::from_secs(60), |s| {
+        s.counters.shipped >= n as u64
+    });
+    agent.stop();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let group = format!("/aws/eks-hybrid/{CLUSTER}");
+    let c = rt.block_on(read_stream(&ds.url, &group, &format!("{NODE}/containerd")));
+    let k = rt.block_on(read_stream(
+        &ds.url,
+        &group,
+        &format!("{NODE}/kubelet-standin"),
+    ));
+    assert_eq!(c.len() + k.len(), n);
+    assert!(
+        c.iter().all(|m| m.starts_with("[stderr] containerd ")),
+        "{}",
+        c[0]
+    );
+    assert!(
+        k.iter().all(|m| m.starts_with("[stdout] kubelet-standin ")),
+        "{}",
+        k[0]
+    );
+    let order = |v: &[String]| {
+        v.iter()
+            .filter_map(|m| m.split(' ').nth(2).and_then(|x| x.parse::<usize>().ok()))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        order(&c).is_sorted() && order(&k).is_sorted(),
+        "child lines out of order"
+    );
+}
+
+#[test]
+fn too_old_dropped_and_too_new_rejected_are_counted_not_retried() {
+    let ds = devstack();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let empty_journal = tmp.path().join("journal");
+    std::fs::create_dir_all(&empty_journal).expect("journal dir");
+    let s = settings(&empty_journal, tmp.path(), &["kubelet"]);
+    let now = hybrid_agent::telemetry::now_ms();
+    let day = 24 * 3600 * 1000;
+    {
+        let (mut spool, _) =
+            Spool::open(&s.spool_dir.join("journal"), SpoolBudget::new(1 << 30)).expect("spool");
+        let mk = |ts: i64, i: usize| Record {
+            stream: "kubelet".into(),
+            timestamp_ms: ts,
+            message: line("kubelet", i, 60),
+        };
+        // 15 days old: dropped before sending. 3 h ahead: CloudWatch rejects it (tooNew).
+        spool
+            .append(&[
+                mk(now - 15 * day, 0),
+                mk(now, 1),
+                mk(now + 1, 2),
+                mk(now + 3 * 3600 * 1000, 3),
+            ])
+            .expect("append");
+        spool.commit().expect("commit");
+    }
+    let agent = InProcess::start(s, &ds.url);
+    agent.wait_for("window settled", Duration::from_secs(30), |s| {
+        s.counters.shipped + s.counters.rejected >= 3
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let st = agent.status.snapshot();
+    agent.stop();
+    assert_eq!(
+        (
+            st.counters.shipped,
+            st.counters.rejected,
+            st.counters.dropped_too_old
+        ),
+        (2, 1, 1),
+        "{}",
+        st.render()
+    );
+    assert_eq!(
+        ds.state.call_count("logs", "PutLogEvents"),
+        2,
+        "a 200 with rejectedLogEventsInfo was retried (first call: ResourceNotFound)"
+    );
+}

@@ -393,7 +393,7 @@ pub async fn run_metrics(
                             .backoff
                             .delay(attempt)
                             .max(Duration::from_millis(100));
-                        if attempt < 3 || attempt % 10 == 0 {
+                        if attempt < 3 || attempt.is_multiple_of(10) {
                             tracing::warn!(error = %msg, attempt, delay_ms = d.as_millis() as u64, "PutMetricData failed; points stay on disk and are retried");
                         }
                         attempt += 1;

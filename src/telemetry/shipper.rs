@@ -195,13 +195,12 @@ impl Shipper {
             self.publish();
         }
         // Leave in-flight sends a moment to land so their records need not be sent again.
-        if let Some(f) = self.inflight.as_mut() {
-            if tokio::time::timeout(Duration::from_secs(2), &mut f.task)
+        if let Some(f) = self.inflight.as_mut()
+            && tokio::time::timeout(Duration::from_secs(2), &mut f.task)
                 .await
                 .is_ok()
-            {
-                self.finish_window()?;
-            }
+        {
+            self.finish_window()?;
         }
         self.spool.commit()?;
         self.publish();
@@ -334,21 +333,22 @@ impl Shipper {
 
     /// Moves the window in flight (if from memory) and the memory queue into the spool.
     fn spill(&mut self) -> Result<(), ShipperError> {
-        if let Some(f) = self.inflight.as_mut() {
-            if matches!(f.source, Source::Mem) && f.spooled_end.is_none() {
-                let recs: Vec<Record> = f
-                    .batches
-                    .iter()
-                    .flat_map(|b| b.events.iter().cloned())
-                    .collect();
-                match self.spool.append(&recs) {
-                    Ok(()) => f.spooled_end = Some(self.spool.end_pos()),
-                    Err(SpoolError::Full { .. }) => {
-                        self.status.counters.set_paused(true);
-                        return Ok(());
-                    }
-                    Err(e) => return Err(e.into()),
+        if let Some(f) = self.inflight.as_mut()
+            && matches!(f.source, Source::Mem)
+            && f.spooled_end.is_none()
+        {
+            let recs: Vec<Record> = f
+                .batches
+                .iter()
+                .flat_map(|b| b.events.iter().cloned())
+                .collect();
+            match self.spool.append(&recs) {
+                Ok(()) => f.spooled_end = Some(self.spool.end_pos()),
+                Err(SpoolError::Full { .. }) => {
+                    self.status.counters.set_paused(true);
+                    return Ok(());
                 }
+                Err(e) => return Err(e.into()),
             }
         }
         if !self.mem.is_empty() {
@@ -374,10 +374,11 @@ impl Shipper {
         } else {
             self.mem_front_qseq
         };
-        if let Some(f) = &self.inflight {
-            if matches!(f.source, Source::Mem) && f.spooled_end.is_none() {
-                low = low.min(f.first);
-            }
+        if let Some(f) = &self.inflight
+            && matches!(f.source, Source::Mem)
+            && f.spooled_end.is_none()
+        {
+            low = low.min(f.first);
         }
         low
     }
@@ -388,14 +389,14 @@ impl Shipper {
         while self.chunks.front().is_some_and(|(end, _)| *end <= low) {
             newest = self.chunks.pop_front().map(|(_, c)| c);
         }
-        if let (Some(c), Some(path)) = (newest, self.opts.cursor_path.as_ref()) {
-            if self.saved_cursor != Some(c) {
-                save_cursor(path, &c).map_err(|source| ShipperError::Cursor {
-                    path: path.clone(),
-                    source,
-                })?;
-                self.saved_cursor = Some(c);
-            }
+        if let (Some(c), Some(path)) = (newest, self.opts.cursor_path.as_ref())
+            && self.saved_cursor != Some(c)
+        {
+            save_cursor(path, &c).map_err(|source| ShipperError::Cursor {
+                path: path.clone(),
+                source,
+            })?;
+            self.saved_cursor = Some(c);
         }
         Ok(())
     }

@@ -224,7 +224,7 @@ impl LogsSink {
         self.failing.store(true, Ordering::Relaxed);
         self.counters.add_retry();
         let d = self.backoff.delay(attempt);
-        if attempt < 3 || attempt % 10 == 0 {
+        if attempt < 3 || attempt.is_multiple_of(10) {
             tracing::warn!(group = %self.group, stream = %stream, attempt, delay_ms = d.as_millis() as u64, error = %msg, "PutLogEvents failed; retrying");
         }
         tokio::time::sleep(d).await;

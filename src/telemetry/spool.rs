@@ -357,12 +357,12 @@ impl Spool {
                 };
             }
         }
-        if self.writer.is_none() {
-            if let Some(s) = self.segments.back() {
-                let p = seg_path(&self.dir, s.id);
-                let f = OpenOptions::new().append(true).open(&p).map_err(io(&p))?;
-                self.writer = Some((f, Vec::new()));
-            }
+        if self.writer.is_none()
+            && let Some(s) = self.segments.back()
+        {
+            let p = seg_path(&self.dir, s.id);
+            let f = OpenOptions::new().append(true).open(&p).map_err(io(&p))?;
+            self.writer = Some((f, Vec::new()));
         }
         if let (Some((_, wbuf)), Some(s)) = (self.writer.as_mut(), self.segments.back_mut()) {
             s.len += buf.len() as u64;
@@ -372,13 +372,13 @@ impl Spool {
     }
 
     fn flush_writer(&mut self) -> Result<(), SpoolError> {
-        if let (Some((f, buf)), Some(s)) = (self.writer.as_mut(), self.segments.back()) {
-            if !buf.is_empty() {
-                let p = seg_path(&self.dir, s.id);
-                f.write_all(buf).map_err(io(&p))?;
-                f.sync_data().map_err(io(&p))?;
-                buf.clear();
-            }
+        if let (Some((f, buf)), Some(s)) = (self.writer.as_mut(), self.segments.back())
+            && !buf.is_empty()
+        {
+            let p = seg_path(&self.dir, s.id);
+            f.write_all(buf).map_err(io(&p))?;
+            f.sync_data().map_err(io(&p))?;
+            buf.clear();
         }
         Ok(())
     }

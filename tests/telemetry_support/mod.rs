@@ -211,6 +211,15 @@ pub struct InProcess {
 
 impl InProcess {
     pub fn start(settings: TelemetrySettings, url: &str) -> InProcess {
+        Self::start_with_children(settings, url, None)
+    }
+
+    /// Also ships the lines sent through `child_lines` (the built-in supervisor's output).
+    pub fn start_with_children(
+        settings: TelemetrySettings,
+        url: &str,
+        child_lines: Option<tokio::sync::mpsc::Receiver<telemetry::ChildLine>>,
+    ) -> InProcess {
         // Agent logs on stderr when RUST_LOG asks for them (nextest shows them on failure).
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -228,7 +237,7 @@ impl InProcess {
             rt.block_on(async move {
                 let deps = telemetry::TelemetryDeps {
                     sdk: sdk_config(&url).await,
-                    child_lines: None,
+                    child_lines,
                     probe: Arc::new(telemetry::NoProbe),
                 };
                 if let Err(e) = telemetry::run(settings, deps, st, rx).await {
