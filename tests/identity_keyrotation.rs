@@ -281,3 +281,28 @@ fn daemon_rotates_on_request_and_survives_restarts() {
     assert!(daemon.stop().success());
     host.assert_no_secret_in_output(&[&daemon]);
 }
+
+/// With a maximum key age (agent config `credentials.max_key_age`) the key is rotated on a
+/// refresh once it is older, without the service asking.
+#[test]
+fn key_older_than_the_maximum_age_is_rotated() {
+    let n = Node::new();
+    let old = n.disk_key();
+    let mut source = SsmSource::load(n.client(), n.host.store(), Some(Duration::from_secs(1)))
+        .expect("identity loads");
+    std::thread::sleep(Duration::from_millis(1100));
+    runtime().block_on(source.fetch()).expect("refresh");
+    assert_ne!(n.disk_key().public_key_b64(), old.public_key_b64());
+    assert!(!n.accepts(&old));
+    let reg = n
+        .host
+        .store()
+        .load_registration()
+        .expect("load")
+        .expect("reg");
+    assert!(
+        reg.key_created_at.elapsed().expect("clock") < Duration::from_secs(5),
+        "key creation time is updated"
+    );
+    n.assert_working_key();
+}

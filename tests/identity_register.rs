@@ -271,3 +271,52 @@ fn iam_roles_anywhere_rejections_write_nothing() {
     assert_eq!(files_under(host.root.path()), before);
     host.assert_no_secret_in_output(&[]);
 }
+
+/// An unchanged nodeadm NodeConfig (`--config-source`) with `enableCredentialsFile`, and the
+/// agent config moving the shared credentials file and profile: both files are kept.
+#[test]
+fn nodeconfig_with_credentials_file_and_custom_profile() {
+    let ds = devstack(Duration::from_secs(3600));
+    let host = Host::new(&ds);
+    let issued = issue_certificate(&ds, true, false, None);
+    host.install_certificate(&issued);
+    host.agent_config(
+        "[credentials]\nfile = \"/etc/hybrid-agent/aws/credentials\"\nprofile = \"hybrid\"\n",
+    );
+    let node = host.scratch.path().join("nodeconfig.yaml");
+    std::fs::write(
+        &node,
+        format!(
+            "apiVersion: node.eks.aws/v1alpha1\nkind: NodeConfig\nspec:\n  cluster:\n    name: {CLUSTER}\n    region: {REGION}\n  hybrid:\n    enableCredentialsFile: true\n    iamRolesAnywhere:\n      nodeName: edge-node-1\n      trustAnchorArn: {}\n      profileArn: {}\n      roleArn: {}\n      certificatePath: /etc/iam/pki/server.pem\n      privateKeyPath: /etc/iam/pki/server.key\n",
+            issued.trust_anchor_arn, issued.profile_arn, issued.role_arn
+        ),
+    )
+    .expect("nodeconfig");
+    let source = format!("file://{}", node.display());
+    let out = host.agent(&[
+        "join",
+        "--config-source",
+        &source,
+        "--skip",
+        "install,render,start",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    host.remember_credentials();
+    assert!(
+        !host.path(CREDENTIALS).exists(),
+        "the default file must not be written when another is configured"
+    );
+    for file in [
+        "etc/hybrid-agent/aws/credentials",
+        "eks-hybrid/.aws/credentials",
+    ] {
+        let path = host.path(file);
+        assert_eq!(mode(&path), 0o600, "{file}");
+        let v = hybrid_agent::identity::credfile::read_profile_file(&path, "hybrid")
+            .expect("read")
+            .expect("profile");
+        host.remember_secret(v.secret_access_key.expose());
+        sts_with_file(&ds, &path, "hybrid").unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+    host.assert_no_secret_in_output(&[]);
+}

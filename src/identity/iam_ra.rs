@@ -253,6 +253,77 @@ impl CertificateChain {
     }
 }
 
+/// A CreateSession request ready to send: URL with the canonical query, every header including
+/// `Authorization`.
+#[derive(Debug, Clone)]
+pub struct SignedSession {
+    pub url: Url,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// Signs a CreateSession request for `body` at `time` (PROTOCOLS.md §2). Pure: no I/O, so the
+/// canonicalisation is testable and tests can tamper with the result.
+pub fn sign_create_session(
+    settings: &IamRaSettings,
+    chain: &CertificateChain,
+    key: &SigningKey,
+    time: SystemTime,
+    body: &[u8],
+) -> Result<SignedSession, IamRaError> {
+    let host = sigv4::host_header(&settings.endpoint).ok_or_else(|| IamRaError::Response {
+        endpoint: settings.endpoint.to_string(),
+        detail: "the endpoint URL has no host".into(),
+    })?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let x509 = b64.encode(&chain.leaf_der);
+    let chain_header = (!chain.intermediates_der.is_empty()).then(|| {
+        chain
+            .intermediates_der
+            .iter()
+            .map(|c| b64.encode(c))
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    let time = SigningTime::new(time);
+    let query = sigv4::canonical_query(&[
+        ("profileArn", settings.profile_arn.as_str()),
+        ("roleArn", settings.role_arn.as_str()),
+        ("trustAnchorArn", settings.trust_anchor_arn.as_str()),
+    ]);
+    let mut headers: Vec<(&'static str, String)> = vec![
+        ("content-type", CONTENT_TYPE.to_string()),
+        ("host", host),
+        ("x-amz-date", time.amz_date.clone()),
+        ("x-amz-x509", x509),
+    ];
+    if let Some(c) = chain_header {
+        headers.push(("x-amz-x509-chain", c));
+    }
+    let borrowed: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let (canonical, signed_headers) = sigv4::canonical_request(&CanonicalInput {
+        method: "POST",
+        path: SESSIONS_PATH,
+        query: &query,
+        headers: &borrowed,
+        payload: body,
+    });
+    let scope = sigv4::scope(&time, &settings.region, SIGNING_SERVICE);
+    let algorithm = key.algorithm();
+    let to_sign = sigv4::string_to_sign(algorithm, &time, &scope, &canonical);
+    let signature = hex::encode(key.sign(to_sign.as_bytes())?);
+    headers.push((
+        "authorization",
+        format!(
+            "{algorithm} Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
+            chain.serial_decimal
+        ),
+    ));
+    let mut url = settings.endpoint.clone();
+    url.set_path(SESSIONS_PATH);
+    url.set_query(Some(&query));
+    Ok(SignedSession { url, headers })
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct SessionOut {
@@ -278,7 +349,6 @@ struct SessionCredentials {
 pub struct IamRaSource {
     http: reqwest::Client,
     settings: IamRaSettings,
-    host: String,
     clock: Arc<SkewedClock>,
 }
 
@@ -288,14 +358,16 @@ impl IamRaSource {
         settings: IamRaSettings,
         clock: Arc<SkewedClock>,
     ) -> Result<IamRaSource, IamRaError> {
-        let host = sigv4::host_header(&settings.endpoint).ok_or_else(|| IamRaError::Response {
-            endpoint: settings.endpoint.to_string(),
-            detail: "the endpoint URL has no host".into(),
-        })?;
+        // Fail at construction, not at the first refresh, on an endpoint without a host.
+        if sigv4::host_header(&settings.endpoint).is_none() {
+            return Err(IamRaError::Response {
+                endpoint: settings.endpoint.to_string(),
+                detail: "the endpoint URL has no host".into(),
+            });
+        }
         Ok(IamRaSource {
             http,
             settings,
-            host,
             clock,
         })
     }
@@ -366,61 +438,10 @@ impl IamRaSource {
         key: &SigningKey,
         body: &[u8],
     ) -> Result<(u16, SkewChange, Vec<u8>, Option<String>), IamRaError> {
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let x509 = b64.encode(&chain.leaf_der);
-        let chain_header = (!chain.intermediates_der.is_empty()).then(|| {
-            chain
-                .intermediates_der
-                .iter()
-                .map(|c| b64.encode(c))
-                .collect::<Vec<_>>()
-                .join(",")
-        });
-        let time = SigningTime::new(self.clock.now());
-        let query_pairs = [
-            ("profileArn", self.settings.profile_arn.as_str()),
-            ("roleArn", self.settings.role_arn.as_str()),
-            ("trustAnchorArn", self.settings.trust_anchor_arn.as_str()),
-        ];
-        let query = sigv4::canonical_query(&query_pairs);
-        let mut headers: Vec<(&str, &str)> = vec![
-            ("content-type", CONTENT_TYPE),
-            ("host", &self.host),
-            ("x-amz-date", &time.amz_date),
-            ("x-amz-x509", &x509),
-        ];
-        if let Some(c) = &chain_header {
-            headers.push(("x-amz-x509-chain", c));
-        }
-        let (canonical, signed_headers) = sigv4::canonical_request(&CanonicalInput {
-            method: "POST",
-            path: SESSIONS_PATH,
-            query: &query,
-            headers: &headers,
-            payload: body,
-        });
-        let scope = sigv4::scope(&time, &self.settings.region, SIGNING_SERVICE);
-        let algorithm = key.algorithm();
-        let to_sign = sigv4::string_to_sign(algorithm, &time, &scope, &canonical);
-        let signature = hex::encode(key.sign(to_sign.as_bytes())?);
-        let auth = format!(
-            "{algorithm} Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
-            chain.serial_decimal
-        );
-
-        let mut url = self.settings.endpoint.clone();
-        url.set_path(SESSIONS_PATH);
-        url.set_query(Some(&query));
-        let mut req = self
-            .http
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
-            .header(reqwest::header::HOST, &self.host)
-            .header("x-amz-date", &time.amz_date)
-            .header("x-amz-x509", &x509)
-            .header(reqwest::header::AUTHORIZATION, auth);
-        if let Some(c) = &chain_header {
-            req = req.header("x-amz-x509-chain", c);
+        let signed = sign_create_session(&self.settings, chain, key, self.clock.now(), body)?;
+        let mut req = self.http.post(signed.url);
+        for (name, value) in &signed.headers {
+            req = req.header(*name, value);
         }
         let resp = req
             .body(body.to_vec())
