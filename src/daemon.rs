@@ -3,9 +3,12 @@
 //! The subsystems are the credential rotation loop, supervision of containerd and kubelet
 //! ([`crate::supervise`], when `join` left a plan) and the state writer that publishes their
 //! status for `hybrid-agent status` ([`crate::state`]); telemetry joins as a further task, each
-//! publishing into its own section of the state. A
-//! subsystem that stops for good (rotation after `MachineFingerprintDoesNotMatch`) does not take
-//! the daemon down: the others keep the node running and status shows the failure and the fix.
+//! publishing into its own section of the state. AWS clients of the other tasks take their
+//! credentials from the rotation loop in-process
+//! (`aws::credentials::RotatingCredentials::new(rotator.credentials())`), never from the file.
+//! A subsystem that stops for good (rotation after `MachineFingerprintDoesNotMatch`) does not
+//! take the daemon down: the others keep the node running and status shows the failure and the
+//! fix.
 
 use std::path::PathBuf;
 use std::time::SystemTime;

@@ -5,7 +5,8 @@
 //!   switched off where one of our loops owns the retrying (two nested retry loops multiply
 //!   their waits and hide what happened). Nothing is probed from the environment: on-prem there
 //!   is no IMDS, and the default provider chain would try it (amazon-ssm-agent#134).
-//! - [`service_config`] helpers apply the per-service endpoint override.
+//! - [`sts_client`] (and the clients other subsystems build the same way) applies the
+//!   per-service endpoint override on top of that config.
 //! - [`http`]: the reqwest client of the private APIs.
 
 pub mod credentials;

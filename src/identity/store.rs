@@ -20,7 +20,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::atomic::{self, AtomicWriteError, SECRET_FILE_MODE};
+use crate::identity::atomic::{self, AtomicWriteError};
 use crate::identity::keys::{InstanceKey, KeyError};
 
 /// Subdirectory of the agent state directory holding the identity.
@@ -247,7 +247,7 @@ fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
     // an empty document is then detected as corrupt on the next read rather than panicking now.
     let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
     text.push('\n');
-    atomic::write_atomic(path, text.as_bytes(), SECRET_FILE_MODE.min(STATE_FILE_MODE))?;
+    atomic::write_atomic(path, text.as_bytes(), STATE_FILE_MODE)?;
     Ok(())
 }
 
