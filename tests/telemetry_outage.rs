@@ -6,8 +6,9 @@
 //! their original timestamps.
 //!
 //! The outage lasts `HA_OUTAGE_SECS` seconds (default 120, to keep the suite a few minutes
-//! long); the 10-minute run is `HA_OUTAGE_SECS=600 cargo nextest run --test
-//! telemetry_outage` (figures in the telemetry module docs).
+//! long); the 10-minute run is `HA_OUTAGE_SECS=600 cargo test --test telemetry_outage --
+//! --nocapture` (plain cargo test: nextest's 300 s limit in .config/nextest.toml would end it;
+//! figures in the telemetry module docs).
 
 mod telemetry_support;
 
