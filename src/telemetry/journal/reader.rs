@@ -638,6 +638,7 @@ impl JournalReader {
         }
         // Close files that are done: archived and read to the end, or deleted and read to the end.
         let mut k = 0;
+        let mut closed = false;
         while k < self.files.len() {
             let f = &self.files[k];
             let drained = f.peek.is_none() && f.scan >= f.safe_end;
@@ -645,12 +646,14 @@ impl JournalReader {
                 self.finished.insert(f.key);
                 self.stats.files_finished += 1;
                 self.files.swap_remove(k);
+                closed = true;
             } else {
                 k += 1;
             }
         }
-        if scanned == 0 && !idle_rescan {
-            // Nothing new in the open files: a rotation may have started a new one.
+        if !idle_rescan && (closed || self.files.is_empty()) {
+            // A file was archived (rotation) or none is open: its successor may be there
+            // already. Otherwise the periodic rescan finds new files within DIR_RESCAN.
             self.rescan_dirs()?;
         }
         Ok(Poll {
