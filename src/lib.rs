@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod exit;
 pub mod identity;
 pub mod install;
+pub mod join;
 pub mod logging;
 pub mod node;
 pub mod paths;

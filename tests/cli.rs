@@ -158,10 +158,18 @@ fn every_subcommand_has_real_help() {
             "join --help lacks {expected:?}: {join:?}"
         );
     }
-    assert!(
-        join.stdout.to_lowercase().contains("not built yet"),
-        "join --help must say what is missing: {join:?}"
-    );
+    for expected in [
+        "--dry-run",
+        "--skip",
+        "rolled back",
+        "--kubernetes-version",
+        "--bundle",
+    ] {
+        assert!(
+            join.stdout.contains(expected),
+            "join --help lacks {expected:?}: {join:?}"
+        );
+    }
     let check = run(&["config", "check", "--help"]);
     assert!(
         check.stdout.contains("--config-source") && check.stdout.contains("--cluster"),
@@ -206,10 +214,10 @@ fn usage_errors_exit_64_not_clap_default() {
 }
 
 #[test]
-fn join_validates_then_says_node_setup_is_not_built() {
+fn join_without_identity_fails_in_install_and_changes_nothing() {
     let sb = Sandbox::new();
-    // The identity phase is skipped: it would register with SSM (tests/identity_*.rs do that
-    // against the devstack).
+    // The identity phase is skipped (tests/identity_*.rs and tests/join_*.rs register against
+    // the devstack), so there are no credentials to ask EKS for the cluster's version with.
     let run = sb.run(&[
         "join",
         "--config-source",
@@ -217,19 +225,15 @@ fn join_validates_then_says_node_setup_is_not_built() {
         "--skip",
         "identity",
     ]);
-    assert_eq!(run.code, Some(2), "{run:?}");
+    assert_eq!(run.code, Some(3), "{run:?}");
     assert!(
-        run.stderr
-            .contains("node setup (the install, render and start phases) is not built yet"),
+        run.stderr.contains("join failed in the install phase"),
         "{run:?}"
     );
-    assert!(
-        run.stderr.contains("--skip install,render,start"),
-        "{run:?}"
-    );
+    assert!(run.stderr.contains("the host is as it was"), "{run:?}");
     assert!(
         sb.root_entries().is_empty(),
-        "join wrote under --root: {:?}",
+        "join left files under --root: {:?}",
         sb.root_entries()
     );
 }
@@ -254,15 +258,7 @@ fn join_with_invalid_config_exits_1_before_anything_else() {
 #[test]
 fn unfinished_subcommands_exit_2_naming_the_missing_capability() {
     let sb = Sandbox::new();
-    let cases: &[(&[&str], &str)] = &[
-        (&["leave"], "leaving the cluster"),
-        (&["install", "1.31"], "artifact installation"),
-        (
-            &["upgrade", "1.32"],
-            "upgrading the node's Kubernetes components",
-        ),
-        (&["doctor"], "host and connectivity checks"),
-    ];
+    let cases: &[(&[&str], &str)] = &[(&["doctor"], "host and connectivity checks")];
     for (args, capability) in cases {
         let run = sb.run(args);
         assert_eq!(run.code, Some(2), "{args:?}: {run:?}");
@@ -275,6 +271,29 @@ fn unfinished_subcommands_exit_2_naming_the_missing_capability() {
     assert!(
         sb.root_entries().is_empty(),
         "a stub wrote under --root: {:?}",
+        sb.root_entries()
+    );
+}
+
+#[test]
+fn leave_install_and_upgrade_on_a_machine_that_never_joined() {
+    let sb = Sandbox::new();
+    let leave = sb.run(&["leave"]);
+    assert_eq!(leave.code, Some(0), "{leave:?}");
+    assert!(leave.stdout.contains("nothing to do"), "{leave:?}");
+    // Refused before any network traffic: plain HTTP needs --allow-insecure-mirror.
+    let install = sb.run(&["install", "1.31", "--mirror", "http://127.0.0.1:9/"]);
+    assert_eq!(install.code, Some(3), "{install:?}");
+    assert!(
+        install.stderr.contains("--allow-insecure-mirror"),
+        "{install:?}"
+    );
+    let upgrade = sb.run(&["upgrade", "--kubernetes-version", "1.32"]);
+    assert_eq!(upgrade.code, Some(3), "{upgrade:?}");
+    assert!(upgrade.stderr.contains("has not joined"), "{upgrade:?}");
+    assert!(
+        sb.root_entries().is_empty(),
+        "they wrote under --root: {:?}",
         sb.root_entries()
     );
 }
@@ -355,8 +374,11 @@ fn quiet_and_verbose_control_log_lines() {
     let quiet = sb.run(&["-q", "join", "-c", "file://node.yaml", "--skip", "identity"]);
     assert!(!quiet.stderr.contains("INFO"), "{quiet:?}");
     // The outcome is still reported at any verbosity.
-    assert!(quiet.stderr.contains("not built yet"), "{quiet:?}");
-    assert_eq!(quiet.code, Some(2));
+    assert!(
+        quiet.stderr.contains("join failed in the install phase"),
+        "{quiet:?}"
+    );
+    assert_eq!(quiet.code, Some(3));
 }
 
 #[test]
@@ -399,7 +421,7 @@ fn activation_code_flag_warns_about_ps() {
         "--skip",
         "identity",
     ]);
-    assert_eq!(run.code, Some(2), "{run:?}");
+    assert_eq!(run.code, Some(3), "{run:?}");
     assert!(run.stderr.contains("WARN"), "{run:?}");
     assert!(run.stderr.contains("`ps`"), "{run:?}");
 }
@@ -421,6 +443,6 @@ fn activation_code_from_environment_is_accepted() {
         ],
         &[("HYBRID_AGENT_ACTIVATION_CODE", CODE)],
     );
-    assert_eq!(run.code, Some(2), "{run:?}");
+    assert_eq!(run.code, Some(3), "{run:?}");
     assert!(!run.stderr.contains("WARN"), "{run:?}");
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use hybrid_agent::config::{self, AgentConfigSource, Env, LoadContext, NodeInput, NodeSettings};
 use hybrid_agent::install::land::{Journal, Written};
-use hybrid_agent::node::{self, ClusterDetails, RenderInput, Rendered};
+use hybrid_agent::node::{self, ClusterDetails, NodeSpec, RenderInput, Rendered};
 use hybrid_agent::paths::HostPaths;
 
 const NODE_NAME: &str = "mi-0123456789abcdef0";
@@ -38,7 +38,11 @@ spec:
       activationId: 7c4e5b8a-1f2d-4c3b-9a8e-0123456789ab
 "#;
 
-fn load(yaml: &str) -> NodeSettings {
+fn load(yaml: &str) -> NodeSpec {
+    NodeSpec::from_settings(&load_settings(yaml))
+}
+
+fn load_settings(yaml: &str) -> NodeSettings {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("nodeconfig.yaml");
     std::fs::write(&file, yaml).unwrap();
@@ -65,7 +69,7 @@ fn cluster() -> ClusterDetails {
 }
 
 fn render(
-    node: &NodeSettings,
+    node: &NodeSpec,
     version: &str,
     paths: &HostPaths,
     credentials: &Path,

@@ -1,21 +1,25 @@
-//! `hybrid-agent join`: validate the node and agent configuration, then run the join phases.
-//!
-//! Phases are named, in order, and each can be skipped with `--skip` (as nodeadm's `--skip`):
-//! `identity` registers the machine and writes the first credentials; `install`, `render` and
-//! `start` come with later issues. A phase that is neither built nor skipped stops `join` with
-//! exit code 2 naming it, after the phases before it ran — never a fake success.
+//! `hybrid-agent join`: validate the node and agent configuration, then run the join phases
+//! ([`crate::join`]): preflight, identity, install, render, start, wait — transactional, so a
+//! failure in any phase leaves the host as it was.
 
-use std::time::SystemTime;
+use std::time::Duration;
 
 use clap::Args;
 
 use super::{CliError, Context, NodeConfigArgs};
 use crate::config;
-use crate::identity::register::RegisterOutcome;
-use crate::identity::setup::IdentityEnv;
+use crate::install::progress::Progress;
+use crate::join::{DEFAULT_WAIT_TIMEOUT, JoinOptions, Phase};
 
 /// The phases of `join`, in the order they run.
-pub const PHASES: [&str; 4] = ["identity", "install", "render", "start"];
+pub const PHASES: [&str; 6] = [
+    "preflight",
+    "identity",
+    "install",
+    "render",
+    "start",
+    "wait",
+];
 
 pub(super) const LONG_ABOUT: &str = "\
 Join this machine to an EKS cluster as a hybrid node.
@@ -24,18 +28,25 @@ Reads the node settings from a nodeadm NodeConfig (--config-source file://PATH) 
 and the agent settings from the agent config file, and validates both completely before \
 changing anything: every problem is listed with its file, line and field, and the exit code is 1.
 
-With a valid configuration, join registers the machine's credentials (SSM hybrid activation or \
-IAM Roles Anywhere), writes the shared credentials file (/root/.aws/credentials, profile \
-default, by default), installs and configures containerd and kubelet (/etc/containerd, \
-/etc/kubernetes, /var/lib/kubelet) and starts hybrid-agent.service.
+Then runs the phases, in order:
+  preflight  swap off (or failSwapOn: false), not joined to another cluster
+  identity   register with SSM (or check the IAM Roles Anywhere certificate) and write the \
+first credentials (/root/.aws/credentials, profile default, by default)
+  install    kubelet, aws-iam-authenticator, CNI plugins (and containerd unless the \
+distribution's is installed) for the cluster's Kubernetes version (or --kubernetes-version), \
+verified by SHA-256, from the manifest, a mirror (--mirror) or an offline bundle (--bundle)
+  render     containerd, kubelet, kubeconfig, CA, sysctl and module files, as nodeadm writes \
+them (cluster details from the NodeConfig or eks:DescribeCluster)
+  start      containerd, then kubelet, under the supervisor the daemon uses (systemd units \
+when PID 1 is systemd, else the built-in backend)
+  wait       kubelet healthy (/healthz); node Ready is checked when the API server answers
 
-Phases, in order: identity (register with SSM or check the IAM Roles Anywhere certificate, \
-write the first credentials), install, render, start. --skip PHASE[,PHASE] skips phases: \
-`--skip install,render,start` performs registration alone. Running join again on a registered \
-machine reuses its identity; --reregister makes a new one on purpose (with a new activation).
-
-Not built yet in this version: the install, render and start phases. Unless skipped, join \
-stops after the identity phase with exit code 2 naming them.
+Every change is journaled: if a phase fails, what this run changed is rolled back (files \
+restored from backups, new ones removed, a fresh registration deregistered, started components \
+stopped), and the error names the phase. Running join again with the same configuration on a \
+healthy node changes nothing and says so. --dry-run prints every file and action and changes \
+nothing. --skip PHASE[,PHASE] skips phases (`--skip install,render,start,wait` registers only). \
+Running join again on a registered machine reuses its identity; --reregister makes a new one.
 
 The activation code is a secret: pass it in a file (--activation-code-file) or the \
 HYBRID_AGENT_ACTIVATION_CODE environment variable. It is never printed.";
@@ -63,7 +74,7 @@ pub struct JoinArgs {
     #[command(flatten)]
     pub node: NodeConfigArgs,
 
-    /// Skip these phases (comma-separated): identity, install, render, start.
+    /// Skip these phases (comma-separated): preflight, identity, install, render, start, wait.
     #[arg(long, value_name = "PHASE[,PHASE]", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(PHASES))]
     pub skip: Vec<String>,
 
@@ -71,6 +82,24 @@ pub struct JoinArgs {
     /// (SSM; needs an activation with a free registration).
     #[arg(long)]
     pub reregister: bool,
+
+    /// Print every file join would write and every action it would take; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Kubernetes version to install (1.31 = its latest patch, or 1.31.2). Default: the
+    /// cluster's version from eks:DescribeCluster.
+    #[arg(long, value_name = "VERSION", value_parser = super::install::parse_version)]
+    pub kubernetes_version: Option<String>,
+
+    /// Artifact source options.
+    #[command(flatten)]
+    pub source: super::install::SourceArgs,
+
+    /// How long to wait for containerd, then kubelet, to answer their health checks, e.g. 90s
+    /// or 5m.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = super::install::parse_wait)]
+    pub wait_timeout: Duration,
 }
 
 pub(super) fn run(args: &JoinArgs, ctx: &mut Context<'_>) -> Result<(), CliError> {
@@ -82,68 +111,46 @@ pub(super) fn run(args: &JoinArgs, ctx: &mut Context<'_>) -> Result<(), CliError
         provider = node.provider.label(),
         "configuration is valid"
     );
-    let skipped = |phase: &str| args.skip.iter().any(|s| s == phase);
-    if !skipped("identity") {
-        identity_phase(&config, args.reregister, ctx)?;
-    }
-    let missing: Vec<&str> = PHASES[1..]
-        .iter()
-        .copied()
-        .filter(|p| !skipped(p))
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    Err(CliError::NotBuilt {
-        command: "join",
-        capability: "node setup (the install, render and start phases)",
-        detail: format!(
-            "phase(s) {} are not built; the phases before them completed. Use --skip {} to run \
-             only what is built",
-            missing.join(", "),
-            missing.join(",")
-        ),
-    })
-}
-
-fn identity_phase(
-    config: &config::Config,
-    reregister: bool,
-    ctx: &mut Context<'_>,
-) -> Result<(), CliError> {
-    let node = &config.node;
-    let env = IdentityEnv::new(&ctx.paths, &config.agent);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| CliError::Runtime {
-            command: "join",
-            source,
-        })?;
-    let out = rt.block_on(env.join(
-        &node.provider,
-        &node.cluster.region,
-        node.enable_credentials_file,
-        reregister,
-    ))?;
-    let how = match &out.registration {
-        Some(RegisterOutcome::Registered(_)) => "registered as",
-        Some(RegisterOutcome::Reused(_)) => "already registered as",
-        None => "IAM Roles Anywhere identity",
+    let opts = JoinOptions {
+        skip: args.skip.iter().filter_map(|s| Phase::parse(s)).collect(),
+        dry_run: args.dry_run,
+        reregister: args.reregister,
+        kubernetes_version: args.kubernetes_version.clone(),
+        source: args.source.artifact_source(),
+        allow_insecure_mirror: args.source.allow_insecure_mirror,
+        wait_timeout: if args.wait_timeout.is_zero() {
+            DEFAULT_WAIT_TIMEOUT
+        } else {
+            args.wait_timeout
+        },
+        progress: Progress::auto(),
     };
-    let remaining = out
-        .expiration
-        .duration_since(SystemTime::now())
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let files: Vec<String> = out.files.iter().map(|f| f.display().to_string()).collect();
-    ctx.write(
-        "join",
-        &format!(
-            "identity: {how} {} ({}); credentials valid for {remaining} s written to {}\n",
-            out.identity,
-            out.provider,
-            files.join(", ")
-        ),
-    )
+    let rt = super::install::runtime("join")?;
+    let report = rt.block_on(crate::join::join(&ctx.paths, &config, &opts))?;
+    let mut text = String::new();
+    for line in &report.lines {
+        text.push_str(line);
+        text.push('\n');
+    }
+    if opts.dry_run {
+        text.push_str("dry run: nothing was changed. join would:\n");
+        for p in &report.planned {
+            text.push_str("  ");
+            text.push_str(p);
+            text.push('\n');
+        }
+    }
+    for w in &report.warnings {
+        tracing::warn!("{w}");
+    }
+    if !report.noop
+        && !opts.dry_run
+        && let Some(name) = &report.node_name
+    {
+        text.push_str(&format!(
+            "joined: node {name} of cluster {} ({})\n",
+            node.cluster.name, node.cluster.region
+        ));
+    }
+    ctx.write("join", &text)
 }

@@ -1,28 +1,55 @@
-//! `hybrid-agent leave`: take the node out of the cluster and undo `join`.
+//! `hybrid-agent leave`: take the node out of the cluster and undo `join` ([`crate::join::leave`]).
 
 use clap::Args;
 
 use super::{CliError, Context};
+use crate::config;
+use crate::join::leave::LeaveOptions;
 
 pub(super) const LONG_ABOUT: &str = "\
-Remove this machine from the cluster: cordon and drain the node, stop kubelet and containerd, \
-deregister the SSM managed instance (SSM only), and remove what join wrote: the credentials \
-file section, kubelet and containerd configuration, units, and the agent state under \
-/var/lib/hybrid-agent. Artifacts installed by `install` are removed only with their tracker.
+Remove this machine from the cluster and put the host back as it was before join: stop the \
+daemon, stop kubelet and containerd through the supervisor, deregister the SSM managed instance \
+(with retries; IAM Roles Anywhere has nothing to deregister), remove exactly the files the \
+install tracker lists (never a distribution containerd), restore every file join replaced and \
+remove every file and directory it created, and remove the agent state under \
+/var/lib/hybrid-agent.
 
-Not built yet in this version: leave exits with code 2 and changes nothing.
+User data is kept unless --purge: containerd's image store (/var/lib/containerd) and the \
+telemetry spool. An interrupted leave continues where it stopped when run again.
 
 Example:
-  hybrid-agent leave";
+  hybrid-agent leave
+  hybrid-agent leave --purge";
 
 /// `leave` flags.
 #[derive(Debug, Clone, Args)]
-pub struct LeaveArgs {}
+pub struct LeaveArgs {
+    /// Also remove containerd's image store and the telemetry spool.
+    #[arg(long)]
+    pub purge: bool,
+}
 
-pub(super) fn run(_args: &LeaveArgs, _ctx: &mut Context<'_>) -> Result<(), CliError> {
-    Err(CliError::NotBuilt {
-        command: "leave",
-        capability: "leaving the cluster (drain, deregistration, cleanup)",
-        detail: "nothing was changed".to_owned(),
-    })
+pub(super) fn run(args: &LeaveArgs, ctx: &mut Context<'_>) -> Result<(), CliError> {
+    let agent = config::load_agent(ctx.load_context())?.agent;
+    let rt = super::install::runtime("leave")?;
+    let report = rt.block_on(crate::join::leave::leave(
+        &ctx.paths,
+        &agent,
+        &LeaveOptions { purge: args.purge },
+    ))?;
+    let mut text = String::new();
+    if report.resumed {
+        text.push_str("continuing an interrupted leave\n");
+    }
+    for line in &report.lines {
+        text.push_str(line);
+        text.push('\n');
+    }
+    for w in &report.warnings {
+        tracing::warn!("{w}");
+    }
+    if !report.nothing_to_do {
+        text.push_str("left the cluster\n");
+    }
+    ctx.write("leave", &text)
 }

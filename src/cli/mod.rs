@@ -108,7 +108,10 @@ pub enum Command {
     /// Install kubelet, containerd and the other node artifacts for a Kubernetes version.
     #[command(long_about = install::LONG_ABOUT, after_help = install::AFTER_HELP)]
     Install(install::InstallArgs),
-    /// Upgrade the node's Kubernetes components to another version, draining first.
+    /// Build an offline bundle of a release's artifacts (`bundle create`).
+    #[command(long_about = install::BUNDLE_LONG_ABOUT)]
+    Bundle(install::BundleArgs),
+    /// Upgrade the node's Kubernetes components to another version, rolling back if unhealthy.
     #[command(long_about = upgrade::LONG_ABOUT)]
     Upgrade(upgrade::UpgradeArgs),
     /// Check the host and its connectivity for common hybrid-node problems.
@@ -161,6 +164,18 @@ pub enum CliError {
     /// The daemon state could not be read.
     #[error("status: {0}")]
     Status(#[from] crate::state::StateError),
+    /// A join phase failed (and was rolled back).
+    #[error(transparent)]
+    Join(#[from] crate::join::JoinFailure),
+    /// `leave` stopped at a step (running it again continues).
+    #[error("leave: {0}")]
+    Leave(#[from] crate::join::leave::LeaveError),
+    /// `upgrade` failed (and says whether it rolled back).
+    #[error("upgrade: {0}")]
+    Upgrade(#[from] crate::join::upgrade::UpgradeError),
+    /// `install` or `bundle create` failed; nothing was installed.
+    #[error("install: {0}")]
+    Install(#[from] crate::install::InstallError),
     /// The async runtime could not be created.
     #[error("{command}: cannot start the async runtime: {source}")]
     Runtime {
@@ -193,6 +208,8 @@ impl CliError {
             CliError::Config(_) => ExitCode::ConfigInvalid,
             CliError::NotBuilt { .. } => ExitCode::NotBuilt,
             CliError::Identity(e) => e.exit_code(),
+            CliError::Join(e) => e.exit_code(),
+            CliError::Leave(_) | CliError::Upgrade(_) | CliError::Install(_) => ExitCode::Failure,
             CliError::Output { .. }
             | CliError::Render { .. }
             | CliError::Daemon(_)
@@ -248,6 +265,7 @@ pub fn run(cli: &Cli, env: &Env, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Status(args) => status::run(args, &mut ctx),
         Command::Leave(args) => leave::run(args, &mut ctx),
         Command::Install(args) => install::run(args, &mut ctx),
+        Command::Bundle(args) => install::run_bundle(args, &mut ctx),
         Command::Upgrade(args) => upgrade::run(args, &mut ctx),
         Command::Doctor(args) => doctor::run(args, &mut ctx),
         Command::Config(args) => config::run(args, &mut ctx),

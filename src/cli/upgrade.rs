@@ -1,38 +1,72 @@
-//! `hybrid-agent upgrade`: move the node to another Kubernetes version, safely.
+//! `hybrid-agent upgrade`: move the node to another Kubernetes version, rolling back by itself
+//! when the new kubelet is not healthy ([`crate::join::upgrade`]).
 
-use clap::Args;
+use std::time::Duration;
 
-use super::install::parse_minor_version;
+use clap::{ArgGroup, Args};
+
+use super::install::{SourceArgs, parse_version, parse_wait};
 use super::{CliError, Context};
 use crate::config;
+use crate::install::progress::Progress;
+use crate::join::upgrade::UpgradeOptions;
 
 pub(super) const LONG_ABOUT: &str = "\
-Upgrade the node's Kubernetes components to another minor version: install the new artifacts \
-alongside the old, cordon and drain the node, switch and restart containerd and kubelet, wait \
-for the node to be Ready, and roll back to the previous artifacts if it does not become Ready.
-
-Not built yet in this version: upgrade validates the agent configuration (exit 1 with every \
-problem) and then exits with code 2, changing nothing.
+Upgrade the node's Kubernetes components to another version: download and verify the new \
+artifacts aside (nothing changes if that fails), swap them in atomically (the old ones are kept), \
+render the configuration for the new version, restart kubelet and wait for it to be healthy. If \
+it is not healthy within --wait-timeout, the old binaries and configuration are put back and the \
+old kubelet is started again, automatically; the command then fails saying so.
 
 Example:
-  hybrid-agent upgrade 1.32";
+  hybrid-agent upgrade --kubernetes-version 1.32";
 
 /// `upgrade` flags.
 #[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("version_choice").required(true).args(["kubernetes_version", "release"])))]
 pub struct UpgradeArgs {
-    /// Kubernetes minor version to upgrade to, e.g. 1.32.
-    #[arg(value_name = "KUBERNETES_VERSION", value_parser = parse_minor_version)]
-    pub kubernetes_version: String,
+    /// Kubernetes version to upgrade to: 1.32 (its latest patch) or 1.32.1.
+    #[arg(value_name = "KUBERNETES_VERSION", value_parser = parse_version)]
+    pub release: Option<String>,
+
+    /// The same as the positional KUBERNETES_VERSION.
+    #[arg(long, value_name = "VERSION", value_parser = parse_version)]
+    pub kubernetes_version: Option<String>,
+
+    /// Artifact source.
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// How long the new kubelet has to answer /healthz before the upgrade is rolled back.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_wait)]
+    pub wait_timeout: Duration,
 }
 
 pub(super) fn run(args: &UpgradeArgs, ctx: &mut Context<'_>) -> Result<(), CliError> {
-    config::load_agent(ctx.load_context())?;
-    Err(CliError::NotBuilt {
-        command: "upgrade",
-        capability: "upgrading the node's Kubernetes components",
-        detail: format!(
-            "the agent configuration is valid; nothing was changed (target Kubernetes {})",
-            args.kubernetes_version
-        ),
-    })
+    let agent = config::load_agent(ctx.load_context())?.agent;
+    let opts = UpgradeOptions {
+        kubernetes_version: args
+            .kubernetes_version
+            .clone()
+            .or_else(|| args.release.clone())
+            .unwrap_or_default(),
+        source: args.source.artifact_source(),
+        allow_insecure_mirror: args.source.allow_insecure_mirror,
+        wait_timeout: args.wait_timeout,
+        progress: Progress::auto(),
+    };
+    let rt = super::install::runtime("upgrade")?;
+    let report = rt.block_on(crate::join::upgrade::upgrade(&ctx.paths, &agent, &opts))?;
+    let mut text = String::new();
+    for line in &report.lines {
+        text.push_str(line);
+        text.push('\n');
+    }
+    if !report.unchanged {
+        text.push_str(&format!(
+            "upgraded from Kubernetes {} to {}\n",
+            report.from, report.to
+        ));
+    }
+    ctx.write("upgrade", &text)
 }

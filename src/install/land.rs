@@ -65,6 +65,23 @@ pub enum Change {
     /// A directory tree owned by this run (agent state, component data) was created. Undo:
     /// remove it with everything in it.
     CreatedTree { path: PathBuf },
+    /// A directory tree that foreign code was about to rewrite was copied to `backup`. Undo:
+    /// replace the tree with the copy.
+    ReplacedTree { path: PathBuf, backup: PathBuf },
+    /// Something done outside the filesystem (a registration, a started process). Undo does
+    /// nothing; the caller compensates (deregisters, stops), also for a journal left by a run
+    /// that was killed.
+    External { note: Note },
+}
+
+/// A change outside the filesystem; see [`Change::External`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Note {
+    /// This run registered a new SSM managed instance.
+    Registered { instance_id: String, region: String },
+    /// This run started a component (its executable, for the ownership check when stopping).
+    Started { component: String, program: PathBuf },
 }
 
 impl Change {
@@ -74,7 +91,9 @@ impl Change {
             Change::CreatedFile { path }
             | Change::ReplacedFile { path, .. }
             | Change::CreatedDir { path }
-            | Change::CreatedTree { path } => path,
+            | Change::CreatedTree { path }
+            | Change::ReplacedTree { path, .. } => path,
+            Change::External { .. } => Path::new(""),
         }
     }
 }
@@ -103,6 +122,8 @@ pub struct Journal {
     next_backup: u64,
     /// When set, nothing is written; every action is described here instead.
     dry_run: Option<Vec<String>>,
+    /// Directories a dry run has "created" (so they are planned once).
+    planned_dirs: std::collections::BTreeSet<PathBuf>,
 }
 
 /// The persisted form.
@@ -124,6 +145,7 @@ impl Journal {
             changes: Vec::new(),
             next_backup: 0,
             dry_run: None,
+            planned_dirs: Default::default(),
         }
     }
 
@@ -136,6 +158,7 @@ impl Journal {
             changes: Vec::new(),
             next_backup: 0,
             dry_run: Some(Vec::new()),
+            planned_dirs: Default::default(),
         }
     }
 
@@ -156,6 +179,7 @@ impl Journal {
             changes: parsed.changes,
             next_backup: parsed.next_backup,
             dry_run: None,
+            planned_dirs: Default::default(),
         }))
     }
 
@@ -203,6 +227,17 @@ impl Journal {
         self.save()
     }
 
+    /// Stops persisting this journal (its file is removed) and returns it, to be absorbed into
+    /// another one.
+    pub fn detach(mut self) -> Result<Journal, LandError> {
+        if let Some(file) = self.file.take() {
+            fs::remove_file(&file)
+                .or_else(ignore_missing)
+                .map_err(err("remove", &file))?;
+        }
+        Ok(self)
+    }
+
     /// Appends changes recorded elsewhere (an inner journal that committed).
     pub fn absorb(&mut self, other: Journal) -> Result<(), LandError> {
         self.changes.extend(other.changes);
@@ -246,7 +281,7 @@ impl Journal {
             if dir.as_os_str().is_empty() || dir == Path::new("/") {
                 break;
             }
-            if self.paths.resolve(dir).is_dir() {
+            if self.paths.resolve(dir).is_dir() || self.planned_dirs.contains(dir) {
                 break;
             }
             missing.push(dir.to_path_buf());
@@ -255,6 +290,7 @@ impl Journal {
         for dir in missing.into_iter().rev() {
             if let Some(p) = &mut self.dry_run {
                 p.push(format!("create directory {}", dir.display()));
+                self.planned_dirs.insert(dir);
                 continue;
             }
             let real = self.paths.resolve(&dir);
@@ -273,7 +309,7 @@ impl Journal {
     /// Creates a directory tree the run owns entirely (recorded as such: rollback removes it
     /// with its content). Does nothing when it exists.
     pub fn ensure_tree(&mut self, host_dir: &Path, mode: u32) -> Result<(), LandError> {
-        if self.paths.resolve(host_dir).is_dir() {
+        if self.paths.resolve(host_dir).is_dir() || self.planned_dirs.contains(host_dir) {
             return Ok(());
         }
         if let Some(parent) = host_dir.parent() {
@@ -281,6 +317,7 @@ impl Journal {
         }
         if let Some(p) = &mut self.dry_run {
             p.push(format!("create directory {}", host_dir.display()));
+            self.planned_dirs.insert(host_dir.to_path_buf());
             return Ok(());
         }
         let real = self.paths.resolve(host_dir);
@@ -419,6 +456,53 @@ impl Journal {
         }
     }
 
+    /// Like [`Journal::protect`] for a whole directory that code outside the journal rewrites
+    /// (the identity store): an existing tree is copied aside, a missing one is recorded as
+    /// created.
+    pub fn protect_tree(&mut self, host_dir: &Path) -> Result<(), LandError> {
+        if self.dry_run.is_some() {
+            return Ok(());
+        }
+        let real = self.paths.resolve(host_dir);
+        if real.is_dir() {
+            let backup = self.next_backup_path(host_dir);
+            let dir = self.backup_dir.clone();
+            self.ensure_tree(&dir, 0o700)?;
+            copy_tree(&real, &self.paths.resolve(&backup))?;
+            self.record(Change::ReplacedTree {
+                path: host_dir.to_path_buf(),
+                backup,
+            })
+        } else {
+            if let Some(parent) = host_dir.parent() {
+                self.ensure_dir(parent)?;
+            }
+            self.record(Change::CreatedTree {
+                path: host_dir.to_path_buf(),
+            })
+        }
+    }
+
+    /// Records a change outside the filesystem (see [`Change::External`]).
+    pub fn note(&mut self, note: Note) -> Result<(), LandError> {
+        if let Some(p) = &mut self.dry_run {
+            p.push(format!("{note:?}"));
+            return Ok(());
+        }
+        self.record(Change::External { note })
+    }
+
+    /// The external changes recorded, oldest first.
+    pub fn notes(&self) -> Vec<Note> {
+        self.changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::External { note } => Some(note.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn before_replace(
         &mut self,
         host_path: &Path,
@@ -491,6 +575,14 @@ impl Journal {
     /// Undoes every recorded change, newest first, and empties the journal. Keeps going after
     /// an error so as much as possible is restored; returns every failure.
     pub fn rollback(&mut self) -> Vec<LandError> {
+        self.rollback_keeping(&[])
+    }
+
+    /// [`Journal::rollback`], but paths in `keep` (resolved paths) survive: a created tree that
+    /// is kept stays whole, a created tree that contains a kept path loses everything else.
+    /// `leave` keeps the containerd image store and the telemetry spool this way unless
+    /// `--purge`.
+    pub fn rollback_keeping(&mut self, keep: &[PathBuf]) -> Vec<LandError> {
         let mut failures = Vec::new();
         while let Some(change) = self.changes.pop() {
             // The journal file may live inside a directory this change removes: drop the file
@@ -502,7 +594,7 @@ impl Journal {
                 let _ = fs::remove_file(file);
                 self.file = None;
             }
-            if let Err(e) = undo(&self.paths, &change) {
+            if let Err(e) = undo_keeping(&self.paths, &change, keep) {
                 failures.push(e);
             }
             // Persist progress so an interrupted rollback resumes where it stopped.
@@ -524,11 +616,20 @@ impl Journal {
         }
         let backups = self.paths.resolve(&self.backup_dir);
         for change in std::mem::take(&mut self.changes) {
-            if let Change::ReplacedFile { backup, .. } = change {
-                let real = self.paths.resolve(&backup);
-                fs::remove_file(&real)
-                    .or_else(ignore_missing)
-                    .map_err(err("remove backup", &real))?;
+            match change {
+                Change::ReplacedFile { backup, .. } => {
+                    let real = self.paths.resolve(&backup);
+                    fs::remove_file(&real)
+                        .or_else(ignore_missing)
+                        .map_err(err("remove backup", &real))?;
+                }
+                Change::ReplacedTree { backup, .. } => {
+                    let real = self.paths.resolve(&backup);
+                    fs::remove_dir_all(&real)
+                        .or_else(ignore_missing)
+                        .map_err(err("remove backup", &real))?;
+                }
+                _ => {}
             }
         }
         let _ = fs::remove_dir(&backups);
@@ -551,6 +652,11 @@ fn ignore_missing(e: io::Error) -> io::Result<()> {
 
 /// Undoes one change.
 pub fn undo(paths: &HostPaths, change: &Change) -> Result<(), LandError> {
+    undo_keeping(paths, change, &[])
+}
+
+/// Undoes one change, sparing the resolved paths in `keep` (see [`Journal::rollback_keeping`]).
+pub fn undo_keeping(paths: &HostPaths, change: &Change, keep: &[PathBuf]) -> Result<(), LandError> {
     match change {
         Change::CreatedFile { path } => {
             let real = paths.resolve(path);
@@ -564,6 +670,11 @@ pub fn undo(paths: &HostPaths, change: &Change) -> Result<(), LandError> {
             if fs::symlink_metadata(&real_backup).is_err() {
                 // Already restored by an earlier, interrupted rollback.
                 return Ok(());
+            }
+            // The directory may be gone (an uninstall removed it when it emptied); the
+            // directory's own record, undone later, removes it again if it was ours.
+            if let Some(parent) = real.parent() {
+                fs::create_dir_all(parent).map_err(err("create directory", parent))?;
             }
             fs::rename(&real_backup, &real).map_err(err("restore backup to", &real))?;
             sync_parent(&real)
@@ -583,11 +694,83 @@ pub fn undo(paths: &HostPaths, change: &Change) -> Result<(), LandError> {
         }
         Change::CreatedTree { path } => {
             let real = paths.resolve(path);
+            if keep.iter().any(|k| *k == real) {
+                tracing::info!(path = %real.display(), "kept");
+                return Ok(());
+            }
+            if keep.iter().any(|k| k.starts_with(&real)) {
+                return remove_tree_except(&real, keep);
+            }
             fs::remove_dir_all(&real)
                 .or_else(ignore_missing)
                 .map_err(err("remove directory tree", &real))
         }
+        Change::ReplacedTree { path, backup } => {
+            let real = paths.resolve(path);
+            let real_backup = paths.resolve(backup);
+            if !real_backup.is_dir() {
+                return Ok(());
+            }
+            fs::remove_dir_all(&real)
+                .or_else(ignore_missing)
+                .map_err(err("remove directory tree", &real))?;
+            fs::rename(&real_backup, &real).map_err(err("restore backup to", &real))?;
+            sync_parent(&real)
+        }
+        Change::External { .. } => Ok(()),
     }
+}
+
+/// Removes everything under `dir` except the paths in `keep` and the directories leading to
+/// them.
+fn remove_tree_except(dir: &Path, keep: &[PathBuf]) -> Result<(), LandError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(err("list", dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(err("list", dir))?;
+        let path = entry.path();
+        if keep.iter().any(|k| *k == path) {
+            continue;
+        }
+        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if is_dir && keep.iter().any(|k| k.starts_with(&path)) {
+            remove_tree_except(&path, keep)?;
+        } else if is_dir {
+            fs::remove_dir_all(&path)
+                .or_else(ignore_missing)
+                .map_err(err("remove directory tree", &path))?;
+        } else {
+            fs::remove_file(&path)
+                .or_else(ignore_missing)
+                .map_err(err("remove", &path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies a directory tree (regular files with their modes, symlinks as links, directories).
+fn copy_tree(from: &Path, to: &Path) -> Result<(), LandError> {
+    fs::create_dir(to).map_err(err("create directory", to))?;
+    let mode = fs::metadata(from).map_err(err("inspect", from))?.mode() & 0o7777;
+    fs::set_permissions(to, fs::Permissions::from_mode(mode)).map_err(err("chmod", to))?;
+    for entry in fs::read_dir(from).map_err(err("list", from))? {
+        let entry = entry.map_err(err("list", from))?;
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        let meta = fs::symlink_metadata(&src).map_err(err("inspect", &src))?;
+        if meta.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else if meta.file_type().is_symlink() {
+            let target = fs::read_link(&src).map_err(err("read link", &src))?;
+            std::os::unix::fs::symlink(&target, &dst).map_err(err("copy link", &dst))?;
+        } else if meta.is_file() {
+            copy_file(&src, &dst, meta.mode() & 0o7777)?;
+        }
+    }
+    Ok(())
 }
 
 /// Content and mode of a regular file, `None` when absent.
@@ -804,5 +987,59 @@ mod tests {
             j.planned(),
             ["write /etc/a/b (1 bytes, mode 0644)", "start kubelet"]
         );
+    }
+}
+
+#[cfg(test)]
+mod tree_tests {
+    use super::*;
+
+    #[test]
+    fn protected_tree_is_restored_and_kept_paths_survive_rollback() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = HostPaths::new(dir.path());
+        std::fs::create_dir_all(paths.resolve("/var/lib/hybrid-agent/identity")).expect("mkdir");
+        std::fs::write(
+            paths.resolve("/var/lib/hybrid-agent/identity/registration.json"),
+            b"old",
+        )
+        .expect("seed");
+        let mut j = Journal::new(paths.clone(), "/var/lib/hybrid-agent/backups", None);
+        j.protect_tree(Path::new("/var/lib/hybrid-agent/identity"))
+            .expect("protect");
+        std::fs::write(
+            paths.resolve("/var/lib/hybrid-agent/identity/registration.json"),
+            b"new",
+        )
+        .expect("foreign");
+        std::fs::write(paths.resolve("/var/lib/hybrid-agent/identity/key"), b"k").expect("foreign");
+        j.ensure_tree(Path::new("/var/lib/containerd"), 0o711)
+            .expect("tree");
+        j.ensure_tree(Path::new("/var/lib/agent-data"), 0o700)
+            .expect("tree");
+        std::fs::create_dir_all(paths.resolve("/var/lib/agent-data/spool")).expect("mkdir");
+        std::fs::write(paths.resolve("/var/lib/agent-data/spool/seg"), b"s").expect("spool");
+        std::fs::write(paths.resolve("/var/lib/agent-data/other"), b"o").expect("other");
+        j.note(Note::Registered {
+            instance_id: "mi-1".into(),
+            region: "us-west-2".into(),
+        })
+        .expect("note");
+        assert_eq!(j.notes().len(), 1);
+        let keep = vec![
+            paths.resolve("/var/lib/containerd"),
+            paths.resolve("/var/lib/agent-data/spool"),
+        ];
+        assert!(j.rollback_keeping(&keep).is_empty());
+        assert_eq!(
+            std::fs::read(paths.resolve("/var/lib/hybrid-agent/identity/registration.json"))
+                .expect("read"),
+            b"old"
+        );
+        assert!(!paths.resolve("/var/lib/hybrid-agent/identity/key").exists());
+        assert!(paths.resolve("/var/lib/containerd").is_dir());
+        assert!(paths.resolve("/var/lib/agent-data/spool/seg").is_file());
+        assert!(!paths.resolve("/var/lib/agent-data/other").exists());
+        assert!(!paths.resolve("/var/lib/hybrid-agent/backups").exists());
     }
 }

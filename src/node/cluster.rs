@@ -12,7 +12,7 @@ use crate::config::NodeSettings;
 const PEM_CERT: &str = "-----BEGIN CERTIFICATE-----";
 
 /// What the renderers need to know about the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ClusterDetails {
     /// `https://…` of the API server.
     pub api_server_endpoint: String,

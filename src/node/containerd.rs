@@ -49,13 +49,12 @@ pub fn sandbox_image(region: &str, dns_suffix: &str) -> String {
 /// `config.toml`, the user drop-in and the base runtime spec.
 pub fn render(input: &RenderInput<'_>) -> Vec<RenderedFile> {
     let p = |host: &str| input.host(host);
-    let region = input.node.cluster.region.as_str();
+    let region = input.node.region.as_str();
     let mut base_spec_line = String::new();
     let mut files = Vec::new();
-    if !input.node.containerd.base_runtime_spec.is_empty() {
+    if !input.node.base_runtime_spec.is_empty() {
         base_spec_line = format!("base_runtime_spec = {}\n", toml_str(&p(BASE_RUNTIME_SPEC)));
-        let mut json =
-            serde_json::to_vec_pretty(&input.node.containerd.base_runtime_spec).unwrap_or_default();
+        let mut json = serde_json::to_vec_pretty(&input.node.base_runtime_spec).unwrap_or_default();
         json.push(b'\n');
         files.push(RenderedFile::new(
             BASE_RUNTIME_SPEC,
@@ -104,10 +103,7 @@ pub fn render(input: &RenderInput<'_>) -> Vec<RenderedFile> {
         imports = toml_str(&format!("{}/*.toml", p(paths::CONTAINERD_DROPINS))),
         socket = toml_str(&p(CONTAINERD_SOCKET)),
         opt = toml_str(&p(CONTAINERD_OPT)),
-        sandbox = toml_str(&sandbox_image(
-            region,
-            input.node.cluster.region.dns_suffix()
-        )),
+        sandbox = toml_str(&sandbox_image(region, &input.node.dns_suffix)),
         registry = toml_str(
             &REGISTRY_CONFIG_PATH
                 .split(':')
@@ -128,7 +124,7 @@ pub fn render(input: &RenderInput<'_>) -> Vec<RenderedFile> {
             "containerd configuration",
         ),
     );
-    if let Some(user) = &input.node.containerd.config {
+    if let Some(user) = &input.node.containerd_config {
         // An imported file without `version` would be read with version-1 plugin names.
         let has_version = user
             .parse::<toml::Table>()

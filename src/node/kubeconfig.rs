@@ -88,7 +88,6 @@ struct EnvVar {
 
 /// The kubeconfig file.
 pub fn render(input: &RenderInput<'_>) -> RenderedFile {
-    let cluster = &input.node.cluster;
     let mut env = Vec::new();
     // The SDK inside the authenticator finds /root/.aws/credentials [default] by itself; name
     // the file and profile only when the agent was configured to use others.
@@ -137,9 +136,9 @@ pub fn render(input: &RenderInput<'_>) -> RenderedFile {
                         args: vec![
                             "token".to_owned(),
                             "--cluster-id".to_owned(),
-                            cluster.name.clone(),
+                            input.node.cluster.clone(),
                             "--region".to_owned(),
-                            cluster.region.as_str().to_owned(),
+                            input.node.region.clone(),
                         ],
                         env,
                         interactive_mode: "Never",

@@ -73,7 +73,6 @@ pub fn cluster_dns(service_cidr: &str) -> Option<String> {
 
 /// nodeadm's hybrid KubeletConfiguration defaults plus the agent's fields.
 fn base_config(input: &RenderInput<'_>) -> Map<String, Value> {
-    let cluster = &input.node.cluster;
     let mut c = json!({
         "kind": "KubeletConfiguration",
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
@@ -98,7 +97,7 @@ fn base_config(input: &RenderInput<'_>) -> Map<String, Value> {
         "healthzPort": DEFAULT_HEALTHZ_PORT,
         "logging": { "verbosity": 2 },
         "protectKernelDefaults": true,
-        "providerID": provider_id(cluster.region.as_str(), &cluster.name, input.node_name),
+        "providerID": provider_id(&input.node.region, &input.node.cluster, input.node_name),
         "readOnlyPort": 0,
         "serializeImagePulls": false,
         "serverTLSBootstrap": true,
@@ -147,7 +146,7 @@ pub struct KubeletPlan {
 
 pub fn render(input: &RenderInput<'_>) -> Result<KubeletPlan, RenderError> {
     let minor = minor(input.kubernetes_version)?;
-    let user = &input.node.kubelet.config;
+    let user = &input.node.kubelet_config;
     let mut base = base_config(input);
     let mut effective = base.clone();
     merge(&mut effective, user);
@@ -186,7 +185,7 @@ pub fn render(input: &RenderInput<'_>) -> Result<KubeletPlan, RenderError> {
         ));
     }
 
-    let provider = input.node.provider.label();
+    let provider = &input.node.provider;
     let mut args = vec![format!("--config={}", input.host(paths::KUBELET_CONFIG))];
     if dropins {
         args.push(format!(
@@ -202,7 +201,7 @@ pub fn render(input: &RenderInput<'_>) -> Result<KubeletPlan, RenderError> {
     args.push(format!(
         "--node-labels={LABEL_COMPUTE_TYPE},{LABEL_CREDENTIAL_PROVIDER}={provider}"
     ));
-    args.extend(input.node.kubelet.flags.iter().cloned());
+    args.extend(input.node.kubelet_flags.iter().cloned());
 
     let env = if DROPIN_ALPHA_MINORS.contains(&minor) {
         vec![(DROPIN_ALPHA_ENV.0.to_owned(), DROPIN_ALPHA_ENV.1.to_owned())]

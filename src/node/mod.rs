@@ -22,14 +22,51 @@ use std::path::{Path, PathBuf};
 
 pub use cluster::{ClusterDetails, ClusterError};
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::NodeSettings;
 use crate::install::land::{Journal, LandError, Written};
 use crate::paths::{self, HostPaths};
 
+/// The parts of the validated NodeConfig the renderers use. Kept in the node record so
+/// `upgrade` renders again from exactly what `join` used, without the NodeConfig file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    pub cluster: String,
+    pub region: String,
+    /// DNS suffix of the region's partition (`amazonaws.com`, `amazonaws.com.cn`).
+    pub dns_suffix: String,
+    /// `ssm` or `iam-ra` (the credential-provider label).
+    pub provider: String,
+    /// `spec.kubelet.config`.
+    pub kubelet_config: serde_json::Map<String, serde_json::Value>,
+    /// `spec.kubelet.flags`, appended last.
+    pub kubelet_flags: Vec<String>,
+    /// `spec.containerd.config` (may hold registry credentials).
+    pub containerd_config: Option<String>,
+    /// `spec.containerd.baseRuntimeSpec`.
+    pub base_runtime_spec: serde_json::Map<String, serde_json::Value>,
+}
+
+impl NodeSpec {
+    pub fn from_settings(node: &NodeSettings) -> Self {
+        Self {
+            cluster: node.cluster.name.clone(),
+            region: node.cluster.region.as_str().to_owned(),
+            dns_suffix: node.cluster.region.dns_suffix().to_owned(),
+            provider: node.provider.label().to_owned(),
+            kubelet_config: node.kubelet.config.clone(),
+            kubelet_flags: node.kubelet.flags.clone(),
+            containerd_config: node.containerd.config.clone(),
+            base_runtime_spec: node.containerd.base_runtime_spec.clone(),
+        }
+    }
+}
+
 /// Everything the renderers read.
 #[derive(Debug, Clone, Copy)]
 pub struct RenderInput<'a> {
-    pub node: &'a NodeSettings,
+    pub node: &'a NodeSpec,
     /// The Kubernetes node name: the `mi-…` id (SSM) or the IAM Roles Anywhere nodeName.
     pub node_name: &'a str,
     pub cluster: &'a ClusterDetails,
@@ -123,9 +160,9 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
 }
 
 /// Fails while swap is on, unless kubelet is told to accept it.
-pub fn check_swap(paths: &HostPaths, node: &NodeSettings) -> Result<(), RenderError> {
+pub fn check_swap(paths: &HostPaths, node: &NodeSpec) -> Result<(), RenderError> {
     let active = system::active_swap(paths);
-    if active.is_empty() || kubelet::swap_allowed(&node.kubelet.config) {
+    if active.is_empty() || kubelet::swap_allowed(&node.kubelet_config) {
         return Ok(());
     }
     Err(RenderError::SwapOn {
@@ -135,11 +172,12 @@ pub fn check_swap(paths: &HostPaths, node: &NodeSettings) -> Result<(), RenderEr
 
 /// Directories a node needs besides the files' own: CNI's, and the data and state directories
 /// of containerd and kubelet (`true` = owned as a whole tree: removed with content on rollback).
-pub const DIRECTORIES: [(&str, bool, u32); 5] = [
+pub const DIRECTORIES: [(&str, bool, u32); 6] = [
     (paths::CNI_BIN_DIR, false, 0o755),
     (paths::CNI_CONF_DIR, false, 0o755),
     (containerd::CONTAINERD_ROOT, true, 0o711),
     (containerd::CONTAINERD_STATE, true, 0o711),
+    (containerd::CONTAINERD_OPT, true, 0o711),
     ("/var/lib/kubelet", true, 0o700),
 ];
 

@@ -11,6 +11,10 @@
 //!   `/healthz` answer, so a mode survives restarts — that is how a crash loop is made), or
 //! - through HTTP: `POST /standin/mode/{healthy|unhealthy|hang|crash}`.
 //!
+//! It runs with the command line hybrid-agent gives the real kubelet: it reads `healthzPort` and
+//! `healthzBindAddress` from `--config` and the `--config-dir` drop-ins (later files win, as in
+//! kubelet), and ignores every other kubelet flag (saying so).
+//!
 //! Every line it prints and its `--help` say it is a stand-in, so nobody mistakes it for kubelet.
 
 use std::net::SocketAddr;
@@ -46,12 +50,20 @@ const CRASH_EXIT_CODE: i32 = 3;
                   `POST /standin/mode/{healthy|unhealthy|hang|crash}`."
 )]
 struct Args {
-    /// Address /healthz listens on (kubelet's flag of the same name).
-    #[arg(long, default_value = "127.0.0.1")]
-    healthz_bind_address: std::net::IpAddr,
-    /// Port /healthz listens on (kubelet's flag of the same name).
-    #[arg(long, default_value_t = KUBELET_HEALTHZ_PORT)]
-    healthz_port: u16,
+    /// Address /healthz listens on (kubelet's flag of the same name; default 127.0.0.1 or the
+    /// config's healthzBindAddress).
+    #[arg(long)]
+    healthz_bind_address: Option<std::net::IpAddr>,
+    /// Port /healthz listens on (kubelet's flag of the same name; default 10248 or the config's
+    /// healthzPort).
+    #[arg(long)]
+    healthz_port: Option<u16>,
+    /// kubelet's configuration file (JSON); only healthzPort and healthzBindAddress are used.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// kubelet's drop-in directory (`*.conf`, JSON, in name order, later wins).
+    #[arg(long)]
+    config_dir: Option<PathBuf>,
     /// How the stand-in behaves from the start.
     #[arg(long, value_enum, default_value_t = Mode::Healthy)]
     mode: Mode,
@@ -137,7 +149,7 @@ fn crash(reason: &str) -> ! {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let args = Args::parse();
+    let args = Args::parse_from(known_flags_only(std::env::args()));
     let shared = Arc::new(Shared {
         mode: AtomicU8::new(args.mode.as_u8()),
         control_file: args.control_file.clone(),
@@ -161,7 +173,16 @@ async fn main() {
         });
     }
 
-    let addr = SocketAddr::new(args.healthz_bind_address, args.healthz_port);
+    let (config_address, config_port) = healthz_from_config(&args);
+    let address = args
+        .healthz_bind_address
+        .or(config_address)
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    let port = args
+        .healthz_port
+        .or(config_port)
+        .unwrap_or(KUBELET_HEALTHZ_PORT);
+    let addr = SocketAddr::new(address, port);
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -229,4 +250,80 @@ async fn set_mode(
     }
     shared.mode.store(mode.as_u8(), Ordering::Relaxed);
     (StatusCode::OK, format!("{TAG}: mode {mode:?}\n"))
+}
+
+/// The command line without the kubelet flags the stand-in does not know (`--kubeconfig=…`,
+/// `--node-labels=…`, `--hostname-override=…`): they are reported and dropped, so the stand-in
+/// runs with exactly the arguments the real kubelet gets.
+fn known_flags_only(argv: impl Iterator<Item = String>) -> Vec<String> {
+    use clap::CommandFactory;
+    let cmd = Args::command();
+    let known: Vec<String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+        .chain(["--help", "--version"].map(String::from))
+        .collect();
+    let mut out = Vec::new();
+    let mut args = argv.peekable();
+    if let Some(program) = args.next() {
+        out.push(program);
+    }
+    while let Some(arg) = args.next() {
+        let name = arg.split('=').next().unwrap_or(&arg).to_string();
+        if !arg.starts_with("--") || known.contains(&name) || arg == "-h" || arg == "-V" {
+            out.push(arg);
+            continue;
+        }
+        say(&format!("ignoring kubelet flag {arg}"));
+        if !arg.contains('=') && args.peek().is_some_and(|next| !next.starts_with('-')) {
+            args.next();
+        }
+    }
+    out
+}
+
+/// healthzBindAddress and healthzPort from `--config` and then the `--config-dir` drop-ins.
+fn healthz_from_config(args: &Args) -> (Option<std::net::IpAddr>, Option<u16>) {
+    let mut files: Vec<PathBuf> = args.config.iter().cloned().collect();
+    if let Some(dir) = &args.config_dir
+        && let Ok(entries) = std::fs::read_dir(dir)
+    {
+        let mut dropins: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+            .collect();
+        dropins.sort();
+        files.extend(dropins);
+    }
+    let (mut address, mut port) = (None, None);
+    for f in files {
+        let value = match std::fs::read(&f).map(|b| serde_json::from_slice::<serde_json::Value>(&b))
+        {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                say(&format!("{} is not JSON ({e}); ignored", f.display()));
+                continue;
+            }
+            Err(e) => {
+                say(&format!("cannot read {}: {e}; ignored", f.display()));
+                continue;
+            }
+        };
+        if let Some(p) = value
+            .get("healthzPort")
+            .and_then(|v| v.as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+        {
+            port = Some(p);
+        }
+        if let Some(a) = value
+            .get("healthzBindAddress")
+            .and_then(|v| v.as_str())
+            .and_then(|a| a.parse().ok())
+        {
+            address = Some(a);
+        }
+    }
+    (address, port)
 }

@@ -275,3 +275,259 @@ pub fn distro_containerd(root: &Path) {
         0o644,
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// join / leave / upgrade against the devstack, through the real binary
+
+pub const AGENT: &str = env!("CARGO_BIN_EXE_hybrid-agent");
+pub const REGION: &str = "us-west-2";
+/// The cluster every devstack starts with (ACTIVE, Kubernetes 1.31, a real CA).
+pub const CLUSTER: &str = "hybrid-demo";
+
+/// A mirror whose kubelet is the stand-in (a STAND-IN for kubelet, not kubelet) for `version`.
+pub fn standin_release(mirror: &Path, version: &'static str) {
+    let kubelet = std::fs::read(standin_binary()).unwrap();
+    write_release(
+        mirror,
+        &ReleaseSpec {
+            version,
+            kubelet,
+            authenticator_len: 256 << 10,
+            containerd: None,
+        },
+    );
+}
+
+/// A release whose "kubelet" starts the stand-in in its unhealthy mode: it runs, but /healthz
+/// answers 500 forever.
+pub fn unhealthy_release(mirror: &Path, version: &'static str) {
+    let script = format!(
+        "#!/bin/sh\nexec {} --mode unhealthy \"$@\"\n",
+        standin_binary().display()
+    );
+    write_release(
+        mirror,
+        &ReleaseSpec {
+            version,
+            kubelet: script.into_bytes(),
+            authenticator_len: 256 << 10,
+            containerd: None,
+        },
+    );
+}
+
+/// An SSM activation created through aws-sdk-ssm with the devstack's admin credentials.
+pub fn create_activation(ds: &hybrid_devstack::Devstack) -> (String, String) {
+    ssm_admin(ds, |ssm| async move {
+        let out = ssm
+            .create_activation()
+            .iam_role("AmazonEKSHybridNodesRole")
+            .registration_limit(5)
+            .send()
+            .await
+            .expect("CreateActivation");
+        (
+            out.activation_id().unwrap().to_owned(),
+            out.activation_code().unwrap().to_owned(),
+        )
+    })
+}
+
+/// Managed instances the devstack knows (DescribeInstanceInformation).
+pub fn managed_instances(ds: &hybrid_devstack::Devstack) -> Vec<String> {
+    ssm_admin(ds, |ssm| async move {
+        let out = ssm
+            .describe_instance_information()
+            .send()
+            .await
+            .expect("DescribeInstanceInformation");
+        out.instance_information_list()
+            .iter()
+            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .collect()
+    })
+}
+
+fn ssm_admin<T, F, Fut>(ds: &hybrid_devstack::Devstack, f: F) -> T
+where
+    F: FnOnce(aws_sdk_ssm::Client) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let config = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(REGION))
+            .endpoint_url(&ds.url)
+            .credentials_provider(
+                aws_credential_types::provider::SharedCredentialsProvider::new(
+                    aws_credential_types::Credentials::new(
+                        hybrid_devstack::auth::ADMIN_ACCESS_KEY_ID,
+                        hybrid_devstack::auth::ADMIN_SECRET_ACCESS_KEY,
+                        None,
+                        None,
+                        "test-admin",
+                    ),
+                ),
+            )
+            .build();
+        f(aws_sdk_ssm::Client::new(&config)).await
+    })
+}
+
+/// What one run of the agent printed.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A machine: a `--root` sandbox (short path: containerd's socket must fit in 108 bytes), the
+/// NodeConfig a user would write, and the agent binary pointed at the devstack. Dropping it
+/// kills whatever the agent started in the sandbox.
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub endpoint: String,
+    pub healthz_port: u16,
+    pub nodeconfig: PathBuf,
+}
+
+impl Node {
+    /// A sandbox with a distribution containerd, the built-in supervisor, and a NodeConfig for
+    /// `activation` whose kubelet serves /healthz on a port of its own.
+    pub fn new(ds: &hybrid_devstack::Devstack, activation: &(String, String)) -> Node {
+        let dir = tempfile::Builder::new()
+            .prefix("ha")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let root = dir.path().join("r");
+        std::fs::create_dir(&root).unwrap();
+        distro_containerd(&root);
+        let agent_config = root.join("etc/hybrid-agent/config.toml");
+        put(
+            &agent_config,
+            b"[supervisor]\nbackend = \"process\"\n",
+            0o644,
+        );
+        let healthz_port = free_port();
+        let nodeconfig = dir.path().join("nodeconfig.yaml");
+        std::fs::write(
+            &nodeconfig,
+            format!(
+                "apiVersion: node.eks.aws/v1alpha1\nkind: NodeConfig\nspec:\n  cluster:\n    name: {CLUSTER}\n    region: {REGION}\n  kubelet:\n    config:\n      healthzPort: {healthz_port}\n  hybrid:\n    ssm:\n      activationId: {}\n      activationCode: {}\n",
+                activation.0, activation.1
+            ),
+        )
+        .unwrap();
+        Node {
+            dir,
+            root,
+            endpoint: ds.url.clone(),
+            healthz_port,
+            nodeconfig,
+        }
+    }
+
+    pub fn path(&self, host_path: &str) -> PathBuf {
+        self.root.join(host_path.trim_start_matches('/'))
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let out = Command::new(AGENT)
+            .arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .output()
+            .expect("run hybrid-agent");
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `join` with this node's NodeConfig, the devstack mirror (plain HTTP on loopback) and
+    /// `extra` flags.
+    pub fn join(&self, ds: &hybrid_devstack::Devstack, extra: &[&str]) -> Run {
+        let source = format!("file://{}", self.nodeconfig.display());
+        let mirror = format!("{}/mirror/", ds.url);
+        let mut args = vec![
+            "join",
+            "--config-source",
+            &source,
+            "--mirror",
+            &mirror,
+            "--allow-insecure-mirror",
+        ];
+        if !extra.contains(&"--wait-timeout") {
+            args.extend_from_slice(&["--wait-timeout", "60s"]);
+        }
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
+    /// The sandbox fingerprint, leaving out `skip` (relative paths).
+    pub fn fingerprint(&self, skip: &[&str]) -> BTreeMap<String, String> {
+        fingerprint(&self.root, skip)
+    }
+
+    pub fn kubelet_healthy(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.healthz_port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+        if write!(
+            s,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .is_err()
+        {
+            return false;
+        }
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        resp.starts_with("HTTP/1.1 200")
+    }
+
+    /// Pids of processes the agent supervises for this sandbox (found by the environment
+    /// marker the built-in backend puts on its children).
+    pub fn supervised_pids(&self) -> Vec<u32> {
+        let marker_suffix = format!("@{}", self.path("/var/lib/hybrid-agent").display());
+        let mut pids = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                continue;
+            };
+            let hit = env.split(|b| *b == 0).any(|kv| {
+                let kv = String::from_utf8_lossy(kv);
+                kv.starts_with("HYBRID_AGENT_SUPERVISED=") && kv.ends_with(&marker_suffix)
+            });
+            if hit {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for pid in self.supervised_pids() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The AWS calls `join`, `leave` and `upgrade` make with the node's own credentials:
+//! `eks:DescribeCluster` (cluster details and version) and `ssm:DeregisterManagedInstance`
+//! (undoing a fresh registration, and `leave`).
+//!
+//! The credentials are the ones the identity phase just wrote to the shared credentials file
+//! (the same the kubelet's exec plugin uses), read back once per command: these commands are
+//! short-lived, so the rotation loop's in-process channel is not needed.
+
+use std::time::Duration;
+
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::SharedCredentialsProvider;
+
+use crate::aws::{Retries, sdk_config};
+use crate::config::{AgentConfig, Region, Service};
+use crate::identity::credfile::CredentialsTarget;
+
+/// Tries at DeregisterManagedInstance (transient failures only: throttling, 5xx, network).
+pub const DEREGISTER_ATTEMPTS: u32 = 5;
+/// Wait before the second try; doubled each time.
+pub const DEREGISTER_BACKOFF: Duration = Duration::from_millis(500);
+/// `provider_name` recorded on the SDK credentials.
+const PROVIDER_NAME: &str = "hybrid-agent-credentials-file";
+
+/// Why an AWS call could not be made or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    #[error(
+        "no usable credentials in profile [{profile}] of {path}: {message}; run `hybrid-agent join` (identity phase) first"
+    )]
+    Credentials {
+        path: String,
+        profile: String,
+        message: String,
+    },
+    #[error("endpoint for {service}: {message}")]
+    Endpoint {
+        service: &'static str,
+        message: String,
+    },
+    #[error(
+        "ssm:DeregisterManagedInstance {instance_id} failed after {attempts} tries: {message}; deregister it by hand (`aws ssm deregister-managed-instance --instance-id {instance_id}`)"
+    )]
+    Deregister {
+        instance_id: String,
+        attempts: u32,
+        message: String,
+    },
+}
+
+/// SDK configuration with the credentials from the agent's shared credentials file.
+pub fn sdk(agent: &AgentConfig, region: &Region) -> Result<aws_config::SdkConfig, CloudError> {
+    let target = CredentialsTarget {
+        path: agent.credentials.file.clone(),
+        profile: agent.credentials.profile.clone(),
+    };
+    let cred_err = |message: String| CloudError::Credentials {
+        path: target.path.display().to_string(),
+        profile: target.profile.clone(),
+        message,
+    };
+    let values = target
+        .read()
+        .map_err(|e| cred_err(e.to_string()))?
+        .ok_or_else(|| cred_err("the profile is missing or incomplete".into()))?;
+    let creds = Credentials::new(
+        values.access_key_id,
+        values.secret_access_key.expose().to_owned(),
+        values.session_token.map(|t| t.expose().to_owned()),
+        None,
+        PROVIDER_NAME,
+    );
+    Ok(sdk_config(
+        region.as_str(),
+        SharedCredentialsProvider::new(creds),
+        Retries::Sdk,
+    ))
+}
+
+/// An EKS client at the configured endpoint.
+pub fn eks(agent: &AgentConfig, region: &Region) -> Result<aws_sdk_eks::Client, CloudError> {
+    let conf = sdk(agent, region)?;
+    let url = agent
+        .endpoints
+        .url(Service::Eks, region)
+        .map_err(|e| CloudError::Endpoint {
+            service: "eks",
+            message: e.to_string(),
+        })?;
+    let b =
+        aws_sdk_eks::config::Builder::from(&conf).endpoint_url(url.as_str().trim_end_matches('/'));
+    Ok(aws_sdk_eks::Client::from_conf(b.build()))
+}
+
+/// The cluster's Kubernetes version (`1.31`) from DescribeCluster.
+pub async fn cluster_version(
+    client: &aws_sdk_eks::Client,
+    cluster: &str,
+) -> Result<String, String> {
+    let out = client
+        .describe_cluster()
+        .name(cluster)
+        .send()
+        .await
+        .map_err(|e| aws_sdk_eks::error::DisplayErrorContext(&e).to_string())?;
+    out.cluster()
+        .and_then(|c| c.version())
+        .map(str::to_owned)
+        .ok_or_else(|| format!("DescribeCluster {cluster} returned no version"))
+}
+
+/// Deregisters an SSM managed instance, retrying transient failures. An instance that is
+/// already gone (`InvalidInstanceId`) counts as deregistered, so an interrupted `leave` can run
+/// again.
+pub async fn deregister(
+    agent: &AgentConfig,
+    region: &Region,
+    instance_id: &str,
+) -> Result<(), CloudError> {
+    let conf = sdk(agent, region)?;
+    let url = agent
+        .endpoints
+        .url(Service::Ssm, region)
+        .map_err(|e| CloudError::Endpoint {
+            service: "ssm",
+            message: e.to_string(),
+        })?;
+    let b = aws_sdk_ssm::config::Builder::from(&conf)
+        .endpoint_url(url.as_str().trim_end_matches('/'))
+        // This loop owns the retries (one owner per retry loop).
+        .retry_config(aws_config::retry::RetryConfig::disabled());
+    let client = aws_sdk_ssm::Client::from_conf(b.build());
+    let mut last = String::new();
+    for attempt in 1..=DEREGISTER_ATTEMPTS {
+        if attempt > 1 {
+            tokio::time::sleep(DEREGISTER_BACKOFF * 2u32.pow(attempt - 2)).await;
+        }
+        match client
+            .deregister_managed_instance()
+            .instance_id(instance_id)
+            .send()
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                let code = e
+                    .as_service_error()
+                    .and_then(|s| aws_sdk_ssm::error::ProvideErrorMetadata::code(s))
+                    .map(str::to_owned);
+                if code.as_deref() == Some("InvalidInstanceId") {
+                    tracing::info!(instance_id, "already deregistered");
+                    return Ok(());
+                }
+                last = aws_sdk_ssm::error::DisplayErrorContext(&e).to_string();
+                let transient = match code.as_deref() {
+                    None => true,
+                    Some(c) => {
+                        c.contains("Throttl") || c == "InternalServerError" || c == "TooManyUpdates"
+                    }
+                };
+                if !transient {
+                    break;
+                }
+                tracing::warn!(
+                    instance_id,
+                    attempt,
+                    "DeregisterManagedInstance failed, retrying: {last}"
+                );
+            }
+        }
+    }
+    Err(CloudError::Deregister {
+        instance_id: instance_id.to_owned(),
+        attempts: DEREGISTER_ATTEMPTS,
+        message: last,
+    })
+}

@@ -1,0 +1,368 @@
+//! `leave`: take the node out and put the host back as it was before `join`.
+//!
+//! Steps, each recorded in `leave.json` once done so an interrupted `leave` resumes where it
+//! stopped (and a second `leave` after a complete one finds nothing to do):
+//! 1. stop the daemon (it would restart what we stop next);
+//! 2. stop kubelet, then containerd, through the supervisor backend;
+//! 3. deregister the SSM managed instance (with retries; an instance already gone is fine);
+//! 4. remove exactly the files the install tracker lists (never a distribution containerd);
+//! 5. unwind the join record: restore every file join replaced, remove every file and
+//!    directory it created — except the containerd image store and the telemetry spool, which
+//!    are user data kept unless `--purge`;
+//! 6. remove the agent's state (same exception for the spool).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{AgentConfig, Region};
+use crate::identity::setup::IdentityEnv;
+use crate::install::land::{self, Journal, LandError};
+use crate::install::tracker::Tracker;
+use crate::paths::HostPaths;
+use crate::supervise::ComponentName;
+
+use super::cloud::{self, CloudError};
+use super::components::Components;
+use super::record::{JOIN_JOURNAL, LEAVE_PROGRESS, NodeRecord, RecordError};
+use super::{PhaseError, recover};
+
+/// How long the daemon gets to stop after SIGTERM (it stops its tasks within seconds).
+pub const DAEMON_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// containerd's image store: user data, kept unless `--purge`.
+pub const KEPT_WITHOUT_PURGE: &str = crate::node::containerd::CONTAINERD_ROOT;
+
+/// What `leave` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct LeaveOptions {
+    /// Also remove the containerd image store and the telemetry spool.
+    pub purge: bool,
+}
+
+/// What `leave` did.
+#[derive(Debug, Clone, Default)]
+pub struct LeaveReport {
+    pub nothing_to_do: bool,
+    /// This run continued one that was interrupted.
+    pub resumed: bool,
+    pub lines: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Why `leave` stopped; running it again continues from the failed step.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaveError {
+    #[error(
+        "leave stopped at step `{step}`: {message}. Fix the cause and run `hybrid-agent leave` again: it continues from this step"
+    )]
+    Step { step: &'static str, message: String },
+}
+
+fn step_err(step: &'static str) -> impl FnOnce(String) -> LeaveError {
+    move |message| LeaveError::Step { step, message }
+}
+
+/// `leave.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Progress {
+    done: Vec<String>,
+    /// The node record as it was when leave began (the record itself goes in step 5).
+    record: Option<NodeRecord>,
+    /// The SSM instance to deregister (from the record or the registration).
+    instance_id: Option<String>,
+    region: Option<String>,
+}
+
+impl Progress {
+    fn is_done(&self, step: &str) -> bool {
+        self.done.iter().any(|d| d == step)
+    }
+}
+
+struct Leaver<'a> {
+    paths: &'a HostPaths,
+    progress: Progress,
+    report: LeaveReport,
+}
+
+impl Leaver<'_> {
+    fn save(&self) -> Result<(), LandError> {
+        let file = self.paths.resolve(LEAVE_PROGRESS);
+        if !file.parent().is_some_and(Path::is_dir) {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec_pretty(&self.progress).unwrap_or_default();
+        land::atomic_write(&file, &bytes, 0o600)
+    }
+
+    fn mark(&mut self, step: &'static str, line: String) -> Result<(), LeaveError> {
+        self.progress.done.push(step.to_owned());
+        self.report.lines.push(line);
+        self.save().map_err(|e| LeaveError::Step {
+            step,
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Runs `leave`. See the module docs.
+pub async fn leave(
+    paths: &HostPaths,
+    agent: &AgentConfig,
+    opts: &LeaveOptions,
+) -> Result<LeaveReport, LeaveError> {
+    let mut report = LeaveReport::default();
+    match recover(paths, agent).await {
+        Ok(Some(line)) => report.lines.push(line),
+        Ok(None) => {}
+        Err(e) => {
+            return Err(LeaveError::Step {
+                step: "recover",
+                message: e.to_string(),
+            });
+        }
+    }
+    let progress_file = paths.resolve(LEAVE_PROGRESS);
+    let progress = match std::fs::read(&progress_file) {
+        Ok(bytes) => {
+            report.resumed = true;
+            serde_json::from_slice(&bytes).unwrap_or_default()
+        }
+        Err(_) => {
+            let record = NodeRecord::load(paths).map_err(|e: RecordError| LeaveError::Step {
+                step: "start",
+                message: e.to_string(),
+            })?;
+            let registration = IdentityEnv::new(paths, agent)
+                .store()
+                .load_registration()
+                .ok()
+                .flatten();
+            let instance_id = record
+                .as_ref()
+                .and_then(|r| r.instance_id.clone())
+                .or_else(|| registration.as_ref().map(|r| r.instance_id.clone()));
+            let region = record
+                .as_ref()
+                .map(|r| r.region.clone())
+                .or_else(|| registration.as_ref().map(|r| r.region.clone()));
+            let joined = record.is_some()
+                || instance_id.is_some()
+                || paths.resolve(JOIN_JOURNAL).exists()
+                || Tracker::load(paths).ok().flatten().is_some()
+                || paths.state_dir().exists();
+            if !joined {
+                report.nothing_to_do = true;
+                report.lines.push("this host has not joined (no node record, registration or install tracker): nothing to do".to_owned());
+                return Ok(report);
+            }
+            Progress {
+                done: Vec::new(),
+                record,
+                instance_id,
+                region,
+            }
+        }
+    };
+    let mut l = Leaver {
+        paths,
+        progress,
+        report,
+    };
+    l.save().map_err(|e| LeaveError::Step {
+        step: "start",
+        message: e.to_string(),
+    })?;
+
+    if !l.progress.is_done("stop-daemon") {
+        let line = stop_daemon(paths).await.map_err(step_err("stop-daemon"))?;
+        l.mark("stop-daemon", line)?;
+    }
+    if !l.progress.is_done("stop-components") {
+        let line = match &l.progress.record {
+            Some(record) => {
+                let components =
+                    Components::connect(paths, &agent.supervisor.backend, &record.components)
+                        .await
+                        .map_err(|e| LeaveError::Step {
+                            step: "stop-components",
+                            message: e.to_string(),
+                        })?;
+                for name in [ComponentName::Kubelet, ComponentName::Containerd] {
+                    components.stop(name).await.map_err(|e| LeaveError::Step {
+                        step: "stop-components",
+                        message: e.to_string(),
+                    })?;
+                }
+                format!(
+                    "stopped kubelet and containerd ({})",
+                    components.selection.reason
+                )
+            }
+            None => "no components were started by join".to_owned(),
+        };
+        l.mark("stop-components", line)?;
+    }
+    if !l.progress.is_done("deregister") {
+        let line = match (&l.progress.instance_id, &l.progress.region) {
+            (Some(id), Some(region)) => {
+                let region = Region::parse(region).map_err(step_err("deregister"))?;
+                deregister(paths, agent, &region, id)
+                    .await
+                    .map_err(|e| LeaveError::Step {
+                        step: "deregister",
+                        message: e.to_string(),
+                    })?;
+                format!("deregistered SSM managed instance {id}")
+            }
+            _ => "no SSM registration to deregister".to_owned(),
+        };
+        l.mark("deregister", line)?;
+    }
+    if !l.progress.is_done("uninstall") {
+        let line = match Tracker::load(paths).map_err(|e| LeaveError::Step {
+            step: "uninstall",
+            message: e.to_string(),
+        })? {
+            Some(t) => {
+                let out = t.uninstall(paths).map_err(|e| LeaveError::Step {
+                    step: "uninstall",
+                    message: e.to_string(),
+                })?;
+                for p in &out.kept_modified {
+                    l.report.warnings.push(format!(
+                        "{} changed since it was installed; kept",
+                        p.display()
+                    ));
+                }
+                format!(
+                    "removed {} installed files (Kubernetes {})",
+                    out.removed.len(),
+                    t.kubernetes_version
+                )
+            }
+            None => "nothing was installed by hybrid-agent".to_owned(),
+        };
+        l.mark("uninstall", line)?;
+    }
+    let keep: Vec<PathBuf> = if opts.purge {
+        Vec::new()
+    } else {
+        vec![paths.resolve(KEPT_WITHOUT_PURGE), agent.spool.dir.clone()]
+    };
+    if !l.progress.is_done("unwind") {
+        let line = match Journal::load(paths.clone(), Path::new(JOIN_JOURNAL)).map_err(|e| {
+            LeaveError::Step {
+                step: "unwind",
+                message: e.to_string(),
+            }
+        })? {
+            Some(mut journal) => {
+                let n = journal.changes().len();
+                let failures = journal.rollback_keeping(&keep);
+                if !failures.is_empty() {
+                    let text: Vec<String> = failures.iter().map(ToString::to_string).collect();
+                    return Err(LeaveError::Step {
+                        step: "unwind",
+                        message: text.join("; "),
+                    });
+                }
+                format!(
+                    "undid the {n} changes join made (restored replaced files, removed created ones)"
+                )
+            }
+            None => "no join record to unwind".to_owned(),
+        };
+        // The state directory may be gone now (join created it), and the progress with it.
+        l.mark("unwind", line)?;
+    }
+    let state = paths.state_dir();
+    if state.exists() {
+        let kept_inside: Vec<PathBuf> = keep
+            .iter()
+            .filter(|k| k.starts_with(&state) && k.exists())
+            .cloned()
+            .collect();
+        if kept_inside.is_empty() {
+            std::fs::remove_dir_all(&state).map_err(|e| LeaveError::Step {
+                step: "state",
+                message: format!("remove {}: {e}", state.display()),
+            })?;
+        } else {
+            let j = land::Change::CreatedTree {
+                path: PathBuf::from(crate::paths::STATE_DIR),
+            };
+            land::undo_keeping(paths, &j, &kept_inside).map_err(|e| LeaveError::Step {
+                step: "state",
+                message: e.to_string(),
+            })?;
+        }
+        l.report.lines.push(format!(
+            "removed the agent state in {}",
+            crate::paths::STATE_DIR
+        ));
+    }
+    if !opts.purge && paths.resolve(KEPT_WITHOUT_PURGE).exists() {
+        l.report.lines.push(format!(
+            "kept {KEPT_WITHOUT_PURGE} (container images; `leave --purge` removes it)"
+        ));
+    }
+    Ok(l.report)
+}
+
+/// Deregisters, refreshing the credentials once when the ones on disk are stale (the daemon
+/// that kept them fresh is stopped by now).
+async fn deregister(
+    paths: &HostPaths,
+    agent: &AgentConfig,
+    region: &Region,
+    id: &str,
+) -> Result<(), PhaseError> {
+    match cloud::deregister(agent, region, id).await {
+        Ok(()) => Ok(()),
+        Err(first) => {
+            let env = IdentityEnv::new(paths, agent);
+            let refreshed = match env.rotator() {
+                Ok(mut r) => r.refresh_once().await.is_ok(),
+                Err(_) => false,
+            };
+            if !refreshed {
+                return Err(first.into());
+            }
+            cloud::deregister(agent, region, id)
+                .await
+                .map_err(|e: CloudError| e.into())
+        }
+    }
+}
+
+/// Stops a running daemon (SIGTERM, bounded wait); a daemon that is not running is fine.
+async fn stop_daemon(paths: &HostPaths) -> Result<String, String> {
+    let file = crate::state::path(&paths.state_dir());
+    let Some(state) = crate::state::read(&file).map_err(|e| e.to_string())? else {
+        return Ok("the daemon never ran here".to_owned());
+    };
+    if !crate::state::is_running(&state) {
+        return Ok("the daemon is not running".to_owned());
+    }
+    let pid = i32::try_from(state.pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| format!("bad pid {}", state.pid))?;
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+        .map_err(|e| format!("cannot signal the daemon (pid {}): {e}", state.pid))?;
+    let deadline = Instant::now() + DAEMON_STOP_TIMEOUT;
+    while Instant::now() < deadline {
+        if rustix::process::test_kill_process(pid).is_err()
+            || crate::supervise::pidfile::proc_stat(state.pid).is_some_and(|(s, _)| s == 'Z')
+        {
+            return Ok(format!("stopped the daemon (pid {})", state.pid));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!(
+        "the daemon (pid {}) did not stop within {DAEMON_STOP_TIMEOUT:?} of SIGTERM",
+        state.pid
+    ))
+}

@@ -1,0 +1,1071 @@
+//! `join`, `leave` and `upgrade`: the phases that take a host from nothing to a running hybrid
+//! node and back, each one transactional.
+//!
+//! `join` runs preflight → identity → install → render → start → wait. Every host change goes
+//! through one [`Journal`] persisted in the state directory; things done elsewhere (a fresh SSM
+//! registration, started processes) are noted in it too. When a phase fails, the changes made
+//! elsewhere are compensated (components stopped, the fresh registration deregistered) and the
+//! journal is rolled back — the host is left as it was — and the error names the phase. A run
+//! that is killed leaves its journal behind; the next `join`, `leave` or `upgrade` rolls it back
+//! first. A successful join keeps its journal as the join record that `leave` unwinds.
+//!
+//! `join` again with the same configuration on a healthy node changes nothing and says so.
+//! `--dry-run` prints every file it would write and every action it would take, and changes
+//! nothing (it reads: the manifest, the registration, DescribeCluster when credentials exist).
+
+pub mod cloud;
+pub mod components;
+pub mod leave;
+pub mod record;
+pub mod upgrade;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::{AgentConfig, Config, Provider, Region};
+use crate::exit::ExitCode;
+use crate::identity::register::RegisterOutcome;
+use crate::identity::setup::{IdentityEnv, JoinError as IdentityError};
+use crate::install::checksum::Sha256;
+use crate::install::download::FetchSettings;
+use crate::install::land::{Journal, LandError, Note};
+use crate::install::manifest::{self, DEFAULT_MANIFEST_URL};
+use crate::install::progress::Progress;
+use crate::install::tracker::Tracker;
+use crate::install::{InstallError, InstallRequest, Installer, Source};
+use crate::node::{self, ClusterDetails, ClusterError, NodeSpec, RenderError, RenderInput};
+use crate::paths::{HostPaths, STATE_DIR};
+use crate::supervise::{ComponentName, SuperviseError};
+
+use cloud::CloudError;
+use components::Components;
+use record::{BACKUP_DIR, FileDigest, JOIN_JOURNAL, NodeRecord, RecordError, TXN_JOURNAL};
+
+/// How long `join` and `upgrade` wait for containerd and kubelet to answer by default. kubelet
+/// on a small box takes ~10–30 s to serve /healthz after start.
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the node-Ready check waits for the API server to answer a connection.
+pub const API_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Unix socket paths longer than this cannot be bound (sun_path is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// The phases of `join`, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    Preflight,
+    Identity,
+    Install,
+    Render,
+    Start,
+    Wait,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 6] = [
+        Phase::Preflight,
+        Phase::Identity,
+        Phase::Install,
+        Phase::Render,
+        Phase::Start,
+        Phase::Wait,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Preflight => "preflight",
+            Phase::Identity => "identity",
+            Phase::Install => "install",
+            Phase::Render => "render",
+            Phase::Start => "start",
+            Phase::Wait => "wait",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where artifacts come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArtifactSource {
+    /// The agent config's mirror, else the public manifest.
+    Default,
+    /// A mirror base URL (`…/manifest.yaml` is appended) or a manifest URL.
+    Mirror(String),
+    /// An offline bundle.
+    Bundle(PathBuf),
+}
+
+impl ArtifactSource {
+    /// The install source, given the agent configuration.
+    pub fn resolve(&self, agent: &AgentConfig) -> Source {
+        match self {
+            ArtifactSource::Bundle(p) => Source::Bundle(p.clone()),
+            ArtifactSource::Mirror(url) => Source::Mirror {
+                manifest_url: manifest_url(url),
+            },
+            ArtifactSource::Default => Source::Mirror {
+                manifest_url: agent
+                    .artifacts
+                    .mirror_url
+                    .as_ref()
+                    .map(|u| manifest_url(u.expose().as_str()))
+                    .unwrap_or_else(|| DEFAULT_MANIFEST_URL.to_owned()),
+            },
+        }
+    }
+}
+
+/// A mirror base URL becomes `<base>/manifest.yaml`; a URL naming a `.yaml`/`.json` file is used
+/// as is.
+pub fn manifest_url(url: &str) -> String {
+    let trimmed = url.trim_end_matches('/');
+    if [".yaml", ".yml", ".json"]
+        .iter()
+        .any(|s| trimmed.ends_with(s))
+    {
+        trimmed.to_owned()
+    } else {
+        format!("{trimmed}/manifest.yaml")
+    }
+}
+
+/// The fetcher settings for the agent configuration.
+pub fn fetch_settings(agent: &AgentConfig, allow_insecure: bool) -> FetchSettings {
+    FetchSettings {
+        allow_insecure,
+        proxy: agent.network.proxy.as_ref().map(|u| u.expose().to_string()),
+        no_proxy: agent.network.no_proxy.clone(),
+        ca_bundle: agent.network.ca_bundle.clone(),
+        initial_backoff: None,
+    }
+}
+
+/// What `join` was asked to do.
+#[derive(Debug, Clone)]
+pub struct JoinOptions {
+    pub skip: Vec<Phase>,
+    pub dry_run: bool,
+    pub reregister: bool,
+    /// `1.31`, `1.31.2`, or `None` for the cluster's version (DescribeCluster).
+    pub kubernetes_version: Option<String>,
+    pub source: ArtifactSource,
+    pub allow_insecure_mirror: bool,
+    /// How long to wait for containerd, then kubelet, to be healthy.
+    pub wait_timeout: Duration,
+    pub progress: Progress,
+}
+
+/// What `join` did.
+#[derive(Debug, Clone, Default)]
+pub struct JoinReport {
+    /// The configuration was already applied and healthy: nothing was changed.
+    pub noop: bool,
+    /// One line per phase, for the user.
+    pub lines: Vec<String>,
+    /// `--dry-run`: every file and action, in order.
+    pub planned: Vec<String>,
+    pub warnings: Vec<String>,
+    pub node_name: Option<String>,
+}
+
+/// Why a phase failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PhaseError {
+    #[error("{0}")]
+    Preflight(String),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Install(#[from] InstallError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error(transparent)]
+    Land(#[from] LandError),
+    #[error(transparent)]
+    Supervise(#[from] SuperviseError),
+    #[error(transparent)]
+    Cloud(#[from] CloudError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("{component} did not become healthy within {waited:?}: {detail}")]
+    Unhealthy {
+        component: ComponentName,
+        waited: Duration,
+        detail: String,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A failed `join`: which phase, why, and what the rollback did.
+#[derive(Debug, thiserror::Error)]
+#[error("join failed in the {phase} phase: {}. {}", source.to_string().trim_end_matches('.'), rollback_summary(.rollback_problems))]
+pub struct JoinFailure {
+    pub phase: Phase,
+    #[source]
+    pub source: PhaseError,
+    /// Empty when the rollback restored everything.
+    pub rollback_problems: Vec<String>,
+}
+
+fn rollback_summary(problems: &[String]) -> String {
+    if problems.is_empty() {
+        "Everything this run changed was rolled back; the host is as it was".to_owned()
+    } else {
+        format!(
+            "The rollback could not undo everything: {}",
+            problems.join("; ")
+        )
+    }
+}
+
+impl JoinFailure {
+    /// The documented exit code (src/exit.rs).
+    pub fn exit_code(&self) -> ExitCode {
+        match &self.source {
+            PhaseError::Identity(e) => e.exit_code(),
+            _ => ExitCode::Failure,
+        }
+    }
+}
+
+/// What a compensation must undo, in memory (the journal's notes cover a killed run).
+enum Compensation {
+    Deregister { instance_id: String, region: Region },
+    Stop(Box<Components>),
+}
+
+/// A resolved path as the host path the journal records (`--root` stripped).
+pub fn host_path(paths: &HostPaths, real: &Path) -> Option<PathBuf> {
+    real.strip_prefix(paths.root())
+        .ok()
+        .map(|rel| Path::new("/").join(rel))
+}
+
+/// A unique name for one run's backups.
+fn run_id() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!("{}-{}", now.unix_timestamp(), std::process::id())
+}
+
+/// The digest of every input that shapes the node: a second `join` with the same digest on a
+/// healthy node has nothing to do.
+fn config_digest(config: &Config, opts: &JoinOptions, spec: &NodeSpec) -> String {
+    let node = &config.node;
+    let identity = match &node.provider {
+        Provider::Ssm { activation_id, .. } => format!("ssm:{activation_id}"),
+        Provider::IamRolesAnywhere {
+            node_name,
+            role_arn,
+            ..
+        } => format!("iam-ra:{node_name}:{role_arn}"),
+    };
+    let doc = serde_json::json!({
+        "spec": spec,
+        "endpoint": node.cluster.api_server_endpoint.as_ref().map(|u| u.expose().to_string()),
+        "ca": node.cluster.certificate_authority.as_ref().map(|c| Sha256::of_bytes(c).to_hex()),
+        "cidr": node.cluster.cidr,
+        "identity": identity,
+        "credentials_file": config.agent.credentials.file,
+        "profile": config.agent.credentials.profile,
+        "enable_credentials_file": node.enable_credentials_file,
+        "backend": format!("{:?}", config.agent.supervisor.backend),
+        "version": opts.kubernetes_version,
+    });
+    Sha256::of_bytes(doc.to_string().as_bytes()).to_hex()
+}
+
+/// Whether the cgroup driver is systemd's for this backend choice.
+fn systemd_cgroups(paths: &HostPaths, agent: &AgentConfig) -> bool {
+    match agent.supervisor.backend {
+        crate::config::SupervisorBackend::Systemd => true,
+        crate::config::SupervisorBackend::Process => false,
+        crate::config::SupervisorBackend::Auto => {
+            crate::supervise::auto::systemd_booted(paths.root())
+        }
+    }
+}
+
+/// Rolls back a journal left by a run that was killed: stops what it started, deregisters
+/// what it registered, undoes its files. Returns a line for the user, or `None` when there was
+/// nothing to recover.
+pub async fn recover(paths: &HostPaths, agent: &AgentConfig) -> Result<Option<String>, PhaseError> {
+    let Some(mut txn) = Journal::load(paths.clone(), Path::new(TXN_JOURNAL))? else {
+        return Ok(None);
+    };
+    let mut problems = Vec::new();
+    for note in txn.notes().into_iter().rev() {
+        match note {
+            Note::Started { component, program } => {
+                let name = if component == "kubelet" {
+                    ComponentName::Kubelet
+                } else {
+                    ComponentName::Containerd
+                };
+                let rec = record::ComponentRecord {
+                    name,
+                    program,
+                    args: Vec::new(),
+                    env: Vec::new(),
+                    probe: record::ProbeRecord::HttpGet { url: String::new() },
+                };
+                match Components::connect(
+                    paths,
+                    &agent.supervisor.backend,
+                    std::slice::from_ref(&rec),
+                )
+                .await
+                {
+                    Ok(c) => {
+                        if let Err(e) = c.stop(name).await {
+                            problems.push(format!("stop {name}: {e}"));
+                        }
+                    }
+                    Err(e) => problems.push(format!("stop {name}: {e}")),
+                }
+            }
+            Note::Registered {
+                instance_id,
+                region,
+            } => {
+                if let Ok(region) = Region::parse(&region)
+                    && let Err(e) = cloud::deregister(agent, &region, &instance_id).await
+                {
+                    problems.push(e.to_string());
+                }
+            }
+        }
+    }
+    problems.extend(txn.rollback().into_iter().map(|e| e.to_string()));
+    if problems.is_empty() {
+        Ok(Some(
+            "rolled back an interrupted earlier run first".to_owned(),
+        ))
+    } else {
+        Err(PhaseError::Other(format!(
+            "an interrupted earlier run could not be rolled back completely: {}",
+            problems.join("; ")
+        )))
+    }
+}
+
+/// The join state shared by the phases.
+struct Run<'a> {
+    paths: &'a HostPaths,
+    config: &'a Config,
+    opts: &'a JoinOptions,
+    txn: Journal,
+    compensations: Vec<Compensation>,
+    report: JoinReport,
+    spec: NodeSpec,
+    node_name: Option<String>,
+    instance_id: Option<String>,
+    eks: Option<aws_sdk_eks::Client>,
+    install: Option<crate::install::InstallReport>,
+    rendered: Option<(node::Rendered, ClusterDetails, Vec<FileDigest>)>,
+    components: Option<Components>,
+    records: Vec<record::ComponentRecord>,
+}
+
+/// Runs `join`. See the module docs.
+pub async fn join(
+    paths: &HostPaths,
+    config: &Config,
+    opts: &JoinOptions,
+) -> Result<JoinReport, JoinFailure> {
+    let fail = |phase: Phase, source: PhaseError| JoinFailure {
+        phase,
+        source,
+        rollback_problems: Vec::new(),
+    };
+    let spec = NodeSpec::from_settings(&config.node);
+    let mut report = JoinReport::default();
+    if !opts.dry_run {
+        match recover(paths, &config.agent).await {
+            Ok(Some(line)) => report.lines.push(line),
+            Ok(None) => {}
+            Err(e) => return Err(fail(Phase::Preflight, e)),
+        }
+    }
+    let digest = config_digest(config, opts, &spec);
+    if opts.skip.is_empty()
+        && let Some(existing) = noop_check(paths, &digest)
+            .await
+            .map_err(|e| fail(Phase::Preflight, e))?
+    {
+        report.noop = true;
+        report.node_name = Some(existing.node_name.clone());
+        report.lines.push(format!(
+            "already joined to {} as {} with this configuration (Kubernetes {}, containerd and kubelet healthy): nothing to do",
+            existing.cluster, existing.node_name, existing.kubernetes_version
+        ));
+        return Ok(report);
+    }
+    let txn = if opts.dry_run {
+        Journal::dry_run(paths.clone())
+    } else {
+        Journal::new(
+            paths.clone(),
+            Path::new(BACKUP_DIR).join(run_id()),
+            Some(PathBuf::from(TXN_JOURNAL)),
+        )
+    };
+    let mut run = Run {
+        paths,
+        config,
+        opts,
+        txn,
+        compensations: Vec::new(),
+        report,
+        spec,
+        node_name: None,
+        instance_id: None,
+        eks: None,
+        install: None,
+        rendered: None,
+        components: None,
+        records: Vec::new(),
+    };
+    // The state directory belongs to the run when the run creates it.
+    if let Err(e) = run.txn.ensure_tree(Path::new(STATE_DIR), 0o700) {
+        return Err(fail(Phase::Preflight, e.into()));
+    }
+    for phase in Phase::ALL {
+        if opts.skip.contains(&phase) {
+            run.report.lines.push(format!("{phase}: skipped"));
+            continue;
+        }
+        let result = match phase {
+            Phase::Preflight => run.preflight().await,
+            Phase::Identity => run.identity().await,
+            Phase::Install => run.install().await,
+            Phase::Render => run.render().await,
+            Phase::Start => run.start().await,
+            Phase::Wait => run.wait().await,
+        };
+        if let Err(source) = result {
+            let problems = run.rollback().await;
+            return Err(JoinFailure {
+                phase,
+                source,
+                rollback_problems: problems,
+            });
+        }
+    }
+    if let Err(source) = run.commit(digest).await {
+        let problems = run.rollback().await;
+        return Err(JoinFailure {
+            phase: Phase::Wait,
+            source,
+            rollback_problems: problems,
+        });
+    }
+    run.report.planned = run.txn.planned().to_vec();
+    run.report.node_name = run.node_name.clone();
+    Ok(run.report)
+}
+
+/// The existing node record, when joining again would change nothing.
+async fn noop_check(paths: &HostPaths, digest: &str) -> Result<Option<NodeRecord>, PhaseError> {
+    let Some(existing) = NodeRecord::load(paths)? else {
+        return Ok(None);
+    };
+    if existing.config_digest != digest {
+        return Ok(None);
+    }
+    let Some(tracker) = Tracker::load(paths).map_err(|e| PhaseError::Other(e.to_string()))? else {
+        return Ok(None);
+    };
+    if tracker.kubernetes_version != existing.kubernetes_version || !tracker.intact(paths) {
+        return Ok(None);
+    }
+    let files_ok = existing
+        .files
+        .iter()
+        .all(|f| Sha256::of_file(&paths.resolve(&f.path)).is_ok_and(|s| s == f.sha256));
+    if !files_ok {
+        return Ok(None);
+    }
+    let prober = crate::supervise::probe::Prober::new();
+    for c in &existing.components {
+        if !prober
+            .probe(&c.probe.to_probe(), components::WAIT_PROBE_TIMEOUT)
+            .await
+            .ok
+        {
+            return Ok(None);
+        }
+    }
+    Ok(Some(existing))
+}
+
+impl Run<'_> {
+    fn agent(&self) -> &AgentConfig {
+        &self.config.agent
+    }
+
+    fn region(&self) -> &Region {
+        &self.config.node.cluster.region
+    }
+
+    async fn preflight(&mut self) -> Result<(), PhaseError> {
+        node::check_swap(self.paths, &self.spec)?;
+        if let Some(existing) = NodeRecord::load(self.paths)?
+            && (existing.cluster != self.spec.cluster || existing.region != self.spec.region)
+        {
+            return Err(PhaseError::Preflight(format!(
+                "this host is joined to cluster {} in {}; run `hybrid-agent leave` before joining {} in {}",
+                existing.cluster, existing.region, self.spec.cluster, self.spec.region
+            )));
+        }
+        let socket = self.paths.resolve(node::containerd::CONTAINERD_SOCKET);
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(PhaseError::Preflight(format!(
+                "containerd's socket would be {} ({} bytes), longer than a unix socket path may be ({MAX_SOCKET_PATH}); use a shorter --root",
+                socket.display(),
+                socket.as_os_str().len()
+            )));
+        }
+        self.report
+            .lines
+            .push("preflight: swap off, host free to join".to_owned());
+        Ok(())
+    }
+
+    async fn identity(&mut self) -> Result<(), PhaseError> {
+        let env = IdentityEnv::new(self.paths, &self.config.agent);
+        let node = &self.config.node;
+        if self.txn.is_dry_run() {
+            let existing = env.store().load_registration().ok().flatten();
+            match (&node.provider, existing) {
+                (Provider::Ssm { .. }, Some(reg)) if !self.opts.reregister => {
+                    self.txn.plan(format!(
+                        "reuse the SSM registration {} and refresh its credentials",
+                        reg.instance_id
+                    ));
+                    self.node_name = Some(reg.instance_id);
+                }
+                (Provider::Ssm { activation_id, .. }, _) => {
+                    self.txn.plan(format!(
+                        "register with SSM activation {activation_id} in {} (new RSA-2048 key)",
+                        self.region()
+                    ));
+                    self.node_name = Some("mi-<assigned at registration>".to_owned());
+                }
+                (Provider::IamRolesAnywhere { node_name, .. }, _) => {
+                    self.txn.plan(
+                        "create an IAM Roles Anywhere session with the node's certificate"
+                            .to_owned(),
+                    );
+                    self.node_name = Some(node_name.clone());
+                }
+            }
+            for t in env.targets(node.enable_credentials_file) {
+                self.txn.plan(format!(
+                    "write credentials to {} [{}]",
+                    t.path.display(),
+                    t.profile
+                ));
+            }
+            return Ok(());
+        }
+        // The identity module writes its own files; record what they were so a rollback can
+        // put them back.
+        let store_dir = env.store().dir().to_path_buf();
+        if let Some(h) = host_path(self.paths, &store_dir) {
+            self.txn.protect_tree(&h)?;
+        }
+        for t in env.targets(node.enable_credentials_file) {
+            match host_path(self.paths, &t.path) {
+                Some(h) => self.txn.protect(&h)?,
+                None => self.report.warnings.push(format!(
+                    "{} is outside --root; a rollback cannot restore it",
+                    t.path.display()
+                )),
+            }
+        }
+        let out = env
+            .join(
+                &node.provider,
+                self.region(),
+                node.enable_credentials_file,
+                self.opts.reregister,
+            )
+            .await?;
+        let (how, name) = match &out.registration {
+            Some(RegisterOutcome::Registered(reg)) => {
+                let region = Region::parse(&reg.region).unwrap_or_else(|_| self.region().clone());
+                self.txn.note(Note::Registered {
+                    instance_id: reg.instance_id.clone(),
+                    region: region.as_str().to_owned(),
+                })?;
+                self.compensations.push(Compensation::Deregister {
+                    instance_id: reg.instance_id.clone(),
+                    region,
+                });
+                self.instance_id = Some(reg.instance_id.clone());
+                ("registered as", reg.instance_id.clone())
+            }
+            Some(RegisterOutcome::Reused(reg)) => {
+                self.instance_id = Some(reg.instance_id.clone());
+                ("already registered as", reg.instance_id.clone())
+            }
+            None => match &node.provider {
+                Provider::IamRolesAnywhere { node_name, .. } => {
+                    ("IAM Roles Anywhere node", node_name.clone())
+                }
+                Provider::Ssm { .. } => ("identity", out.identity.clone()),
+            },
+        };
+        let files: Vec<String> = out.files.iter().map(|f| f.display().to_string()).collect();
+        let remaining = out
+            .expiration
+            .duration_since(std::time::SystemTime::now())
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.report.lines.push(format!(
+            "identity: {how} {name} ({}); credentials valid for {remaining} s written to {}",
+            out.provider,
+            files.join(", ")
+        ));
+        self.node_name = Some(name);
+        Ok(())
+    }
+
+    /// The node name when the identity phase was skipped: the existing registration (SSM) or the
+    /// configured name (IAM Roles Anywhere).
+    fn node_name(&mut self) -> Result<String, PhaseError> {
+        if let Some(n) = &self.node_name {
+            return Ok(n.clone());
+        }
+        let name = match &self.config.node.provider {
+            Provider::IamRolesAnywhere { node_name, .. } => node_name.clone(),
+            Provider::Ssm { .. } => {
+                let env = IdentityEnv::new(self.paths, &self.config.agent);
+                match env.store().load_registration() {
+                    Ok(Some(reg)) => {
+                        self.instance_id = Some(reg.instance_id.clone());
+                        reg.instance_id
+                    }
+                    _ if self.txn.is_dry_run() => "mi-<assigned at registration>".to_owned(),
+                    _ => {
+                        return Err(PhaseError::Other(
+                            "this host is not registered yet, so it has no node name; do not skip the identity phase".to_owned(),
+                        ));
+                    }
+                }
+            }
+        };
+        self.node_name = Some(name.clone());
+        Ok(name)
+    }
+
+    fn eks(&mut self) -> Result<Option<aws_sdk_eks::Client>, PhaseError> {
+        if self.eks.is_none() {
+            match cloud::eks(self.agent(), self.region()) {
+                Ok(c) => self.eks = Some(c),
+                Err(e) if self.txn.is_dry_run() => {
+                    tracing::debug!("no credentials for DescribeCluster in a dry run: {e}");
+                    return Ok(None);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(self.eks.clone())
+    }
+
+    async fn install(&mut self) -> Result<(), PhaseError> {
+        let version = match &self.opts.kubernetes_version {
+            Some(v) => v.clone(),
+            None => match self.eks()? {
+                Some(client) => cloud::cluster_version(&client, &self.spec.cluster)
+                    .await
+                    .map_err(|m| PhaseError::Other(format!("cannot learn the cluster's Kubernetes version ({m}); pass --kubernetes-version")))?,
+                None => "<the cluster's version>".to_owned(),
+            },
+        };
+        if version.starts_with('<') {
+            self.txn.plan(format!(
+                "install the artifacts of {version} from {}",
+                self.opts.source.resolve(self.agent()).describe_for_user()
+            ));
+            return Ok(());
+        }
+        let installer = Installer::new(
+            self.paths.clone(),
+            &fetch_settings(self.agent(), self.opts.allow_insecure_mirror),
+            self.opts.progress.clone(),
+        )?;
+        let req = InstallRequest {
+            kubernetes_version: version,
+            arch: manifest::host_arch().to_owned(),
+            source: self.opts.source.resolve(self.agent()),
+        };
+        let report = installer.install(&req, &mut self.txn).await?;
+        let line = if report.unchanged {
+            format!(
+                "install: Kubernetes {} already installed and intact",
+                report.version
+            )
+        } else if self.txn.is_dry_run() {
+            format!("install: would install Kubernetes {}", report.version)
+        } else {
+            format!(
+                "install: Kubernetes {} ({} files, {} bytes downloaded)",
+                report.version,
+                report.files.len(),
+                report.downloaded_bytes
+            )
+        };
+        self.report.lines.push(line);
+        self.install = Some(report);
+        Ok(())
+    }
+
+    /// The installed release: from this run's install phase, or the tracker.
+    fn installed(&self) -> Result<(String, crate::install::tracker::ContainerdRecord), PhaseError> {
+        if let Some(r) = &self.install {
+            return Ok((r.version.clone(), r.containerd.clone()));
+        }
+        match Tracker::load(self.paths).map_err(|e| PhaseError::Other(e.to_string()))? {
+            Some(t) => Ok((t.kubernetes_version, t.containerd)),
+            None => Err(PhaseError::Other("nothing is installed yet; do not skip the install phase (or run `hybrid-agent install` first)".to_owned())),
+        }
+    }
+
+    async fn cluster_details(&mut self) -> Result<ClusterDetails, PhaseError> {
+        if let Some(d) = node::cluster::from_node_config(&self.config.node)? {
+            return Ok(d);
+        }
+        match self.eks()? {
+            Some(client) => Ok(node::cluster::describe(&client, &self.config.node).await?),
+            None => Ok(ClusterDetails {
+                api_server_endpoint: "<from DescribeCluster>".to_owned(),
+                ca_pem: b"<CA bundle from DescribeCluster>\n".to_vec(),
+                service_cidr: None,
+            }),
+        }
+    }
+
+    async fn render(&mut self) -> Result<(), PhaseError> {
+        let node_name = self.node_name()?;
+        let (version, containerd) = match self.installed() {
+            Ok(v) => v,
+            Err(_) if self.txn.is_dry_run() => {
+                let v = self
+                    .opts
+                    .kubernetes_version
+                    .clone()
+                    .unwrap_or_else(|| "1.31.0".to_owned());
+                (
+                    if v.matches('.').count() == 1 {
+                        format!("{v}.0")
+                    } else {
+                        v
+                    },
+                    crate::install::tracker::ContainerdRecord::Distro {
+                        path: crate::install::tracker::DISTRO_CONTAINERD.into(),
+                        package: None,
+                    },
+                )
+            }
+            Err(e) => return Err(e),
+        };
+        let details = self.cluster_details().await?;
+        let systemd = systemd_cgroups(self.paths, self.agent());
+        let input = RenderInput {
+            node: &self.spec,
+            node_name: &node_name,
+            cluster: &details,
+            kubernetes_version: &version,
+            paths: self.paths,
+            credentials_file: &self.config.agent.credentials.file,
+            credentials_profile: &self.config.agent.credentials.profile,
+            systemd_cgroups: systemd,
+        };
+        let rendered = node::render(&input)?;
+        let applied = node::apply(&rendered, &mut self.txn)?;
+        let changed = applied
+            .iter()
+            .filter(|a| a.written != crate::install::land::Written::Unchanged)
+            .count();
+        let verb = if self.txn.is_dry_run() {
+            "to write"
+        } else {
+            "written"
+        };
+        self.report.lines.push(format!(
+            "render: {} files for node {node_name} ({changed} {verb}, {} unchanged)",
+            applied.len(),
+            applied.len() - changed
+        ));
+        let digests = rendered
+            .files
+            .iter()
+            .map(|f| FileDigest {
+                path: f.path.clone(),
+                sha256: Sha256::of_bytes(&f.content),
+            })
+            .collect();
+        self.records = components::records(self.paths, &rendered, &containerd);
+        self.rendered = Some((rendered, details, digests));
+        Ok(())
+    }
+
+    async fn start(&mut self) -> Result<(), PhaseError> {
+        if self.records.is_empty() {
+            return Err(PhaseError::Other(
+                "there is nothing to start without the render phase; do not skip it".to_owned(),
+            ));
+        }
+        // The daemon supervises from the same plan after join.
+        if let Some(plan) = components::plan(&self.records) {
+            let mut bytes = serde_json::to_vec_pretty(&plan).unwrap_or_default();
+            bytes.push(b'\n');
+            self.txn
+                .write_file(&components::plan_path(), &bytes, 0o600)?;
+            if !crate::supervise::auto::systemd_booted(self.paths.root())
+                || self.agent().supervisor.backend == crate::config::SupervisorBackend::Process
+            {
+                // Pid files and child logs of the built-in backend.
+                self.txn.ensure_tree(
+                    &Path::new(STATE_DIR).join(crate::supervise::process::SUPERVISE_DIR),
+                    0o700,
+                )?;
+            } else {
+                for p in components::unit_paths(&plan) {
+                    self.txn.protect(&p)?;
+                }
+            }
+        }
+        if self.txn.is_dry_run() {
+            for r in &self.records {
+                let mut line = format!("start {}: {}", r.name, r.program.display());
+                for a in &r.args {
+                    line.push(' ');
+                    line.push_str(a);
+                }
+                self.txn.plan(line);
+            }
+            return Ok(());
+        }
+        let components =
+            Components::connect(self.paths, &self.agent().supervisor.backend, &self.records)
+                .await?;
+        components.prepare().await?;
+        let wait = self.opts.wait_timeout;
+        for name in [ComponentName::Containerd, ComponentName::Kubelet] {
+            let program = self
+                .records
+                .iter()
+                .find(|r| r.name == name)
+                .map(|r| r.program.clone())
+                .unwrap_or_default();
+            self.txn.note(Note::Started {
+                component: name.as_str().to_owned(),
+                program,
+            })?;
+            if let Err(e) = components.start(name).await {
+                self.compensations
+                    .push(Compensation::Stop(Box::new(components)));
+                return Err(e.into());
+            }
+            if name == ComponentName::Containerd
+                && let Err(detail) = components.wait_healthy(name, wait).await
+            {
+                self.compensations
+                    .push(Compensation::Stop(Box::new(components)));
+                return Err(PhaseError::Unhealthy {
+                    component: name,
+                    waited: wait,
+                    detail,
+                });
+            }
+        }
+        self.report.lines.push(format!(
+            "start: containerd and kubelet started ({})",
+            components.selection.reason
+        ));
+        self.components = Some(components);
+        Ok(())
+    }
+
+    async fn wait(&mut self) -> Result<(), PhaseError> {
+        if self.txn.is_dry_run() {
+            if let Some(k) = self
+                .records
+                .iter()
+                .find(|r| r.name == ComponentName::Kubelet)
+            {
+                if let record::ProbeRecord::HttpGet { url } = &k.probe {
+                    self.txn.plan(format!(
+                        "wait up to {:?} for kubelet to answer {url}",
+                        self.opts.wait_timeout
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        let Some(components) = &self.components else {
+            self.report
+                .lines
+                .push("wait: skipped (nothing was started)".to_owned());
+            return Ok(());
+        };
+        let wait = self.opts.wait_timeout;
+        match components.wait_healthy(ComponentName::Kubelet, wait).await {
+            Ok(_) => {}
+            Err(detail) => {
+                return Err(PhaseError::Unhealthy {
+                    component: ComponentName::Kubelet,
+                    waited: wait,
+                    detail,
+                });
+            }
+        }
+        let ready = match &self.rendered {
+            Some((_, details, _)) => api_reachable(&details.api_server_endpoint).await,
+            None => Err("no cluster details".to_owned()),
+        };
+        match ready {
+            Ok(()) => self.report.lines.push("wait: kubelet healthy; the API server answers (node registration is up to kubelet now)".to_owned()),
+            Err(why) => {
+                self.report.lines.push("wait: kubelet healthy".to_owned());
+                self.report.warnings.push(format!("node Ready not checked: {why}"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, digest: String) -> Result<(), PhaseError> {
+        let Some((_, details, files)) = self.rendered.clone() else {
+            // Partial joins (phases skipped) keep their changes but write no node record.
+            return self.finish_journal();
+        };
+        let (version, _) = self.installed()?;
+        let record = NodeRecord {
+            format: record::FORMAT,
+            node_name: self.node_name()?,
+            cluster: self.spec.cluster.clone(),
+            region: self.spec.region.clone(),
+            provider: self.spec.provider.clone(),
+            instance_id: self.instance_id.clone(),
+            kubernetes_version: version,
+            backend: match &self.components {
+                Some(c) => format!("{:?}", c.selection.kind).to_lowercase(),
+                None => "none".to_owned(),
+            },
+            components: self.records.clone(),
+            config_digest: if self.opts.skip.is_empty() {
+                digest
+            } else {
+                String::new()
+            },
+            files,
+            spec: self.spec.clone(),
+            cluster_details: details,
+            systemd_cgroups: systemd_cgroups(self.paths, self.agent()),
+            joined_at: crate::install::now_rfc3339(),
+        };
+        self.txn
+            .write_file(Path::new(record::NODE_RECORD), &record.to_bytes(), 0o600)?;
+        self.finish_journal()
+    }
+
+    /// The run succeeded: its journal becomes (part of) the join record `leave` unwinds.
+    fn finish_journal(&mut self) -> Result<(), PhaseError> {
+        if self.txn.is_dry_run() {
+            return Ok(());
+        }
+        let txn = std::mem::replace(&mut self.txn, Journal::dry_run(self.paths.clone()));
+        match Journal::load(self.paths.clone(), Path::new(JOIN_JOURNAL))? {
+            Some(mut previous) => {
+                previous.absorb(txn.detach()?)?;
+            }
+            None => {
+                let mut txn = txn;
+                txn.persist_as(Path::new(JOIN_JOURNAL))?;
+            }
+        }
+        self.compensations.clear();
+        Ok(())
+    }
+
+    async fn rollback(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        // Running components first (they use the files), then what was done elsewhere, newest
+        // first, then the files.
+        if let Some(components) = self.components.take() {
+            self.compensations
+                .push(Compensation::Stop(Box::new(components)));
+        }
+        while let Some(c) = self.compensations.pop() {
+            match c {
+                Compensation::Stop(components) => {
+                    for name in [ComponentName::Kubelet, ComponentName::Containerd] {
+                        if let Err(e) = components.stop(name).await {
+                            problems.push(format!("stop {name}: {e}"));
+                        }
+                    }
+                }
+                Compensation::Deregister {
+                    instance_id,
+                    region,
+                } => {
+                    if let Err(e) =
+                        cloud::deregister(&self.config.agent, &region, &instance_id).await
+                    {
+                        problems.push(e.to_string());
+                    }
+                }
+            }
+        }
+        problems.extend(self.txn.rollback().into_iter().map(|e| e.to_string()));
+        problems
+    }
+}
+
+impl Source {
+    fn describe_for_user(&self) -> String {
+        match self {
+            Source::Mirror { manifest_url } => manifest_url.clone(),
+            Source::Bundle(p) => format!("bundle {}", p.display()),
+        }
+    }
+}
+
+/// Whether something answers a TLS connection at the API server endpoint's host and port.
+async fn api_reachable(endpoint: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(endpoint)
+        .map_err(|e| format!("API server endpoint `{endpoint}` is not a URL: {e}"))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| format!("API server endpoint `{endpoint}` has no host"))?
+        .to_owned();
+    let port = url.port_or_known_default().unwrap_or(443);
+    match tokio::time::timeout(
+        API_CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!(
+            "the API server at {endpoint} is not reachable from this host ({e})"
+        )),
+        Err(_) => Err(format!(
+            "the API server at {endpoint} did not answer within {API_CONNECT_TIMEOUT:?}"
+        )),
+    }
+}
