@@ -369,3 +369,88 @@ fn files_are_rewritten_only_when_their_content_changes() {
         .contains("58")
     );
 }
+
+/// `systemd-analyze verify` complaints about `unit` (empty = clean: it exits 0 even on warnings,
+/// so stderr must be empty too). `unit_path` is searched before the default path.
+fn systemd_verify(unit: &str, unit_path: &Path) -> String {
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no", unit])
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", unit_path.display()))
+        .output()
+        .expect("run systemd-analyze (package systemd)");
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    if out.status.success() && stderr.is_empty() {
+        String::new()
+    } else {
+        format!("exit {:?}: {stderr}", out.status.code())
+    }
+}
+
+#[test]
+fn unit_files_for_the_rendered_command_lines_snapshot_and_pass_systemd_analyze() {
+    use hybrid_agent::install::tracker::{ContainerdRecord, DISTRO_CONTAINERD};
+    use hybrid_agent::join::components;
+    let node = load(SSM_NODECONFIG);
+    let distro = ContainerdRecord::Distro {
+        path: DISTRO_CONTAINERD.into(),
+        package: Some("containerd".into()),
+    };
+
+    // As written on a real host (--root /).
+    let host = HostPaths::default();
+    let r = render(
+        &node,
+        "1.31.2",
+        &host,
+        Path::new("/root/.aws/credentials"),
+        "default",
+    );
+    let plan = components::plan(&components::records(&host, &r, &distro)).expect("plan");
+    let units = plan.systemd_units();
+    assert_eq!(units.len(), 2);
+    for u in &units {
+        insta::assert_snapshot!(
+            format!(
+                "unit_{}",
+                u.path.display().to_string().replace(['/', '.'], "_")
+            ),
+            u.content
+        );
+    }
+
+    // Verified in a sandbox where the programs they name exist (systemd-analyze insists).
+    let dir = tempfile::tempdir().unwrap();
+    let paths = HostPaths::new(dir.path().join("root"));
+    for bin in ["/usr/bin/kubelet", "/usr/bin/containerd"] {
+        let p = paths.resolve(bin);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::copy("/bin/true", &p).unwrap();
+    }
+    let creds = paths.aws_credentials();
+    let r = render(&node, "1.31.2", &paths, &creds, "default");
+    let plan = components::plan(&components::records(&paths, &r, &distro)).expect("plan");
+    let unit_dir = dir.path().join("units");
+    for u in plan.systemd_units() {
+        let p = unit_dir.join(&u.path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, &u.content).unwrap();
+    }
+    assert_eq!(
+        systemd_verify(
+            &unit_dir.join("kubelet.service").display().to_string(),
+            &unit_dir
+        ),
+        ""
+    );
+    // The drop-in applies to the distribution's containerd.service, found on the default path.
+    assert_eq!(systemd_verify("containerd.service", &unit_dir), "");
+    // And the check can fail: a unit naming a program that does not exist.
+    std::fs::remove_file(paths.resolve("/usr/bin/kubelet")).unwrap();
+    assert_ne!(
+        systemd_verify(
+            &unit_dir.join("kubelet.service").display().to_string(),
+            &unit_dir
+        ),
+        ""
+    );
+}
