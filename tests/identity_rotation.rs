@@ -17,6 +17,24 @@ const IAM_RA: Provider = Provider::IamRa {
     intermediate: true,
 };
 
+/// Runs the same scenario for both providers at once, each with its own devstack and host: the
+/// long scenarios are mostly waiting, so side by side they cost the suite one duration, not two.
+/// A failure names the provider.
+fn both_providers(scenario: fn(Provider)) {
+    std::thread::scope(|s| {
+        let runs: Vec<_> = [SSM, IAM_RA]
+            .into_iter()
+            .map(|p| (p, s.spawn(move || scenario(p))))
+            .collect();
+        for (p, run) in runs {
+            if let Err(panic) = run.join() {
+                eprintln!("scenario failed for {p:?}");
+                std::panic::resume_unwind(panic);
+            }
+        }
+    });
+}
+
 /// Token lifetime 20 s; at least 5 rotations while a reader parses the file in a tight loop and
 /// checks every read is a complete profile whose key works as a set.
 fn rotations_are_never_torn(provider: Provider) {
@@ -97,13 +115,8 @@ fn rotations_are_never_torn(provider: Provider) {
 }
 
 #[test]
-fn ssm_rotations_are_never_torn() {
-    rotations_are_never_torn(SSM);
-}
-
-#[test]
-fn iam_ra_rotations_are_never_torn() {
-    rotations_are_never_torn(IAM_RA);
+fn both_providers_rotate_without_torn_reads() {
+    both_providers(rotations_are_never_torn);
 }
 
 /// 50 % of refreshes fail, then the endpoint disappears for two minutes. While it answers, the
@@ -206,13 +219,8 @@ fn survives_errors_and_an_outage(provider: Provider) {
 }
 
 #[test]
-fn ssm_survives_errors_and_an_outage() {
-    survives_errors_and_an_outage(SSM);
-}
-
-#[test]
-fn iam_ra_survives_errors_and_an_outage() {
-    survives_errors_and_an_outage(IAM_RA);
+fn both_providers_survive_errors_and_an_outage() {
+    both_providers(survives_errors_and_an_outage);
 }
 
 /// The host clock is 10 minutes ahead of the service's (devstack clock offset -600 s). The
@@ -257,13 +265,8 @@ fn skewed_host_clock_costs_at_most_one_rejection(provider: Provider) {
 }
 
 #[test]
-fn ssm_skewed_host_clock() {
-    skewed_host_clock_costs_at_most_one_rejection(SSM);
-}
-
-#[test]
-fn iam_ra_skewed_host_clock() {
-    skewed_host_clock_costs_at_most_one_rejection(IAM_RA);
+fn both_providers_handle_a_skewed_host_clock() {
+    both_providers(skewed_host_clock_costs_at_most_one_rejection);
 }
 
 /// `status` shows the rotation and works with the daemon down.
