@@ -159,11 +159,17 @@ pub async fn run(
         let _ = stop_rx.wait_for(|stop| *stop).await;
     }));
 
+    // Tell systemd (Type=notify) we are up; a no-op without $NOTIFY_SOCKET. The watchdog is fed
+    // from this loop, so a wedged daemon stops feeding it and systemd restarts the agent.
+    notify_systemd(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("running: rotating credentials, supervising")]);
+    let mut watchdog = sd_notify::watchdog_enabled().map(|every| tokio::time::interval(every / 2));
+
     tokio::pin!(shutdown);
     let mut identity_open = true;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            _ = tick_or_pending(&mut watchdog) => notify_systemd(&[sd_notify::NotifyState::Watchdog]),
             changed = identity.changed(), if identity_open => {
                 if changed.is_err() {
                     // The rotation loop ended (fatal error, already published and logged).
@@ -193,6 +199,7 @@ pub async fn run(
         }
     }
 
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(true);
     if let Some(task) = supervising
         && let Err(e) = task.await
@@ -216,5 +223,23 @@ async fn changed_or_pending<T>(rx: &mut Option<watch::Receiver<T>>) -> bool {
     match rx {
         Some(rx) => rx.changed().await.is_ok(),
         None => std::future::pending().await,
+    }
+}
+
+/// Ticks when the systemd watchdog is on; never resolves otherwise.
+async fn tick_or_pending(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends `states` to systemd's notify socket; failures are logged, never fatal (the agent's work
+/// matters more than its manager's bookkeeping).
+fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!("cannot notify systemd through $NOTIFY_SOCKET: {e}");
     }
 }
