@@ -897,6 +897,12 @@ impl Run<'_> {
             "start: containerd and kubelet started ({})",
             components.selection.reason
         ));
+        if components.selection.kind == crate::supervise::BackendKind::Process {
+            self.report.lines.push(
+                "start: they keep running after join exits; `hybrid-agent run` (hybrid-agent.service) adopts and supervises them"
+                    .to_owned(),
+            );
+        }
         self.components = Some(components);
         Ok(())
     }
@@ -953,7 +959,11 @@ impl Run<'_> {
             // Partial joins (phases skipped) keep their changes but write no node record.
             return self.finish_journal();
         };
-        let (version, _) = self.installed()?;
+        let version = match self.installed() {
+            Ok((v, _)) => v,
+            Err(_) if self.txn.is_dry_run() => "<the cluster's version>".to_owned(),
+            Err(e) => return Err(e),
+        };
         let record = NodeRecord {
             format: record::FORMAT,
             node_name: self.node_name()?,
