@@ -249,7 +249,7 @@ async fn one_flipped_byte_is_refused_and_nothing_is_installed() {
             },
         } => {
             assert_eq!(artifact, "kubelet");
-            assert_eq!(*expected, mirror_sum(&f.mirror, &rel));
+            assert_eq!(**expected, mirror_sum(&f.mirror, &rel));
             assert_ne!(expected, actual);
         }
         other => panic!("expected a checksum mismatch, got {other}"),

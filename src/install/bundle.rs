@@ -90,8 +90,8 @@ pub enum BundleError {
         path: PathBuf,
         member: String,
         listed_in: String,
-        expected: Sha256,
-        actual: Sha256,
+        expected: Box<Sha256>,
+        actual: Box<Sha256>,
     },
     #[error("the bundle {path} holds Kubernetes {has} ({arch}), not {wanted}")]
     WrongRelease {
@@ -277,8 +277,8 @@ pub fn verify(path: &Path, wanted: &str, arch: &str) -> Result<Verified, BundleE
                 path: path.to_path_buf(),
                 member: name.clone(),
                 listed_in: SUMS.into(),
-                expected: *expected,
-                actual: *sum,
+                expected: Box::new(*expected),
+                actual: Box::new(*sum),
             });
         }
     }
@@ -348,8 +348,8 @@ pub fn verify(path: &Path, wanted: &str, arch: &str) -> Result<Verified, BundleE
                 path: path.to_path_buf(),
                 member: a.uri.clone(),
                 listed_in: a.checksum_uri.clone(),
-                expected,
-                actual: *sum,
+                expected: Box::new(expected),
+                actual: Box::new(*sum),
             });
         }
     }
@@ -412,8 +412,8 @@ pub fn extract(bundle: &Verified, wanted: &BTreeMap<String, PathBuf>) -> Result<
                 path: path.clone(),
                 member: name,
                 listed_in: format!("{SUMS} (changed since it was verified)"),
-                expected,
-                actual,
+                expected: Box::new(expected),
+                actual: Box::new(actual),
             });
         }
         out.sync_all().map_err(|source| BundleError::Io {

@@ -59,8 +59,8 @@ pub enum FetchError {
     Mismatch {
         url: String,
         checksum_url: String,
-        expected: Sha256,
-        actual: Sha256,
+        expected: Box<Sha256>,
+        actual: Box<Sha256>,
     },
     #[error("the checksum file {url} is not usable: {message}")]
     Checksum { url: String, message: String },
@@ -421,8 +421,8 @@ impl Fetcher {
                 return Err(FetchError::Mismatch {
                     url: url.to_owned(),
                     checksum_url: checksum_url.to_owned(),
-                    expected,
-                    actual,
+                    expected: Box::new(expected),
+                    actual: Box::new(actual),
                 });
             }
             bar.finish(have);

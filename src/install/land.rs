@@ -694,7 +694,7 @@ pub fn undo_keeping(paths: &HostPaths, change: &Change, keep: &[PathBuf]) -> Res
         }
         Change::CreatedTree { path } => {
             let real = paths.resolve(path);
-            if keep.iter().any(|k| *k == real) {
+            if keep.contains(&real) {
                 tracing::info!(path = %real.display(), "kept");
                 return Ok(());
             }
@@ -732,7 +732,7 @@ fn remove_tree_except(dir: &Path, keep: &[PathBuf]) -> Result<(), LandError> {
     for entry in entries {
         let entry = entry.map_err(err("list", dir))?;
         let path = entry.path();
-        if keep.iter().any(|k| *k == path) {
+        if keep.contains(&path) {
             continue;
         }
         let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);

@@ -183,9 +183,9 @@ pub enum PhaseError {
     #[error("{0}")]
     Preflight(String),
     #[error(transparent)]
-    Identity(#[from] IdentityError),
+    Identity(Box<IdentityError>),
     #[error(transparent)]
-    Install(#[from] InstallError),
+    Install(Box<InstallError>),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
     #[error(transparent)]
@@ -193,7 +193,7 @@ pub enum PhaseError {
     #[error(transparent)]
     Land(#[from] LandError),
     #[error(transparent)]
-    Supervise(#[from] SuperviseError),
+    Supervise(Box<SuperviseError>),
     #[error(transparent)]
     Cloud(#[from] CloudError),
     #[error(transparent)]
@@ -206,6 +206,25 @@ pub enum PhaseError {
     },
     #[error("{0}")]
     Other(String),
+}
+
+// The large errors are boxed so every phase's `Result` stays small.
+impl From<IdentityError> for PhaseError {
+    fn from(e: IdentityError) -> Self {
+        PhaseError::Identity(Box::new(e))
+    }
+}
+
+impl From<InstallError> for PhaseError {
+    fn from(e: InstallError) -> Self {
+        PhaseError::Install(Box::new(e))
+    }
+}
+
+impl From<SuperviseError> for PhaseError {
+    fn from(e: SuperviseError) -> Self {
+        PhaseError::Supervise(Box::new(e))
+    }
 }
 
 /// A failed `join`: which phase, why, and what the rollback did.
@@ -913,13 +932,12 @@ impl Run<'_> {
                 .records
                 .iter()
                 .find(|r| r.name == ComponentName::Kubelet)
+                && let record::ProbeRecord::HttpGet { url } = &k.probe
             {
-                if let record::ProbeRecord::HttpGet { url } = &k.probe {
-                    self.txn.plan(format!(
-                        "wait up to {:?} for kubelet to answer {url}",
-                        self.opts.wait_timeout
-                    ));
-                }
+                self.txn.plan(format!(
+                    "wait up to {:?} for kubelet to answer {url}",
+                    self.opts.wait_timeout
+                ));
             }
             return Ok(());
         }

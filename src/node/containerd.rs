@@ -107,7 +107,7 @@ pub fn render(input: &RenderInput<'_>) -> Vec<RenderedFile> {
         registry = toml_str(
             &REGISTRY_CONFIG_PATH
                 .split(':')
-                .map(|d| p(d))
+                .map(p)
                 .collect::<Vec<_>>()
                 .join(":")
         ),
