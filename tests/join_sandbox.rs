@@ -210,3 +210,53 @@ fn dry_run_lists_every_file_and_action_and_changes_nothing() {
     );
     assert!(managed_instances(&ds).is_empty(), "a dry run registered");
 }
+
+#[test]
+fn leave_interrupted_at_deregistration_resumes_where_it_stopped() {
+    let (_m, ds) = fixture();
+    let node = Node::new(&ds, &create_activation(&ds));
+    let before = node.fingerprint(&[]);
+    let run = node.join(&ds, &[]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+
+    // SSM fails every DeregisterManagedInstance: leave stops at that step, after stopping the
+    // components, and says how to continue.
+    control_body(
+        &ds,
+        "PUT",
+        "/_devstack/faults",
+        r#"{"rules":[{"service":"ssm","operation":"DeregisterManagedInstance","error_rate":1.0}]}"#,
+    );
+    let first = node.run(&["leave", "--purge"]);
+    assert_eq!(first.code, Some(3), "{first:?}");
+    assert!(
+        first.stderr.contains("leave stopped at step `deregister`"),
+        "{first:?}"
+    );
+    assert!(
+        first.stderr.contains("continues from this step"),
+        "{first:?}"
+    );
+    assert!(node.supervised_pids().is_empty(), "the steps before ran");
+    assert_eq!(managed_instances(&ds).len(), 1, "still registered");
+
+    control_body(&ds, "PUT", "/_devstack/faults", r#"{"rules":[]}"#);
+    let second = node.run(&["leave", "--purge"]);
+    assert_eq!(second.code, Some(0), "{second:?}");
+    assert!(
+        second.stdout.contains("continuing an interrupted leave"),
+        "{second:?}"
+    );
+    assert!(
+        !second.stdout.contains("stopped kubelet and containerd"),
+        "done steps are not repeated: {second:?}"
+    );
+    assert!(managed_instances(&ds).is_empty());
+    let after = node.fingerprint(&[]);
+    assert_eq!(
+        before,
+        after,
+        "the resumed leave did not restore the tree:\n{}",
+        diff(&before, &after)
+    );
+}

@@ -454,3 +454,36 @@ fn unit_files_for_the_rendered_command_lines_snapshot_and_pass_systemd_analyze()
         ""
     );
 }
+
+#[test]
+fn cluster_details_come_from_a_complete_nodeconfig_and_its_ca_must_be_pem() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(CA_PEM);
+    let with = |ca: &str| {
+        SSM_NODECONFIG.replace(
+            "    region: us-west-2\n",
+            &format!("    region: us-west-2\n    apiServerEndpoint: https://api.example.com\n    certificateAuthority: {ca}\n    cidr: 10.100.0.0/16\n"),
+        )
+    };
+    let details = node::cluster::from_node_config(&load_settings(&with(&b64)))
+        .unwrap()
+        .expect("endpoint and CA given");
+    assert_eq!(details.ca_pem, CA_PEM.as_bytes());
+    assert_eq!(details.api_server_endpoint, "https://api.example.com");
+    assert_eq!(details.service_cidr.as_deref(), Some("10.100.0.0/16"));
+    // base64 of something that is not a certificate
+    let err =
+        node::cluster::from_node_config(&load_settings(&with("Y2VydGlmaWNhdGVBdXRob3JpdHk=")))
+            .expect_err("not PEM");
+    assert!(
+        err.to_string()
+            .contains("spec.cluster.certificateAuthority"),
+        "{err}"
+    );
+    // Without them, DescribeCluster is asked (tests/join_sandbox.rs).
+    assert!(
+        node::cluster::from_node_config(&load_settings(SSM_NODECONFIG))
+            .unwrap()
+            .is_none()
+    );
+}

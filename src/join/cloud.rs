@@ -45,8 +45,18 @@ pub enum CloudError {
         instance_id: String,
         attempts: u32,
         message: String,
+        /// The service refused the credentials (expired or unknown): fresh ones may succeed.
+        auth: bool,
     },
 }
+
+/// Error codes meaning the credentials, not the request, were refused.
+const AUTH_CODES: [&str; 4] = [
+    "ExpiredTokenException",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "ExpiredToken",
+];
 
 /// SDK configuration with the credentials from the agent's shared credentials file.
 pub fn sdk(agent: &AgentConfig, region: &Region) -> Result<aws_config::SdkConfig, CloudError> {
@@ -131,7 +141,10 @@ pub async fn deregister(
         .retry_config(aws_config::retry::RetryConfig::disabled());
     let client = aws_sdk_ssm::Client::from_conf(b.build());
     let mut last = String::new();
+    let mut auth = false;
+    let mut tries = 0;
     for attempt in 1..=DEREGISTER_ATTEMPTS {
+        tries = attempt;
         if attempt > 1 {
             tokio::time::sleep(DEREGISTER_BACKOFF * 2u32.pow(attempt - 2)).await;
         }
@@ -152,6 +165,7 @@ pub async fn deregister(
                     return Ok(());
                 }
                 last = aws_sdk_ssm::error::DisplayErrorContext(&e).to_string();
+                auth = code.as_deref().is_some_and(|c| AUTH_CODES.contains(&c));
                 let transient = match code.as_deref() {
                     None => true,
                     Some(c) => {
@@ -171,7 +185,8 @@ pub async fn deregister(
     }
     Err(CloudError::Deregister {
         instance_id: instance_id.to_owned(),
-        attempts: DEREGISTER_ATTEMPTS,
+        attempts: tries,
         message: last,
+        auth,
     })
 }

@@ -311,8 +311,7 @@ pub async fn leave(
     Ok(l.report)
 }
 
-/// Deregisters, refreshing the credentials once when the ones on disk are stale (the daemon
-/// that kept them fresh is stopped by now).
+/// Deregisters, refreshing the credentials once when the ones on disk are refused.
 async fn deregister(
     paths: &HostPaths,
     agent: &AgentConfig,
@@ -321,7 +320,11 @@ async fn deregister(
 ) -> Result<(), PhaseError> {
     match cloud::deregister(agent, region, id).await {
         Ok(()) => Ok(()),
-        Err(first) => {
+        // Credentials on disk stale or gone (the daemon that refreshed them is stopped): get
+        // fresh ones once and try again. Other failures are reported as they are.
+        Err(
+            first @ (CloudError::Credentials { .. } | CloudError::Deregister { auth: true, .. }),
+        ) => {
             let env = IdentityEnv::new(paths, agent);
             let refreshed = match env.rotator() {
                 Ok(mut r) => r.refresh_once().await.is_ok(),
@@ -334,6 +337,7 @@ async fn deregister(
                 .await
                 .map_err(|e: CloudError| e.into())
         }
+        Err(other) => Err(other.into()),
     }
 }
 

@@ -195,9 +195,25 @@ pub fn manifest_url(ds: &hybrid_devstack::Devstack) -> String {
 /// A control call to the devstack (`POST /_devstack/mirror/corrupt?...`), with a plain TCP
 /// client so the tests do not need an HTTP client crate of their own.
 pub fn control(ds: &hybrid_devstack::Devstack, method: &str, path_and_query: &str) -> String {
+    control_body(ds, method, path_and_query, "")
+}
+
+/// [`control`] with a JSON body (`PUT /_devstack/faults`).
+pub fn control_body(
+    ds: &hybrid_devstack::Devstack,
+    method: &str,
+    path_and_query: &str,
+    body: &str,
+) -> String {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(ds.addr).unwrap();
-    write!(s, "{method} {path_and_query} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", ds.addr).unwrap();
+    write!(
+        s,
+        "{method} {path_and_query} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        ds.addr,
+        body.len()
+    )
+    .unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     assert!(
