@@ -180,6 +180,9 @@ impl axum::serve::Listener for GatedListener {
                 Ok((io, addr)) => {
                     if self.state.faults().in_outage() {
                         // Reset rather than FIN so clients see a hard network error.
+                        // Linger 0 makes close send an RST at once; with a zero timeout the
+                        // deprecation's concern (close blocking the thread) cannot arise.
+                        #[allow(deprecated)]
                         let _ = io.set_linger(Some(Duration::ZERO));
                         drop(io);
                         continue;
