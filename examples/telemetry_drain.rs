@@ -38,6 +38,10 @@ fn usage() -> (f64, u64) {
 }
 
 fn main() -> Result<(), String> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
     let journal = PathBuf::from(env("HA_JOURNAL_DIR")?);
     let state = PathBuf::from(env("HA_STATE")?);
     let url = env("HA_URL")?;

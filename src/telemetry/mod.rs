@@ -55,9 +55,9 @@ pub const MACHINE_ID_FILE: &str = "etc/machine-id";
 /// Entries read per chunk: big enough to amortise the channel, small enough for memory.
 const CHUNK_RECORDS: usize = 2000;
 /// Chunks buffered between the reader thread and the shipper.
-const CHUNK_CHANNEL: usize = 4;
-/// Memory queue bound of the journal shipper (about four full batches).
-pub const DEFAULT_MEM_LIMIT_BYTES: usize = 4 << 20;
+const CHUNK_CHANNEL: usize = 2;
+/// Memory queue bound of the journal shipper (two full batches: one in flight, one ready).
+pub const DEFAULT_MEM_LIMIT_BYTES: usize = 2 << 20;
 /// How often the reader looks for new entries when it has caught up.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// The metrics spool's part of the spool bound (1/8: at 512 MiB, weeks of samples).
@@ -318,7 +318,7 @@ pub async fn run(
                     n = lines.recv_many(&mut buf, 1024) => {
                         if n == 0 { break; }
                         let records = buf.drain(..).flat_map(|l| split(l.into_record())).collect();
-                        if ctx.send(Chunk { records, cursor: None }).await.is_err() { break; }
+                        if ctx.send(Chunk { records, cursor: None, caught_up: false }).await.is_err() { break; }
                     }
                     _ = sd.changed() => if *sd.borrow() { break; },
                 }
@@ -394,14 +394,28 @@ fn journal_loop(
     // Position after the last chunk handed to the shipper: where to reopen after an error.
     let mut sent = after;
     let mut out = Vec::with_capacity(CHUNK_RECORDS);
+    // Whether the last poll found entries: the first empty poll after some says "caught up".
+    let mut reading = false;
     while !stop.load(Ordering::Relaxed) {
         match reader.poll(&filter, &mut out, CHUNK_RECORDS) {
             Ok(p) => {
                 counters.set_journal_missed(reader.stats().missed_entries);
                 if p.scanned == 0 {
+                    if std::mem::take(&mut reading) {
+                        out = Vec::new();
+                        let done = Chunk {
+                            records: Vec::new(),
+                            cursor: None,
+                            caught_up: true,
+                        };
+                        if tx.blocking_send(done).is_err() {
+                            return;
+                        }
+                    }
                     std::thread::sleep(poll);
                     continue;
                 }
+                reading = true;
                 let mut records = Vec::with_capacity(out.len());
                 for jr in out.drain(..) {
                     let r = Record::from_journal(jr);
@@ -415,6 +429,7 @@ fn journal_loop(
                     .blocking_send(Chunk {
                         records,
                         cursor: p.position,
+                        caught_up: false,
                     })
                     .is_err()
                 {

@@ -38,6 +38,8 @@ pub struct Chunk {
     pub records: Vec<Record>,
     /// Journal position after these records (journal sources only).
     pub cursor: Option<Cursor>,
+    /// The source has read everything there is for now (sent once, when it catches up).
+    pub caught_up: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +74,7 @@ struct InFlight {
     /// Set when the window's records were also written to the spool head while in flight.
     spooled_end: Option<SpoolPos>,
     task: JoinHandle<()>,
+    started: Instant,
 }
 
 struct StreamBook {
@@ -97,6 +100,11 @@ pub struct Shipper {
     inflight: Option<InFlight>,
     pending: Option<Chunk>,
     first_pending_at: Option<Instant>,
+    /// Full windows were shipped since the last partial one: a backlog is being drained.
+    draining: bool,
+    /// Ship the partial tail now instead of after the flush interval (the source caught up at
+    /// the end of a backlog; waiting would only delay it).
+    flush_now: bool,
     books: HashMap<Arc<str>, StreamBook>,
 }
 
@@ -133,6 +141,8 @@ impl Shipper {
             inflight: None,
             pending: None,
             first_pending_at: None,
+            draining: false,
+            flush_now: false,
             books: HashMap::new(),
         }
     }
@@ -229,6 +239,9 @@ impl Shipper {
         if self.mem.is_empty() {
             return false;
         }
+        if self.flush_now {
+            return true;
+        }
         if self
             .first_pending_at
             .is_some_and(|t| t.elapsed() >= self.opts.flush_interval)
@@ -242,6 +255,9 @@ impl Shipper {
     }
 
     fn on_chunk(&mut self, c: Chunk) -> Result<(), ShipperError> {
+        if c.caught_up && self.draining {
+            self.flush_now = true;
+        }
         let failing = self.sink.failing.load(Ordering::Relaxed);
         if self.opts.durable_input || failing {
             if failing {
@@ -402,6 +418,16 @@ impl Shipper {
     }
 
     fn start_window(&mut self) -> Result<(), ShipperError> {
+        // A window started before the flush interval ran out was started because a batch was
+        // full: a backlog is being drained. One started by the flush timer ends that.
+        let flushing = self.flush_now;
+        let by_size = !flushing
+            && self
+                .first_pending_at
+                .is_some_and(|t| t.elapsed() < self.opts.flush_interval);
+        if !flushing {
+            self.draining = by_size;
+        }
         let mut wb = WindowBuilder::new();
         let (source, first, end) = if !self.spool.is_empty() {
             let (_, pos) = self.spool.read(|r| {
@@ -430,6 +456,16 @@ impl Shipper {
             }
             (Source::Mem, first, self.mem_front_qseq)
         };
+        if self.mem.is_empty() {
+            // Hand the backlog's memory back once it is gone.
+            self.mem.shrink_to_fit();
+            self.mem_streams.shrink_to_fit();
+        }
+        if flushing && self.mem.is_empty() {
+            // The backlog's tail is on its way: back to batching by the flush interval.
+            self.flush_now = false;
+            self.draining = false;
+        }
         if self.mem.is_empty() && self.spool.is_empty() {
             self.first_pending_at = None;
         } else {
@@ -467,6 +503,7 @@ impl Shipper {
             end,
             spooled_end: None,
             task,
+            started: Instant::now(),
         });
         Ok(())
     }
@@ -475,6 +512,12 @@ impl Shipper {
         let Some(f) = self.inflight.take() else {
             return Ok(());
         };
+        tracing::debug!(
+            elapsed_ms = f.started.elapsed().as_millis() as u64,
+            batches = f.batches.len(),
+            events = f.batches.iter().map(|b| b.events.len()).sum::<usize>(),
+            "window accepted"
+        );
         let now = super::now_ms();
         for b in f.batches.iter() {
             let bk = self.books.entry(b.stream.clone()).or_insert(StreamBook {

@@ -651,6 +651,16 @@ impl JournalReader {
                 k += 1;
             }
         }
+        if scanned == 0 {
+            // Caught up: give the scan buffers back (an idle agent should be small); the next
+            // entry costs one read of just the new bytes.
+            for f in &mut self.files {
+                f.win = Vec::new();
+                f.win_base = 0;
+            }
+            self.scratch = Vec::new();
+            self.items = Vec::new();
+        }
         if !idle_rescan && (closed || self.files.is_empty()) {
             // A file was archived (rotation) or none is open: its successor may be there
             // already. Otherwise the periodic rescan finds new files within DIR_RESCAN.
