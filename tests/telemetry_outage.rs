@@ -51,7 +51,7 @@ fn outage_with_vacuuming_journald_loses_nothing_and_drains_in_full_batches() {
 
     // Before: a few seconds shipped normally.
     let mut i = 0usize;
-    let mut write_for = |secs: u64, i: &mut usize| {
+    let write_for = |secs: u64, i: &mut usize| {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(secs) {
             for _ in 0..LINES_PER_SEC / 100 {
