@@ -25,8 +25,11 @@
 //! - tests/telemetry_outage.rs with `HA_OUTAGE_SECS=600` (10 minutes, 2,000 lines/s, journald
 //!   limited to 4 MiB so it vacuumed): 1,184,860 lines written during the outage, the spool
 //!   peaked above 289 MB, every line arrived exactly once and in order, the backlog drained in
-//!   277 PutLogEvents calls averaging 0.995 MiB, zero DescribeLogStreams; the default 120 s run
-//!   drained in 55 calls averaging 0.976 MiB.
+//!   277 PutLogEvents calls averaging 0.995 MiB, zero DescribeLogStreams (commit 935f189); the
+//!   default 120 s run drained in 55 calls averaging 0.976 MiB. OPEN: a second 10-minute run on
+//!   853b647 (tail flush, idle buffer release) found one line of ~1.19 million missing in
+//!   GetLogEvents (seq 1053873) with no journal gap counted; not yet explained (reader, spool
+//!   segment boundary or the devstack's paging are the suspects). The 120 s run passes on it.
 //! - tests/telemetry_crash.rs: 20 `kill -9` at random moments under 2,000 lines/s: nothing
 //!   missing, 0 duplicates in each of three runs (a kill repeats at most the window in flight;
 //!   the window from CloudWatch's acceptance to the saved cursor is a few milliseconds).
