@@ -642,8 +642,14 @@ impl JournalReader {
         let mut k = 0;
         let mut closed = false;
         while k < self.files.len() {
-            let f = &self.files[k];
-            let drained = f.peek.is_none() && f.scan >= f.safe_end;
+            let f = &mut self.files[k];
+            let mut drained = f.peek.is_none() && f.scan >= f.safe_end;
+            if drained && f.unlinked() {
+                // Deleted (vacuumed) since this poll's header read: entries journald appended
+                // before archiving it may still be unread; close only when there are none.
+                f.refresh()?;
+                drained = f.peek.is_none() && f.scan >= f.safe_end;
+            }
             if f.finished() || (drained && f.unlinked()) {
                 self.finished.insert(f.key);
                 self.stats.files_finished += 1;
