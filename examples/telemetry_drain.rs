@@ -113,7 +113,7 @@ fn main() -> Result<(), String> {
             }
             let _ = stop.send(true);
         });
-        let deps = telemetry::TelemetryDeps { sdk, child_lines: None, probe: Arc::new(telemetry::NoProbe) };
+        let deps = telemetry::TelemetryDeps { sdk, child_lines: None, probe: Arc::new(telemetry::NoProbe), endpoints: Default::default() };
         telemetry::run(settings, deps, status, rx).await.map_err(|e| e.to_string())
     })
 }

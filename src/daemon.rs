@@ -1,26 +1,44 @@
 //! `hybrid-agent run`: one tokio runtime, one task per subsystem, graceful stop on SIGTERM.
 //!
 //! The subsystems are the credential rotation loop, supervision of containerd and kubelet
-//! ([`crate::supervise`], when `join` left a plan) and the state writer that publishes their
-//! status for `hybrid-agent status` ([`crate::state`]); telemetry joins as a further task, each
-//! publishing into its own section of the state. AWS clients of the other tasks take their
-//! credentials from the rotation loop in-process
-//! (`aws::credentials::RotatingCredentials::new(rotator.credentials())`), never from the file.
-//! A subsystem that stops for good (rotation after `MachineFingerprintDoesNotMatch`) does not
-//! take the daemon down: the others keep the node running and status shows the failure and the
-//! fix.
+//! ([`crate::supervise`], when `join` left a plan), telemetry ([`crate::telemetry`], once `join`
+//! recorded the node: its journal entries, the built-in supervisor's child output and host
+//! metrics to CloudWatch) and the state writer that publishes their status for
+//! `hybrid-agent status` ([`crate::state`]), each into its own section. AWS clients of the other
+//! tasks take their credentials from the rotation loop in-process
+//! ([`crate::aws::credentials::RotatingCredentials`]), never from the file. A subsystem that
+//! stops for good (rotation after `MachineFingerprintDoesNotMatch`, telemetry that cannot open
+//! its spool) does not take the daemon down: the others keep the node running and status shows
+//! the failure and the fix.
 
 use std::path::PathBuf;
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
+use crate::aws::credentials::RotatingCredentials;
 use crate::config::AgentConfig;
-use crate::identity::rotation::Rotator;
+use crate::config::Service;
+use crate::identity::rotation::{IdentityStatus, Rotator};
 use crate::identity::setup::{IdentityEnv, SetupError};
+use crate::join::record::NodeRecord;
 use crate::paths::HostPaths;
 use crate::state::{self, DaemonState, StateError};
-use crate::supervise::{AnyBackend, BackendChoice, SupervisionPlan, Supervisor};
+use crate::supervise::{
+    AnyBackend, BackendChoice, ComponentState, SupervisionPlan, SupervisionStatus, Supervisor,
+};
+use crate::telemetry::{
+    self, ChildLine, ChildLineSender, ComponentHealth, HealthProbe, StatusCell, TelemetryDeps,
+    TelemetryEndpoints, TelemetrySettings,
+};
+
+/// How often the daemon copies telemetry's counters and per-stream figures into the state file
+/// `hybrid-agent status` reads (only when they changed).
+pub const TELEMETRY_STATUS_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a stopping daemon waits for telemetry to hand back (its positions are saved only
+/// after CloudWatch accepted, so cutting it short repeats a batch, it never loses one).
+pub const TELEMETRY_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -61,8 +79,10 @@ pub fn start(paths: &HostPaths, agent: &AgentConfig) -> Result<(), DaemonError> 
                 let _ = fail_tx.send(e);
             }
         };
-        let supervision = supervision(paths, agent).await;
-        run(rotator, supervision, state::path(&paths.state_dir()), shutdown).await?;
+        let telemetry = telemetry_input(paths, agent, &rotator);
+        let child_output = telemetry.as_ref().and_then(|t| t.child_sender.clone());
+        let supervision = supervision(paths, agent, child_output).await;
+        run(rotator, supervision, telemetry, state::path(&paths.state_dir()), shutdown).await?;
         match fail_rx.await {
             Ok(e) => Err(e),
             Err(_) => Ok(()),
@@ -72,7 +92,11 @@ pub fn start(paths: &HostPaths, agent: &AgentConfig) -> Result<(), DaemonError> 
 
 /// The supervisor for containerd and kubelet, when `join` left a plan. Failing to set it up is
 /// logged, not fatal: credential rotation must go on, or the node loses its credentials too.
-async fn supervision(paths: &HostPaths, agent: &AgentConfig) -> Option<Supervisor<AnyBackend>> {
+async fn supervision(
+    paths: &HostPaths,
+    agent: &AgentConfig,
+    child_output: Option<ChildLineSender>,
+) -> Option<Supervisor<AnyBackend>> {
     use crate::config::SupervisorBackend;
     let choice = match agent.supervisor.backend {
         SupervisorBackend::Auto => BackendChoice::Auto,
@@ -94,7 +118,8 @@ async fn supervision(paths: &HostPaths, agent: &AgentConfig) -> Option<Superviso
             return None;
         }
     };
-    match crate::supervise::plan::build(choice, paths.root(), &state_dir, &plan).await {
+    match crate::supervise::plan::build(choice, paths.root(), &state_dir, &plan, child_output).await
+    {
         Ok((backend, selection, config)) => {
             tracing::info!(backend = ?selection.kind, "supervision: {}", selection.reason);
             Some(Supervisor::new(backend, selection, config))
@@ -103,6 +128,107 @@ async fn supervision(paths: &HostPaths, agent: &AgentConfig) -> Option<Superviso
             tracing::error!("supervision disabled: {e}");
             None
         }
+    }
+}
+
+/// What the telemetry task is started from.
+pub struct TelemetryInput {
+    pub settings: TelemetrySettings,
+    /// Carries the rotated credentials (in-process) and the region; SDK retries off.
+    pub sdk: aws_config::SdkConfig,
+    pub endpoints: TelemetryEndpoints,
+    /// The built-in supervisor's child output; `None` when only the journal is read.
+    pub child_lines: Option<mpsc::Receiver<ChildLine>>,
+    /// The other end of `child_lines`, for the supervisor.
+    pub child_sender: Option<ChildLineSender>,
+}
+
+/// Telemetry's inputs once `join` recorded the node (its cluster, name and region name the log
+/// group, streams and metric dimensions). Without the record, telemetry waits for the next
+/// start: logged, not fatal.
+fn telemetry_input(
+    paths: &HostPaths,
+    agent: &AgentConfig,
+    rotator: &Rotator,
+) -> Option<TelemetryInput> {
+    let record = match NodeRecord::load(paths) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            tracing::info!(
+                "telemetry off: no node record in {} yet (`join` writes it when the node is set up); restart the agent after join",
+                paths.state_dir().display()
+            );
+            return None;
+        }
+        Err(e) => {
+            tracing::error!("telemetry off: {e}");
+            return None;
+        }
+    };
+    let settings = TelemetrySettings::from_agent_config(
+        agent,
+        paths,
+        &record.cluster,
+        &record.node_name,
+        &record.region,
+    );
+    let credentials = RotatingCredentials::new(rotator.credentials()).shared();
+    let sdk = crate::aws::sdk_config(&record.region, credentials, crate::aws::Retries::Caller);
+    let url = |service| {
+        agent
+            .endpoints
+            .endpoint(service)
+            .map(|e| e.url.expose().as_str().trim_end_matches('/').to_string())
+    };
+    let endpoints = TelemetryEndpoints {
+        logs: url(Service::Logs),
+        metrics: url(Service::Cloudwatch),
+    };
+    let (child_sender, child_lines) = telemetry::child_line_channel();
+    tracing::info!(
+        group = %settings.log_group_name(),
+        units = ?settings.units,
+        "telemetry: shipping journal entries and child output to CloudWatch Logs, metrics every {:?}",
+        settings.metrics_interval.unwrap_or_default()
+    );
+    Some(TelemetryInput {
+        settings,
+        sdk,
+        endpoints,
+        child_lines: Some(child_lines),
+        child_sender: Some(child_sender),
+    })
+}
+
+/// What the metrics collector learns from the other subsystems: component health from the
+/// supervisor, credential expiry from the rotation loop.
+struct DaemonProbe {
+    supervision: Option<watch::Receiver<SupervisionStatus>>,
+    identity: watch::Receiver<IdentityStatus>,
+}
+
+impl HealthProbe for DaemonProbe {
+    fn components(&self) -> Vec<ComponentHealth> {
+        let Some(rx) = &self.supervision else {
+            return Vec::new();
+        };
+        rx.borrow()
+            .components
+            .iter()
+            .map(|c| ComponentHealth {
+                name: c.name.as_str().to_string(),
+                up: c.state == ComponentState::Healthy,
+                restarts: u64::from(c.restarts),
+            })
+            .collect()
+    }
+
+    fn credential_seconds_to_expiry(&self) -> Option<f64> {
+        let expiration = self.identity.borrow().expiration?;
+        Some(match expiration.duration_since(SystemTime::now()) {
+            Ok(left) => left.as_secs_f64(),
+            Err(past) => -past.duration().as_secs_f64(),
+        })
     }
 }
 
@@ -128,6 +254,7 @@ pub async fn shutdown_signal() -> Result<(), DaemonError> {
 pub async fn run(
     rotator: Rotator,
     supervision: Option<Supervisor<AnyBackend>>,
+    telemetry_input: Option<TelemetryInput>,
     state_path: PathBuf,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), DaemonError> {
@@ -155,13 +282,46 @@ pub async fn run(
             }
         })
     });
+    // Telemetry: its own tasks; its status is pulled into the state file on a timer.
+    let telemetry_status = telemetry_input.as_ref().map(|_| StatusCell::new());
+    let telemetry_task = match (telemetry_input, &telemetry_status) {
+        (Some(input), Some(cell)) => {
+            let probe = DaemonProbe {
+                supervision: supervision_status.clone(),
+                identity: rotator.status(),
+            };
+            let deps = TelemetryDeps {
+                sdk: input.sdk,
+                child_lines: input.child_lines,
+                probe: Arc::new(probe),
+                endpoints: input.endpoints,
+            };
+            drop(input.child_sender);
+            let (cell, stop) = (cell.clone(), stop_tx.subscribe());
+            Some(tokio::spawn(async move {
+                if let Err(e) = telemetry::run(input.settings, deps, cell, stop).await {
+                    tracing::error!("telemetry stopped: {e}");
+                }
+            }))
+        }
+        _ => None,
+    };
+    let mut telemetry_tick = telemetry_status.as_ref().map(|_| {
+        let mut i = tokio::time::interval(TELEMETRY_STATUS_INTERVAL);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
+
     let rotation = tokio::spawn(rotator.run(async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     }));
 
     // Tell systemd (Type=notify) we are up; a no-op without $NOTIFY_SOCKET. The watchdog is fed
     // from this loop, so a wedged daemon stops feeding it and systemd restarts the agent.
-    notify_systemd(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("running: rotating credentials, supervising")]);
+    notify_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("running: rotating credentials, supervising"),
+    ]);
     let mut watchdog = sd_notify::watchdog_enabled().map(|every| tokio::time::interval(every / 2));
 
     tokio::pin!(shutdown);
@@ -170,6 +330,18 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tick_or_pending(&mut watchdog) => notify_systemd(&[sd_notify::NotifyState::Watchdog]),
+            _ = tick_or_pending(&mut telemetry_tick) => {
+                if let Some(cell) = &telemetry_status {
+                    let snap = cell.snapshot();
+                    if doc.telemetry.as_ref() != Some(&snap) {
+                        doc.telemetry = Some(snap);
+                        doc.updated_at = SystemTime::now();
+                        if let Err(e) = state::write(&state_path, &doc) {
+                            tracing::warn!("{e}");
+                        }
+                    }
+                }
+            }
             changed = identity.changed(), if identity_open => {
                 if changed.is_err() {
                     // The rotation loop ended (fatal error, already published and logged).
@@ -205,6 +377,18 @@ pub async fn run(
         && let Err(e) = task.await
     {
         tracing::error!("supervision task panicked: {e}");
+    }
+    if let Some(task) = telemetry_task {
+        match tokio::time::timeout(TELEMETRY_STOP_TIMEOUT, task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("telemetry task panicked: {e}"),
+            Err(_) => tracing::warn!(
+                "telemetry did not stop within {TELEMETRY_STOP_TIMEOUT:?}; its unacknowledged batch is sent again by the next start"
+            ),
+        }
+    }
+    if let Some(cell) = &telemetry_status {
+        doc.telemetry = Some(cell.snapshot());
     }
     match rotation.await {
         Ok(Ok(())) | Ok(Err(_)) => {}

@@ -51,6 +51,9 @@ pub struct DaemonState {
     /// containerd and kubelet ([`crate::supervise`]); absent until `join` left a supervision plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub supervision: Option<crate::supervise::SupervisionStatus>,
+    /// Log streams, spool and metric sender ([`crate::telemetry`]); absent until the node joined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<crate::telemetry::TelemetryStatus>,
 }
 
 impl DaemonState {
@@ -62,6 +65,7 @@ impl DaemonState {
             stopped_at: None,
             identity: None,
             supervision: None,
+            telemetry: None,
         }
     }
 }
@@ -151,6 +155,9 @@ pub struct StatusReport {
     /// containerd and kubelet as the daemon last saw them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub supervision: Option<crate::supervise::SupervisionStatus>,
+    /// Log streams, spool and metric sender as the daemon last saw them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<crate::telemetry::TelemetryStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -188,6 +195,7 @@ pub fn report(state_dir: &Path) -> Result<StatusReport, StateError> {
     let store = crate::identity::store::IdentityStore::new(state_dir);
     let files = store.load_credentials_state().ok().flatten();
     let supervision = daemon.as_ref().and_then(|d| d.supervision.clone());
+    let telemetry = daemon.as_ref().and_then(|d| d.telemetry.clone());
     let mut identity = daemon.and_then(|d| d.identity);
     // `join` (or a daemon since stopped) may have refreshed after the daemon last wrote.
     match (&mut identity, files) {
@@ -221,6 +229,7 @@ pub fn report(state_dir: &Path) -> Result<StatusReport, StateError> {
         daemon: summary,
         identity,
         supervision,
+        telemetry,
     })
 }
 
@@ -292,6 +301,17 @@ impl StatusReport {
         }
         if let Some(sup) = &self.supervision {
             out.push_str(&crate::supervise::status::to_text(sup, d.running));
+        }
+        if let Some(t) = &self.telemetry {
+            let when = if d.running {
+                ""
+            } else {
+                " (as the daemon last saw it)"
+            };
+            let _ = writeln!(out, "telemetry{when}:");
+            for line in t.render().lines() {
+                let _ = writeln!(out, "  {line}");
+            }
         }
         out
     }

@@ -10,15 +10,16 @@ Run the agent daemon; this is what hybrid-agent.service starts after `join`.
 
 The daemon refreshes the node's AWS credentials before they expire and rewrites the shared \
 credentials file atomically, keeps containerd and kubelet running (systemd units or child \
-processes, with health probes and capped restart backoff), ships their journal entries and host \
-metrics to CloudWatch through a durable spool under /var/lib/hybrid-agent/spool, and answers \
-`hybrid-agent status` on /run/hybrid-agent/status.sock. It notifies systemd when ready and stops \
-gracefully on SIGTERM.
+processes, with health probes and capped restart backoff), ships their journal entries, the \
+built-in supervisor's child output and host metrics to CloudWatch through a durable spool under \
+/var/lib/hybrid-agent/spool, and publishes its state for `hybrid-agent status` \
+(/var/lib/hybrid-agent/daemon.json). It notifies systemd when ready and stops gracefully on \
+SIGTERM.
 
-Built in this version: credential refresh, supervision of containerd and kubelet once `join` \
-has left its supervision plan (/var/lib/hybrid-agent/supervision.json; supervisor.backend picks \
-systemd or the built-in backend), and the state `hybrid-agent status` reads \
-(/var/lib/hybrid-agent/daemon.json). Telemetry is not wired into the daemon yet. \
+Supervision starts once `join` has left its supervision plan \
+(/var/lib/hybrid-agent/supervision.json; supervisor.backend picks systemd or the built-in \
+backend), telemetry once `join` has recorded the node (/var/lib/hybrid-agent/node.json names the \
+cluster, node and region; [telemetry] and [spool] in the agent config tune it). \
 run needs a machine that has joined (exit 3 otherwise) and a valid agent configuration (exit 1 \
 with every problem otherwise).
 

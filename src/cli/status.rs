@@ -17,7 +17,11 @@ nothing.
 With supervision running it also shows the backend (and why it was chosen) and, for containerd \
 and kubelet, health, pid, restarts, the last probe and whether they are degraded (crash loop).
 
-Not built yet in this version: the telemetry section.
+Once the node has joined, the telemetry section shows, per CloudWatch Logs stream, when a batch \
+was last accepted, the lag (age of the newest shipped entry when it was accepted) and the backlog \
+(entries read, not yet accepted); the spool (bytes, oldest record, whether sources are paused \
+because it is full); the shipped, rejected and dropped counters; and the metric sender's state \
+with the points waiting on disk. The daemon refreshes it every 5 seconds.
 
 Examples:
   hybrid-agent status

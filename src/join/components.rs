@@ -139,6 +139,8 @@ impl Components {
                     paths.root(),
                     &paths.state_dir(),
                     &plan,
+                    // join's own run: the daemon ships the output from the start of the file.
+                    None,
                 )
                 .await?;
                 (b, s)

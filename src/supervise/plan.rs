@@ -140,6 +140,7 @@ pub async fn build(
     root: &Path,
     state_dir: &Path,
     plan: &SupervisionPlan,
+    child_output: Option<crate::telemetry::ChildLineSender>,
 ) -> Result<(AnyBackend, Selection, SupervisorConfig), SuperviseError> {
     let systemd = SystemdSettings {
         bus_address: system_bus_address(root),
@@ -152,8 +153,9 @@ pub async fn build(
         call_timeout: DEFAULT_CALL_TIMEOUT,
         start_timeout: DEFAULT_START_TIMEOUT,
     };
-    let (backend, selection) =
-        auto::select(choice, root, systemd, ProcessSettings::new(state_dir)).await?;
+    let mut process = ProcessSettings::new(state_dir);
+    process.child_output = child_output;
+    let (backend, selection) = auto::select(choice, root, systemd, process).await?;
     Ok((backend, selection, SupervisorConfig::new(plan.components())))
 }
 

@@ -13,8 +13,10 @@
 //!   with a pipe, the first line a child writes after the agent died would kill it with SIGPIPE
 //!   (Go programs such as containerd exit on SIGPIPE on fds 1 and 2), defeating adoption. The
 //!   agent tails the file line by line, tags each line with the component (tracing target
-//!   `hybrid_agent::child`, and [`ProcessBackend::output`] for telemetry), and truncates it once
-//!   read past [`LOG_FILE_TRUNCATE_BYTES`] — safe for `O_APPEND` writers;
+//!   `hybrid_agent::child`, [`ProcessBackend::output`] subscribers, and under `hybrid-agent run`
+//!   telemetry's child-output source with the read position kept in `<component>.log.pos`, so
+//!   a restarted agent ships from where the last one stopped), and truncates it once read past
+//!   [`LOG_FILE_TRUNCATE_BYTES`] — safe for `O_APPEND` writers;
 //! - adopted children are not our children, so their exit is awaited through a pidfd.
 
 use std::collections::HashMap;
@@ -64,6 +66,11 @@ pub struct ProcessSettings {
     pub backoff: BackoffPolicy,
     /// SIGTERM grace before SIGKILL.
     pub stop_timeout: Duration,
+    /// Where child output goes besides the agent's own log: telemetry's child-output source
+    /// (`hybrid-agent run`). With it, the tail waits for telemetry (the log file is the buffer)
+    /// and keeps its read position in `<component>.log.pos`, so an agent restart resumes where
+    /// the last one stopped instead of at the end of the file.
+    pub child_output: Option<crate::telemetry::ChildLineSender>,
 }
 
 impl ProcessSettings {
@@ -74,6 +81,7 @@ impl ProcessSettings {
             // kubelet and containerd drain within seconds; systemd's DefaultTimeoutStopSec is 90 s,
             // but an agent restart should not hang that long.
             stop_timeout: Duration::from_secs(15),
+            child_output: None,
         }
     }
 
@@ -87,6 +95,11 @@ impl ProcessSettings {
 
     pub fn log_file(&self, c: ComponentName) -> PathBuf {
         self.dir().join(format!("{}.log", c.as_str()))
+    }
+
+    /// How far into [`Self::log_file`] output was handed to telemetry (decimal byte offset).
+    pub fn log_position_file(&self, c: ComponentName) -> PathBuf {
+        self.dir().join(format!("{}.log.pos", c.as_str()))
     }
 }
 
@@ -211,8 +224,17 @@ impl ProcessBackend {
             }
         }
 
-        // Tail from the current end: what the log holds was already shipped by the earlier agent.
-        let tail_from = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+        // Where the tail starts. Feeding telemetry: at the position the last agent handed over
+        // (0 when none did: the whole file is unshipped output). Otherwise at the current end:
+        // the lines before it were logged by whoever ran then.
+        let log_len = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+        let pos_path = self.settings.log_position_file(name);
+        let tail_from = match &self.settings.child_output {
+            Some(_) => read_position(&pos_path)
+                .filter(|p| *p <= log_len)
+                .unwrap_or(0),
+            None => log_len,
+        };
         let (outcome, held) = match adopted {
             Some((pid, held)) => (StartOutcome::Adopted { pid }, (pid, held)),
             None => {
@@ -258,7 +280,16 @@ impl ProcessBackend {
             },
         });
         let task = tokio::spawn(keeper.run(Some((held.0, held.1, Instant::now())), cmd_rx));
-        let tail = tokio::spawn(tail_log(name, log_path, tail_from, self.output.clone()));
+        let tail = tokio::spawn(tail_log(
+            name,
+            log_path,
+            tail_from,
+            self.output.clone(),
+            self.settings
+                .child_output
+                .clone()
+                .map(|sender| (sender, pos_path)),
+        ));
         if let Ok(mut keepers) = self.keepers.lock()
             && let Some(old) = keepers.insert(
                 name,
@@ -695,17 +726,43 @@ impl KeeperTask {
     }
 }
 
-/// Follows a child log file and republishes each complete line, tagged with the component.
+/// Reads a position file; `None` when absent or unreadable (start over: duplicates, not loss).
+fn read_position(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Records how far output was handed to telemetry: temp file + rename, so a crash leaves the
+/// old or the new position, never a torn one. No fsync: a position lost in a power cut means
+/// lines shipped twice, which at-least-once allows.
+fn write_position(path: &Path, offset: u64) {
+    let tmp = path.with_extension("pos.tmp");
+    let res =
+        std::fs::write(&tmp, format!("{offset}\n")).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = res {
+        tracing::warn!(
+            "cannot record the child-output position in {}: {e}",
+            path.display()
+        );
+    }
+}
+
+/// Follows a child log file and republishes each complete line, tagged with the component: to
+/// the agent's log, to [`ProcessBackend::output`] subscribers, and, when `telemetry` is set, to
+/// its child-output source — waiting while telemetry is behind, and recording the position
+/// handed over after each pass.
 async fn tail_log(
     name: ComponentName,
     path: PathBuf,
     mut offset: u64,
     out: broadcast::Sender<OutputLine>,
+    telemetry: Option<(crate::telemetry::ChildLineSender, PathBuf)>,
 ) {
+    let component: std::sync::Arc<str> = std::sync::Arc::from(name.as_str());
     let mut partial: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut interval = tokio::time::interval(LOG_TAIL_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut recorded = None;
     loop {
         interval.tick().await;
         // Plain std I/O: a local regular file read returns at once, and tokio::fs would hop
@@ -718,13 +775,17 @@ async fn tail_log(
             offset = 0; // truncated by someone else
             partial.clear();
         }
+        // Offset of the first byte of `partial`: the position handed over so far.
+        let mut complete = offset - partial.len() as u64;
         if len > offset && file.seek(SeekFrom::Start(offset)).is_ok() {
             while let Ok(n) = file.read(&mut buf) {
                 if n == 0 {
                     break;
                 }
                 offset += n as u64;
+                let mut at = offset - n as u64;
                 for chunk in buf[..n].split_inclusive(|b| *b == b'\n') {
+                    at += chunk.len() as u64;
                     partial.extend_from_slice(chunk);
                     if partial.ends_with(b"\n") || partial.len() >= MAX_LINE_BYTES {
                         let line = String::from_utf8_lossy(&partial)
@@ -732,6 +793,23 @@ async fn tail_log(
                             .to_string();
                         partial.clear();
                         tracing::info!(target: "hybrid_agent::child", component = %name, "{line}");
+                        if let Some((sender, _)) = &telemetry {
+                            let line = crate::telemetry::ChildLine {
+                                component: component.clone(),
+                                stream: crate::telemetry::ChildStream::Combined,
+                                line: line.clone(),
+                                timestamp: std::time::SystemTime::now(),
+                            };
+                            // Telemetry stopped (agent shutting down): the position stays
+                            // before this line, so the next agent ships it.
+                            if !sender.send(line).await {
+                                if let Some((_, pos_path)) = &telemetry {
+                                    write_position(pos_path, complete);
+                                }
+                                return;
+                            }
+                        }
+                        complete = at;
                         let _ = out.send(OutputLine {
                             component: name,
                             line,
@@ -746,6 +824,13 @@ async fn tail_log(
             && file.set_len(0).is_ok()
         {
             offset = 0;
+            complete = 0;
+        }
+        if let Some((_, pos_path)) = &telemetry
+            && recorded != Some(complete)
+        {
+            write_position(pos_path, complete);
+            recorded = Some(complete);
         }
     }
 }

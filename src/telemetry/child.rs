@@ -19,6 +19,9 @@ use super::record::Record;
 pub enum ChildStream {
     Stdout,
     Stderr,
+    /// Both pipes into one file, in the order the child wrote them (the built-in supervisor's
+    /// per-component log file): the line is shipped as written, without a pipe tag.
+    Combined,
 }
 
 impl ChildStream {
@@ -26,6 +29,7 @@ impl ChildStream {
         match self {
             ChildStream::Stdout => "stdout",
             ChildStream::Stderr => "stderr",
+            ChildStream::Combined => "output",
         }
     }
 }
@@ -43,13 +47,21 @@ pub struct ChildLine {
 }
 
 impl ChildLine {
-    /// `[stdout] line` / `[stderr] line` in the component's stream, at the time it was read.
+    /// `[stdout] line` / `[stderr] line` (or the bare line, for combined output) in the
+    /// component's stream, at the time it was read.
     pub fn into_record(self) -> Record {
         let ms = self
             .timestamp
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
+        if self.stream == ChildStream::Combined {
+            return Record {
+                stream: self.component,
+                timestamp_ms: ms,
+                message: self.line,
+            };
+        }
         let mut message = String::with_capacity(self.line.len() + 9);
         message.push('[');
         message.push_str(self.stream.as_str());

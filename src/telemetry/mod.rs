@@ -1,6 +1,11 @@
 //! Telemetry: journald and the supervised children's output to CloudWatch Logs, health metrics to
 //! CloudWatch — nothing lost across crashes, reboots and long outages, cheaply.
 //!
+//! `hybrid-agent run` starts it ([`crate::daemon`]) once `join` recorded the node, with the
+//! rotation loop's credentials in-process, the built-in supervisor's child output and a
+//! [`HealthProbe`] over the supervisor and the rotation; its [`StatusCell`] is copied into the
+//! state `hybrid-agent status` reads.
+//!
 //! Shape (one task each, started by [`run`]):
 //! - **journal source** ([`journal`]): a thread reading journal files directly (our own reader;
 //!   see [`journal::reader`] for the measurements that chose it) for the configured units
@@ -183,6 +188,16 @@ pub struct TelemetryDeps {
     /// Child output from the built-in supervisor, if it runs.
     pub child_lines: Option<mpsc::Receiver<ChildLine>>,
     pub probe: Arc<dyn HealthProbe>,
+    /// Per-service endpoint overrides on top of `sdk` (`AWS_ENDPOINT_URL_CLOUDWATCH_LOGS`,
+    /// `[endpoints] logs = ...`); `None` keeps what `sdk` resolves.
+    pub endpoints: TelemetryEndpoints,
+}
+
+/// Endpoint overrides of the two CloudWatch services telemetry calls.
+#[derive(Debug, Clone, Default)]
+pub struct TelemetryEndpoints {
+    pub logs: Option<String>,
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -212,8 +227,15 @@ pub fn now_ms() -> i64 {
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn logs_client(sdk: &aws_config::SdkConfig) -> aws_sdk_cloudwatchlogs::Client {
-    let conf = aws_sdk_cloudwatchlogs::config::Builder::from(sdk)
+fn logs_client(
+    sdk: &aws_config::SdkConfig,
+    endpoint: Option<&str>,
+) -> aws_sdk_cloudwatchlogs::Client {
+    let mut b = aws_sdk_cloudwatchlogs::config::Builder::from(sdk);
+    if let Some(url) = endpoint {
+        b = b.endpoint_url(url);
+    }
+    let conf = b
         .retry_config(aws_sdk_cloudwatchlogs::config::retry::RetryConfig::disabled())
         .timeout_config(
             aws_sdk_cloudwatchlogs::config::timeout::TimeoutConfig::builder()
@@ -225,8 +247,15 @@ fn logs_client(sdk: &aws_config::SdkConfig) -> aws_sdk_cloudwatchlogs::Client {
     aws_sdk_cloudwatchlogs::Client::from_conf(conf)
 }
 
-fn metrics_client(sdk: &aws_config::SdkConfig) -> aws_sdk_cloudwatch::Client {
-    let conf = aws_sdk_cloudwatch::config::Builder::from(sdk)
+fn metrics_client(
+    sdk: &aws_config::SdkConfig,
+    endpoint: Option<&str>,
+) -> aws_sdk_cloudwatch::Client {
+    let mut b = aws_sdk_cloudwatch::config::Builder::from(sdk);
+    if let Some(url) = endpoint {
+        b = b.endpoint_url(url);
+    }
+    let conf = b
         .retry_config(aws_sdk_cloudwatch::config::retry::RetryConfig::disabled())
         .timeout_config(
             aws_sdk_cloudwatch::config::timeout::TimeoutConfig::builder()
@@ -276,7 +305,7 @@ pub async fn run(
 
     let group = settings.log_group_name();
     let sink = Arc::new(LogsSink::new(
-        logs_client(&deps.sdk),
+        logs_client(&deps.sdk, deps.endpoints.logs.as_deref()),
         group,
         settings.stream_template(),
         settings.node.clone(),
@@ -361,7 +390,7 @@ pub async fn run(
         };
         let collector = metrics::Collector::new(settings.root.clone());
         tokio::spawn(metrics::run_metrics(
-            metrics_client(&deps.sdk),
+            metrics_client(&deps.sdk, deps.endpoints.metrics.as_deref()),
             ms,
             metrics_spool,
             collector,

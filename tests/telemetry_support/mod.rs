@@ -239,6 +239,7 @@ impl InProcess {
                     sdk: sdk_config(&url).await,
                     child_lines,
                     probe: Arc::new(telemetry::NoProbe),
+                    endpoints: Default::default(),
                 };
                 if let Err(e) = telemetry::run(settings, deps, st, rx).await {
                     eprintln!("telemetry failed: {e}");

@@ -1,0 +1,340 @@
+//! `hybrid-agent run` with telemetry wired in, end to end: a real `join` in a `--root` sandbox
+//! (distribution containerd and the STAND-IN kubelet under the built-in supervisor), a
+//! hand-started journald whose directory the sandbox's journal path points at, and the daemon as
+//! a child process against the devstack. It must ship journal entries of the configured units,
+//! the supervised children's output (also what they wrote while the agent was dead), and metrics
+//! fed by the supervisor and the rotation loop, all with the rotated credentials — and
+//! `hybrid-agent status` must show the streams, the spool and the metric sender.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod install_support;
+mod telemetry_support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use hybrid_agent::join::record::NodeRecord;
+use hybrid_agent::paths::HostPaths;
+use install_support::{AGENT, CLUSTER, Node, create_activation, devstack, standin_release};
+use telemetry_support::{Journald, JournaldLimits, check_exactly_once_in_order, line, read_stream};
+
+/// Journal lines written while the daemon runs.
+const LINES: usize = 500;
+
+fn spawn_daemon(node: &Node, log: &std::path::Path) -> Child {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(AGENT)
+        .arg("--root")
+        .arg(&node.root)
+        .arg("run")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AWS_ENDPOINT_URL", &node.endpoint)
+        .stdout(Stdio::from(file.try_clone().unwrap()))
+        .stderr(Stdio::from(file))
+        .spawn()
+        .expect("spawn hybrid-agent run")
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, failing with `what` and the daemon's log.
+fn wait<T>(
+    what: &str,
+    limit: Duration,
+    log: &std::path::Path,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            // The daemon's log and status name what went wrong (containerd's chatter left out).
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let text: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.contains("component=containerd"))
+                .collect();
+            let root = log.parent().unwrap().join("r");
+            let status = Command::new(AGENT)
+                .arg("--root")
+                .arg(root)
+                .arg("status")
+                .output()
+                .unwrap();
+            panic!(
+                "timed out after {limit:?} waiting for {what}; status:\n{}\ndaemon log:\n{}",
+                String::from_utf8_lossy(&status.stdout),
+                text.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn post(port: u16, path: &str) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 200"), "{path}: {resp}");
+}
+
+#[test]
+fn run_ships_journal_child_output_and_metrics_and_status_shows_them() {
+    let j = Journald::start(JournaldLimits::default());
+    let mirror = tempfile::tempdir().unwrap();
+    standin_release(mirror.path(), install_support::VERSION);
+    let ds = devstack(mirror.path());
+    let node = Node::new(&ds, &create_activation(&ds));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // Telemetry settings a user might pick, short enough for a test.
+    let config = node.path("/etc/hybrid-agent/config.toml");
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str("\n[telemetry]\nflush_interval = \"500ms\"\nmetrics_interval = \"2s\"\n");
+    std::fs::write(&config, toml).unwrap();
+    // The sandbox's journal is the hand-started journald's: /run/log/journal/<machine-id>.
+    let id = std::fs::read_to_string("/etc/machine-id").unwrap();
+    std::fs::write(node.path("/etc/machine-id"), &id).unwrap();
+    std::fs::create_dir_all(node.path("/run/log/journal")).unwrap();
+    std::os::unix::fs::symlink(
+        j.dir(),
+        node.path(&format!("/run/log/journal/{}", id.trim())),
+    )
+    .unwrap();
+
+    let joined = node.join(&ds, &[]);
+    assert_eq!(joined.code, Some(0), "{joined:?}");
+    let record = NodeRecord::load(&HostPaths::new(&node.root))
+        .unwrap()
+        .expect("node record");
+    let group = format!("/aws/eks-hybrid/{CLUSTER}");
+    let stream = |unit: &str| format!("{}/{unit}", record.node_name);
+    // A stream not created yet reads as empty (read_stream panics on ResourceNotFound).
+    let read = |unit: &str| {
+        let exists = rt.block_on(async {
+            let c =
+                aws_sdk_cloudwatchlogs::Client::new(&telemetry_support::sdk_config(&ds.url).await);
+            c.describe_log_streams()
+                .log_group_name(&group)
+                .log_stream_name_prefix(stream(unit))
+                .send()
+                .await
+                .map(|r| {
+                    r.log_streams()
+                        .iter()
+                        .any(|s| s.log_stream_name() == Some(&stream(unit)))
+                })
+                .unwrap_or(false)
+        });
+        if exists {
+            rt.block_on(read_stream(&ds.url, &group, &stream(unit)))
+        } else {
+            Vec::new()
+        }
+    };
+
+    let log = node.dir.path().join("daemon.log");
+    let mut daemon = spawn_daemon(&node, &log);
+
+    // Journal entries of a configured unit (by SYSLOG_IDENTIFIER: no unit attached).
+    let w = j.writer();
+    for i in 0..LINES {
+        w.send("hybrid-agent", 6, &line("journal", i, 120));
+    }
+    // An identifier that is not configured is not shipped.
+    w.send("sshd", 6, &line("journal", LINES, 120));
+    let shipped = wait(
+        "the journal lines in CloudWatch Logs",
+        Duration::from_secs(60),
+        &log,
+        || {
+            let m = read("hybrid-agent");
+            let n = m
+                .iter()
+                .filter_map(|l| telemetry_support::parse_line(l))
+                .filter(|(tag, _)| tag == "journal")
+                .count();
+            (n >= LINES).then_some(m)
+        },
+    );
+    assert_eq!(check_exactly_once_in_order(&shipped, "journal", LINES), 0);
+    assert!(
+        read("sshd").is_empty(),
+        "an unconfigured identifier was shipped"
+    );
+
+    // The children's output, including what they printed during join, before the daemon ran.
+    let kubelet = wait(
+        "the stand-in kubelet's output",
+        Duration::from_secs(30),
+        &log,
+        || {
+            let m = read("kubelet");
+            m.iter()
+                .any(|l| l.contains("serving /healthz"))
+                .then_some(m)
+        },
+    );
+    assert!(
+        kubelet.iter().all(|l| l.contains("STAND-IN")),
+        "only the stand-in's lines are in its stream: {kubelet:?}"
+    );
+    wait("containerd's output", Duration::from_secs(30), &log, || {
+        let m = read("containerd");
+        m.iter().any(|l| l.contains("containerd")).then_some(())
+    });
+
+    // Output written while the agent is dead is shipped by the next agent, once.
+    let _ = Command::new("kill")
+        .args(["-KILL", &daemon.id().to_string()])
+        .status();
+    let _ = daemon.wait();
+    post(node.healthz_port, "/standin/mode/healthy");
+    let mut daemon = spawn_daemon(&node, &log);
+    let kubelet = wait(
+        "output written while the agent was down",
+        Duration::from_secs(30),
+        &log,
+        || {
+            let m = read("kubelet");
+            m.iter()
+                .any(|l| l.contains("mode set to Healthy over HTTP"))
+                .then_some(m)
+        },
+    );
+    let count = |needle: &str| kubelet.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("serving /healthz"), 1, "{kubelet:?}");
+    assert_eq!(count("mode set to Healthy over HTTP"), 1, "{kubelet:?}");
+
+    // Metrics fed by the supervisor (kubelet up) and the rotation loop (credential expiry).
+    let since = SystemTime::now() - Duration::from_secs(600);
+    let stat = |name: &str, component: Option<&str>| {
+        rt.block_on(async {
+            let c = aws_sdk_cloudwatch::Client::new(&telemetry_support::sdk_config(&ds.url).await);
+            let dim = |n: &str, v: &str| {
+                aws_sdk_cloudwatch::types::Dimension::builder()
+                    .name(n)
+                    .value(v)
+                    .build()
+            };
+            let mut q = c
+                .get_metric_statistics()
+                .namespace("HybridAgent")
+                .metric_name(name)
+                .dimensions(dim("ClusterName", CLUSTER))
+                .dimensions(dim("NodeName", &record.node_name));
+            if let Some(comp) = component {
+                q = q.dimensions(dim("Component", comp));
+            }
+            q.start_time(aws_sdk_cloudwatch::primitives::DateTime::from(since))
+                .end_time(aws_sdk_cloudwatch::primitives::DateTime::from(
+                    SystemTime::now() + Duration::from_secs(60),
+                ))
+                .period(1)
+                .statistics(aws_sdk_cloudwatch::types::Statistic::Maximum)
+                .send()
+                .await
+                .expect("GetMetricStatistics")
+                .datapoints()
+                .iter()
+                .filter_map(|d| d.maximum())
+                .collect::<Vec<f64>>()
+        })
+    };
+    wait(
+        "ComponentUp=1 for kubelet",
+        Duration::from_secs(30),
+        &log,
+        || {
+            stat("ComponentUp", Some("kubelet"))
+                .contains(&1.0)
+                .then_some(())
+        },
+    );
+    wait(
+        "CredentialSecondsToExpiry",
+        Duration::from_secs(30),
+        &log,
+        || {
+            stat("CredentialSecondsToExpiry", None)
+                .iter()
+                .any(|s| *s > 0.0)
+                .then_some(())
+        },
+    );
+
+    // `status` shows the streams, the spool and the metric sender (refreshed every 5 s); its
+    // figures are this daemon's, so give the journal stream something to ship.
+    for i in 0..10 {
+        w.send("hybrid-agent", 6, &line("after", i, 120));
+    }
+    let status = wait(
+        "the telemetry section in status",
+        Duration::from_secs(30),
+        &log,
+        || {
+            let out = node.run(&["status"]);
+            let ok = out.code == Some(0)
+                && out.stdout.contains("telemetry:")
+                && out
+                    .stdout
+                    .contains(&format!("{}: last shipped", stream("hybrid-agent")))
+                && out
+                    .stdout
+                    .contains(&format!("{}: last shipped", stream("kubelet")))
+                && out.stdout.contains("metrics: ")
+                && !out.stdout.contains("0 sent)");
+            ok.then_some(out.stdout)
+        },
+    );
+    assert!(status.contains("spool: "), "{status}");
+    let json = node.run(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("status --json");
+    assert!(
+        v["telemetry"]["counters"]["shipped"].as_u64().unwrap_or(0) >= 1,
+        "{}",
+        json.stdout
+    );
+
+    // SIGTERM: a clean stop, and status keeps the last telemetry figures.
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    let code = wait("the daemon to stop", Duration::from_secs(30), &log, || {
+        daemon.try_wait().unwrap()
+    });
+    assert!(code.success(), "run exited {code:?}");
+    let after = node.run(&["status"]);
+    assert!(
+        after
+            .stdout
+            .contains("telemetry (as the daemon last saw it):"),
+        "{}",
+        after.stdout
+    );
+    // The rotated secrets never reach the daemon's log.
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let creds = std::fs::read_to_string(node.path("/root/.aws/credentials")).unwrap();
+    for l in creds.lines() {
+        if let Some((k, v)) = l.split_once('=')
+            && (k.trim() == "aws_secret_access_key" || k.trim() == "aws_session_token")
+        {
+            assert!(
+                !text.contains(v.trim()),
+                "the daemon log shows {}",
+                k.trim()
+            );
+        }
+    }
+}
