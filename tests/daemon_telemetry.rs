@@ -175,25 +175,23 @@ fn run_ships_journal_child_output_and_metrics_and_status_shows_them() {
     );
 
     // The children's output, including what they printed during join, before the daemon ran.
-    let kubelet = wait(
+    // The stream of `unit` once a line in it contains `needle`.
+    let with_line = |what: &str, unit: &str, needle: &str| {
+        wait(what, Duration::from_secs(30), &log, || {
+            let m = read(unit);
+            m.iter().any(|l| l.contains(needle)).then_some(m)
+        })
+    };
+    let kubelet = with_line(
         "the stand-in kubelet's output",
-        Duration::from_secs(30),
-        &log,
-        || {
-            let m = read("kubelet");
-            m.iter()
-                .any(|l| l.contains("serving /healthz"))
-                .then_some(m)
-        },
+        "kubelet",
+        "serving /healthz",
     );
     assert!(
         kubelet.iter().all(|l| l.contains("STAND-IN")),
         "only the stand-in's lines are in its stream: {kubelet:?}"
     );
-    wait("containerd's output", Duration::from_secs(30), &log, || {
-        let m = read("containerd");
-        m.iter().any(|l| l.contains("containerd")).then_some(())
-    });
+    with_line("containerd's output", "containerd", "containerd");
 
     // Output written while the agent is dead is shipped by the next agent, once.
     let _ = Command::new("kill")
@@ -202,16 +200,10 @@ fn run_ships_journal_child_output_and_metrics_and_status_shows_them() {
     let _ = daemon.wait();
     post(node.healthz_port, "/standin/mode/healthy");
     let mut daemon = spawn_daemon(&node, &log);
-    let kubelet = wait(
+    let kubelet = with_line(
         "output written while the agent was down",
-        Duration::from_secs(30),
-        &log,
-        || {
-            let m = read("kubelet");
-            m.iter()
-                .any(|l| l.contains("mode set to Healthy over HTTP"))
-                .then_some(m)
-        },
+        "kubelet",
+        "mode set to Healthy over HTTP",
     );
     let count = |needle: &str| kubelet.iter().filter(|l| l.contains(needle)).count();
     assert_eq!(count("serving /healthz"), 1, "{kubelet:?}");

@@ -183,9 +183,9 @@ impl TelemetryStatus {
         let c = &self.counters;
         let _ = writeln!(
             o,
-            "  spool: {} of {} bytes, oldest {}{}; paused {} times",
-            self.spool_bytes,
-            self.spool_max_bytes,
+            "  spool: {} of {}, oldest {}{}; paused {} times",
+            human_bytes(self.spool_bytes),
+            human_bytes(self.spool_max_bytes),
             ago(self.spool_oldest_ms),
             if c.spool_paused {
                 ", SOURCES PAUSED (spool full)"
@@ -215,4 +215,19 @@ impl TelemetryStatus {
         );
         o
     }
+}
+
+/// `0 B`, `12.5 KiB`, `448.0 MiB`: spool sizes as a person reads them.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
 }
