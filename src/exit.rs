@@ -40,6 +40,7 @@ exit_codes! {
     ConfigInvalid = 1 => "Invalid configuration or input (all problems listed); nothing changed.",
     NotBuilt = 2 => "Capability not built into this version yet; nothing was changed.",
     Failure = 3 => "An operation failed (I/O, unexpected state); see the message.",
+    NotJoined = 4 => "run, upgrade: this host has not joined; run `hybrid-agent join`.",
     ActivationExpired = 10 => "join: the SSM activation has expired; create a new one.",
     ActivationInvalid = 11 => "join: SSM rejected the activation id/code (or its region).",
     RegistrationLimit = 12 => "join: the activation's registration limit is reached.",
@@ -56,9 +57,7 @@ impl ExitCode {
 
     /// A plain-text table of every code, for `--help` and for pasting into the README.
     pub fn table() -> String {
-        let mut out = String::from(
-            "Exit codes (10-14 are reserved for registration and not returned yet):\n",
-        );
+        let mut out = String::from("Exit codes:\n");
         for code in Self::ALL {
             // Writing to a String cannot fail.
             let _ = writeln!(out, "  {:>3}  {}", code.code(), code.meaning());

@@ -289,7 +289,7 @@ fn leave_install_and_upgrade_on_a_machine_that_never_joined() {
         "{install:?}"
     );
     let upgrade = sb.run(&["upgrade", "--kubernetes-version", "1.32"]);
-    assert_eq!(upgrade.code, Some(3), "{upgrade:?}");
+    assert_eq!(upgrade.code, Some(4), "{upgrade:?}");
     assert!(upgrade.stderr.contains("has not joined"), "{upgrade:?}");
     assert!(
         sb.root_entries().is_empty(),
@@ -302,7 +302,8 @@ fn leave_install_and_upgrade_on_a_machine_that_never_joined() {
 fn run_and_status_on_a_machine_that_never_joined() {
     let sb = Sandbox::new();
     let run = sb.run(&["run"]);
-    assert_eq!(run.code, Some(3), "{run:?}");
+    // 4, which hybrid-agent.service's RestartPreventExitStatus= names: no restart loop.
+    assert_eq!(run.code, Some(4), "{run:?}");
     assert!(
         run.stderr.contains("run `hybrid-agent join` first"),
         "{run:?}"

@@ -209,7 +209,20 @@ impl CliError {
             CliError::NotBuilt { .. } => ExitCode::NotBuilt,
             CliError::Identity(e) => e.exit_code(),
             CliError::Join(e) => e.exit_code(),
+            CliError::Upgrade(crate::join::upgrade::UpgradeError::NotJoined) => ExitCode::NotJoined,
             CliError::Leave(_) | CliError::Upgrade(_) | CliError::Install(_) => ExitCode::Failure,
+            // Not joined is final until someone runs join: the unit's RestartPreventExitStatus=
+            // keeps systemd from restarting `run` every few seconds on a host that left.
+            CliError::Daemon(e)
+                if matches!(
+                    **e,
+                    crate::daemon::DaemonError::Identity(
+                        crate::identity::setup::SetupError::NotJoined { .. }
+                    )
+                ) =>
+            {
+                ExitCode::NotJoined
+            }
             CliError::Output { .. }
             | CliError::Render { .. }
             | CliError::Daemon(_)

@@ -20,7 +20,7 @@ Supervision starts once `join` has left its supervision plan \
 (/var/lib/hybrid-agent/supervision.json; supervisor.backend picks systemd or the built-in \
 backend), telemetry once `join` has recorded the node (/var/lib/hybrid-agent/node.json names the \
 cluster, node and region; [telemetry] and [spool] in the agent config tune it). \
-run needs a machine that has joined (exit 3 otherwise) and a valid agent configuration (exit 1 \
+run needs a machine that has joined (exit 4 otherwise) and a valid agent configuration (exit 1 \
 with every problem otherwise).
 
 Example:

@@ -141,15 +141,20 @@ pub fn hybrid_agent_service(program: &Path) -> UnitFile {
             .collect::<Vec<_>>()
             .join(" ")
     ));
-    s.push_str(
-        "Restart=always\n\
+    // on-failure, not always: a clean exit is a stop someone asked for (`systemctl stop`, or
+    // `hybrid-agent leave` sending SIGTERM), and must stay stopped; crashes, signals and a
+    // missed watchdog still restart it. Exit 4 (not joined) is final until `join`.
+    s.push_str(&format!(
+        "Restart=on-failure\n\
+         RestartPreventExitStatus={}\n\
          RestartSec=5\n\
          WatchdogSec=60\n\
          TimeoutStopSec=30\n\
          KillMode=process\n\
          \n[Install]\n\
          WantedBy=multi-user.target\n",
-    );
+        crate::exit::ExitCode::NotJoined.code()
+    ));
     UnitFile {
         path: PathBuf::from("hybrid-agent.service"),
         content: s,
