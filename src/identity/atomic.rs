@@ -4,12 +4,16 @@
 //! aws-iam-authenticator) can catch it half-written. Everything here is written to a temporary
 //! file in the same directory (same filesystem, so `rename` is atomic), created with its final
 //! mode (secrets are never world-readable, not even for a moment), fsynced, renamed over the
-//! target, and then the directory is fsynced so the rename itself survives a power cut.
+//! target, and then the directory is fsynced so the rename itself survives a power cut
+//! ([`crate::fsutil`], which the install journal uses too). What is the identity's own: missing
+//! directories are created private ([`SECRET_DIR_MODE`]), temporary names are unique per writer
+//! ([`TempName::Unique`]), and errors say what to check.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::File;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+
+use crate::fsutil::{self, ReplaceError, Step, TempName};
 
 /// Mode of every secret file (keys, credentials): owner read/write only.
 pub const SECRET_FILE_MODE: u32 = 0o600;
@@ -75,59 +79,47 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Atomi
             });
         }
     };
-    let name = path.file_name().ok_or_else(|| AtomicWriteError::NoParent {
-        path: path.to_path_buf(),
-    })?;
-    ensure_dir(dir, SECRET_DIR_MODE)?;
-    // Dot-prefixed so tools globbing the directory skip it; pid + random so two writers (an
-    // operator running `join` while the daemon rotates) never share a temp file.
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{:08x}",
-        name.to_string_lossy(),
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let result = write_temp(&tmp, contents, mode).and_then(|()| {
-        std::fs::rename(&tmp, path).map_err(|source| AtomicWriteError::Rename {
-            from: tmp.clone(),
-            to: path.to_path_buf(),
-            source,
-        })
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-        return result;
+    if path.file_name().is_none() {
+        return Err(AtomicWriteError::NoParent {
+            path: path.to_path_buf(),
+        });
     }
-    sync_dir(dir)
+    ensure_dir(dir, SECRET_DIR_MODE)?;
+    fsutil::replace_file(path, contents, mode, TempName::Unique).map_err(from_replace)
 }
 
-fn write_temp(tmp: &Path, contents: &[u8], mode: u32) -> Result<(), AtomicWriteError> {
-    let err = |source| AtomicWriteError::WriteTemp {
-        path: tmp.to_path_buf(),
+/// Renames `from` over `to` and syncs `to`'s directory, so the rename survives a power cut.
+pub fn rename_durably(from: &Path, to: &Path) -> Result<(), AtomicWriteError> {
+    std::fs::rename(from, to).map_err(|source| AtomicWriteError::Rename {
+        from: from.to_path_buf(),
+        to: to.to_path_buf(),
         source,
-    };
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(tmp)
-        .map_err(err)?;
-    // The umask may have narrowed `mode` (fine) but never widened it; set it exactly anyway so a
-    // file meant to be 0644 (non-secret state) is not left 0600 by an unusual umask.
-    f.set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(err)?;
-    f.write_all(contents).map_err(err)?;
-    f.sync_all().map_err(err)
+    })?;
+    sync_dir(fsutil::parent_dir(to))
 }
 
 /// fsyncs a directory so a rename or unlink in it is durable.
 pub fn sync_dir(dir: &Path) -> Result<(), AtomicWriteError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| AtomicWriteError::SyncDir {
-            path: dir.to_path_buf(),
-            source,
-        })
+    fsutil::sync_dir(dir).map_err(from_replace)
+}
+
+/// The identity's wording for a failed step of [`fsutil::replace_file`].
+fn from_replace(e: ReplaceError) -> AtomicWriteError {
+    match e.step {
+        Step::Create | Step::Write | Step::Chmod | Step::Fsync => AtomicWriteError::WriteTemp {
+            path: e.path,
+            source: e.source,
+        },
+        Step::Rename => AtomicWriteError::Rename {
+            from: e.temp,
+            to: e.path,
+            source: e.source,
+        },
+        Step::OpenDir | Step::SyncDir => AtomicWriteError::SyncDir {
+            path: e.path,
+            source: e.source,
+        },
+    }
 }
 
 /// Removes `path` if it exists and syncs its directory; a missing file is not an error.
@@ -145,6 +137,8 @@ pub fn remove_durably(path: &Path) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]

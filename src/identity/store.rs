@@ -53,12 +53,6 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot rename {from} to {to}: {source}")]
-    Rename {
-        from: PathBuf,
-        to: PathBuf,
-        source: std::io::Error,
-    },
 }
 
 /// Which credential provider the node uses (`eks.amazonaws.com/hybrid-credential-provider`).
@@ -195,13 +189,7 @@ impl IdentityStore {
 
     /// The pending key becomes the key (one atomic rename, then the directory is synced).
     pub fn promote_pending_key(&self) -> Result<(), StoreError> {
-        let (from, to) = (self.pending_key_path(), self.key_path());
-        std::fs::rename(&from, &to).map_err(|source| StoreError::Rename {
-            from: from.clone(),
-            to: to.clone(),
-            source,
-        })?;
-        atomic::sync_dir(&self.dir)?;
+        atomic::rename_durably(&self.pending_key_path(), &self.key_path())?;
         Ok(())
     }
 

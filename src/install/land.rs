@@ -21,10 +21,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::fsutil::{self, TempName};
 use crate::paths::HostPaths;
 
 /// Suffix of the temporary file written next to a target before the rename.
 const TEMP_SUFFIX: &str = ".hybrid-agent.tmp";
+/// How the temporary files are named: `NAME.PID.hybrid-agent.tmp`.
+const TEMP_NAME: TempName = TempName::Suffix(TEMP_SUFFIX);
 /// Mode of directories the agent creates (root-owned, world-readable like /etc and /usr).
 pub const DIR_MODE: u32 = 0o755;
 /// Read size when copying and hashing.
@@ -398,7 +401,7 @@ impl Journal {
         match fs::rename(staged, &real) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
-                let tmp = temp_path(&real);
+                let tmp = fsutil::temp_path(&real, TEMP_NAME);
                 copy_file(staged, &tmp, mode)?;
                 fs::rename(&tmp, &real).map_err(err("rename into place", &real))?;
                 let _ = fs::remove_file(staged);
@@ -787,39 +790,18 @@ fn current_state(real: &Path) -> Result<Option<(Vec<u8>, u32)>, LandError> {
     }
 }
 
-fn temp_path(real: &Path) -> PathBuf {
-    let mut name = real
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(format!(".{}{TEMP_SUFFIX}", std::process::id()));
-    real.with_file_name(name)
+/// Writes `bytes` to `real` atomically ([`fsutil::replace_file`]: temp file named with
+/// `TEMP_SUFFIX` in the same directory, mode, fsync, rename, directory fsync).
+pub fn atomic_write(real: &Path, bytes: &[u8], mode: u32) -> Result<(), LandError> {
+    fsutil::replace_file(real, bytes, mode, TEMP_NAME).map_err(from_replace)
 }
 
-/// Writes `bytes` to `real` atomically: temp file in the same directory, fsync, mode, rename,
-/// directory fsync.
-pub fn atomic_write(real: &Path, bytes: &[u8], mode: u32) -> Result<(), LandError> {
-    let tmp = temp_path(real);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(err("create", &tmp))?;
-        f.write_all(bytes).map_err(err("write", &tmp))?;
-        // The umask may have narrowed the mode given to open().
-        f.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(err("chmod", &tmp))?;
-        f.sync_all().map_err(err("fsync", &tmp))?;
-        fs::rename(&tmp, real).map_err(err("rename into place", real))?;
-        sync_parent(real)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+fn from_replace(e: fsutil::ReplaceError) -> LandError {
+    LandError {
+        op: e.step.verb(),
+        path: e.path,
+        source: e.source,
     }
-    result
 }
 
 /// Copies `from` to `to` (created or truncated) with `mode`, fsynced.
@@ -850,8 +832,7 @@ pub fn sync_parent(path: &Path) -> Result<(), LandError> {
     let Some(parent) = path.parent() else {
         return Ok(());
     };
-    let dir = File::open(parent).map_err(err("open directory", parent))?;
-    dir.sync_all().map_err(err("fsync directory", parent))
+    fsutil::sync_dir(parent).map_err(from_replace)
 }
 
 #[cfg(test)]
