@@ -194,18 +194,14 @@ impl Fetcher {
             if attempt > 1 {
                 tokio::time::sleep(self.backoff(attempt - 1)).await;
             }
-            let resp = match self.client.get(parsed.clone()).send().await {
+            let mut resp = match send(self.client.get(parsed.clone())).await {
                 Ok(r) => r,
-                Err(e) => {
-                    last = chain(&e);
+                Err(why) => {
+                    last = why;
                     continue;
                 }
             };
             let status = resp.status();
-            if retryable_status(status) {
-                last = format!("HTTP {status}");
-                continue;
-            }
             if !status.is_success() {
                 return Err(FetchError::Status {
                     url: url.to_owned(),
@@ -222,27 +218,18 @@ impl Fetcher {
                 });
             }
             let mut body = Vec::new();
-            let mut resp = resp;
-            let mut failed = None;
-            loop {
-                match resp.chunk().await {
-                    Ok(Some(chunk)) => {
-                        body.extend_from_slice(&chunk);
-                        if body.len() > MAX_TEXT_BYTES {
-                            return Err(FetchError::TooLarge {
-                                url: url.to_owned(),
-                                limit: MAX_TEXT_BYTES,
-                            });
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        failed = Some(chain(&e));
-                        break;
-                    }
+            let broke = stream_body(&mut resp, |chunk| {
+                body.extend_from_slice(chunk);
+                if body.len() > MAX_TEXT_BYTES {
+                    return Err(FetchError::TooLarge {
+                        url: url.to_owned(),
+                        limit: MAX_TEXT_BYTES,
+                    });
                 }
-            }
-            if let Some(why) = failed {
+                Ok(())
+            })
+            .await?;
+            if let Some(why) = broke {
                 last = why;
                 continue;
             }
@@ -258,17 +245,20 @@ impl Fetcher {
         })
     }
 
-    /// Fetches and parses the GNU-format checksum for `url`'s file.
+    /// Fetches and parses the GNU-format checksum for `file_name`; also returns the checksum
+    /// file's text (a bundle keeps it).
     pub async fn checksum(
         &self,
         checksum_url: &str,
         file_name: &str,
-    ) -> Result<Sha256, FetchError> {
+    ) -> Result<(Sha256, String), FetchError> {
         let text = self.text(checksum_url).await?;
-        checksum::parse_gnu(&text, file_name).map_err(|message| FetchError::Checksum {
-            url: checksum_url.to_owned(),
-            message,
-        })
+        let sha256 =
+            checksum::parse_gnu(&text, file_name).map_err(|message| FetchError::Checksum {
+                url: checksum_url.to_owned(),
+                message,
+            })?;
+        Ok((sha256, text))
     }
 
     /// Downloads `url` to `dest` (created with mode 0600, fsynced) and verifies it against
@@ -324,18 +314,14 @@ impl Fetcher {
                     req = req.header(IF_RANGE, v.as_str());
                 }
             }
-            let mut resp = match req.send().await {
+            let mut resp = match send(req).await {
                 Ok(r) => r,
-                Err(e) => {
-                    last = chain(&e);
+                Err(why) => {
+                    last = why;
                     continue;
                 }
             };
             let status = resp.status();
-            if retryable_status(status) {
-                last = format!("HTTP {status}");
-                continue;
-            }
             let continuing = match status {
                 StatusCode::PARTIAL_CONTENT
                     if resume && content_range_start(&resp) == Some(have) =>
@@ -386,24 +372,16 @@ impl Fetcher {
             if let Some(t) = total {
                 bar.set_total(t);
             }
-            let mut broke = None;
-            loop {
-                match resp.chunk().await {
-                    Ok(Some(chunk)) => {
-                        // Writes land in the page cache; the one fsync at the end makes them durable.
-                        file.write_all(&chunk).map_err(io_err("write", dest))?;
-                        hasher.update(&chunk);
-                        have += chunk.len() as u64;
-                        transferred += chunk.len() as u64;
-                        bar.set_position(have);
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        broke = Some(chain(&e));
-                        break;
-                    }
-                }
-            }
+            let broke = stream_body(&mut resp, |chunk| {
+                // Writes land in the page cache; the one fsync at the end makes them durable.
+                file.write_all(chunk).map_err(io_err("write", dest))?;
+                hasher.update(chunk);
+                have += chunk.len() as u64;
+                transferred += chunk.len() as u64;
+                bar.set_position(have);
+                Ok(())
+            })
+            .await?;
             if let Some(why) = broke {
                 last = why;
                 continue;
@@ -457,6 +435,32 @@ fn chain(e: &dyn std::error::Error) -> String {
         src = s.source();
     }
     out
+}
+
+/// Sends one try. A transport failure or a status worth another try comes back as `Err` with
+/// the reason (for the final error if every try fails); any other answer is the caller's to judge.
+async fn send(req: reqwest::RequestBuilder) -> Result<reqwest::Response, String> {
+    let resp = req.send().await.map_err(|e| chain(&e))?;
+    let status = resp.status();
+    if retryable_status(status) {
+        return Err(format!("HTTP {status}"));
+    }
+    Ok(resp)
+}
+
+/// Feeds the rest of `resp`'s body to `sink` chunk by chunk. A body that breaks off is worth
+/// another try: `Ok(Some(reason))`; an error from `sink` is not retried and is returned as is.
+async fn stream_body(
+    resp: &mut reqwest::Response,
+    mut sink: impl FnMut(&[u8]) -> Result<(), FetchError>,
+) -> Result<Option<String>, FetchError> {
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => sink(&chunk)?,
+            Ok(None) => return Ok(None),
+            Err(e) => return Ok(Some(chain(&e))),
+        }
+    }
 }
 
 /// Server-side trouble worth another try.

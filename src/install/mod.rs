@@ -390,31 +390,8 @@ impl Installer {
         let mut out = Vec::new();
         let (mut bytes, mut resumed) = (0, 0);
         for (a, p) in wanted {
-            let file_name = a.uri.rsplit('/').next().unwrap_or(&a.name).to_owned();
-            let expected = self
-                .fetcher
-                .checksum(&a.checksum_uri, &file_name)
-                .await
-                .map_err(|source| InstallError::Fetch {
-                    artifact: a.name.clone(),
-                    source,
-                })?;
             let dest = staging.join(&a.name);
-            let got = self
-                .fetcher
-                .file(
-                    &a.uri,
-                    &a.checksum_uri,
-                    expected,
-                    &dest,
-                    &a.name,
-                    &self.progress,
-                )
-                .await
-                .map_err(|source| InstallError::Fetch {
-                    artifact: a.name.clone(),
-                    source,
-                })?;
+            let (got, _) = self.fetch_artifact(a, &dest).await?;
             bytes += got.transferred;
             resumed += got.resumed;
             out.push(Staged {
@@ -427,6 +404,39 @@ impl Installer {
         Ok((out, bytes, resumed))
     }
 
+    /// Fetches `a`'s published checksum, then `a` itself into `dest`, verified against it.
+    /// Returns the download and the checksum file's text.
+    async fn fetch_artifact(
+        &self,
+        a: &ManifestArtifact,
+        dest: &Path,
+    ) -> Result<(download::Fetched, String), InstallError> {
+        let fetch_err = |source| InstallError::Fetch {
+            artifact: a.name.clone(),
+            source,
+        };
+        // The checksum file lists the artifact under the name it has on the mirror.
+        let file_name = a.uri.rsplit('/').next().unwrap_or(&a.name);
+        let (expected, text) = self
+            .fetcher
+            .checksum(&a.checksum_uri, file_name)
+            .await
+            .map_err(fetch_err)?;
+        let got = self
+            .fetcher
+            .file(
+                &a.uri,
+                &a.checksum_uri,
+                expected,
+                dest,
+                &a.name,
+                &self.progress,
+            )
+            .await
+            .map_err(fetch_err)?;
+        Ok((got, text))
+    }
+
     /// Downloads every artifact of a release into `dir` (verified), for `bundle create`.
     pub async fn download_release(
         &self,
@@ -435,39 +445,8 @@ impl Installer {
     ) -> Result<Vec<bundle::Downloaded>, InstallError> {
         let mut out = Vec::new();
         for a in &selection.artifacts {
-            let file_name = a.uri.rsplit('/').next().unwrap_or(&a.name).to_owned();
-            let text =
-                self.fetcher
-                    .text(&a.checksum_uri)
-                    .await
-                    .map_err(|source| InstallError::Fetch {
-                        artifact: a.name.clone(),
-                        source,
-                    })?;
-            let expected =
-                checksum::parse_gnu(&text, &file_name).map_err(|message| InstallError::Fetch {
-                    artifact: a.name.clone(),
-                    source: FetchError::Checksum {
-                        url: a.checksum_uri.clone(),
-                        message,
-                    },
-                })?;
             let dest = dir.join(&a.name);
-            let got = self
-                .fetcher
-                .file(
-                    &a.uri,
-                    &a.checksum_uri,
-                    expected,
-                    &dest,
-                    &a.name,
-                    &self.progress,
-                )
-                .await
-                .map_err(|source| InstallError::Fetch {
-                    artifact: a.name.clone(),
-                    source,
-                })?;
+            let (got, text) = self.fetch_artifact(a, &dest).await?;
             out.push(bundle::Downloaded {
                 artifact: a.clone(),
                 file: dest,
