@@ -120,7 +120,13 @@ async fn supervision(
     };
     match crate::supervise::plan::build(choice, paths.root(), &state_dir, &plan, child_output).await
     {
-        Ok((backend, selection, config)) => {
+        Ok((backend, selection, mut config)) => {
+            config.on_shutdown = match agent.supervisor.on_agent_stop {
+                crate::config::OnAgentStop::LeaveRunning => {
+                    crate::supervise::ShutdownAction::LeaveRunning
+                }
+                crate::config::OnAgentStop::Stop => crate::supervise::ShutdownAction::Stop,
+            };
             tracing::info!(backend = ?selection.kind, "supervision: {}", selection.reason);
             Some(Supervisor::new(backend, selection, config))
         }

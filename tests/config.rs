@@ -214,6 +214,7 @@ fn every_agent_setting_is_applied_with_host_paths_under_root() {
     assert_eq!(agent["credentials"]["refresh_backoff_cap"], "30s");
     assert_eq!(agent["credentials"]["max_key_age"], "30d");
     assert_eq!(agent["supervisor"]["backend"], "process");
+    assert_eq!(agent["supervisor"]["on_agent_stop"], "stop");
     assert_eq!(agent["spool"]["dir"], format!("{root}/srv/spool"));
     assert_eq!(agent["spool"]["max_bytes"], 1_073_741_824u64);
     assert_eq!(agent["telemetry"]["log_group"], "/site/{region}/{cluster}");
@@ -275,6 +276,21 @@ fn default_agent_config_location_is_under_root() {
     assert_eq!(
         run.json()["sources"]["agentConfig"],
         arg(&sb.root().join("etc/hybrid-agent/config.toml"))
+    );
+}
+
+#[test]
+fn bad_on_agent_stop_names_field_line_and_the_choices() {
+    let sb = Sandbox::new();
+    let path = sb.write(
+        "agent.toml",
+        "[supervisor]\nbackend = \"process\"\non_agent_stop = \"kill\"\n",
+    );
+    let run = sb.run(&["--config", &arg(&path), "config", "check"]);
+    let p = problem_at(&run, "supervisor.on_agent_stop", &arg(&path), 3);
+    assert!(
+        p.contains("leave-running") && p.contains("stop"),
+        "the accepted values should be named: {p}"
     );
 }
 

@@ -88,6 +88,7 @@ struct CredentialsSection {
 #[serde(deny_unknown_fields)]
 struct SupervisorSection {
     backend: Option<SupervisorBackend>,
+    on_agent_stop: Option<OnAgentStop>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -197,11 +198,28 @@ pub struct CredentialsConfig {
     pub max_key_age: Option<Duration>,
 }
 
+/// What becomes of containerd and kubelet when the agent stops (`systemctl stop hybrid-agent`,
+/// SIGTERM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnAgentStop {
+    /// They keep running: systemd units are independent of the agent anyway, and the built-in
+    /// backend's children are adopted by the next agent — an agent upgrade or crash does not
+    /// take the node's workloads down.
+    #[default]
+    LeaveRunning,
+    /// They are stopped with the agent, kubelet first (built-in backend: SIGTERM, then SIGKILL
+    /// after the stop timeout; systemd: StopUnit).
+    Stop,
+}
+
 /// Supervisor choice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SupervisorConfig {
     /// Backend.
     pub backend: SupervisorBackend,
+    /// What happens to the components when the agent stops.
+    pub on_agent_stop: OnAgentStop,
 }
 
 /// Offline telemetry spool.
@@ -283,6 +301,7 @@ impl AgentConfig {
             },
             supervisor: SupervisorConfig {
                 backend: SupervisorBackend::Auto,
+                on_agent_stop: OnAgentStop::LeaveRunning,
             },
             spool: SpoolConfig {
                 dir: paths.spool_dir(),
@@ -328,6 +347,9 @@ pub(crate) fn resolve(
         check.credentials(raw.credentials.as_ref(), &mut config.credentials);
         if let Some(backend) = raw.supervisor.as_ref().and_then(|s| s.backend) {
             config.supervisor.backend = backend;
+        }
+        if let Some(action) = raw.supervisor.as_ref().and_then(|s| s.on_agent_stop) {
+            config.supervisor.on_agent_stop = action;
         }
         check.spool(raw.spool.as_ref(), &mut config.spool);
         check.telemetry(raw.telemetry.as_ref(), &mut config.telemetry);

@@ -26,7 +26,7 @@ use serde::Serialize;
 
 pub use agent::{
     AgentConfig, AgentConfigSource, ArtifactsConfig, CredentialsConfig, NetworkConfig, Priority,
-    SpoolConfig, SupervisorBackend, SupervisorConfig, TelemetryConfig,
+    OnAgentStop, SpoolConfig, SupervisorBackend, SupervisorConfig, TelemetryConfig,
 };
 pub use endpoints::{
     Endpoint, EndpointError, EndpointOrigin, Endpoints, GLOBAL_ENDPOINT_ENV, Service,
