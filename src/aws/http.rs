@@ -1,10 +1,14 @@
 //! The HTTP client of the private API clients (SSM hybrid instance calls, IAM Roles Anywhere
 //! CreateSession), which aws-sdk-rust does not cover: reqwest over rustls (aws-lc-rs), explicit
 //! timeouts, optional proxy and extra CA bundle, and a classification of transport failures so
-//! a TLS problem and an unreachable endpoint get different messages and exit codes.
+//! a TLS problem and an unreachable endpoint get different messages and exit codes, and one
+//! reader of their answers ([`read_answer`]) that also feeds the `Date` header to the skew
+//! correction ([`crate::identity::clock`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::identity::clock::{SkewChange, SkewedClock};
 
 /// Time allowed to establish TCP + TLS. A reachable AWS endpoint answers in well under a second;
 /// 10 s covers slow satellite links without hanging a `join` for long.
@@ -73,6 +77,74 @@ pub fn client(settings: &HttpSettings) -> Result<reqwest::Client, HttpSetupError
         }
     }
     b.build().map_err(HttpSetupError::Build)
+}
+
+/// One answer of a private API, read whole: the status, the error type some services put in a
+/// header instead of the body's `__type`, the body, and what its `Date` header told the clock.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    /// `x-amzn-errortype`, when present.
+    pub error_type: Option<String>,
+    pub body: Vec<u8>,
+    pub skew: SkewChange,
+}
+
+/// Longest excerpt of a non-JSON error body kept for the error message.
+const ERROR_EXCERPT_CHARS: usize = 200;
+
+impl Answer {
+    /// The error body's `__type` and `message` (`Message` accepted too). A body that is not
+    /// JSON (a proxy's error page) gives no type and a short printable excerpt as the message,
+    /// which helps more than nothing. Which of `__type` and [`Answer::error_type`] wins is the
+    /// caller's protocol's business.
+    pub fn error_body(&self) -> (Option<String>, String) {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            #[serde(default, rename = "__type")]
+            kind: Option<String>,
+            #[serde(default, alias = "Message")]
+            message: Option<String>,
+        }
+        let parsed: Option<Body> = serde_json::from_slice(&self.body).ok();
+        let kind = parsed.as_ref().and_then(|b| b.kind.clone());
+        let message = parsed.and_then(|b| b.message).unwrap_or_else(|| {
+            String::from_utf8_lossy(&self.body)
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(ERROR_EXCERPT_CHARS)
+                .collect()
+        });
+        (kind, message)
+    }
+}
+
+/// Reads `resp` (just received) into an [`Answer`]. The `Date` header is fed to `clock` with
+/// the host time taken before the body is read, so a slow body does not look like skew.
+pub async fn read_answer(
+    resp: reqwest::Response,
+    clock: &SkewedClock,
+) -> Result<Answer, reqwest::Error> {
+    let received = clock.host_now();
+    let skew = resp
+        .headers()
+        .get(reqwest::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .map(|d| clock.observe(d, received))
+        .unwrap_or(SkewChange::Unchanged);
+    let status = resp.status().as_u16();
+    let error_type = resp
+        .headers()
+        .get("x-amzn-errortype")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = resp.bytes().await?.to_vec();
+    Ok(Answer {
+        status,
+        error_type,
+        body,
+        skew,
+    })
 }
 
 /// What went wrong below HTTP.
@@ -186,6 +258,30 @@ mod tests {
             .expect_err("not TLS");
         let (kind, detail) = classify(&e);
         assert_eq!(kind, TransportKind::Tls, "{detail}");
+    }
+
+    fn answer(body: &[u8]) -> Answer {
+        Answer {
+            status: 400,
+            error_type: None,
+            body: body.to_vec(),
+            skew: SkewChange::Unchanged,
+        }
+    }
+
+    #[test]
+    fn error_body_reads_json_either_case_or_excerpts_the_rest() {
+        let (kind, message) = answer(br#"{"__type":"ns#Denied","Message":"no"}"#).error_body();
+        assert_eq!(kind.as_deref(), Some("ns#Denied"));
+        assert_eq!(message, "no");
+        let (kind, message) = answer(br#"{"message":"lower"}"#).error_body();
+        assert_eq!(kind, None);
+        assert_eq!(message, "lower");
+        let page = format!("<html>\r\n{}</html>", "x".repeat(500));
+        let (kind, message) = answer(page.as_bytes()).error_body();
+        assert_eq!(kind, None);
+        assert_eq!(message.chars().count(), ERROR_EXCERPT_CHARS);
+        assert!(message.starts_with("<html>xxx"), "{message}");
     }
 
     #[test]

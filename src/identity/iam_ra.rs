@@ -22,7 +22,7 @@ use base64::Engine;
 use reqwest::Url;
 use serde::Deserialize;
 
-use crate::aws::http::{TransportKind, classify};
+use crate::aws::http::{Answer, TransportKind, classify, read_answer};
 use crate::config::Secret;
 use crate::identity::TemporaryCredentials;
 use crate::identity::clock::{SkewChange, SkewedClock};
@@ -411,16 +411,16 @@ impl IamRaSource {
         let body = body.to_string().into_bytes();
         let mut resigned = false;
         loop {
-            let (status, change, bytes, error_type) = self.send_once(&chain, &key, &body).await?;
-            if (200..300).contains(&status) {
-                return self.parse_session(&bytes);
+            let answer = self.send_once(&chain, &key, &body).await?;
+            if (200..300).contains(&answer.status) {
+                return self.parse_session(&answer.body);
             }
-            let err = self.api_error(status, &bytes, error_type);
+            let err = self.api_error(&answer);
             // A request refused while the Date header revealed a skew we did not know: re-sign
             // once with the service's time (see crate::identity::clock).
             if !resigned
-                && (400..500).contains(&status)
-                && matches!(change, SkewChange::Corrected(_) | SkewChange::Cleared)
+                && (400..500).contains(&answer.status)
+                && matches!(answer.skew, SkewChange::Corrected(_) | SkewChange::Cleared)
             {
                 tracing::info!(
                     "CreateSession rejected ({err}); re-signing once with the corrected clock"
@@ -437,7 +437,7 @@ impl IamRaSource {
         chain: &CertificateChain,
         key: &SigningKey,
         body: &[u8],
-    ) -> Result<(u16, SkewChange, Vec<u8>, Option<String>), IamRaError> {
+    ) -> Result<Answer, IamRaError> {
         let signed = sign_create_session(&self.settings, chain, key, self.clock.now(), body)?;
         let mut req = self.http.post(signed.url);
         for (name, value) in &signed.headers {
@@ -448,21 +448,9 @@ impl IamRaSource {
             .send()
             .await
             .map_err(|e| self.transport_error(&e))?;
-        let received = self.clock.host_now();
-        let change = resp
-            .headers()
-            .get(reqwest::header::DATE)
-            .and_then(|v| v.to_str().ok())
-            .map(|d| self.clock.observe(d, received))
-            .unwrap_or(SkewChange::Unchanged);
-        let status = resp.status().as_u16();
-        let error_type = resp
-            .headers()
-            .get("x-amzn-errortype")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let bytes = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
-        Ok((status, change, bytes.to_vec(), error_type))
+        read_answer(resp, &self.clock)
+            .await
+            .map_err(|e| self.transport_error(&e))
     }
 
     fn parse_session(&self, bytes: &[u8]) -> Result<TemporaryCredentials, IamRaError> {
@@ -503,25 +491,15 @@ impl IamRaSource {
         })
     }
 
-    fn api_error(&self, status: u16, bytes: &[u8], error_type: Option<String>) -> IamRaError {
-        #[derive(Deserialize)]
-        struct Body {
-            #[serde(default, alias = "Message")]
-            message: Option<String>,
-            #[serde(default, rename = "__type")]
-            kind: Option<String>,
-        }
-        let parsed: Option<Body> = serde_json::from_slice(bytes).ok();
-        let raw = error_type
-            .or_else(|| parsed.as_ref().and_then(|b| b.kind.clone()))
+    fn api_error(&self, answer: &Answer) -> IamRaError {
+        let status = answer.status;
+        // restJson: the `x-amzn-errortype` header is the authority, the body's `__type` a fallback.
+        let (kind, message) = answer.error_body();
+        let raw = answer
+            .error_type
+            .clone()
+            .or(kind)
             .unwrap_or_else(|| format!("HTTP{status}"));
-        let message = parsed.and_then(|b| b.message).unwrap_or_else(|| {
-            String::from_utf8_lossy(bytes)
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(200)
-                .collect()
-        });
         IamRaError::Api {
             endpoint: self.endpoint(),
             status,

@@ -16,7 +16,7 @@ use base64::Engine;
 use reqwest::Url;
 use serde::Deserialize;
 
-use crate::aws::http::{TransportKind, classify};
+use crate::aws::http::{Answer, TransportKind, classify, read_answer};
 use crate::config::Secret;
 use crate::identity::TemporaryCredentials;
 use crate::identity::clock::{SkewChange, SkewedClock};
@@ -152,14 +152,6 @@ pub struct SsmClient {
     host: String,
     region: String,
     clock: Arc<SkewedClock>,
-}
-
-#[derive(Deserialize)]
-struct ApiErrorBody {
-    #[serde(rename = "__type", default)]
-    kind: Option<String>,
-    #[serde(default, alias = "Message")]
-    message: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -344,12 +336,13 @@ impl SsmClient {
         let body = body.to_string().into_bytes();
         let mut resigned = false;
         loop {
-            let (status, date_change, bytes) = self.send_once(operation, &body, signer).await?;
+            let answer = self.send_once(operation, &body, signer).await?;
+            let status = answer.status;
             if (200..300).contains(&status) {
-                let text = if bytes.bytes.is_empty() {
+                let text = if answer.body.is_empty() {
                     &b"{}"[..]
                 } else {
-                    &bytes.bytes[..]
+                    &answer.body[..]
                 };
                 return serde_json::from_slice(text).map_err(|e| SsmError::Response {
                     operation,
@@ -357,11 +350,11 @@ impl SsmClient {
                     detail: format!("HTTP {status} body is not the expected JSON: {e}"),
                 });
             }
-            let err = self.api_error(operation, status, &bytes);
+            let err = self.api_error(operation, &answer);
             if signer.is_some()
                 && !resigned
                 && err.is_code(codes::INVALID_SIGNATURE)
-                && matches!(date_change, SkewChange::Corrected(_) | SkewChange::Cleared)
+                && matches!(answer.skew, SkewChange::Corrected(_) | SkewChange::Cleared)
             {
                 tracing::info!(
                     operation,
@@ -380,7 +373,7 @@ impl SsmClient {
         operation: &'static str,
         body: &[u8],
         signer: Option<(&str, &InstanceKey)>,
-    ) -> Result<(u16, SkewChange, RawBody), SsmError> {
+    ) -> Result<Answer, SsmError> {
         let target = format!("{TARGET_PREFIX}{operation}");
         let mut req = self
             .http
@@ -400,31 +393,9 @@ impl SsmClient {
             .send()
             .await
             .map_err(|e| self.transport_error(operation, &e))?;
-        let received = self.clock.host_now();
-        let change = resp
-            .headers()
-            .get(reqwest::header::DATE)
-            .and_then(|v| v.to_str().ok())
-            .map(|d| self.clock.observe(d, received))
-            .unwrap_or(SkewChange::Unchanged);
-        let status = resp.status().as_u16();
-        let error_type = resp
-            .headers()
-            .get("x-amzn-errortype")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let bytes = resp
-            .bytes()
+        read_answer(resp, &self.clock)
             .await
-            .map_err(|e| self.transport_error(operation, &e))?;
-        Ok((
-            status,
-            change,
-            RawBody {
-                bytes: bytes.to_vec(),
-                error_type,
-            },
-        ))
+            .map_err(|e| self.transport_error(operation, &e))
     }
 
     /// `Authorization` for an instance call: SigV4 canonicalisation, RSA-PSS signature in base64.
@@ -460,21 +431,13 @@ impl SsmClient {
         ))
     }
 
-    fn api_error(&self, operation: &'static str, status: u16, body: &RawBody) -> SsmError {
-        let parsed: Option<ApiErrorBody> = serde_json::from_slice(&body.bytes).ok();
-        let raw = parsed
-            .as_ref()
-            .and_then(|b| b.kind.clone())
-            .or_else(|| body.error_type.clone())
+    fn api_error(&self, operation: &'static str, answer: &Answer) -> SsmError {
+        let status = answer.status;
+        // awsJson: the body's `__type` is the authority, the header a fallback.
+        let (kind, message) = answer.error_body();
+        let raw = kind
+            .or_else(|| answer.error_type.clone())
             .unwrap_or_else(|| format!("HTTP{status}"));
-        let message = parsed.and_then(|b| b.message).unwrap_or_else(|| {
-            // Not JSON (a proxy's error page): a short, printable excerpt helps more than nothing.
-            String::from_utf8_lossy(&body.bytes)
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(200)
-                .collect()
-        });
         SsmError::Api {
             operation,
             endpoint: self.endpoint(),
@@ -500,12 +463,6 @@ impl SsmClient {
             },
         }
     }
-}
-
-/// A response body with the error-type header some services use instead of `__type`.
-struct RawBody {
-    bytes: Vec<u8>,
-    error_type: Option<String>,
 }
 
 #[cfg(test)]
