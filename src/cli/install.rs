@@ -62,17 +62,37 @@ impl SourceArgs {
     }
 }
 
-/// `install` flags.
+/// The Kubernetes version `install` and `upgrade` take: positional, or with nodeadm's flag
+/// name; exactly one of the two. Each command words the help in its own terms (`mut_arg`).
 #[derive(Debug, Clone, Args)]
 #[command(group(ArgGroup::new("version_choice").required(true).args(["kubernetes_version", "release"])))]
-pub struct InstallArgs {
-    /// Kubernetes version to install: 1.31 (its latest patch) or 1.31.2.
+pub struct VersionArgs {
+    /// Kubernetes version: 1.31 (its latest patch) or 1.31.2.
     #[arg(value_name = "KUBERNETES_VERSION", value_parser = parse_version)]
     pub release: Option<String>,
 
     /// The same as the positional KUBERNETES_VERSION (nodeadm's flag name).
     #[arg(long, value_name = "VERSION", value_parser = parse_version)]
     pub kubernetes_version: Option<String>,
+}
+
+impl VersionArgs {
+    /// The version given (clap's group makes sure there is one).
+    pub fn chosen(&self) -> String {
+        self.kubernetes_version
+            .clone()
+            .or_else(|| self.release.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// `install` flags.
+#[derive(Debug, Clone, Args)]
+#[command(mut_arg("release", |a| a.help("Kubernetes version to install: 1.31 (its latest patch) or 1.31.2")))]
+pub struct InstallArgs {
+    /// The version to install.
+    #[command(flatten)]
+    pub version: VersionArgs,
 
     /// Artifact source.
     #[command(flatten)]
@@ -167,18 +187,13 @@ pub(super) fn runtime(command: &'static str) -> Result<tokio::runtime::Runtime, 
 
 pub(super) fn run(args: &InstallArgs, ctx: &mut Context<'_>) -> Result<(), CliError> {
     let agent = config::load_agent(ctx.load_context())?.agent;
-    let version = args
-        .kubernetes_version
-        .clone()
-        .or_else(|| args.release.clone())
-        .unwrap_or_default();
     let installer = Installer::new(
         ctx.paths.clone(),
         &fetch_settings(&agent, args.source.allow_insecure_mirror),
         Progress::auto(),
     )?;
     let req = InstallRequest {
-        kubernetes_version: version,
+        kubernetes_version: args.version.chosen(),
         arch: manifest::host_arch().to_owned(),
         source: args.source.artifact_source().resolve(&agent),
     };

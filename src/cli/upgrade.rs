@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use clap::{ArgGroup, Args};
+use clap::Args;
 
-use super::install::{SourceArgs, parse_version, parse_wait};
+use super::install::{SourceArgs, VersionArgs, parse_wait};
 use super::{CliError, Context};
 use crate::config;
 use crate::install::progress::Progress;
@@ -23,15 +23,12 @@ Example:
 
 /// `upgrade` flags.
 #[derive(Debug, Clone, Args)]
-#[command(group(ArgGroup::new("version_choice").required(true).args(["kubernetes_version", "release"])))]
+#[command(mut_arg("release", |a| a.help("Kubernetes version to upgrade to: 1.32 (its latest patch) or 1.32.1")))]
+#[command(mut_arg("kubernetes_version", |a| a.help("The same as the positional KUBERNETES_VERSION")))]
 pub struct UpgradeArgs {
-    /// Kubernetes version to upgrade to: 1.32 (its latest patch) or 1.32.1.
-    #[arg(value_name = "KUBERNETES_VERSION", value_parser = parse_version)]
-    pub release: Option<String>,
-
-    /// The same as the positional KUBERNETES_VERSION.
-    #[arg(long, value_name = "VERSION", value_parser = parse_version)]
-    pub kubernetes_version: Option<String>,
+    /// The version to upgrade to.
+    #[command(flatten)]
+    pub version: VersionArgs,
 
     /// Artifact source.
     #[command(flatten)]
@@ -45,11 +42,7 @@ pub struct UpgradeArgs {
 pub(super) fn run(args: &UpgradeArgs, ctx: &mut Context<'_>) -> Result<(), CliError> {
     let agent = config::load_agent(ctx.load_context())?.agent;
     let opts = UpgradeOptions {
-        kubernetes_version: args
-            .kubernetes_version
-            .clone()
-            .or_else(|| args.release.clone())
-            .unwrap_or_default(),
+        kubernetes_version: args.version.chosen(),
         source: args.source.artifact_source(),
         allow_insecure_mirror: args.source.allow_insecure_mirror,
         wait_timeout: args.wait_timeout,
