@@ -33,6 +33,8 @@ pub enum CloudError {
         profile: String,
         message: String,
     },
+    #[error("{0}")]
+    Network(String),
     #[error("endpoint for {service}: {message}")]
     Endpoint {
         service: &'static str,
@@ -80,25 +82,38 @@ pub fn sdk(agent: &AgentConfig, region: &Region) -> Result<aws_config::SdkConfig
         None,
         PROVIDER_NAME,
     );
+    let http = crate::aws::sdk_http_client(&agent.network)
+        .map_err(|e| CloudError::Network(e.to_string()))?;
     Ok(sdk_config(
         region.as_str(),
         SharedCredentialsProvider::new(creds),
         Retries::Sdk,
+        http,
     ))
+}
+
+/// [`sdk`] plus the configured endpoint of `service`, without the trailing `/` (the SDKs
+/// append their paths to it).
+fn service_sdk(
+    agent: &AgentConfig,
+    region: &Region,
+    service: Service,
+) -> Result<(aws_config::SdkConfig, String), CloudError> {
+    let conf = sdk(agent, region)?;
+    let url = agent
+        .endpoints
+        .url(service, region)
+        .map_err(|e| CloudError::Endpoint {
+            service: service.config_key(),
+            message: e.to_string(),
+        })?;
+    Ok((conf, url.as_str().trim_end_matches('/').to_owned()))
 }
 
 /// An EKS client at the configured endpoint.
 pub fn eks(agent: &AgentConfig, region: &Region) -> Result<aws_sdk_eks::Client, CloudError> {
-    let conf = sdk(agent, region)?;
-    let url = agent
-        .endpoints
-        .url(Service::Eks, region)
-        .map_err(|e| CloudError::Endpoint {
-            service: "eks",
-            message: e.to_string(),
-        })?;
-    let b =
-        aws_sdk_eks::config::Builder::from(&conf).endpoint_url(url.as_str().trim_end_matches('/'));
+    let (conf, url) = service_sdk(agent, region, Service::Eks)?;
+    let b = aws_sdk_eks::config::Builder::from(&conf).endpoint_url(url);
     Ok(aws_sdk_eks::Client::from_conf(b.build()))
 }
 
@@ -127,16 +142,9 @@ pub async fn deregister(
     region: &Region,
     instance_id: &str,
 ) -> Result<(), CloudError> {
-    let conf = sdk(agent, region)?;
-    let url = agent
-        .endpoints
-        .url(Service::Ssm, region)
-        .map_err(|e| CloudError::Endpoint {
-            service: "ssm",
-            message: e.to_string(),
-        })?;
+    let (conf, url) = service_sdk(agent, region, Service::Ssm)?;
     let b = aws_sdk_ssm::config::Builder::from(&conf)
-        .endpoint_url(url.as_str().trim_end_matches('/'))
+        .endpoint_url(url)
         // This loop owns the retries (one owner per retry loop).
         .retry_config(aws_config::retry::RetryConfig::disabled());
     let client = aws_sdk_ssm::Client::from_conf(b.build());
