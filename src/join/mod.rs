@@ -829,14 +829,7 @@ impl Run<'_> {
             applied.len(),
             applied.len() - changed
         ));
-        let digests = rendered
-            .files
-            .iter()
-            .map(|f| FileDigest {
-                path: f.path.clone(),
-                sha256: Sha256::of_bytes(&f.content),
-            })
-            .collect();
+        let digests = FileDigest::of_rendered(&rendered);
         self.records = components::records(self.paths, &rendered, &containerd);
         self.rendered = Some((rendered, details, digests));
         Ok(())

@@ -87,6 +87,20 @@ pub struct FileDigest {
     pub sha256: crate::install::checksum::Sha256,
 }
 
+impl FileDigest {
+    /// The digest of every file of `rendered`, as `node.json` records them.
+    pub fn of_rendered(rendered: &crate::node::Rendered) -> Vec<FileDigest> {
+        rendered
+            .files
+            .iter()
+            .map(|f| FileDigest {
+                path: f.path.clone(),
+                sha256: crate::install::checksum::Sha256::of_bytes(&f.content),
+            })
+            .collect()
+    }
+}
+
 /// `node.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {

@@ -23,7 +23,6 @@ use crate::supervise::ComponentName;
 use super::components::{self, Components};
 use super::record::{BACKUP_DIR, FileDigest, JOIN_JOURNAL, NODE_RECORD, NodeRecord, TXN_JOURNAL};
 use super::{ArtifactSource, PhaseError, fetch_settings, recover, run_id};
-use crate::install::checksum::Sha256;
 
 /// What `upgrade` was asked to do.
 #[derive(Debug, Clone)]
@@ -281,14 +280,7 @@ pub async fn upgrade(
     let mut updated = record.clone();
     updated.kubernetes_version = installed.version.clone();
     updated.components = new_records;
-    updated.files = rendered
-        .files
-        .iter()
-        .map(|f| FileDigest {
-            path: f.path.clone(),
-            sha256: Sha256::of_bytes(&f.content),
-        })
-        .collect();
+    updated.files = FileDigest::of_rendered(&rendered);
     let commit = (move || -> Result<(), PhaseError> {
         txn.write_file(Path::new(NODE_RECORD), &updated.to_bytes(), 0o600)?;
         match Journal::load(paths.clone(), Path::new(JOIN_JOURNAL))? {
