@@ -179,7 +179,19 @@ fn telemetry_input(
         &record.region,
     );
     let credentials = RotatingCredentials::new(rotator.credentials()).shared();
-    let sdk = crate::aws::sdk_config(&record.region, credentials, crate::aws::Retries::Caller);
+    let http = match crate::aws::sdk_http_client(&agent.network) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!("telemetry off: {e}");
+            return None;
+        }
+    };
+    let sdk = crate::aws::sdk_config(
+        &record.region,
+        credentials,
+        crate::aws::Retries::Caller,
+        http,
+    );
     let url = |service| {
         agent
             .endpoints

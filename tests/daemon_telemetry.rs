@@ -10,13 +10,99 @@
 mod install_support;
 mod telemetry_support;
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use hybrid_agent::join::record::NodeRecord;
 use hybrid_agent::paths::HostPaths;
 use install_support::{AGENT, CLUSTER, Node, create_activation, devstack, standin_release};
 use telemetry_support::{Journald, JournaldLimits, check_exactly_once_in_order, line, read_stream};
+
+/// An egress proxy on 127.0.0.1, reduced to what the agent relies on: `CONNECT` tunnels and
+/// absolute-form requests, relayed to their target. Keeps every byte clients sent, so the test
+/// can tell which AWS calls went through it.
+struct Proxy {
+    port: u16,
+    sent: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Proxy {
+    fn start() -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let log = sent.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let log = log.clone();
+                std::thread::spawn(move || relay(conn, log));
+            }
+        });
+        Proxy { port, sent }
+    }
+
+    fn saw(&self, needle: &str) -> bool {
+        let sent = self.sent.lock().unwrap();
+        sent.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+}
+
+fn relay(client: TcpStream, log: Arc<Mutex<Vec<u8>>>) {
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    let mut first = String::new();
+    if reader.read_line(&mut first).is_err() {
+        return;
+    }
+    let mut words = first.split_whitespace();
+    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let authority = if method == "CONNECT" {
+        target.to_string()
+    } else {
+        target
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    let Ok(mut upstream) = TcpStream::connect(&authority) else {
+        return;
+    };
+    log.lock().unwrap().extend_from_slice(first.as_bytes());
+    if method == "CONNECT" {
+        // The request's headers end the CONNECT; the tunnel starts after them.
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+            line.clear();
+        }
+        let mut c = client.try_clone().unwrap();
+        let _ = c.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+    } else if upstream.write_all(first.as_bytes()).is_err() {
+        return;
+    }
+    let mut down = upstream.try_clone().unwrap();
+    let mut to_client = client.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut down, &mut to_client);
+        let _ = to_client.shutdown(std::net::Shutdown::Both);
+    });
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        // What the BufReader already holds first, then the socket.
+        let n = match reader.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        log.lock().unwrap().extend_from_slice(&buf[..n]);
+        if upstream.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = upstream.shutdown(std::net::Shutdown::Both);
+}
 
 /// Journal lines written while the daemon runs.
 const LINES: usize = 500;
@@ -98,10 +184,16 @@ fn run_ships_journal_child_output_and_metrics_and_status_shows_them() {
     let node = Node::new(&ds, &create_activation(&ds));
     let rt = tokio::runtime::Runtime::new().unwrap();
 
-    // Telemetry settings a user might pick, short enough for a test.
+    // Telemetry settings a user might pick, short enough for a test, and an egress proxy every
+    // AWS call must take.
+    let proxy = Proxy::start();
     let config = node.path("/etc/hybrid-agent/config.toml");
     let mut toml = std::fs::read_to_string(&config).unwrap();
     toml.push_str("\n[telemetry]\nflush_interval = \"500ms\"\nmetrics_interval = \"2s\"\n");
+    toml.push_str(&format!(
+        "\n[network]\nproxy = \"http://127.0.0.1:{}\"\n",
+        proxy.port
+    ));
     std::fs::write(&config, toml).unwrap();
     // The sandbox's journal is the hand-started journald's: /run/log/journal/<machine-id>.
     let id = std::fs::read_to_string("/etc/machine-id").unwrap();
@@ -298,6 +390,18 @@ fn run_ships_journal_child_output_and_metrics_and_status_shows_them() {
         "{}",
         json.stdout
     );
+
+    // Every AWS call took the proxy: the private SSM API (rotation), CloudWatch Logs and
+    // CloudWatch metrics (the SDK clients), EKS DescribeCluster at join.
+    for call in [
+        "AmazonSSM.RegisterManagedInstance",
+        "AmazonSSM.RequestManagedInstanceRoleToken",
+        "Logs_20140328.PutLogEvents",
+        "PutMetricData",
+        "/clusters/hybrid-demo",
+    ] {
+        assert!(proxy.saw(call), "{call} did not go through network.proxy");
+    }
 
     // SIGTERM: a clean stop, and status keeps the last telemetry figures.
     let _ = Command::new("kill")

@@ -21,6 +21,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct HttpSettings {
     /// `http://host:port` proxy for every request (HTTPS is tunnelled with CONNECT).
     pub proxy: Option<String>,
+    /// Hosts reached directly, bypassing `proxy` (NO_PROXY syntax: names, `.suffix`, IPs, CIDRs).
+    pub no_proxy: Vec<String>,
     /// PEM bundle of extra CAs trusted besides the system's (corporate TLS inspection).
     pub extra_ca_bundle: Option<PathBuf>,
     pub connect_timeout: Option<Duration>,
@@ -55,10 +57,13 @@ pub fn client(settings: &HttpSettings) -> Result<reqwest::Client, HttpSetupError
         .pool_max_idle_per_host(0)
         .user_agent(concat!("hybrid-agent/", env!("CARGO_PKG_VERSION")));
     if let Some(url) = &settings.proxy {
-        let proxy = reqwest::Proxy::all(url).map_err(|source| HttpSetupError::Proxy {
-            url: url.clone(),
+        let mut proxy = reqwest::Proxy::all(url).map_err(|source| HttpSetupError::Proxy {
+            url: without_password(url),
             source,
         })?;
+        if !settings.no_proxy.is_empty() {
+            proxy = proxy.no_proxy(reqwest::NoProxy::from_string(&settings.no_proxy.join(",")));
+        }
         b = b.proxy(proxy);
     }
     if let Some(path) = &settings.extra_ca_bundle {
@@ -77,6 +82,18 @@ pub fn client(settings: &HttpSettings) -> Result<reqwest::Client, HttpSetupError
         }
     }
     b.build().map_err(HttpSetupError::Build)
+}
+
+/// `url` with a password replaced by `***`, for messages (a proxy password is a secret).
+fn without_password(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some(crate::config::REDACTED));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "(unparsable URL)".to_owned(),
+    }
 }
 
 /// One answer of a private API, read whole: the status, the error type some services put in a

@@ -35,18 +35,130 @@ pub enum Retries {
     Sdk,
 }
 
-/// An `SdkConfig` for `region` with the given credentials.
+/// The `[network]` settings that cannot be applied to the SDK clients.
+#[derive(Debug, thiserror::Error)]
+pub enum SdkHttpError {
+    #[error(
+        "network.proxy `{url}` cannot be used by the AWS SDK clients: {message}; give an http://host:port URL"
+    )]
+    Proxy { url: String, message: String },
+    #[error("cannot read the CA bundle {path} (network.ca_bundle): {source}")]
+    CaRead {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the CA bundle {path} (network.ca_bundle) cannot be used: {message}; it must hold PEM certificates"
+    )]
+    Ca {
+        path: std::path::PathBuf,
+        message: String,
+    },
+}
+
+/// The HTTP client of the agent's aws-sdk clients when `[network]` asks for a proxy or an extra
+/// CA bundle (on-prem networks often have both: an egress proxy, TLS inspection with a corporate
+/// root); `None` keeps the SDK's default client. The private clients ([`http`]) apply the same
+/// settings, so every AWS call of the agent takes the same path.
+pub fn sdk_http_client(
+    network: &crate::config::NetworkConfig,
+) -> Result<Option<aws_sdk_cloudwatchlogs::config::SharedHttpClient>, SdkHttpError> {
+    use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
+    use aws_smithy_http_client::{Builder, Connector, proxy::ProxyConfig};
+    if network.proxy.is_none() && network.ca_bundle.is_none() {
+        return Ok(None);
+    }
+    let mut trust = TrustStore::default();
+    if let Some(path) = &network.ca_bundle {
+        let pem = std::fs::read(path).map_err(|source| SdkHttpError::CaRead {
+            path: path.clone(),
+            source,
+        })?;
+        trust = trust.with_pem_certificate(pem);
+    }
+    let context = TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .map_err(|e| SdkHttpError::Ca {
+            path: network.ca_bundle.clone().unwrap_or_default(),
+            message: e.to_string(),
+        })?;
+    let proxy = match &network.proxy {
+        None => None,
+        Some(url) => {
+            let raw = url.expose();
+            let err = |message: String| SdkHttpError::Proxy {
+                url: url.to_string(),
+                message,
+            };
+            // Credentials in the URL become Proxy-Authorization; the URI given on keeps none.
+            let mut bare = raw.clone();
+            let _ = bare.set_username("");
+            let _ = bare.set_password(None);
+            let mut p = ProxyConfig::all(bare.as_str()).map_err(|e| err(e.to_string()))?;
+            if !raw.username().is_empty() {
+                let user = percent_decode(raw.username());
+                let pass = percent_decode(raw.password().unwrap_or(""));
+                p = p.with_basic_auth(user, pass);
+            }
+            if !network.no_proxy.is_empty() {
+                p = p.no_proxy(network.no_proxy.join(","));
+            }
+            Some(p)
+        }
+    };
+    let client = Builder::new().build_with_connector_fn(move |settings, components| {
+        let mut b = Connector::builder();
+        if let Some(s) = settings {
+            b = b.connector_settings(s.clone());
+        }
+        if let Some(c) = components {
+            b.set_sleep_impl(c.sleep_impl());
+        }
+        b.set_proxy_config(proxy.clone());
+        b.tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+            .tls_context(context.clone())
+            .build()
+    });
+    Ok(Some(client))
+}
+
+/// `%XX` escapes of a URL's user-info back to bytes (proxy user names may hold `@` or `:`).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(Ok(v)) = s.get(i + 1..i + 3).map(|h| u8::from_str_radix(h, 16))
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An `SdkConfig` for `region` with the given credentials, over `http` when `[network]` needs
+/// one ([`sdk_http_client`]).
 pub fn sdk_config(
     region: &str,
     credentials: SharedCredentialsProvider,
     retries: Retries,
+    http: Option<aws_sdk_cloudwatchlogs::config::SharedHttpClient>,
 ) -> SdkConfig {
     let retry = match retries {
         Retries::Caller => RetryConfig::disabled(),
         Retries::Sdk => RetryConfig::standard().with_max_attempts(SDK_STANDARD_ATTEMPTS),
     };
-    SdkConfig::builder()
-        .behavior_version(BehaviorVersion::latest())
+    let mut b = SdkConfig::builder();
+    if let Some(http) = http {
+        b = b.http_client(http);
+    }
+    b.behavior_version(BehaviorVersion::latest())
         .region(Region::new(region.to_string()))
         .credentials_provider(credentials)
         .retry_config(retry)

@@ -161,6 +161,7 @@ impl<'a> IdentityEnv<'a> {
                 .proxy
                 .as_ref()
                 .map(|u| u.expose().to_string()),
+            no_proxy: self.agent.network.no_proxy.clone(),
             extra_ca_bundle: self.agent.network.ca_bundle.clone(),
             ..Default::default()
         };
