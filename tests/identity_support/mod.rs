@@ -12,6 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 use hybrid_agent::identity::credfile::{self, ProfileValues};
 use hybrid_agent::identity::store::{CredentialsState, IdentityStore};
 
+#[path = "../shared_support/mod.rs"]
+mod shared;
+
 pub const REGION: &str = "us-west-2";
 pub const CLUSTER: &str = "identity-test";
 pub const AGENT: &str = env!("CARGO_BIN_EXE_hybrid-agent");
@@ -42,22 +45,7 @@ pub struct Activation {
 
 /// SDK config signed with the devstack's admin key: an operator's own tooling.
 pub fn admin_sdk(ds: &hybrid_devstack::Devstack) -> aws_config::SdkConfig {
-    aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(&ds.url)
-        .credentials_provider(
-            aws_credential_types::provider::SharedCredentialsProvider::new(
-                aws_credential_types::Credentials::new(
-                    hybrid_devstack::auth::ADMIN_ACCESS_KEY_ID,
-                    hybrid_devstack::auth::ADMIN_SECRET_ACCESS_KEY,
-                    None,
-                    None,
-                    "test-admin",
-                ),
-            ),
-        )
-        .build()
+    shared::admin_sdk_config(ds, REGION)
 }
 
 pub fn create_activation(

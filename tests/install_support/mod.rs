@@ -9,9 +9,14 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use hybrid_agent::install::checksum::Sha256;
+
+#[path = "../shared_support/mod.rs"]
+mod shared;
+// Not every test binary that includes this harness uses both.
+#[allow(unused_imports)]
+pub use shared::{free_port, standin_binary};
 
 /// The release the fixture mirror serves.
 pub const VERSION: &str = "1.31.2";
@@ -223,59 +228,6 @@ pub fn control_body(
     resp
 }
 
-/// Builds the `standin-kubelet` workspace member once per test binary and returns its path
-/// (another package, so Cargo gives no `CARGO_BIN_EXE_` for it). `STANDIN_KUBELET_BIN` names a
-/// prebuilt one instead.
-pub fn standin_binary() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        if let Some(prebuilt) = std::env::var_os("STANDIN_KUBELET_BIN") {
-            return PathBuf::from(prebuilt);
-        }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = Command::new(cargo)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "build",
-                "--offline",
-                "-q",
-                "-p",
-                "standin-kubelet",
-                "--message-format=json",
-            ])
-            .output()
-            .expect("run cargo build -p standin-kubelet");
-        assert!(
-            out.status.success(),
-            "cargo build -p standin-kubelet failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        for line in stdout.lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            if v["reason"] == "compiler-artifact"
-                && v["target"]["name"] == "standin-kubelet"
-                && let Some(exe) = v["executable"].as_str()
-            {
-                return PathBuf::from(exe);
-            }
-        }
-        panic!("cargo build did not report the standin-kubelet executable:\n{stdout}");
-    })
-    .clone()
-}
-
-/// A TCP port nothing listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Simulates a distribution containerd in the sandbox: `/usr/bin/containerd` owned by the
 /// `containerd` dpkg package. `bin` is a hard link to the host's real binary when one exists
 /// (cheap, and it runs), else a small file.
@@ -374,23 +326,10 @@ where
         .build()
         .unwrap();
     rt.block_on(async {
-        let config = aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(REGION))
-            .endpoint_url(&ds.url)
-            .credentials_provider(
-                aws_credential_types::provider::SharedCredentialsProvider::new(
-                    aws_credential_types::Credentials::new(
-                        hybrid_devstack::auth::ADMIN_ACCESS_KEY_ID,
-                        hybrid_devstack::auth::ADMIN_SECRET_ACCESS_KEY,
-                        None,
-                        None,
-                        "test-admin",
-                    ),
-                ),
-            )
-            .build();
-        f(aws_sdk_ssm::Client::new(&config)).await
+        f(aws_sdk_ssm::Client::new(&shared::admin_sdk_config(
+            ds, REGION,
+        )))
+        .await
     })
 }
 

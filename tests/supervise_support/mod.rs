@@ -3,8 +3,6 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use hybrid_agent::supervise::{
@@ -12,57 +10,11 @@ use hybrid_agent::supervise::{
 };
 use tokio::sync::watch;
 
-/// Builds the `standin-kubelet` workspace member once per test binary and returns its path
-/// (it is another package, so Cargo gives us no `CARGO_BIN_EXE_` for it). `STANDIN_KUBELET_BIN`
-/// names a prebuilt one instead.
-pub fn standin_binary() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        if let Some(prebuilt) = std::env::var_os("STANDIN_KUBELET_BIN") {
-            return PathBuf::from(prebuilt);
-        }
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = Command::new(cargo)
-            .current_dir(manifest)
-            .args([
-                "build",
-                "--offline",
-                "-q",
-                "-p",
-                "standin-kubelet",
-                "--message-format=json",
-            ])
-            .output()
-            .expect("run cargo build -p standin-kubelet");
-        assert!(
-            out.status.success(),
-            "cargo build -p standin-kubelet failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // The artifact message names the executable wherever the target dir is.
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        for line in stdout.lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            if v["reason"] == "compiler-artifact"
-                && v["target"]["name"] == "standin-kubelet"
-                && let Some(exe) = v["executable"].as_str()
-            {
-                return PathBuf::from(exe);
-            }
-        }
-        panic!("cargo build did not report the standin-kubelet executable:\n{stdout}");
-    })
-    .clone()
-}
-
-/// A TCP port nothing listens on right now.
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+#[path = "../shared_support/mod.rs"]
+mod shared;
+// Not every test binary that includes this harness uses both.
+#[allow(unused_imports)]
+pub use shared::{free_port, standin_binary};
 
 /// Probe settings fast enough for tests.
 pub fn fast_probe(threshold: u32, grace: Duration) -> ProbePolicy {
