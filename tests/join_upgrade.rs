@@ -139,7 +139,7 @@ fn upgrade_on_a_host_that_never_joined_says_so() {
         &format!("{}/mirror/", ds.url),
         "--allow-insecure-mirror",
     ]);
-    assert_eq!(run.code, Some(3), "{run:?}");
+    assert_eq!(run.code, Some(4), "{run:?}");
     assert!(run.stderr.contains("has not joined"), "{run:?}");
     assert_eq!(node.fingerprint(&[]), before);
 }

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use futures_util::{FutureExt, StreamExt};
 use hybrid_agent::supervise::auto::{self, AnyBackend, BackendChoice};
 use hybrid_agent::supervise::process::ProcessSettings;
-use hybrid_agent::supervise::systemd::{SystemdBackend, SystemdSettings, system_bus_address};
+use hybrid_agent::supervise::systemd::{
+    AgentUnitOutcome, SystemdBackend, SystemdSettings, system_bus_address,
+};
 use hybrid_agent::supervise::units::{self, SYSTEM_UNIT_DIR};
 use hybrid_agent::supervise::{
     Backend, BackendKind, ComponentName, ComponentSpec, ComponentState, EventKind, ExecSpec, Probe,
@@ -416,4 +418,57 @@ async fn systemd_backend_against_systemd_booted_in_nspawn() {
     println!(
         "figures: reloads counted from systemd's Reloading signals: first sync 1, unchanged sync 0, changed unit 1"
     );
+
+    // 4. After join, the agent's own unit: left alone when no package installed it; started
+    //    when installed (the package enables, never starts it); restarted on a new join; left
+    //    running otherwise. A unit standing in for the agent (sleep), written where units go.
+    assert_eq!(
+        changed.start_agent_unit(true).await.unwrap(),
+        AgentUnitOutcome::NotInstalled
+    );
+    // (/usr is the host's, read-only, in the volatile container: /etc/systemd/system instead.)
+    let agent_unit = root.join(SYSTEM_UNIT_DIR).join("hybrid-agent.service");
+    std::fs::create_dir_all(agent_unit.parent().unwrap()).unwrap();
+    std::fs::write(
+        &agent_unit,
+        "[Unit]\nDescription=stands in for hybrid-agent\n[Service]\nExecStart=/bin/sleep infinity\n",
+    )
+    .unwrap();
+    container.exec(&["systemctl", "daemon-reload"]);
+    let main_pid =
+        || container.exec(&["systemctl", "show", "-P", "MainPID", "hybrid-agent.service"]);
+    let became_active = || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while container.exec(&["systemctl", "is-active", "hybrid-agent.service"]) != "active" {
+            assert!(
+                Instant::now() < deadline,
+                "hybrid-agent.service did not become active"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert_eq!(
+        changed.start_agent_unit(true).await.unwrap(),
+        AgentUnitOutcome::Started
+    );
+    became_active();
+    let first_pid = main_pid();
+    assert_eq!(
+        changed.start_agent_unit(false).await.unwrap(),
+        AgentUnitOutcome::AlreadyRunning
+    );
+    assert_eq!(main_pid(), first_pid, "a running agent is left alone");
+    assert_eq!(
+        changed.start_agent_unit(true).await.unwrap(),
+        AgentUnitOutcome::Restarted
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while main_pid() == first_pid || main_pid() == "0" {
+        assert!(
+            Instant::now() < deadline,
+            "hybrid-agent.service was not restarted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    became_active();
 }

@@ -490,9 +490,31 @@ pub async fn join(
             rollback_problems: problems,
         });
     }
+    if let Some(components) = &run.components {
+        let line = start_agent(components).await;
+        run.report.lines.push(line);
+    }
     run.report.planned = run.txn.planned().to_vec();
     run.report.node_name = run.node_name.clone();
     Ok(run.report)
+}
+
+/// After a committed join on a systemd host, the agent's own unit is started (or restarted, to
+/// pick up this join): the packages enable hybrid-agent.service but cannot start it before a
+/// join. A failure here does not undo the join — the node is joined; the line says what to do.
+async fn start_agent(components: &Components) -> String {
+    use crate::supervise::AnyBackend;
+    use crate::supervise::systemd::AgentUnitOutcome;
+    match &components.backend {
+        AnyBackend::Systemd(systemd) => match systemd.start_agent_unit(true).await {
+            Ok(AgentUnitOutcome::Started) => "agent: hybrid-agent.service started; from now on it refreshes the credentials and keeps containerd and kubelet healthy".to_owned(),
+            Ok(AgentUnitOutcome::Restarted) => "agent: hybrid-agent.service restarted to take up this join".to_owned(),
+            Ok(AgentUnitOutcome::AlreadyRunning) => "agent: hybrid-agent.service is running".to_owned(),
+            Ok(AgentUnitOutcome::NotInstalled) => "agent: no hybrid-agent.service unit on this host (install the .deb or .rpm, or run `hybrid-agent run` under your init system)".to_owned(),
+            Err(e) => format!("agent: could not start hybrid-agent.service ({e}); run `systemctl start hybrid-agent`"),
+        },
+        AnyBackend::Process(_) => "start: they keep running after join exits; `hybrid-agent run` (hybrid-agent.service) adopts and supervises them".to_owned(),
+    }
 }
 
 /// The existing node record, when joining again would change nothing.
@@ -909,12 +931,6 @@ impl Run<'_> {
             "start: containerd and kubelet started ({})",
             components.selection.reason
         ));
-        if components.selection.kind == crate::supervise::BackendKind::Process {
-            self.report.lines.push(
-                "start: they keep running after join exits; `hybrid-agent run` (hybrid-agent.service) adopts and supervises them"
-                    .to_owned(),
-            );
-        }
         self.components = Some(components);
         Ok(())
     }

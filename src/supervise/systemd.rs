@@ -45,6 +45,19 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for a start or stop job to settle (systemd's DefaultTimeoutStartSec is 90 s).
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// The agent's own unit (installed by the packages).
+pub const AGENT_UNIT: &str = "hybrid-agent.service";
+
+/// What [`SystemdBackend::start_agent_unit`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentUnitOutcome {
+    /// No hybrid-agent.service unit file (installed from a tarball, not a package).
+    NotInstalled,
+    Started,
+    Restarted,
+    AlreadyRunning,
+}
+
 /// The bus address for the host under `root` (`/` on a real host; a container's root in tests).
 pub fn system_bus_address(root: &Path) -> String {
     format!("unix:path={}", root.join(SYSTEM_BUS_SOCKET).display())
@@ -223,6 +236,59 @@ impl SystemdBackend {
     }
 
     /// Starts following a unit (idempotent); returns its state channel.
+    /// Starts the agent's own unit after a `join`, when a package installed it: the packages
+    /// enable hybrid-agent.service but never start it (it has nothing to do before join, and
+    /// exits 4 "not joined"). `restart` restarts a running agent so it picks up the new join;
+    /// otherwise a running agent is left alone. Only queues the job: the agent's start (READY=1)
+    /// does not hold up join.
+    pub async fn start_agent_unit(
+        &self,
+        restart: bool,
+    ) -> Result<AgentUnitOutcome, SuperviseError> {
+        let unit = AGENT_UNIT.to_string();
+        let path = self
+            .manager
+            .load_unit(unit.clone())
+            .await
+            .map_err(dbus("LoadUnit", &unit))?;
+        let props = zbus::fdo::PropertiesProxy::builder(&self.conn)
+            .destination(SYSTEMD_BUS_NAME)
+            .path(path)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+            .map_err(dbus("Properties proxy", &unit))?;
+        let unit_if =
+            zbus::names::InterfaceName::from_static_str_unchecked("org.freedesktop.systemd1.Unit");
+        let load = props
+            .get(unit_if, "LoadState")
+            .await
+            .map_err(|e| dbus("Get LoadState", &unit)(e.into()))?;
+        if owned_string(&load).as_deref() != Some("loaded") {
+            return Ok(AgentUnitOutcome::NotInstalled);
+        }
+        let snap = read_snapshot(&props, &unit).await?;
+        if snap.active == "active" && !restart {
+            return Ok(AgentUnitOutcome::AlreadyRunning);
+        }
+        if snap.active == "failed" {
+            let _ = self.manager.reset_failed_unit(unit.clone()).await;
+        }
+        if snap.active == "active" {
+            self.manager
+                .restart_unit(unit.clone(), "replace".into())
+                .await
+                .map_err(dbus("RestartUnit", &unit))?;
+            Ok(AgentUnitOutcome::Restarted)
+        } else {
+            self.manager
+                .start_unit(unit.clone(), "replace".into())
+                .await
+                .map_err(dbus("StartUnit", &unit))?;
+            Ok(AgentUnitOutcome::Started)
+        }
+    }
+
     async fn ensure_watch(
         &self,
         spec: &ComponentSpec,
