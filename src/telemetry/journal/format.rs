@@ -1,17 +1,23 @@
 //! The on-disk journal file format, as far as a forward reader needs it.
 //!
-//! Source: systemd's `docs/JOURNAL_FILE_FORMAT.md` (systemd 252–257). A journal file is a header
-//! followed by 8-byte-aligned objects laid end to end (`ALIGN64(size)` apart). journald writes the
-//! DATA objects of an entry first and the ENTRY object last, then links the entry and updates the
-//! header (`n_entries`, `tail_entry_seqnum`, and from 252 on `tail_entry_offset`). So everything
-//! up to the end of the tail entry named by a header we read is complete and immutable, which is
-//! what lets [`super::reader`] read files while journald appends to them without mmap.
+//! Source: systemd's `docs/JOURNAL_FILE_FORMAT.md` (systemd 252–257) and its `journal-file.c`. A
+//! journal file is a header followed by 8-byte-aligned objects laid end to end (`ALIGN64(size)`
+//! apart). journald writes the DATA objects of an entry first (a compressed payload shrinks its
+//! object's `size` after the payload is written), then allocates the ENTRY object, bumps the
+//! header's `tail_entry_seqnum`, writes the entry's seqnum, timestamps and items, and only then,
+//! after a memory fence, links it: `n_entries`, the tail timestamps and, from systemd 254 on,
+//! `tail_entry_offset`. systemd 252 (Debian 12) has a 264-byte header without that field, so its
+//! header names only the tail *object*, which may be an entry still being written; objects before
+//! the tail object are complete and immutable (as far as a reader of payloads and items is
+//! concerned). That is what lets [`super::reader`] read files while journald appends to them
+//! without mmap.
 //!
 //! Pure parsing of byte slices; no I/O here.
 
 /// `LPKSHHRH` — the header signature.
 pub const SIGNATURE: &[u8; 8] = b"LPKSHHRH";
-/// Header fields a reader needs end at byte 272 (`tail_entry_offset`, added in systemd 252).
+/// Header fields a reader needs end at byte 272 (`tail_entry_offset`, added in systemd 254;
+/// systemd 252's header is 264 bytes and lacks it).
 pub const HEADER_READ_LEN: usize = 272;
 /// Smallest header a journal file ever had (systemd 187): up to `tail_entry_monotonic`.
 pub const HEADER_MIN_LEN: u64 = 208;
@@ -49,7 +55,7 @@ pub struct Header {
     pub head_entry_seqnum: u64,
     pub head_entry_realtime: u64,
     pub tail_entry_realtime: u64,
-    /// Offset of the last linked ENTRY object; 0 when the header predates systemd 252.
+    /// Offset of the last linked ENTRY object; 0 when the header predates systemd 254.
     pub tail_entry_offset: u64,
 }
 

@@ -13,9 +13,13 @@
 //! in that run (scripts/bench.d/telemetry prints both; `examples/journal_scan` is the reader
 //! alone). No mmap, no unsafe code.
 //!
-//! Live files: everything up to the end of the tail entry named by a header we just read is
-//! complete (see [`super::format`]), so the buffer never holds bytes past that point and a poll
-//! re-reads only the header. Rotation: journald renames `system.journal` and starts a new file; an
+//! Live files (see [`super::format`] for journald's write order): a poll re-reads only the header.
+//! Objects before the header's tail object are complete; an ENTRY is handed out only once the
+//! header's `n_entries` counts it (journald links it after writing it), and window bytes read
+//! before an object was known complete are read again. Without that, systemd 252 (no
+//! `tail_entry_offset` in its header) let the reader take the tail entry half written, its later
+//! items still zero: about one line in a million was dropped or shipped with an empty message,
+//! with no seqnum gap to count (tests/telemetry_reader.rs reproduces it). Rotation: journald renames `system.journal` and starts a new file; an
 //! open descriptor keeps reading the renamed one until its header says ARCHIVED and nothing is
 //! left, then the new file (found by a directory scan) continues. Vacuuming deletes archived files:
 //! an open descriptor keeps the inode; a file deleted before we opened it shows up as a seqnum gap,
@@ -186,8 +190,19 @@ struct OpenFile {
     file: File,
     key: (u64, u64),
     header: Header,
-    /// Bytes up to here are complete (end of the tail entry as of the last header read).
+    /// The scan stops here: the end of the tail entry, or (headers without `tail_entry_offset`)
+    /// the start of the tail object, or its end when it is an ENTRY, whose size is final at
+    /// allocation but whose content may still be being written (see `next_entry`).
     safe_end: u64,
+    /// Every object below this offset was complete at the last header read, so bytes read after
+    /// that read are final.
+    stable_end: u64,
+    /// `stable_end` when the window was filled: window bytes past it may predate their object's
+    /// completion (the tail entry half written) and are read again instead.
+    win_stable: u64,
+    /// ENTRY objects the scan has passed (handed out or in `peek`), in file order: the next one
+    /// is complete once the header's `n_entries` counts it.
+    entries_found: u64,
     /// Next object to look at.
     scan: u64,
     win_base: u64,
@@ -229,6 +244,9 @@ impl OpenFile {
                 tail_entry_offset: 0,
             },
             safe_end: 0,
+            stable_end: 0,
+            win_stable: 0,
+            entries_found: 0,
             scan: 0,
             win_base: 0,
             win: Vec::new(),
@@ -260,7 +278,8 @@ impl OpenFile {
         Ok(done)
     }
 
-    /// Re-reads the header and moves `safe_end`. `false` when the file has no valid header yet.
+    /// Re-reads the header and moves `safe_end` and `stable_end`. `false` when the file has no
+    /// valid header yet.
     fn refresh(&mut self) -> Result<bool, JournalError> {
         let mut b = [0u8; format::HEADER_READ_LEN];
         let n = self.read_at(&mut b, 0)?;
@@ -271,25 +290,42 @@ impl OpenFile {
         let tail = if h.tail_entry_offset != 0 {
             h.tail_entry_offset
         } else {
-            // Pre-252 header: the tail object may still be being written; entries past the
-            // header's tail seqnum are ignored in `next_entry`.
             h.tail_object_offset
         };
         if h.n_entries == 0 || tail < h.header_size {
             self.safe_end = self.safe_end.max(h.header_size);
+            self.stable_end = self.stable_end.max(h.header_size);
             return Ok(true);
         }
         let mut oh = [0u8; format::OBJECT_HEADER_LEN];
         if self.read_at(&mut oh, tail)? < oh.len() {
             return Ok(true);
         }
-        if let Some(o) = format::parse_object_header(&oh) {
+        let Some(o) = format::parse_object_header(&oh) else {
+            return Ok(true);
+        };
+        let (safe, stable) = if h.tail_entry_offset != 0 {
+            // systemd >= 254 names the last linked entry: complete up to its end.
             let end = tail.saturating_add(o.size);
-            if end > self.safe_end {
-                self.safe_end = end;
-            }
-        }
+            (end, end)
+        } else if o.kind == format::OBJECT_ENTRY {
+            // Older headers name only the tail object. Objects before it are complete (journald
+            // finishes one before appending the next). An ENTRY's size is fixed when it is
+            // allocated, so the scan may reach it; `next_entry` waits for `n_entries`.
+            (tail.saturating_add(o.size), tail)
+        } else {
+            // A DATA object being written may still shrink (compression sets its final size
+            // after the payload): do not step past it.
+            (tail, tail)
+        };
+        self.safe_end = self.safe_end.max(safe);
+        self.stable_end = self.stable_end.max(stable);
         Ok(true)
+    }
+
+    /// End of the window bytes that are known final (see `win_stable`).
+    fn win_trusted_end(&self) -> u64 {
+        (self.win_base + self.win.len() as u64).min(self.win_stable)
     }
 
     /// `len` bytes at `off` through the scan window (refilled when needed). `None` when they are
@@ -299,7 +335,7 @@ impl OpenFile {
         if end > self.safe_end {
             return Ok(None);
         }
-        let in_win = off >= self.win_base && end <= self.win_base + self.win.len() as u64;
+        let in_win = off >= self.win_base && end <= self.win_trusted_end();
         if !in_win {
             // Keep a little before `off`: the entry's own DATA objects sit just before it.
             let base = off.saturating_sub(16 * 1024) & !7;
@@ -312,6 +348,7 @@ impl OpenFile {
             let got = got?;
             self.win.truncate(got);
             self.win_base = base;
+            self.win_stable = self.stable_end;
             if end > self.win_base + self.win.len() as u64 {
                 return Ok(None);
             }
@@ -350,6 +387,20 @@ impl OpenFile {
                 if head.seqnum == 0 || head.seqnum > self.header.tail_entry_seqnum {
                     return Ok(None);
                 }
+                // The seqnum is written before the timestamps and items, `n_entries` after them
+                // (see the format docs): entries are appended and linked in file order, so this
+                // one is whole once `n_entries` counts it. Archived or deleted files are not
+                // written any more: what they hold is final.
+                if self.entries_found >= self.header.n_entries
+                    && self.header.state != format::STATE_ARCHIVED
+                    && !self.unlinked()
+                {
+                    return Ok(None);
+                }
+                // Complete as of the last header read: bytes read from now on are final (the
+                // window may hold older ones of it, read again through `win_stable`).
+                self.stable_end = self.stable_end.max(off.saturating_add(o.size));
+                self.entries_found += 1;
                 self.scan = next;
                 self.peek = Some((off, head));
                 return Ok(self.peek);
@@ -371,7 +422,7 @@ impl OpenFile {
         let compact = self.header.compact();
         let poff = format::data_payload_offset(compact);
         let mut hdr = [0u8; format::OBJECT_HEADER_LEN];
-        let in_win = off >= self.win_base && off + 16 <= self.win_base + self.win.len() as u64;
+        let in_win = off >= self.win_base && off + 16 <= self.win_trusted_end();
         if in_win {
             let s = (off - self.win_base) as usize;
             hdr.copy_from_slice(&self.win[s..s + 16]);
@@ -389,21 +440,20 @@ impl OpenFile {
         }
         let plen = (o.size - poff as u64) as usize;
         let pstart = off + poff as u64;
-        let raw: &[u8] = if pstart >= self.win_base
-            && pstart + plen as u64 <= self.win_base + self.win.len() as u64
-        {
-            let s = (pstart - self.win_base) as usize;
-            &self.win[s..s + plen]
-        } else {
-            scratch.resize(plen, 0);
-            let mut buf = std::mem::take(scratch);
-            let got = self.read_at(&mut buf, pstart);
-            *scratch = buf;
-            if got? < plen {
-                return Ok(None);
-            }
-            &scratch[..]
-        };
+        let raw: &[u8] =
+            if pstart >= self.win_base && pstart + plen as u64 <= self.win_trusted_end() {
+                let s = (pstart - self.win_base) as usize;
+                &self.win[s..s + plen]
+            } else {
+                scratch.resize(plen, 0);
+                let mut buf = std::mem::take(scratch);
+                let got = self.read_at(&mut buf, pstart);
+                *scratch = buf;
+                if got? < plen {
+                    return Ok(None);
+                }
+                &scratch[..]
+            };
         Ok(Some(decompress(o.flags, raw)))
     }
 
