@@ -227,7 +227,12 @@ pub struct SupervisorConfig {
 pub struct SpoolConfig {
     /// Spool directory (resolved under `--root`).
     pub dir: PathBuf,
-    /// Size cap; the oldest data is dropped (and counted) beyond it.
+    /// Size cap in bytes, shared by the log spools (metrics keep their own eighth of it). When
+    /// it is reached nothing spooled is dropped: appends are refused and the log sources pause
+    /// until CloudWatch accepts the backlog (the journal reader stops reading and journald keeps
+    /// the lines, unless it vacuums them meanwhile: that gap is counted as missed entries; child
+    /// output backs up into the child's pipe). Each pause is counted (`spool_pauses`, the
+    /// `SpoolPaused` metric) and shown by `hybrid-agent status`.
     pub max_bytes: u64,
 }
 
