@@ -191,33 +191,29 @@ pub async fn upgrade(
         }
     };
     let containerd_changed = installed.files.iter().any(|f| f.artifact == "containerd");
+    // What the switch restarts, in start order: containerd only when its binary changed.
+    let restarted: &[ComponentName] = if containerd_changed {
+        &[ComponentName::Containerd, ComponentName::Kubelet]
+    } else {
+        &[ComponentName::Kubelet]
+    };
 
     // The switch: restart on the new binaries and wait for health.
     let switched = async {
-        if containerd_changed {
-            comps.stop(ComponentName::Containerd).await?;
+        for &name in restarted {
+            comps.stop(name).await?;
         }
-        comps.stop(ComponentName::Kubelet).await?;
-        if containerd_changed {
-            comps.start(ComponentName::Containerd).await?;
+        for &name in restarted {
+            comps.start(name).await?;
             comps
-                .wait_healthy(ComponentName::Containerd, opts.wait_timeout)
+                .wait_healthy(name, opts.wait_timeout)
                 .await
                 .map_err(|detail| PhaseError::Unhealthy {
-                    component: ComponentName::Containerd,
+                    component: name,
                     waited: opts.wait_timeout,
                     detail,
                 })?;
         }
-        comps.start(ComponentName::Kubelet).await?;
-        comps
-            .wait_healthy(ComponentName::Kubelet, opts.wait_timeout)
-            .await
-            .map_err(|detail| PhaseError::Unhealthy {
-                component: ComponentName::Kubelet,
-                waited: opts.wait_timeout,
-                detail,
-            })?;
         Ok::<(), PhaseError>(())
     }
     .await;
@@ -225,10 +221,7 @@ pub async fn upgrade(
     if let Err(reason) = switched {
         // Roll back by ourselves: stop the new kubelet, put the old files back, start the old one.
         let mut problems = Vec::new();
-        for name in [ComponentName::Kubelet, ComponentName::Containerd] {
-            if name == ComponentName::Containerd && !containerd_changed {
-                continue;
-            }
+        for &name in restarted.iter().rev() {
             if let Err(e) = comps.stop(name).await {
                 problems.push(format!("stop {name}: {e}"));
             }
@@ -252,10 +245,7 @@ pub async fn upgrade(
                 }
             };
         let mut health = "is healthy again".to_owned();
-        for name in [ComponentName::Containerd, ComponentName::Kubelet] {
-            if name == ComponentName::Containerd && !containerd_changed {
-                continue;
-            }
+        for &name in restarted {
             if let Err(e) = comps.start(name).await {
                 problems.push(format!("start {name} again: {e}"));
             }
