@@ -176,23 +176,15 @@ impl Host {
         let code_file = self.scratch.path().join("activation-code");
         std::fs::write(&code_file, &a.code).expect("code file");
         self.remember_secret(&a.code);
-        let mut args = vec![
-            "join",
-            "--cluster",
-            CLUSTER,
-            "--region",
-            REGION,
-            "--activation-id",
-            &a.id,
-            "--activation-code-file",
-            code_file.to_str().expect("utf8"),
-            "--skip",
-            "install,render,start",
-        ];
-        args.extend_from_slice(extra);
-        let out = self.agent(&args);
-        self.remember_credentials();
-        out
+        self.join_identity(
+            &[
+                "--activation-id",
+                &a.id,
+                "--activation-code-file",
+                code_file.to_str().expect("utf8"),
+            ],
+            extra,
+        )
     }
 
     pub fn install_certificate(&self, issued: &Issued) {
@@ -214,27 +206,31 @@ impl Host {
         // would see them.
         let cert = self.path("etc/iam/pki/server.pem").display().to_string();
         let key = self.path("etc/iam/pki/server.key").display().to_string();
-        let mut args = vec![
-            "join",
-            "--cluster",
-            CLUSTER,
-            "--region",
-            REGION,
-            "--node-name",
-            "edge-node-1",
-            "--trust-anchor-arn",
-            &issued.trust_anchor_arn,
-            "--profile-arn",
-            &issued.profile_arn,
-            "--role-arn",
-            &issued.role_arn,
-            "--certificate-path",
-            &cert,
-            "--private-key-path",
-            &key,
-            "--skip",
-            "install,render,start",
-        ];
+        self.join_identity(
+            &[
+                "--node-name",
+                "edge-node-1",
+                "--trust-anchor-arn",
+                &issued.trust_anchor_arn,
+                "--profile-arn",
+                &issued.profile_arn,
+                "--role-arn",
+                &issued.role_arn,
+                "--certificate-path",
+                &cert,
+                "--private-key-path",
+                &key,
+            ],
+            extra,
+        )
+    }
+
+    /// `join` of the identity phase only (no install, render or start) with the provider's
+    /// flags, then `extra`; the credentials it wrote join the never-printed list.
+    fn join_identity(&self, provider_flags: &[&str], extra: &[&str]) -> Output {
+        let mut args = vec!["join", "--cluster", CLUSTER, "--region", REGION];
+        args.extend_from_slice(provider_flags);
+        args.extend_from_slice(&["--skip", "install,render,start"]);
         args.extend_from_slice(extra);
         let out = self.agent(&args);
         self.remember_credentials();
