@@ -6,7 +6,7 @@
 
 mod install_support;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use install_support::*;
@@ -143,24 +143,8 @@ fn a_join_killed_half_way_is_rolled_back_by_the_next_command() {
     let before = node.fingerprint(&[]);
     // kubelet can never become healthy, so the join sits in its wait phase until killed.
     let _squatter = std::net::TcpListener::bind(("127.0.0.1", node.healthz_port)).unwrap();
-    let source = format!("file://{}", node.nodeconfig.display());
-    let mirror = format!("{}/mirror/", ds.url);
-    let mut child = Command::new(AGENT)
-        .arg("--root")
-        .arg(&node.root)
-        .args([
-            "join",
-            "--config-source",
-            &source,
-            "--mirror",
-            &mirror,
-            "--allow-insecure-mirror",
-            "--wait-timeout",
-            "120s",
-        ])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AWS_ENDPOINT_URL", &ds.url)
+    let mut child = node
+        .join_command(&ds, &["--wait-timeout", "120s"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

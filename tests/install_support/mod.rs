@@ -341,6 +341,18 @@ pub struct Run {
     pub stderr: String,
 }
 
+impl Run {
+    /// Runs `cmd` to the end.
+    pub fn of(mut cmd: Command) -> Run {
+        let out = cmd.output().expect("run hybrid-agent");
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 /// A machine: a `--root` sandbox (short path: containerd's socket must fit in 108 bytes), the
 /// NodeConfig a user would write, and the agent binary pointed at the devstack. Dropping it
 /// kills whatever the agent started in the sandbox.
@@ -392,26 +404,31 @@ impl Node {
         self.root.join(host_path.trim_start_matches('/'))
     }
 
-    pub fn run(&self, args: &[&str]) -> Run {
-        let out = Command::new(AGENT)
-            .arg("--root")
+    /// The agent with `args` against this sandbox and the devstack, in a clean environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(AGENT);
+        cmd.arg("--root")
             .arg(&self.root)
             .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("AWS_ENDPOINT_URL", &self.endpoint)
-            .output()
-            .expect("run hybrid-agent");
-        Run {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+            .env("AWS_ENDPOINT_URL", &self.endpoint);
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run::of(self.command(args))
     }
 
     /// `join` with this node's NodeConfig, the devstack mirror (plain HTTP on loopback) and
     /// `extra` flags.
     pub fn join(&self, ds: &hybrid_devstack::Devstack, extra: &[&str]) -> Run {
+        Run::of(self.join_command(ds, extra))
+    }
+
+    /// [`Node::join`] as a command not yet started, for a test that drives the process itself
+    /// (to kill it half-way).
+    pub fn join_command(&self, ds: &hybrid_devstack::Devstack, extra: &[&str]) -> Command {
         let source = format!("file://{}", self.nodeconfig.display());
         let mirror = format!("{}/mirror/", ds.url);
         let mut args = vec![
@@ -426,7 +443,7 @@ impl Node {
             args.extend_from_slice(&["--wait-timeout", "60s"]);
         }
         args.extend_from_slice(extra);
-        self.run(&args)
+        self.command(&args)
     }
 
     /// The sandbox fingerprint, leaving out `skip` (relative paths).
