@@ -324,6 +324,46 @@ pub async fn read_stream(url: &str, group: &str, stream: &str) -> Vec<String> {
     out
 }
 
+/// What `messages` hold of `tag` lines 0..n, for a failure message: how many events, the line
+/// numbers missing and duplicated (first few of each), events that are not `tag` lines (an
+/// empty message, say) and lines out of order. Never panics.
+pub fn seq_report(messages: &[String], tag: &str, n: usize) -> String {
+    const SHOWN: usize = 20;
+    let mut seen = vec![0u32; n];
+    let (mut foreign, mut beyond, mut out_of_order) = (Vec::new(), Vec::new(), 0usize);
+    let mut last_first: Option<usize> = None;
+    for m in messages {
+        match parse_line(m) {
+            Some((t, s)) if t == tag && s < n => {
+                if seen[s] == 0 {
+                    if last_first.is_some_and(|l| s < l) {
+                        out_of_order += 1;
+                    }
+                    last_first = Some(s);
+                }
+                seen[s] += 1;
+            }
+            Some((t, s)) if t == tag => beyond.push(s),
+            _ => foreign.push(m.chars().take(80).collect::<String>()),
+        }
+    }
+    let missing: Vec<usize> = (0..n).filter(|&i| seen[i] == 0).collect();
+    let dups: Vec<usize> = (0..n).filter(|&i| seen[i] > 1).collect();
+    format!(
+        "{} events: {} of {n} {tag} lines missing {:?}, {} duplicated {:?}, {} out of order, {} beyond {n} {:?}, {} not {tag} lines {:?}",
+        messages.len(),
+        missing.len(),
+        &missing[..missing.len().min(SHOWN)],
+        dups.len(),
+        &dups[..dups.len().min(SHOWN)],
+        out_of_order,
+        beyond.len(),
+        &beyond[..beyond.len().min(SHOWN)],
+        foreign.len(),
+        &foreign[..foreign.len().min(3)],
+    )
+}
+
 /// Checks `messages` hold `tag` lines 0..n each exactly once and in order; returns duplicates.
 pub fn check_exactly_once_in_order(messages: &[String], tag: &str, n: usize) -> usize {
     let seqs: Vec<usize> = messages
