@@ -172,7 +172,7 @@ pub enum CliError {
     Leave(#[from] crate::join::leave::LeaveError),
     /// `upgrade` failed (and says whether it rolled back).
     #[error("upgrade: {0}")]
-    Upgrade(#[from] crate::join::upgrade::UpgradeError),
+    Upgrade(Box<crate::join::upgrade::UpgradeError>),
     /// `install` or `bundle create` failed; nothing was installed.
     #[error("install: {0}")]
     Install(#[from] crate::install::InstallError),
@@ -195,6 +195,12 @@ impl From<crate::identity::setup::JoinError> for CliError {
     }
 }
 
+impl From<crate::join::upgrade::UpgradeError> for CliError {
+    fn from(e: crate::join::upgrade::UpgradeError) -> Self {
+        CliError::Upgrade(Box::new(e))
+    }
+}
+
 impl From<crate::daemon::DaemonError> for CliError {
     fn from(e: crate::daemon::DaemonError) -> Self {
         CliError::Daemon(Box::new(e))
@@ -209,7 +215,9 @@ impl CliError {
             CliError::NotBuilt { .. } => ExitCode::NotBuilt,
             CliError::Identity(e) => e.exit_code(),
             CliError::Join(e) => e.exit_code(),
-            CliError::Upgrade(crate::join::upgrade::UpgradeError::NotJoined) => ExitCode::NotJoined,
+            CliError::Upgrade(e) if matches!(**e, crate::join::upgrade::UpgradeError::NotJoined) => {
+                ExitCode::NotJoined
+            }
             CliError::Leave(_) | CliError::Upgrade(_) | CliError::Install(_) => ExitCode::Failure,
             // Not joined is final until someone runs join: the unit's RestartPreventExitStatus=
             // keeps systemd from restarting `run` every few seconds on a host that left.
