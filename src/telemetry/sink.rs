@@ -269,15 +269,18 @@ impl LogsSink {
     }
 }
 
-/// Events a `rejectedLogEventsInfo` covers: `[0, tooOld]`, `[0, expired]`, `[tooNew, n)`.
+/// Events a `rejectedLogEventsInfo` covers: `[0, tooOld)`, `[0, expired)`, `[tooNew, n)`. The
+/// CloudWatch Logs API reference calls `tooOldLogEventEndIndex` exclusive and
+/// `tooNewLogEventStartIndex` inclusive; `expiredLogEventEndIndex` is read like the too-old end
+/// (moto reports the last too-old index inclusively; the reference is what AWS answers by).
 fn rejected_count(info: &aws_sdk_cloudwatchlogs::types::RejectedLogEventsInfo, n: u64) -> u64 {
     let old = info
         .too_old_log_event_end_index()
-        .map(|i| i64::from(i) + 1)
+        .map(i64::from)
         .unwrap_or(0);
     let exp = info
         .expired_log_event_end_index()
-        .map(|i| i64::from(i) + 1)
+        .map(i64::from)
         .unwrap_or(0);
     let front = old.max(exp).clamp(0, n as i64) as u64;
     let back = info
@@ -339,10 +342,15 @@ mod tests {
             .too_old_log_event_end_index(2)
             .too_new_log_event_start_index(8)
             .build();
-        assert_eq!(rejected_count(&i, 10), 5);
+        assert_eq!(rejected_count(&i, 10), 4, "events 0, 1, 8 and 9");
         let i = RejectedLogEventsInfo::builder()
-            .expired_log_event_end_index(0)
+            .expired_log_event_end_index(3)
             .build();
-        assert_eq!(rejected_count(&i, 10), 1);
+        assert_eq!(rejected_count(&i, 10), 3);
+        let i = RejectedLogEventsInfo::builder()
+            .too_old_log_event_end_index(1)
+            .expired_log_event_end_index(4)
+            .build();
+        assert_eq!(rejected_count(&i, 10), 4, "expired covers the too-old ones");
     }
 }
