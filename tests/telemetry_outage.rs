@@ -145,6 +145,20 @@ fn outage_with_vacuuming_journald_loses_nothing_and_drains_in_full_batches() {
         st.counters.journal_missed_entries, 0,
         "journald deleted entries before the agent read them"
     );
+    // The metric sender drains its own spool on its own retry schedule: wait until it has sent
+    // since the outage ended and holds nothing back.
+    let outage_end_ms = outage_end
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    agent.wait_for(
+        "the metrics kept during the outage sent",
+        Duration::from_secs(120),
+        |s| {
+            s.metrics.backlog_points == 0
+                && s.metrics.last_sent_ms.is_some_and(|t| t > outage_end_ms)
+        },
+    );
     agent.stop();
 
     let group = format!("/aws/eks-hybrid/{CLUSTER}");
