@@ -715,6 +715,8 @@ impl JournalReader {
             for f in &mut self.files {
                 f.win = Vec::new();
                 f.win_base = 0;
+                // The field cache refills from a few reads when entries come again.
+                f.cache = HashMap::new();
             }
             self.scratch = Vec::new();
             self.items = Vec::new();
