@@ -196,6 +196,7 @@ fn child_output_is_spooled_and_shipped_per_component() {
             stream,
             line: line(component, i, 80),
             timestamp: std::time::SystemTime::now(),
+            ack: None,
         };
         assert!(tx.blocking_send(line));
     }
@@ -244,6 +245,87 @@ fn child_output_is_spooled_and_shipped_per_component() {
         order(&c).is_sorted() && order(&k).is_sorted(),
         "child lines out of order"
     );
+}
+
+/// The built-in supervisor resumes child output from the position telemetry acknowledged: that
+/// acknowledgement must come only once the line is in the spool. With CloudWatch down and the
+/// spool full, lines wait in memory unacknowledged; once the spool drains, every line is
+/// acknowledged, up to the last offset.
+#[test]
+fn child_output_is_acknowledged_only_once_spooled() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let ds = devstack();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let empty_journal = tmp.path().join("journal");
+    std::fs::create_dir_all(&empty_journal).expect("journal dir");
+    let mut s = settings(&empty_journal, tmp.path(), &["kubelet"]);
+    // Room for a few thousand spooled lines of ~200 bytes.
+    s.spool_max_bytes = 1 << 20;
+    let (tx, rx) = hybrid_agent::telemetry::child_line_channel();
+    outage(&ds, true);
+    let agent = InProcess::start_with_children(s, &ds.url, Some(rx));
+    let cell = Arc::new(AtomicU64::new(0));
+    let n = 8_000u64;
+    let sender = std::thread::spawn({
+        let cell = cell.clone();
+        move || {
+            for i in 0..n {
+                let ok = tx.blocking_send(hybrid_agent::telemetry::ChildLine {
+                    component: "containerd".into(),
+                    stream: hybrid_agent::telemetry::ChildStream::Combined,
+                    line: line("containerd", i as usize, 200),
+                    timestamp: std::time::SystemTime::now(),
+                    // The offset just past line i, as the supervisor's tail would give it.
+                    ack: Some(hybrid_agent::telemetry::ChildAck {
+                        cell: cell.clone(),
+                        offset: i + 1,
+                    }),
+                });
+                if !ok {
+                    break;
+                }
+            }
+        }
+    });
+    agent.wait_for(
+        "sources paused on a full spool",
+        Duration::from_secs(60),
+        |s| s.counters.spool_paused,
+    );
+    let acked = cell.load(Ordering::Acquire);
+    let spool_files = |dir: &std::path::Path| -> u64 {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let spooled = spool_files(&tmp.path().join("spool").join("child"));
+    assert!(
+        acked > 0 && acked < n,
+        "with the spool full, only what it holds is acknowledged: {acked} of {n} ({spooled} bytes spooled)"
+    );
+    // Every acknowledged line is in the spool: at least its share of bytes is on disk.
+    assert!(
+        spooled >= acked * 200,
+        "{acked} lines acknowledged but only {spooled} bytes spooled"
+    );
+    outage(&ds, false);
+    agent.wait_for("child lines shipped", Duration::from_secs(120), |s| {
+        s.counters.shipped >= n
+    });
+    sender.join().expect("sender");
+    assert_eq!(
+        cell.load(Ordering::Acquire),
+        n,
+        "the last line acknowledged"
+    );
+    agent.stop();
 }
 
 #[test]

@@ -748,8 +748,10 @@ fn write_position(path: &Path, offset: u64) {
 
 /// Follows a child log file and republishes each complete line, tagged with the component: to
 /// the agent's log, to [`ProcessBackend::output`] subscribers, and, when `telemetry` is set, to
-/// its child-output source — waiting while telemetry is behind, and recording the position
-/// handed over after each pass.
+/// its child-output source — waiting while telemetry is behind. The position recorded for the
+/// next agent is the one telemetry acknowledged as spooled ([`crate::telemetry::ChildAck`]), so a
+/// kill loses no line that was only in flight; the file is truncated only when everything read
+/// from it is acknowledged.
 async fn tail_log(
     name: ComponentName,
     path: PathBuf,
@@ -757,12 +759,24 @@ async fn tail_log(
     out: broadcast::Sender<OutputLine>,
     telemetry: Option<(crate::telemetry::ChildLineSender, PathBuf)>,
 ) {
+    use std::sync::atomic::{AtomicU64, Ordering};
     let component: std::sync::Arc<str> = std::sync::Arc::from(name.as_str());
+    // Durable position: where the tail started, then what telemetry acknowledged.
+    let durable = std::sync::Arc::new(AtomicU64::new(offset));
     let mut partial: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut interval = tokio::time::interval(LOG_TAIL_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut recorded = None;
+    let record = |recorded: &mut Option<u64>| {
+        if let Some((_, pos_path)) = &telemetry {
+            let now = durable.load(Ordering::Acquire);
+            if *recorded != Some(now) {
+                write_position(pos_path, now);
+                *recorded = Some(now);
+            }
+        }
+    };
     loop {
         interval.tick().await;
         // Plain std I/O: a local regular file read returns at once, and tokio::fs would hop
@@ -774,9 +788,8 @@ async fn tail_log(
         if len < offset {
             offset = 0; // truncated by someone else
             partial.clear();
+            durable.store(0, Ordering::Release);
         }
-        // Offset of the first byte of `partial`: the position handed over so far.
-        let mut complete = offset - partial.len() as u64;
         if len > offset && file.seek(SeekFrom::Start(offset)).is_ok() {
             while let Ok(n) = file.read(&mut buf) {
                 if n == 0 {
@@ -799,17 +812,18 @@ async fn tail_log(
                                 stream: crate::telemetry::ChildStream::Combined,
                                 line: line.clone(),
                                 timestamp: std::time::SystemTime::now(),
+                                ack: Some(crate::telemetry::ChildAck {
+                                    cell: durable.clone(),
+                                    offset: at,
+                                }),
                             };
-                            // Telemetry stopped (agent shutting down): the position stays
-                            // before this line, so the next agent ships it.
+                            // Telemetry stopped (agent shutting down): the recorded position
+                            // stays at what was spooled, so the next agent ships the rest.
                             if !sender.send(line).await {
-                                if let Some((_, pos_path)) = &telemetry {
-                                    write_position(pos_path, complete);
-                                }
+                                record(&mut recorded);
                                 return;
                             }
                         }
-                        complete = at;
                         let _ = out.send(OutputLine {
                             component: name,
                             line,
@@ -818,20 +832,17 @@ async fn tail_log(
                 }
             }
         }
+        let all_durable = telemetry.is_none() || durable.load(Ordering::Acquire) == offset;
         if offset >= LOG_FILE_TRUNCATE_BYTES
             && partial.is_empty()
+            && all_durable
             && file.metadata().map(|m| m.len()).unwrap_or(0) == offset
             && file.set_len(0).is_ok()
         {
             offset = 0;
-            complete = 0;
+            durable.store(0, Ordering::Release);
         }
-        if let Some((_, pos_path)) = &telemetry
-            && recorded != Some(complete)
-        {
-            write_position(pos_path, complete);
-            recorded = Some(complete);
-        }
+        record(&mut recorded);
     }
 }
 

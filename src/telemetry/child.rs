@@ -1,13 +1,16 @@
 //! The built-in supervisor's captured child output as a log source.
 //!
-//! The supervisor reads each child's stdout/stderr line by line and hands every line, tagged with
-//! its component, to a [`ChildLineSender`]. Those lines exist nowhere else (no journald under the
-//! built-in backend), so the telemetry side writes them to the spool before anything else
-//! ([`super::shipper::ShipperOptions::durable_input`]). The channel is bounded: when the agent
-//! falls behind, `send` waits, the pipe fills and the child blocks on write — backpressure, not
-//! loss.
+//! The supervisor tails each child's log file (stdout and stderr, in the order written) line by
+//! line and hands every line, tagged with its component, to a [`ChildLineSender`]. Under the
+//! built-in backend there is no journald to hold them, so the telemetry side writes them to the
+//! spool before anything else ([`super::shipper::ShipperOptions::durable_input`]) and only then
+//! acknowledges them ([`ChildAck`]): the supervisor records the acknowledged offset as where the
+//! next agent resumes, so a kill between the hand-over and the spool commit repeats lines, never
+//! skips them. The channel is bounded: when the agent falls behind, `send` waits and the log file
+//! grows — backpressure, not loss.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use tokio::sync::mpsc;
@@ -34,6 +37,32 @@ impl ChildStream {
     }
 }
 
+/// Where a source learns that its lines are durable: after the spool commit that holds the
+/// line, `cell` is set to `offset` (the source's position just past the line). The built-in
+/// supervisor records `cell`'s value as its read position, so a kill never skips a line that
+/// was only in flight.
+#[derive(Debug, Clone)]
+pub struct ChildAck {
+    pub cell: Arc<AtomicU64>,
+    pub offset: u64,
+}
+
+impl PartialEq for ChildAck {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.cell, &other.cell) && self.offset == other.offset
+    }
+}
+
+impl Eq for ChildAck {}
+
+impl ChildAck {
+    /// Marks the line durable. Chunks are committed in the order they were read, so the latest
+    /// acknowledgement is the source's position.
+    pub fn done(&self) {
+        self.cell.store(self.offset, Ordering::Release);
+    }
+}
+
 /// One line of a supervised child's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChildLine {
@@ -44,6 +73,8 @@ pub struct ChildLine {
     pub line: String,
     /// When the supervisor read it.
     pub timestamp: SystemTime,
+    /// Told once the line is in the spool; `None` for sources with nothing to resume.
+    pub ack: Option<ChildAck>,
 }
 
 impl ChildLine {

@@ -70,7 +70,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-pub use child::{ChildLine, ChildLineSender, ChildStream, child_line_channel};
+pub use child::{ChildAck, ChildLine, ChildLineSender, ChildStream, child_line_channel};
 pub use metrics::{ComponentHealth, HealthProbe, NoProbe};
 pub use status::{StatusCell, TelemetryStatus};
 
@@ -375,8 +375,19 @@ pub async fn run(
                 tokio::select! {
                     n = lines.recv_many(&mut buf, 1024) => {
                         if n == 0 { break; }
+                        // The last acknowledgement per source is its position after the chunk.
+                        let mut acks: Vec<child::ChildAck> = Vec::new();
+                        for l in &buf {
+                            if let Some(a) = &l.ack {
+                                match acks.iter_mut().find(|x| Arc::ptr_eq(&x.cell, &a.cell)) {
+                                    Some(x) => x.offset = a.offset,
+                                    None => acks.push(a.clone()),
+                                }
+                            }
+                        }
                         let records = buf.drain(..).flat_map(|l| split(l.into_record())).collect();
-                        if ctx.send(Chunk { records, cursor: None, caught_up: false }).await.is_err() { break; }
+                        let chunk = Chunk { records, cursor: None, caught_up: false, acks };
+                        if ctx.send(chunk).await.is_err() { break; }
                     }
                     _ = sd.changed() => if *sd.borrow() { break; },
                 }
@@ -462,9 +473,8 @@ fn journal_loop(
                     if std::mem::take(&mut reading) {
                         out = Vec::new();
                         let done = Chunk {
-                            records: Vec::new(),
-                            cursor: None,
                             caught_up: true,
+                            ..Chunk::default()
                         };
                         if tx.blocking_send(done).is_err() {
                             return;
@@ -487,7 +497,7 @@ fn journal_loop(
                     .blocking_send(Chunk {
                         records,
                         cursor: p.position,
-                        caught_up: false,
+                        ..Chunk::default()
                     })
                     .is_err()
                 {

@@ -40,6 +40,8 @@ pub struct Chunk {
     pub cursor: Option<Cursor>,
     /// The source has read everything there is for now (sent once, when it catches up).
     pub caught_up: bool,
+    /// Told once these records are committed to the spool (durable-input sources).
+    pub acks: Vec<super::child::ChildAck>,
 }
 
 #[derive(Debug, Clone)]
@@ -313,6 +315,11 @@ impl Shipper {
 
     /// Books a chunk that is either already in the spool (`spooled`) or goes to memory.
     fn accept_chunk(&mut self, c: Chunk, spooled: bool) -> Result<(), ShipperError> {
+        if spooled {
+            for a in &c.acks {
+                a.done();
+            }
+        }
         let n = c.records.len() as u64;
         for r in &c.records {
             self.books
@@ -576,13 +583,10 @@ impl Shipper {
             for (k, v) in streams {
                 s.streams.insert(k, v);
             }
-            // Two shippers share the snapshot: the journal one owns the spool figures, the
-            // child one adds to them.
-            if !durable {
-                s.spool_bytes = bytes;
-                s.spool_oldest_ms = oldest;
-            }
         });
+        // Two shippers share the snapshot, each with its own spool.
+        let part = if durable { "child" } else { "journal" };
+        self.status.set_spool_part(part, bytes, oldest);
     }
 }
 

@@ -122,11 +122,22 @@ pub struct MetricsStatus {
     pub dropped_too_old_points: u64,
 }
 
+/// One spool's share (the journal's and the child output's spools share the bound).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpoolPart {
+    pub bytes: u64,
+    pub oldest_ms: Option<i64>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TelemetryStatus {
     pub log_group: String,
     pub streams: BTreeMap<String, StreamStatus>,
+    /// All log spools together ([`Self::spool_parts`] summed).
     pub spool_bytes: u64,
+    /// Per log source (`journal`, `child`).
+    #[serde(default)]
+    pub spool_parts: BTreeMap<String, SpoolPart>,
     pub spool_max_bytes: u64,
     pub spool_oldest_ms: Option<i64>,
     pub counters: CounterSnapshot,
@@ -143,6 +154,16 @@ pub struct StatusCell {
 impl StatusCell {
     pub fn new() -> Arc<StatusCell> {
         Arc::new(StatusCell::default())
+    }
+
+    /// Records one log spool's figures and recomputes the totals.
+    pub fn set_spool_part(&self, part: &str, bytes: u64, oldest_ms: Option<i64>) {
+        self.update(|s| {
+            s.spool_parts
+                .insert(part.to_string(), SpoolPart { bytes, oldest_ms });
+            s.spool_bytes = s.spool_parts.values().map(|p| p.bytes).sum();
+            s.spool_oldest_ms = s.spool_parts.values().filter_map(|p| p.oldest_ms).min();
+        });
     }
 
     pub fn update(&self, f: impl FnOnce(&mut TelemetryStatus)) {
