@@ -7,10 +7,10 @@
 
 mod install_support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use install_support::{AGENT, Node, create_activation, devstack, standin_release};
+use install_support::{Node, create_activation, devstack, standin_release};
 
 /// Polls `f` every 100 ms until it holds or `limit` passes.
 fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -46,18 +46,7 @@ fn run_and_stop(ds: &hybrid_devstack::Devstack, supervisor_extra: &str) -> (Vec<
     assert_eq!(before.len(), 2, "containerd and kubelet run after join");
 
     let log = node.dir.path().join("daemon.log");
-    let file = std::fs::File::create(&log).unwrap();
-    let mut daemon = Command::new(AGENT)
-        .arg("--root")
-        .arg(&node.root)
-        .arg("run")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AWS_ENDPOINT_URL", &node.endpoint)
-        .stdout(Stdio::from(file.try_clone().unwrap()))
-        .stderr(Stdio::from(file))
-        .spawn()
-        .unwrap();
+    let mut daemon = node.spawn_daemon(&log);
     let daemon_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let healthy = eventually(Duration::from_secs(30), || {
         let out = node.run(&["status", "--json"]);

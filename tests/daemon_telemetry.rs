@@ -12,7 +12,7 @@ mod telemetry_support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -106,25 +106,6 @@ fn relay(client: TcpStream, log: Arc<Mutex<Vec<u8>>>) {
 
 /// Journal lines written while the daemon runs.
 const LINES: usize = 500;
-
-fn spawn_daemon(node: &Node, log: &std::path::Path) -> Child {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(AGENT)
-        .arg("--root")
-        .arg(&node.root)
-        .arg("run")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AWS_ENDPOINT_URL", &node.endpoint)
-        .stdout(Stdio::from(file.try_clone().unwrap()))
-        .stderr(Stdio::from(file))
-        .spawn()
-        .expect("spawn hybrid-agent run")
-}
 
 /// Polls `f` every 200 ms until it returns `Some`, failing with `what` and the daemon's log.
 fn wait<T>(
@@ -237,7 +218,7 @@ fn run_ships_journal_child_output_and_metrics_and_status_shows_them() {
     };
 
     let log = node.dir.path().join("daemon.log");
-    let mut daemon = spawn_daemon(&node, &log);
+    let mut daemon = node.spawn_daemon(&log);
 
     // Journal entries of a configured unit (by SYSLOG_IDENTIFIER: no unit attached).
     let w = j.writer();
@@ -291,7 +272,7 @@ fn run_ships_journal_child_output_and_metrics_and_status_shows_them() {
         .status();
     let _ = daemon.wait();
     post(node.healthz_port, "/standin/mode/healthy");
-    let mut daemon = spawn_daemon(&node, &log);
+    let mut daemon = node.spawn_daemon(&log);
     let kubelet = with_line(
         "output written while the agent was down",
         "kubelet",

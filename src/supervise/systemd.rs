@@ -241,23 +241,32 @@ impl SystemdBackend {
     /// exits 4 "not joined"). `restart` restarts a running agent so it picks up the new join;
     /// otherwise a running agent is left alone. Only queues the job: the agent's start (READY=1)
     /// does not hold up join.
-    pub async fn start_agent_unit(
+    /// A properties proxy on `unit` (loaded first, so a unit without a file answers
+    /// `LoadState=not-found` instead of an error).
+    async fn unit_properties(
         &self,
-        restart: bool,
-    ) -> Result<AgentUnitOutcome, SuperviseError> {
-        let unit = AGENT_UNIT.to_string();
+        unit: &str,
+    ) -> Result<zbus::fdo::PropertiesProxy<'static>, SuperviseError> {
         let path = self
             .manager
-            .load_unit(unit.clone())
+            .load_unit(unit.to_string())
             .await
-            .map_err(dbus("LoadUnit", &unit))?;
-        let props = zbus::fdo::PropertiesProxy::builder(&self.conn)
+            .map_err(dbus("LoadUnit", unit))?;
+        zbus::fdo::PropertiesProxy::builder(&self.conn)
             .destination(SYSTEMD_BUS_NAME)
             .path(path)
             .cache_properties(CacheProperties::No)
             .build()
             .await
-            .map_err(dbus("Properties proxy", &unit))?;
+            .map_err(dbus("Properties proxy", unit))
+    }
+
+    pub async fn start_agent_unit(
+        &self,
+        restart: bool,
+    ) -> Result<AgentUnitOutcome, SuperviseError> {
+        let unit = AGENT_UNIT.to_string();
+        let props = self.unit_properties(&unit).await?;
         let unit_if =
             zbus::names::InterfaceName::from_static_str_unchecked("org.freedesktop.systemd1.Unit");
         let load = props
@@ -300,18 +309,7 @@ impl SystemdBackend {
             return Ok(existing.state.clone());
         }
         let unit = spec.unit.clone();
-        let path = self
-            .manager
-            .load_unit(unit.clone())
-            .await
-            .map_err(dbus("LoadUnit", &unit))?;
-        let props = zbus::fdo::PropertiesProxy::builder(&self.conn)
-            .destination(SYSTEMD_BUS_NAME)
-            .path(path)
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await
-            .map_err(dbus("Properties proxy", &unit))?;
+        let props = self.unit_properties(&unit).await?;
         // Register the signal match before reading the state, so no change falls in between.
         let mut stream = props
             .receive_properties_changed()

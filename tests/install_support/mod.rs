@@ -420,6 +420,20 @@ impl Node {
         Run::of(self.command(args))
     }
 
+    /// `hybrid-agent run` in the background, its output appended to `log`.
+    pub fn spawn_daemon(&self, log: &Path) -> std::process::Child {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        self.command(&["run"])
+            .stdout(std::process::Stdio::from(file.try_clone().unwrap()))
+            .stderr(std::process::Stdio::from(file))
+            .spawn()
+            .expect("spawn hybrid-agent run")
+    }
+
     /// `join` with this node's NodeConfig, the devstack mirror (plain HTTP on loopback) and
     /// `extra` flags.
     pub fn join(&self, ds: &hybrid_devstack::Devstack, extra: &[&str]) -> Run {
