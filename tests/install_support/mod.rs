@@ -333,6 +333,31 @@ where
     })
 }
 
+/// A background `hybrid-agent run`, SIGKILLed and reaped on drop if still running.
+pub struct Daemon(pub std::process::Child);
+
+impl std::ops::Deref for Daemon {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// What one run of the agent printed.
 #[derive(Debug)]
 pub struct Run {
@@ -420,18 +445,21 @@ impl Node {
         Run::of(self.command(args))
     }
 
-    /// `hybrid-agent run` in the background, its output appended to `log`.
-    pub fn spawn_daemon(&self, log: &Path) -> std::process::Child {
+    /// `hybrid-agent run` in the background, its output appended to `log`; killed when the
+    /// guard drops (a failing test must not leave a daemon behind).
+    pub fn spawn_daemon(&self, log: &Path) -> Daemon {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
-        self.command(&["run"])
-            .stdout(std::process::Stdio::from(file.try_clone().unwrap()))
-            .stderr(std::process::Stdio::from(file))
-            .spawn()
-            .expect("spawn hybrid-agent run")
+        Daemon(
+            self.command(&["run"])
+                .stdout(std::process::Stdio::from(file.try_clone().unwrap()))
+                .stderr(std::process::Stdio::from(file))
+                .spawn()
+                .expect("spawn hybrid-agent run"),
+        )
     }
 
     /// `join` with this node's NodeConfig, the devstack mirror (plain HTTP on loopback) and
