@@ -10,13 +10,9 @@ use std::sync::Arc;
 use hybrid_agent::telemetry::journal::{Filter, JournalReader};
 
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / 100.0
+    hybrid_agent::telemetry::metrics::self_usage()
+        .map(|(_, cpu)| cpu)
+        .unwrap_or(0.0)
 }
 
 fn main() -> Result<(), String> {

@@ -21,13 +21,9 @@ fn env(k: &str) -> Result<String, String> {
 
 /// (user+system CPU seconds, anonymous RSS KiB) of this process.
 fn usage() -> (f64, u64) {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let cpu = (t(11) + t(12)) / 100.0;
+    let cpu = telemetry::metrics::self_usage()
+        .map(|(_, cpu)| cpu)
+        .unwrap_or(0.0);
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let anon = status
         .lines()

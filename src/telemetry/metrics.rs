@@ -94,8 +94,9 @@ fn ticks_per_sec() -> f64 {
     100.0
 }
 
-/// (RSS bytes, CPU seconds user+system) of this process from /proc/self.
-fn self_usage() -> Option<(u64, f64)> {
+/// (RSS bytes, CPU seconds user+system) of this process from /proc/self (also what the
+/// telemetry benchmarks' examples measure themselves with).
+pub fn self_usage() -> Option<(u64, f64)> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let rss_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
