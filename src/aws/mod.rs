@@ -97,8 +97,14 @@ pub fn sdk_http_client(
             let _ = bare.set_password(None);
             let mut p = ProxyConfig::all(bare.as_str()).map_err(|e| err(e.to_string()))?;
             if !raw.username().is_empty() {
-                let user = percent_decode(raw.username());
-                let pass = percent_decode(raw.password().unwrap_or(""));
+                // User-info is percent-encoded in the URL (names may hold `@` or `:`).
+                let decode = |v: &str| {
+                    percent_encoding::percent_decode_str(v)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                };
+                let user = decode(raw.username());
+                let pass = decode(raw.password().unwrap_or(""));
                 p = p.with_basic_auth(user, pass);
             }
             if !network.no_proxy.is_empty() {
@@ -121,25 +127,6 @@ pub fn sdk_http_client(
             .build()
     });
     Ok(Some(client))
-}
-
-/// `%XX` escapes of a URL's user-info back to bytes (proxy user names may hold `@` or `:`).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(Ok(v)) = s.get(i + 1..i + 3).map(|h| u8::from_str_radix(h, 16))
-        {
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// An `SdkConfig` for `region` with the given credentials, over `http` when `[network]` needs
