@@ -95,6 +95,18 @@ pub fn temp_path(target: &Path, naming: TempName) -> PathBuf {
     target.with_file_name(temp)
 }
 
+/// Replaces `target` with `contents` through `<target>.tmp` and a rename, without fsync: a crash
+/// leaves the old or the new content, never a torn one, but a power cut may bring back the old.
+/// For positions that may lag (a lagging read position means records sent twice, which
+/// at-least-once allows), where an fsync per update would cost more than it saves.
+pub fn replace_unsynced(target: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut name = target.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = target.with_file_name(name);
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, target)
+}
+
 /// Replaces `target` with `contents` atomically; the file has exactly `mode` from its first byte
 /// on. The directory must exist. On failure before the rename the temporary file is removed and
 /// `target` is untouched.

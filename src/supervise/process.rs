@@ -735,10 +735,7 @@ fn read_position(path: &Path) -> Option<u64> {
 /// old or the new position, never a torn one. No fsync: a position lost in a power cut means
 /// lines shipped twice, which at-least-once allows.
 fn write_position(path: &Path, offset: u64) {
-    let tmp = path.with_extension("pos.tmp");
-    let res =
-        std::fs::write(&tmp, format!("{offset}\n")).and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = res {
+    if let Err(e) = crate::fsutil::replace_unsynced(path, format!("{offset}\n").as_bytes()) {
         tracing::warn!(
             "cannot record the child-output position in {}: {e}",
             path.display()

@@ -592,9 +592,7 @@ impl Shipper {
 
 /// Writes the cursor atomically (temp file + rename): a crash leaves the old or the new one.
 pub fn save_cursor(path: &std::path::Path, c: &Cursor) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, c.to_text())?;
-    std::fs::rename(&tmp, path)
+    crate::fsutil::replace_unsynced(path, c.to_text().as_bytes())
 }
 
 /// Reads a saved cursor; `None` when there is none (first start) or it is unreadable (logged).
