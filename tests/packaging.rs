@@ -274,9 +274,13 @@ fn rows(list: &[(&str, &str)], owner: &str) -> Vec<(String, String, String)> {
 fn scripts_package_builds_a_deb_and_an_rpm_that_install_the_agent() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let out_dir = tmp.path().join("out");
+    // The binary nextest already built: a `cargo build` inside a test can recompile much of the
+    // tree (the test build unifies other features) and holds cargo's lock on the target directory
+    // meanwhile, stalling every other test that builds the stand-in (CI's cold run hit the 300 s
+    // kill). scripts/package's own cargo invocation is the one line this does not exercise.
     let mut cmd = Command::new(repo().join("scripts/package"));
     let printed = ok(cmd
-        .args(["--profile", "debug", "--out"])
+        .args(["--profile", "debug", "--binary", env!("CARGO_BIN_EXE_hybrid-agent"), "--out"])
         .arg(&out_dir)
         .current_dir(tmp.path()));
     let version = package_version();
