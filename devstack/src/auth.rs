@@ -300,7 +300,23 @@ fn verify(state: &Shared, req: &Req, service: &str) -> Result<Principal, AuthFai
         )));
     }
     let token = req.header(SECURITY_TOKEN_HEADER);
-    let (secret, principal) = if signed.auth.access_key_id == ADMIN_ACCESS_KEY_ID {
+    let (secret, principal) = resolve_key(state, &signed.auth.access_key_id, token)?;
+    sigv4::check_freshness(signed.signed_at, state.now()).map_err(AuthFailure::BadSignature)?;
+    if !sigv4::verify_hmac(&secret, &signed.auth, &signed.string_to_sign) {
+        return Err(AuthFailure::BadSignature(mismatch_message(&signed)));
+    }
+    Ok(principal)
+}
+
+/// The secret key of `access_key_id` and whose it is: the admin key pair (which has no session
+/// token), or a temporary credential the devstack issued, whose session token must be `token`
+/// and which must not have expired.
+pub fn resolve_key(
+    state: &Shared,
+    access_key_id: &str,
+    token: Option<&str>,
+) -> Result<(String, Principal), AuthFailure> {
+    Ok(if access_key_id == ADMIN_ACCESS_KEY_ID {
         if token.is_some() {
             return Err(AuthFailure::UnrecognizedClient);
         }
@@ -310,7 +326,7 @@ fn verify(state: &Shared, req: &Req, service: &str) -> Result<Principal, AuthFai
         )
     } else {
         let cred = lock(&state.creds)
-            .get(&signed.auth.access_key_id)
+            .get(access_key_id)
             .cloned()
             .ok_or(AuthFailure::UnrecognizedClient)?;
         let token_ok = token.is_some_and(|t| {
@@ -327,12 +343,7 @@ fn verify(state: &Shared, req: &Req, service: &str) -> Result<Principal, AuthFai
             return Err(AuthFailure::ExpiredToken);
         }
         (cred.secret_access_key.clone(), cred.principal())
-    };
-    sigv4::check_freshness(signed.signed_at, state.now()).map_err(AuthFailure::BadSignature)?;
-    if !sigv4::verify_hmac(&secret, &signed.auth, &signed.string_to_sign) {
-        return Err(AuthFailure::BadSignature(mismatch_message(&signed)));
-    }
-    Ok(principal)
+    })
 }
 
 /// Seconds since the Unix epoch (negative before 1970).

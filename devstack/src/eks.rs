@@ -80,14 +80,10 @@ enum EksError {
     Persist(#[from] persist::PersistError),
 }
 
-/// A fresh self-signed CA (CN=kubernetes, as the EKS cluster CA is named), PEM cert and key.
-fn generate_ca(cluster: &str) -> Result<(String, String), EksError> {
-    let err = |source| EksError::Ca {
-        cluster: cluster.to_string(),
-        source,
-    };
-    let key = rcgen::KeyPair::generate().map_err(err)?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+/// The parameters of every cluster CA (CN=kubernetes, as the EKS cluster CA is named); also
+/// what names the CA as the issuer of the stand-in API server's certificate ([`crate::kube`]).
+pub fn ca_params() -> Result<rcgen::CertificateParams, rcgen::Error> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
         .distinguished_name
@@ -102,8 +98,34 @@ fn generate_ca(cluster: &str) -> Result<(String, String), EksError> {
     let year = time::OffsetDateTime::now_utc().year();
     params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
     params.not_after = rcgen::date_time_ymd(year + 10, 1, 1);
-    let cert = params.self_signed(&key).map_err(err)?;
+    Ok(params)
+}
+
+/// A fresh self-signed cluster CA, PEM cert and key.
+fn generate_ca(cluster: &str) -> Result<(String, String), EksError> {
+    let err = |source| EksError::Ca {
+        cluster: cluster.to_string(),
+        source,
+    };
+    let key = rcgen::KeyPair::generate().map_err(err)?;
+    let cert = ca_params().map_err(err)?.self_signed(&key).map_err(err)?;
     Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Points `cluster` at `endpoint` (the stand-in API server just started for it).
+pub fn set_endpoint(state: &Shared, cluster: &str, endpoint: &str) -> Result<(), ApiError> {
+    let mut clusters = lock(&state.eks.clusters);
+    let Some(c) = clusters.get_mut(cluster) else {
+        return Err(ApiError::not_found(
+            "ResourceNotFoundException",
+            format!("No cluster found for name: {cluster}."),
+        ));
+    };
+    c.endpoint = endpoint.to_owned();
+    state
+        .eks
+        .save(&clusters)
+        .map_err(|e| ApiError::internal(e.to_string()))
 }
 
 fn new_cluster(name: &str, now_secs: i64) -> Result<Cluster, EksError> {
@@ -309,6 +331,7 @@ fn list_clusters(state: &Shared, req: &Req) -> Response {
 /// - `DELETE /_devstack/eks/clusters?name=X`
 /// - `GET /_devstack/eks/ca?name=X` → `{"cert_pem": "...", "key_pem": "..."}`: the cluster CA and
 ///   its key, to sign a serving certificate for a stand-in API server.
+/// - `/_devstack/eks/kube-*?name=X`: the cluster's stand-in API server ([`crate::kube::control`]).
 pub async fn control(state: &Shared, op: &str, req: &Req) -> Response {
     let q = req.query_pairs();
     let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
@@ -325,6 +348,9 @@ pub async fn control(state: &Shared, op: &str, req: &Req) -> Response {
                 .collect::<Vec<_>>()
         })
     };
+    if op.starts_with("eks/kube-") {
+        return crate::kube::control(state, op, &name, req).await;
+    }
     match (req.method.clone(), op) {
         (Method::POST, "eks/clusters") => {
             if let Some(s) = get("status")

@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod control;
 pub mod eks;
+pub mod kube;
 pub mod logs;
 pub mod metrics;
 pub mod mirror;

@@ -10,7 +10,11 @@ use std::time::Duration;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "hybrid-devstack", version, about = "Local AWS stand-in for hybrid-agent: SSM hybrid activation, CloudWatch Logs and metrics, EKS, STS and an artifact mirror on 127.0.0.1")]
+#[command(
+    name = "hybrid-devstack",
+    version,
+    about = "Local AWS stand-in for hybrid-agent: SSM hybrid activation, CloudWatch Logs and metrics, EKS, STS and an artifact mirror on 127.0.0.1"
+)]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
@@ -41,6 +45,11 @@ struct Args {
     /// Seconds added to the devstack's clock (negative = behind the host).
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     clock_offset: i64,
+    /// Also start a stand-in Kubernetes API server (HTTPS, certificate from the cluster CA,
+    /// EKS token authentication) for the demo cluster, make it the cluster's endpoint, and print
+    /// its URL on the second line of stdout.
+    #[arg(long)]
+    kube_api: bool,
 }
 
 /// Client-side helpers that talk to a running devstack with the official AWS SDK, as a user
@@ -70,14 +79,33 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Command::CreateActivation { endpoint, iam_role, registration_limit, expires_in, region }) = args.command {
-        return create_activation(&endpoint, &iam_role, registration_limit, expires_in, &region);
+    if let Some(Command::CreateActivation {
+        endpoint,
+        iam_role,
+        registration_limit,
+        expires_in,
+        region,
+    }) = args.command
+    {
+        return create_activation(
+            &endpoint,
+            &iam_role,
+            registration_limit,
+            expires_in,
+            &region,
+        );
     }
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DEVSTACK_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DEVSTACK_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let mut faults = hybrid_devstack::control::Faults { clock_offset_secs: args.clock_offset, ..Default::default() };
+    let mut faults = hybrid_devstack::control::Faults {
+        clock_offset_secs: args.clock_offset,
+        ..Default::default()
+    };
     if args.error_rate > 0.0 || args.throttle_rate > 0.0 || args.latency_ms > 0 {
         faults.rules.push(hybrid_devstack::control::FaultRule {
             error_rate: args.error_rate,
@@ -86,6 +114,7 @@ fn main() -> ExitCode {
             ..Default::default()
         });
     }
+    let args_kube_api = args.kube_api;
     let config = hybrid_devstack::Config {
         port: args.port,
         state_dir: args.state_dir,
@@ -95,7 +124,11 @@ fn main() -> ExitCode {
         faults,
         ..Default::default()
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hybrid-devstack: cannot start the runtime: {e}");
@@ -114,6 +147,20 @@ fn main() -> ExitCode {
             Ok(addr) => {
                 use std::io::Write;
                 println!("http://{addr}");
+                if args_kube_api {
+                    match hybrid_devstack::kube::start(&state, hybrid_devstack::eks::DEMO_CLUSTER)
+                        .await
+                    {
+                        Ok(endpoint) => println!("{endpoint}"),
+                        Err(e) => {
+                            eprintln!(
+                                "hybrid-devstack: cannot start the API server stand-in: {}",
+                                e.message
+                            );
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
                 let _ = std::io::stdout().flush();
             }
             Err(e) => {
@@ -122,10 +169,11 @@ fn main() -> ExitCode {
             }
         }
         let shutdown = async {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return std::future::pending().await,
+                };
             tokio::select! {
                 _ = term.recv() => {},
                 _ = tokio::signal::ctrl_c() => {},
@@ -136,9 +184,18 @@ fn main() -> ExitCode {
     })
 }
 
-fn create_activation(endpoint: &str, iam_role: &str, limit: i32, expires_in: u64, region: &str) -> ExitCode {
+fn create_activation(
+    endpoint: &str,
+    iam_role: &str,
+    limit: i32,
+    expires_in: u64,
+    region: &str,
+) -> ExitCode {
     use aws_sdk_ssm::primitives::DateTime;
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hybrid-devstack: cannot start the runtime: {e}");
@@ -178,7 +235,10 @@ fn create_activation(endpoint: &str, iam_role: &str, limit: i32, expires_in: u64
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("hybrid-devstack: CreateActivation at {endpoint} failed: {}", aws_sdk_ssm::error::DisplayErrorContext(&e));
+                eprintln!(
+                    "hybrid-devstack: CreateActivation at {endpoint} failed: {}",
+                    aws_sdk_ssm::error::DisplayErrorContext(&e)
+                );
                 ExitCode::FAILURE
             }
         }

@@ -20,6 +20,8 @@ pub struct State {
     pub logs: Mutex<crate::logs::LogsState>,
     pub metrics: Mutex<crate::metrics::MetricsState>,
     pub eks: crate::eks::EksState,
+    /// The stand-in API servers started for clusters (not persisted).
+    pub kube: crate::kube::KubeState,
     pub mirror: crate::mirror::MirrorState,
     pub rolesanywhere: crate::rolesanywhere::RolesAnywhereState,
 }
@@ -40,6 +42,7 @@ impl State {
             logs: Mutex::new(crate::logs::LogsState::load(dir.as_deref())?),
             metrics: Mutex::new(crate::metrics::MetricsState::load(dir.as_deref())?),
             eks: crate::eks::EksState::load(dir.as_deref(), &config)?,
+            kube: crate::kube::KubeState::default(),
             mirror: crate::mirror::MirrorState::default(),
             rolesanywhere: crate::rolesanywhere::RolesAnywhereState::load(dir.as_deref())?,
             faults: RwLock::new(faults),
@@ -70,12 +73,17 @@ impl State {
 
     /// Counts one call of `service`/`op` (e.g. `logs/DescribeLogStreams`).
     pub fn count_call(&self, service: &str, op: &str) {
-        *lock(&self.counters).entry(format!("{service}/{op}")).or_insert(0) += 1;
+        *lock(&self.counters)
+            .entry(format!("{service}/{op}"))
+            .or_insert(0) += 1;
     }
 
     /// How often `service`/`op` was called since start (or the last reset).
     pub fn call_count(&self, service: &str, op: &str) -> u64 {
-        lock(&self.counters).get(&format!("{service}/{op}")).copied().unwrap_or(0)
+        lock(&self.counters)
+            .get(&format!("{service}/{op}"))
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn counters(&self) -> BTreeMap<String, u64> {
