@@ -280,7 +280,13 @@ fn scripts_package_builds_a_deb_and_an_rpm_that_install_the_agent() {
     // kill). scripts/package's own cargo invocation is the one line this does not exercise.
     let mut cmd = Command::new(repo().join("scripts/package"));
     let printed = ok(cmd
-        .args(["--profile", "debug", "--binary", env!("CARGO_BIN_EXE_hybrid-agent"), "--out"])
+        .args([
+            "--profile",
+            "debug",
+            "--binary",
+            env!("CARGO_BIN_EXE_hybrid-agent"),
+            "--out",
+        ])
         .arg(&out_dir)
         .current_dir(tmp.path()));
     let version = package_version();

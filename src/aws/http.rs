@@ -27,6 +27,21 @@ pub struct HttpSettings {
     pub extra_ca_bundle: Option<PathBuf>,
     pub connect_timeout: Option<Duration>,
     pub request_timeout: Option<Duration>,
+    /// Trust only this PEM bundle (a Kubernetes cluster CA), not the system roots nor
+    /// `extra_ca_bundle`: `(what it is, the PEM)`.
+    pub trust_only: Option<(String, Vec<u8>)>,
+}
+
+impl HttpSettings {
+    /// The proxy and trust settings of `[network]`.
+    pub fn from_network(network: &crate::config::NetworkConfig) -> HttpSettings {
+        HttpSettings {
+            proxy: network.proxy.as_ref().map(|u| u.expose().to_string()),
+            no_proxy: network.no_proxy.clone(),
+            extra_ca_bundle: network.ca_bundle.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +56,11 @@ pub enum HttpSetupError {
     #[error("CA bundle {path} holds no usable PEM certificate: {source}")]
     CaParse {
         path: PathBuf,
+        source: reqwest::Error,
+    },
+    #[error("{what} holds no usable PEM certificate: {source}")]
+    TrustParse {
+        what: String,
         source: reqwest::Error,
     },
     #[error("cannot build the HTTP client: {0}")]
@@ -66,7 +86,15 @@ pub fn client(settings: &HttpSettings) -> Result<reqwest::Client, HttpSetupError
         }
         b = b.proxy(proxy);
     }
-    if let Some(path) = &settings.extra_ca_bundle {
+    if let Some((what, pem)) = &settings.trust_only {
+        let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|source| {
+            HttpSetupError::TrustParse {
+                what: what.clone(),
+                source,
+            }
+        })?;
+        b = b.tls_certs_only(certs);
+    } else if let Some(path) = &settings.extra_ca_bundle {
         let pem = std::fs::read(path).map_err(|source| HttpSetupError::CaRead {
             path: path.clone(),
             source,
@@ -77,9 +105,7 @@ pub fn client(settings: &HttpSettings) -> Result<reqwest::Client, HttpSetupError
                 source,
             }
         })?;
-        for c in certs {
-            b = b.add_root_certificate(c);
-        }
+        b = b.tls_certs_merge(certs);
     }
     b.build().map_err(HttpSetupError::Build)
 }

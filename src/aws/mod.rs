@@ -10,6 +10,7 @@
 //! - [`http`]: the reqwest client of the private APIs.
 
 pub mod credentials;
+pub mod eks_token;
 pub mod http;
 
 use std::time::Duration;

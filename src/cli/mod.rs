@@ -13,6 +13,7 @@ mod leave;
 mod node_args;
 mod run;
 mod status;
+mod token;
 mod upgrade;
 
 use std::io::Write;
@@ -120,6 +121,9 @@ pub enum Command {
     /// Check or show the effective configuration.
     #[command(long_about = config::LONG_ABOUT)]
     Config(config::ConfigArgs),
+    /// Print a token for the cluster's API server (an exec credential, like aws-iam-authenticator).
+    #[command(long_about = token::LONG_ABOUT)]
+    Token(token::TokenArgs),
 }
 
 /// Why a command did not succeed; each variant maps to one documented exit code.
@@ -176,6 +180,9 @@ pub enum CliError {
     /// `install` or `bundle create` failed; nothing was installed.
     #[error("install: {0}")]
     Install(#[from] crate::install::InstallError),
+    /// `token` could not make a token (no credentials, no region).
+    #[error("token: {0}")]
+    Token(String),
     /// The async runtime could not be created.
     #[error("{command}: cannot start the async runtime: {source}")]
     Runtime {
@@ -215,7 +222,9 @@ impl CliError {
             CliError::NotBuilt { .. } => ExitCode::NotBuilt,
             CliError::Identity(e) => e.exit_code(),
             CliError::Join(e) => e.exit_code(),
-            CliError::Upgrade(e) if matches!(**e, crate::join::upgrade::UpgradeError::NotJoined) => {
+            CliError::Upgrade(e)
+                if matches!(**e, crate::join::upgrade::UpgradeError::NotJoined) =>
+            {
                 ExitCode::NotJoined
             }
             CliError::Leave(_) | CliError::Upgrade(_) | CliError::Install(_) => ExitCode::Failure,
@@ -235,6 +244,7 @@ impl CliError {
             | CliError::Render { .. }
             | CliError::Daemon(_)
             | CliError::Status(_)
+            | CliError::Token(_)
             | CliError::Runtime { .. } => ExitCode::Failure,
         }
     }
@@ -290,6 +300,7 @@ pub fn run(cli: &Cli, env: &Env, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Upgrade(args) => upgrade::run(args, &mut ctx),
         Command::Doctor(args) => doctor::run(args, &mut ctx),
         Command::Config(args) => config::run(args, &mut ctx),
+        Command::Token(args) => token::run(args, &mut ctx),
     }
 }
 

@@ -154,18 +154,9 @@ impl<'a> IdentityEnv<'a> {
     }
 
     fn http(&self) -> Result<reqwest::Client, SetupError> {
-        let settings = HttpSettings {
-            proxy: self
-                .agent
-                .network
-                .proxy
-                .as_ref()
-                .map(|u| u.expose().to_string()),
-            no_proxy: self.agent.network.no_proxy.clone(),
-            extra_ca_bundle: self.agent.network.ca_bundle.clone(),
-            ..Default::default()
-        };
-        Ok(http::client(&settings)?)
+        Ok(http::client(&HttpSettings::from_network(
+            &self.agent.network,
+        ))?)
     }
 
     /// The shared credentials file, plus `/eks-hybrid/.aws/credentials` (same profile) with

@@ -60,8 +60,8 @@ const AUTH_CODES: [&str; 4] = [
     "ExpiredToken",
 ];
 
-/// SDK configuration with the credentials from the agent's shared credentials file.
-pub fn sdk(agent: &AgentConfig, region: &Region) -> Result<aws_config::SdkConfig, CloudError> {
+/// The node's credentials as the identity phase wrote them to the shared credentials file.
+pub fn credentials(agent: &AgentConfig) -> Result<Credentials, CloudError> {
     let target = CredentialsTarget {
         path: agent.credentials.file.clone(),
         profile: agent.credentials.profile.clone(),
@@ -75,13 +75,18 @@ pub fn sdk(agent: &AgentConfig, region: &Region) -> Result<aws_config::SdkConfig
         .read()
         .map_err(|e| cred_err(e.to_string()))?
         .ok_or_else(|| cred_err("the profile is missing or incomplete".into()))?;
-    let creds = Credentials::new(
+    Ok(Credentials::new(
         values.access_key_id,
         values.secret_access_key.expose().to_owned(),
         values.session_token.map(|t| t.expose().to_owned()),
         None,
         PROVIDER_NAME,
-    );
+    ))
+}
+
+/// SDK configuration with the credentials from the agent's shared credentials file.
+pub fn sdk(agent: &AgentConfig, region: &Region) -> Result<aws_config::SdkConfig, CloudError> {
+    let creds = credentials(agent)?;
     let http = crate::aws::sdk_http_client(&agent.network)
         .map_err(|e| CloudError::Network(e.to_string()))?;
     Ok(sdk_config(

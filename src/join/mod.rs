@@ -16,6 +16,7 @@
 pub mod cloud;
 pub mod components;
 pub mod leave;
+pub mod ready;
 pub mod record;
 pub mod upgrade;
 
@@ -45,8 +46,6 @@ use record::{BACKUP_DIR, FileDigest, JOIN_JOURNAL, NodeRecord, RecordError, TXN_
 /// How long `join` and `upgrade` wait for containerd and kubelet to answer by default. kubelet
 /// on a small box takes ~10–30 s to serve /healthz after start.
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long the node-Ready check waits for the API server to answer a connection.
-pub const API_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Unix socket paths longer than this cannot be bound (sun_path is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -204,6 +203,8 @@ pub enum PhaseError {
         waited: Duration,
         detail: String,
     },
+    #[error(transparent)]
+    NodeReady(#[from] ready::ReadyError),
     #[error("{0}")]
     Other(String),
 }
@@ -944,7 +945,7 @@ impl Run<'_> {
                 && let record::ProbeRecord::HttpGet { url } = &k.probe
             {
                 self.txn.plan(format!(
-                    "wait up to {:?} for kubelet to answer {url}",
+                    "wait up to {:?} for kubelet to answer {url}, then for the node to be Ready in the cluster (when its API server answers)",
                     self.opts.wait_timeout
                 ));
             }
@@ -957,6 +958,7 @@ impl Run<'_> {
             return Ok(());
         };
         let wait = self.opts.wait_timeout;
+        let deadline = tokio::time::Instant::now() + wait;
         match components.wait_healthy(ComponentName::Kubelet, wait).await {
             Ok(_) => {}
             Err(detail) => {
@@ -967,15 +969,42 @@ impl Run<'_> {
                 });
             }
         }
-        let ready = match &self.rendered {
-            Some((_, details, _)) => api_reachable(&details.api_server_endpoint).await,
-            None => Err("no cluster details".to_owned()),
+        let Some((_, details, _)) = self.rendered.clone() else {
+            self.report.lines.push("wait: kubelet healthy".to_owned());
+            self.report
+                .warnings
+                .push("node Ready not checked: no cluster details were rendered".to_owned());
+            return Ok(());
         };
-        match ready {
-            Ok(()) => self.report.lines.push("wait: kubelet healthy; the API server answers (node registration is up to kubelet now)".to_owned()),
-            Err(why) => {
+        let node_name = self.node_name()?;
+        let credentials = cloud::credentials(&self.config.agent)?;
+        let check = ready::ReadyCheck {
+            endpoint: &details.api_server_endpoint,
+            ca_pem: &details.ca_pem,
+            node_name: &node_name,
+            cluster: &self.spec.cluster,
+            region: self.spec.region.as_str(),
+            credentials: &credentials,
+            network: &self.config.agent.network,
+        };
+        match ready::wait_ready(&check, deadline).await? {
+            ready::ReadyOutcome::Ready => self
+                .report
+                .lines
+                .push(format!("wait: kubelet healthy; node {node_name} is Ready")),
+            ready::ReadyOutcome::WaitingForNetwork(condition) => {
+                self.report.lines.push(format!(
+                    "wait: kubelet healthy; node {node_name} registered, waiting for a pod network"
+                ));
+                self.report.warnings.push(format!(
+                    "node {node_name} is registered but NotReady until a CNI runs on it ({condition}); deploy Cilium or Calico on the cluster for the remote pod network (EKS hybrid nodes need one of them)"
+                ));
+            }
+            ready::ReadyOutcome::Unreachable(why) => {
                 self.report.lines.push("wait: kubelet healthy".to_owned());
-                self.report.warnings.push(format!("node Ready not checked: {why}"));
+                self.report
+                    .warnings
+                    .push(format!("node Ready not checked: {why}"));
             }
         }
         Ok(())
@@ -1079,30 +1108,5 @@ impl Source {
             Source::Mirror { manifest_url } => manifest_url.clone(),
             Source::Bundle(p) => format!("bundle {}", p.display()),
         }
-    }
-}
-
-/// Whether something answers a TLS connection at the API server endpoint's host and port.
-async fn api_reachable(endpoint: &str) -> Result<(), String> {
-    let url = reqwest::Url::parse(endpoint)
-        .map_err(|e| format!("API server endpoint `{endpoint}` is not a URL: {e}"))?;
-    let host = url
-        .host_str()
-        .ok_or_else(|| format!("API server endpoint `{endpoint}` has no host"))?
-        .to_owned();
-    let port = url.port_or_known_default().unwrap_or(443);
-    match tokio::time::timeout(
-        API_CONNECT_TIMEOUT,
-        tokio::net::TcpStream::connect((host.as_str(), port)),
-    )
-    .await
-    {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(format!(
-            "the API server at {endpoint} is not reachable from this host ({e})"
-        )),
-        Err(_) => Err(format!(
-            "the API server at {endpoint} did not answer within {API_CONNECT_TIMEOUT:?}"
-        )),
     }
 }

@@ -29,6 +29,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use clap::{Parser, ValueEnum};
 
+mod node_status;
+
 /// Printed before every line, so logs never show this program as kubelet.
 const TAG: &str = "standin-kubelet [STAND-IN, not kubelet]";
 
@@ -70,10 +72,18 @@ struct Args {
     /// Exit with a failure code this many seconds after start (0: at once).
     #[arg(long)]
     crash_after: Option<f64>,
-    /// A file holding one word (healthy, unhealthy, hang, crash); when it exists it overrides
-    /// --mode, at start and before every /healthz answer.
+    /// A file holding one word (healthy, unhealthy, hang, crash, no-cni); when it exists it
+    /// overrides --mode, at start and before every /healthz answer.
     #[arg(long)]
     control_file: Option<PathBuf>,
+    /// kubelet's kubeconfig: when given, the stand-in registers its Node with that API server
+    /// (token from the kubeconfig's exec plugin, TLS against its CA) and posts the Ready
+    /// condition every few seconds, as kubelet does.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The Node's name (kubelet's flag; hybrid-agent sets it to the node name).
+    #[arg(long)]
+    hostname_override: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -86,6 +96,9 @@ enum Mode {
     Hang,
     /// The process exits with a failure code.
     Crash,
+    /// /healthz answers 200, but the Node is NotReady because no CNI runs (as on an EKS hybrid
+    /// node before Cilium or Calico is deployed).
+    NoCni,
 }
 
 impl Mode {
@@ -95,6 +108,7 @@ impl Mode {
             "unhealthy" => Some(Mode::Unhealthy),
             "hang" => Some(Mode::Hang),
             "crash" => Some(Mode::Crash),
+            "no-cni" => Some(Mode::NoCni),
             _ => None,
         }
     }
@@ -106,6 +120,7 @@ impl Mode {
             1 => Mode::Unhealthy,
             2 => Mode::Hang,
             3 => Mode::Crash,
+            4 => Mode::NoCni,
             _ => Mode::Healthy,
         }
     }
@@ -191,6 +206,13 @@ async fn main() {
         }
     };
     say(&format!("serving /healthz on {addr}"));
+    if let Some(kubeconfig) = args.kubeconfig.clone() {
+        let name = args
+            .hostname_override
+            .clone()
+            .unwrap_or_else(|| "standin-node".to_owned());
+        tokio::spawn(node_status::run(kubeconfig, name, shared.clone()));
+    }
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/standin/mode/{mode}", post(set_mode))
@@ -223,7 +245,7 @@ async fn terminated() {
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
     match shared.current() {
-        Mode::Healthy => (StatusCode::OK, "ok".into()),
+        Mode::Healthy | Mode::NoCni => (StatusCode::OK, "ok".into()),
         Mode::Unhealthy => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("{TAG}: unhealthy on purpose\n"),
