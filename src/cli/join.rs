@@ -39,7 +39,10 @@ verified by SHA-256, from the manifest, a mirror (--mirror) or an offline bundle
 them (cluster details from the NodeConfig or eks:DescribeCluster)
   start      containerd, then kubelet, under the supervisor the daemon uses (systemd units \
 when PID 1 is systemd, else the built-in backend)
-  wait       kubelet healthy (/healthz); node Ready is checked when the API server answers
+  wait       kubelet healthy (/healthz), then the node Ready in the cluster when its API \
+server answers (token from the node's credentials, TLS against the cluster CA); 401/403, a \
+certificate that does not verify, or a node not registered in time fail the join; NotReady only \
+for want of a CNI is a warning
 
 Every change is journaled: if a phase fails, what this run changed is rolled back (files \
 restored from backups, new ones removed, a fresh registration deregistered, started components \
