@@ -76,6 +76,21 @@ fn put_file(mirror: &std::path::Path, name: &str, bytes: &[u8]) {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// The sandbox as before the join (runtime state aside), the SSM registration undone, nothing
+/// left running.
+fn assert_rolled_back(f: &Fixture, before: &std::collections::BTreeMap<String, String>) {
+    let after = f.node.fingerprint(&RUNTIME);
+    assert_eq!(before, &after, "not rolled back:\n{}", diff(before, &after));
+    assert!(
+        managed_instances(&f.ds).is_empty(),
+        "the registration is undone"
+    );
+    assert!(
+        f.node.supervised_pids().is_empty(),
+        "kubelet and containerd are stopped"
+    );
+}
+
 fn nodes(ds: &hybrid_devstack::Devstack) -> String {
     control(
         ds,
@@ -169,7 +184,7 @@ fn no_access_entry_for_the_node_role_fails_the_join_and_rolls_it_back() {
         "POST",
         &format!("/_devstack/eks/kube-access?name={CLUSTER}&access=none"),
     );
-    let before = f.node.fingerprint(&[]);
+    let before = f.node.fingerprint(&RUNTIME);
     let run = f.node.join(&f.ds, &[]);
     assert_eq!(run.code, Some(3), "{run:?}");
     assert!(
@@ -182,20 +197,7 @@ fn no_access_entry_for_the_node_role_fails_the_join_and_rolls_it_back() {
         !run.stderr.contains("k8s-aws-v1."),
         "a token in the output: {run:?}"
     );
-    let after = f.node.fingerprint(&RUNTIME);
-    let before: std::collections::BTreeMap<_, _> = before
-        .into_iter()
-        .filter(|(k, _)| !RUNTIME.iter().any(|r| k.starts_with(r)))
-        .collect();
-    assert_eq!(before, after, "not rolled back:\n{}", diff(&before, &after));
-    assert!(
-        managed_instances(&f.ds).is_empty(),
-        "the registration is undone"
-    );
-    assert!(
-        f.node.supervised_pids().is_empty(),
-        "kubelet and containerd are stopped"
-    );
+    assert_rolled_back(&f, &before);
 
     // An access entry of the wrong type: authenticated, but forbidden.
     control(
@@ -216,7 +218,7 @@ fn a_node_that_never_registers_fails_the_join_at_wait() {
     // The mirror's aws-iam-authenticator is random bytes: the stand-in kubelet cannot get a
     // token, so its Node never appears.
     let f = fixture(None, false);
-    let before = f.node.fingerprint(&[]);
+    let before = f.node.fingerprint(&RUNTIME);
     let run = f.node.join(&f.ds, &["--wait-timeout", "8s"]);
     assert_eq!(run.code, Some(3), "{run:?}");
     assert!(
@@ -228,10 +230,5 @@ fn a_node_that_never_registers_fails_the_join_at_wait() {
         f.ds.state.call_count("kube", "GetNode") >= 2,
         "the agent kept looking"
     );
-    let after = f.node.fingerprint(&RUNTIME);
-    let before: std::collections::BTreeMap<_, _> = before
-        .into_iter()
-        .filter(|(k, _)| !RUNTIME.iter().any(|r| k.starts_with(r)))
-        .collect();
-    assert_eq!(before, after, "not rolled back:\n{}", diff(&before, &after));
+    assert_rolled_back(&f, &before);
 }

@@ -7,9 +7,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use aws_credential_types::Credentials;
 use base64::Engine;
-use hybrid_devstack::auth::{ADMIN_ACCESS_KEY_ID, ADMIN_SECRET_ACCESS_KEY};
 use hybrid_devstack::kube::verify_token;
 
 const CLUSTER: &str = "hybrid-demo";
@@ -19,14 +17,7 @@ fn presigned_token(cluster: &str, at: SystemTime) -> String {
     use aws_sigv4::http_request::{
         SignableBody, SignableRequest, SignatureLocation, SigningSettings, sign,
     };
-    let identity = Credentials::new(
-        ADMIN_ACCESS_KEY_ID,
-        ADMIN_SECRET_ACCESS_KEY,
-        None,
-        None,
-        "test",
-    )
-    .into();
+    let identity = common::admin_credentials().into();
     let mut settings = SigningSettings::default();
     settings.signature_location = SignatureLocation::QueryParams;
     settings.expires_in = Some(Duration::from_secs(60));
@@ -52,10 +43,7 @@ fn presigned_token(cluster: &str, at: SystemTime) -> String {
     )
     .unwrap();
     let (instructions, _) = sign(request, &params).unwrap().into_parts();
-    let mut req = axum::http::Request::builder()
-        .uri(url)
-        .body(())
-        .unwrap();
+    let mut req = axum::http::Request::builder().uri(url).body(()).unwrap();
     instructions.apply_to_request_http1x(&mut req);
     let presigned = req.uri().to_string();
     format!(
@@ -139,11 +127,25 @@ fn the_api_server_speaks_tls_from_the_cluster_ca_and_keeps_nodes() {
             .tls_certs_only(Vec::new())
             .build()
             .unwrap();
-        assert!(system_roots.get(format!("{endpoint}/healthz")).send().await.is_err());
+        assert!(
+            system_roots
+                .get(format!("{endpoint}/healthz"))
+                .send()
+                .await
+                .is_err()
+        );
 
-        let healthz = trusting.get(format!("{endpoint}/healthz")).send().await.unwrap();
+        let healthz = trusting
+            .get(format!("{endpoint}/healthz"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(healthz.status(), 200, "health is anonymous");
-        let anonymous = trusting.get(format!("{endpoint}/api/v1/nodes")).send().await.unwrap();
+        let anonymous = trusting
+            .get(format!("{endpoint}/api/v1/nodes"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(anonymous.status(), 401);
         let body: serde_json::Value = anonymous.json().await.unwrap();
         assert_eq!(body["kind"], "Status");
@@ -168,7 +170,9 @@ fn the_api_server_speaks_tls_from_the_cluster_ca_and_keeps_nodes() {
             .unwrap();
         assert_eq!(again.status(), 409);
         let patched = trusting
-            .patch(format!("{endpoint}/api/v1/nodes/mi-0123456789abcdef0/status"))
+            .patch(format!(
+                "{endpoint}/api/v1/nodes/mi-0123456789abcdef0/status"
+            ))
             .bearer_auth(&token)
             .header("content-type", "application/merge-patch+json")
             .body(r#"{"status":{"conditions":[{"type":"Ready","status":"True"}]}}"#)

@@ -20,14 +20,21 @@ pub fn devstack() -> hybrid_devstack::Devstack {
 }
 
 /// An SDK config for `url` with static credentials and SDK retries off (tests see every error).
-pub async fn sdk_config(url: &str, access_key: &str, secret: &str, token: Option<String>) -> SdkConfig {
+pub async fn sdk_config(
+    url: &str,
+    access_key: &str,
+    secret: &str,
+    token: Option<String>,
+) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .endpoint_url(url)
         .region(Region::new(REGION))
         .credentials_provider(Credentials::new(access_key, secret, token, None, "test"))
         .retry_config(aws_config::retry::RetryConfig::disabled())
         .timeout_config(
-            aws_config::timeout::TimeoutConfig::builder().operation_timeout(Duration::from_secs(30)).build(),
+            aws_config::timeout::TimeoutConfig::builder()
+                .operation_timeout(Duration::from_secs(30))
+                .build(),
         )
         .load()
         .await
@@ -51,7 +58,10 @@ impl Drop for Moto {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// Starts moto_server from `<repo>/.venv` (installed by scripts/setup). A missing moto is a
@@ -61,7 +71,11 @@ pub fn moto() -> Moto {
     let bin = std::env::var_os("MOTO_SERVER")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo.join(".venv/bin/moto_server"));
-    assert!(bin.exists(), "moto_server not found at {} — run scripts/setup (or scripts/test) to install it", bin.display());
+    assert!(
+        bin.exists(),
+        "moto_server not found at {} — run scripts/setup (or scripts/test) to install it",
+        bin.display()
+    );
     let port = free_port();
     let child = Command::new(&bin)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -75,23 +89,30 @@ pub fn moto() -> Moto {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             break;
         }
-        assert!(Instant::now() < deadline, "moto_server did not listen on {url} within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "moto_server did not listen on {url} within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     Moto { url, child }
 }
 
-/// POSTs an awsQuery form body to `url/`, SigV4-signed for `service` with the admin key.
-pub async fn signed_query(url: &str, service: &str, body: String) -> reqwest::Response {
-    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-    let identity = aws_credential_types::Credentials::new(
+/// The devstack's admin key pair as SDK credentials.
+pub fn admin_credentials() -> aws_credential_types::Credentials {
+    aws_credential_types::Credentials::new(
         ADMIN_ACCESS_KEY_ID,
         ADMIN_SECRET_ACCESS_KEY,
         None,
         None,
         "test",
     )
-    .into();
+}
+
+/// POSTs an awsQuery form body to `url/`, SigV4-signed for `service` with the admin key.
+pub async fn signed_query(url: &str, service: &str, body: String) -> reqwest::Response {
+    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+    let identity = admin_credentials().into();
     let params = aws_sigv4::sign::v4::SigningParams::builder()
         .identity(&identity)
         .region(REGION)
@@ -128,4 +149,3 @@ pub async fn signed_query(url: &str, service: &str, body: String) -> reqwest::Re
         .await
         .expect("devstack answers")
 }
-
