@@ -12,6 +12,7 @@ pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod doctor;
 pub mod exit;
 pub mod fsutil;
 pub mod identity;

@@ -112,7 +112,8 @@ impl Devstack {
         let (addr, state) = ready_rx
             .recv()
             .map_err(|_| DevstackError::Runtime(std::io::Error::other("devstack thread died")))??;
-        let addr = addr.ok_or_else(|| DevstackError::Runtime(std::io::Error::other("no local address")))?;
+        let addr =
+            addr.ok_or_else(|| DevstackError::Runtime(std::io::Error::other("no local address")))?;
         Ok(Devstack {
             url: format!("http://{addr}"),
             addr,
@@ -152,7 +153,9 @@ pub async fn serve(
 ) {
     let app = Router::new().fallback(dispatch).with_state(state.clone());
     let listener = crate::control::GatedListener::new(listener, state);
-    let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let _ = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
 }
 
 /// Which service a request is for, decided from its target header, path or Action.
@@ -213,11 +216,16 @@ pub fn classify(req: &Req) -> Option<(Service, String)> {
         }
         return None;
     }
-    if let Some(op) = req.path.strip_prefix("/service/GraniteServiceVersion20100801/operation/") {
+    if let Some(op) = req
+        .path
+        .strip_prefix("/service/GraniteServiceVersion20100801/operation/")
+    {
         return Some((Service::MetricsCbor, op.to_string()));
     }
     if req.path.starts_with("/clusters") {
-        let op = if req.method == axum::http::Method::GET && req.path.trim_end_matches('/').matches('/').count() == 2 {
+        let op = if req.method == axum::http::Method::GET
+            && req.path.trim_end_matches('/').matches('/').count() == 2
+        {
             "DescribeCluster"
         } else if req.method == axum::http::Method::GET {
             "ListClusters"
@@ -230,7 +238,11 @@ pub fn classify(req: &Req) -> Option<(Service, String)> {
         return Some((Service::RolesAnywhere, "CreateSession".to_string()));
     }
     if req.method == axum::http::Method::POST && req.path == "/" {
-        let action = req.form_pairs().into_iter().find(|(k, _)| k == "Action").map(|(_, v)| v)?;
+        let action = req
+            .form_pairs()
+            .into_iter()
+            .find(|(k, _)| k == "Action")
+            .map(|(_, v)| v)?;
         let service = match action.as_str() {
             "GetCallerIdentity" | "AssumeRole" | "GetSessionToken" => Service::Sts,
             _ => Service::MetricsQuery,
@@ -241,6 +253,16 @@ pub fn classify(req: &Req) -> Option<(Service, String)> {
 }
 
 async fn dispatch(AxState(state): AxState<Shared>, request: Request<Body>) -> Response {
+    let mut resp = answer(&state, request).await;
+    // Every response carries the devstack's notion of now (clock offset included), errors for
+    // unknown paths too: clients detect skew from it, as they would from AWS.
+    if let Ok(v) = axum::http::HeaderValue::from_str(&httpdate::fmt_http_date(state.now())) {
+        resp.headers_mut().insert(axum::http::header::DATE, v);
+    }
+    resp
+}
+
+async fn answer(state: &Shared, request: Request<Body>) -> Response {
     // The GatedListener refuses new connections during an outage; a request on a connection
     // kept alive from before must fail too, or pooled clients would never notice the outage.
     if state.faults().in_outage() {
@@ -266,8 +288,11 @@ async fn dispatch(AxState(state): AxState<Shared>, request: Request<Body>) -> Re
         body,
     };
     let Some((service, op)) = classify(&req) else {
-        return ApiError::not_found("UnknownOperationException", format!("devstack does not serve {} {}", req.method, req.path))
-            .render(Protocol::Plain);
+        return ApiError::not_found(
+            "UnknownOperationException",
+            format!("devstack does not serve {} {}", req.method, req.path),
+        )
+        .render(Protocol::Plain);
     };
     state.count_call(service.name(), &op);
     if !matches!(service, Service::Control) {
@@ -277,24 +302,23 @@ async fn dispatch(AxState(state): AxState<Shared>, request: Request<Body>) -> Re
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
-        if let Some(err) = state.faults().injected_error(service.name(), &op, service.protocol()) {
+        if let Some(err) = state
+            .faults()
+            .injected_error(service.name(), &op, service.protocol())
+        {
             return err.render(service.protocol());
         }
     }
-    let mut resp = match service {
-        Service::Ssm => crate::ssm::handle(&state, &op, &req).await,
-        Service::Logs => crate::logs::handle(&state, &op, &req).await,
-        Service::MetricsCbor | Service::MetricsQuery => crate::metrics::handle(&state, service.protocol(), &op, &req).await,
-        Service::Sts => crate::sts::handle(&state, &op, &req).await,
-        Service::Eks => crate::eks::handle(&state, &op, &req).await,
-        Service::RolesAnywhere => crate::rolesanywhere::handle(&state, &op, &req).await,
-        Service::Mirror => crate::mirror::handle(&state, &req).await,
-        Service::Control => crate::control::handle(&state, &op, &req).await,
-    };
-    // Every response carries the devstack's notion of now (clock offset included): clients
-    // detect skew from it, as they would from AWS.
-    if let Ok(v) = axum::http::HeaderValue::from_str(&httpdate::fmt_http_date(state.now())) {
-        resp.headers_mut().insert(axum::http::header::DATE, v);
+    match service {
+        Service::Ssm => crate::ssm::handle(state, &op, &req).await,
+        Service::Logs => crate::logs::handle(state, &op, &req).await,
+        Service::MetricsCbor | Service::MetricsQuery => {
+            crate::metrics::handle(state, service.protocol(), &op, &req).await
+        }
+        Service::Sts => crate::sts::handle(state, &op, &req).await,
+        Service::Eks => crate::eks::handle(state, &op, &req).await,
+        Service::RolesAnywhere => crate::rolesanywhere::handle(state, &op, &req).await,
+        Service::Mirror => crate::mirror::handle(state, &req).await,
+        Service::Control => crate::control::handle(state, &op, &req).await,
     }
-    resp
 }

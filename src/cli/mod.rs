@@ -180,6 +180,9 @@ pub enum CliError {
     /// `install` or `bundle create` failed; nothing was installed.
     #[error("install: {0}")]
     Install(#[from] crate::install::InstallError),
+    /// `doctor` found a failing check (or could not run).
+    #[error("doctor: {0}")]
+    Doctor(String),
     /// `token` could not make a token (no credentials, no region).
     #[error("token: {0}")]
     Token(String),
@@ -245,6 +248,7 @@ impl CliError {
             | CliError::Daemon(_)
             | CliError::Status(_)
             | CliError::Token(_)
+            | CliError::Doctor(_)
             | CliError::Runtime { .. } => ExitCode::Failure,
         }
     }

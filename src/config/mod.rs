@@ -35,7 +35,7 @@ pub use env::{ACTIVATION_CODE_ENV, Env};
 pub use node::{ActivationCodeInput, NodeInput, NodeOverrides};
 pub use problem::{Location, Problem, Problems};
 pub use secret::{REDACTED, Secret};
-pub use types::{Region, SafeUrl};
+pub use types::{Region, SafeUrl, parse_cidr};
 pub use validate::{Cluster, Containerd, Kubelet, NodeSettings, Provider};
 
 use crate::paths::HostPaths;

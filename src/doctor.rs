@@ -1,0 +1,627 @@
+//! `hybrid-agent doctor`: the problems that most often keep a hybrid node from joining or staying
+//! Ready, each checked the way the component that trips over it would meet it, and each reported
+//! with what to do. Read-only.
+//!
+//! Host: swap, kernel modules, sysctls (read under `--root`, like every host path), the open-file
+//! limit. Network, per AWS service the node talks to: does the endpoint answer through the
+//! configured proxy and CA bundle, and how far is this host's clock from the endpoint's (`Date`
+//! header; SigV4 refuses requests more than 5 minutes off). Cloud, once the node is known: the
+//! credentials (STS GetCallerIdentity), the cluster (DescribeCluster: ACTIVE, hybrid networks,
+//! this node's address inside a remote node network), the API server (reachable, the certificate
+//! verifies against the cluster CA, the node's token accepted) and the Node (registered, Ready).
+//! Components: containerd and kubelet answer their health probes.
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::aws::http::{self, HttpSettings, TransportKind};
+use crate::config::{AgentConfig, Region, Service};
+use crate::join::{cloud, ready, record::NodeRecord};
+use crate::paths::HostPaths;
+use crate::supervise::probe::Prober;
+
+/// Clock difference to an endpoint above which SigV4 requests fail (AWS allows 5 minutes).
+pub const CLOCK_FAIL: Duration = Duration::from_secs(5 * 60);
+/// Clock difference worth a warning: certificate and token checks start to wobble.
+pub const CLOCK_WARN: Duration = Duration::from_secs(60);
+/// Open files below which containerd and kubelet (which inherit the limit from the built-in
+/// supervisor) run short on a busy node.
+pub const MIN_NOFILE: u64 = 65_536;
+/// Time allowed to each network check.
+const NETWORK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    Warn,
+    Fail,
+    /// Could not be checked (not joined, nothing to read); says why.
+    Skip,
+}
+
+/// One finding.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// Short name (`swap`, `endpoint ssm`, `api-server`, ...).
+    pub name: String,
+    pub outcome: Outcome,
+    /// What was found.
+    pub detail: String,
+    /// What to do about it (empty when nothing).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub fix: String,
+}
+
+impl Check {
+    fn new(name: impl Into<String>, outcome: Outcome, detail: impl Into<String>) -> Check {
+        Check {
+            name: name.into(),
+            outcome,
+            detail: detail.into(),
+            fix: String::new(),
+        }
+    }
+
+    fn fix(mut self, fix: impl Into<String>) -> Check {
+        self.fix = fix.into();
+        self
+    }
+}
+
+/// What doctor looks at.
+pub struct DoctorInput<'a> {
+    pub paths: &'a HostPaths,
+    pub agent: &'a AgentConfig,
+    /// The cluster and region from the command line, for a host that has not joined yet.
+    pub cluster: Option<String>,
+    pub region: Option<Region>,
+}
+
+/// Every check, in the order a user should read them.
+pub async fn run(input: &DoctorInput<'_>) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let record = match NodeRecord::load(input.paths) {
+        Ok(Some(r)) => {
+            checks.push(Check::new(
+                "node",
+                Outcome::Ok,
+                format!(
+                    "joined cluster {} ({}) as {}, Kubernetes {}, {} backend",
+                    r.cluster, r.region, r.node_name, r.kubernetes_version, r.backend
+                ),
+            ));
+            Some(r)
+        }
+        Ok(None) => {
+            checks.push(
+                Check::new("node", Outcome::Warn, "this host has not joined a cluster").fix(
+                    "hybrid-agent join; the cloud checks need --cluster and --region until then",
+                ),
+            );
+            None
+        }
+        Err(e) => {
+            checks.push(Check::new("node", Outcome::Fail, e.to_string()));
+            None
+        }
+    };
+    host_checks(input.paths, &mut checks);
+
+    let region = input
+        .region
+        .clone()
+        .or_else(|| record.as_ref().and_then(|r| Region::parse(&r.region).ok()));
+    let cluster = input
+        .cluster
+        .clone()
+        .or_else(|| record.as_ref().map(|r| r.cluster.clone()));
+    let Some(region) = region else {
+        checks.push(
+            Check::new(
+                "network",
+                Outcome::Skip,
+                "no region: not joined and no --region",
+            )
+            .fix("pass --region (and --cluster) to check a host before it joins"),
+        );
+        return checks;
+    };
+    endpoint_checks(input.agent, &region, record.as_ref(), &mut checks).await;
+    if let Some(record) = &record {
+        cloud_checks(
+            input.agent,
+            &region,
+            cluster.as_deref(),
+            record,
+            &mut checks,
+        )
+        .await;
+        component_checks(record, &mut checks).await;
+    } else {
+        checks.push(Check::new(
+            "credentials",
+            Outcome::Skip,
+            "not joined: the node has no credentials yet",
+        ));
+    }
+    checks
+}
+
+fn host_checks(paths: &HostPaths, checks: &mut Vec<Check>) {
+    let swap = crate::node::system::active_swap(paths);
+    checks.push(if swap.is_empty() {
+        Check::new("swap", Outcome::Ok, "no active swap")
+    } else {
+        Check::new(
+            "swap",
+            Outcome::Fail,
+            format!(
+                "active swap: {}; kubelet refuses to start with swap on",
+                swap.join(", ")
+            ),
+        )
+        .fix("swapoff -a, and remove the swap entries from /etc/fstab")
+    });
+
+    let modules = std::fs::read_to_string(paths.resolve("/proc/modules")).unwrap_or_default();
+    let missing: Vec<&str> = crate::node::system::MODULES
+        .iter()
+        .copied()
+        .filter(|m| {
+            !modules.lines().any(|l| l.split(' ').next() == Some(m))
+                && !paths.resolve(format!("/sys/module/{m}")).exists()
+        })
+        .collect();
+    checks.push(if missing.is_empty() {
+        Check::new(
+            "kernel modules",
+            Outcome::Ok,
+            "overlay and br_netfilter are loaded",
+        )
+    } else {
+        Check::new(
+            "kernel modules",
+            Outcome::Fail,
+            format!("not loaded: {}", missing.join(", ")),
+        )
+        .fix(format!(
+            "modprobe {} (join's /etc/modules-load.d file loads them at boot)",
+            missing.join(" ")
+        ))
+    });
+
+    let mut wrong = Vec::new();
+    let mut unreadable = Vec::new();
+    for (key, want) in crate::node::system::SYSCTLS {
+        let file = paths.resolve(format!("/proc/sys/{}", key.replace('.', "/")));
+        match std::fs::read_to_string(&file) {
+            Ok(v) if v.trim() == want => {}
+            Ok(v) => wrong.push(format!("{key} = {} (needs {want})", v.trim())),
+            Err(_) => unreadable.push(key),
+        }
+    }
+    checks.push(if !wrong.is_empty() {
+        Check::new("sysctls", Outcome::Fail, wrong.join("; ")).fix(
+            "sysctl --system (join writes /etc/sysctl.d/99-hybrid-agent.conf), or set them by hand",
+        )
+    } else if !unreadable.is_empty() {
+        Check::new(
+            "sysctls",
+            Outcome::Warn,
+            format!(
+                "cannot read {} (br_netfilter not loaded, or IPv6 disabled?)",
+                unreadable.join(", ")
+            ),
+        )
+    } else {
+        Check::new(
+            "sysctls",
+            Outcome::Ok,
+            "forwarding, bridge netfilter and kernel defaults set",
+        )
+    });
+
+    checks.push(match rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
+        Some(n) if n < MIN_NOFILE => Check::new(
+            "open files",
+            Outcome::Warn,
+            format!("the open-file limit here is {n}; components the built-in supervisor starts inherit it"),
+        )
+        .fix(format!("raise it to at least {MIN_NOFILE} (LimitNOFILE= in the unit, or limits.conf)")),
+        Some(n) => Check::new("open files", Outcome::Ok, format!("limit {n}")),
+        None => Check::new("open files", Outcome::Ok, "unlimited"),
+    });
+}
+
+/// The services this node talks to.
+fn services(record: Option<&NodeRecord>) -> Vec<Service> {
+    let identity = match record.map(|r| r.provider.as_str()) {
+        Some("iam-ra") => Service::Rolesanywhere,
+        _ => Service::Ssm,
+    };
+    vec![
+        identity,
+        Service::Sts,
+        Service::Eks,
+        Service::Logs,
+        Service::Cloudwatch,
+    ]
+}
+
+async fn endpoint_checks(
+    agent: &AgentConfig,
+    region: &Region,
+    record: Option<&NodeRecord>,
+    checks: &mut Vec<Check>,
+) {
+    let mut settings = HttpSettings::from_network(&agent.network);
+    settings.connect_timeout = Some(NETWORK_TIMEOUT);
+    settings.request_timeout = Some(NETWORK_TIMEOUT);
+    let client = match http::client(&settings) {
+        Ok(c) => c,
+        Err(e) => {
+            checks.push(
+                Check::new("network", Outcome::Fail, e.to_string())
+                    .fix("fix [network] in the agent config"),
+            );
+            return;
+        }
+    };
+    let mut worst_skew: Option<(Duration, bool, String)> = None;
+    for service in services(record) {
+        let name = format!("endpoint {}", service.config_key());
+        let url = match agent.endpoints.url(service, region) {
+            Ok(u) => u,
+            Err(e) => {
+                checks.push(Check::new(name, Outcome::Fail, e.to_string()));
+                continue;
+            }
+        };
+        let sent_at = SystemTime::now();
+        match client.get(url.clone()).send().await {
+            Ok(resp) => {
+                checks.push(Check::new(
+                    name,
+                    Outcome::Ok,
+                    format!("{url} answers ({})", resp.status()),
+                ));
+                let date = resp
+                    .headers()
+                    .get(reqwest::header::DATE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| httpdate::parse_http_date(v).ok());
+                if let Some(date) = date {
+                    let (skew, ahead) = match date.duration_since(sent_at) {
+                        Ok(d) => (d, false),
+                        Err(e) => (e.duration(), true),
+                    };
+                    if worst_skew.as_ref().is_none_or(|(w, _, _)| skew > *w) {
+                        worst_skew = Some((skew, ahead, url.to_string()));
+                    }
+                }
+            }
+            Err(e) => {
+                let (kind, detail) = http::classify(&e);
+                let fix = match kind {
+                    TransportKind::Tls => {
+                        "the certificate is not trusted: if a proxy inspects TLS, put its CA in [network] ca_bundle; check the host's clock"
+                    }
+                    _ => "check DNS, routes and firewall to the endpoint, or set [network] proxy",
+                };
+                checks.push(Check::new(name, Outcome::Fail, detail).fix(fix));
+            }
+        }
+    }
+    if let Some((skew, ahead, url)) = worst_skew {
+        let words = format!(
+            "this host's clock is {} s {} {url}",
+            skew.as_secs(),
+            if ahead { "ahead of" } else { "behind" }
+        );
+        checks.push(if skew > CLOCK_FAIL {
+            Check::new("clock", Outcome::Fail, format!("{words}: AWS refuses signatures more than 5 minutes off"))
+                .fix("synchronise the clock (chrony or systemd-timesyncd against a reachable NTP server)")
+        } else if skew > CLOCK_WARN {
+            Check::new("clock", Outcome::Warn, words)
+                .fix("synchronise the clock (chrony or systemd-timesyncd)")
+        } else {
+            Check::new("clock", Outcome::Ok, words)
+        });
+    }
+}
+
+async fn cloud_checks(
+    agent: &AgentConfig,
+    region: &Region,
+    cluster: Option<&str>,
+    record: &NodeRecord,
+    checks: &mut Vec<Check>,
+) {
+    let credentials =
+        match cloud::credentials(agent) {
+            Ok(c) => c,
+            Err(e) => {
+                checks.push(Check::new("credentials", Outcome::Fail, e.to_string()).fix(
+                    "is hybrid-agent.service running? it refreshes them (hybrid-agent status)",
+                ));
+                return;
+            }
+        };
+    if credentials.expiry().is_some_and(|t| t <= SystemTime::now()) {
+        checks.push(
+            Check::new(
+                "credentials",
+                Outcome::Fail,
+                "the node's credentials have expired",
+            )
+            .fix("start hybrid-agent.service (it refreshes them) and see hybrid-agent status"),
+        );
+    }
+    let sts = match cloud::sdk(agent, region) {
+        Ok(sdk) => {
+            let endpoint = agent
+                .endpoints
+                .url(Service::Sts, region)
+                .ok()
+                .map(|u| u.as_str().trim_end_matches('/').to_owned());
+            crate::aws::sts_client(&sdk, endpoint.as_deref())
+        }
+        Err(e) => {
+            checks.push(Check::new("credentials", Outcome::Fail, e.to_string()));
+            return;
+        }
+    };
+    match tokio::time::timeout(NETWORK_TIMEOUT * 2, sts.get_caller_identity().send()).await {
+        Ok(Ok(out)) => checks.push(Check::new(
+            "credentials",
+            Outcome::Ok,
+            format!("STS says this is {}", out.arn().unwrap_or("(no ARN)")),
+        )),
+        Ok(Err(e)) => checks.push(
+            Check::new(
+                "credentials",
+                Outcome::Fail,
+                format!(
+                    "STS GetCallerIdentity: {}",
+                    aws_sdk_sts::error::DisplayErrorContext(&e)
+                ),
+            )
+            .fix("hybrid-agent status shows the credential refresh and its last error"),
+        ),
+        Err(_) => checks.push(Check::new(
+            "credentials",
+            Outcome::Fail,
+            "STS GetCallerIdentity did not answer in time",
+        )),
+    }
+
+    let Some(cluster) = cluster else {
+        return;
+    };
+    let mut remote_node_cidrs = Vec::new();
+    match cloud::eks(agent, region) {
+        Ok(eks) => match tokio::time::timeout(
+            NETWORK_TIMEOUT * 2,
+            eks.describe_cluster().name(cluster).send(),
+        )
+        .await
+        {
+            Ok(Ok(out)) => {
+                let c = out.cluster();
+                let status = c
+                    .and_then(|c| c.status())
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default();
+                remote_node_cidrs = c
+                    .and_then(|c| c.remote_network_config())
+                    .map(|r| {
+                        r.remote_node_networks()
+                            .iter()
+                            .flat_map(|n| n.cidrs().iter().cloned())
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default();
+                checks.push(if status != "ACTIVE" {
+                    Check::new("cluster", Outcome::Fail, format!("cluster {cluster} is {status}"))
+                        .fix("wait until it is ACTIVE")
+                } else if remote_node_cidrs.is_empty() {
+                    Check::new(
+                        "cluster",
+                        Outcome::Fail,
+                        format!("cluster {cluster} has no remote node networks"),
+                    )
+                    .fix("enable hybrid nodes on the cluster (remoteNetworkConfig)")
+                } else {
+                    Check::new(
+                        "cluster",
+                        Outcome::Ok,
+                        format!(
+                            "{cluster} is ACTIVE, remote node networks {}",
+                            remote_node_cidrs.join(", ")
+                        ),
+                    )
+                });
+            }
+            Ok(Err(e)) => checks.push(
+                Check::new(
+                    "cluster",
+                    Outcome::Fail,
+                    format!("DescribeCluster {cluster}: {}", aws_sdk_eks::error::DisplayErrorContext(&e)),
+                )
+                .fix("check the cluster name and region, and that the node role may call eks:DescribeCluster"),
+            ),
+            Err(_) => checks.push(Check::new(
+                "cluster",
+                Outcome::Fail,
+                "DescribeCluster did not answer in time",
+            )),
+        },
+        Err(e) => checks.push(Check::new("cluster", Outcome::Fail, e.to_string())),
+    }
+
+    let endpoint = &record.cluster_details.api_server_endpoint;
+    if !remote_node_cidrs.is_empty()
+        && let Some(ip) = node_ip(record, endpoint)
+    {
+        let inside = remote_node_cidrs.iter().any(|c| cidr_contains(c, ip));
+        checks.push(if inside {
+            Check::new(
+                "node address",
+                Outcome::Ok,
+                format!("{ip} is inside a remote node network"),
+            )
+        } else {
+            Check::new(
+                "node address",
+                Outcome::Fail,
+                format!(
+                    "{ip} (the address this node reaches the API server from) is outside the remote node networks {}; the control plane cannot reach kubelet",
+                    remote_node_cidrs.join(", ")
+                ),
+            )
+            .fix("add this node's network to the cluster's remoteNodeNetworks, or set kubelet's --node-ip to an address inside one")
+        });
+    }
+
+    let check = ready::ReadyCheck {
+        endpoint,
+        ca_pem: &record.cluster_details.ca_pem,
+        node_name: &record.node_name,
+        cluster: &record.cluster,
+        region: region.as_str(),
+        credentials: &credentials,
+        network: &agent.network,
+    };
+    // One look: doctor reports how things are, it does not wait for them to change.
+    let look = ready::wait_ready(&check, tokio::time::Instant::now()).await;
+    checks.push(match look {
+        Ok(ready::ReadyOutcome::Ready) => Check::new(
+            "node ready",
+            Outcome::Ok,
+            format!("{} is Ready in {endpoint}", record.node_name),
+        ),
+        Ok(ready::ReadyOutcome::WaitingForNetwork(why)) => Check::new(
+            "node ready",
+            Outcome::Warn,
+            format!("{} is NotReady: {why}", record.node_name),
+        )
+        .fix("deploy a CNI (Cilium or Calico) for the cluster's remote pod network"),
+        Ok(ready::ReadyOutcome::Unreachable(why)) => Check::new("api server", Outcome::Fail, why)
+            .fix(
+                "kubelet needs to reach the API server too: check routes, firewall and proxy to it",
+            ),
+        Err(e) => Check::new("node ready", Outcome::Fail, e.to_string()),
+    });
+}
+
+/// kubelet's `--node-ip`, else the address this host would use to reach the API server (no
+/// packet is sent: a UDP socket is only connected).
+fn node_ip(record: &NodeRecord, endpoint: &str) -> Option<IpAddr> {
+    let from_flag = record
+        .components
+        .iter()
+        .flat_map(|c| c.args.iter())
+        .find_map(|a| a.strip_prefix("--node-ip="))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok());
+    if from_flag.is_some() {
+        return from_flag;
+    }
+    let url = reqwest::Url::parse(endpoint).ok()?;
+    let host = url.host_str()?.trim_matches(['[', ']']).to_owned();
+    let port = url.port_or_known_default().unwrap_or(443);
+    let target = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+        .ok()?
+        .next()?;
+    let bind: std::net::SocketAddr = if target.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = std::net::UdpSocket::bind(bind).ok()?;
+    socket.connect(target).ok()?;
+    socket.local_addr().ok().map(|a| a.ip())
+}
+
+/// Whether `ip` is inside `cidr` (`10.80.0.0/16`, `fd00::/64`); false for a malformed block.
+fn cidr_contains(cidr: &str, ip: IpAddr) -> bool {
+    let Ok((net, prefix)) = crate::config::parse_cidr(cidr) else {
+        return false;
+    };
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
+
+async fn component_checks(record: &NodeRecord, checks: &mut Vec<Check>) {
+    let prober = Prober::new();
+    for c in &record.components {
+        let result = prober
+            .probe(&c.probe.to_probe(), Duration::from_secs(3))
+            .await;
+        let name = c.name.to_string();
+        checks.push(if result.ok {
+            Check::new(name, Outcome::Ok, format!("healthy: {}", result.detail))
+        } else {
+            Check::new(name, Outcome::Fail, format!("unhealthy: {}", result.detail))
+                .fix("hybrid-agent status shows its restarts and the supervisor's view; its log says why")
+        });
+    }
+}
+
+/// `ok`/`warn`/`FAIL`/`skip` lines, then a summary line.
+pub fn to_text(checks: &[Check]) -> String {
+    let mut out = String::new();
+    for c in checks {
+        let tag = match c.outcome {
+            Outcome::Ok => "ok  ",
+            Outcome::Warn => "warn",
+            Outcome::Fail => "FAIL",
+            Outcome::Skip => "skip",
+        };
+        out.push_str(&format!("{tag}  {:<16} {}\n", c.name, c.detail));
+        if !c.fix.is_empty() {
+            out.push_str(&format!("      {:<16} fix: {}\n", "", c.fix));
+        }
+    }
+    let count = |o| checks.iter().filter(|c| c.outcome == o).count();
+    out.push_str(&format!(
+        "{} checks: {} ok, {} warnings, {} failed, {} skipped\n",
+        checks.len(),
+        count(Outcome::Ok),
+        count(Outcome::Warn),
+        count(Outcome::Fail),
+        count(Outcome::Skip)
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_contain_their_addresses_only() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("an address");
+        assert!(cidr_contains("10.80.0.0/16", ip("10.80.3.4")));
+        assert!(!cidr_contains("10.80.0.0/16", ip("10.81.0.1")));
+        assert!(cidr_contains("0.0.0.0/0", ip("192.0.2.1")));
+        assert!(cidr_contains("127.0.0.0/8", ip("127.0.0.1")));
+        assert!(cidr_contains("fd00::/64", ip("fd00::1")));
+        assert!(!cidr_contains("fd00::/64", ip("fd01::1")));
+        assert!(!cidr_contains("10.0.0.0/8", ip("fd00::1")));
+        assert!(!cidr_contains("nonsense", ip("10.0.0.1")));
+    }
+}

@@ -1,0 +1,195 @@
+//! `hybrid-agent doctor` on a joined sandbox against the devstack (with its stand-in API server):
+//! every check passes on a healthy node, then each breakage is named with what to do — swap on, a
+//! sysctl off, the host clock 10 minutes off the endpoints, the node role without an access entry,
+//! the node's address outside the remote node networks, kubelet down. Host files are read under
+//! `--root`, so the sandbox carries its own `/proc` files.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod install_support;
+
+use std::collections::BTreeMap;
+
+use install_support::*;
+
+const MODULES: &str =
+    "overlay 151552 0 - Live 0x0000000000000000\nbr_netfilter 32768 0 - Live 0x0000000000000000\n";
+const SWAPS_HEADER: &str = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n";
+
+fn write(node: &Node, host_path: &str, text: &str) {
+    let p = node.path(host_path);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+/// The node's kernel as join leaves a good host: modules loaded, sysctls set, no swap.
+fn healthy_kernel(node: &Node) {
+    write(node, "/proc/modules", MODULES);
+    write(node, "/proc/swaps", SWAPS_HEADER);
+    for (key, value) in hybrid_agent::node::system::SYSCTLS {
+        write(
+            node,
+            &format!("/proc/sys/{}", key.replace('.', "/")),
+            &format!("{value}\n"),
+        );
+    }
+}
+
+/// `doctor --json` as name → (outcome, detail + fix).
+fn doctor(node: &Node) -> (Run, BTreeMap<String, (String, String)>) {
+    let run = node.run(&["doctor", "--json"]);
+    let checks: Vec<serde_json::Value> = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("doctor --json printed no JSON ({e}): {run:?}"));
+    let map = checks
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_owned(),
+                (
+                    c["outcome"].as_str().unwrap().to_owned(),
+                    format!(
+                        "{} | fix: {}",
+                        c["detail"].as_str().unwrap(),
+                        c["fix"].as_str().unwrap_or("")
+                    ),
+                ),
+            )
+        })
+        .collect();
+    (run, map)
+}
+
+#[test]
+fn doctor_passes_a_healthy_node_and_names_each_breakage_with_its_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = dir.path().join("mirror");
+    std::fs::create_dir_all(&mirror).unwrap();
+    let ds = devstack(&mirror);
+    control(
+        &ds,
+        "POST",
+        &format!("/_devstack/eks/kube-api?name={CLUSTER}"),
+    );
+    // The node reaches the stand-in API server from 127.0.0.1: make that a remote node network.
+    control(
+        &ds,
+        "POST",
+        &format!(
+            "/_devstack/eks/clusters?name={CLUSTER}&remote_node_cidrs=10.80.0.0/16,127.0.0.0/8"
+        ),
+    );
+    let node = Node::new(&ds, &create_activation(&ds));
+    standin_release(&mirror, VERSION);
+    let authenticator = mirror
+        .join(VERSION)
+        .join(ARCH)
+        .join("aws-iam-authenticator");
+    std::fs::write(
+        &authenticator,
+        format!(
+            "#!/bin/sh\n# STAND-IN for aws-iam-authenticator\nexec {AGENT} --root {} \"$@\"\n",
+            node.root.display()
+        ),
+    )
+    .unwrap();
+    healthy_kernel(&node);
+    let join = node.join(&ds, &[]);
+    assert_eq!(join.code, Some(0), "{join:?}");
+
+    let (run, checks) = doctor(&node);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    for name in [
+        "node",
+        "swap",
+        "kernel modules",
+        "sysctls",
+        "endpoint ssm",
+        "endpoint sts",
+        "endpoint eks",
+        "endpoint logs",
+        "endpoint cloudwatch",
+        "clock",
+        "credentials",
+        "cluster",
+        "node address",
+        "node ready",
+        "containerd",
+        "kubelet",
+    ] {
+        let (outcome, detail) = checks
+            .get(name)
+            .unwrap_or_else(|| panic!("no check {name}: {checks:?}"));
+        assert_eq!(outcome, "ok", "{name}: {detail}");
+    }
+    assert!(
+        checks["credentials"].1.contains(":assumed-role/"),
+        "{checks:?}"
+    );
+    assert!(checks["node address"].1.contains("127.0.0.1"), "{checks:?}");
+    // The text form: one line per check and a summary.
+    let text = node.run(&["doctor"]);
+    assert_eq!(text.code, Some(0), "{text:?}");
+    assert!(text.stdout.contains("ok    node ready"), "{text:?}");
+    assert!(text.stdout.contains(" failed, "), "{text:?}");
+
+    // Break things.
+    write(
+        &node,
+        "/proc/swaps",
+        &format!("{SWAPS_HEADER}/swapfile\tfile\t1048572\t0\t-2\n"),
+    );
+    write(&node, "/proc/sys/net/ipv4/ip_forward", "0\n");
+    control(&ds, "POST", "/_devstack/clock?offset_secs=600");
+    control(
+        &ds,
+        "POST",
+        &format!("/_devstack/eks/kube-access?name={CLUSTER}&access=none"),
+    );
+    control(
+        &ds,
+        "POST",
+        &format!("/_devstack/eks/clusters?name={CLUSTER}&remote_node_cidrs=10.80.0.0/16"),
+    );
+    let (run, checks) = doctor(&node);
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert!(run.stderr.contains("failed"), "{run:?}");
+    let failed = |name: &str, words: &[&str]| {
+        let (outcome, detail) = &checks[name];
+        assert_eq!(outcome, "fail", "{name}: {detail}");
+        for w in words {
+            assert!(detail.contains(w), "{name}: {detail} lacks {w:?}");
+        }
+    };
+    failed("swap", &["/swapfile", "swapoff -a"]);
+    failed("sysctls", &["net.ipv4.ip_forward = 0 (needs 1)"]);
+    failed("clock", &["behind", "5 minutes", "synchronise"]);
+    failed(
+        "node address",
+        &["127.0.0.1", "outside", "10.80.0.0/16", "--node-ip"],
+    );
+    failed("node ready", &["401", "HYBRID_LINUX"]);
+    assert_eq!(checks["kernel modules"].0, "ok");
+    assert!(
+        !run.stdout.contains("k8s-aws-v1."),
+        "a token in doctor's output"
+    );
+
+    // kubelet down (the agent's daemon is not running, so nothing restarts it).
+    control(&ds, "POST", "/_devstack/clock?offset_secs=0");
+    for pid in node.supervised_pids() {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("kubelet") {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(pid as i32).unwrap(),
+                rustix::process::Signal::KILL,
+            );
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (_, checks) = doctor(&node);
+    assert_eq!(checks["kubelet"].0, "fail", "{checks:?}");
+    assert_eq!(checks["containerd"].0, "ok", "{checks:?}");
+    assert_eq!(checks["credentials"].0, "ok", "{checks:?}");
+
+    let leave = node.run(&["leave"]);
+    assert_eq!(leave.code, Some(0), "{leave:?}");
+}
