@@ -30,6 +30,18 @@ fn receive_until(sock: &UnixDatagram, want: &str, limit: Duration, seen: &mut Ve
     false
 }
 
+/// Kills the daemon if the test fails before stopping it: a failed run must not leave it behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn run_notifies_ready_feeds_the_watchdog_and_says_stopping() {
     let ds = devstack(Duration::from_secs(3600));
@@ -43,7 +55,7 @@ fn run_notifies_ready_feeds_the_watchdog_and_says_stopping() {
 
     let log = host.scratch.path().join("daemon.log");
     let file = std::fs::File::create(&log).expect("log");
-    let mut child = host
+    let mut child = KillOnDrop(host
         .command(&["run"])
         .env("NOTIFY_SOCKET", &sock_path)
         // WatchdogSec=2: the agent must pet it about every second.
@@ -51,8 +63,8 @@ fn run_notifies_ready_feeds_the_watchdog_and_says_stopping() {
         .stdout(std::process::Stdio::from(file.try_clone().expect("clone")))
         .stderr(std::process::Stdio::from(file))
         .spawn()
-        .expect("spawn run");
-    let pid = child.id();
+        .expect("spawn run"));
+    let pid = child.0.id();
 
     let mut seen = Vec::new();
     let ready = receive_until(&sock, "READY=1", Duration::from_secs(30), &mut seen);
@@ -66,6 +78,6 @@ fn run_notifies_ready_feeds_the_watchdog_and_says_stopping() {
 
     let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
     assert!(receive_until(&sock, "STOPPING=1", Duration::from_secs(30), &mut seen), "no STOPPING=1 after SIGTERM; got {seen:?}");
-    let status = child.wait().expect("wait");
+    let status = child.0.wait().expect("wait");
     assert!(status.success(), "run exited {status:?}\n{}", log_text());
 }
