@@ -10,12 +10,17 @@ use std::sync::OnceLock;
 
 /// Builds the `standin-kubelet` workspace member once per test binary and returns its path
 /// (another package, so Cargo gives no `CARGO_BIN_EXE_` for it). `STANDIN_KUBELET_BIN` names a
-/// prebuilt one instead.
+/// prebuilt one instead (scripts/test points it at the one the workspace test build makes).
 pub fn standin_binary() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        if let Some(prebuilt) = std::env::var_os("STANDIN_KUBELET_BIN") {
-            return PathBuf::from(prebuilt);
+        if let Some(prebuilt) = std::env::var_os("STANDIN_KUBELET_BIN").map(PathBuf::from) {
+            assert!(
+                prebuilt.is_file(),
+                "STANDIN_KUBELET_BIN={} does not exist: build it (cargo build -p standin-kubelet) or unset it",
+                prebuilt.display()
+            );
+            return prebuilt;
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let out = Command::new(cargo)
