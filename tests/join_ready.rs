@@ -160,7 +160,7 @@ fn join_waits_until_the_node_is_ready_in_the_cluster() {
 #[test]
 fn a_node_waiting_for_a_cni_joins_with_a_warning() {
     let f = fixture(Some("no-cni"), true);
-    let run = f.node.join(&f.ds, &["--wait-timeout", "10s"]);
+    let run = f.node.join(&f.ds, &["--wait-timeout", "15s"]);
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(
         run.stdout.contains("registered, waiting for a pod network"),
