@@ -142,9 +142,13 @@ pub async fn wait_ready(
     settings.connect_timeout = Some(API_CONNECT_TIMEOUT);
     settings.request_timeout = Some(API_REQUEST_TIMEOUT);
     let client = http::client(&settings).map_err(|e| setup(e.to_string()))?;
-    let url = reqwest::Url::parse(&format!("{endpoint}/api/v1/nodes/"))
-        .and_then(|u| u.join(check.node_name))
+    let mut url = reqwest::Url::parse(endpoint)
         .map_err(|e| setup(format!("`{endpoint}` is not a usable URL: {e}")))?;
+    // Pushed as a path segment (percent-encoded), never parsed as a relative URL.
+    url.path_segments_mut()
+        .map_err(|()| setup(format!("`{endpoint}` cannot have a path")))?
+        .pop_if_empty()
+        .extend(["api", "v1", "nodes", check.node_name]);
 
     let mut answered = false;
     let last = loop {
