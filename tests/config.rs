@@ -357,6 +357,22 @@ fn every_agent_config_problem_is_listed() {
     assert_eq!(problems(&run).len(), 6, "{run:?}");
 }
 
+#[test]
+fn a_socks_proxy_is_refused_with_what_to_give_instead() {
+    let sb = Sandbox::new();
+    let path = sb.write(
+        "agent.toml",
+        "[network]\nproxy = \"socks5h://gateway:1080\"\n",
+    );
+    let run = sb.run(&["--config", &arg(&path), "config", "check"]);
+    problem_at(&run, "network.proxy", &arg(&path), 2);
+    assert!(
+        run.stderr.contains("SOCKS") && run.stderr.contains("http://host:port"),
+        "{run:?}"
+    );
+    assert_eq!(problems(&run).len(), 1, "{run:?}");
+}
+
 // ------------------------------------------------------------------------------------------
 // Endpoints
 

@@ -54,8 +54,9 @@ pub const MAX_LOG_NAME_LEN: usize = 512;
 pub const MAX_NAMESPACE_LEN: usize = 255;
 /// Placeholders a log group or stream template may use.
 pub const TEMPLATE_PLACEHOLDERS: [&str; 4] = ["cluster", "node", "unit", "region"];
-/// URL schemes a proxy may use.
-pub const PROXY_SCHEMES: &[&str] = &["http", "https", "socks5", "socks5h"];
+/// URL schemes a proxy may use: HTTP proxies (HTTPS tunnelled with CONNECT), the only kind the
+/// AWS SDK's HTTP client can go through.
+pub const PROXY_SCHEMES: &[&str] = &["http", "https"];
 /// URL schemes the artifact mirror may use.
 pub const MIRROR_SCHEMES: &[&str] = &["https", "http"];
 
@@ -653,7 +654,15 @@ impl Check<'_, '_> {
     fn network(&mut self, raw: Option<&NetworkSection>, out: &mut NetworkConfig) {
         let Some(raw) = raw else { return };
         if let Some(proxy) = &raw.proxy {
-            out.proxy = self.url("network.proxy", proxy, PROXY_SCHEMES);
+            if proxy.trim_start().to_ascii_lowercase().starts_with("socks") {
+                self.report(
+                    "network.proxy",
+                    "is a SOCKS proxy; the AWS SDK clients can only tunnel through an HTTP proxy (CONNECT)".to_owned(),
+                    "give the HTTP proxy of your egress gateway as http://host:port (most SOCKS gateways offer one)".to_owned(),
+                );
+            } else {
+                out.proxy = self.url("network.proxy", proxy, PROXY_SCHEMES);
+            }
         }
         if let Some(no_proxy) = &raw.no_proxy {
             out.no_proxy = no_proxy.clone();
