@@ -232,3 +232,32 @@ fn a_node_that_never_registers_fails_the_join_at_wait() {
     );
     assert_rolled_back(&f, &before);
 }
+
+#[test]
+fn an_api_server_the_cluster_ca_did_not_sign_fails_the_join_with_the_tls_reason() {
+    let f = fixture(None, true);
+    // Another cluster's API server (its own CA) behind the demo cluster's endpoint.
+    control(&f.ds, "POST", "/_devstack/eks/clusters?name=other");
+    let other = control(&f.ds, "POST", "/_devstack/eks/kube-api?name=other");
+    let endpoint = other
+        .split("\"endpoint\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("endpoint in the answer")
+        .to_owned();
+    control(
+        &f.ds,
+        "POST",
+        &format!("/_devstack/eks/clusters?name={CLUSTER}&endpoint={endpoint}"),
+    );
+    let before = f.node.fingerprint(&RUNTIME);
+    let run = f.node.join(&f.ds, &[]);
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert!(
+        run.stderr.contains("join failed in the wait phase")
+            && run.stderr.contains("is not the cluster's")
+            && run.stderr.contains(&endpoint),
+        "{run:?}"
+    );
+    assert_rolled_back(&f, &before);
+}
