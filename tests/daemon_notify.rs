@@ -23,7 +23,9 @@ fn receive_until(sock: &UnixDatagram, want: &str, limit: Duration, seen: &mut Ve
                     return true;
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
             Err(e) => panic!("notify socket: {e}"),
         }
     }
@@ -51,33 +53,57 @@ fn run_notifies_ready_feeds_the_watchdog_and_says_stopping() {
 
     let sock_path = host.scratch.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
-    sock.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
 
     let log = host.scratch.path().join("daemon.log");
     let file = std::fs::File::create(&log).expect("log");
-    let mut child = KillOnDrop(host
-        .command(&["run"])
-        .env("NOTIFY_SOCKET", &sock_path)
-        // WatchdogSec=2: the agent must pet it about every second.
-        .env("WATCHDOG_USEC", "2000000")
-        .stdout(std::process::Stdio::from(file.try_clone().expect("clone")))
-        .stderr(std::process::Stdio::from(file))
-        .spawn()
-        .expect("spawn run"));
+    let mut child = KillOnDrop(
+        host.command(&["run"])
+            .env("NOTIFY_SOCKET", &sock_path)
+            // WatchdogSec=2: the agent must pet it about every second.
+            .env("WATCHDOG_USEC", "2000000")
+            .stdout(std::process::Stdio::from(file.try_clone().expect("clone")))
+            .stderr(std::process::Stdio::from(file))
+            .spawn()
+            .expect("spawn run"),
+    );
     let pid = child.0.id();
 
     let mut seen = Vec::new();
     let ready = receive_until(&sock, "READY=1", Duration::from_secs(30), &mut seen);
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(ready, "no READY=1 within 30 s; got {seen:?}\n{}", log_text());
-    let pets_before = seen.iter().filter(|m| m.lines().any(|l| l == "WATCHDOG=1")).count();
-    assert!(receive_until(&sock, "WATCHDOG=1", Duration::from_secs(10), &mut seen), "no watchdog ping; got {seen:?}");
-    assert!(receive_until(&sock, "WATCHDOG=1", Duration::from_secs(10), &mut seen), "only one watchdog ping; got {seen:?}");
-    let pets = seen.iter().filter(|m| m.lines().any(|l| l == "WATCHDOG=1")).count();
+    assert!(
+        ready,
+        "no READY=1 within 30 s; got {seen:?}\n{}",
+        log_text()
+    );
+    let pets_before = seen
+        .iter()
+        .filter(|m| m.lines().any(|l| l == "WATCHDOG=1"))
+        .count();
+    assert!(
+        receive_until(&sock, "WATCHDOG=1", Duration::from_secs(10), &mut seen),
+        "no watchdog ping; got {seen:?}"
+    );
+    assert!(
+        receive_until(&sock, "WATCHDOG=1", Duration::from_secs(10), &mut seen),
+        "only one watchdog ping; got {seen:?}"
+    );
+    let pets = seen
+        .iter()
+        .filter(|m| m.lines().any(|l| l == "WATCHDOG=1"))
+        .count();
     assert!(pets >= pets_before + 2);
 
-    let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
-    assert!(receive_until(&sock, "STOPPING=1", Duration::from_secs(30), &mut seen), "no STOPPING=1 after SIGTERM; got {seen:?}");
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+    assert!(
+        receive_until(&sock, "STOPPING=1", Duration::from_secs(30), &mut seen),
+        "no STOPPING=1 after SIGTERM; got {seen:?}"
+    );
     let status = child.0.wait().expect("wait");
     assert!(status.success(), "run exited {status:?}\n{}", log_text());
 }

@@ -10,10 +10,21 @@ fn cargo_tree_inverse(spec: &str) -> (bool, String) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["tree", "--workspace", "--edges", "normal,build,dev", "-i", spec])
+        .args([
+            "tree",
+            "--workspace",
+            "--edges",
+            "normal,build,dev",
+            "-i",
+            spec,
+        ])
         .output()
         .expect("run cargo tree");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -21,7 +32,8 @@ fn assert_absent(spec: &str) {
     let (ok, text) = cargo_tree_inverse(spec);
     // "did not match": not in Cargo.lock at all; "nothing to print": locked (an optional
     // dependency of something) but not reachable from our crates with the features we use.
-    let absent = (!ok && text.contains("did not match any packages")) || (ok && text.contains("nothing to print"));
+    let absent = (!ok && text.contains("did not match any packages"))
+        || (ok && text.contains("nothing to print"));
     assert!(
         absent,
         "`{spec}` is in the dependency graph, which DESIGN.md rules out; cargo tree -i {spec} says:\n{text}"
@@ -52,5 +64,8 @@ fn no_ring() {
 #[test]
 fn the_check_sees_present_crates() {
     let (ok, text) = cargo_tree_inverse("aws-lc-rs");
-    assert!(ok && text.contains("aws-lc-rs"), "cargo tree did not find aws-lc-rs:\n{text}");
+    assert!(
+        ok && text.contains("aws-lc-rs"),
+        "cargo tree did not find aws-lc-rs:\n{text}"
+    );
 }

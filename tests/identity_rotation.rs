@@ -329,7 +329,8 @@ fn sdk_clients_follow_rotation_in_process() {
     let identity = hybrid_agent::identity::setup::IdentityEnv::new(&paths, &agent);
     let rotator = identity.rotator().expect("rotator");
     let provider = RotatingCredentials::new(rotator.credentials()).shared();
-    let sdk = hybrid_agent::aws::sdk_config(REGION, provider, hybrid_agent::aws::Retries::Caller, None);
+    let sdk =
+        hybrid_agent::aws::sdk_config(REGION, provider, hybrid_agent::aws::Retries::Caller, None);
     let sts = hybrid_agent::aws::sts_client(&sdk, Some(&ds.url));
     let rt = runtime();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -53,7 +53,12 @@ pub struct Faults {
 
 impl Faults {
     pub fn latency_for(&self, service: &str, op: &str) -> Option<Duration> {
-        let ms: u64 = self.rules.iter().filter(|r| r.matches(service, op)).map(|r| r.latency_ms).sum();
+        let ms: u64 = self
+            .rules
+            .iter()
+            .filter(|r| r.matches(service, op))
+            .map(|r| r.latency_ms)
+            .sum();
         (ms > 0).then(|| Duration::from_millis(ms))
     }
 
@@ -95,12 +100,17 @@ impl FaultsDoc {
             .and_then(|t| t.checked_duration_since(Instant::now()))
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        FaultsDoc { rules: f.rules.clone(), outage_secs, clock_offset_secs: f.clock_offset_secs }
+        FaultsDoc {
+            rules: f.rules.clone(),
+            outage_secs,
+            clock_offset_secs: f.clock_offset_secs,
+        }
     }
     pub fn into_faults(self) -> Faults {
         Faults {
             rules: self.rules,
-            outage_until: (self.outage_secs > 0.0).then(|| Instant::now() + Duration::from_secs_f64(self.outage_secs)),
+            outage_until: (self.outage_secs > 0.0)
+                .then(|| Instant::now() + Duration::from_secs_f64(self.outage_secs)),
             clock_offset_secs: self.clock_offset_secs,
         }
     }
@@ -119,32 +129,47 @@ pub async fn handle(state: &Shared, op: &str, req: &Req) -> axum::response::Resp
     use axum::http::{Method, StatusCode};
     let q = req.query_pairs();
     let qf = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let json = |v: serde_json::Value| crate::wire::bytes_response(StatusCode::OK, "application/json", v.to_string().into());
+    let json = |v: serde_json::Value| {
+        crate::wire::bytes_response(StatusCode::OK, "application/json", v.to_string().into())
+    };
     match (req.method.clone(), op) {
-        (Method::GET, "health") => crate::wire::bytes_response(StatusCode::OK, "text/plain", "ok\n".into()),
-        (Method::GET, "faults") => json(serde_json::to_value(FaultsDoc::from_faults(&state.faults())).unwrap_or_default()),
+        (Method::GET, "health") => {
+            crate::wire::bytes_response(StatusCode::OK, "text/plain", "ok\n".into())
+        }
+        (Method::GET, "faults") => {
+            json(serde_json::to_value(FaultsDoc::from_faults(&state.faults())).unwrap_or_default())
+        }
         (Method::PUT, "faults") => match serde_json::from_slice::<FaultsDoc>(&req.body) {
             Ok(doc) => {
                 *state.faults_mut() = doc.into_faults();
-                json(serde_json::to_value(FaultsDoc::from_faults(&state.faults())).unwrap_or_default())
+                json(
+                    serde_json::to_value(FaultsDoc::from_faults(&state.faults()))
+                        .unwrap_or_default(),
+                )
             }
-            Err(e) => ApiError::bad_request("InvalidFaults", format!("faults document: {e}")).render(Protocol::Plain),
+            Err(e) => ApiError::bad_request("InvalidFaults", format!("faults document: {e}"))
+                .render(Protocol::Plain),
         },
         (Method::POST, "outage") => match qf("secs").map(|s| s.parse::<f64>()) {
             Some(Ok(secs)) if secs >= 0.0 => {
-                state.faults_mut().outage_until = (secs > 0.0).then(|| Instant::now() + Duration::from_secs_f64(secs));
+                state.faults_mut().outage_until =
+                    (secs > 0.0).then(|| Instant::now() + Duration::from_secs_f64(secs));
                 json(serde_json::json!({ "outage_secs": secs }))
             }
-            _ => ApiError::bad_request("InvalidParameter", "outage needs ?secs=N (N >= 0)").render(Protocol::Plain),
+            _ => ApiError::bad_request("InvalidParameter", "outage needs ?secs=N (N >= 0)")
+                .render(Protocol::Plain),
         },
         (Method::POST, "clock") => match qf("offset_secs").map(|s| s.parse::<i64>()) {
             Some(Ok(off)) => {
                 state.faults_mut().clock_offset_secs = off;
                 json(serde_json::json!({ "clock_offset_secs": off }))
             }
-            _ => ApiError::bad_request("InvalidParameter", "clock needs ?offset_secs=N").render(Protocol::Plain),
+            _ => ApiError::bad_request("InvalidParameter", "clock needs ?offset_secs=N")
+                .render(Protocol::Plain),
         },
-        (Method::GET, "counters") => json(serde_json::to_value(state.counters()).unwrap_or_default()),
+        (Method::GET, "counters") => {
+            json(serde_json::to_value(state.counters()).unwrap_or_default())
+        }
         (Method::DELETE, "counters") => {
             state.reset_counters();
             json(serde_json::json!({}))
@@ -154,7 +179,11 @@ pub async fn handle(state: &Shared, op: &str, req: &Req) -> axum::response::Resp
         (_, op) if op.starts_with("eks/") => crate::eks::control(state, op, req).await,
         (_, op) if op.starts_with("mirror/") => crate::mirror::control(state, op, req).await,
         (Method::POST, "rolesanywhere/issue") => crate::rolesanywhere::control_issue(state, req),
-        _ => ApiError::not_found("UnknownControl", format!("no control endpoint {} /_devstack/{op}", req.method)).render(Protocol::Plain),
+        _ => ApiError::not_found(
+            "UnknownControl",
+            format!("no control endpoint {} /_devstack/{op}", req.method),
+        )
+        .render(Protocol::Plain),
     }
 }
 

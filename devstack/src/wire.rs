@@ -25,7 +25,9 @@ impl Req {
 
     /// Decoded query parameters in order.
     pub fn query_pairs(&self) -> Vec<(String, String)> {
-        form_urlencoded::parse(self.query.as_bytes()).into_owned().collect()
+        form_urlencoded::parse(self.query.as_bytes())
+            .into_owned()
+            .collect()
     }
 
     /// Decoded `application/x-www-form-urlencoded` body fields in order (awsQuery).
@@ -59,7 +61,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { status, code: code.into(), message: message.into() }
+        Self {
+            status,
+            code: code.into(),
+            message: message.into(),
+        }
     }
     pub fn bad_request(code: impl Into<String>, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -71,7 +77,11 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", message)
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            message,
+        )
     }
     pub fn throttling(proto: Protocol) -> Self {
         let code = match proto {
@@ -88,11 +98,16 @@ impl ApiError {
         let mut resp = match proto {
             Protocol::AwsJson11 => {
                 let body = serde_json::json!({ "__type": self.code, "message": self.message });
-                bytes_response(self.status, "application/x-amz-json-1.1", body.to_string().into())
+                bytes_response(
+                    self.status,
+                    "application/x-amz-json-1.1",
+                    body.to_string().into(),
+                )
             }
             Protocol::RestJson1 => {
                 let body = serde_json::json!({ "message": self.message });
-                let mut r = bytes_response(self.status, "application/json", body.to_string().into());
+                let mut r =
+                    bytes_response(self.status, "application/json", body.to_string().into());
                 if let Ok(v) = HeaderValue::from_str(&self.code) {
                     r.headers_mut().insert("x-amzn-errortype", v);
                 }
@@ -109,17 +124,28 @@ impl ApiError {
             }
             Protocol::RpcV2Cbor => {
                 let value = ciborium::Value::Map(vec![
-                    (ciborium::Value::Text("__type".into()), ciborium::Value::Text(self.code.clone())),
-                    (ciborium::Value::Text("message".into()), ciborium::Value::Text(self.message.clone())),
+                    (
+                        ciborium::Value::Text("__type".into()),
+                        ciborium::Value::Text(self.code.clone()),
+                    ),
+                    (
+                        ciborium::Value::Text("message".into()),
+                        ciborium::Value::Text(self.message.clone()),
+                    ),
                 ]);
                 let mut buf = Vec::new();
                 // Serialising an in-memory Value into a Vec cannot fail.
                 let _ = ciborium::into_writer(&value, &mut buf);
                 let mut r = bytes_response(self.status, "application/cbor", buf.into());
-                r.headers_mut().insert("smithy-protocol", HeaderValue::from_static("rpc-v2-cbor"));
+                r.headers_mut()
+                    .insert("smithy-protocol", HeaderValue::from_static("rpc-v2-cbor"));
                 r
             }
-            Protocol::Plain => bytes_response(self.status, "text/plain", format!("{}: {}\n", self.code, self.message).into()),
+            Protocol::Plain => bytes_response(
+                self.status,
+                "text/plain",
+                format!("{}: {}\n", self.code, self.message).into(),
+            ),
         };
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert("x-amzn-requestid", v);
@@ -130,13 +156,23 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}): {}", self.code, self.status.as_u16(), self.message)
+        write!(
+            f,
+            "{} ({}): {}",
+            self.code,
+            self.status.as_u16(),
+            self.message
+        )
     }
 }
 
 /// A successful awsJson 1.1 response.
 pub fn json_ok(value: &serde_json::Value) -> Response {
-    bytes_response(StatusCode::OK, "application/x-amz-json-1.1", value.to_string().into())
+    bytes_response(
+        StatusCode::OK,
+        "application/x-amz-json-1.1",
+        value.to_string().into(),
+    )
 }
 
 pub fn bytes_response(status: StatusCode, content_type: &str, body: Bytes) -> Response {

@@ -37,7 +37,10 @@ fn unique(prefix: &str) -> String {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("clock after 1970").as_millis() as i64
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
 }
 
 async fn logs_round_trip(t: &Target) {
@@ -45,9 +48,22 @@ async fn logs_round_trip(t: &Target) {
     let group = unique("/aws/eks-hybrid/conformance");
     let stream = "mi-0123456789abcdef0/kubelet";
 
-    logs.create_log_group().log_group_name(&group).send().await.expect("CreateLogGroup");
-    let dup = logs.create_log_group().log_group_name(&group).send().await.expect_err("duplicate CreateLogGroup");
-    assert!(dup.into_service_error().is_resource_already_exists_exception(), "duplicate group must be ResourceAlreadyExistsException");
+    logs.create_log_group()
+        .log_group_name(&group)
+        .send()
+        .await
+        .expect("CreateLogGroup");
+    let dup = logs
+        .create_log_group()
+        .log_group_name(&group)
+        .send()
+        .await
+        .expect_err("duplicate CreateLogGroup");
+    assert!(
+        dup.into_service_error()
+            .is_resource_already_exists_exception(),
+        "duplicate group must be ResourceAlreadyExistsException"
+    );
 
     // Writing to a stream that does not exist yet: ResourceNotFoundException (the agent's cue
     // to create it and replay, instead of calling DescribeLogStreams).
@@ -55,19 +71,49 @@ async fn logs_round_trip(t: &Target) {
         .put_log_events()
         .log_group_name(&group)
         .log_stream_name(stream)
-        .log_events(InputLogEvent::builder().timestamp(now_ms()).message("x").build().expect("event"))
+        .log_events(
+            InputLogEvent::builder()
+                .timestamp(now_ms())
+                .message("x")
+                .build()
+                .expect("event"),
+        )
         .send()
         .await
         .expect_err("PutLogEvents to a missing stream");
-    assert!(missing.into_service_error().is_resource_not_found_exception());
+    assert!(
+        missing
+            .into_service_error()
+            .is_resource_not_found_exception()
+    );
 
-    logs.create_log_stream().log_group_name(&group).log_stream_name(stream).send().await.expect("CreateLogStream");
-    let dup = logs.create_log_stream().log_group_name(&group).log_stream_name(stream).send().await.expect_err("dup stream");
-    assert!(dup.into_service_error().is_resource_already_exists_exception());
+    logs.create_log_stream()
+        .log_group_name(&group)
+        .log_stream_name(stream)
+        .send()
+        .await
+        .expect("CreateLogStream");
+    let dup = logs
+        .create_log_stream()
+        .log_group_name(&group)
+        .log_stream_name(stream)
+        .send()
+        .await
+        .expect_err("dup stream");
+    assert!(
+        dup.into_service_error()
+            .is_resource_already_exists_exception()
+    );
 
     let base = now_ms() - 60_000;
     let events: Vec<InputLogEvent> = (0..5)
-        .map(|i| InputLogEvent::builder().timestamp(base + i).message(format!("line {i} ✓")).build().expect("event"))
+        .map(|i| {
+            InputLogEvent::builder()
+                .timestamp(base + i)
+                .message(format!("line {i} ✓"))
+                .build()
+                .expect("event")
+        })
         .collect();
     let put = logs
         .put_log_events()
@@ -77,7 +123,11 @@ async fn logs_round_trip(t: &Target) {
         .send()
         .await
         .expect("PutLogEvents");
-    assert!(put.rejected_log_events_info().is_none(), "nothing should be rejected: {:?}", put.rejected_log_events_info());
+    assert!(
+        put.rejected_log_events_info().is_none(),
+        "nothing should be rejected: {:?}",
+        put.rejected_log_events_info()
+    );
 
     let got = logs
         .get_log_events()
@@ -88,9 +138,16 @@ async fn logs_round_trip(t: &Target) {
         .await
         .expect("GetLogEvents");
     let messages: Vec<&str> = got.events().iter().filter_map(|e| e.message()).collect();
-    assert_eq!(messages, ["line 0 ✓", "line 1 ✓", "line 2 ✓", "line 3 ✓", "line 4 ✓"]);
+    assert_eq!(
+        messages,
+        ["line 0 ✓", "line 1 ✓", "line 2 ✓", "line 3 ✓", "line 4 ✓"]
+    );
     let stamps: Vec<i64> = got.events().iter().filter_map(|e| e.timestamp()).collect();
-    assert_eq!(stamps, (0..5).map(|i| base + i).collect::<Vec<_>>(), "original timestamps kept");
+    assert_eq!(
+        stamps,
+        (0..5).map(|i| base + i).collect::<Vec<_>>(),
+        "original timestamps kept"
+    );
 
     let filtered = logs
         .filter_log_events()
@@ -100,26 +157,60 @@ async fn logs_round_trip(t: &Target) {
         .send()
         .await
         .expect("FilterLogEvents");
-    let found: Vec<&str> = filtered.events().iter().filter_map(|e| e.message()).collect();
+    let found: Vec<&str> = filtered
+        .events()
+        .iter()
+        .filter_map(|e| e.message())
+        .collect();
     assert_eq!(found, ["line 3 ✓"]);
 
-    let streams = logs.describe_log_streams().log_group_name(&group).send().await.expect("DescribeLogStreams");
-    let names: Vec<&str> = streams.log_streams().iter().filter_map(|s| s.log_stream_name()).collect();
+    let streams = logs
+        .describe_log_streams()
+        .log_group_name(&group)
+        .send()
+        .await
+        .expect("DescribeLogStreams");
+    let names: Vec<&str> = streams
+        .log_streams()
+        .iter()
+        .filter_map(|s| s.log_stream_name())
+        .collect();
     assert_eq!(names, [stream]);
 }
 
 async fn logs_out_of_order_rejected(t: &Target) {
     let logs = aws_sdk_cloudwatchlogs::Client::new(&t.config().await);
     let group = unique("/aws/eks-hybrid/order");
-    logs.create_log_group().log_group_name(&group).send().await.expect("CreateLogGroup");
-    logs.create_log_stream().log_group_name(&group).log_stream_name("s").send().await.expect("CreateLogStream");
+    logs.create_log_group()
+        .log_group_name(&group)
+        .send()
+        .await
+        .expect("CreateLogGroup");
+    logs.create_log_stream()
+        .log_group_name(&group)
+        .log_stream_name("s")
+        .send()
+        .await
+        .expect("CreateLogStream");
     let t0 = now_ms();
     let err = logs
         .put_log_events()
         .log_group_name(&group)
         .log_stream_name("s")
-        .log_events(InputLogEvent::builder().timestamp(t0).message("b").build().expect("event"))
-        .log_events(InputLogEvent::builder().timestamp(t0 - 1000).message("a").build().expect("event"))
+        .log_events(
+            InputLogEvent::builder()
+                .timestamp(t0)
+                .message("b")
+                .build()
+                .expect("event"),
+        )
+        .log_events(
+            InputLogEvent::builder()
+                .timestamp(t0 - 1000)
+                .message("a")
+                .build()
+                .expect("event"),
+        )
         .send()
         .await
         .expect_err("out-of-order batch must fail as a whole");
@@ -130,11 +221,22 @@ async fn metrics_round_trip(t: &Target) {
     let cw = aws_sdk_cloudwatch::Client::new(&t.config().await);
     let namespace = unique("EKSHybrid/Conformance");
     let dims = [
-        Dimension::builder().name("ClusterName").value("demo").build(),
-        Dimension::builder().name("NodeName").value("mi-0123456789abcdef0").build(),
+        Dimension::builder()
+            .name("ClusterName")
+            .value("demo")
+            .build(),
+        Dimension::builder()
+            .name("NodeName")
+            .value("mi-0123456789abcdef0")
+            .build(),
     ];
     // Whole minutes in the past, as an agent replaying metrics after an outage would send.
-    let minute = (SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("clock").as_secs() / 60) * 60;
+    let minute = (SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        / 60)
+        * 60;
     let stamps: Vec<u64> = vec![minute - 600, minute - 540, minute - 480];
     let data: Vec<MetricDatum> = stamps
         .iter()
@@ -149,17 +251,34 @@ async fn metrics_round_trip(t: &Target) {
                 .build()
         })
         .collect();
-    cw.put_metric_data().namespace(&namespace).set_metric_data(Some(data)).send().await.expect("PutMetricData");
+    cw.put_metric_data()
+        .namespace(&namespace)
+        .set_metric_data(Some(data))
+        .send()
+        .await
+        .expect("PutMetricData");
 
-    let listed = cw.list_metrics().namespace(&namespace).send().await.expect("ListMetrics");
-    let names: Vec<&str> = listed.metrics().iter().filter_map(|m| m.metric_name()).collect();
+    let listed = cw
+        .list_metrics()
+        .namespace(&namespace)
+        .send()
+        .await
+        .expect("ListMetrics");
+    let names: Vec<&str> = listed
+        .metrics()
+        .iter()
+        .filter_map(|m| m.metric_name())
+        .collect();
     assert_eq!(names, ["CredentialSecondsToExpiry"]);
     let listed_dims: Vec<(&str, &str)> = listed.metrics()[0]
         .dimensions()
         .iter()
         .map(|d| (d.name().unwrap_or_default(), d.value().unwrap_or_default()))
         .collect();
-    assert!(listed_dims.contains(&("ClusterName", "demo")) && listed_dims.contains(&("NodeName", "mi-0123456789abcdef0")));
+    assert!(
+        listed_dims.contains(&("ClusterName", "demo"))
+            && listed_dims.contains(&("NodeName", "mi-0123456789abcdef0"))
+    );
 
     let stats = cw
         .get_metric_statistics()
@@ -173,11 +292,26 @@ async fn metrics_round_trip(t: &Target) {
         .send()
         .await
         .expect("GetMetricStatistics");
-    let mut points: Vec<(i64, f64)> =
-        stats.datapoints().iter().map(|d| (d.timestamp().map(|t| t.secs()).unwrap_or(0), d.sum().unwrap_or(-1.0))).collect();
+    let mut points: Vec<(i64, f64)> = stats
+        .datapoints()
+        .iter()
+        .map(|d| {
+            (
+                d.timestamp().map(|t| t.secs()).unwrap_or(0),
+                d.sum().unwrap_or(-1.0),
+            )
+        })
+        .collect();
     points.sort_by_key(|p| p.0);
-    let want: Vec<(i64, f64)> = stamps.iter().enumerate().map(|(i, s)| (*s as i64, 100.0 * (i as f64 + 1.0))).collect();
-    assert_eq!(points, want, "datapoints come back at their original timestamps");
+    let want: Vec<(i64, f64)> = stamps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (*s as i64, 100.0 * (i as f64 + 1.0)))
+        .collect();
+    assert_eq!(
+        points, want,
+        "datapoints come back at their original timestamps"
+    );
 }
 
 /// The awsQuery form of CloudWatch metrics (older SDKs, botocore's query path): the one protocol
@@ -186,13 +320,29 @@ async fn metrics_round_trip(t: &Target) {
 /// the devstack in metrics.rs and by `metrics_round_trip` below.)
 async fn metrics_query_round_trip(t: &Target) {
     let namespace = unique("EKSHybrid/Query");
-    let minute = (SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("clock").as_secs() / 60) * 60;
+    let minute = (SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        / 60)
+        * 60;
     let iso = |secs: u64| {
         let t = time::OffsetDateTime::from_unix_timestamp(secs as i64).expect("valid time");
-        format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z", t.year(), t.month() as u8, t.day(), t.hour(), t.minute(), t.second())
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            t.year(),
+            t.month() as u8,
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        )
     };
     let stamps = [minute - 600, minute - 540];
-    let mut put = format!("Action=PutMetricData&Version=2010-08-01&Namespace={}", urlencode(&namespace));
+    let mut put = format!(
+        "Action=PutMetricData&Version=2010-08-01&Namespace={}",
+        urlencode(&namespace)
+    );
     for (i, s) in stamps.iter().enumerate() {
         let n = i + 1;
         put.push_str(&format!(
@@ -224,7 +374,9 @@ async fn metrics_query_round_trip(t: &Target) {
     // Both datapoints, each at its original minute, with its own sum.
     for (i, s) in stamps.iter().enumerate() {
         let ts = iso(*s);
-        let at = xml.find(&ts).unwrap_or_else(|| panic!("datapoint at {ts} missing: {xml}"));
+        let at = xml
+            .find(&ts)
+            .unwrap_or_else(|| panic!("datapoint at {ts} missing: {xml}"));
         let member_start = xml[..at].rfind("<member>").expect("datapoint member");
         let member_end = at + xml[at..].find("</member>").expect("datapoint member end");
         let member = &xml[member_start..member_end];
@@ -245,7 +397,11 @@ fn urlencode(s: &str) -> String {
 
 async fn sts_identity(t: &Target) {
     let sts = aws_sdk_sts::Client::new(&t.config().await);
-    let id = sts.get_caller_identity().send().await.expect("GetCallerIdentity");
+    let id = sts
+        .get_caller_identity()
+        .send()
+        .await
+        .expect("GetCallerIdentity");
     let account = id.account().expect("account");
     assert_eq!(account.len(), 12, "account id is 12 digits: {account}");
     assert!(account.chars().all(|c| c.is_ascii_digit()));
@@ -253,7 +409,8 @@ async fn sts_identity(t: &Target) {
     // session (what moto answers for its default identity).
     let arn = id.arn().expect("arn");
     assert!(
-        (arn.starts_with("arn:aws:iam::") || arn.starts_with("arn:aws:sts::")) && arn.contains(&format!("::{account}:")),
+        (arn.starts_with("arn:aws:iam::") || arn.starts_with("arn:aws:sts::"))
+            && arn.contains(&format!("::{account}:")),
         "arn: {arn}"
     );
     assert!(id.user_id().is_some_and(|u| !u.is_empty()));
@@ -268,7 +425,11 @@ async fn eks_describe(t: &Target) {
             eks.create_cluster()
                 .name(&name)
                 .role_arn("arn:aws:iam::123456789012:role/eks")
-                .resources_vpc_config(aws_sdk_eks::types::VpcConfigRequest::builder().subnet_ids("subnet-1").build())
+                .resources_vpc_config(
+                    aws_sdk_eks::types::VpcConfigRequest::builder()
+                        .subnet_ids("subnet-1")
+                        .build(),
+                )
                 .send()
                 .await
                 .expect("CreateCluster on moto");
@@ -277,28 +438,68 @@ async fn eks_describe(t: &Target) {
         // The devstack comes with the demo cluster, as an account with a hybrid cluster would.
         Target::Devstack(_) => "hybrid-demo".to_string(),
     };
-    let out = eks.describe_cluster().name(&name).send().await.expect("DescribeCluster");
+    let out = eks
+        .describe_cluster()
+        .name(&name)
+        .send()
+        .await
+        .expect("DescribeCluster");
     let cluster = out.cluster().expect("cluster");
     assert_eq!(cluster.name(), Some(name.as_str()));
-    assert_eq!(cluster.status(), Some(&aws_sdk_eks::types::ClusterStatus::Active));
-    assert!(cluster.endpoint().is_some_and(|e| e.starts_with("https://")), "endpoint: {:?}", cluster.endpoint());
-    let ca = cluster.certificate_authority().and_then(|c| c.data()).expect("certificateAuthority.data");
+    assert_eq!(
+        cluster.status(),
+        Some(&aws_sdk_eks::types::ClusterStatus::Active)
+    );
+    assert!(
+        cluster
+            .endpoint()
+            .is_some_and(|e| e.starts_with("https://")),
+        "endpoint: {:?}",
+        cluster.endpoint()
+    );
+    let ca = cluster
+        .certificate_authority()
+        .and_then(|c| c.data())
+        .expect("certificateAuthority.data");
     assert!(!ca.is_empty());
     if !t.is_moto() {
         // moto's CA is random base64; ours must be a real PEM certificate.
         use base64::Engine;
-        let pem = base64::engine::general_purpose::STANDARD.decode(ca).expect("CA data is base64");
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(ca)
+            .expect("CA data is base64");
         let pem = String::from_utf8(pem).expect("PEM is text");
-        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "CA is a PEM certificate: {pem}");
+        assert!(
+            pem.starts_with("-----BEGIN CERTIFICATE-----"),
+            "CA is a PEM certificate: {pem}"
+        );
         let cidrs: Vec<&str> = cluster
             .remote_network_config()
-            .map(|r| r.remote_node_networks().iter().flat_map(|n| n.cidrs()).map(String::as_str).collect())
+            .map(|r| {
+                r.remote_node_networks()
+                    .iter()
+                    .flat_map(|n| n.cidrs())
+                    .map(String::as_str)
+                    .collect()
+            })
             .unwrap_or_default();
-        assert!(!cidrs.is_empty(), "a hybrid cluster has remote node networks");
+        assert!(
+            !cidrs.is_empty(),
+            "a hybrid cluster has remote node networks"
+        );
     }
 
-    let missing = eks.describe_cluster().name(unique("nope")).send().await.expect_err("unknown cluster");
-    assert!(missing.into_service_error().is_resource_not_found_exception());
+    let missing = eks
+        .describe_cluster()
+        .name(unique("nope"))
+        .send()
+        .await
+        .expect_err("unknown cluster");
+    assert!(
+        missing
+            .into_service_error()
+            .is_resource_not_found_exception()
+    );
 }
 
 macro_rules! conformance {
@@ -336,4 +537,3 @@ conformance!(
     // moto 5.2 answers the RPC v2 CBOR path with 404.
     devstack_only: [metrics_round_trip],
 );
-
