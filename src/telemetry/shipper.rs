@@ -221,7 +221,11 @@ impl Shipper {
 
     fn next_wake(&self, failing: bool) -> Duration {
         let mut wake = IDLE_WAKE;
-        if let Some(t) = self.first_pending_at {
+        // The flush timer runs only while something waits: a stale start time with nothing left
+        // would make the loop wake every 5 ms, forever.
+        if let Some(t) = self.first_pending_at
+            && !(self.mem.is_empty() && self.spool.is_empty())
+        {
             wake = wake.min(self.opts.flush_interval.saturating_sub(t.elapsed()));
         }
         if self.pending.is_some() {
@@ -553,6 +557,11 @@ impl Shipper {
         self.status
             .counters
             .add_spool_corrupt(std::mem::take(&mut self.spool.corrupt_records));
+        if self.mem.is_empty() && self.spool.is_empty() {
+            // A window read from the spool leaves the flush timer set until the spool is acked:
+            // nothing waits any more.
+            self.first_pending_at = None;
+        }
         if self.pending.is_some() {
             self.retry_pending()?;
         }
