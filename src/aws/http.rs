@@ -151,15 +151,34 @@ impl Answer {
         }
         let parsed: Option<Body> = serde_json::from_slice(&self.body).ok();
         let kind = parsed.as_ref().and_then(|b| b.kind.clone());
-        let message = parsed.and_then(|b| b.message).unwrap_or_else(|| {
-            String::from_utf8_lossy(&self.body)
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(ERROR_EXCERPT_CHARS)
-                .collect()
-        });
+        let message = parsed
+            .and_then(|b| b.message)
+            .unwrap_or_else(|| excerpt(&self.body));
         (kind, message)
     }
+}
+
+/// The `message` (or `Message`) of a JSON error body — AWS's, or a Kubernetes `Status` — else a
+/// short printable excerpt of whatever came back.
+pub fn body_message(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(default, alias = "Message")]
+        message: Option<String>,
+    }
+    serde_json::from_slice::<Body>(body)
+        .ok()
+        .and_then(|b| b.message)
+        .unwrap_or_else(|| excerpt(body))
+}
+
+/// Up to [`ERROR_EXCERPT_CHARS`] printable characters of `body`.
+fn excerpt(body: &[u8]) -> String {
+    String::from_utf8_lossy(body)
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(ERROR_EXCERPT_CHARS)
+        .collect()
 }
 
 /// Reads `resp` (just received) into an [`Answer`]. The `Date` header is fed to `clock` with

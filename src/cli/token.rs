@@ -59,23 +59,8 @@ pub(super) fn run(args: &TokenArgs, ctx: &mut Context<'_>) -> Result<(), CliErro
             .map(str::to_owned)
             .unwrap_or(agent.credentials.profile.clone()),
     };
-    let where_ = || format!("profile [{}] of {}", target.profile, target.path.display());
-    let values = target
-        .read()
-        .map_err(|e| CliError::Token(format!("cannot read the credentials in {}: {e}", where_())))?
-        .ok_or_else(|| {
-            CliError::Token(format!(
-                "no credentials in {}; join this host first (hybrid-agent join) or point AWS_SHARED_CREDENTIALS_FILE/AWS_PROFILE at some",
-                where_()
-            ))
-        })?;
-    let creds = aws_credential_types::Credentials::new(
-        values.access_key_id,
-        values.secret_access_key.expose().to_owned(),
-        values.session_token.map(|t| t.expose().to_owned()),
-        None,
-        "hybrid-agent-token",
-    );
+    let creds =
+        crate::join::cloud::credentials_in(&target).map_err(|e| CliError::Token(e.to_string()))?;
     let token = crate::aws::eks_token::token(&creds, &args.cluster_id, &region, SystemTime::now());
     let expiration = time::OffsetDateTime::from(token.refresh_after)
         .replace_nanosecond(0)

@@ -62,10 +62,14 @@ const AUTH_CODES: [&str; 4] = [
 
 /// The node's credentials as the identity phase wrote them to the shared credentials file.
 pub fn credentials(agent: &AgentConfig) -> Result<Credentials, CloudError> {
-    let target = CredentialsTarget {
+    credentials_in(&CredentialsTarget {
         path: agent.credentials.file.clone(),
         profile: agent.credentials.profile.clone(),
-    };
+    })
+}
+
+/// The credentials in one profile of one shared credentials file.
+pub fn credentials_in(target: &CredentialsTarget) -> Result<Credentials, CloudError> {
     let cred_err = |message: String| CloudError::Credentials {
         path: target.path.display().to_string(),
         profile: target.profile.clone(),

@@ -288,17 +288,11 @@ fn waits_for_network(message: &str) -> bool {
 
 /// The `message` of a Kubernetes `Status` answer, or the start of whatever came back.
 fn status_message(body: &[u8]) -> String {
-    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
-        && let Some(m) = v["message"].as_str()
-    {
-        return m.to_owned();
-    }
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    if text.is_empty() {
+    let message = http::body_message(body);
+    if message.trim().is_empty() {
         "(empty answer)".to_owned()
     } else {
-        text.chars().take(200).collect()
+        message
     }
 }
 
