@@ -16,9 +16,7 @@ const MODULES: &str =
 const SWAPS_HEADER: &str = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n";
 
 fn write(node: &Node, host_path: &str, text: &str) {
-    let p = node.path(host_path);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
+    put(&node.path(host_path), text.as_bytes(), 0o644);
 }
 
 /// The node's kernel as join leaves a good host: modules loaded, sysctls set, no swap.
@@ -79,18 +77,7 @@ fn doctor_passes_a_healthy_node_and_names_each_breakage_with_its_fix() {
     );
     let node = Node::new(&ds, &create_activation(&ds));
     standin_release(&mirror, VERSION);
-    let authenticator = mirror
-        .join(VERSION)
-        .join(ARCH)
-        .join("aws-iam-authenticator");
-    std::fs::write(
-        &authenticator,
-        format!(
-            "#!/bin/sh\n# STAND-IN for aws-iam-authenticator\nexec {AGENT} --root {} \"$@\"\n",
-            node.root.display()
-        ),
-    )
-    .unwrap();
+    standin_authenticator(&mirror, VERSION, &node.root);
     healthy_kernel(&node);
     let join = node.join(&ds, &[]);
     assert_eq!(join.code, Some(0), "{join:?}");

@@ -30,9 +30,9 @@ struct Fixture {
 }
 
 /// A devstack whose demo cluster has an API server, a node sandbox, and a mirror release with
-/// the stand-in kubelet `kubelet` (None: the plain stand-in) and, when `authenticator`, a
+/// the stand-in kubelet in `kubelet_mode` (None: the plain stand-in) and, when `authenticator`, a
 /// stand-in aws-iam-authenticator that makes tokens with `hybrid-agent token` for this sandbox.
-fn fixture(kubelet_script: Option<&str>, authenticator: bool) -> Fixture {
+fn fixture(kubelet_mode: Option<&str>, authenticator: bool) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let mirror = dir.path().join("mirror");
     std::fs::create_dir_all(&mirror).unwrap();
@@ -44,36 +44,18 @@ fn fixture(kubelet_script: Option<&str>, authenticator: bool) -> Fixture {
     );
     assert!(started.contains("https://127.0.0.1:"), "{started}");
     let node = Node::new(&ds, &create_activation(&ds));
-    match kubelet_script {
+    match kubelet_mode {
         None => standin_release(&mirror, VERSION),
-        Some(mode) => {
-            standin_release(&mirror, VERSION);
-            let script = format!(
-                "#!/bin/sh\n# STAND-IN for kubelet in mode {mode}\nexec {} --mode {mode} \"$@\"\n",
-                standin_binary().display()
-            );
-            put_file(&mirror, "kubelet", script.as_bytes());
-        }
+        Some(mode) => standin_mode_release(&mirror, VERSION, mode),
     }
     if authenticator {
-        let script = format!(
-            "#!/bin/sh\n# STAND-IN for aws-iam-authenticator: hybrid-agent makes the same token.\nexec {AGENT} --root {} \"$@\"\n",
-            node.root.display()
-        );
-        put_file(&mirror, "aws-iam-authenticator", script.as_bytes());
+        standin_authenticator(&mirror, VERSION, &node.root);
     }
     Fixture {
         _dir: dir,
         ds,
         node,
     }
-}
-
-fn put_file(mirror: &std::path::Path, name: &str, bytes: &[u8]) {
-    use std::os::unix::fs::PermissionsExt;
-    let path = mirror.join(VERSION).join(ARCH).join(name);
-    std::fs::write(&path, bytes).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 /// The sandbox as before the join (runtime state aside), the SSM registration undone, nothing

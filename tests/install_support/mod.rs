@@ -56,7 +56,8 @@ pub fn tgz(entries: &[(&str, Vec<u8>, u32)], prefix: &str) -> Vec<u8> {
     b.into_inner().unwrap().finish().unwrap()
 }
 
-fn put(path: &Path, bytes: &[u8], mode: u32) {
+/// Writes `bytes` to `path` with `mode`, creating the parent directories.
+pub fn put(path: &Path, bytes: &[u8], mode: u32) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, bytes).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -269,8 +270,13 @@ pub fn standin_release(mirror: &Path, version: &'static str) {
 /// A release whose "kubelet" starts the stand-in in its unhealthy mode: it runs, but /healthz
 /// answers 500 forever.
 pub fn unhealthy_release(mirror: &Path, version: &'static str) {
+    standin_mode_release(mirror, version, "unhealthy");
+}
+
+/// A release whose "kubelet" starts the stand-in with `--mode MODE` (a STAND-IN, not kubelet).
+pub fn standin_mode_release(mirror: &Path, version: &'static str, mode: &str) {
     let script = format!(
-        "#!/bin/sh\nexec {} --mode unhealthy \"$@\"\n",
+        "#!/bin/sh\nexec {} --mode {mode} \"$@\"\n",
         standin_binary().display()
     );
     write_release(
@@ -281,6 +287,23 @@ pub fn unhealthy_release(mirror: &Path, version: &'static str) {
             authenticator_len: 256 << 10,
             containerd: None,
         },
+    );
+}
+
+/// Replaces the release's aws-iam-authenticator with a STAND-IN that runs `hybrid-agent token`
+/// for the sandbox `root` (the same exec credential), so the stand-in kubelet can register.
+pub fn standin_authenticator(mirror: &Path, version: &str, root: &Path) {
+    let script = format!(
+        "#!/bin/sh\n# STAND-IN for aws-iam-authenticator: hybrid-agent makes the same token.\nexec {AGENT} --root {} \"$@\"\n",
+        root.display()
+    );
+    put(
+        &mirror
+            .join(version)
+            .join(ARCH)
+            .join("aws-iam-authenticator"),
+        script.as_bytes(),
+        0o755,
     );
 }
 
