@@ -134,10 +134,15 @@ fn condition(mode: Mode) -> serde_json::Value {
 
 /// Registers the Node and keeps its Ready condition current, until the process ends.
 pub async fn run(kubeconfig: PathBuf, name: String, shared: Arc<Shared>) {
+    let mut api: Option<Api> = None;
     let mut registered = false;
     let mut last_problem = String::new();
     loop {
-        let result = post(&kubeconfig, &name, shared.current(), &mut registered).await;
+        // The kubeconfig and its CA are read once, as kubelet does; retried until they are usable.
+        let result = match &api {
+            Some(api) => post(api, &name, shared.current(), &mut registered).await,
+            None => Api::load(&kubeconfig).map(|a| api = Some(a)),
+        };
         match result {
             Ok(()) => last_problem.clear(),
             Err(problem) => {
@@ -148,32 +153,48 @@ pub async fn run(kubeconfig: PathBuf, name: String, shared: Arc<Shared>) {
                 }
             }
         }
+        if api.is_some() && !registered && last_problem.is_empty() {
+            // Loaded just now: register without waiting a whole interval.
+            continue;
+        }
         tokio::time::sleep(STATUS_INTERVAL).await;
     }
 }
 
-async fn post(
-    kubeconfig: &PathBuf,
-    name: &str,
-    mode: Mode,
-    registered: &mut bool,
-) -> Result<(), String> {
-    let (cluster, exec) = load(kubeconfig)?;
-    let ca = std::fs::read(&cluster.certificate_authority).map_err(|e| {
-        format!(
-            "cannot read the CA {}: {e}",
-            cluster.certificate_authority.display()
-        )
-    })?;
-    let certs = reqwest::Certificate::from_pem_bundle(&ca)
-        .map_err(|e| format!("the CA is not PEM: {e}"))?;
-    let client = reqwest::Client::builder()
-        .tls_certs_only(certs)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-    let token = token(&exec).await?;
-    let server = cluster.server.trim_end_matches('/');
+/// The API server as the kubeconfig describes it.
+struct Api {
+    server: String,
+    exec: Exec,
+    client: reqwest::Client,
+}
+
+impl Api {
+    fn load(kubeconfig: &PathBuf) -> Result<Api, String> {
+        let (cluster, exec) = load(kubeconfig)?;
+        let ca = std::fs::read(&cluster.certificate_authority).map_err(|e| {
+            format!(
+                "cannot read the CA {}: {e}",
+                cluster.certificate_authority.display()
+            )
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&ca)
+            .map_err(|e| format!("the CA is not PEM: {e}"))?;
+        let client = reqwest::Client::builder()
+            .tls_certs_only(certs)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Api {
+            server: cluster.server.trim_end_matches('/').to_owned(),
+            exec,
+            client,
+        })
+    }
+}
+
+async fn post(api: &Api, name: &str, mode: Mode, registered: &mut bool) -> Result<(), String> {
+    let (client, server) = (&api.client, api.server.as_str());
+    let token = token(&api.exec).await?;
     if !*registered {
         let node = serde_json::json!({
             "apiVersion": "v1",
