@@ -361,15 +361,8 @@ async fn cloud_checks(
             .fix("start hybrid-agent.service (it refreshes them) and see hybrid-agent status"),
         );
     }
-    let sts = match cloud::sdk(agent, region) {
-        Ok(sdk) => {
-            let endpoint = agent
-                .endpoints
-                .url(Service::Sts, region)
-                .ok()
-                .map(|u| u.as_str().trim_end_matches('/').to_owned());
-            crate::aws::sts_client(&sdk, endpoint.as_deref())
-        }
+    let sts = match cloud::sts(agent, region) {
+        Ok(client) => client,
         Err(e) => {
             checks.push(Check::new("credentials", Outcome::Fail, e.to_string()));
             return;

@@ -126,6 +126,12 @@ pub fn eks(agent: &AgentConfig, region: &Region) -> Result<aws_sdk_eks::Client, 
     Ok(aws_sdk_eks::Client::from_conf(b.build()))
 }
 
+/// An STS client at the configured endpoint.
+pub fn sts(agent: &AgentConfig, region: &Region) -> Result<aws_sdk_sts::Client, CloudError> {
+    let (conf, url) = service_sdk(agent, region, Service::Sts)?;
+    Ok(crate::aws::sts_client(&conf, Some(&url)))
+}
+
 /// The cluster's Kubernetes version (`1.31`) from DescribeCluster.
 pub async fn cluster_version(
     client: &aws_sdk_eks::Client,
