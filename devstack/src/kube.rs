@@ -359,10 +359,7 @@ fn nodes(
     };
     let parse = || serde_json::from_slice::<Value>(body);
     match op {
-        "ListNodes" => ok_json(
-            StatusCode::OK,
-            &json!({"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": state.kube.next_version()}, "items": c.nodes.values().collect::<Vec<_>>()}),
-        ),
+        "ListNodes" => ok_json(StatusCode::OK, &node_list(state, c)),
         "GetNode" => match c.nodes.get(name) {
             Some(n) => ok_json(StatusCode::OK, n),
             None => not_found(),
@@ -426,6 +423,16 @@ fn nodes(
             ok_json(StatusCode::OK, &node)
         }
     }
+}
+
+/// The cluster's Nodes as a `NodeList`.
+fn node_list(state: &Shared, c: &KubeCluster) -> Value {
+    json!({
+        "kind": "NodeList",
+        "apiVersion": "v1",
+        "metadata": {"resourceVersion": state.kube.next_version()},
+        "items": c.nodes.values().collect::<Vec<_>>(),
+    })
 }
 
 /// Sets the server-owned metadata.
@@ -670,9 +677,7 @@ fn describe(f: &AuthFailure) -> String {
 /// - `POST kube-api` → `{"endpoint": "https://127.0.0.1:PORT"}`: starts the cluster's API server
 ///   (once) and makes it the cluster's endpoint;
 /// - `POST kube-access?access=hybrid-linux|none|standard`: the access entry nodes' roles have;
-/// - `PUT kube-node?node=N&ready=True|False|Unknown[&reason=R][&message=M]`: creates the Node or
-///   sets its Ready condition, as kubelet would;
-/// - `GET kube-nodes` → the NodeList.
+/// - `GET kube-nodes` → the NodeList (what the stand-in kubelet registered).
 pub async fn control(state: &Shared, op: &str, cluster: &str, req: &Req) -> Response {
     let q = req.query_pairs();
     let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
@@ -699,37 +704,7 @@ pub async fn control(state: &Shared, op: &str, cluster: &str, req: &Req) -> Resp
                 None => bad("kube-access needs ?access=hybrid-linux|none|standard".into()),
             }
         }
-        (Method::PUT, "eks/kube-node") => {
-            let Some(node) = get("node").filter(|n| !n.is_empty()) else {
-                return bad("kube-node needs ?node=NAME".into());
-            };
-            let ready = get("ready").unwrap_or_else(|| "True".into());
-            if !matches!(ready.as_str(), "True" | "False" | "Unknown") {
-                return bad(format!("ready must be True, False or Unknown, not {ready}"));
-            }
-            let now = rfc3339(state.now());
-            let condition = json!({
-                "type": "Ready",
-                "status": ready,
-                "reason": get("reason").unwrap_or_else(|| if ready == "True" { "KubeletReady".into() } else { "KubeletNotReady".into() }),
-                "message": get("message").unwrap_or_default(),
-                "lastHeartbeatTime": now,
-                "lastTransitionTime": now,
-            });
-            let mut n = c
-                .nodes
-                .get(&node)
-                .cloned()
-                .unwrap_or_else(|| json!({"metadata": {}, "status": {}}));
-            n["status"]["conditions"] = json!([condition]);
-            stamp(state, &mut n, &node);
-            c.nodes.insert(node, n.clone());
-            ok_json(StatusCode::OK, &n)
-        }
-        (Method::GET, "eks/kube-nodes") => ok_json(
-            StatusCode::OK,
-            &json!({"kind": "NodeList", "items": c.nodes.values().collect::<Vec<_>>()}),
-        ),
+        (Method::GET, "eks/kube-nodes") => ok_json(StatusCode::OK, &node_list(state, c)),
         _ => ApiError::not_found(
             "UnknownControl",
             format!("no control endpoint {} /_devstack/{op}", req.method),
