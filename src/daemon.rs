@@ -276,6 +276,14 @@ pub async fn run(
     state_path: PathBuf,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    // The previous daemon's telemetry figures, which this one's counters go on from.
+    let telemetry_before = match state::read(&state_path) {
+        Ok(before) => before.and_then(|d| d.telemetry),
+        Err(e) => {
+            tracing::warn!("{e}; telemetry counters start from zero");
+            None
+        }
+    };
     let mut doc = DaemonState::new(SystemTime::now());
     let mut identity = rotator.status();
     doc.identity = Some(identity.borrow_and_update().clone());
@@ -301,7 +309,9 @@ pub async fn run(
         })
     });
     // Telemetry: its own tasks; its status is pulled into the state file on a timer.
-    let telemetry_status = telemetry_input.as_ref().map(|_| StatusCell::new());
+    let telemetry_status = telemetry_input
+        .as_ref()
+        .map(|_| StatusCell::resuming(telemetry_before.as_ref()));
     let telemetry_task = match (telemetry_input, &telemetry_status) {
         (Some(input), Some(cell)) => {
             let probe = DaemonProbe {

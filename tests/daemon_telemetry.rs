@@ -106,6 +106,9 @@ fn relay(client: TcpStream, log: Arc<Mutex<Vec<u8>>>) {
 
 /// Journal lines written while the daemon runs.
 const LINES: usize = 500;
+/// Lines written for the second daemon: more than the next one ships, so its counters only reach
+/// them by going on from this one's.
+const AFTER: usize = 200;
 
 /// Polls `f` every 200 ms until it returns `Some`, failing with `what` and the daemon's log.
 fn wait<T>(
@@ -339,9 +342,17 @@ fn run_ships_journal_child_output_and_metrics_and_status_shows_them() {
         },
     );
 
+    // Log events shipped, from `status --json`, while the daemon is running (or not).
+    let shipped = |running: bool| {
+        let out = node.run(&["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("status --json");
+        (v["daemon"]["running"] == running)
+            .then(|| v["telemetry"]["counters"]["shipped"].as_u64())
+            .flatten()
+    };
     // `status` shows the streams, the spool and the metric sender (refreshed every 5 s); its
     // figures are this daemon's, so give the journal stream something to ship.
-    for i in 0..10 {
+    for i in 0..AFTER {
         w.send("hybrid-agent", 6, &line("after", i, 120));
     }
     let status = wait(
@@ -384,6 +395,13 @@ fn run_ships_journal_child_output_and_metrics_and_status_shows_them() {
         assert!(proxy.saw(call), "{call} did not go through network.proxy");
     }
 
+    wait(
+        "this daemon's counters to count the lines written after its start",
+        Duration::from_secs(30),
+        &log,
+        || shipped(true).filter(|n| *n >= AFTER as u64),
+    );
+
     // SIGTERM: a clean stop, and status keeps the last telemetry figures.
     let _ = Command::new("kill")
         .args(["-TERM", &daemon.id().to_string()])
@@ -400,6 +418,30 @@ fn run_ships_journal_child_output_and_metrics_and_status_shows_them() {
         "{}",
         after.stdout
     );
+
+    // The counters count since join: the next daemon goes on from the figures this one left.
+    let before = shipped(false).expect("the stopped daemon's counters");
+    assert!(
+        before >= AFTER as u64,
+        "shipped {before} before the restart"
+    );
+    let mut daemon = node.spawn_daemon(&log);
+    for i in 0..5 {
+        w.send("hybrid-agent", 6, &line("resumed", i, 120));
+    }
+    wait(
+        "the counters to go on from the previous daemon's",
+        Duration::from_secs(30),
+        &log,
+        || shipped(true).filter(|n| *n >= before + 5),
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    let code = wait("the daemon to stop", Duration::from_secs(30), &log, || {
+        daemon.try_wait().unwrap()
+    });
+    assert!(code.success(), "run exited {code:?}");
     // The rotated secrets never reach the daemon's log.
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let creds = std::fs::read_to_string(node.path("/root/.aws/credentials")).unwrap();

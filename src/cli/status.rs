@@ -20,8 +20,9 @@ and kubelet, health, pid, restarts, the last probe and whether they are degraded
 Once the node has joined, the telemetry section shows, per CloudWatch Logs stream, when a batch \
 was last accepted, the lag (age of the newest shipped entry when it was accepted) and the backlog \
 (entries read, not yet accepted); the spool (bytes, oldest record, whether sources are paused \
-because it is full); the shipped, rejected and dropped counters; and the metric sender's state \
-with the points waiting on disk. The daemon refreshes it every 5 seconds.
+because it is full); the shipped, rejected and dropped counters, which count since the node \
+joined (a restarted daemon goes on from the last figures its predecessor published); and the \
+metric sender's state with the points waiting on disk. The daemon refreshes it every 5 seconds.
 
 Examples:
   hybrid-agent status

@@ -311,9 +311,11 @@ pub async fn run_metrics(
     } else {
         Some(Instant::now())
     };
-    let mut sent = 0u64;
-    let mut dropped = 0u64;
-    let mut last_sent = None;
+    // Totals since join: they go on from what the previous daemon published.
+    let before = status.snapshot().metrics;
+    let mut sent = before.sent_points;
+    let mut dropped = before.dropped_too_old_points;
+    let mut last_sent = before.last_sent_ms;
     let mut state = String::from("idle");
     loop {
         let now = Instant::now();

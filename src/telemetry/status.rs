@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-/// Monotonic counters since the agent started.
+/// Monotonic counters since the node joined: a daemon starts from the figures its predecessor
+/// last published ([`StatusCell::resuming`]), so a restart does not hide a rejection or a loss.
 #[derive(Debug, Default)]
 pub struct Counters {
     shipped: AtomicU64,
@@ -20,6 +21,8 @@ pub struct Counters {
     spool_corrupt_records: AtomicU64,
     spool_torn_bytes: AtomicU64,
     journal_missed_entries: AtomicU64,
+    /// Entries earlier daemons missed; the journal reader counts this run's from zero.
+    journal_missed_before: u64,
     child_lines_dropped: AtomicU64,
 }
 
@@ -34,6 +37,25 @@ macro_rules! adder {
 }
 
 impl Counters {
+    /// Counters that go on from `before` (what the previous daemon published); the spool is
+    /// not paused until this run finds it full.
+    pub fn resuming(before: &CounterSnapshot) -> Counters {
+        let a = AtomicU64::new;
+        Counters {
+            shipped: a(before.shipped),
+            rejected: a(before.rejected),
+            dropped_too_old: a(before.dropped_too_old),
+            retries: a(before.retries),
+            spool_pauses: a(before.spool_pauses),
+            spool_paused: AtomicBool::new(false),
+            spool_corrupt_records: a(before.spool_corrupt_records),
+            spool_torn_bytes: a(before.spool_torn_bytes),
+            journal_missed_entries: a(before.journal_missed_entries),
+            journal_missed_before: before.journal_missed_entries,
+            child_lines_dropped: a(before.child_lines_dropped),
+        }
+    }
+
     adder!(add_shipped, shipped);
     adder!(add_rejected, rejected);
     adder!(add_dropped_too_old, dropped_too_old);
@@ -45,8 +67,10 @@ impl Counters {
         self.retries.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// `n`: entries this run's journal reader found deleted before it could read them.
     pub fn set_journal_missed(&self, n: u64) {
-        self.journal_missed_entries.store(n, Ordering::Relaxed);
+        self.journal_missed_entries
+            .store(self.journal_missed_before + n, Ordering::Relaxed);
     }
 
     /// Marks the spool full (sources paused) or not; counts each transition into paused.
@@ -156,6 +180,29 @@ impl StatusCell {
         Arc::new(StatusCell::default())
     }
 
+    /// A cell whose counters (and the metric sender's totals) go on from what the previous
+    /// daemon last published, so they count since the node joined rather than since the last
+    /// restart. Figures it had not yet published when it died (at most a few seconds' worth)
+    /// are not counted.
+    pub fn resuming(before: Option<&TelemetryStatus>) -> Arc<StatusCell> {
+        let Some(before) = before else {
+            return StatusCell::new();
+        };
+        let metrics = MetricsStatus {
+            last_sent_ms: before.metrics.last_sent_ms,
+            sent_points: before.metrics.sent_points,
+            dropped_too_old_points: before.metrics.dropped_too_old_points,
+            ..MetricsStatus::default()
+        };
+        Arc::new(StatusCell {
+            counters: Arc::new(Counters::resuming(&before.counters)),
+            inner: Mutex::new(TelemetryStatus {
+                metrics,
+                ..TelemetryStatus::default()
+            }),
+        })
+    }
+
     /// Records one log spool's figures and recomputes the totals.
     pub fn set_spool_part(&self, part: &str, bytes: u64, oldest_ms: Option<i64>) {
         self.update(|s| {
@@ -217,7 +264,7 @@ impl TelemetryStatus {
         );
         let _ = writeln!(
             o,
-            "  shipped {}, rejected {}, dropped (>14 days) {}, retries {}, spool corrupt records {}, journal entries missed {}",
+            "  since join: shipped {}, rejected {}, dropped (>14 days) {}, retries {}, spool corrupt records {}, journal entries missed {}",
             c.shipped,
             c.rejected,
             c.dropped_too_old,
@@ -251,4 +298,50 @@ fn human_bytes(n: u64) -> String {
         unit += 1;
     }
     format!("{v:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_cell_counts_on_from_the_previous_daemons_figures() {
+        let before = TelemetryStatus {
+            counters: CounterSnapshot {
+                shipped: 100,
+                rejected: 2,
+                spool_pauses: 1,
+                spool_paused: true,
+                journal_missed_entries: 7,
+                ..CounterSnapshot::default()
+            },
+            metrics: MetricsStatus {
+                sent_points: 40,
+                state: "failing: throttled".into(),
+                ..MetricsStatus::default()
+            },
+            spool_bytes: 999,
+            ..TelemetryStatus::default()
+        };
+        let cell = StatusCell::resuming(Some(&before));
+        cell.counters.add_shipped(5);
+        // The journal reader counts this run's missed entries from zero.
+        cell.counters.set_journal_missed(3);
+        cell.counters.set_journal_missed(4);
+        let now = cell.snapshot();
+        assert_eq!(now.counters.shipped, 105);
+        assert_eq!(now.counters.rejected, 2);
+        assert_eq!(now.counters.journal_missed_entries, 11);
+        assert_eq!(now.counters.spool_pauses, 1);
+        // Live state is this run's to find out, not carried over.
+        assert!(!now.counters.spool_paused);
+        assert_eq!(now.metrics.sent_points, 40);
+        assert_eq!(now.metrics.state, "");
+        assert_eq!(now.spool_bytes, 0);
+        // No previous daemon: zeros.
+        assert_eq!(
+            StatusCell::resuming(None).snapshot(),
+            TelemetryStatus::default()
+        );
+    }
 }
