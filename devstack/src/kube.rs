@@ -23,7 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -448,7 +448,7 @@ fn stamp(state: &Shared, node: &mut Value, name: &str) {
     node["metadata"]["name"] = json!(name);
     node["metadata"]["resourceVersion"] = json!(state.kube.next_version());
     if node["metadata"]["creationTimestamp"].is_null() {
-        node["metadata"]["creationTimestamp"] = json!(rfc3339(state.now()));
+        node["metadata"]["creationTimestamp"] = json!(crate::wire::rfc3339(state.now()));
     }
 }
 
@@ -470,17 +470,6 @@ fn merge_patch(target: &mut Value, patch: &Value) {
             merge_patch(&mut target[k], v);
         }
     }
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .replace_nanosecond(0)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }
 
 /// NodeRestriction, roughly: nodes read any Node and write only their own.

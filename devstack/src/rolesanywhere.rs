@@ -465,13 +465,9 @@ fn create_session(state: &Shared, req: &Req) -> Result<serde_json::Value, ApiErr
     let principal = Principal::assumed_role(&state.config.account_id, &role, &session);
     let lifetime = Duration::from_secs(duration).min(state.config.token_lifetime);
     let cred = lock(&state.creds).issue(&principal, now, lifetime)?;
-    let expiration = time::OffsetDateTime::from_unix_timestamp(cred.expires_at)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default();
+    let expiration = crate::wire::rfc3339(
+        std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(cred.expires_at).unwrap_or(0)),
+    );
     Ok(serde_json::json!({
         "credentialSet": [{
             "assumedRoleUser": { "arn": cred.arn, "assumedRoleId": cred.user_id },

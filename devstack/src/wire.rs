@@ -198,3 +198,15 @@ pub fn xml_escape(s: &str) -> String {
     }
     out
 }
+
+/// `2026-11-28T06:54:20Z`: whole seconds, as Kubernetes and IAM Roles Anywhere write times.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
