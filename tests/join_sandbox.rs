@@ -131,6 +131,12 @@ fn join_then_rejoin_is_a_noop_then_leave_restores_the_tree() {
         "{leave:?}"
     );
     assert!(
+        leave
+            .stdout
+            .contains(&format!("`kubectl delete node {}`", record.node_name)),
+        "leave names the Node object left in the cluster: {leave:?}"
+    );
+    assert!(
         managed_instances(&ds).is_empty(),
         "the instance is deregistered"
     );

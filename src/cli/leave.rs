@@ -17,6 +17,11 @@ remove every file and directory it created, and remove the agent state under \
 User data is kept unless --purge: containerd's image store (/var/lib/containerd) and the \
 telemetry spool. An interrupted leave continues where it stopped when run again.
 
+The node's Node object stays in the cluster: Kubernetes does not let a node delete its own. \
+Drain the node before leave to move its pods gracefully (kubectl drain NODE \
+--ignore-daemonsets), and delete it afterwards (kubectl delete node NODE); leave prints the \
+node's name.
+
 Example:
   hybrid-agent leave
   hybrid-agent leave --purge";

@@ -308,7 +308,20 @@ pub async fn leave(
             "kept {KEPT_WITHOUT_PURGE} (container images; `leave --purge` removes it)"
         ));
     }
+    if let Some(record) = &l.progress.record {
+        l.report.lines.push(node_object_left(record));
+    }
     Ok(l.report)
+}
+
+/// What remains in the cluster: Kubernetes does not let a node delete its own Node object
+/// (NodeRestriction), so an administrator removes it.
+fn node_object_left(record: &NodeRecord) -> String {
+    format!(
+        "the Node object {node} (if kubelet registered it) stays in cluster {cluster}, NotReady, until an administrator deletes it: `kubectl delete node {node}` (a node may not delete its own Node object)",
+        node = record.node_name,
+        cluster = record.cluster
+    )
 }
 
 /// Deregisters, refreshing the credentials once when the ones on disk are refused.
