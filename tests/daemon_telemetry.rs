@@ -275,7 +275,7 @@ fn run_ships_journal_child_output_and_metrics_and_status_shows_them() {
         .status();
     let _ = daemon.wait();
     post(node.healthz_port, "/standin/mode/healthy");
-    let mut daemon = node.spawn_daemon(&log);
+    let daemon = node.spawn_daemon(&log);
     let kubelet = with_line(
         "output written while the agent was down",
         "kubelet",
@@ -403,13 +403,16 @@ fn run_ships_journal_child_output_and_metrics_and_status_shows_them() {
     );
 
     // SIGTERM: a clean stop, and status keeps the last telemetry figures.
-    let _ = Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status();
-    let code = wait("the daemon to stop", Duration::from_secs(30), &log, || {
-        daemon.try_wait().unwrap()
-    });
-    assert!(code.success(), "run exited {code:?}");
+    let stop = |mut daemon: install_support::Daemon| {
+        let _ = Command::new("kill")
+            .args(["-TERM", &daemon.id().to_string()])
+            .status();
+        let code = wait("the daemon to stop", Duration::from_secs(30), &log, || {
+            daemon.try_wait().unwrap()
+        });
+        assert!(code.success(), "run exited {code:?}");
+    };
+    stop(daemon);
     let after = node.run(&["status"]);
     assert!(
         after
@@ -425,7 +428,7 @@ fn run_ships_journal_child_output_and_metrics_and_status_shows_them() {
         before >= AFTER as u64,
         "shipped {before} before the restart"
     );
-    let mut daemon = node.spawn_daemon(&log);
+    let daemon = node.spawn_daemon(&log);
     for i in 0..5 {
         w.send("hybrid-agent", 6, &line("resumed", i, 120));
     }
@@ -435,13 +438,7 @@ fn run_ships_journal_child_output_and_metrics_and_status_shows_them() {
         &log,
         || shipped(true).filter(|n| *n >= before + 5),
     );
-    let _ = Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status();
-    let code = wait("the daemon to stop", Duration::from_secs(30), &log, || {
-        daemon.try_wait().unwrap()
-    });
-    assert!(code.success(), "run exited {code:?}");
+    stop(daemon);
     // The rotated secrets never reach the daemon's log.
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let creds = std::fs::read_to_string(node.path("/root/.aws/credentials")).unwrap();
