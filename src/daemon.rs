@@ -285,6 +285,11 @@ pub async fn run(
         }
     };
     let mut doc = DaemonState::new(SystemTime::now());
+    // Kept in the document until this daemon publishes its own, so a daemon that dies before its
+    // first publication does not reset them for the next.
+    if telemetry_input.is_some() {
+        doc.telemetry = telemetry_before.clone();
+    }
     let mut identity = rotator.status();
     doc.identity = Some(identity.borrow_and_update().clone());
     state::write(&state_path, &doc)?;
