@@ -292,17 +292,7 @@ async fn metrics_round_trip(t: &Target) {
         .send()
         .await
         .expect("GetMetricStatistics");
-    let mut points: Vec<(i64, f64)> = stats
-        .datapoints()
-        .iter()
-        .map(|d| {
-            (
-                d.timestamp().map(|t| t.secs()).unwrap_or(0),
-                d.sum().unwrap_or(-1.0),
-            )
-        })
-        .collect();
-    points.sort_by_key(|p| p.0);
+    let points = common::points(&stats, |d| d.sum());
     let want: Vec<(i64, f64)> = stamps
         .iter()
         .enumerate()
@@ -473,16 +463,7 @@ async fn eks_describe(t: &Target) {
             pem.starts_with("-----BEGIN CERTIFICATE-----"),
             "CA is a PEM certificate: {pem}"
         );
-        let cidrs: Vec<&str> = cluster
-            .remote_network_config()
-            .map(|r| {
-                r.remote_node_networks()
-                    .iter()
-                    .flat_map(|n| n.cidrs())
-                    .map(String::as_str)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let cidrs = common::remote_node_cidrs(cluster);
         assert!(
             !cidrs.is_empty(),
             "a hybrid cluster has remote node networks"

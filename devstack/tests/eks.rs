@@ -149,16 +149,7 @@ async fn clusters_created_through_the_control_endpoint_are_described_and_listed(
     assert_eq!(c.status(), Some(&ClusterStatus::Creating));
     assert_eq!(c.version(), Some("1.30"));
     assert!(c.endpoint().is_none() && c.certificate_authority().is_none());
-    let nodes: Vec<&str> = c
-        .remote_network_config()
-        .map(|r| {
-            r.remote_node_networks()
-                .iter()
-                .flat_map(|n| n.cidrs())
-                .map(String::as_str)
-                .collect()
-        })
-        .unwrap_or_default();
+    let nodes = common::remote_node_cidrs(c);
     assert_eq!(nodes, ["192.168.0.0/16", "10.1.0.0/24"]);
 
     assert_eq!(

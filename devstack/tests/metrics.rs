@@ -366,17 +366,7 @@ async fn datapoints_read_back_at_their_original_timestamps() {
         .send()
         .await
         .expect("GetMetricStatistics");
-    let mut points: Vec<(i64, f64)> = stats
-        .datapoints()
-        .iter()
-        .map(|d| {
-            (
-                d.timestamp().map(|t| t.secs()).unwrap_or(0),
-                d.maximum().unwrap_or(-1.0),
-            )
-        })
-        .collect();
-    points.sort_by_key(|p| p.0);
+    let points = common::points(&stats, |d| d.maximum());
     assert_eq!(
         points,
         [(stamps[0], 1.0), (stamps[1], 2.0), (stamps[2], 3.0)]

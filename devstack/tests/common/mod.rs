@@ -10,6 +10,40 @@ use std::time::{Duration, Instant};
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
 
+/// Each datapoint of a GetMetricStatistics answer as (timestamp in seconds, the statistic
+/// `value` picks; -1 when absent), oldest first.
+pub fn points(
+    stats: &aws_sdk_cloudwatch::operation::get_metric_statistics::GetMetricStatisticsOutput,
+    value: impl Fn(&aws_sdk_cloudwatch::types::Datapoint) -> Option<f64>,
+) -> Vec<(i64, f64)> {
+    let mut points: Vec<(i64, f64)> = stats
+        .datapoints()
+        .iter()
+        .map(|d| {
+            (
+                d.timestamp().map(|t| t.secs()).unwrap_or(0),
+                value(d).unwrap_or(-1.0),
+            )
+        })
+        .collect();
+    points.sort_by_key(|p| p.0);
+    points
+}
+
+/// The CIDRs of a cluster's remote node networks (none without a remote network config).
+pub fn remote_node_cidrs(cluster: &aws_sdk_eks::types::Cluster) -> Vec<&str> {
+    cluster
+        .remote_network_config()
+        .map(|r| {
+            r.remote_node_networks()
+                .iter()
+                .flat_map(|n| n.cidrs())
+                .map(String::as_str)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The devstack's fixed admin key pair (documented in devstack/src/auth.rs).
 pub const ADMIN_ACCESS_KEY_ID: &str = "AKIADEVSTACKADMIN000";
 pub const ADMIN_SECRET_ACCESS_KEY: &str = "devstack-admin-secret-key-not-a-real-secret";
