@@ -316,18 +316,7 @@ async fn metrics_query_round_trip(t: &Target) {
         .as_secs()
         / 60)
         * 60;
-    let iso = |secs: u64| {
-        let t = time::OffsetDateTime::from_unix_timestamp(secs as i64).expect("valid time");
-        format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-            t.year(),
-            t.month() as u8,
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        )
-    };
+    let iso = |secs: u64| common::iso(secs as i64);
     let stamps = [minute - 600, minute - 540];
     let mut put = format!(
         "Action=PutMetricData&Version=2010-08-01&Namespace={}",

@@ -573,19 +573,6 @@ async fn signed_query(url: &str, body: String) -> reqwest::Response {
     common::signed_query(url, "monitoring", body).await
 }
 
-fn iso(secs: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(secs).expect("valid time");
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        t.month() as u8,
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_protocol_round_trip_answers_in_xml() {
     let ds = common::devstack();
@@ -598,8 +585,8 @@ async fn query_protocol_round_trip_answers_in_xml() {
          &MetricData.member.2.MetricName=Heartbeat&MetricData.member.2.Timestamp={}\
          &MetricData.member.2.Values.member.1=1&MetricData.member.2.Values.member.2=4\
          &MetricData.member.2.Dimensions.member.1.Name=Node&MetricData.member.2.Dimensions.member.1.Value=mi-1",
-        iso(t),
-        iso(t)
+        common::iso(t),
+        common::iso(t)
     );
     let resp = signed_query(&ds.url, put).await;
     assert_eq!(resp.status(), 200);
@@ -615,14 +602,14 @@ async fn query_protocol_round_trip_answers_in_xml() {
         "Action=GetMetricStatistics&Version=2010-08-01&Namespace=Legacy%2FAgent&MetricName=Heartbeat\
          &Dimensions.member.1.Name=Node&Dimensions.member.1.Value=mi-1\
          &StartTime={}&EndTime={}&Period=60&Statistics.member.1=Sum&Statistics.member.2=SampleCount",
-        iso(t),
-        iso(t + MINUTE)
+        common::iso(t),
+        common::iso(t + MINUTE)
     );
     let resp = signed_query(&ds.url, get).await;
     assert_eq!(resp.status(), 200);
     let xml = resp.text().await.expect("body");
     assert!(
-        xml.contains(&format!("<Timestamp>{}</Timestamp>", iso(t))),
+        xml.contains(&format!("<Timestamp>{}</Timestamp>", common::iso(t))),
         "{xml}"
     );
     assert!(

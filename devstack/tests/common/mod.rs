@@ -10,6 +10,20 @@ use std::time::{Duration, Instant};
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
 
+/// `2026-11-28T07:00:00Z`: a time as the awsQuery protocol writes it in a form body.
+pub fn iso(secs: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp(secs).expect("valid time");
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
 /// Each datapoint of a GetMetricStatistics answer as (timestamp in seconds, the statistic
 /// `value` picks; -1 when absent), oldest first.
 pub fn points(
