@@ -11,6 +11,7 @@
 pub mod aws;
 pub mod cli;
 pub mod config;
+pub mod cri;
 pub mod daemon;
 pub mod doctor;
 pub mod exit;

@@ -124,6 +124,7 @@ impl FaultsDoc {
 /// - `GET /_devstack/counters` → JSON map `service/Operation` → calls; `DELETE` resets
 /// - `/_devstack/ssm/...` → [`crate::ssm::control`]
 /// - `/_devstack/eks/...` → [`crate::eks::control`], `/_devstack/mirror/...` → [`crate::mirror::control`]
+/// - `GET /_devstack/ecr/password`, `GET /_devstack/ecr/registry` ([`crate::ecr::control`])
 /// - `POST /_devstack/rolesanywhere/issue` → a certificate from the test CA ([`crate::rolesanywhere::issue`])
 pub async fn handle(state: &Shared, op: &str, req: &Req) -> axum::response::Response {
     use axum::http::{Method, StatusCode};
@@ -178,6 +179,7 @@ pub async fn handle(state: &Shared, op: &str, req: &Req) -> axum::response::Resp
         (_, op) if op.starts_with("ssm/") => crate::ssm::control(state, op, req),
         (_, op) if op.starts_with("eks/") => crate::eks::control(state, op, req).await,
         (_, op) if op.starts_with("mirror/") => crate::mirror::control(state, op, req).await,
+        (_, op) if op.starts_with("ecr/") => crate::ecr::control(state, op, req),
         (Method::POST, "rolesanywhere/issue") => crate::rolesanywhere::control_issue(state, req),
         _ => ApiError::not_found(
             "UnknownControl",

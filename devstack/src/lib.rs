@@ -2,7 +2,7 @@
 //! against.
 //!
 //! One HTTP listener on 127.0.0.1 serves every service, told apart the way AWS endpoints would
-//! tell them apart if they shared a host: by `X-Amz-Target` (awsJson 1.1: SSM, CloudWatch Logs),
+//! tell them apart if they shared a host: by `X-Amz-Target` (awsJson 1.1: SSM, CloudWatch Logs, ECR),
 //! by path (Smithy RPC v2 CBOR for CloudWatch metrics, restJson1 for EKS, `/sessions` for IAM
 //! Roles Anywhere), by the `Action` form field (awsQuery: STS, legacy CloudWatch), plus the
 //! artifact mirror under `/mirror/` and the control endpoint under `/_devstack/`.
@@ -14,12 +14,14 @@
 
 pub mod auth;
 pub mod control;
+pub mod ecr;
 pub mod eks;
 pub mod kube;
 pub mod logs;
 pub mod metrics;
 pub mod mirror;
 pub mod persist;
+pub mod registry;
 pub mod rolesanywhere;
 pub mod server;
 pub mod sigv4;

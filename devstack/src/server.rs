@@ -167,6 +167,7 @@ pub enum Service {
     MetricsQuery,
     Sts,
     Eks,
+    Ecr,
     RolesAnywhere,
     Mirror,
     Control,
@@ -175,7 +176,7 @@ pub enum Service {
 impl Service {
     pub fn protocol(self) -> Protocol {
         match self {
-            Service::Ssm | Service::Logs => Protocol::AwsJson11,
+            Service::Ssm | Service::Logs | Service::Ecr => Protocol::AwsJson11,
             Service::MetricsCbor => Protocol::RpcV2Cbor,
             Service::MetricsQuery | Service::Sts => Protocol::AwsQuery,
             Service::Eks | Service::RolesAnywhere => Protocol::RestJson1,
@@ -191,6 +192,7 @@ impl Service {
             Service::MetricsCbor | Service::MetricsQuery => "monitoring",
             Service::Sts => "sts",
             Service::Eks => "eks",
+            Service::Ecr => "ecr",
             Service::RolesAnywhere => "rolesanywhere",
             Service::Mirror => "mirror",
             Service::Control => "control",
@@ -213,6 +215,9 @@ pub fn classify(req: &Req) -> Option<(Service, String)> {
         }
         if let Some(op) = target.strip_prefix("Logs_20140328.") {
             return Some((Service::Logs, op.to_string()));
+        }
+        if let Some(op) = target.strip_prefix(crate::ecr::TARGET_PREFIX) {
+            return Some((Service::Ecr, op.to_string()));
         }
         return None;
     }
@@ -317,6 +322,7 @@ async fn answer(state: &Shared, request: Request<Body>) -> Response {
         }
         Service::Sts => crate::sts::handle(state, &op, &req).await,
         Service::Eks => crate::eks::handle(state, &op, &req).await,
+        Service::Ecr => crate::ecr::handle(state, &op, &req).await,
         Service::RolesAnywhere => crate::rolesanywhere::handle(state, &op, &req).await,
         Service::Mirror => crate::mirror::handle(state, &req).await,
         Service::Control => crate::control::handle(state, &op, &req).await,

@@ -20,6 +20,8 @@ pub struct State {
     pub logs: Mutex<crate::logs::LogsState>,
     pub metrics: Mutex<crate::metrics::MetricsState>,
     pub eks: crate::eks::EksState,
+    /// The registry password ECR authorization tokens carry.
+    pub ecr: crate::ecr::EcrState,
     /// The stand-in API servers started for clusters (not persisted).
     pub kube: crate::kube::KubeState,
     pub mirror: crate::mirror::MirrorState,
@@ -42,6 +44,7 @@ impl State {
             logs: Mutex::new(crate::logs::LogsState::load(dir.as_deref())?),
             metrics: Mutex::new(crate::metrics::MetricsState::load(dir.as_deref())?),
             eks: crate::eks::EksState::load(dir.as_deref(), &config)?,
+            ecr: crate::ecr::EcrState::new(dir.as_deref())?,
             kube: crate::kube::KubeState::default(),
             mirror: crate::mirror::MirrorState::default(),
             rolesanywhere: crate::rolesanywhere::RolesAnywhereState::load(dir.as_deref())?,

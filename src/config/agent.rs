@@ -134,6 +134,7 @@ struct EndpointsSection {
     eks: Option<String>,
     sts: Option<String>,
     rolesanywhere: Option<String>,
+    ecr: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -371,6 +372,7 @@ pub(crate) fn resolve(
                 (Service::Eks, &e.eks),
                 (Service::Sts, &e.sts),
                 (Service::Rolesanywhere, &e.rolesanywhere),
+                (Service::Ecr, &e.ecr),
             ] {
                 if let Some(value) = value {
                     let field = format!("endpoints.{}", service.config_key());

@@ -43,17 +43,20 @@ pub enum Service {
     Sts,
     /// IAM Roles Anywhere (CreateSession).
     Rolesanywhere,
+    /// ECR (GetAuthorizationToken, for the pod sandbox image pull).
+    Ecr,
 }
 
 impl Service {
     /// Every service, in a stable order.
-    pub const ALL: [Service; 6] = [
+    pub const ALL: [Service; 7] = [
         Service::Ssm,
         Service::Logs,
         Service::Cloudwatch,
         Service::Eks,
         Service::Sts,
         Service::Rolesanywhere,
+        Service::Ecr,
     ];
 
     /// Key under `[endpoints]` in the agent config.
@@ -65,6 +68,7 @@ impl Service {
             Service::Eks => "eks",
             Service::Sts => "sts",
             Service::Rolesanywhere => "rolesanywhere",
+            Service::Ecr => "ecr",
         }
     }
 
@@ -78,6 +82,7 @@ impl Service {
             Service::Eks => "AWS_ENDPOINT_URL_EKS",
             Service::Sts => "AWS_ENDPOINT_URL_STS",
             Service::Rolesanywhere => "AWS_ENDPOINT_URL_ROLESANYWHERE",
+            Service::Ecr => "AWS_ENDPOINT_URL_ECR",
         }
     }
 
@@ -85,6 +90,8 @@ impl Service {
     pub fn endpoint_prefix(self) -> &'static str {
         match self {
             Service::Cloudwatch => "monitoring",
+            // ECR's API endpoint (the registries are <account>.dkr.ecr.…).
+            Service::Ecr => "api.ecr",
             other => other.config_key(),
         }
     }

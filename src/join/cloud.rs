@@ -213,3 +213,10 @@ pub async fn deregister(
         auth,
     })
 }
+
+/// An ECR client at the configured endpoint (GetAuthorizationToken).
+pub fn ecr(agent: &AgentConfig, region: &Region) -> Result<aws_sdk_ecr::Client, CloudError> {
+    let (conf, url) = service_sdk(agent, region, Service::Ecr)?;
+    let b = aws_sdk_ecr::config::Builder::from(&conf).endpoint_url(url);
+    Ok(aws_sdk_ecr::Client::from_conf(b.build()))
+}

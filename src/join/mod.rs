@@ -18,6 +18,7 @@ pub mod components;
 pub mod leave;
 pub mod ready;
 pub mod record;
+pub mod sandbox;
 pub mod upgrade;
 
 use std::fmt;
@@ -197,6 +198,8 @@ pub enum PhaseError {
     Cloud(#[from] CloudError),
     #[error(transparent)]
     Record(#[from] RecordError),
+    #[error(transparent)]
+    Sandbox(Box<sandbox::SandboxError>),
     #[error("{component} did not become healthy within {waited:?}: {detail}")]
     Unhealthy {
         component: ComponentName,
@@ -219,6 +222,12 @@ impl From<IdentityError> for PhaseError {
 impl From<InstallError> for PhaseError {
     fn from(e: InstallError) -> Self {
         PhaseError::Install(Box::new(e))
+    }
+}
+
+impl From<sandbox::SandboxError> for PhaseError {
+    fn from(e: sandbox::SandboxError) -> Self {
+        PhaseError::Sandbox(Box::new(e))
     }
 }
 
@@ -886,6 +895,11 @@ impl Run<'_> {
         }
         if self.txn.is_dry_run() {
             for r in &self.records {
+                if r.name == ComponentName::Kubelet {
+                    self.txn.plan(
+                        "pull the pod sandbox image containerd is configured with (`containerd config dump`) through CRI, with an ECR authorization token from the node's credentials".to_owned(),
+                    );
+                }
                 let mut line = format!("start {}: {}", r.name, r.program.display());
                 for a in &r.args {
                     line.push(' ');
@@ -900,6 +914,7 @@ impl Run<'_> {
                 .await?;
         components.prepare().await?;
         let wait = self.opts.wait_timeout;
+        let mut pulled = None;
         for name in [ComponentName::Containerd, ComponentName::Kubelet] {
             let program = self
                 .records
@@ -916,24 +931,52 @@ impl Run<'_> {
                     .push(Compensation::Stop(Box::new(components)));
                 return Err(e.into());
             }
-            if name == ComponentName::Containerd
-                && let Err(detail) = components.wait_healthy(name, wait).await
-            {
-                self.compensations
-                    .push(Compensation::Stop(Box::new(components)));
-                return Err(PhaseError::Unhealthy {
-                    component: name,
-                    waited: wait,
-                    detail,
-                });
+            if name == ComponentName::Containerd {
+                if let Err(detail) = components.wait_healthy(name, wait).await {
+                    self.compensations
+                        .push(Compensation::Stop(Box::new(components)));
+                    return Err(PhaseError::Unhealthy {
+                        component: name,
+                        waited: wait,
+                        detail,
+                    });
+                }
+                match self.pull_sandbox_image().await {
+                    Ok(line) => pulled = Some(line),
+                    Err(e) => {
+                        self.compensations
+                            .push(Compensation::Stop(Box::new(components)));
+                        return Err(e);
+                    }
+                }
             }
         }
         self.report.lines.push(format!(
             "start: containerd and kubelet started ({})",
             components.selection.reason
         ));
+        self.report.lines.extend(pulled);
         self.components = Some(components);
         Ok(())
+    }
+
+    /// Pulls the pod sandbox image containerd is configured with, through its CRI socket, with
+    /// an ECR token from the node's credentials (nodeadm's containerd PostLaunch step).
+    async fn pull_sandbox_image(&mut self) -> Result<String, PhaseError> {
+        let program = self
+            .records
+            .iter()
+            .find(|r| r.name == ComponentName::Containerd)
+            .map(|r| r.program.clone())
+            .unwrap_or_default();
+        let config = self.paths.resolve(crate::paths::CONTAINERD_CONFIG);
+        let socket = self.paths.resolve(node::containerd::CONTAINERD_SOCKET);
+        let image = sandbox::configured_image(&program, &config).await?;
+        let token = sandbox::ecr_token(self.agent(), self.region()).await?;
+        let reference = sandbox::pull(&socket, &image, &token).await?;
+        Ok(format!(
+            "start: pod sandbox image {image} pulled with ECR credentials ({reference})"
+        ))
     }
 
     async fn wait(&mut self) -> Result<(), PhaseError> {

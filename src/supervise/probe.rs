@@ -128,14 +128,11 @@ impl Prober {
 
 /// containerd's Version RPC over `socket`; returns "containerd <version> (<revision>)".
 pub async fn containerd_version(socket: &std::path::Path) -> Result<String, String> {
-    use containerd_client::services::v1::version_client::VersionClient;
-    let channel = containerd_client::connect(socket)
+    let client = crate::cri::Client::connect(socket)
         .await
-        .map_err(|e| format!("connect {}: {e}", socket.display()))?;
-    let reply = VersionClient::new(channel)
-        .version(())
+        .map_err(|e| e.to_string())?;
+    client
+        .containerd_version(std::time::Duration::from_secs(5))
         .await
-        .map_err(|e| format!("Version call on {}: {}", socket.display(), e.message()))?
-        .into_inner();
-    Ok(format!("containerd {} ({})", reply.version, reply.revision))
+        .map_err(|e| e.to_string())
 }

@@ -245,6 +245,58 @@ pub fn distro_containerd(root: &Path) {
     );
 }
 
+/// The ECR registry of the EKS images in us-west-2 (REGION), as nodeadm computes it
+/// (internal/aws/ecr/ecr.go: account 602401143452 in the commercial regions).
+pub const EKS_ECR_REGISTRY: &str = "602401143452.dkr.ecr.us-west-2.amazonaws.com";
+
+/// The devstack's registry (started on first use): `(address, CA file)`.
+pub fn devstack_registry(ds: &hybrid_devstack::Devstack) -> (String, String) {
+    let resp = control(ds, "GET", "/_devstack/ecr/registry");
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(body).expect("registry JSON");
+    (
+        v["address"].as_str().unwrap().to_owned(),
+        v["ca_file"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Points the sandbox's containerd at the devstack's registry (a real docker-registry with
+/// htpasswd auth holding `eks/pause:3.5`) for `registry` through containerd's own registry host
+/// configuration (`certs.d/<registry>/hosts.toml` under the rendered `config_path`): join's
+/// pre-pull of the sandbox image then really pulls, with the ECR token the devstack issues. The
+/// agent's code knows nothing of this; it is what an operator's registry mirror looks like.
+pub fn ecr_registry_hosts(ds: &hybrid_devstack::Devstack, root: &Path, registry: &str) {
+    let (address, ca_file) = devstack_registry(ds);
+    put(
+        &root.join(format!("etc/containerd/certs.d/{registry}/hosts.toml")),
+        format!(
+            "# Test seam: the devstack's registry stands in for {registry}.\nserver = \"https://{address}\"\n\n[host.\"https://{address}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"{ca_file}\"\n"
+        )
+        .as_bytes(),
+        0o644,
+    );
+}
+
+/// Replaces the release's CNI plugin tarball with Debian's real plugins
+/// (containernetworking-plugins: bridge, host-local, loopback from /usr/lib/cni).
+pub fn real_cni_plugins(mirror: &Path, version: &str) {
+    let entries: Vec<(&str, Vec<u8>, u32)> = CNI_PLUGINS
+        .iter()
+        .map(|n| {
+            let path = format!("/usr/lib/cni/{n}");
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+                panic!("{path}: {e} (scripts/setup installs containernetworking-plugins)")
+            });
+            (*n, bytes, 0o755)
+        })
+        .collect();
+    put(
+        &mirror.join(version).join(ARCH).join("cni-plugins"),
+        &tgz(&entries, "./"),
+        0o644,
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // join / leave / upgrade against the devstack, through the real binary
 
@@ -423,6 +475,7 @@ impl Node {
         let root = dir.path().join("r");
         std::fs::create_dir(&root).unwrap();
         distro_containerd(&root);
+        ecr_registry_hosts(ds, &root, EKS_ECR_REGISTRY);
         let agent_config = root.join("etc/hybrid-agent/config.toml");
         put(
             &agent_config,
