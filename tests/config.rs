@@ -10,6 +10,9 @@ use std::process::Command;
 
 use serde_json::Value;
 
+// The devstack harness, for the one `join` test.
+mod install_support;
+
 /// Activation code used by the fixtures.
 const FIXTURE_CODE: &str = "Fj2KxR7pQ9mW4nVb8TzL3sYe";
 /// Secrets that appear in fixtures and must never be printed.
@@ -1192,4 +1195,34 @@ fn one_field_under_two_spellings_with_different_values_is_refused() {
     );
     let run = sb.run(&["config", "check", "-c", &source(&path)]);
     assert_eq!(run.code, Some(0), "{run:?}");
+}
+
+#[test]
+fn join_accepts_a_file_written_for_nodeadm() {
+    let mirror = tempfile::tempdir().expect("mirror dir");
+    install_support::standin_release(mirror.path(), install_support::VERSION);
+    let ds = install_support::devstack(mirror.path());
+    let node = install_support::Node::new(&ds, &install_support::create_activation(&ds));
+    // The harness's NodeConfig, rewritten as a nodeadm user may have it: no apiVersion/kind,
+    // `activationID`, keys in other cases, a YAML 1.1 boolean and a status section.
+    let written = std::fs::read_to_string(&node.nodeconfig).expect("harness NodeConfig");
+    let nodeadm = written
+        .replace("apiVersion: node.eks.aws/v1alpha1\nkind: NodeConfig\n", "")
+        .replace("activationId:", "activationID:")
+        .replace("  cluster:", "  Cluster:")
+        .replace("  hybrid:\n", "  hybrid:\n    enableCredentialsFile: yes\n")
+        + "status:\n  hybrid:\n    nodeName: mi-0123456789abcdef0\n";
+    assert_ne!(nodeadm, written);
+    std::fs::write(&node.nodeconfig, &nodeadm).expect("rewrite NodeConfig");
+
+    let run = node.join(&ds, &["--dry-run", "--kubernetes-version", "1.31"]);
+    assert_eq!(run.code, Some(0), "{nodeadm}\n{run:?}");
+    assert!(
+        run.stdout.contains("register with SSM activation"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout.contains("/eks-hybrid/.aws/credentials"),
+        "enableCredentialsFile: yes is true: {run:?}"
+    );
 }
