@@ -10,6 +10,9 @@ use std::process::Command;
 
 use serde_json::Value;
 
+// The devstack harness, for the one `join` test.
+mod install_support;
+
 /// Activation code used by the fixtures.
 const FIXTURE_CODE: &str = "Fj2KxR7pQ9mW4nVb8TzL3sYe";
 /// Secrets that appear in fixtures and must never be printed.
@@ -743,16 +746,29 @@ fn mistyped_activation_code_is_not_echoed() {
 // NodeConfig: one test per kind of mistake
 
 #[test]
-fn unknown_yaml_field_names_field_file_and_line() {
+fn unknown_yaml_field_names_field_file_line_and_the_near_miss() {
     let sb = Sandbox::new();
     let path = sb.write(
         "node.yaml",
-        &ssm_yaml(CLUSTER, ACTIVATION_ID, FIXTURE_CODE).replace("activationId:", "activationID:"),
+        &ssm_yaml(CLUSTER, ACTIVATION_ID, FIXTURE_CODE).replace("activationId:", "activationIdd:"),
     );
     let run = sb.run(&["config", "check", "-c", &source(&path)]);
-    let p = problem_at(&run, "spec.hybrid.ssm.activationID", &arg(&path), 10);
-    assert!(p.contains("unknown field `activationID`"), "{p}");
-    assert!(p.contains("`activationId`"), "{p}");
+    let p = problem_at(&run, "spec.hybrid.ssm.activationIdd", &arg(&path), 10);
+    assert!(p.contains("unknown field `activationIdd`"), "{p}");
+    assert!(p.contains("did you mean `activationId`?"), "{p}");
+
+    // A key that is nothing like a field gets no guess.
+    let path = sb.write(
+        "far.yaml",
+        &ssm_yaml(CLUSTER, ACTIVATION_ID, FIXTURE_CODE)
+            .replace("  hybrid:", "  bogus: 1\n  hybrid:"),
+    );
+    let run = sb.run(&["config", "check", "-c", &source(&path)]);
+    let p = problem_at(&run, "spec.bogus", &arg(&path), 7);
+    assert!(
+        p.contains("(fix: remove the field or correct its spelling)"),
+        "{p}"
+    );
 }
 
 #[test]
@@ -880,19 +896,6 @@ fn missing_nodeconfig_file_is_named() {
 }
 
 #[test]
-fn wrong_api_version_and_kind_are_both_reported() {
-    let sb = Sandbox::new();
-    let yaml = ssm_yaml(CLUSTER, ACTIVATION_ID, FIXTURE_CODE)
-        .replace("node.eks.aws/v1alpha1", "node.eks.aws/v1beta1")
-        .replace("kind: NodeConfig", "kind: NodeConfiguration");
-    let path = sb.write("node.yaml", &yaml);
-    let run = sb.run(&["config", "check", "-c", &source(&path)]);
-    let p = problem_at(&run, "apiVersion", &arg(&path), 1);
-    assert!(p.contains("node.eks.aws/v1alpha1"), "{p}");
-    problem_at(&run, "kind", &arg(&path), 2);
-}
-
-#[test]
 fn config_source_must_be_a_file_url() {
     let sb = Sandbox::new();
     for bad in [
@@ -956,4 +959,270 @@ fn agent_and_node_problems_are_reported_together() {
     let run = sb.run(&["--config", &arg(&agent), "join", "-c", &source(&node)]);
     problem_at(&run, "spool.max_bytes", &arg(&agent), 2);
     problem_at(&run, "spec.cluster.region", &arg(&node), 4);
+}
+
+// ------------------------------------------------------------------------------------------
+// NodeConfig: what nodeadm accepts is accepted. nodeadm reads `--config-source file://` with
+// sigs.k8s.io/yaml UnmarshalStrict into its internal NodeConfig (internal/configprovider/file.go,
+// internal/api/bridge/decode.go): go-yaml v2 (YAML 1.1), then encoding/json with case-insensitive
+// keys and unknown fields refused.
+
+/// `config check` accepts the NodeConfig `yaml`; returns the node half of `config show --json`.
+fn accepted(sb: &Sandbox, yaml: &str) -> Value {
+    let path = sb.write("node.yaml", yaml);
+    let check = sb.run(&["config", "check", "-c", &source(&path)]);
+    assert_eq!(
+        check.code,
+        Some(0),
+        "nodeadm accepts this file:\n{yaml}\n{check:?}"
+    );
+    assert!(
+        check.stdout.starts_with("configuration is valid"),
+        "{check:?}"
+    );
+    let show = sb.run(&["config", "show", "--json", "-c", &source(&path)]);
+    assert_eq!(show.code, Some(0), "{show:?}");
+    show.json()["node"].clone()
+}
+
+const TRUST_ANCHOR: &str = "arn:aws:rolesanywhere:eu-central-1:111122223333:trust-anchor/0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9";
+const PROFILE: &str =
+    "arn:aws:rolesanywhere:eu-central-1:111122223333:profile/9f8e7d6c-5b4a-3928-1706-f5e4d3c2b1a0";
+const ROLE: &str = "arn:aws:iam::111122223333:role/AmazonEKSHybridNodesRole";
+
+#[test]
+fn activation_id_spelled_activation_capital_id_is_accepted() {
+    let sb = Sandbox::new();
+    let node = accepted(
+        &sb,
+        &ssm_yaml(CLUSTER, ACTIVATION_ID, FIXTURE_CODE).replace("activationId:", "activationID:"),
+    );
+    assert_eq!(node["provider"]["type"], "ssm");
+    assert_eq!(node["provider"]["activationId"], ACTIVATION_ID);
+}
+
+#[test]
+fn iam_roles_anywhere_arn_keys_and_any_case_of_known_keys_are_accepted() {
+    let sb = Sandbox::new();
+    let yaml = format!(
+        "APIVersion: node.eks.aws/v1alpha1\nKind: NodeConfig\nSpec:\n  Cluster:\n    NAME: edge\n    Region: eu-central-1\n  hybrid:\n    IAMRolesAnywhere:\n      NodeName: edge-01\n      trustAnchorARN: {TRUST_ANCHOR}\n      profileARN: {PROFILE}\n      roleARN: {ROLE}\n      AWSConfigPath: /etc/aws/hybrid/config\n"
+    );
+    let node = accepted(&sb, &yaml);
+    assert_eq!(node["cluster"]["name"], "edge");
+    assert_eq!(node["cluster"]["region"], "eu-central-1");
+    let provider = &node["provider"];
+    assert_eq!(provider["type"], "iamRolesAnywhere");
+    assert_eq!(provider["nodeName"], "edge-01");
+    assert_eq!(provider["trustAnchorArn"], TRUST_ANCHOR);
+    assert_eq!(provider["profileArn"], PROFILE);
+    assert_eq!(provider["roleArn"], ROLE);
+    assert_eq!(
+        provider["awsConfigPath"],
+        format!("{}/etc/aws/hybrid/config", arg(&sb.root()))
+    );
+}
+
+/// The base64 of a small PEM, as `base64` prints it: wrapped at 76 columns.
+const CA_LINES: [&str; 3] = [
+    "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUJzekNDQVZtZ0F3SUJBZ0lVUTJ4MWMzUmxj",
+    "a05CWm05eVZHVnpkSE13Q2dZSUtvWkl6ajBFQXdJdwotLS0tLUVORCBDRVJUSUZJQ0FURS0tLS0t",
+    "Cg==",
+];
+
+#[test]
+fn line_wrapped_certificate_authority_is_accepted() {
+    let sb = Sandbox::new();
+    let one_line = CA_LINES.concat();
+    // A literal block keeps the line breaks (nodeadm: Go's base64 skips \r and \n); a plain
+    // scalar over several lines folds them into spaces (nodeadm refuses that; the bytes meant
+    // are the same, so it is accepted too).
+    for (style, value) in [
+        (
+            "literal block",
+            format!("|\n      {}\n", CA_LINES.join("\n      ")),
+        ),
+        ("plain, folded", format!("{}\n", CA_LINES.join("\n      "))),
+        ("quoted with \\n", format!("\"{}\"\n", CA_LINES.join("\\n"))),
+    ] {
+        let cluster =
+            format!("    name: prod\n    region: us-west-2\n    certificateAuthority: {value}");
+        let node = accepted(&sb, &ssm_yaml(&cluster, ACTIVATION_ID, FIXTURE_CODE));
+        assert_eq!(node["cluster"]["certificateAuthority"], one_line, "{style}");
+    }
+}
+
+#[test]
+fn yaml_1_1_booleans_are_read_as_nodeadm_reads_them() {
+    let sb = Sandbox::new();
+    // go-yaml v2's resolve table (go.yaml.in/yaml/v2 resolve.go).
+    for (word, expected) in [
+        ("yes", true),
+        ("Yes", true),
+        ("on", true),
+        ("ON", true),
+        ("y", true),
+        ("True", true),
+        ("no", false),
+        ("off", false),
+        ("N", false),
+        ("FALSE", false),
+    ] {
+        let yaml = ssm_yaml(CLUSTER, ACTIVATION_ID, FIXTURE_CODE).replace(
+            "  hybrid:\n",
+            &format!("  hybrid:\n    enableCredentialsFile: {word}\n"),
+        ) + &format!("  kubelet:\n    config:\n      serializeImagePulls: {word}\n");
+        let node = accepted(&sb, &yaml);
+        assert_eq!(node["enableCredentialsFile"], expected, "{word}");
+        // Inside kubelet's own config too: go-yaml resolves them before any field is known.
+        assert_eq!(
+            node["kubelet"]["config"]["serializeImagePulls"], expected,
+            "{word}"
+        );
+    }
+}
+
+#[test]
+fn numbers_in_text_fields_are_read_as_text() {
+    let sb = Sandbox::new();
+    // sigs.k8s.io/yaml turns a number into its text where the field is a string.
+    let node = accepted(
+        &sb,
+        &(ssm_yaml(
+            "    name: 20240501\n    region: us-west-2\n",
+            ACTIVATION_ID,
+            FIXTURE_CODE,
+        ) + "  kubelet:\n    flags: [--v=2, 10]\n"),
+    );
+    assert_eq!(node["cluster"]["name"], "20240501");
+    assert_eq!(node["kubelet"]["flags"][1], "10");
+}
+
+#[test]
+fn status_section_is_accepted_and_checked_for_typos() {
+    let sb = Sandbox::new();
+    let status = "status:\n  instance:\n    id: i-0123\n    type: m5.large\n    privateDnsName: ip-10-0-0-1\n  hybrid:\n    nodeName: mi-0123456789abcdef0\n  default:\n    sandboxImage: 602401143452.dkr.ecr.us-west-2.amazonaws.com/eks/pause:3.5\n";
+    let node = accepted(
+        &sb,
+        &(ssm_yaml(CLUSTER, ACTIVATION_ID, FIXTURE_CODE) + status),
+    );
+    assert_eq!(node["provider"]["type"], "ssm");
+    assert!(
+        node.get("status").is_none(),
+        "status is not the agent's: {node}"
+    );
+
+    // nodeadm decodes status strictly too.
+    let path = sb.write(
+        "typo.yaml",
+        &(ssm_yaml(CLUSTER, ACTIVATION_ID, FIXTURE_CODE)
+            + &status.replace("sandboxImage", "sandboxImg")),
+    );
+    let run = sb.run(&["config", "check", "-c", &source(&path)]);
+    let p = problem_at(&run, "status.default.sandboxImg", &arg(&path), 19);
+    assert!(p.contains("did you mean `sandboxImage`?"), "{p}");
+}
+
+#[test]
+fn api_version_and_kind_are_not_required_as_nodeadm_does_not_check_them() {
+    let sb = Sandbox::new();
+    let full = ssm_yaml(CLUSTER, ACTIVATION_ID, FIXTURE_CODE);
+    let without = full.replace("apiVersion: node.eks.aws/v1alpha1\nkind: NodeConfig\n", "");
+    assert!(without.starts_with("spec:"));
+    let other_case = full
+        .replace(
+            "apiVersion: node.eks.aws/v1alpha1",
+            "apiversion: Node.EKS.aws/V1Alpha1",
+        )
+        .replace("kind: NodeConfig", "KIND: nodeconfig");
+    for yaml in [&without, &other_case] {
+        let path = sb.write("node.yaml", yaml);
+        let run = sb.run(&["config", "check", "-c", &source(&path)]);
+        assert_eq!(run.code, Some(0), "{yaml}\n{run:?}");
+        assert!(!run.stderr.contains("WARN"), "{run:?}");
+    }
+
+    // Another value: nodeadm reads the file all the same; a warning names the line.
+    let other = full
+        .replace("node.eks.aws/v1alpha1", "node.eks.aws/v1beta1")
+        .replace("kind: NodeConfig", "kind: NodeConfiguration");
+    let path = sb.write("node.yaml", &other);
+    let run = sb.run(&["config", "check", "-c", &source(&path)]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let file = arg(&path);
+    assert!(
+        run.stderr
+            .contains(&format!("apiVersion is `node.eks.aws/v1beta1` ({file}:1)")),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("kind is `NodeConfiguration` ({file}:2)")),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn problems_in_a_case_folded_key_name_the_key_as_written() {
+    let sb = Sandbox::new();
+    let path = sb.write(
+        "node.yaml",
+        &ssm_yaml(CLUSTER, "not-a-uuid", FIXTURE_CODE).replace("activationId:", "ActivationID:"),
+    );
+    let run = sb.run(&["config", "check", "-c", &source(&path)]);
+    let p = problem_at(&run, "spec.hybrid.ssm.ActivationID", &arg(&path), 10);
+    assert!(p.contains("is not a UUID"), "{p}");
+    assert_eq!(problems(&run).len(), 1, "{run:?}");
+}
+
+#[test]
+fn one_field_under_two_spellings_with_different_values_is_refused() {
+    let sb = Sandbox::new();
+    let other = "0d4e5b8a-1f2d-4c3b-9a8e-0123456789ab";
+    let path = sb.write(
+        "node.yaml",
+        &(ssm_yaml(CLUSTER, ACTIVATION_ID, FIXTURE_CODE)
+            + &format!("      activationID: {other}\n")),
+    );
+    let run = sb.run(&["config", "check", "-c", &source(&path)]);
+    let p = problem_at(&run, "spec.hybrid.ssm.activationID", &arg(&path), 11);
+    assert!(p.contains("same field as `activationId` (line 10)"), "{p}");
+
+    // The same value twice is one field written twice.
+    let path = sb.write(
+        "same.yaml",
+        &(ssm_yaml(CLUSTER, ACTIVATION_ID, FIXTURE_CODE)
+            + &format!("      activationID: {ACTIVATION_ID}\n")),
+    );
+    let run = sb.run(&["config", "check", "-c", &source(&path)]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+}
+
+#[test]
+fn join_accepts_a_file_written_for_nodeadm() {
+    let mirror = tempfile::tempdir().expect("mirror dir");
+    install_support::standin_release(mirror.path(), install_support::VERSION);
+    let ds = install_support::devstack(mirror.path());
+    let node = install_support::Node::new(&ds, &install_support::create_activation(&ds));
+    // The harness's NodeConfig, rewritten as a nodeadm user may have it: no apiVersion/kind,
+    // `activationID`, keys in other cases, a YAML 1.1 boolean and a status section.
+    let written = std::fs::read_to_string(&node.nodeconfig).expect("harness NodeConfig");
+    let nodeadm = written
+        .replace("apiVersion: node.eks.aws/v1alpha1\nkind: NodeConfig\n", "")
+        .replace("activationId:", "activationID:")
+        .replace("  cluster:", "  Cluster:")
+        .replace("  hybrid:\n", "  hybrid:\n    enableCredentialsFile: yes\n")
+        + "status:\n  hybrid:\n    nodeName: mi-0123456789abcdef0\n";
+    assert_ne!(nodeadm, written);
+    std::fs::write(&node.nodeconfig, &nodeadm).expect("rewrite NodeConfig");
+
+    let run = node.join(&ds, &["--dry-run", "--kubernetes-version", "1.31"]);
+    assert_eq!(run.code, Some(0), "{nodeadm}\n{run:?}");
+    assert!(
+        run.stdout.contains("register with SSM activation"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout.contains("/eks-hybrid/.aws/credentials"),
+        "enableCredentialsFile: yes is true: {run:?}"
+    );
 }

@@ -11,10 +11,12 @@
 //! output used by `config show` — and every `Debug` — is safe to print.
 
 mod agent;
+mod compat;
 mod endpoints;
 mod env;
 mod node;
 mod problem;
+mod schema;
 mod secret;
 mod tolerant;
 mod types;
@@ -48,22 +50,38 @@ type Locator<'a> = Box<dyn Fn(&[Seg]) -> Option<usize> + 'a>;
 pub(crate) struct SourceFile<'a> {
     path: &'a Path,
     locate: Locator<'a>,
+    /// Keys the file spells differently from the schema (a NodeConfig's `activationID`).
+    spelling: Option<&'a compat::Folded>,
 }
 
 impl SourceFile<'_> {
+    /// `segs` (schema spelling) as the file writes them.
+    fn written(&self, segs: &[Seg]) -> FieldPath {
+        FieldPath(match self.spelling {
+            Some(folded) => folded.written(segs),
+            None => segs.to_vec(),
+        })
+    }
+
+    /// `field` (a dotted path in schema spelling) as the file writes it.
+    fn spelled(&self, field: &str) -> String {
+        self.written(&FieldPath::parse(field).0).to_string()
+    }
+
     /// The location of `field` (a dotted path such as `spec.kubelet.flags[1]`).
     fn location(&self, field: &str) -> Location {
         Location::File {
             path: self.path.to_path_buf(),
-            line: (self.locate)(&FieldPath::parse(field).0),
+            line: (self.locate)(&self.written(&FieldPath::parse(field).0).0),
         }
     }
 
     fn issue(&self, issue: &Issue, source_text: &str) -> Problem {
+        let written = self.written(&issue.path.0);
         let line = issue
             .offset
             .map(|o| line_of_offset(source_text, o))
-            .or_else(|| (self.locate)(&issue.path.0));
+            .or_else(|| (self.locate)(&written.0));
         let location = Location::File {
             path: self.path.to_path_buf(),
             line,
@@ -73,9 +91,14 @@ impl SourceFile<'_> {
             return Problem::whole(location, message)
                 .hint("the file must be a mapping of fields, as in the documented example");
         }
-        let problem = Problem::new(location, issue.path.to_string(), message);
+        let problem = Problem::new(location, written.to_string(), message);
         if issue.message.starts_with("unknown field") {
-            problem.hint("remove the field or correct its spelling")
+            match did_you_mean(&issue.message) {
+                Some(known) => problem.hint(format!(
+                    "did you mean `{known}`? rename the key, or remove it"
+                )),
+                None => problem.hint("remove the field or correct its spelling"),
+            }
         } else if issue.message.starts_with("unknown variant") {
             problem.hint("use one of the listed values")
         } else if issue.message.starts_with("invalid type") {
@@ -84,6 +107,48 @@ impl SourceFile<'_> {
             problem.hint("see the documented example for this field's format")
         }
     }
+}
+
+/// Most edits between an unknown key and a known field for the field to be suggested.
+const MAX_SUGGESTION_EDITS: usize = 2;
+
+/// The known field closest to the unknown one in serde's "unknown field `x`, expected one of
+/// `a`, `b`" message, when it is a near miss (letter case is already accepted, so it is not
+/// counted as an edit).
+fn did_you_mean(message: &str) -> Option<String> {
+    let mut quoted = message.split('`').skip(1).step_by(2);
+    let unknown = quoted.next()?.to_ascii_lowercase();
+    quoted
+        .map(|known| (edit_distance(&unknown, &known.to_ascii_lowercase()), known))
+        .filter(|(d, _)| *d <= MAX_SUGGESTION_EDITS.min((unknown.len() / 3).max(1)))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, known)| known.to_owned())
+}
+
+/// Edit distance counting an adjacent swap (`nmae`) as one edit (optimal string alignment).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// serde names Rust types in its messages ("expected struct Spec"); say what the user wrote.
@@ -258,6 +323,7 @@ fn load_agent_into(
     let source = SourceFile {
         path: &path,
         locate: Box::new(|segs: &[Seg]| tree.offset(segs).map(|o| line_of_offset(&text, o))),
+        spelling: None,
     };
     let decoded = decode_all::<agent::AgentConfigFile, _>(tree.clone());
     for issue in &decoded.issues {
@@ -301,9 +367,13 @@ fn load_node_into(
         }
     }
 
+    let mut folded = compat::Folded::default();
     if let Some((path, text)) = &file_text {
         match parse_node_yaml(path, text, problems) {
-            Some(parsed) => raw = parsed,
+            Some((parsed, spelling)) => {
+                raw = parsed;
+                folded = spelling;
+            }
             None => file_ok = false,
         }
     }
@@ -317,17 +387,20 @@ fn load_node_into(
     let source = file_text.as_ref().map(|(path, text)| SourceFile {
         path,
         locate: Box::new(move |segs: &[Seg]| yaml_line(text, segs)),
+        spelling: Some(&folded),
     });
     let settings = validate::validate_node(&raw, source.as_ref(), &origins, paths, problems);
     drop(source);
     (file_text.map(|(p, _)| p), settings)
 }
 
+/// Parses a NodeConfig as nodeadm reads it (see `compat`), returning it with the keys whose
+/// spelling was folded.
 fn parse_node_yaml(
     path: &Path,
     text: &str,
     problems: &mut Problems,
-) -> Option<node::NodeConfigFile> {
+) -> Option<(node::NodeConfigFile, compat::Folded)> {
     let location = |line: Option<usize>| Location::File {
         path: path.to_path_buf(),
         line,
@@ -362,15 +435,41 @@ fn parse_node_yaml(
         ));
         return None;
     }
+    let folded = compat::fold(&mut value, &schema::Schema::of::<node::NodeConfigFile>());
     let source = SourceFile {
         path,
         locate: Box::new(|segs: &[Seg]| yaml_line(text, segs)),
+        spelling: Some(&folded),
     };
+    for conflict in &folded.conflicts {
+        let mut dropped = source.written(&conflict.path).0;
+        if let Some(last) = dropped.last_mut() {
+            *last = Seg::Key(conflict.dropped.clone());
+        }
+        let kept_line = (source.locate)(&source.written(&conflict.path).0)
+            .map(|l| format!(" (line {l})"))
+            .unwrap_or_default();
+        problems.push(
+            Problem::new(
+                Location::File {
+                    path: path.to_path_buf(),
+                    line: (source.locate)(&dropped),
+                },
+                FieldPath(dropped).to_string(),
+                format!(
+                    "sets the same field as `{}`{kept_line}, with a different value (keys match regardless of case)",
+                    conflict.kept
+                ),
+            )
+            .hint("keep one of the two keys"),
+        );
+    }
     let decoded = decode_all::<node::NodeConfigFile, _>(value);
     for issue in &decoded.issues {
         problems.push(source.issue(issue, text));
     }
-    decoded.value
+    drop(source);
+    decoded.value.map(|value| (value, folded))
 }
 
 #[cfg(test)]
@@ -387,6 +486,18 @@ mod tests {
         );
         assert_eq!(scrub_quoted("no quotes"), "no quotes");
         assert_eq!(scrub_quoted("`a` and `b`"), "`***` and `***`");
+    }
+
+    #[test]
+    fn near_misses_are_suggested() {
+        let msg = "unknown field `activationIdd`, expected `activationCode` or `activationId`";
+        assert_eq!(did_you_mean(msg).as_deref(), Some("activationId"));
+        let msg = "unknown field `nmae`, expected one of `name`, `region`, `cidr`";
+        assert_eq!(did_you_mean(msg).as_deref(), Some("name"));
+        let msg = "unknown field `bogus`, expected one of `name`, `region`";
+        assert_eq!(did_you_mean(msg), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("nmae", "name"), 1);
     }
 
     #[test]

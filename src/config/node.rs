@@ -8,6 +8,9 @@
 //! make sense on EC2 are accepted and ignored, except where accepting them would silently do the
 //! wrong thing (validation says which).
 //!
+//! nodeadm's decoder is more forgiving than serde (case-insensitive keys, YAML 1.1 booleans,
+//! numbers in string fields); `compat` brings a document to these types' spelling first.
+//!
 //! Every field is optional here; requiredness is checked in `validate`, which can then say
 //! "set spec.cluster.name in the NodeConfig or pass --cluster".
 
@@ -41,6 +44,77 @@ pub struct NodeConfigFile {
     pub metadata: Option<serde_json::Value>,
     /// The node specification.
     pub spec: Option<Spec>,
+    /// What nodeadm records about the node. nodeadm's file decoder accepts it (its internal
+    /// `NodeConfig` has `status`, `internal/api/types.go`) and `init` overwrites it, so it is
+    /// checked for typos like nodeadm does, and ignored.
+    #[expect(
+        dead_code,
+        reason = "accepted so nodeadm files load unchanged; nodeadm overwrites it too"
+    )]
+    pub status: Option<Status>,
+}
+
+/// `status` (nodeadm `internal/api/types.go` `NodeConfigStatus`).
+#[expect(
+    dead_code,
+    reason = "status is overwritten by nodeadm init; checked for typos only"
+)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Status {
+    /// EC2 instance details (`InstanceDetails`).
+    pub instance: Option<StatusInstance>,
+    /// Hybrid details (`HybridDetails`).
+    pub hybrid: Option<StatusHybrid>,
+    /// Defaults (`DefaultOptions`; the key is `default`).
+    pub default: Option<StatusDefaults>,
+}
+
+/// `status.instance`.
+#[expect(
+    dead_code,
+    reason = "EC2 instance details: checked for typos, never used"
+)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StatusInstance {
+    /// Instance id.
+    pub id: Option<String>,
+    /// Region.
+    pub region: Option<String>,
+    /// Instance type.
+    #[serde(rename = "type")]
+    pub instance_type: Option<String>,
+    /// Availability zone.
+    pub availability_zone: Option<String>,
+    /// MAC address.
+    pub mac: Option<String>,
+    /// Private DNS name.
+    pub private_dns_name: Option<String>,
+}
+
+/// `status.hybrid`.
+#[expect(
+    dead_code,
+    reason = "nodeadm overwrites status; checked for typos only"
+)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StatusHybrid {
+    /// The node name nodeadm chose.
+    pub node_name: Option<String>,
+}
+
+/// `status.default`.
+#[expect(
+    dead_code,
+    reason = "nodeadm overwrites status; checked for typos only"
+)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StatusDefaults {
+    /// The pause image nodeadm computed.
+    pub sandbox_image: Option<String>,
 }
 
 /// `spec`.

@@ -415,23 +415,37 @@ impl Validator<'_> {
         if self.problems.mentions(field) {
             return; // already reported by the parser (e.g. wrong type)
         }
-        let problem = Problem::new(self.location(field), field, message).hint(hint);
+        // In the file's own spelling (`activationID`) unless a flag set it.
+        let shown = match self.file {
+            Some(file) if !self.set_by_flag(field) => file.spelled(field),
+            _ => field.to_owned(),
+        };
+        if shown != field && self.problems.mentions(&shown) {
+            return;
+        }
+        let problem = Problem::new(self.location(field), shown, message).hint(hint);
         self.problems.push(problem);
     }
 
+    /// nodeadm's file decoder never checks `apiVersion` or `kind` (`internal/api/bridge/decode.go`
+    /// `DecodeStrictNodeConfig` unmarshals into the internal type, where they are plain strings),
+    /// so a missing or differently cased value is accepted silently and a different one only
+    /// draws a warning: a file nodeadm reads must read here too.
     fn type_meta(&mut self, field: &str, value: Option<&str>, expected: &str) {
         match value {
-            Some(v) if v == expected => {}
-            Some(v) => self.report(
-                field,
-                format!("is `{v}`; this agent reads NodeConfig {API_VERSION}"),
-                format!("set `{field}: {expected}`"),
-            ),
-            None => self.report(
-                field,
-                "is missing",
-                format!("add `{field}: {expected}` at the top of the file"),
-            ),
+            Some(v) if !v.eq_ignore_ascii_case(expected) => {
+                let at = match self.location(field) {
+                    Location::File {
+                        path,
+                        line: Some(line),
+                    } => format!(" ({}:{line})", path.display()),
+                    _ => String::new(),
+                };
+                tracing::warn!(
+                    "{field} is `{v}`{at}, not `{expected}`; reading the file as NodeConfig {API_VERSION} as nodeadm does"
+                );
+            }
+            _ => {}
         }
     }
 
@@ -505,7 +519,7 @@ impl Validator<'_> {
         };
         let certificate_authority = match raw.certificate_authority.as_deref() {
             None | Some("") => None,
-            Some(b64) => match base64::engine::general_purpose::STANDARD.decode(b64.trim()) {
+            Some(b64) => match decode_certificate_authority(b64) {
                 Ok(bytes) => Some(bytes),
                 Err(e) => {
                     self.report(
@@ -859,6 +873,20 @@ impl Validator<'_> {
     }
 }
 
+/// nodeadm's field is `[]byte`, which encoding/json decodes with Go's `base64.StdEncoding`:
+/// padding required, non-zero trailing bits allowed, and `\r`/`\n` skipped, so a CA pasted as
+/// a line-wrapped literal block (`|`) works. Spaces and tabs are skipped too (nodeadm rejects
+/// them): a plain multi-line YAML scalar folds its line breaks into spaces, and the user meant
+/// the same bytes.
+fn decode_certificate_authority(b64: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    const GO_STD_ENCODING: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::general_purpose::PAD.with_decode_allow_trailing_bits(true),
+    );
+    let compact: String = b64.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    GO_STD_ENCODING.decode(compact)
+}
+
 fn valid_node_name(name: &str) -> bool {
     let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     name.len() <= MAX_NODE_NAME_LEN
@@ -925,6 +953,23 @@ mod tests {
                 "profile/"
             )
             .is_err()
+        );
+    }
+
+    #[test]
+    fn certificate_authority_base64_as_go_reads_it() {
+        let wrapped = "Y2VydGlm\naWNhdGVB\r\ndXRob3Jp\ndHk=\n";
+        assert_eq!(
+            decode_certificate_authority(wrapped).ok(),
+            Some(b"certificateAuthority".to_vec())
+        );
+        assert!(decode_certificate_authority("Y2VydGlm aWNhdGVB\tdXRob3JpdHk=").is_ok());
+        // Padding is required, as with Go's StdEncoding.
+        assert!(decode_certificate_authority("Y2VydGlmaWNhdGVBdXRob3JpdHk").is_err());
+        // Non-zero trailing bits are allowed, as with Go's (non-strict) StdEncoding.
+        assert_eq!(
+            decode_certificate_authority("YR==").ok(),
+            Some(b"a".to_vec())
         );
     }
 
