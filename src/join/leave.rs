@@ -178,7 +178,6 @@ pub async fn leave(
             }
         }
     };
-    let mut report = report;
     preflight(paths, agent, opts, &progress, &mut report).await?;
     let mut l = Leaver {
         paths,
