@@ -177,6 +177,6 @@ fn doctor_passes_a_healthy_node_and_names_each_breakage_with_its_fix() {
     assert_eq!(checks["containerd"].0, "ok", "{checks:?}");
     assert_eq!(checks["credentials"].0, "ok", "{checks:?}");
 
-    let leave = node.run(&["leave"]);
+    let leave = node.run(&["leave", "--force"]);
     assert_eq!(leave.code, Some(0), "{leave:?}");
 }

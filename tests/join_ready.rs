@@ -135,7 +135,7 @@ fn join_waits_until_the_node_is_ready_in_the_cluster() {
     );
     assert!(!out.stderr.contains("k8s-aws-v1."), "{out:?}");
 
-    let leave = f.node.run(&["leave"]);
+    let leave = f.node.run(&["leave", "--force"]);
     assert_eq!(leave.code, Some(0), "{leave:?}");
 }
 
@@ -154,7 +154,7 @@ fn a_node_waiting_for_a_cni_joins_with_a_warning() {
             && run.stderr.contains("Cilium or Calico"),
         "{run:?}"
     );
-    let leave = f.node.run(&["leave"]);
+    let leave = f.node.run(&["leave", "--force"]);
     assert_eq!(leave.code, Some(0), "{leave:?}");
 }
 

@@ -121,7 +121,7 @@ fn join_then_rejoin_is_a_noop_then_leave_restores_the_tree() {
     assert_eq!(status.code, Some(0), "{status:?}");
     assert!(status.stdout.contains(&record.node_name), "{status:?}");
 
-    let leave = node.run(&["leave"]);
+    let leave = node.run(&["leave", "--force"]);
     assert_eq!(leave.code, Some(0), "{leave:?}");
     assert!(
         leave.stdout.contains(&format!(
@@ -170,7 +170,7 @@ fn leave_purge_restores_the_pre_join_tree_exactly() {
     let before = node.fingerprint(&[]);
     let run = node.join(&ds, &[]);
     assert_eq!(run.code, Some(0), "{run:?}");
-    let leave = node.run(&["leave", "--purge"]);
+    let leave = node.run(&["leave", "--purge", "--force"]);
     assert_eq!(leave.code, Some(0), "{leave:?}");
     let after = node.fingerprint(&[]);
     assert_eq!(
@@ -233,7 +233,7 @@ fn leave_interrupted_at_deregistration_resumes_where_it_stopped() {
         "/_devstack/faults",
         r#"{"rules":[{"service":"ssm","operation":"DeregisterManagedInstance","error_rate":1.0}]}"#,
     );
-    let first = node.run(&["leave", "--purge"]);
+    let first = node.run(&["leave", "--purge", "--force"]);
     assert_eq!(first.code, Some(3), "{first:?}");
     assert!(
         first.stderr.contains("leave stopped at step `deregister`"),
@@ -247,7 +247,7 @@ fn leave_interrupted_at_deregistration_resumes_where_it_stopped() {
     assert_eq!(managed_instances(&ds).len(), 1, "still registered");
 
     control_body(&ds, "PUT", "/_devstack/faults", r#"{"rules":[]}"#);
-    let second = node.run(&["leave", "--purge"]);
+    let second = node.run(&["leave", "--purge", "--force"]);
     assert_eq!(second.code, Some(0), "{second:?}");
     assert!(
         second.stdout.contains("continuing an interrupted leave"),

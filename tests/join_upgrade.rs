@@ -113,7 +113,7 @@ fn upgrade_to_an_unhealthy_kubelet_rolls_back_by_itself_and_a_healthy_one_sticks
     );
     assert!(node.kubelet_healthy());
 
-    let leave = node.run(&["leave", "--purge"]);
+    let leave = node.run(&["leave", "--purge", "--force"]);
     assert_eq!(leave.code, Some(0), "{leave:?}");
     let after = node.fingerprint(&[]);
     assert_eq!(

@@ -1,5 +1,7 @@
 //! A stand-in for an EKS cluster's Kubernetes API server — the small part a hybrid node meets:
-//! Node objects (`/api/v1/nodes`), `/healthz`/`/livez`/`/readyz` and `/version`, over HTTPS with a
+//! Node objects (`/api/v1/nodes`), the pods bound to a node (`GET /api/v1/pods` and
+//! `/api/v1/namespaces/NS/pods` with a `fieldSelector` such as `spec.nodeName=NODE`, what
+//! `leave`'s drain check and kubelet ask), `/healthz`/`/livez`/`/readyz` and `/version`, over HTTPS with a
 //! serving certificate signed by the cluster's CA (the CA DescribeCluster hands out), behind
 //! EKS's authentication.
 //!
@@ -14,7 +16,9 @@
 //! mapped as an access entry of type `HYBRID_LINUX` would map it — user `system:node:<session
 //! name>` (the `mi-` id of an SSM hybrid instance) in group `system:nodes` — and, as the
 //! NodeRestriction admission plugin does, a node may read every Node but create and update only
-//! its own. The devstack admin key is cluster-admin. The control endpoint switches a cluster to
+//! its own; nodes may read pods (the Node authorizer's `system:node` role lists them). Pods are
+//! put on a node by tests through the control endpoint (there is no scheduler). The devstack
+//! admin key is cluster-admin. The control endpoint switches a cluster to
 //! "no access entry" (401 for roles) or "access entry of type STANDARD without policies" (403).
 //!
 //! It is started per cluster, on a port of its own, by `POST /_devstack/eks/kube-api?name=X`
@@ -77,6 +81,8 @@ struct KubeCluster {
     endpoint: String,
     access: Access,
     nodes: BTreeMap<String, Value>,
+    /// Pods by (namespace, name).
+    pods: BTreeMap<(String, String), Value>,
 }
 
 /// Every started API server, by cluster name.
@@ -156,6 +162,7 @@ pub async fn start(state: &Shared, cluster: &str) -> Result<String, ApiError> {
                 endpoint: endpoint.clone(),
                 access: Access::HybridLinux,
                 nodes: BTreeMap::new(),
+                pods: BTreeMap::new(),
             },
         );
     }
@@ -278,6 +285,24 @@ async fn dispatch(
             &json!({"major": version.split('.').next(), "minor": version.split('.').nth(1), "gitVersion": format!("v{version}.0-eks-devstack")}),
         );
     }
+    if let Some(namespace) = pods_path(&path) {
+        if method != Method::GET {
+            return status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                format!("{method} is not supported on {path} by this stand-in"),
+            );
+        }
+        state.count_call("kube", "ListPods");
+        if let Err(denied) = authorize(&user, "ListPods", "") {
+            return status(StatusCode::FORBIDDEN, "Forbidden", denied);
+        }
+        let selector = form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+            .find(|(k, _)| k == "fieldSelector")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        return list_pods(&state, &cluster, namespace.as_deref(), &selector);
+    }
     let rest = path.strip_prefix("/api/v1/nodes");
     let Some(rest) = rest else {
         return status(
@@ -330,6 +355,151 @@ async fn dispatch(
         .unwrap_or("")
         .to_owned();
     nodes(&state, &cluster, op, &target, &method, &content_type, &body)
+}
+
+/// `Some(None)` for `/api/v1/pods` (every namespace), `Some(Some(ns))` for
+/// `/api/v1/namespaces/NS/pods`, `None` for anything else.
+fn pods_path(path: &str) -> Option<Option<String>> {
+    if path.trim_end_matches('/') == "/api/v1/pods" {
+        return Some(None);
+    }
+    let rest = path.strip_prefix("/api/v1/namespaces/")?;
+    let (ns, tail) = rest.split_once('/')?;
+    (tail.trim_end_matches('/') == "pods" && !ns.is_empty()).then(|| Some(ns.to_owned()))
+}
+
+/// Pod fields a field selector may name (Kubernetes pkg/registry/core/pod/strategy.go
+/// `PodToSelectableFields`).
+const POD_FIELDS: [&str; 10] = [
+    "metadata.name",
+    "metadata.namespace",
+    "spec.nodeName",
+    "spec.restartPolicy",
+    "spec.schedulerName",
+    "spec.serviceAccountName",
+    "spec.hostNetwork",
+    "status.phase",
+    "status.podIP",
+    "status.nominatedNodeName",
+];
+
+/// One requirement of a field selector: `field=value`, `field==value` or `field!=value`.
+#[derive(Debug, PartialEq)]
+struct FieldRequirement {
+    field: String,
+    value: String,
+    equal: bool,
+}
+
+/// Parses a field selector as the API server does (comma-separated requirements); an unknown
+/// field is an error, as it is for Kubernetes.
+fn parse_field_selector(selector: &str) -> Result<Vec<FieldRequirement>, String> {
+    let mut out = Vec::new();
+    for part in selector.split(',').filter(|p| !p.trim().is_empty()) {
+        let (field, value, equal) = if let Some((f, v)) = part.split_once("!=") {
+            (f, v, false)
+        } else if let Some((f, v)) = part.split_once("==") {
+            (f, v, true)
+        } else if let Some((f, v)) = part.split_once('=') {
+            (f, v, true)
+        } else {
+            return Err(format!(
+                "invalid selector: '{part}'; can't understand '{part}'"
+            ));
+        };
+        let field = field.trim();
+        if !POD_FIELDS.contains(&field) {
+            return Err(format!(
+                "Unable to find \"/v1, Resource=pods\" that match label selector \"\", field selector \"{selector}\": field label not supported: {field}"
+            ));
+        }
+        out.push(FieldRequirement {
+            field: field.to_owned(),
+            value: value.trim().to_owned(),
+            equal,
+        });
+    }
+    Ok(out)
+}
+
+/// The value of a selectable field of a pod (absent fields are the empty string, as in
+/// Kubernetes; `spec.hostNetwork` is "true"/"false").
+fn pod_field(pod: &Value, field: &str) -> String {
+    let mut v = pod;
+    for k in field.split('.') {
+        v = &v[k];
+    }
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null if field == "spec.hostNetwork" => "false".to_owned(),
+        _ => String::new(),
+    }
+}
+
+/// A `PodList` of the pods in `namespace` (every namespace when `None`) matching `selector`.
+fn list_pods(state: &Shared, cluster: &str, namespace: Option<&str>, selector: &str) -> Response {
+    let requirements = match parse_field_selector(selector) {
+        Ok(r) => r,
+        Err(message) => return status(StatusCode::BAD_REQUEST, "BadRequest", message),
+    };
+    let clusters = lock(&state.kube.clusters);
+    let Some(c) = clusters.get(cluster) else {
+        return status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "cluster gone",
+        );
+    };
+    let items: Vec<&Value> = c
+        .pods
+        .iter()
+        .filter(|((ns, _), _)| namespace.is_none_or(|want| want == ns))
+        .filter(|(_, pod)| {
+            requirements
+                .iter()
+                .all(|r| (pod_field(pod, &r.field) == r.value) == r.equal)
+        })
+        .map(|(_, pod)| pod)
+        .collect();
+    ok_json(
+        StatusCode::OK,
+        &json!({
+            "kind": "PodList",
+            "apiVersion": "v1",
+            "metadata": {"resourceVersion": state.kube.next_version()},
+            "items": items,
+        }),
+    )
+}
+
+/// A pod as the API server stores it: namespace defaulted, server-owned metadata set, phase
+/// Pending until a kubelet says otherwise.
+fn new_pod(state: &Shared, body: &[u8]) -> Result<((String, String), Value), String> {
+    let mut pod: Value =
+        serde_json::from_slice(body).map_err(|e| format!("the body is not a JSON Pod: {e}"))?;
+    let name = pod["metadata"]["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or(
+            "Pod \"\" is invalid: metadata.name: Required value: name or generateName is required",
+        )?
+        .to_owned();
+    let namespace = pod["metadata"]["namespace"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default")
+        .to_owned();
+    pod["kind"] = json!("Pod");
+    pod["apiVersion"] = json!("v1");
+    pod["metadata"]["namespace"] = json!(namespace);
+    pod["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
+    pod["metadata"]["resourceVersion"] = json!(state.kube.next_version());
+    pod["metadata"]["creationTimestamp"] = json!(crate::wire::rfc3339(state.now()));
+    if pod["status"]["phase"].is_null() {
+        pod["status"]["phase"] = json!("Pending");
+    }
+    Ok(((namespace, name), pod))
 }
 
 /// Reads and writes of Node objects, once the caller may make them.
@@ -476,6 +646,9 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 fn authorize(user: &User, op: &str, target: &str) -> Result<(), String> {
     match user {
         User::Admin => Ok(()),
+        User::Unprivileged(name) if op == "ListPods" => Err(format!(
+            "pods is forbidden: User \"{name}\" cannot list resource \"pods\" in API group \"\" at the cluster scope"
+        )),
         User::Unprivileged(name) => Err(format!(
             "nodes{} is forbidden: User \"{name}\" cannot {} resource \"nodes\" in API group \"\" at the cluster scope",
             if target.is_empty() {
@@ -485,6 +658,7 @@ fn authorize(user: &User, op: &str, target: &str) -> Result<(), String> {
             },
             verb(op)
         )),
+        User::Node(_) if op == "ListPods" => Ok(()),
         User::Node(node) => {
             let writes = !matches!(op, "GetNode" | "ListNodes");
             if writes && node != target {
@@ -666,7 +840,13 @@ fn describe(f: &AuthFailure) -> String {
 /// - `POST kube-api` → `{"endpoint": "https://127.0.0.1:PORT"}`: starts the cluster's API server
 ///   (once) and makes it the cluster's endpoint;
 /// - `POST kube-access?access=hybrid-linux|none|standard`: the access entry nodes' roles have;
-/// - `GET kube-nodes` → the NodeList (what the stand-in kubelet registered).
+/// - `GET kube-nodes` → the NodeList (what the stand-in kubelet registered);
+/// - `POST kube-cordon?node=N[&unschedulable=false]`: sets the Node's `spec.unschedulable`, as
+///   `kubectl cordon`/`uncordon` do;
+/// - `POST kube-pods` with a Pod (JSON) → the pod as stored: puts a pod in the cluster (bound to
+///   a node when it has `spec.nodeName`; there is no scheduler). 409 when it exists;
+/// - `DELETE kube-pods?namespace=NS&pod=NAME`: removes a pod (as `kubectl drain` evicts it);
+/// - `GET kube-pods` → every pod, a PodList.
 pub async fn control(state: &Shared, op: &str, cluster: &str, req: &Req) -> Response {
     let q = req.query_pairs();
     let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
@@ -694,10 +874,95 @@ pub async fn control(state: &Shared, op: &str, cluster: &str, req: &Req) -> Resp
             }
         }
         (Method::GET, "eks/kube-nodes") => ok_json(StatusCode::OK, &node_list(state, c)),
+        (Method::POST, "eks/kube-cordon") => {
+            let Some(node) = get("node") else {
+                return bad("kube-cordon needs ?node=NAME".into());
+            };
+            let unschedulable = get("unschedulable").as_deref() != Some("false");
+            let version = state.kube.next_version();
+            match c.nodes.get_mut(&node) {
+                Some(n) => {
+                    merge_patch(n, &json!({"spec": {"unschedulable": unschedulable}}));
+                    n["metadata"]["resourceVersion"] = json!(version);
+                    ok_json(StatusCode::OK, n)
+                }
+                None => status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("nodes \"{node}\" not found"),
+                ),
+            }
+        }
+        (Method::POST, "eks/kube-pods") => match new_pod(state, &req.body) {
+            Ok((key, _)) if c.pods.contains_key(&key) => status(
+                StatusCode::CONFLICT,
+                "AlreadyExists",
+                format!("pods \"{}\" already exists", key.1),
+            ),
+            Ok((key, pod)) => {
+                c.pods.insert(key, pod.clone());
+                ok_json(StatusCode::OK, &pod)
+            }
+            Err(m) => bad(m),
+        },
+        (Method::DELETE, "eks/kube-pods") => {
+            let namespace = get("namespace").unwrap_or_else(|| "default".to_owned());
+            let Some(pod) = get("pod") else {
+                return bad("kube-pods DELETE needs ?pod=NAME[&namespace=NS]".into());
+            };
+            match c.pods.remove(&(namespace, pod.clone())) {
+                Some(p) => ok_json(StatusCode::OK, &p),
+                None => status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("pods \"{pod}\" not found"),
+                ),
+            }
+        }
+        (Method::GET, "eks/kube-pods") => ok_json(
+            StatusCode::OK,
+            &json!({"kind": "PodList", "apiVersion": "v1", "items": c.pods.values().collect::<Vec<_>>()}),
+        ),
         _ => ApiError::not_found(
             "UnknownControl",
             format!("no control endpoint {} /_devstack/{op}", req.method),
         )
         .render(Protocol::Plain),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_selectors_match_as_kubernetes_does() {
+        let pod = json!({"metadata": {"name": "a", "namespace": "ns"}, "spec": {"nodeName": "mi-1"}, "status": {"phase": "Running"}});
+        let sel = parse_field_selector("spec.nodeName=mi-1,status.phase!=Failed").expect("parses");
+        assert!(
+            sel.iter()
+                .all(|r| (pod_field(&pod, &r.field) == r.value) == r.equal)
+        );
+        let sel = parse_field_selector("spec.nodeName==mi-2").expect("parses");
+        assert_ne!(pod_field(&pod, &sel[0].field), sel[0].value);
+        assert_eq!(pod_field(&pod, "spec.hostNetwork"), "false");
+        assert!(parse_field_selector("").expect("parses").is_empty());
+        let e = parse_field_selector("spec.nodename=x").expect_err("unsupported");
+        assert!(
+            e.ends_with("field label not supported: spec.nodename"),
+            "{e}"
+        );
+        assert!(parse_field_selector("garbage").is_err());
+    }
+
+    #[test]
+    fn pod_paths() {
+        assert_eq!(pods_path("/api/v1/pods"), Some(None));
+        assert_eq!(
+            pods_path("/api/v1/namespaces/kube-system/pods"),
+            Some(Some("kube-system".to_owned()))
+        );
+        assert_eq!(pods_path("/api/v1/namespaces/x/pods/y"), None);
+        assert_eq!(pods_path("/api/v1/nodes"), None);
     }
 }

@@ -17,14 +17,23 @@ remove every file and directory it created, and remove the agent state under \
 User data is kept unless --purge: containerd's image store (/var/lib/containerd) and the \
 telemetry spool. An interrupted leave continues where it stopped when run again.
 
+Before it changes anything, leave checks (and otherwise refuses, changing nothing):
+- that the node is drained and cordoned: no pods bound to it in the cluster but DaemonSet pods, \
+mirror (static) pods and finished pods, asked with the node's own credentials, as nodeadm's \
+uninstall does. Drain it first: kubectl drain NODE --ignore-daemonsets. --force skips this \
+check (for a cluster that is gone or unreachable);
+- that nothing is mounted at or beneath anything it would remove (pod volumes, subPath binds \
+and CSI mounts under /var/lib/kubelet). leave never deletes what is mounted, not even with \
+--force: unmount them, then run leave again.
+
 The node's Node object stays in the cluster: Kubernetes does not let a node delete its own. \
-Drain the node before leave to move its pods gracefully (kubectl drain NODE \
---ignore-daemonsets), and delete it afterwards (kubectl delete node NODE); leave prints the \
-node's name.
+Delete it afterwards (kubectl delete node NODE); leave prints the node's name.
 
 Example:
+  kubectl drain NODE --ignore-daemonsets    # where kubectl has cluster-admin
   hybrid-agent leave
-  hybrid-agent leave --purge";
+  hybrid-agent leave --purge
+  hybrid-agent leave --force               # the cluster is gone";
 
 /// `leave` flags.
 #[derive(Debug, Clone, Args)]
@@ -32,6 +41,10 @@ pub struct LeaveArgs {
     /// Also remove containerd's image store and the telemetry spool.
     #[arg(long)]
     pub purge: bool,
+    /// Leave without checking that the node is drained and cordoned (a cluster that is gone or
+    /// unreachable). Never removes what is mounted.
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub(super) fn run(args: &LeaveArgs, ctx: &mut Context<'_>) -> Result<(), CliError> {
@@ -40,7 +53,10 @@ pub(super) fn run(args: &LeaveArgs, ctx: &mut Context<'_>) -> Result<(), CliErro
     let report = rt.block_on(crate::join::leave::leave(
         &ctx.paths,
         &agent,
-        &LeaveOptions { purge: args.purge },
+        &LeaveOptions {
+            purge: args.purge,
+            force: args.force,
+        },
     ))?;
     let mut text = String::new();
     if report.resumed {

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::{self, TempName};
+use crate::node::mounts::{self, RemoveError};
 use crate::paths::HostPaths;
 
 /// Suffix of the temporary file written next to a target before the rename.
@@ -611,6 +612,23 @@ impl Journal {
         failures
     }
 
+    /// The resolved paths a rollback sparing `keep` would remove with their content: created
+    /// and replaced trees and files (a created directory is removed only when empty, so it is
+    /// not one of them). `leave` checks that nothing is mounted beneath them before it changes
+    /// anything.
+    pub fn removal_targets(&self) -> Vec<PathBuf> {
+        self.changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::CreatedFile { path }
+                | Change::ReplacedFile { path, .. }
+                | Change::CreatedTree { path }
+                | Change::ReplacedTree { path, .. } => Some(self.paths.resolve(path)),
+                Change::CreatedDir { .. } | Change::External { .. } => None,
+            })
+            .collect()
+    }
+
     /// Forgets the recorded changes (the run succeeded and nothing will be undone) and removes
     /// the persisted journal and the backups.
     pub fn discard(mut self) -> Result<(), LandError> {
@@ -702,11 +720,11 @@ pub fn undo_keeping(paths: &HostPaths, change: &Change, keep: &[PathBuf]) -> Res
                 return Ok(());
             }
             if keep.iter().any(|k| k.starts_with(&real)) {
+                // Mounts inside a kept path are not touched; any other mount keeps the tree.
+                mounts::check_unmounted(&real, keep).map_err(removal("remove", &real))?;
                 return remove_tree_except(&real, keep);
             }
-            fs::remove_dir_all(&real)
-                .or_else(ignore_missing)
-                .map_err(err("remove directory tree", &real))
+            mounts::remove_tree(&real).map_err(removal("remove directory tree", &real))
         }
         Change::ReplacedTree { path, backup } => {
             let real = paths.resolve(path);
@@ -714,9 +732,7 @@ pub fn undo_keeping(paths: &HostPaths, change: &Change, keep: &[PathBuf]) -> Res
             if !real_backup.is_dir() {
                 return Ok(());
             }
-            fs::remove_dir_all(&real)
-                .or_else(ignore_missing)
-                .map_err(err("remove directory tree", &real))?;
+            mounts::remove_tree(&real).map_err(removal("remove directory tree", &real))?;
             fs::rename(&real_backup, &real).map_err(err("restore backup to", &real))?;
             sync_parent(&real)
         }
@@ -738,20 +754,28 @@ fn remove_tree_except(dir: &Path, keep: &[PathBuf]) -> Result<(), LandError> {
         if keep.contains(&path) {
             continue;
         }
+        // `file_type` does not follow a symlink: a link to a directory is removed as a link.
         let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
         if is_dir && keep.iter().any(|k| k.starts_with(&path)) {
             remove_tree_except(&path, keep)?;
-        } else if is_dir {
-            fs::remove_dir_all(&path)
-                .or_else(ignore_missing)
-                .map_err(err("remove directory tree", &path))?;
         } else {
-            fs::remove_file(&path)
-                .or_else(ignore_missing)
-                .map_err(err("remove", &path))?;
+            mounts::remove_tree(&path).map_err(removal("remove", &path))?;
         }
     }
     Ok(())
+}
+
+/// A refused or failed guarded removal ([`mounts::remove_tree`]) as a [`LandError`]: the
+/// message names the mounts and the fix.
+fn removal<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(RemoveError) -> LandError + 'a {
+    move |e| match e {
+        RemoveError::Io { op, path, source } => LandError { op, path, source },
+        other => LandError {
+            op,
+            path: path.to_path_buf(),
+            source: io::Error::other(other),
+        },
+    }
 }
 
 /// Copies a directory tree (regular files with their modes, symlinks as links, directories).

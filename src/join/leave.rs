@@ -1,5 +1,13 @@
 //! `leave`: take the node out and put the host back as it was before `join`.
 //!
+//! Before anything changes, two checks; when either fails `leave` refuses and changes nothing
+//! (a user expects nothing half-done), naming what stands in the way and the fix:
+//! - the node is drained and cordoned ([`super::drain`]), unless `--force`;
+//! - nothing is mounted at or beneath any path `leave` would remove (pod volumes, subPath binds
+//!   and CSI mounts under /var/lib/kubelet; container mounts under /run/containerd). `--force`
+//!   does not override this: `leave` never deletes what is mounted. Every removal re-checks
+//!   ([`crate::node::mounts::remove_tree`]), so a mount made after the check keeps its tree.
+//!
 //! Steps, each recorded in `leave.json` once done so an interrupted `leave` resumes where it
 //! stopped (and a second `leave` after a complete one finds nothing to do):
 //! 1. stop the daemon (it would restart what we stop next);
@@ -38,6 +46,8 @@ pub const KEPT_WITHOUT_PURGE: &str = crate::node::containerd::CONTAINERD_ROOT;
 pub struct LeaveOptions {
     /// Also remove the containerd image store and the telemetry spool.
     pub purge: bool,
+    /// Skip the drain check (never the mount check).
+    pub force: bool,
 }
 
 /// What `leave` did.
@@ -57,6 +67,9 @@ pub enum LeaveError {
         "leave stopped at step `{step}`: {message}. Fix the cause and run `hybrid-agent leave` again: it continues from this step"
     )]
     Step { step: &'static str, message: String },
+    /// A check before the first change failed: nothing was changed.
+    #[error("leave changed nothing: {}", .problems.join("\n"))]
+    Refused { problems: Vec<String> },
 }
 
 fn step_err(step: &'static str) -> impl FnOnce(String) -> LeaveError {
@@ -165,6 +178,7 @@ pub async fn leave(
             }
         }
     };
+    preflight(paths, agent, opts, &progress, &mut report).await?;
     let mut l = Leaver {
         paths,
         progress,
@@ -246,11 +260,7 @@ pub async fn leave(
         };
         l.mark("uninstall", line)?;
     }
-    let keep: Vec<PathBuf> = if opts.purge {
-        Vec::new()
-    } else {
-        vec![paths.resolve(KEPT_WITHOUT_PURGE), agent.spool.dir.clone()]
-    };
+    let keep = kept(paths, agent, opts);
     if !l.progress.is_done("unwind") {
         let line = match Journal::load(paths.clone(), Path::new(JOIN_JOURNAL)).map_err(|e| {
             LeaveError::Step {
@@ -285,7 +295,7 @@ pub async fn leave(
             .cloned()
             .collect();
         if kept_inside.is_empty() {
-            std::fs::remove_dir_all(&state).map_err(|e| LeaveError::Step {
+            crate::node::mounts::remove_tree(&state).map_err(|e| LeaveError::Step {
                 step: "state",
                 message: format!("remove {}: {e}", state.display()),
             })?;
@@ -312,6 +322,145 @@ pub async fn leave(
         l.report.lines.push(node_object_left(record));
     }
     Ok(l.report)
+}
+
+/// What `leave` keeps unless `--purge` (resolved paths).
+fn kept(paths: &HostPaths, agent: &AgentConfig, opts: &LeaveOptions) -> Vec<PathBuf> {
+    if opts.purge {
+        Vec::new()
+    } else {
+        vec![paths.resolve(KEPT_WITHOUT_PURGE), agent.spool.dir.clone()]
+    }
+}
+
+/// The checks before the first change (see the module docs): every problem found, or a line
+/// per check for the report.
+async fn preflight(
+    paths: &HostPaths,
+    agent: &AgentConfig,
+    opts: &LeaveOptions,
+    progress: &Progress,
+    report: &mut LeaveReport,
+) -> Result<(), LeaveError> {
+    let mut problems = Vec::new();
+    if progress.is_done("stop-components") {
+        // Checked when this leave began; kubelet is stopped since.
+    } else if opts.force {
+        report
+            .lines
+            .push("--force: the node was not checked for pods still running on it".to_owned());
+    } else if let Some(record) = &progress.record {
+        match drained(paths, agent, record).await {
+            Ok(line) => report.lines.push(line),
+            Err(e) => problems.push(e.to_string()),
+        }
+    } else {
+        report.lines.push(
+            "no node record (join never completed): no node in a cluster to drain".to_owned(),
+        );
+    }
+    match mounted_beneath_removals(paths, agent, opts, progress) {
+        Ok(mounts) if mounts.is_empty() => {}
+        Ok(mounts) => problems.push(format!(
+            "{} mounted at or beneath what leave would remove: {}. leave never deletes what is mounted (not even with --force): unmount them (`umount <mount point>`), then run `hybrid-agent leave` again. Pod volumes: drain the node first so kubelet unmounts them; the volumes of pods that stay (DaemonSet pods) remain mounted until kubelet is stopped (`systemctl stop kubelet`), then unmount them",
+            if mounts.len() == 1 {
+                "1 filesystem is".to_owned()
+            } else {
+                format!("{} filesystems are", mounts.len())
+            },
+            crate::node::mounts::list(&mounts)
+        )),
+        Err(e) => problems.push(e),
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(LeaveError::Refused { problems })
+    }
+}
+
+/// Every mount at or beneath a path the remaining steps would remove (outside what is kept).
+fn mounted_beneath_removals(
+    paths: &HostPaths,
+    agent: &AgentConfig,
+    opts: &LeaveOptions,
+    progress: &Progress,
+) -> Result<Vec<crate::node::mounts::Mount>, String> {
+    let mut targets = vec![paths.state_dir()];
+    if !progress.is_done("unwind")
+        && let Ok(Some(journal)) = Journal::load(paths.clone(), Path::new(JOIN_JOURNAL))
+    {
+        targets.extend(journal.removal_targets());
+    }
+    if !progress.is_done("uninstall")
+        && let Ok(Some(t)) = Tracker::load(paths)
+    {
+        targets.extend(t.files.iter().map(|f| paths.resolve(&f.path)));
+    }
+    let table = crate::node::mounts::read_table().map_err(|e| {
+        format!(
+            "cannot read the mount table {} to check that nothing is mounted beneath what leave removes: {e}",
+            crate::node::mounts::MOUNTINFO
+        )
+    })?;
+    Ok(crate::node::mounts::beneath(
+        &table,
+        &targets,
+        &kept(paths, agent, opts),
+    ))
+}
+
+/// The drain check with the node's credentials (fresh ones once, when those on disk are
+/// missing or refused).
+async fn drained(
+    paths: &HostPaths,
+    agent: &AgentConfig,
+    record: &NodeRecord,
+) -> Result<String, super::drain::DrainError> {
+    let ask = |credentials: aws_credential_types::Credentials| async move {
+        let check = super::drain::DrainCheck {
+            endpoint: &record.cluster_details.api_server_endpoint,
+            ca_pem: &record.cluster_details.ca_pem,
+            node_name: &record.node_name,
+            cluster: &record.cluster,
+            region: &record.region,
+            credentials: &credentials,
+            network: &agent.network,
+        };
+        super::drain::check(&check).await
+    };
+    let first = match cloud::credentials(agent) {
+        Ok(c) => ask(c).await,
+        Err(e) => Err(super::drain::DrainError::Unknown {
+            node: record.node_name.clone(),
+            why: format!("the node has no usable credentials ({e})"),
+            auth: true,
+        }),
+    };
+    let outcome = match first {
+        Err(super::drain::DrainError::Unknown { auth: true, .. }) => {
+            let refreshed = match IdentityEnv::new(paths, agent).rotator() {
+                Ok(mut r) => r.refresh_once().await.is_ok(),
+                Err(_) => false,
+            };
+            match (refreshed, cloud::credentials(agent)) {
+                (true, Ok(c)) => ask(c).await,
+                _ => first,
+            }
+        }
+        other => other,
+    }?;
+    Ok(format!(
+        "node {} is drained{} ({} DaemonSet, mirror or finished {} not counted)",
+        record.node_name,
+        if outcome.registered {
+            " and cordoned"
+        } else {
+            " (no Node object in the cluster)"
+        },
+        outcome.ignored,
+        if outcome.ignored == 1 { "pod" } else { "pods" }
+    ))
 }
 
 /// What remains in the cluster: Kubernetes does not let a node delete its own Node object

@@ -15,6 +15,7 @@
 
 pub mod cloud;
 pub mod components;
+pub mod drain;
 pub mod leave;
 pub mod ready;
 pub mod record;

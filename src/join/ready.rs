@@ -134,21 +134,8 @@ pub async fn wait_ready(
         endpoint: endpoint.to_owned(),
         message,
     };
-    let mut settings = HttpSettings::from_network(check.network);
-    settings.trust_only = Some((
-        format!("the CA of cluster {}", check.cluster),
-        check.ca_pem.to_vec(),
-    ));
-    settings.connect_timeout = Some(API_CONNECT_TIMEOUT);
-    settings.request_timeout = Some(API_REQUEST_TIMEOUT);
-    let client = http::client(&settings).map_err(|e| setup(e.to_string()))?;
-    let mut url = reqwest::Url::parse(endpoint)
-        .map_err(|e| setup(format!("`{endpoint}` is not a usable URL: {e}")))?;
-    // Pushed as a path segment (percent-encoded), never parsed as a relative URL.
-    url.path_segments_mut()
-        .map_err(|()| setup(format!("`{endpoint}` cannot have a path")))?
-        .pop_if_empty()
-        .extend(["api", "v1", "nodes", check.node_name]);
+    let client = api_client(check.ca_pem, check.cluster, check.network).map_err(setup)?;
+    let url = api_url(endpoint, &["api", "v1", "nodes", check.node_name]).map_err(setup)?;
 
     let mut answered = false;
     let last = loop {
@@ -243,6 +230,33 @@ pub async fn wait_ready(
     }
 }
 
+/// A client for the cluster's API server as kubelet talks to it: TLS verified against the
+/// cluster CA only, through the configured proxy, with this module's timeouts. `leave`'s drain
+/// check uses it too.
+pub fn api_client(
+    ca_pem: &[u8],
+    cluster: &str,
+    network: &crate::config::NetworkConfig,
+) -> Result<reqwest::Client, String> {
+    let mut settings = HttpSettings::from_network(network);
+    settings.trust_only = Some((format!("the CA of cluster {cluster}"), ca_pem.to_vec()));
+    settings.connect_timeout = Some(API_CONNECT_TIMEOUT);
+    settings.request_timeout = Some(API_REQUEST_TIMEOUT);
+    http::client(&settings).map_err(|e| e.to_string())
+}
+
+/// `endpoint` with `segments` pushed as path segments (percent-encoded, never parsed as a
+/// relative URL).
+pub fn api_url(endpoint: &str, segments: &[&str]) -> Result<reqwest::Url, String> {
+    let mut url = reqwest::Url::parse(endpoint)
+        .map_err(|e| format!("`{endpoint}` is not a usable URL: {e}"))?;
+    url.path_segments_mut()
+        .map_err(|()| format!("`{endpoint}` cannot have a path"))?
+        .pop_if_empty()
+        .extend(segments);
+    Ok(url)
+}
+
 /// The Ready condition of a Node object.
 fn read_node(body: &[u8]) -> Look {
     let Ok(node) = serde_json::from_slice::<serde_json::Value>(body) else {
@@ -287,7 +301,7 @@ fn waits_for_network(message: &str) -> bool {
 }
 
 /// The `message` of a Kubernetes `Status` answer, or the start of whatever came back.
-fn status_message(body: &[u8]) -> String {
+pub(crate) fn status_message(body: &[u8]) -> String {
     let message = http::body_message(body);
     if message.trim().is_empty() {
         "(empty answer)".to_owned()

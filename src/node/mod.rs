@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod containerd;
 pub mod kubeconfig;
 pub mod kubelet;
+pub mod mounts;
 pub mod system;
 
 use std::path::{Path, PathBuf};
