@@ -84,6 +84,7 @@ fn render(
         paths,
         credentials_file: credentials,
         credentials_profile: profile,
+        aws_config_file: None,
         systemd_cgroups: true,
     };
     node::render(&input).expect("render")
@@ -285,6 +286,7 @@ fn without_systemd_the_cgroup_driver_is_cgroupfs() {
         paths: &paths,
         credentials_file: Path::new("/root/.aws/credentials"),
         credentials_profile: "default",
+        aws_config_file: None,
         systemd_cgroups: false,
     };
     let r = node::render(&input).unwrap();

@@ -11,7 +11,9 @@
 //! an error or log line.
 
 pub mod atomic;
+pub mod aws_config;
 pub mod clock;
+pub mod credential_process;
 pub mod credfile;
 pub mod iam_ra;
 pub mod keys;
