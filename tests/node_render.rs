@@ -261,8 +261,8 @@ fn paths_inside_files_follow_the_root() {
             .contains("/sandbox/usr/local/bin/aws-iam-authenticator")
     );
     assert!(
-        !file(&r, "/var/lib/kubelet/kubeconfig").contains("AWS_SHARED_CREDENTIALS_FILE"),
-        "the default file under the root needs no variable"
+        file(&r, "/var/lib/kubelet/kubeconfig").contains("value: /sandbox/root/.aws/credentials"),
+        "even the default file is named: systemd gives kubelet no $HOME"
     );
     assert_eq!(
         r.containerd_args,

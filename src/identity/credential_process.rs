@@ -156,8 +156,8 @@ mod tests {
     fn output_is_the_sdk_version_1_document() {
         let c = TemporaryCredentials {
             access_key_id: "ASIAEXAMPLE".into(),
-            secret_access_key: Secret::new("s3cr3t".into()),
-            session_token: Secret::new("tok".into()),
+            secret_access_key: Secret::new("s3cr3t"),
+            session_token: Secret::new("tok"),
             expiration: SystemTime::UNIX_EPOCH + Duration::from_millis(1_800_000_000_500),
         };
         let v: serde_json::Value = serde_json::from_str(&output_json(&c)).expect("json");
