@@ -204,6 +204,8 @@ fn tampered_or_untrusted_requests_are_denied() {
 // ---------------------------------------------------------------------------------------------
 // credential_process: kubelet's credentials without the daemon
 
+// The full-join fixture (release mirror, sandbox node); it loads the shared helpers too.
+#[allow(clippy::duplicate_mod)]
 #[path = "install_support/mod.rs"]
 mod install_support;
 
@@ -226,10 +228,11 @@ fn credential_process_of(config: &Path, profile: &str) -> String {
     for line in text.lines().map(str::trim) {
         if line.starts_with('[') {
             inside = line == header;
-        } else if inside && let Some((k, v)) = line.split_once('=') {
-            if k.trim() == "credential_process" {
-                return v.trim().to_owned();
-            }
+        } else if inside
+            && let Some((k, v)) = line.split_once('=')
+            && k.trim() == "credential_process"
+        {
+            return v.trim().to_owned();
         }
     }
     panic!(
@@ -276,7 +279,7 @@ fn credential_process_gives_working_credentials_with_the_daemon_stopped() {
     assert!(
         command.starts_with(&format!(
             "{} --root ",
-            std::fs::canonicalize(AGENT).unwrap().display()
+            std::fs::canonicalize(AGENT).expect("agent path").display()
         )),
         "{command}"
     );
