@@ -84,6 +84,7 @@ fn render(
         paths,
         credentials_file: credentials,
         credentials_profile: profile,
+        aws_config_file: None,
         systemd_cgroups: true,
     };
     node::render(&input).expect("render")
@@ -260,8 +261,8 @@ fn paths_inside_files_follow_the_root() {
             .contains("/sandbox/usr/local/bin/aws-iam-authenticator")
     );
     assert!(
-        !file(&r, "/var/lib/kubelet/kubeconfig").contains("AWS_SHARED_CREDENTIALS_FILE"),
-        "the default file under the root needs no variable"
+        file(&r, "/var/lib/kubelet/kubeconfig").contains("value: /sandbox/root/.aws/credentials"),
+        "even the default file is named: systemd gives kubelet no $HOME"
     );
     assert_eq!(
         r.containerd_args,
@@ -285,6 +286,7 @@ fn without_systemd_the_cgroup_driver_is_cgroupfs() {
         paths: &paths,
         credentials_file: Path::new("/root/.aws/credentials"),
         credentials_profile: "default",
+        aws_config_file: None,
         systemd_cgroups: false,
     };
     let r = node::render(&input).unwrap();

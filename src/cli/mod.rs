@@ -6,6 +6,7 @@
 //! exactly what users see.
 
 mod config;
+mod credential_process;
 mod doctor;
 mod install;
 mod join;
@@ -124,6 +125,10 @@ pub enum Command {
     /// Print a token for the cluster's API server (an exec credential, like aws-iam-authenticator).
     #[command(long_about = token::LONG_ABOUT)]
     Token(token::TokenArgs),
+    /// Print IAM Roles Anywhere credentials for an AWS SDK's credential_process (join writes it
+    /// into the node's AWS config file).
+    #[command(long_about = credential_process::LONG_ABOUT)]
+    CredentialProcess(credential_process::CredentialProcessArgs),
 }
 
 /// Why a command did not succeed; each variant maps to one documented exit code.
@@ -186,6 +191,9 @@ pub enum CliError {
     /// `token` could not make a token (no credentials, no region).
     #[error("token: {0}")]
     Token(String),
+    /// `credential-process` could not get credentials.
+    #[error("credential-process: {0}")]
+    CredentialProcess(String),
     /// The async runtime could not be created.
     #[error("{command}: cannot start the async runtime: {source}")]
     Runtime {
@@ -248,6 +256,7 @@ impl CliError {
             | CliError::Daemon(_)
             | CliError::Status(_)
             | CliError::Token(_)
+            | CliError::CredentialProcess(_)
             | CliError::Doctor(_)
             | CliError::Runtime { .. } => ExitCode::Failure,
         }
@@ -305,6 +314,7 @@ pub fn run(cli: &Cli, env: &Env, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Doctor(args) => doctor::run(args, &mut ctx),
         Command::Config(args) => config::run(args, &mut ctx),
         Command::Token(args) => token::run(args, &mut ctx),
+        Command::CredentialProcess(args) => credential_process::run(args, &mut ctx),
     }
 }
 

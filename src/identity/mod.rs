@@ -4,14 +4,18 @@
 //! [`ssm_source`]: own RSA-2048 key, stable fingerprint, the private instance API) and IAM Roles
 //! Anywhere ([`iam_ra`]: X.509 certificate). Both feed one rotation loop ([`rotation`]) that
 //! writes the shared credentials file atomically ([`credfile`]), publishes the credentials to
-//! the agent's own SDK clients and reports status.
+//! the agent's own SDK clients and reports status. IAM Roles Anywhere nodes also get nodeadm's
+//! AWS config file ([`aws_config`]) whose `credential_process` runs
+//! [`credential_process`], so kubelet is never tied to the daemon being up.
 //!
 //! Secrets (activation code, private keys, secret keys, session tokens) are held in
 //! [`crate::config::Secret`] or in types whose `Debug` omits them, and never appear in
 //! an error or log line.
 
 pub mod atomic;
+pub mod aws_config;
 pub mod clock;
+pub mod credential_process;
 pub mod credfile;
 pub mod iam_ra;
 pub mod keys;

@@ -17,6 +17,8 @@ use crate::aws::http::{self, HttpSettings, HttpSetupError};
 use crate::config::{AgentConfig, EndpointError, Provider, Region, Service};
 use crate::exit::ExitCode;
 use crate::identity::TemporaryCredentials;
+use crate::identity::atomic::AtomicWriteError;
+use crate::identity::aws_config::{self, CredentialProcess};
 use crate::identity::clock::{Clock, SkewedClock, SystemClock};
 use crate::identity::credfile::CredentialsTarget;
 use crate::identity::iam_ra::{DEFAULT_SESSION_DURATION, IamRaError, IamRaSettings, IamRaSource};
@@ -53,6 +55,10 @@ pub struct IamRaConfig {
     pub role_arn: String,
     pub certificate_path: PathBuf,
     pub private_key_path: PathBuf,
+    /// The AWS config file whose profiles run `hybrid-agent credential-process` (resolved under
+    /// `--root`); kubelet's kubeconfig names it. Absent in records of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_config_path: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +85,10 @@ pub enum SetupError {
     SsmSource(#[from] SsmSourceError),
     #[error(transparent)]
     IamRa(#[from] IamRaError),
+    #[error(
+        "cannot write the IAM Roles Anywhere AWS config file (spec.hybrid.iamRolesAnywhere.awsConfigPath): {0}"
+    )]
+    AwsConfig(#[from] AtomicWriteError),
 }
 
 /// Why the identity phase of `join` failed.
@@ -138,7 +148,19 @@ pub struct IdentityEnv<'a> {
     pub paths: &'a HostPaths,
     pub agent: &'a AgentConfig,
     pub host_clock: Arc<dyn Clock>,
+    /// The agent binary the IAM Roles Anywhere AWS config file runs: the running executable.
+    /// On a host installed from the package that is /usr/bin/hybrid-agent, which an upgrade
+    /// replaces in place; in a `--root` sandbox it is the binary under test, which a fixed
+    /// /usr/bin path would not be.
+    pub program: PathBuf,
+    /// `--config` given to this command when it is not the default file, so the
+    /// credential_process command reads the same agent config.
+    pub agent_config_arg: Option<PathBuf>,
 }
+
+/// Where the package installs the agent: the program named when the running executable's path
+/// cannot be read. packaging/README.md.
+pub const PACKAGED_PROGRAM: &str = "/usr/bin/hybrid-agent";
 
 impl<'a> IdentityEnv<'a> {
     pub fn new(paths: &'a HostPaths, agent: &'a AgentConfig) -> IdentityEnv<'a> {
@@ -146,6 +168,10 @@ impl<'a> IdentityEnv<'a> {
             paths,
             agent,
             host_clock: Arc::new(SystemClock),
+            program: std::env::current_exe()
+                .and_then(std::fs::canonicalize)
+                .unwrap_or_else(|_| PathBuf::from(PACKAGED_PROGRAM)),
+            agent_config_arg: None,
         }
     }
 
@@ -279,12 +305,20 @@ impl<'a> IdentityEnv<'a> {
         &self,
         targets: &[CredentialsTarget],
     ) -> Option<(TemporaryCredentials, Option<SystemTime>)> {
+        self.credentials_with_life(targets, self.host_clock.now(), SEED_MIN_REMAINING)
+    }
+
+    /// The credentials the daemon last wrote (first of `targets`, checked against
+    /// `credentials.json`) when they have at least `min_remaining` left at `now`.
+    pub fn credentials_with_life(
+        &self,
+        targets: &[CredentialsTarget],
+        now: SystemTime,
+        min_remaining: Duration,
+    ) -> Option<(TemporaryCredentials, Option<SystemTime>)> {
         let state = self.store().load_credentials_state().ok()??;
-        let remaining = state
-            .expiration
-            .duration_since(self.host_clock.now())
-            .ok()?;
-        if remaining < SEED_MIN_REMAINING {
+        let remaining = state.expiration.duration_since(now).ok()?;
+        if remaining < min_remaining {
             return None;
         }
         let values = targets.first()?.read().ok()??;
@@ -342,7 +376,7 @@ impl<'a> IdentityEnv<'a> {
                 role_arn,
                 certificate_path,
                 private_key_path,
-                ..
+                aws_config_path,
             } => (
                 ProviderConfig {
                     provider: ProviderKind::IamRa,
@@ -355,6 +389,7 @@ impl<'a> IdentityEnv<'a> {
                         role_arn: role_arn.clone(),
                         certificate_path: certificate_path.clone(),
                         private_key_path: private_key_path.clone(),
+                        aws_config_path: Some(aws_config_file(self.paths, aws_config_path)),
                     }),
                 },
                 None,
@@ -369,17 +404,84 @@ impl<'a> IdentityEnv<'a> {
             .await
             .map_err(|source| JoinError::FirstRefresh { source })?;
         self.save_provider(&record)?;
+        let files: Vec<PathBuf> = self
+            .targets(record.enable_credentials_file)
+            .into_iter()
+            .map(|t| t.path)
+            .collect();
+        let aws_config = self.write_aws_config(&record)?;
         Ok(JoinOutcome {
             provider: record.provider,
             identity: rotator.source().identity(),
             registration,
             expiration: creds.expiration,
-            files: self
-                .targets(record.enable_credentials_file)
-                .into_iter()
-                .map(|t| t.path)
-                .collect(),
+            files,
+            aws_config,
         })
+    }
+
+    /// The `credential_process` command for an IAM Roles Anywhere record.
+    pub fn credential_process(&self, record: &ProviderConfig) -> Option<CredentialProcess> {
+        let ira = record.iam_ra.as_ref()?;
+        let root = self.paths.root();
+        let endpoint = self
+            .agent
+            .endpoints
+            .endpoint(Service::Rolesanywhere)
+            .and_then(|_| Region::parse(&record.region).ok())
+            .and_then(|r| self.agent.endpoints.url(Service::Rolesanywhere, &r).ok())
+            .map(|u| u.to_string());
+        Some(CredentialProcess {
+            program: self.program.clone(),
+            root: (root != std::path::Path::new("/")).then(|| root.to_path_buf()),
+            agent_config: self.agent_config_arg.clone(),
+            certificate_path: ira.certificate_path.clone(),
+            private_key_path: ira.private_key_path.clone(),
+            trust_anchor_arn: ira.trust_anchor_arn.clone(),
+            profile_arn: ira.profile_arn.clone(),
+            role_arn: ira.role_arn.clone(),
+            session_name: ira.node_name.clone(),
+            region: record.region.clone(),
+            endpoint,
+        })
+    }
+
+    /// Writes the AWS config file of an IAM Roles Anywhere record; returns its path.
+    fn write_aws_config(&self, record: &ProviderConfig) -> Result<Option<PathBuf>, SetupError> {
+        let (Some(cp), Some(path)) = (
+            self.credential_process(record),
+            record
+                .iam_ra
+                .as_ref()
+                .and_then(|i| i.aws_config_path.clone()),
+        ) else {
+            return Ok(None);
+        };
+        aws_config::write(&path, &cp)?;
+        Ok(Some(path))
+    }
+
+    /// The AWS config file `join` wrote for this node (IAM Roles Anywhere), from its record.
+    pub fn recorded_aws_config_file(&self) -> Option<PathBuf> {
+        self.load_provider().ok()?.iam_ra?.aws_config_path
+    }
+}
+
+/// Where the AWS config file of an IAM Roles Anywhere node goes (resolved under `--root`):
+/// `awsConfigPath` as validated, else nodeadm's default.
+pub fn aws_config_file(paths: &HostPaths, configured: &Option<PathBuf>) -> PathBuf {
+    configured
+        .clone()
+        .unwrap_or_else(|| paths.resolve(aws_config::DEFAULT_AWS_CONFIG_PATH))
+}
+
+/// The AWS config file kubelet's authenticator reads on a node with this provider (None: SSM).
+pub fn provider_aws_config_file(paths: &HostPaths, provider: &Provider) -> Option<PathBuf> {
+    match provider {
+        Provider::IamRolesAnywhere {
+            aws_config_path, ..
+        } => Some(aws_config_file(paths, aws_config_path)),
+        Provider::Ssm { .. } => None,
     }
 }
 
@@ -391,4 +493,6 @@ pub struct JoinOutcome {
     pub registration: Option<RegisterOutcome>,
     pub expiration: SystemTime,
     pub files: Vec<PathBuf>,
+    /// The IAM Roles Anywhere AWS config file written.
+    pub aws_config: Option<PathBuf>,
 }

@@ -596,8 +596,16 @@ impl Run<'_> {
     }
 
     async fn identity(&mut self) -> Result<(), PhaseError> {
-        let env = IdentityEnv::new(self.paths, &self.config.agent);
+        let mut env = IdentityEnv::new(self.paths, &self.config.agent);
+        env.agent_config_arg = self
+            .config
+            .sources
+            .agent_config
+            .clone()
+            .filter(|p| *p != self.paths.agent_config());
         let node = &self.config.node;
+        let aws_config =
+            crate::identity::setup::provider_aws_config_file(self.paths, &node.provider);
         if self.txn.is_dry_run() {
             let existing = env.store().load_registration().ok().flatten();
             match (&node.provider, existing) {
@@ -630,6 +638,12 @@ impl Run<'_> {
                     t.profile
                 ));
             }
+            if let Some(p) = &aws_config {
+                self.txn.plan(format!(
+                    "write the AWS config file {} (credential_process: hybrid-agent credential-process)",
+                    p.display()
+                ));
+            }
             return Ok(());
         }
         // The identity module writes its own files; record what they were so a rollback can
@@ -638,12 +652,17 @@ impl Run<'_> {
         if let Some(h) = host_path(self.paths, &store_dir) {
             self.txn.protect_tree(&h)?;
         }
-        for t in env.targets(node.enable_credentials_file) {
-            match host_path(self.paths, &t.path) {
+        let written = env
+            .targets(node.enable_credentials_file)
+            .into_iter()
+            .map(|t| t.path)
+            .chain(aws_config.clone());
+        for path in written {
+            match host_path(self.paths, &path) {
                 Some(h) => self.txn.protect(&h)?,
                 None => self.report.warnings.push(format!(
                     "{} is outside --root; a rollback cannot restore it",
-                    t.path.display()
+                    path.display()
                 )),
             }
         }
@@ -691,6 +710,12 @@ impl Run<'_> {
             out.provider,
             files.join(", ")
         ));
+        if let Some(p) = &out.aws_config {
+            self.report.lines.push(format!(
+                "identity: AWS config {} runs `hybrid-agent credential-process` for kubelet",
+                p.display()
+            ));
+        }
         self.node_name = Some(name);
         Ok(())
     }
@@ -836,6 +861,10 @@ impl Run<'_> {
         };
         let details = self.cluster_details().await?;
         let systemd = systemd_cgroups(self.paths, self.agent());
+        let aws_config_file = crate::identity::setup::provider_aws_config_file(
+            self.paths,
+            &self.config.node.provider,
+        );
         let input = RenderInput {
             node: &self.spec,
             node_name: &node_name,
@@ -844,6 +873,7 @@ impl Run<'_> {
             paths: self.paths,
             credentials_file: &self.config.agent.credentials.file,
             credentials_profile: &self.config.agent.credentials.profile,
+            aws_config_file: aws_config_file.as_deref(),
             systemd_cgroups: systemd,
         };
         let rendered = node::render(&input)?;

@@ -150,6 +150,8 @@ pub async fn upgrade(
     }
     report.lines.push(format!("installed Kubernetes {} ({} files; the old ones are kept until the new kubelet is healthy)", installed.version, installed.files.len()));
 
+    let aws_config_file =
+        crate::identity::setup::IdentityEnv::new(paths, agent).recorded_aws_config_file();
     let input = RenderInput {
         node: &record.spec,
         node_name: &record.node_name,
@@ -158,6 +160,7 @@ pub async fn upgrade(
         paths,
         credentials_file: &agent.credentials.file,
         credentials_profile: &agent.credentials.profile,
+        aws_config_file: aws_config_file.as_deref(),
         systemd_cgroups: record.systemd_cgroups,
     };
     let rendered = match node::render(&input)

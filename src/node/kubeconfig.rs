@@ -1,18 +1,19 @@
 //! kubelet's kubeconfig: the cluster's API server and CA, and the aws-iam-authenticator exec
-//! plugin that turns the node's AWS credentials (the shared credentials file the identity
-//! module keeps fresh) into a bearer token, as nodeadm configures it.
+//! plugin that turns the node's AWS credentials into a bearer token, as nodeadm configures it:
+//! SSM nodes name the shared credentials file the identity module keeps fresh; IAM Roles
+//! Anywhere nodes name the AWS config file whose `credential_process` fetches credentials on
+//! demand ([`crate::identity::aws_config`]).
 
 use serde::Serialize;
 
 use super::{RenderInput, RenderedFile};
+use crate::identity::aws_config;
 use crate::paths;
 
 /// The exec credential API kubelet speaks to the plugin.
 pub const EXEC_API_VERSION: &str = "client.authentication.k8s.io/v1beta1";
 /// Where the installer puts aws-iam-authenticator (nodeadm's path).
 pub const AUTHENTICATOR: &str = "/usr/local/bin/aws-iam-authenticator";
-/// Profile the AWS SDKs read when none is named.
-const DEFAULT_PROFILE: &str = "default";
 
 #[derive(Serialize)]
 struct Kubeconfig<'a> {
@@ -72,7 +73,6 @@ struct Exec<'a> {
     api_version: &'a str,
     command: String,
     args: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     env: Vec<EnvVar>,
     #[serde(rename = "interactiveMode")]
     interactive_mode: &'a str,
@@ -88,22 +88,32 @@ struct EnvVar {
 
 /// The kubeconfig file.
 pub fn render(input: &RenderInput<'_>) -> RenderedFile {
-    let mut env = Vec::new();
-    // The SDK inside the authenticator finds /root/.aws/credentials [default] by itself; name
-    // the file and profile only when the agent was configured to use others.
-    let default_file = input.paths.aws_credentials();
-    if input.credentials_file != default_file {
-        env.push(EnvVar {
-            name: "AWS_SHARED_CREDENTIALS_FILE",
-            value: input.credentials_file.display().to_string(),
-        });
-    }
-    if input.credentials_profile != DEFAULT_PROFILE {
-        env.push(EnvVar {
-            name: "AWS_PROFILE",
-            value: input.credentials_profile.to_owned(),
-        });
-    }
+    // Always explicit: systemd sets no $HOME for a unit without User=, so the SDK inside the
+    // authenticator would not find /root/.aws by itself.
+    let env = match input.aws_config_file {
+        // nodeadm internal/kubelet/hybrid-kubeconfig.template.yaml (IAM Roles Anywhere).
+        Some(config) => vec![
+            EnvVar {
+                name: "AWS_PROFILE",
+                value: aws_config::PROFILE_NAME.to_owned(),
+            },
+            EnvVar {
+                name: "AWS_CONFIG_FILE",
+                value: config.display().to_string(),
+            },
+        ],
+        // SSM: the shared credentials file the agent keeps fresh, and its profile.
+        None => vec![
+            EnvVar {
+                name: "AWS_PROFILE",
+                value: input.credentials_profile.to_owned(),
+            },
+            EnvVar {
+                name: "AWS_SHARED_CREDENTIALS_FILE",
+                value: input.credentials_file.display().to_string(),
+            },
+        ],
+    };
     let doc = Kubeconfig {
         api_version: "v1",
         kind: "Config",

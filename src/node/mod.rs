@@ -77,6 +77,9 @@ pub struct RenderInput<'a> {
     /// The shared credentials file the identity module writes (resolved path) and its profile.
     pub credentials_file: &'a Path,
     pub credentials_profile: &'a str,
+    /// IAM Roles Anywhere: the AWS config file whose profile runs `credential_process`
+    /// (resolved path); kubelet's authenticator reads it instead of the credentials file.
+    pub aws_config_file: Option<&'a Path>,
     /// True when systemd manages the host's cgroups (PID 1 is systemd): kubelet and runc then
     /// use the systemd cgroup driver, as nodeadm configures; on hosts without systemd (the
     /// built-in supervisor) they must use cgroupfs, or kubelet refuses to start.
