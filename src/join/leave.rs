@@ -270,10 +270,12 @@ pub async fn leave(
                     });
                 }
                 // Only the packages join itself installed (its journal says which).
-                let removed = crate::node::host::remove_installed_packages(paths, &notes)
-                    .map_err(|e| LeaveError::Step {
-                        step: "unwind",
-                        message: e.to_string(),
+                let removed =
+                    crate::node::host::remove_installed_packages(paths, &notes).map_err(|e| {
+                        LeaveError::Step {
+                            step: "unwind",
+                            message: e.to_string(),
+                        }
                     })?;
                 let mut line = format!(
                     "undid the {n} changes join made (restored replaced files, removed created ones)"

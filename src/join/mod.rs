@@ -710,7 +710,11 @@ impl Run<'_> {
     }
 
     /// Carries out (or, off the real root, records) one host action, noted in the journal.
-    fn host_action(&mut self, action: HostAction, done: &mut Vec<String>) -> Result<(), PhaseError> {
+    fn host_action(
+        &mut self,
+        action: HostAction,
+        done: &mut Vec<String>,
+    ) -> Result<(), PhaseError> {
         let line = action.describe();
         if self.txn.is_dry_run() {
             self.txn.plan(format!("host: {line}"));
@@ -760,7 +764,10 @@ impl Run<'_> {
         let systemd = crate::supervise::auto::systemd_booted(self.paths.root());
         self.host_action(
             HostAction::LoadModules {
-                modules: node::system::MODULES.iter().map(|m| (*m).to_owned()).collect(),
+                modules: node::system::MODULES
+                    .iter()
+                    .map(|m| (*m).to_owned())
+                    .collect(),
                 systemd,
             },
             &mut done,
@@ -1054,7 +1061,10 @@ impl Run<'_> {
                 service_cidr: c.cidr.clone(),
             });
         }
-        Ok(node::cluster::details(&self.config.node, described.as_ref())?)
+        Ok(node::cluster::details(
+            &self.config.node,
+            described.as_ref(),
+        )?)
     }
 
     async fn render(&mut self) -> Result<(), PhaseError> {

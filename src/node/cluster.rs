@@ -172,7 +172,12 @@ pub fn details(
     };
     let api_server_endpoint = match (&c.api_server_endpoint, described) {
         (Some(e), _) => e.expose().as_str().trim_end_matches('/').to_owned(),
-        (None, Some(Described { endpoint: Some(e), .. })) => e.clone(),
+        (
+            None,
+            Some(Described {
+                endpoint: Some(e), ..
+            }),
+        ) => e.clone(),
         _ => return Err(missing("endpoint")),
     };
     let ca_pem = match (&c.certificate_authority, described) {
@@ -180,7 +185,13 @@ pub fn details(
             check_pem(&name, ca, "spec.cluster.certificateAuthority")?;
             ca.clone()
         }
-        (None, Some(Described { ca_data: Some(data), .. })) => {
+        (
+            None,
+            Some(Described {
+                ca_data: Some(data),
+                ..
+            }),
+        ) => {
             let pem = base64::engine::general_purpose::STANDARD
                 .decode(data.trim())
                 .map_err(|_| ClusterError::BadCa {
@@ -194,7 +205,13 @@ pub fn details(
     };
     let service_cidr = match (&c.cidr, described) {
         (Some(cidr), _) => cidr.clone(),
-        (None, Some(Described { service_cidr: Some(cidr), .. })) => cidr.clone(),
+        (
+            None,
+            Some(Described {
+                service_cidr: Some(cidr),
+                ..
+            }),
+        ) => cidr.clone(),
         _ => return Err(ClusterError::NoServiceCidr { cluster: name }),
     };
     Ok(ClusterDetails {
@@ -387,7 +404,9 @@ pub fn host_node_ip(
         ))
     })?;
     let iface = default_route_interface(&routes).ok_or_else(|| {
-        PreflightError::NodeIp("this host has no default IPv4 route to take the node IP from".to_owned())
+        PreflightError::NodeIp(
+            "this host has no default IPv4 route to take the node IP from".to_owned(),
+        )
     })?;
     let networks = sysinfo::Networks::new_with_refreshed_list().map_err(|e| {
         PreflightError::NodeIp(format!("cannot list this host's network interfaces: {e}"))
@@ -405,7 +424,10 @@ pub fn host_node_ip(
                 "the default route's interface {iface} has no usable IPv4 address"
             ))
         })?;
-    Ok((ip, format!("the address of {iface}, the default route's interface")))
+    Ok((
+        ip,
+        format!("the address of {iface}, the default route's interface"),
+    ))
 }
 
 /// The interface of the default route in `/proc/net/route` (destination and mask 0).
@@ -448,7 +470,10 @@ mod tests {
             node_ip_from_flags(&f(&["--node-ip=10.0.0.1", "--node-ip=10.80.1.2"])).expect("ok"),
             Some("10.80.1.2".parse().expect("ip"))
         );
-        assert_eq!(node_ip_from_flags(&f(&["--node-ip=0.0.0.0"])).expect("ok"), None);
+        assert_eq!(
+            node_ip_from_flags(&f(&["--node-ip=0.0.0.0"])).expect("ok"),
+            None
+        );
         assert!(node_ip_from_flags(&f(&["--node-ip=fd00::1"])).is_err());
         assert!(node_ip_from_flags(&f(&["--node-ip=10.0.0.1,fd00::1"])).is_err());
     }
@@ -459,8 +484,14 @@ mod tests {
         assert!(in_cidrs("10.80.255.1".parse().expect("ip"), &cidrs));
         assert!(in_cidrs("192.168.1.7".parse().expect("ip"), &cidrs));
         assert!(!in_cidrs("10.81.0.1".parse().expect("ip"), &cidrs));
-        assert!(in_cidrs("1.2.3.4".parse().expect("ip"), &["0.0.0.0/0".to_owned()]));
-        assert!(!in_cidrs("1.2.3.4".parse().expect("ip"), &["garbage".to_owned()]));
+        assert!(in_cidrs(
+            "1.2.3.4".parse().expect("ip"),
+            &["0.0.0.0/0".to_owned()]
+        ));
+        assert!(!in_cidrs(
+            "1.2.3.4".parse().expect("ip"),
+            &["garbage".to_owned()]
+        ));
     }
 
     #[test]

@@ -81,9 +81,13 @@ impl PackageManager {
 
     /// The package manager under `paths`, yum/dnf first as nodeadm looks.
     pub fn detect(paths: &HostPaths) -> Option<PackageManager> {
-        [PackageManager::Dnf, PackageManager::Yum, PackageManager::AptGet]
-            .into_iter()
-            .find(|m| paths.resolve(m.program()).is_file())
+        [
+            PackageManager::Dnf,
+            PackageManager::Yum,
+            PackageManager::AptGet,
+        ]
+        .into_iter()
+        .find(|m| paths.resolve(m.program()).is_file())
     }
 }
 
@@ -161,7 +165,10 @@ impl HostAction {
                     // `ufw allow` takes effect at once (nodeadm ufw.go FlushRules is a no-op).
                     Firewall::Ufw => vec![
                         CommandLine::new(UFW, &["allow", &format!("{KUBELET_PORT}/tcp")]),
-                        CommandLine::new(UFW, &["allow", &format!("{KUBE_PROXY_HEALTHZ_PORT}/tcp")]),
+                        CommandLine::new(
+                            UFW,
+                            &["allow", &format!("{KUBE_PROXY_HEALTHZ_PORT}/tcp")],
+                        ),
                         CommandLine::new(UFW, &["allow", &format!("{lo}:{hi}/tcp")]),
                     ],
                     Firewall::Firewalld => vec![

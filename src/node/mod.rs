@@ -162,7 +162,10 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
 
 /// The active swap files join turns off, as nodeadm does (`internal/system/swap.go`): none when
 /// kubelet is told to accept swap; an error for a swap partition, which nodeadm refuses.
-pub fn check_swap(paths: &HostPaths, node: &NodeSpec) -> Result<Vec<system::SwapArea>, RenderError> {
+pub fn check_swap(
+    paths: &HostPaths,
+    node: &NodeSpec,
+) -> Result<Vec<system::SwapArea>, RenderError> {
     if kubelet::swap_allowed(&node.kubelet_config) {
         return Ok(Vec::new());
     }

@@ -37,7 +37,11 @@ pub fn render() -> Vec<RenderedFile> {
     let mut sysctl =
         String::from("# Written by hybrid-agent: kernel settings kubelet and CNI plugins need.\n");
     for (k, v) in SYSCTLS {
-        let optional = if OPTIONAL_SYSCTLS.contains(&k) { "-" } else { "" };
+        let optional = if OPTIONAL_SYSCTLS.contains(&k) {
+            "-"
+        } else {
+            ""
+        };
         sysctl.push_str(&format!("{optional}{k} = {v}\n"));
     }
     let mut modules =
