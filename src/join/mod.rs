@@ -657,7 +657,17 @@ impl Run<'_> {
     /// kubelet not newer than the API server (nor too old), the node IP inside a remote node
     /// network (`internal/node/hybrid/versionskew_validator.go`, `internal/network/utils.go`).
     async fn cluster_preflight(&mut self) -> Result<(), PhaseError> {
-        let Some(d) = self.described().await? else {
+        let d = match self.described().await {
+            Ok(d) => d,
+            // No credentials (identity skipped and never run): the phase that needs the
+            // cluster says so.
+            Err(PhaseError::Cloud(e)) => {
+                tracing::debug!("cluster checks skipped: {e}");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(d) = d else {
             self.txn.plan(
                 "check the kubelet version and the node IP against DescribeCluster".to_owned(),
             );
