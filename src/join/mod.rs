@@ -190,9 +190,9 @@ pub enum PhaseError {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
     #[error(transparent)]
-    Checks(#[from] PreflightError),
+    Checks(Box<PreflightError>),
     #[error(transparent)]
-    Host(#[from] HostError),
+    Host(Box<HostError>),
     #[error(transparent)]
     Render(#[from] RenderError),
     #[error(transparent)]
@@ -225,6 +225,18 @@ impl From<IdentityError> for PhaseError {
 impl From<InstallError> for PhaseError {
     fn from(e: InstallError) -> Self {
         PhaseError::Install(Box::new(e))
+    }
+}
+
+impl From<PreflightError> for PhaseError {
+    fn from(e: PreflightError) -> Self {
+        PhaseError::Checks(Box::new(e))
+    }
+}
+
+impl From<HostError> for PhaseError {
+    fn from(e: HostError) -> Self {
+        PhaseError::Host(Box::new(e))
     }
 }
 
