@@ -56,17 +56,21 @@ fn assert_rolled_back(
 }
 
 #[test]
-fn failure_in_preflight_swap_on() {
+fn failure_in_preflight_swap_partition_on() {
     let (_m, ds) = fixture();
     let node = Node::new(&ds, &create_activation(&ds));
     std::fs::create_dir_all(node.path("/proc")).unwrap();
+    // A swap file would be turned off (as nodeadm does); a partition is refused.
     std::fs::write(
         node.path("/proc/swaps"),
-        "Filename Type Size Used Priority\n/swapfile file 1048572 0 -2\n",
+        "Filename Type Size Used Priority\n/dev/sda2 partition 1048572 0 -2\n",
     )
     .unwrap();
     let run = assert_rolled_back(&ds, &node, "preflight", 3, &[]);
-    assert!(run.stderr.contains("swap is on (/swapfile)"), "{run:?}");
+    assert!(
+        run.stderr.contains("swap partition /dev/sda2 is on"),
+        "{run:?}"
+    );
 }
 
 #[test]
@@ -93,7 +97,7 @@ fn failure_in_install_corrupt_artifact() {
 }
 
 #[test]
-fn failure_in_render_cluster_not_active() {
+fn failure_in_cluster_preflight_cluster_not_active() {
     let (_m, ds) = fixture();
     let node = Node::new(&ds, &create_activation(&ds));
     control(
@@ -101,7 +105,8 @@ fn failure_in_render_cluster_not_active() {
         "POST",
         &format!("/_devstack/eks/clusters?name={CLUSTER}&status=CREATING"),
     );
-    let run = assert_rolled_back(&ds, &node, "render", 3, &[]);
+    // Checked against DescribeCluster once identity has credentials, before install.
+    let run = assert_rolled_back(&ds, &node, "preflight", 3, &[]);
     assert!(run.stderr.contains("is CREATING, not ACTIVE"), "{run:?}");
 }
 

@@ -467,25 +467,52 @@ fn cluster_details_come_from_a_complete_nodeconfig_and_its_ca_must_be_pem() {
             &format!("    region: us-west-2\n    apiServerEndpoint: https://api.example.com\n    certificateAuthority: {ca}\n    cidr: 10.100.0.0/16\n"),
         )
     };
-    let details = node::cluster::from_node_config(&load_settings(&with(&b64)))
-        .unwrap()
-        .expect("endpoint and CA given");
+    let settings = load_settings(&with(&b64));
+    assert!(!node::cluster::needs_describe(&settings));
+    let details = node::cluster::details(&settings, None).expect("all three given");
     assert_eq!(details.ca_pem, CA_PEM.as_bytes());
     assert_eq!(details.api_server_endpoint, "https://api.example.com");
     assert_eq!(details.service_cidr.as_deref(), Some("10.100.0.0/16"));
     // base64 of something that is not a certificate
-    let err =
-        node::cluster::from_node_config(&load_settings(&with("Y2VydGlmaWNhdGVBdXRob3JpdHk=")))
-            .expect_err("not PEM");
+    let err = node::cluster::details(&load_settings(&with("Y2VydGlmaWNhdGVBdXRob3JpdHk=")), None)
+        .expect_err("not PEM");
     assert!(
         err.to_string()
             .contains("spec.cluster.certificateAuthority"),
         "{err}"
     );
-    // Without them, DescribeCluster is asked (tests/join_sandbox.rs).
+    // Without them, DescribeCluster is asked (tests/join_sandbox.rs, tests/join_preflight.rs).
+    assert!(node::cluster::needs_describe(&load_settings(
+        SSM_NODECONFIG
+    )));
+    // No cidr and no DescribeCluster answer: no cluster DNS address, so no join.
+    let no_cidr = load_settings(&with(&b64).replace("    cidr: 10.100.0.0/16\n", ""));
+    assert!(node::cluster::needs_describe(&no_cidr));
+    let err = node::cluster::details(&no_cidr, None).expect_err("no service CIDR");
     assert!(
-        node::cluster::from_node_config(&load_settings(SSM_NODECONFIG))
-            .unwrap()
-            .is_none()
+        err.to_string().contains("no service CIDR")
+            && err.to_string().contains("set spec.cluster.cidr"),
+        "{err}"
     );
+    // DescribeCluster answered but without a service CIDR: the same.
+    let described = node::cluster::Described {
+        name: "c".into(),
+        status: "ACTIVE".into(),
+        version: Some("1.31".into()),
+        endpoint: None,
+        ca_data: None,
+        service_cidr: None,
+        remote_node_cidrs: Some(vec!["10.80.0.0/16".into()]),
+    };
+    let err = node::cluster::details(&no_cidr, Some(&described)).expect_err("no service CIDR");
+    assert!(err.to_string().contains("no service CIDR"), "{err}");
+    let found = node::cluster::details(
+        &no_cidr,
+        Some(&node::cluster::Described {
+            service_cidr: Some("172.20.0.0/16".into()),
+            ..described
+        }),
+    )
+    .expect("learned");
+    assert_eq!(found.service_cidr.as_deref(), Some("172.20.0.0/16"));
 }

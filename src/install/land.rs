@@ -86,6 +86,13 @@ pub enum Note {
     Registered { instance_id: String, region: String },
     /// This run started a component (its executable, for the ownership check when stopping).
     Started { component: String, program: PathBuf },
+    /// This run changed the running host ([`crate::node::host`]): a sysctl reload, a module
+    /// load, swap off, a firewall rule, a package. `applied` is false when it was only recorded
+    /// because `--root` is not `/`.
+    Host {
+        action: crate::node::host::HostAction,
+        applied: bool,
+    },
 }
 
 impl Change {

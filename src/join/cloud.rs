@@ -1,5 +1,5 @@
 //! The AWS calls `join`, `leave` and `upgrade` make with the node's own credentials:
-//! `eks:DescribeCluster` (cluster details and version) and `ssm:DeregisterManagedInstance`
+//! `eks:DescribeCluster` (through [`eks`]; see `node::cluster`) and `ssm:DeregisterManagedInstance`
 //! (undoing a fresh registration, and `leave`).
 //!
 //! The credentials are the ones the identity phase just wrote to the shared credentials file
@@ -130,23 +130,6 @@ pub fn eks(agent: &AgentConfig, region: &Region) -> Result<aws_sdk_eks::Client, 
 pub fn sts(agent: &AgentConfig, region: &Region) -> Result<aws_sdk_sts::Client, CloudError> {
     let (conf, url) = service_sdk(agent, region, Service::Sts)?;
     Ok(crate::aws::sts_client(&conf, Some(&url)))
-}
-
-/// The cluster's Kubernetes version (`1.31`) from DescribeCluster.
-pub async fn cluster_version(
-    client: &aws_sdk_eks::Client,
-    cluster: &str,
-) -> Result<String, String> {
-    let out = client
-        .describe_cluster()
-        .name(cluster)
-        .send()
-        .await
-        .map_err(|e| aws_sdk_eks::error::DisplayErrorContext(&e).to_string())?;
-    out.cluster()
-        .and_then(|c| c.version())
-        .map(str::to_owned)
-        .ok_or_else(|| format!("DescribeCluster {cluster} returned no version"))
 }
 
 /// Deregisters an SSM managed instance, retrying transient failures. An instance that is

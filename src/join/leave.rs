@@ -270,6 +270,7 @@ pub async fn leave(
         })? {
             Some(mut journal) => {
                 let n = journal.changes().len();
+                let notes = journal.notes();
                 let failures = journal.rollback_keeping(&keep);
                 if !failures.is_empty() {
                     let text: Vec<String> = failures.iter().map(ToString::to_string).collect();
@@ -278,9 +279,22 @@ pub async fn leave(
                         message: text.join("; "),
                     });
                 }
-                format!(
+                // Only the packages join itself installed (its journal says which).
+                let removed =
+                    crate::node::host::remove_installed_packages(paths, &notes).map_err(|e| {
+                        LeaveError::Step {
+                            step: "unwind",
+                            message: e.to_string(),
+                        }
+                    })?;
+                let mut line = format!(
                     "undid the {n} changes join made (restored replaced files, removed created ones)"
-                )
+                );
+                for r in removed {
+                    line.push_str("; ");
+                    line.push_str(&r);
+                }
+                line
             }
             None => "no join record to unwind".to_owned(),
         };

@@ -37,6 +37,8 @@ use crate::install::manifest::{self, DEFAULT_MANIFEST_URL};
 use crate::install::progress::Progress;
 use crate::install::tracker::Tracker;
 use crate::install::{InstallError, InstallRequest, Installer, Source};
+use crate::node::cluster::{Described, PreflightError};
+use crate::node::host::{self, HostAction, HostActions, HostError, PackageManager};
 use crate::node::{self, ClusterDetails, ClusterError, NodeSpec, RenderError, RenderInput};
 use crate::paths::{HostPaths, STATE_DIR};
 use crate::supervise::{ComponentName, SuperviseError};
@@ -190,6 +192,10 @@ pub enum PhaseError {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
     #[error(transparent)]
+    Checks(Box<PreflightError>),
+    #[error(transparent)]
+    Host(Box<HostError>),
+    #[error(transparent)]
     Render(#[from] RenderError),
     #[error(transparent)]
     Land(#[from] LandError),
@@ -229,6 +235,18 @@ impl From<InstallError> for PhaseError {
 impl From<sandbox::SandboxError> for PhaseError {
     fn from(e: sandbox::SandboxError) -> Self {
         PhaseError::Sandbox(Box::new(e))
+    }
+}
+
+impl From<PreflightError> for PhaseError {
+    fn from(e: PreflightError) -> Self {
+        PhaseError::Checks(Box::new(e))
+    }
+}
+
+impl From<HostError> for PhaseError {
+    fn from(e: HostError) -> Self {
+        PhaseError::Host(Box::new(e))
     }
 }
 
@@ -375,7 +393,13 @@ pub async fn recover(paths: &HostPaths, agent: &AgentConfig) -> Result<Option<St
                     problems.push(e.to_string());
                 }
             }
+            // Kernel settings, swap and firewall rules stay (nodeadm never reverts them); a
+            // package the run installed is removed below.
+            Note::Host { .. } => {}
         }
+    }
+    if let Err(e) = host::remove_installed_packages(paths, &txn.notes()) {
+        problems.push(e.to_string());
     }
     problems.extend(txn.rollback().into_iter().map(|e| e.to_string()));
     if problems.is_empty() {
@@ -406,6 +430,10 @@ struct Run<'a> {
     rendered: Option<(node::Rendered, ClusterDetails, Vec<FileDigest>)>,
     components: Option<Components>,
     records: Vec<record::ComponentRecord>,
+    /// Runs host actions on the real root, records them elsewhere.
+    host: Box<dyn HostActions>,
+    /// DescribeCluster's answer, asked once: `Some(None)` when it could not be asked.
+    described: Option<Option<Described>>,
 }
 
 /// Runs `join`. See the module docs.
@@ -466,6 +494,8 @@ pub async fn join(
         rendered: None,
         components: None,
         records: Vec::new(),
+        host: host::for_root(paths),
+        described: None,
     };
     // The state directory belongs to the run when the run creates it.
     if let Err(e) = run.txn.ensure_tree(Path::new(STATE_DIR), 0o700) {
@@ -475,6 +505,19 @@ pub async fn join(
         if opts.skip.contains(&phase) {
             run.report.lines.push(format!("{phase}: skipped"));
             continue;
+        }
+        // The checks against the cluster need the identity phase's credentials and must pass
+        // before install changes the host.
+        if phase == Phase::Install
+            && !opts.skip.contains(&Phase::Preflight)
+            && let Err(source) = run.cluster_preflight().await
+        {
+            let problems = run.rollback().await;
+            return Err(JoinFailure {
+                phase: Phase::Preflight,
+                source,
+                rollback_problems: problems,
+            });
         }
         let result = match phase {
             Phase::Preflight => run.preflight().await,
@@ -572,7 +615,9 @@ impl Run<'_> {
     }
 
     async fn preflight(&mut self) -> Result<(), PhaseError> {
-        node::check_swap(self.paths, &self.spec)?;
+        // A swap partition is refused before anything changes; swap files are turned off in
+        // the render phase.
+        let swap_files = node::check_swap(self.paths, &self.spec)?;
         if let Some(existing) = NodeRecord::load(self.paths)?
             && (existing.cluster != self.spec.cluster || existing.region != self.spec.region)
         {
@@ -589,9 +634,190 @@ impl Run<'_> {
                 socket.as_os_str().len()
             )));
         }
+        let swap = if swap_files.is_empty() {
+            "no swap to turn off".to_owned()
+        } else {
+            let files: Vec<&str> = swap_files.iter().map(|a| a.path.as_str()).collect();
+            format!("swap files {} to turn off", files.join(", "))
+        };
         self.report
             .lines
-            .push("preflight: swap off, host free to join".to_owned());
+            .push(format!("preflight: host free to join ({swap})"));
+        Ok(())
+    }
+
+    /// DescribeCluster, asked once. Required when the NodeConfig lacks endpoint, CA or CIDR
+    /// (as nodeadm); otherwise a failure only skips the checks that need it, with a warning.
+    async fn described(&mut self) -> Result<Option<Described>, PhaseError> {
+        if let Some(d) = &self.described {
+            return Ok(d.clone());
+        }
+        let needed = node::cluster::needs_describe(&self.config.node);
+        let asked = match self.eks() {
+            Ok(Some(client)) => node::cluster::describe_cluster(&client, &self.spec.cluster)
+                .await
+                .map(Some)
+                .map_err(PhaseError::from),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        let d = match asked {
+            Ok(d) => d,
+            Err(e) if !needed => {
+                self.report.warnings.push(format!(
+                    "DescribeCluster could not be asked ({e}); the node IP and kubelet version were not checked against the cluster"
+                ));
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        self.described = Some(d.clone());
+        Ok(d)
+    }
+
+    /// What nodeadm's `init` validates against the cluster before it configures the node:
+    /// kubelet not newer than the API server (nor too old), the node IP inside a remote node
+    /// network (`internal/node/hybrid/versionskew_validator.go`, `internal/network/utils.go`).
+    async fn cluster_preflight(&mut self) -> Result<(), PhaseError> {
+        let d = match self.described().await {
+            Ok(d) => d,
+            // No credentials (identity skipped and never run): the phase that needs the
+            // cluster says so.
+            Err(PhaseError::Cloud(e)) => {
+                tracing::debug!("cluster checks skipped: {e}");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(d) = d else {
+            self.txn.plan(
+                "check the kubelet version and the node IP against DescribeCluster".to_owned(),
+            );
+            return Ok(());
+        };
+        d.check_usable()?;
+        let mut checked = Vec::new();
+        let kubelet = match &self.opts.kubernetes_version {
+            Some(v) => Some(v.clone()),
+            None if self.opts.skip.contains(&Phase::Install) => Tracker::load(self.paths)
+                .ok()
+                .flatten()
+                .map(|t| t.kubernetes_version),
+            // The cluster's own version is installed.
+            None => None,
+        };
+        if let (Some(k), Some(c)) = (&kubelet, &d.version) {
+            node::cluster::check_version_skew(k, c)?;
+            checked.push(format!("kubelet {k} fits the cluster's {c}"));
+        }
+        let flags = &self.spec.kubelet_flags;
+        let found = if self.host.is_real() {
+            let iam_name = match &self.config.node.provider {
+                Provider::IamRolesAnywhere { node_name, .. } => Some(node_name.as_str()),
+                Provider::Ssm { .. } => None,
+            };
+            Some(node::cluster::host_node_ip(
+                flags,
+                iam_name,
+                Path::new(node::cluster::PROC_NET_ROUTE),
+            )?)
+        } else {
+            node::cluster::node_ip_from_flags(flags)?
+                .map(|ip| (ip, "--node-ip in spec.kubelet.flags".to_owned()))
+        };
+        match found {
+            Some((ip, origin)) => {
+                node::cluster::check_node_ip(ip, &origin, &d)?;
+                checked.push(format!("node IP {ip} is in a remote node network"));
+            }
+            None => checked.push(
+                "node IP not checked (--root is not /: only a --node-ip in spec.kubelet.flags is checked there)"
+                    .to_owned(),
+            ),
+        }
+        self.report
+            .lines
+            .push(format!("preflight: {}", checked.join("; ")));
+        Ok(())
+    }
+
+    /// Carries out (or, off the real root, records) one host action, noted in the journal.
+    fn host_action(
+        &mut self,
+        action: HostAction,
+        done: &mut Vec<String>,
+    ) -> Result<(), PhaseError> {
+        let line = action.describe();
+        if self.txn.is_dry_run() {
+            self.txn.plan(format!("host: {line}"));
+        } else {
+            self.host.apply(&action)?;
+            let applied = self.host.is_real();
+            self.txn.note(Note::Host { action, applied })?;
+        }
+        done.push(line);
+        Ok(())
+    }
+
+    /// What nodeadm's system aspects do to the running host (`internal/system/swap.go`,
+    /// `sysctl.go`, `ports.go`, `internal/containerd/daemon.go`): swap files off and out of
+    /// /etc/fstab (through the journal, so leave puts the lines back), the kernel modules
+    /// loaded and the sysctls live, the node's ports open in an enabled firewall.
+    fn prepare_host(&mut self) -> Result<(), PhaseError> {
+        let mut done = Vec::new();
+        for area in node::check_swap(self.paths, &self.spec)? {
+            if self.paths.resolve(&area.path).exists() {
+                self.host_action(
+                    HostAction::SwapOff {
+                        file: PathBuf::from(&area.path),
+                    },
+                    &mut done,
+                )?;
+            } else {
+                self.report.warnings.push(format!(
+                    "swap file {} is listed in /proc/swaps but does not exist; not turned off",
+                    area.path
+                ));
+            }
+        }
+        if !node::kubelet::swap_allowed(&self.spec.kubelet_config) {
+            let fstab = self.paths.resolve(node::system::FSTAB);
+            if let Ok(text) = std::fs::read_to_string(&fstab)
+                && let Some(without) = node::system::fstab_without_swap(&text)
+            {
+                let mode = std::fs::metadata(&fstab)
+                    .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+                    .unwrap_or(0o644);
+                self.txn
+                    .write_file(Path::new(node::system::FSTAB), without.as_bytes(), mode)?;
+                done.push("remove the swap lines from /etc/fstab".to_owned());
+            }
+        }
+        let systemd = crate::supervise::auto::systemd_booted(self.paths.root());
+        self.host_action(
+            HostAction::LoadModules {
+                modules: node::system::MODULES
+                    .iter()
+                    .map(|m| (*m).to_owned())
+                    .collect(),
+                systemd,
+            },
+            &mut done,
+        )?;
+        self.host_action(HostAction::ApplySysctls, &mut done)?;
+        if let Some(firewall) = self.host.firewall() {
+            self.host_action(HostAction::OpenPorts { firewall }, &mut done)?;
+        }
+        let how = if self.txn.is_dry_run() {
+            "would"
+        } else if self.host.is_real() {
+            "applied"
+        } else {
+            "recorded, not applied (--root is not /)"
+        };
+        self.report
+            .lines
+            .push(format!("host: {how}: {}", done.join("; ")));
         Ok(())
     }
 
@@ -765,11 +991,22 @@ impl Run<'_> {
     async fn install(&mut self) -> Result<(), PhaseError> {
         let version = match &self.opts.kubernetes_version {
             Some(v) => v.clone(),
-            None => match self.eks()? {
-                Some(client) => cloud::cluster_version(&client, &self.spec.cluster)
-                    .await
-                    .map_err(|m| PhaseError::Other(format!("cannot learn the cluster's Kubernetes version ({m}); pass --kubernetes-version")))?,
-                None => "<the cluster's version>".to_owned(),
+            None => match self.described().await? {
+                Some(Described {
+                    version: Some(v), ..
+                }) => v,
+                Some(_) => {
+                    return Err(PhaseError::Other(format!(
+                        "DescribeCluster {} returned no Kubernetes version; pass --kubernetes-version",
+                        self.spec.cluster
+                    )));
+                }
+                None if self.txn.is_dry_run() => "<the cluster's version>".to_owned(),
+                None => {
+                    return Err(PhaseError::Other(
+                        "cannot learn the cluster's Kubernetes version (DescribeCluster could not be asked); pass --kubernetes-version".to_owned(),
+                    ));
+                }
             },
         };
         if version.starts_with('<') {
@@ -789,7 +1026,19 @@ impl Run<'_> {
             arch: manifest::host_arch().to_owned(),
             source: self.opts.source.resolve(self.agent()),
         };
-        let report = installer.install(&req, &mut self.txn).await?;
+        let report = match installer.install(&req, &mut self.txn).await {
+            Err(InstallError::NoContainerd { version }) => {
+                self.install_containerd_package(&version)?;
+                if self.txn.is_dry_run() {
+                    self.report.lines.push(format!(
+                        "install: would install containerd from the distribution, then Kubernetes {version}"
+                    ));
+                    return Ok(());
+                }
+                installer.install(&req, &mut self.txn).await?
+            }
+            other => other?,
+        };
         let line = if report.unchanged {
             format!(
                 "install: Kubernetes {} already installed and intact",
@@ -810,6 +1059,34 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// containerd is on neither the host nor the manifest: install the distribution's package
+    /// as nodeadm does (`internal/containerd/install.go`), noted in the journal so a rollback or
+    /// `leave` removes exactly that. Off the real root it is only recorded, and the sandbox
+    /// still has no containerd: that is an error naming the fix.
+    fn install_containerd_package(&mut self, version: &str) -> Result<(), PhaseError> {
+        let Some(manager) = PackageManager::detect(self.paths) else {
+            return Err(PhaseError::Other(format!(
+                "containerd is not installed, the manifest for Kubernetes {version} has none, and there is no apt-get, dnf or yum under {} to install the distribution's; install containerd and runc, then join again",
+                self.paths.root().display()
+            )));
+        };
+        let action = HostAction::InstallPackage {
+            manager,
+            package: host::CONTAINERD_PACKAGE.to_owned(),
+        };
+        let mut done = Vec::new();
+        self.host_action(action.clone(), &mut done)?;
+        if self.host.is_real() || self.txn.is_dry_run() {
+            return Ok(());
+        }
+        Err(PhaseError::Other(format!(
+            "containerd is not installed under {root}: on a real host join would {} — recorded, not run, because --root is not /, so the sandbox still has no containerd. Put a containerd at {root}{}, or use a mirror or bundle whose manifest has containerd",
+            action.describe(),
+            crate::install::tracker::DISTRO_CONTAINERD,
+            root = self.paths.root().display(),
+        )))
+    }
+
     /// The installed release: from this run's install phase, or the tracker.
     fn installed(&self) -> Result<(String, crate::install::tracker::ContainerdRecord), PhaseError> {
         if let Some(r) = &self.install {
@@ -822,17 +1099,29 @@ impl Run<'_> {
     }
 
     async fn cluster_details(&mut self) -> Result<ClusterDetails, PhaseError> {
-        if let Some(d) = node::cluster::from_node_config(&self.config.node)? {
-            return Ok(d);
+        let described = self.described().await?;
+        if described.is_none()
+            && self.txn.is_dry_run()
+            && node::cluster::needs_describe(&self.config.node)
+        {
+            let c = &self.config.node.cluster;
+            return Ok(ClusterDetails {
+                api_server_endpoint: c
+                    .api_server_endpoint
+                    .as_ref()
+                    .map(|e| e.expose().to_string())
+                    .unwrap_or_else(|| "<from DescribeCluster>".to_owned()),
+                ca_pem: c
+                    .certificate_authority
+                    .clone()
+                    .unwrap_or_else(|| b"<CA bundle from DescribeCluster>\n".to_vec()),
+                service_cidr: c.cidr.clone(),
+            });
         }
-        match self.eks()? {
-            Some(client) => Ok(node::cluster::describe(&client, &self.config.node).await?),
-            None => Ok(ClusterDetails {
-                api_server_endpoint: "<from DescribeCluster>".to_owned(),
-                ca_pem: b"<CA bundle from DescribeCluster>\n".to_vec(),
-                service_cidr: None,
-            }),
-        }
+        Ok(node::cluster::details(
+            &self.config.node,
+            described.as_ref(),
+        )?)
     }
 
     async fn render(&mut self) -> Result<(), PhaseError> {
@@ -892,6 +1181,8 @@ impl Run<'_> {
             applied.len(),
             applied.len() - changed
         ));
+        // The files are in place: make them live before anything starts.
+        self.prepare_host()?;
         let digests = FileDigest::of_rendered(&rendered);
         self.records = components::records(self.paths, &rendered, &containerd);
         self.rendered = Some((rendered, details, digests));
@@ -1179,6 +1470,9 @@ impl Run<'_> {
                     }
                 }
             }
+        }
+        if let Err(e) = host::remove_installed_packages(self.paths, &self.txn.notes()) {
+            problems.push(e.to_string());
         }
         problems.extend(self.txn.rollback().into_iter().map(|e| e.to_string()));
         problems

@@ -14,6 +14,7 @@
 
 pub mod cluster;
 pub mod containerd;
+pub mod host;
 pub mod kubeconfig;
 pub mod kubelet;
 pub mod mounts;
@@ -121,7 +122,7 @@ pub enum RenderError {
     #[error("`{version}` is not a Kubernetes 1.x version")]
     Version { version: String },
     #[error(
-        "swap is on ({devices}); kubelet refuses to run with swap by default. Turn it off (`swapoff -a` and remove it from /etc/fstab), or allow it with `failSwapOn: false` in spec.kubelet.config"
+        "swap partition {devices} is on; join turns off swap files but not partitions (nodeadm refuses them too: a partition comes back at boot). Turn it off (`swapoff {devices}` and remove its line from /etc/fstab), or allow swap with `failSwapOn: false` in spec.kubelet.config"
     )]
     SwapOn { devices: String },
     #[error(transparent)]
@@ -163,15 +164,27 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
     })
 }
 
-/// Fails while swap is on, unless kubelet is told to accept it.
-pub fn check_swap(paths: &HostPaths, node: &NodeSpec) -> Result<(), RenderError> {
-    let active = system::active_swap(paths);
-    if active.is_empty() || kubelet::swap_allowed(&node.kubelet_config) {
-        return Ok(());
+/// The active swap files join turns off, as nodeadm does (`internal/system/swap.go`): none when
+/// kubelet is told to accept swap; an error for a swap partition, which nodeadm refuses.
+pub fn check_swap(
+    paths: &HostPaths,
+    node: &NodeSpec,
+) -> Result<Vec<system::SwapArea>, RenderError> {
+    if kubelet::swap_allowed(&node.kubelet_config) {
+        return Ok(Vec::new());
     }
-    Err(RenderError::SwapOn {
-        devices: active.join(", "),
-    })
+    let areas = system::swap_areas(paths);
+    let partitions: Vec<&str> = areas
+        .iter()
+        .filter(|a| a.is_partition())
+        .map(|a| a.path.as_str())
+        .collect();
+    if !partitions.is_empty() {
+        return Err(RenderError::SwapOn {
+            devices: partitions.join(" "),
+        });
+    }
+    Ok(areas)
 }
 
 /// Directories a node needs besides the files' own: CNI's, and the data and state directories
