@@ -441,7 +441,7 @@ fn kubeconfig_names_the_authenticators_credentials_for_ssm_and_iam_ra_and_leave_
         "only the configured path is written"
     );
 
-    let run = node.run(&["leave"]);
+    let run = node.run(&["leave", "--force"]);
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(
         !config.exists(),

@@ -135,7 +135,7 @@ fn a_sandbox_join_records_every_host_action_and_touches_no_kernel() {
     assert_eq!(host_sysctls(), kernel_before, "the host kernel was changed");
 
     // leave puts the fstab lines back (the edit went through the journal).
-    let leave = node.run(&["leave"]);
+    let leave = node.run(&["leave", "--force"]);
     assert_eq!(leave.code, Some(0), "{leave:?}");
     assert_eq!(
         std::fs::read_to_string(node.path("/etc/fstab")).unwrap(),

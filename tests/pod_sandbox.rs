@@ -192,7 +192,7 @@ fn in_namespaces() {
         );
     });
 
-    let leave = node.run(&["leave", "--purge"]);
+    let leave = node.run(&["leave", "--purge", "--force"]);
     assert_eq!(leave.code, Some(0), "{leave:?}");
 }
 
