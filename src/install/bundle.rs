@@ -475,6 +475,7 @@ pub fn write(
             os: "linux".to_owned(),
             checksum_uri: format!("{member}.sha256"),
             uri: member,
+            gzip_uri: None,
         });
     }
     let meta = BundleMeta {

@@ -114,7 +114,7 @@ pub async fn upgrade(
     let req = InstallRequest {
         kubernetes_version: opts.kubernetes_version.clone(),
         arch: manifest::host_arch().to_owned(),
-        source: opts.source.resolve(agent),
+        source: opts.source.resolve_in(agent, &record.spec.region),
     };
     // Download and verify everything before the first rename; a failure here changed nothing.
     let resolved = installer
@@ -150,8 +150,14 @@ pub async fn upgrade(
     }
     report.lines.push(format!("installed Kubernetes {} ({} files; the old ones are kept until the new kubelet is healthy)", installed.version, installed.files.len()));
 
+    // The new release's manifest may name the region's ECR account (older records lack it).
+    let mut spec = record.spec.clone();
+    if let Some(rc) = installed.region_config.get(&spec.region) {
+        spec.region_config = Some(rc.clone());
+    }
+    let host = node::HostFacts::read(paths);
     let input = RenderInput {
-        node: &record.spec,
+        node: &spec,
         node_name: &record.node_name,
         cluster: &record.cluster_details,
         kubernetes_version: &installed.version,
@@ -159,6 +165,8 @@ pub async fn upgrade(
         credentials_file: &agent.credentials.file,
         credentials_profile: &agent.credentials.profile,
         systemd_cgroups: record.systemd_cgroups,
+        host: &host,
+        network: &agent.network,
     };
     let rendered = match node::render(&input)
         .map_err(PhaseError::from)
