@@ -497,6 +497,8 @@ pub fn write(
                 artifacts: manifest_artifacts,
             }],
         }],
+        // Not carried into bundles yet: offline nodes use nodeadm's fallback table.
+        region_config: Default::default(),
     };
     let meta_bytes =
         serde_json::to_vec_pretty(&meta).map_err(|e| io_err("serialize")(io::Error::other(e)))?;

@@ -345,6 +345,7 @@ pub async fn recover(paths: &HostPaths, agent: &AgentConfig) -> Result<Option<St
                     args: Vec::new(),
                     env: Vec::new(),
                     probe: record::ProbeRecord::HttpGet { url: String::new() },
+                    environment_file: None,
                 };
                 match Components::connect(
                     paths,
