@@ -381,12 +381,12 @@ fn environment_file(
 fn image_credential_provider_config(input: &RenderInput<'_>) -> RenderedFile {
     let mut env = Vec::new();
     if input.node.provider == "iam-ra" {
-        let config = input
-            .node
-            .aws_config_path
-            .as_deref()
-            .unwrap_or(IAM_RA_AWS_CONFIG);
-        env.push(json!({"name": "AWS_CONFIG_FILE", "value": input.host(config)}));
+        // A configured path was resolved under --root when the NodeConfig was validated.
+        let config = match &input.node.aws_config_path {
+            Some(p) => p.clone(),
+            None => input.host(IAM_RA_AWS_CONFIG),
+        };
+        env.push(json!({"name": "AWS_CONFIG_FILE", "value": config}));
         env.push(json!({"name": "AWS_PROFILE", "value": IAM_RA_PROFILE}));
     } else {
         env.push(json!({

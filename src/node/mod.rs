@@ -50,7 +50,8 @@ pub struct NodeSpec {
     pub containerd_config: Option<String>,
     /// `spec.containerd.baseRuntimeSpec`.
     pub base_runtime_spec: serde_json::Map<String, serde_json::Value>,
-    /// `spec.hybrid.iamRolesAnywhere.awsConfigPath` (host path), IAM Roles Anywhere only.
+    /// `spec.hybrid.iamRolesAnywhere.awsConfigPath` (resolved under `--root`), IAM Roles
+    /// Anywhere only.
     #[serde(default)]
     pub aws_config_path: Option<String>,
     /// The manifest's `region_config` entry for this region (ECR account and DNS suffix of the
