@@ -322,7 +322,18 @@ pub fn render(input: &RenderInput<'_>) -> Result<KubeletPlan, RenderError> {
     } else {
         Vec::new()
     };
-    files.push(environment_file(&args, &env)?);
+    // systemd splits an unbraced `$VAR` at whitespace, so a user flag holding whitespace could
+    // not arrive whole through the environment file: refused, naming the flag. (Ours hold none;
+    // a dry run's placeholder node name does, and only shows.)
+    if let Some(bad) = input
+        .node
+        .kubelet_flags
+        .iter()
+        .find(|a| a.chars().any(char::is_whitespace))
+    {
+        return Err(RenderError::ArgWhitespace { arg: bad.clone() });
+    }
+    files.push(environment_file(&args, &env));
     let address = effective
         .get("healthzBindAddress")
         .and_then(Value::as_str)
@@ -351,27 +362,19 @@ pub fn render(input: &RenderInput<'_>) -> Result<KubeletPlan, RenderError> {
 
 /// `/etc/eks/kubelet/environment`: kubelet's own variables and its arguments as
 /// `NODEADM_KUBELET_ARGS`, one `KEY="value"` per line (nodeadm internal/kubelet/environment.go).
-/// systemd splits an unbraced `$VAR` at whitespace, so an argument holding whitespace could not
-/// arrive whole: it is refused here, naming the argument.
-fn environment_file(
-    args: &[String],
-    env: &[(String, String)],
-) -> Result<RenderedFile, RenderError> {
-    if let Some(bad) = args.iter().find(|a| a.chars().any(char::is_whitespace)) {
-        return Err(RenderError::ArgWhitespace { arg: bad.clone() });
-    }
+fn environment_file(args: &[String], env: &[(String, String)]) -> RenderedFile {
     let quote = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
     let mut text = String::new();
     for (k, v) in env {
         text.push_str(&format!("{k}=\"{}\"\n", quote(v)));
     }
     text.push_str(&format!("{ARGS_VARIABLE}=\"{}\"\n", quote(&args.join(" "))));
-    Ok(RenderedFile::new(
+    RenderedFile::new(
         ENVIRONMENT_FILE,
         text.into_bytes(),
         0o644,
         "kubelet environment (NODEADM_KUBELET_ARGS)",
-    ))
+    )
 }
 
 /// `/etc/eks/image-credential-provider/config.json` (nodeadm
