@@ -369,7 +369,11 @@ fn gzip_manifest(f: &Fixture, gz: &[u8]) -> String {
     let dir = format!("{VERSION}/{ARCH}");
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     enc.write_all(gz).unwrap();
-    put(&f.mirror.join(&dir).join("kubelet.gz"), &enc.finish().unwrap(), 0o644);
+    put(
+        &f.mirror.join(&dir).join("kubelet.gz"),
+        &enc.finish().unwrap(),
+        0o644,
+    );
     let art = |name: &str| {
         format!(
             "    - {{name: {name}, arch: {ARCH}, os: linux, uri: \"{base}/{dir}/{name}\", checksum_uri: \"{base}/{dir}/{name}.sha256\"}}\n"
@@ -406,7 +410,10 @@ async fn a_gzip_uri_is_preferred_and_its_content_checked_against_the_artifacts_c
     );
     // (`uri` names a file the mirror does not have: only the gzip can have been fetched.)
     // region_config travels with the install, into the tracker.
-    assert_eq!(report.region_config["ap-east-1"].ecr_account_id, "800184023465");
+    assert_eq!(
+        report.region_config["ap-east-1"].ecr_account_id,
+        "800184023465"
+    );
     let tracker = Tracker::load(&HostPaths::new(&f.root)).unwrap().unwrap();
     assert_eq!(tracker.region_config, report.region_config);
 }

@@ -100,7 +100,15 @@ fn render(
     credentials: &Path,
     profile: &str,
 ) -> Rendered {
-    render_with(node, version, paths, credentials, profile, &host(), &no_network())
+    render_with(
+        node,
+        version,
+        paths,
+        credentials,
+        profile,
+        &host(),
+        &no_network(),
+    )
 }
 
 fn render_with(
@@ -222,7 +230,11 @@ fn before_1_29_user_kubelet_config_is_merged_and_no_config_dir() {
         Path::new("/root/.aws/credentials"),
         "default",
     );
-    assert!(!r28.kubelet_args.iter().any(|a| a.starts_with("--config-dir")));
+    assert!(
+        !r28.kubelet_args
+            .iter()
+            .any(|a| a.starts_with("--config-dir"))
+    );
     assert!(file(&r28, "/etc/kubernetes/kubelet/config.json").contains("shutdownGracePeriod"));
     let r = render(
         &node,
@@ -587,7 +599,13 @@ fn minimal_nodeconfig_names_no_missing_config_dir_and_kubelet_starts() {
     let paths = HostPaths::new(dir.path());
     let creds = paths.aws_credentials();
     for version in ["1.27.9", "1.29.3", "1.31.2"] {
-        let r = render(&load(MINIMAL_NODECONFIG), version, &paths, &creds, "default");
+        let r = render(
+            &load(MINIMAL_NODECONFIG),
+            version,
+            &paths,
+            &creds,
+            "default",
+        );
         let mut j = Journal::new(paths.clone(), "/var/lib/hybrid-agent/backups", None);
         node::apply(&r, &mut j).unwrap();
         for a in &r.kubelet_args {
@@ -600,16 +618,31 @@ fn minimal_nodeconfig_names_no_missing_config_dir_and_kubelet_starts() {
             "{version}: no user config, no drop-in directory (nodeadm): {:?}",
             r.kubelet_args
         );
-        assert!(r.kubelet_env.is_empty(), "{version}: no drop-in, no alpha switch");
+        assert!(
+            r.kubelet_env.is_empty(),
+            "{version}: no drop-in, no alpha switch"
+        );
         standin_starts_with(&r.kubelet_args)
             .unwrap_or_else(|e| panic!("{version}: the stand-in refused the rendered args: {e}"));
     }
     // The check can fail: the stand-in refuses a --config-dir that does not exist, as kubelet does.
-    let r = render(&load(MINIMAL_NODECONFIG), "1.31.2", &paths, &creds, "default");
+    let r = render(
+        &load(MINIMAL_NODECONFIG),
+        "1.31.2",
+        &paths,
+        &creds,
+        "default",
+    );
     let mut bad = r.kubelet_args.clone();
-    bad.insert(1, format!("--config-dir={}", dir.path().join("nowhere").display()));
+    bad.insert(
+        1,
+        format!("--config-dir={}", dir.path().join("nowhere").display()),
+    );
     let err = standin_starts_with(&bad).expect_err("missing --config-dir accepted");
-    assert!(err.contains("failed to walk through kubelet dropin directory"), "{err}");
+    assert!(
+        err.contains("failed to walk through kubelet dropin directory"),
+        "{err}"
+    );
 
     // With user config the directory is passed, and written.
     let r = render(&load(SSM_NODECONFIG), "1.31.2", &paths, &creds, "default");
@@ -649,7 +682,15 @@ fn kubelet_reservations_cgroups_and_resolv_conf_follow_the_host() {
         os_id: "ubuntu".into(),
         ..host()
     };
-    let c = config(&render_with(&node, "1.31.2", &paths, creds, "default", &big, &no_network()));
+    let c = config(&render_with(
+        &node,
+        "1.31.2",
+        &paths,
+        creds,
+        "default",
+        &big,
+        &no_network(),
+    ));
     assert_eq!(c["kubeReserved"]["cpu"], "230m");
     assert_eq!(c["kubeReserved"]["memory"], "17Gi");
     assert_eq!(c["resolvConf"], "/run/systemd/resolve/resolv.conf");
@@ -716,7 +757,11 @@ fn pod_infra_image_below_1_29_and_the_environment_file() {
         network: &net,
     };
     let err = node::render(&input).expect_err("whitespace");
-    assert!(err.to_string().contains("--register-with-taints=a=b: NoSchedule"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("--register-with-taints=a=b: NoSchedule"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -730,7 +775,8 @@ fn sandbox_image_from_region_config_opt_in_region_and_fallback_table() {
             .unwrap()
             .to_owned()
     };
-    let region = |r: &str| load(&SSM_NODECONFIG.replace("region: us-west-2", &format!("region: {r}")));
+    let region =
+        |r: &str| load(&SSM_NODECONFIG.replace("region: us-west-2", &format!("region: {r}")));
 
     // The manifest's account, in the node's own (opt-in) region.
     let mut node = region("ap-east-1");
@@ -806,7 +852,11 @@ fn image_credential_provider_for_ssm() {
         "--image-credential-provider-config=/etc/eks/image-credential-provider/config.json",
         "--image-credential-provider-bin-dir=/etc/eks/image-credential-provider",
     ] {
-        assert!(r.kubelet_args.contains(&flag.to_owned()), "{:?}", r.kubelet_args);
+        assert!(
+            r.kubelet_args.contains(&flag.to_owned()),
+            "{:?}",
+            r.kubelet_args
+        );
     }
     // Without the provider binary kubelet would refuse its config: neither file nor flags.
     let without = HostFacts {
@@ -822,7 +872,11 @@ fn image_credential_provider_for_ssm() {
         &without,
         &no_network(),
     );
-    assert!(!r.kubelet_args.iter().any(|a| a.starts_with("--image-credential-provider")));
+    assert!(
+        !r.kubelet_args
+            .iter()
+            .any(|a| a.starts_with("--image-credential-provider"))
+    );
     assert!(
         !r.files
             .iter()
@@ -853,7 +907,11 @@ fn image_credential_provider_for_iam_roles_anywhere() {
     let creds = Path::new("/root/.aws/credentials");
     let env_of = |yaml: &str| {
         let r = render(&load(yaml), "1.31.2", &paths, creds, "default");
-        assert!(r.kubelet_args.iter().any(|a| a.starts_with("--image-credential-provider-config=")));
+        assert!(
+            r.kubelet_args
+                .iter()
+                .any(|a| a.starts_with("--image-credential-provider-config="))
+        );
         credential_provider(&r)["providers"][0]["env"].clone()
     };
     assert_eq!(
@@ -864,10 +922,9 @@ fn image_credential_provider_for_iam_roles_anywhere() {
         ])
     );
     // The NodeConfig's path, as validated (resolved under the root it was loaded with).
-    let custom = env_of(&IAM_RA_NODECONFIG.replace(
-        "AWSCONFIG",
-        "      awsConfigPath: /etc/aws/edge/config\n",
-    ));
+    let custom = env_of(
+        &IAM_RA_NODECONFIG.replace("AWSCONFIG", "      awsConfigPath: /etc/aws/edge/config\n"),
+    );
     let value = custom[0]["value"].as_str().unwrap().to_owned();
     assert!(value.ends_with("/etc/aws/edge/config"), "{value}");
     assert_eq!(
@@ -905,9 +962,18 @@ fn proxy_dropins_where_nodeadm_checks_and_env_for_the_process_backend() {
         "/usr/lib/systemd/system/containerd.service.d/http-proxy.conf",
     ] {
         let text = file(&r, path);
-        assert!(text.contains("Environment=\"HTTP_PROXY=http://proxy.corp.example:3128\"\n"), "{text}");
-        assert!(text.contains("Environment=\"HTTPS_PROXY=http://proxy.corp.example:3128\"\n"), "{text}");
-        assert!(text.contains(&format!("Environment=\"NO_PROXY={want_no_proxy}\"\n")), "{text}");
+        assert!(
+            text.contains("Environment=\"HTTP_PROXY=http://proxy.corp.example:3128\"\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Environment=\"HTTPS_PROXY=http://proxy.corp.example:3128\"\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("Environment=\"NO_PROXY={want_no_proxy}\"\n")),
+            "{text}"
+        );
         assert_eq!(mode(&r, path), 0o644);
     }
     insta::assert_snapshot!(
@@ -932,12 +998,33 @@ fn proxy_dropins_where_nodeadm_checks_and_env_for_the_process_backend() {
         proxy: Some(SafeUrl::parse("http://u:p%40ss@proxy:3128", &["http"]).unwrap()),
         ..no_network()
     };
-    let r = render_with(&node, "1.31.2", &paths, Path::new("/root/.aws/credentials"), "default", &host(), &secret);
+    let r = render_with(
+        &node,
+        "1.31.2",
+        &paths,
+        Path::new("/root/.aws/credentials"),
+        "default",
+        &host(),
+        &secret,
+    );
     let path = "/etc/systemd/system/kubelet.service.d/http-proxy.conf";
     assert_eq!(mode(&r, path), 0o600);
-    assert!(file(&r, path).contains("HTTP_PROXY=http://u:p%%40ss@proxy:3128"), "systemd specifiers escaped");
+    assert!(
+        file(&r, path).contains("HTTP_PROXY=http://u:p%%40ss@proxy:3128"),
+        "systemd specifiers escaped"
+    );
     // Without [network] nothing is written.
-    let r = render(&node, "1.31.2", &paths, Path::new("/root/.aws/credentials"), "default");
-    assert!(!r.files.iter().any(|f| f.path.ends_with("http-proxy.conf") || f.path.ends_with("ca-bundle.conf")));
+    let r = render(
+        &node,
+        "1.31.2",
+        &paths,
+        Path::new("/root/.aws/credentials"),
+        "default",
+    );
+    assert!(
+        !r.files
+            .iter()
+            .any(|f| f.path.ends_with("http-proxy.conf") || f.path.ends_with("ca-bundle.conf"))
+    );
     assert!(r.containerd_env.is_empty());
 }

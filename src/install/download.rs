@@ -298,19 +298,20 @@ impl Fetcher {
         let mut gz = dest.as_os_str().to_owned();
         gz.push(".gz");
         let gz = PathBuf::from(gz);
-        let result = match self
-            .file_inner(url, checksum_url, None, &gz, label, progress)
-            .await
-        {
-            Ok(got) => gunzip_verified(&gz, dest, url, checksum_url, expected).map(|(bytes, sha256)| {
-                Fetched {
-                    bytes,
-                    sha256,
-                    ..got
-                }
-            }),
-            Err(e) => Err(e),
-        };
+        let result =
+            match self
+                .file_inner(url, checksum_url, None, &gz, label, progress)
+                .await
+            {
+                Ok(got) => gunzip_verified(&gz, dest, url, checksum_url, expected).map(
+                    |(bytes, sha256)| Fetched {
+                        bytes,
+                        sha256,
+                        ..got
+                    },
+                ),
+                Err(e) => Err(e),
+            };
         let _ = std::fs::remove_file(&gz);
         if result.is_err() {
             let _ = std::fs::remove_file(dest);

@@ -135,7 +135,11 @@ impl Manifest {
                         .collect(),
                     // A manifest without latest_patch_version: the highest patch.
                     None => {
-                        let top = r.patch_releases.iter().map(|p| patch_number(&p.version)).max();
+                        let top = r
+                            .patch_releases
+                            .iter()
+                            .map(|p| patch_number(&p.version))
+                            .max();
                         r.patch_releases
                             .iter()
                             .filter(|p| Some(patch_number(&p.version)) == top)
@@ -360,18 +364,34 @@ supported_eks_releases:
 "#;
         let m = Manifest::parse(TIES).expect("parse");
         let s = m.select("1.30", "amd64").expect("select");
-        assert_eq!(s.version, "1.30.4", "latest_patch_version, not the highest patch");
-        let kubelet = s.artifacts.iter().find(|a| a.name == "kubelet").expect("kubelet");
-        assert_eq!(kubelet.uri, "https://m/new/kubelet", "the later release_date");
+        assert_eq!(
+            s.version, "1.30.4",
+            "latest_patch_version, not the highest patch"
+        );
+        let kubelet = s
+            .artifacts
+            .iter()
+            .find(|a| a.name == "kubelet")
+            .expect("kubelet");
+        assert_eq!(
+            kubelet.uri, "https://m/new/kubelet",
+            "the later release_date"
+        );
         assert_eq!(kubelet.download_uri(), "https://m/new/kubelet.gz");
-        assert_eq!(m.select("1.30.4", "amd64").expect("exact").artifacts, s.artifacts);
+        assert_eq!(
+            m.select("1.30.4", "amd64").expect("exact").artifacts,
+            s.artifacts
+        );
     }
 
     #[test]
     fn region_config_is_carried_and_china_has_its_own_host() {
         let m = Manifest::parse(YAML).expect("parse");
         let s = m.select("1.31", "amd64").expect("select");
-        assert_eq!(s.region_config["ap-southeast-7"].ecr_account_id, "123456789012");
+        assert_eq!(
+            s.region_config["ap-southeast-7"].ecr_account_id,
+            "123456789012"
+        );
         assert_eq!(default_manifest_url("cn-north-1"), CHINA_MANIFEST_URL);
         assert_eq!(default_manifest_url("us-gov-west-1"), DEFAULT_MANIFEST_URL);
     }

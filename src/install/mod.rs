@@ -437,7 +437,14 @@ impl Installer {
             }
             None => {
                 self.fetcher
-                    .file(&a.uri, &a.checksum_uri, expected, dest, &a.name, &self.progress)
+                    .file(
+                        &a.uri,
+                        &a.checksum_uri,
+                        expected,
+                        dest,
+                        &a.name,
+                        &self.progress,
+                    )
                     .await
             }
         }

@@ -215,8 +215,14 @@ mod tests {
                 "cn-northwest-1",
                 "961992271922.dkr.ecr.cn-northwest-1.amazonaws.com.cn",
             ),
-            ("cn-south-9", "961992271922.dkr.ecr.cn-northwest-1.amazonaws.com.cn"),
-            ("us-iso-east-1", "725322719131.dkr.ecr.us-iso-east-1.c2s.ic.gov"),
+            (
+                "cn-south-9",
+                "961992271922.dkr.ecr.cn-northwest-1.amazonaws.com.cn",
+            ),
+            (
+                "us-iso-east-1",
+                "725322719131.dkr.ecr.us-iso-east-1.c2s.ic.gov",
+            ),
             (
                 "us-isob-east-1",
                 "187977181151.dkr.ecr.us-isob-east-1.sc2s.sgov.gov",
@@ -236,6 +242,9 @@ mod tests {
         let base = match_images("us-west-2", None);
         assert_eq!(base.len(), 5);
         let eusc = match_images("eusc-de-east-1", None);
-        assert_eq!(eusc.last().map(String::as_str), Some("*.dkr.ecr.*.amazonaws.eu"));
+        assert_eq!(
+            eusc.last().map(String::as_str),
+            Some("*.dkr.ecr.*.amazonaws.eu")
+        );
     }
 }

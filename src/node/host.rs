@@ -155,8 +155,11 @@ mod tests {
         assert!(facts.cpu_millicores >= 1000);
         std::fs::create_dir_all(dir.path().join("etc")).expect("etc");
         std::fs::create_dir_all(dir.path().join("run/systemd/resolve")).expect("run");
-        std::fs::write(dir.path().join("etc/resolv.conf"), "nameserver 127.0.0.53\n")
-            .expect("write");
+        std::fs::write(
+            dir.path().join("etc/resolv.conf"),
+            "nameserver 127.0.0.53\n",
+        )
+        .expect("write");
         std::fs::write(
             dir.path().join("run/systemd/resolve/resolv.conf"),
             "nameserver 10.0.0.2\n",

@@ -115,7 +115,12 @@ pub fn cluster_dns(service_cidr: &str) -> Option<String> {
 /// the next two, 0.25 % of the rest (nodeadm internal/kubelet/config.go
 /// `getCPUMillicoresToReserve`).
 pub fn cpu_reserved_millicores(total: u64) -> u64 {
-    const RANGES: [(u64, u64, u64); 4] = [(0, 1000, 600), (1000, 2000, 100), (2000, 4000, 50), (4000, u64::MAX, 25)];
+    const RANGES: [(u64, u64, u64); 4] = [
+        (0, 1000, 600),
+        (1000, 2000, 100),
+        (2000, 4000, 50),
+        (4000, u64::MAX, 25),
+    ];
     RANGES
         .iter()
         .filter(|(start, _, _)| total > *start)
@@ -189,7 +194,10 @@ fn base_config(input: &RenderInput<'_>) -> Map<String, Value> {
         // the built-in backend) no such cgroups exist; kubelet enforces neither unless
         // enforceNodeAllocatable names them, so they are left out rather than made up.
         if input.systemd_cgroups {
-            obj.insert("systemReservedCgroup".to_owned(), json!(SYSTEM_RESERVED_CGROUP));
+            obj.insert(
+                "systemReservedCgroup".to_owned(),
+                json!(SYSTEM_RESERVED_CGROUP),
+            );
             obj.insert("kubeReservedCgroup".to_owned(), json!(KUBE_RESERVED_CGROUP));
         }
         // systemd-resolved's stub in /etc/resolv.conf is 127.0.0.53, which inside a pod is the

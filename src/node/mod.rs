@@ -74,9 +74,7 @@ impl NodeSpec {
             aws_config_path: match &node.provider {
                 Provider::IamRolesAnywhere {
                     aws_config_path, ..
-                } => aws_config_path
-                    .as_ref()
-                    .map(|p| p.display().to_string()),
+                } => aws_config_path.as_ref().map(|p| p.display().to_string()),
                 Provider::Ssm { .. } => None,
             },
             region_config: None,

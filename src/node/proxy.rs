@@ -79,7 +79,8 @@ pub fn env(input: &RenderInput<'_>) -> Vec<(String, String)> {
 /// A `[Service]` drop-in setting `vars`, one quoted `Environment=` line each (the form nodeadm's
 /// check searches for `HTTP_PROXY=<url>` in).
 fn dropin(vars: &[(String, String)], why: &str) -> Vec<u8> {
-    let mut s = format!("# Written by hybrid-agent from {why}; rewritten on every join.\n[Service]\n");
+    let mut s =
+        format!("# Written by hybrid-agent from {why}; rewritten on every join.\n[Service]\n");
     for (k, v) in vars {
         // systemd.exec(5): `%` starts a specifier; quotes and backslashes are C-style escaped.
         let line = format!("{k}={v}")

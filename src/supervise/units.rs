@@ -63,7 +63,11 @@ pub fn kubelet_service(exec: &ExecSpec, restart_sec: u32) -> UnitFile {
 /// and in the rendered drop-ins (proxy, CA bundle), so none is repeated here (a proxy password
 /// stays out of a world-readable unit). Without it, `exec`'s arguments and environment are
 /// written into the unit.
-pub fn kubelet_unit(exec: &ExecSpec, environment_file: Option<&Path>, restart_sec: u32) -> UnitFile {
+pub fn kubelet_unit(
+    exec: &ExecSpec,
+    environment_file: Option<&Path>,
+    restart_sec: u32,
+) -> UnitFile {
     let mut s = String::new();
     s.push_str(HEADER);
     s.push_str(
@@ -267,14 +271,17 @@ mod tests {
         assert!(unit.contains("Environment=\"AWS_CONFIG_FILE=/etc/aws config\"\n"));
         assert!(unit.contains("RestartSec=7\n"));
         assert!(unit.contains("Slice=runtime.slice\n"));
-        assert!(!unit.contains("ExecStartPre"), "never in the stand-in's units");
+        assert!(
+            !unit.contains("ExecStartPre"),
+            "never in the stand-in's units"
+        );
 
         // From the environment file: the arguments are nodeadm's variable, nothing inline.
         let unit = kubelet_unit(&exec, Some(Path::new("/etc/eks/kubelet/environment")), 5).content;
         assert!(unit.contains("EnvironmentFile=/etc/eks/kubelet/environment\n"));
-        assert!(unit.contains(
-            "ExecStart=/usr/bin/kubelet $NODEADM_KUBELET_ARGS $KUBELET_EXTRA_ARGS\n"
-        ));
+        assert!(
+            unit.contains("ExecStart=/usr/bin/kubelet $NODEADM_KUBELET_ARGS $KUBELET_EXTRA_ARGS\n")
+        );
         assert!(!unit.contains("Environment="), "{unit}");
         assert!(unit.contains("ExecStartPre=-/sbin/iptables -P FORWARD ACCEPT -w 5\n"));
     }
