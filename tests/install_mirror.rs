@@ -359,3 +359,90 @@ async fn an_unknown_version_names_what_the_mirror_offers() {
         .expect_err("absent");
     assert!(err.to_string().contains(VERSION), "{err}");
 }
+
+/// A manifest of nodeadm's shape written into the mirror, whose kubelet has a `gzip_uri` (and a
+/// `uri` that does not exist, so only the gzip can have been used) and whose checksum is the
+/// uncompressed kubelet's; `gz` is what the mirror serves as the gzip.
+fn gzip_manifest(f: &Fixture, gz: &[u8]) -> String {
+    use std::io::Write;
+    let base = format!("{}/mirror", f.ds.url);
+    let dir = format!("{VERSION}/{ARCH}");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(gz).unwrap();
+    put(
+        &f.mirror.join(&dir).join("kubelet.gz"),
+        &enc.finish().unwrap(),
+        0o644,
+    );
+    let art = |name: &str| {
+        format!(
+            "    - {{name: {name}, arch: {ARCH}, os: linux, uri: \"{base}/{dir}/{name}\", checksum_uri: \"{base}/{dir}/{name}.sha256\"}}\n"
+        )
+    };
+    let manifest = format!(
+        "supported_eks_releases:\n- major_minor_version: \"1.31\"\n  latest_patch_version: \"2\"\n  patch_releases:\n  - version: {VERSION}\n    patch_version: \"2\"\n    release_date: \"2024-11-01\"\n    artifacts:\n    - {{name: kubelet, arch: {ARCH}, os: linux, uri: \"{base}/{dir}/kubelet-not-served\", checksum_uri: \"{base}/{dir}/kubelet.sha256\", gzip_uri: \"{base}/{dir}/kubelet.gz\"}}\n{}{}region_config:\n  ap-east-1: {{partition: aws, dns_suffix: amazonaws.com, ecr_account_id: \"800184023465\"}}\n",
+        art("aws-iam-authenticator"),
+        art("kubectl"),
+    );
+    std::fs::write(f.mirror.join("gz.yaml"), manifest).unwrap();
+    format!("{base}/gz.yaml")
+}
+
+#[tokio::test]
+async fn a_gzip_uri_is_preferred_and_its_content_checked_against_the_artifacts_checksum() {
+    let f = fixture();
+    let kubelet = std::fs::read(f.mirror.join(format!("{VERSION}/{ARCH}/kubelet"))).unwrap();
+    let url = gzip_manifest(&f, &kubelet);
+    let req = InstallRequest {
+        kubernetes_version: "1.31".into(),
+        arch: ARCH.into(),
+        source: Source::Mirror { manifest_url: url },
+    };
+    let mut j = journal(&f.root);
+    let report = installer(&f.root, true)
+        .install(&req, &mut j)
+        .await
+        .expect("install from gzip");
+    assert_eq!(
+        Sha256::of_file(&f.root.join("usr/bin/kubelet")).unwrap(),
+        Sha256::of_bytes(&kubelet),
+        "the decompressed kubelet is installed"
+    );
+    // (`uri` names a file the mirror does not have: only the gzip can have been fetched.)
+    // region_config travels with the install, into the tracker.
+    assert_eq!(
+        report.region_config["ap-east-1"].ecr_account_id,
+        "800184023465"
+    );
+    let tracker = Tracker::load(&HostPaths::new(&f.root)).unwrap().unwrap();
+    assert_eq!(tracker.region_config, report.region_config);
+}
+
+#[tokio::test]
+async fn a_gzip_whose_content_differs_from_the_checksum_is_refused() {
+    let f = fixture();
+    let before = fingerprint(&f.root, &[]);
+    let url = gzip_manifest(&f, b"not the kubelet the checksum describes");
+    let req = InstallRequest {
+        kubernetes_version: "1.31.2".into(),
+        arch: ARCH.into(),
+        source: Source::Mirror { manifest_url: url },
+    };
+    let mut j = journal(&f.root);
+    let err = installer(&f.root, true)
+        .install(&req, &mut j)
+        .await
+        .expect_err("mismatch");
+    assert!(
+        matches!(
+            &err,
+            InstallError::Fetch {
+                source: FetchError::Mismatch { url, .. },
+                ..
+            } if url.ends_with("kubelet.gz")
+        ),
+        "{err}"
+    );
+    assert!(j.rollback().is_empty());
+    assert_eq!(diff(&before, &fingerprint(&f.root, &[])), "");
+}

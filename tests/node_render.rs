@@ -3,11 +3,16 @@
 //! rendered byte shows up as a snapshot diff to review (`cargo insta review`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "shared_support/mod.rs"]
+mod shared_support;
+
 use std::path::Path;
 
-use hybrid_agent::config::{self, AgentConfigSource, Env, LoadContext, NodeInput, NodeSettings};
+use hybrid_agent::config::{
+    self, AgentConfigSource, Env, LoadContext, NetworkConfig, NodeInput, NodeSettings, SafeUrl,
+};
 use hybrid_agent::install::land::{Journal, Written};
-use hybrid_agent::node::{self, ClusterDetails, NodeSpec, RenderInput, Rendered};
+use hybrid_agent::node::{self, ClusterDetails, HostFacts, NodeSpec, RenderInput, Rendered};
 use hybrid_agent::paths::HostPaths;
 
 const NODE_NAME: &str = "mi-0123456789abcdef0";
@@ -37,6 +42,26 @@ spec:
       activationCode: Fj2KxR7pQ9mW4nVb8TzL3sYe
       activationId: 7c4e5b8a-1f2d-4c3b-9a8e-0123456789ab
 "#;
+
+/// A pinned host: 4 CPUs, 16 GiB, Debian, no systemd-resolved stub, the ECR credential
+/// provider installed.
+fn host() -> HostFacts {
+    HostFacts {
+        cpu_millicores: 4000,
+        memory_bytes: 16 * 1024 * 1024 * 1024,
+        os_id: "debian".into(),
+        resolved_stub: false,
+        ecr_credential_provider: true,
+    }
+}
+
+fn no_network() -> NetworkConfig {
+    NetworkConfig {
+        proxy: None,
+        no_proxy: Vec::new(),
+        ca_bundle: None,
+    }
+}
 
 fn load(yaml: &str) -> NodeSpec {
     NodeSpec::from_settings(&load_settings(yaml))
@@ -75,6 +100,26 @@ fn render(
     credentials: &Path,
     profile: &str,
 ) -> Rendered {
+    render_with(
+        node,
+        version,
+        paths,
+        credentials,
+        profile,
+        &host(),
+        &no_network(),
+    )
+}
+
+fn render_with(
+    node: &NodeSpec,
+    version: &str,
+    paths: &HostPaths,
+    credentials: &Path,
+    profile: &str,
+    host: &HostFacts,
+    network: &NetworkConfig,
+) -> Rendered {
     let cluster = cluster();
     let input = RenderInput {
         node,
@@ -86,6 +131,8 @@ fn render(
         credentials_profile: profile,
         aws_config_file: None,
         systemd_cgroups: true,
+        host,
+        network,
     };
     node::render(&input).expect("render")
 }
@@ -138,7 +185,7 @@ fn every_file_for_kubernetes_1_31() {
     );
     insta::assert_snapshot!(
         "kubelet_user_dropin",
-        file(&r, "/etc/kubernetes/kubelet/config.json.d/40-nodeadm.conf")
+        file(&r, "/etc/kubernetes/kubelet/config.json.d/00-nodeadm.conf")
     );
     insta::assert_snapshot!("kubeconfig", file(&r, "/var/lib/kubelet/kubeconfig"));
     insta::assert_snapshot!("sysctl", file(&r, "/etc/sysctl.d/99-hybrid-agent.conf"));
@@ -174,8 +221,22 @@ fn every_file_for_kubernetes_1_31() {
 }
 
 #[test]
-fn before_1_28_user_kubelet_config_is_merged_and_no_config_dir() {
+fn before_1_29_user_kubelet_config_is_merged_and_no_config_dir() {
     let node = load(SSM_NODECONFIG);
+    // nodeadm merges into config.json below v1.29.0 (internal/kubelet/config.go).
+    let r28 = render(
+        &node,
+        "1.28.5",
+        &HostPaths::default(),
+        Path::new("/root/.aws/credentials"),
+        "default",
+    );
+    assert!(
+        !r28.kubelet_args
+            .iter()
+            .any(|a| a.starts_with("--config-dir"))
+    );
+    assert!(file(&r28, "/etc/kubernetes/kubelet/config.json").contains("shutdownGracePeriod"));
     let r = render(
         &node,
         "1.27.9",
@@ -288,6 +349,8 @@ fn without_systemd_the_cgroup_driver_is_cgroupfs() {
         credentials_profile: "default",
         aws_config_file: None,
         systemd_cgroups: false,
+        host: &host(),
+        network: &no_network(),
     };
     let r = node::render(&input).unwrap();
     assert!(file(&r, "/etc/containerd/config.toml").contains("SystemdCgroup = false"));
@@ -359,13 +422,13 @@ fn files_are_rewritten_only_when_their_content_changes() {
         .collect();
     assert_eq!(
         rewritten,
-        vec!["/etc/kubernetes/kubelet/config.json.d/40-nodeadm.conf".to_owned()]
+        vec!["/etc/kubernetes/kubelet/config.json.d/00-nodeadm.conf".to_owned()]
     );
     // And the journal can put the old one back.
     assert!(j3.rollback().is_empty());
     assert!(
         std::fs::read_to_string(
-            paths.resolve("/etc/kubernetes/kubelet/config.json.d/40-nodeadm.conf")
+            paths.resolve("/etc/kubernetes/kubelet/config.json.d/00-nodeadm.conf")
         )
         .unwrap()
         .contains("58")
@@ -515,4 +578,484 @@ fn cluster_details_come_from_a_complete_nodeconfig_and_its_ca_must_be_pem() {
     )
     .expect("learned");
     assert_eq!(found.service_cidr.as_deref(), Some("172.20.0.0/16"));
+}
+
+const MINIMAL_NODECONFIG: &str = r#"
+apiVersion: node.eks.aws/v1alpha1
+kind: NodeConfig
+spec:
+  cluster:
+    name: prod-cluster
+    region: us-west-2
+  hybrid:
+    ssm:
+      activationCode: Fj2KxR7pQ9mW4nVb8TzL3sYe
+      activationId: 7c4e5b8a-1f2d-4c3b-9a8e-0123456789ab
+"#;
+
+/// Runs the stand-in kubelet (a STAND-IN, not kubelet; it fails where kubelet fails on its
+/// configuration) with `args` and an ephemeral healthz port: `Ok` when it is still up after a
+/// second, `Err(output)` when it exited.
+fn standin_starts_with(args: &[String]) -> Result<(), String> {
+    let mut child = std::process::Command::new(shared_support::standin_binary())
+        .args(args)
+        .arg("--healthz-port=0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    match child.try_wait().unwrap() {
+        None => {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            Ok(())
+        }
+        Some(status) => {
+            let out = child.wait_with_output().unwrap();
+            Err(format!(
+                "{status}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+}
+
+#[test]
+fn minimal_nodeconfig_names_no_missing_config_dir_and_kubelet_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = HostPaths::new(dir.path());
+    let creds = paths.aws_credentials();
+    for version in ["1.27.9", "1.29.3", "1.31.2"] {
+        let r = render(
+            &load(MINIMAL_NODECONFIG),
+            version,
+            &paths,
+            &creds,
+            "default",
+        );
+        let mut j = Journal::new(paths.clone(), "/var/lib/hybrid-agent/backups", None);
+        node::apply(&r, &mut j).unwrap();
+        for a in &r.kubelet_args {
+            if let Some(d) = a.strip_prefix("--config-dir=") {
+                assert!(Path::new(d).is_dir(), "{version}: {a} does not exist");
+            }
+        }
+        assert!(
+            !r.kubelet_args.iter().any(|a| a.starts_with("--config-dir")),
+            "{version}: no user config, no drop-in directory (nodeadm): {:?}",
+            r.kubelet_args
+        );
+        assert!(
+            r.kubelet_env.is_empty(),
+            "{version}: no drop-in, no alpha switch"
+        );
+        standin_starts_with(&r.kubelet_args)
+            .unwrap_or_else(|e| panic!("{version}: the stand-in refused the rendered args: {e}"));
+    }
+    // The check can fail: the stand-in refuses a --config-dir that does not exist, as kubelet does.
+    let r = render(
+        &load(MINIMAL_NODECONFIG),
+        "1.31.2",
+        &paths,
+        &creds,
+        "default",
+    );
+    let mut bad = r.kubelet_args.clone();
+    bad.insert(
+        1,
+        format!("--config-dir={}", dir.path().join("nowhere").display()),
+    );
+    let err = standin_starts_with(&bad).expect_err("missing --config-dir accepted");
+    assert!(
+        err.contains("failed to walk through kubelet dropin directory"),
+        "{err}"
+    );
+
+    // With user config the directory is passed, and written.
+    let r = render(&load(SSM_NODECONFIG), "1.31.2", &paths, &creds, "default");
+    let mut j = Journal::new(paths.clone(), "/var/lib/hybrid-agent/backups", None);
+    node::apply(&r, &mut j).unwrap();
+    let config_dir = r
+        .kubelet_args
+        .iter()
+        .find_map(|a| a.strip_prefix("--config-dir="))
+        .expect("--config-dir with user config");
+    assert!(Path::new(config_dir).join("00-nodeadm.conf").is_file());
+    standin_starts_with(&r.kubelet_args).unwrap();
+}
+
+#[test]
+fn kubelet_reservations_cgroups_and_resolv_conf_follow_the_host() {
+    let node = load(MINIMAL_NODECONFIG);
+    let paths = HostPaths::default();
+    let creds = Path::new("/root/.aws/credentials");
+    let config = |r: &Rendered| -> serde_json::Value {
+        serde_json::from_str(file(r, "/etc/kubernetes/kubelet/config.json")).unwrap()
+    };
+    let r = render(&node, "1.31.2", &paths, creds, "default");
+    let c = config(&r);
+    // 4 CPUs: 60 + 10 + 2 x 5 = 80m; 16 GiB: 1 + 0.8 + 0.8 = 2.6 -> 3Gi (nodeadm's tables).
+    assert_eq!(
+        c["kubeReserved"],
+        serde_json::json!({"cpu": "80m", "ephemeral-storage": "1Gi", "memory": "3Gi"})
+    );
+    assert_eq!(c["systemReservedCgroup"], "/system");
+    assert_eq!(c["kubeReservedCgroup"], "/runtime");
+    assert!(c.get("resolvConf").is_none(), "Debian without the stub");
+
+    let big = HostFacts {
+        cpu_millicores: 64_000,
+        memory_bytes: 512 * 1024 * 1024 * 1024,
+        os_id: "ubuntu".into(),
+        ..host()
+    };
+    let c = config(&render_with(
+        &node,
+        "1.31.2",
+        &paths,
+        creds,
+        "default",
+        &big,
+        &no_network(),
+    ));
+    assert_eq!(c["kubeReserved"]["cpu"], "230m");
+    assert_eq!(c["kubeReserved"]["memory"], "17Gi");
+    assert_eq!(c["resolvConf"], "/run/systemd/resolve/resolv.conf");
+
+    // Without systemd's cgroups (built-in backend) the cgroup names are left out.
+    let cluster = cluster();
+    let h = host();
+    let net = no_network();
+    let input = RenderInput {
+        node: &node,
+        node_name: NODE_NAME,
+        cluster: &cluster,
+        kubernetes_version: "1.31.2",
+        paths: &paths,
+        credentials_file: creds,
+        credentials_profile: "default",
+        aws_config_file: None,
+        systemd_cgroups: false,
+        host: &h,
+        network: &net,
+    };
+    let c = config(&node::render(&input).unwrap());
+    assert!(c.get("kubeReservedCgroup").is_none() && c.get("systemReservedCgroup").is_none());
+}
+
+#[test]
+fn pod_infra_image_below_1_29_and_the_environment_file() {
+    let node = load(SSM_NODECONFIG);
+    let creds = Path::new("/root/.aws/credentials");
+    let r = render(&node, "1.28.5", &HostPaths::default(), creds, "default");
+    assert!(
+        r.kubelet_args.contains(
+            &"--pod-infra-container-image=602401143452.dkr.ecr.us-west-2.amazonaws.com/eks/pause:3.5"
+                .to_owned()
+        ),
+        "{:?}",
+        r.kubelet_args
+    );
+    let r = render(&node, "1.31.2", &HostPaths::default(), creds, "default");
+    assert!(!r.kubelet_args.iter().any(|a| a.starts_with("--pod-infra")));
+    let env = file(&r, "/etc/eks/kubelet/environment");
+    assert_eq!(
+        env,
+        format!("NODEADM_KUBELET_ARGS=\"{}\"\n", r.kubelet_args.join(" "))
+    );
+    insta::assert_snapshot!("kubelet_environment_1_31", env);
+    // A flag with whitespace cannot pass through the environment file: refused by name.
+    let spaced = load(&SSM_NODECONFIG.replace(
+        "- --node-labels=abc.company.com/test-label=true",
+        "- \"--register-with-taints=a=b: NoSchedule\"",
+    ));
+    let cluster = cluster();
+    let (h, net) = (host(), no_network());
+    let paths = HostPaths::default();
+    let input = RenderInput {
+        node: &spaced,
+        node_name: NODE_NAME,
+        cluster: &cluster,
+        kubernetes_version: "1.31.2",
+        paths: &paths,
+        credentials_file: creds,
+        credentials_profile: "default",
+        aws_config_file: None,
+        systemd_cgroups: true,
+        host: &h,
+        network: &net,
+    };
+    let err = node::render(&input).expect_err("whitespace");
+    assert!(
+        err.to_string()
+            .contains("--register-with-taints=a=b: NoSchedule"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sandbox_image_from_region_config_opt_in_region_and_fallback_table() {
+    let creds = Path::new("/root/.aws/credentials");
+    let sandbox = |node: &NodeSpec| -> String {
+        let r = render(node, "1.31.2", &HostPaths::default(), creds, "default");
+        let t: toml::Table = toml::from_str(file(&r, "/etc/containerd/config.toml")).unwrap();
+        t["plugins"]["io.containerd.grpc.v1.cri"]["sandbox_image"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let region =
+        |r: &str| load(&SSM_NODECONFIG.replace("region: us-west-2", &format!("region: {r}")));
+
+    // The manifest's account, in the node's own (opt-in) region.
+    let mut node = region("ap-east-1");
+    node.region_config = Some(node::ecr::RegionConfig {
+        ecr_account_id: "800184023465".into(),
+        dns_suffix: "amazonaws.com".into(),
+        ..Default::default()
+    });
+    assert_eq!(
+        sandbox(&node),
+        "800184023465.dkr.ecr.ap-east-1.amazonaws.com/eks/pause:3.5"
+    );
+    // The same opt-in region without region_config: 602401143452 in us-west-2, not ap-east-1.
+    assert_eq!(
+        sandbox(&region("ap-east-1")),
+        "602401143452.dkr.ecr.us-west-2.amazonaws.com/eks/pause:3.5"
+    );
+    // nodeadm's table: GovCloud East has its own account (we used to pick West's).
+    assert_eq!(
+        sandbox(&region("us-gov-east-1")),
+        "151742754352.dkr.ecr.us-gov-east-1.amazonaws.com/eks/pause:3.5"
+    );
+    assert_eq!(
+        sandbox(&region("cn-northwest-1")),
+        "961992271922.dkr.ecr.cn-northwest-1.amazonaws.com.cn/eks/pause:3.5"
+    );
+    // What join would pre-pull is the same reference.
+    assert_eq!(
+        node::ecr::sandbox_image("ap-east-1", node.region_config.as_ref()).to_string(),
+        sandbox(&node)
+    );
+}
+
+fn credential_provider(r: &Rendered) -> serde_json::Value {
+    serde_json::from_str(file(r, "/etc/eks/image-credential-provider/config.json")).unwrap()
+}
+
+#[test]
+fn image_credential_provider_for_ssm() {
+    let node = load(SSM_NODECONFIG);
+    let r = render(
+        &node,
+        "1.31.2",
+        &HostPaths::default(),
+        Path::new("/etc/hybrid-agent/aws-credentials"),
+        "hybrid",
+    );
+    let c = credential_provider(&r);
+    assert_eq!(c["kind"], "CredentialProviderConfig");
+    assert_eq!(c["apiVersion"], "kubelet.config.k8s.io/v1");
+    let p = &c["providers"][0];
+    assert_eq!(p["name"], "ecr-credential-provider");
+    assert_eq!(p["apiVersion"], "credentialprovider.kubelet.k8s.io/v1");
+    assert_eq!(p["defaultCacheDuration"], "12h0m0s");
+    assert!(
+        p["matchImages"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("*.dkr.ecr.*.amazonaws.com"))
+    );
+    assert_eq!(
+        p["env"],
+        serde_json::json!([
+            {"name": "AWS_SHARED_CREDENTIALS_FILE", "value": "/etc/hybrid-agent/aws-credentials"},
+            {"name": "AWS_PROFILE", "value": "hybrid"}
+        ])
+    );
+    insta::assert_snapshot!(
+        "image_credential_provider_ssm",
+        file(&r, "/etc/eks/image-credential-provider/config.json")
+    );
+    for flag in [
+        "--image-credential-provider-config=/etc/eks/image-credential-provider/config.json",
+        "--image-credential-provider-bin-dir=/etc/eks/image-credential-provider",
+    ] {
+        assert!(
+            r.kubelet_args.contains(&flag.to_owned()),
+            "{:?}",
+            r.kubelet_args
+        );
+    }
+    // Without the provider binary kubelet would refuse its config: neither file nor flags.
+    let without = HostFacts {
+        ecr_credential_provider: false,
+        ..host()
+    };
+    let r = render_with(
+        &node,
+        "1.31.2",
+        &HostPaths::default(),
+        Path::new("/root/.aws/credentials"),
+        "default",
+        &without,
+        &no_network(),
+    );
+    assert!(
+        !r.kubelet_args
+            .iter()
+            .any(|a| a.starts_with("--image-credential-provider"))
+    );
+    assert!(
+        !r.files
+            .iter()
+            .any(|f| f.path.starts_with("/etc/eks/image-credential-provider"))
+    );
+}
+
+const IAM_RA_NODECONFIG: &str = r#"
+apiVersion: node.eks.aws/v1alpha1
+kind: NodeConfig
+spec:
+  cluster:
+    name: prod-cluster
+    region: us-west-2
+  hybrid:
+    iamRolesAnywhere:
+      nodeName: edge-node-1
+      trustAnchorArn: arn:aws:rolesanywhere:us-west-2:123456789012:trust-anchor/4f1a2b3c-1111-2222-3333-444455556666
+      profileArn: arn:aws:rolesanywhere:us-west-2:123456789012:profile/5e6f7a8b-1111-2222-3333-444455556666
+      roleArn: arn:aws:iam::123456789012:role/hybrid-nodes
+      certificatePath: /etc/iam/pki/server.pem
+      privateKeyPath: /etc/iam/pki/server.key
+AWSCONFIG"#;
+
+#[test]
+fn image_credential_provider_for_iam_roles_anywhere() {
+    let paths = HostPaths::default();
+    let creds = Path::new("/root/.aws/credentials");
+    let env_of = |yaml: &str| {
+        let r = render(&load(yaml), "1.31.2", &paths, creds, "default");
+        assert!(
+            r.kubelet_args
+                .iter()
+                .any(|a| a.starts_with("--image-credential-provider-config="))
+        );
+        credential_provider(&r)["providers"][0]["env"].clone()
+    };
+    assert_eq!(
+        env_of(&IAM_RA_NODECONFIG.replace("AWSCONFIG", "")),
+        serde_json::json!([
+            {"name": "AWS_CONFIG_FILE", "value": "/etc/aws/hybrid/config"},
+            {"name": "AWS_PROFILE", "value": "default"}
+        ])
+    );
+    // The NodeConfig's path, as validated (resolved under the root it was loaded with).
+    let custom = env_of(
+        &IAM_RA_NODECONFIG.replace("AWSCONFIG", "      awsConfigPath: /etc/aws/edge/config\n"),
+    );
+    let value = custom[0]["value"].as_str().unwrap().to_owned();
+    assert!(value.ends_with("/etc/aws/edge/config"), "{value}");
+    assert_eq!(
+        custom,
+        serde_json::json!([
+            {"name": "AWS_CONFIG_FILE", "value": value},
+            {"name": "AWS_PROFILE", "value": "default"}
+        ])
+    );
+}
+
+#[test]
+fn proxy_dropins_where_nodeadm_checks_and_env_for_the_process_backend() {
+    let node = load(SSM_NODECONFIG);
+    let paths = HostPaths::default();
+    let network = NetworkConfig {
+        proxy: Some(SafeUrl::parse("http://proxy.corp.example:3128", &["http", "https"]).unwrap()),
+        no_proxy: vec![".corp.example".into(), "10.0.0.0/8".into()],
+        ca_bundle: Some("/etc/pki/corp-ca.pem".into()),
+    };
+    let r = render_with(
+        &node,
+        "1.31.2",
+        &paths,
+        Path::new("/root/.aws/credentials"),
+        "default",
+        &host(),
+        &network,
+    );
+    let want_no_proxy = "localhost,127.0.0.1,::1,172.20.0.0/16,.corp.example,10.0.0.0/8";
+    // nodeadm's debug check (internal/network/proxy_validator.go) reads these two files and looks
+    // for `HTTP_PROXY=<url>` and `HTTPS_PROXY=<url>`.
+    for path in [
+        "/etc/systemd/system/kubelet.service.d/http-proxy.conf",
+        "/usr/lib/systemd/system/containerd.service.d/http-proxy.conf",
+    ] {
+        let text = file(&r, path);
+        assert!(
+            text.contains("Environment=\"HTTP_PROXY=http://proxy.corp.example:3128\"\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Environment=\"HTTPS_PROXY=http://proxy.corp.example:3128\"\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("Environment=\"NO_PROXY={want_no_proxy}\"\n")),
+            "{text}"
+        );
+        assert_eq!(mode(&r, path), 0o644);
+    }
+    insta::assert_snapshot!(
+        "kubelet_proxy_dropin",
+        file(&r, "/etc/systemd/system/kubelet.service.d/http-proxy.conf")
+    );
+    for path in [
+        "/etc/systemd/system/kubelet.service.d/ca-bundle.conf",
+        "/etc/systemd/system/containerd.service.d/ca-bundle.conf",
+    ] {
+        assert!(file(&r, path).contains("Environment=\"SSL_CERT_FILE=/etc/pki/corp-ca.pem\"\n"));
+    }
+    // The built-in backend passes the same variables to both children.
+    for env in [&r.kubelet_env, &r.containerd_env] {
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("HTTPS_PROXY"), Some("http://proxy.corp.example:3128"));
+        assert_eq!(get("NO_PROXY"), Some(want_no_proxy));
+        assert_eq!(get("SSL_CERT_FILE"), Some("/etc/pki/corp-ca.pem"));
+    }
+    // A password in the proxy URL makes the drop-ins root-only.
+    let secret = NetworkConfig {
+        proxy: Some(SafeUrl::parse("http://u:p%40ss@proxy:3128", &["http"]).unwrap()),
+        ..no_network()
+    };
+    let r = render_with(
+        &node,
+        "1.31.2",
+        &paths,
+        Path::new("/root/.aws/credentials"),
+        "default",
+        &host(),
+        &secret,
+    );
+    let path = "/etc/systemd/system/kubelet.service.d/http-proxy.conf";
+    assert_eq!(mode(&r, path), 0o600);
+    assert!(
+        file(&r, path).contains("HTTP_PROXY=http://u:p%%40ss@proxy:3128"),
+        "systemd specifiers escaped"
+    );
+    // Without [network] nothing is written.
+    let r = render(
+        &node,
+        "1.31.2",
+        &paths,
+        Path::new("/root/.aws/credentials"),
+        "default",
+    );
+    assert!(
+        !r.files
+            .iter()
+            .any(|f| f.path.ends_with("http-proxy.conf") || f.path.ends_with("ca-bundle.conf"))
+    );
+    assert!(r.containerd_env.is_empty());
 }

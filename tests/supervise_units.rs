@@ -83,6 +83,16 @@ fn kubelet_unit_verifies() {
     let unit = units::kubelet_service(&kubelet_exec(standin_binary()), units::DEFAULT_RESTART_SEC);
     let path = write(dir.path(), &unit);
     assert_eq!(verify(path.to_str().unwrap(), None), "");
+    // And the form join writes: EnvironmentFile, $NODEADM_KUBELET_ARGS, iptables before start.
+    let env = dir.path().join("environment");
+    std::fs::write(&env, "NODEADM_KUBELET_ARGS=\"--config=/c.json\"\n").unwrap();
+    let unit = units::kubelet_unit(
+        &kubelet_exec(standin_binary()),
+        Some(&env),
+        units::DEFAULT_RESTART_SEC,
+    );
+    let path = write(dir.path(), &unit);
+    assert_eq!(verify(path.to_str().unwrap(), None), "");
 }
 
 #[test]
@@ -138,8 +148,10 @@ fn shipped_unit_files_match_the_renderings_and_verify() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
     let shipped = [
         units::hybrid_agent_service(Path::new(units::AGENT_BINARY)),
-        units::kubelet_service(
+        // As join renders it: arguments from nodeadm's environment file.
+        units::kubelet_unit(
             &kubelet_exec(units::KUBELET_BINARY.into()),
+            Some(Path::new(hybrid_agent::node::kubelet::ENVIRONMENT_FILE)),
             units::DEFAULT_RESTART_SEC,
         ),
         units::containerd_dropin(

@@ -475,6 +475,7 @@ pub fn write(
             os: "linux".to_owned(),
             checksum_uri: format!("{member}.sha256"),
             uri: member,
+            gzip_uri: None,
         });
     }
     let meta = BundleMeta {
@@ -496,6 +497,8 @@ pub fn write(
                 artifacts: manifest_artifacts,
             }],
         }],
+        // Not carried into bundles yet: offline nodes use nodeadm's fallback table.
+        region_config: Default::default(),
     };
     let meta_bytes =
         serde_json::to_vec_pretty(&meta).map_err(|e| io_err("serialize")(io::Error::other(e)))?;

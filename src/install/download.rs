@@ -273,7 +273,7 @@ impl Fetcher {
         progress: &Progress,
     ) -> Result<Fetched, FetchError> {
         let result = self
-            .file_inner(url, checksum_url, expected, dest, label, progress)
+            .file_inner(url, checksum_url, Some(expected), dest, label, progress)
             .await;
         if result.is_err() {
             let _ = std::fs::remove_file(dest);
@@ -281,11 +281,50 @@ impl Fetcher {
         result
     }
 
-    async fn file_inner(
+    /// Downloads the gzip-compressed `url`, decompresses it into `dest` and verifies the
+    /// decompressed bytes against `expected` (a manifest's checksum covers the artifact, not its
+    /// gzip: nodeadm internal/aws/source.go `getSource`). The compressed file is staged next to
+    /// `dest` and removed; on any failure `dest` is removed too. `bytes` and `sha256` in the
+    /// answer are the decompressed file's; `transferred` counts the compressed bytes received.
+    pub async fn gzip_file(
         &self,
         url: &str,
         checksum_url: &str,
         expected: Sha256,
+        dest: &Path,
+        label: &str,
+        progress: &Progress,
+    ) -> Result<Fetched, FetchError> {
+        let mut gz = dest.as_os_str().to_owned();
+        gz.push(".gz");
+        let gz = PathBuf::from(gz);
+        let result =
+            match self
+                .file_inner(url, checksum_url, None, &gz, label, progress)
+                .await
+            {
+                Ok(got) => gunzip_verified(&gz, dest, url, checksum_url, expected).map(
+                    |(bytes, sha256)| Fetched {
+                        bytes,
+                        sha256,
+                        ..got
+                    },
+                ),
+                Err(e) => Err(e),
+            };
+        let _ = std::fs::remove_file(&gz);
+        if result.is_err() {
+            let _ = std::fs::remove_file(dest);
+        }
+        result
+    }
+
+    /// Downloads `url` to `dest`; with `expected`, verifies it (else the caller does).
+    async fn file_inner(
+        &self,
+        url: &str,
+        checksum_url: &str,
+        expected: Option<Sha256>,
         dest: &Path,
         label: &str,
         progress: &Progress,
@@ -394,7 +433,9 @@ impl Fetcher {
             }
             file.sync_all().map_err(io_err("fsync", dest))?;
             let actual = hasher.finish();
-            if actual != expected {
+            if let Some(expected) = expected
+                && actual != expected
+            {
                 bar.abandon("checksum mismatch");
                 return Err(FetchError::Mismatch {
                     url: url.to_owned(),
@@ -475,6 +516,47 @@ fn content_range_start(resp: &reqwest::Response) -> Option<u64> {
     let v = resp.headers().get(CONTENT_RANGE)?.to_str().ok()?;
     let rest = v.trim().strip_prefix("bytes ")?;
     rest.split('-').next()?.trim().parse().ok()
+}
+
+/// Decompresses the gzip file `gz` into `dest` (mode 0600, fsynced) while hashing what comes
+/// out, and compares that with `expected`. Returns the decompressed size and digest.
+fn gunzip_verified(
+    gz: &Path,
+    dest: &Path,
+    url: &str,
+    checksum_url: &str,
+    expected: Sha256,
+) -> Result<(u64, Sha256), FetchError> {
+    use std::io::Read;
+    let input = File::open(gz).map_err(io_err("open", gz))?;
+    let mut decoder = flate2::read::GzDecoder::new(std::io::BufReader::new(input));
+    let mut out = create(dest)?;
+    let mut hasher = Hasher::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut bytes = 0u64;
+    loop {
+        let n = decoder.read(&mut buf).map_err(|e| FetchError::Checksum {
+            url: url.to_owned(),
+            message: format!("not a valid gzip stream ({e})"),
+        })?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n]).map_err(io_err("write", dest))?;
+        hasher.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    out.sync_all().map_err(io_err("fsync", dest))?;
+    let actual = hasher.finish();
+    if actual != expected {
+        return Err(FetchError::Mismatch {
+            url: url.to_owned(),
+            checksum_url: checksum_url.to_owned(),
+            expected: Box::new(expected),
+            actual: Box::new(actual),
+        });
+    }
+    Ok((bytes, actual))
 }
 
 fn create(dest: &Path) -> Result<File, FetchError> {

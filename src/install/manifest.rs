@@ -1,22 +1,48 @@
 //! The artifact manifest, in the shape nodeadm reads from hybrid-assets.eks.amazonaws.com
 //! (`supported_eks_releases[].patch_releases[].artifacts[]` with `name`, `arch`, `os`, `uri`,
-//! `checksum_uri`), and the catalog of where each artifact goes on the host.
+//! `checksum_uri`, `gzip_uri`; `region_config` per region), and the catalog of where each
+//! artifact goes on the host.
+//!
+//! Release choice follows nodeadm (internal/aws/source.go `getLatestEksSource`): a minor version
+//! means the release whose `patch_version` is the minor's `latest_patch_version`, a full version
+//! the release with that patch; when several match, the latest `release_date` wins.
 //!
 //! The manifest is read tolerantly (unknown fields ignored): it is published by someone else and
 //! grows fields over time; what we act on is checked here once — version, architecture, URIs.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::node::ecr::RegionConfig;
+
 /// The manifest nodeadm downloads (public location; a mirror serves the same shape).
 pub const DEFAULT_MANIFEST_URL: &str = "https://hybrid-assets.eks.amazonaws.com/manifest.yaml";
+/// The manifest for the China regions (nodeadm internal/aws/manifest.go `getManifestURL`).
+pub const CHINA_MANIFEST_URL: &str = "https://eks-hybrid-assets.awsstatic.cn/manifest.yaml";
+
+/// The public manifest for a node in `region`: China's host for `cn-*` (the aws-cn partition),
+/// the global one otherwise.
+pub fn default_manifest_url(region: &str) -> &'static str {
+    if region.starts_with("cn-") {
+        CHINA_MANIFEST_URL
+    } else {
+        DEFAULT_MANIFEST_URL
+    }
+}
+
+/// `region_config`: one entry per region name.
+pub type RegionConfigs = BTreeMap<String, RegionConfig>;
 
 /// The whole manifest. Only the parts the installer uses are modelled.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Manifest {
     #[serde(default)]
     pub supported_eks_releases: Vec<EksRelease>,
+    /// ECR account and DNS suffix of the EKS images per region.
+    #[serde(default)]
+    pub region_config: RegionConfigs,
 }
 
 /// One Kubernetes minor version.
@@ -49,7 +75,19 @@ pub struct ManifestArtifact {
     #[serde(default = "linux")]
     pub os: String,
     pub uri: String,
+    /// SHA-256 of the artifact itself (the uncompressed file, also when fetched as gzip).
     pub checksum_uri: String,
+    /// The same artifact gzip-compressed; preferred when present (nodeadm
+    /// internal/aws/source.go `getSource`: decompressed, then checked against `checksum_uri`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gzip_uri: Option<String>,
+}
+
+impl ManifestArtifact {
+    /// The URLs fetched for this artifact: the download (gzip preferred) and the checksum.
+    pub fn download_uri(&self) -> &str {
+        self.gzip_uri.as_deref().unwrap_or(&self.uri)
+    }
 }
 
 fn linux() -> String {
@@ -88,13 +126,39 @@ impl Manifest {
             .iter()
             .find(|r| r.major_minor_version == minor);
         let patch = release.and_then(|r| {
-            if wanted == minor {
+            let matching: Vec<&PatchRelease> = if wanted == minor {
+                match &r.latest_patch_version {
+                    Some(latest) => r
+                        .patch_releases
+                        .iter()
+                        .filter(|p| p.patch() == latest.as_str())
+                        .collect(),
+                    // A manifest without latest_patch_version: the highest patch.
+                    None => {
+                        let top = r
+                            .patch_releases
+                            .iter()
+                            .map(|p| patch_number(&p.version))
+                            .max();
+                        r.patch_releases
+                            .iter()
+                            .filter(|p| Some(patch_number(&p.version)) == top)
+                            .collect()
+                    }
+                }
+            } else {
+                let patch = wanted.rsplit('.').next().unwrap_or_default();
                 r.patch_releases
                     .iter()
-                    .max_by_key(|p| patch_number(&p.version))
-            } else {
-                r.patch_releases.iter().find(|p| p.version == wanted)
-            }
+                    .filter(|p| p.version == wanted || p.patch() == patch)
+                    .collect()
+            };
+            // Several releases of one patch (a rebuild): the latest release_date (ISO dates
+            // order as strings; a missing date is oldest).
+            matching
+                .into_iter()
+                .rev()
+                .max_by(|a, b| a.release_date.cmp(&b.release_date))
         });
         let Some(patch) = patch else {
             let mut offered: Vec<String> = self
@@ -137,7 +201,17 @@ impl Manifest {
             version: patch.version.clone(),
             arch: arch.to_owned(),
             artifacts,
+            region_config: self.region_config.clone(),
         })
+    }
+}
+
+impl PatchRelease {
+    /// `patch_version`, else the last component of `version`.
+    fn patch(&self) -> &str {
+        self.patch_version
+            .as_deref()
+            .unwrap_or_else(|| self.version.rsplit('.').next().unwrap_or_default())
     }
 }
 
@@ -165,6 +239,9 @@ pub struct Selection {
     pub arch: String,
     /// Every artifact of the release for this arch, as listed.
     pub artifacts: Vec<ManifestArtifact>,
+    /// The manifest's `region_config` (ECR account and DNS suffix per region).
+    #[serde(default)]
+    pub region_config: RegionConfigs,
 }
 
 /// The architecture name the manifest uses for this machine.
@@ -244,7 +321,8 @@ supported_eks_releases:
     - {name: kubelet, arch: arm64, os: linux, uri: "https://m/1.31.2/arm64/kubelet", checksum_uri: "https://m/k.sha256"}
     - {name: aws-iam-authenticator, arch: amd64, os: linux, uri: "https://m/1.31.2/amd64/aws-iam-authenticator", checksum_uri: "https://m/a.sha256"}
     - {name: cni-plugins, arch: amd64, os: linux, uri: "https://m/1.31.2/amd64/cni-plugins", checksum_uri: "https://m/c.sha256"}
-region_config: {}
+region_config:
+  ap-southeast-7: {partition: aws, dns_suffix: amazonaws.com, ecr_account_id: "123456789012", cred_providers: {ssm: true, iam-ra: true}}
 "#;
 
     #[test]
@@ -271,6 +349,51 @@ region_config: {}
             Err(ManifestError::NoArch { .. })
         ));
         assert!(Manifest::parse("supported_eks_releases: 7").is_err());
+    }
+
+    #[test]
+    fn latest_patch_version_wins_and_release_date_breaks_ties() {
+        const TIES: &str = r#"
+supported_eks_releases:
+- major_minor_version: "1.30"
+  latest_patch_version: "4"
+  patch_releases:
+  - {version: 1.30.9, patch_version: "9", release_date: "2025-03-01", artifacts: []}
+  - {version: 1.30.4, patch_version: "4", release_date: "2024-10-01", artifacts: [{name: kubelet, arch: amd64, os: linux, uri: "https://m/old/kubelet", checksum_uri: "https://m/old/kubelet.sha256"}]}
+  - {version: 1.30.4, patch_version: "4", release_date: "2024-12-01", artifacts: [{name: kubelet, arch: amd64, os: linux, uri: "https://m/new/kubelet", checksum_uri: "https://m/new/kubelet.sha256", gzip_uri: "https://m/new/kubelet.gz"}, {name: aws-iam-authenticator, arch: amd64, os: linux, uri: "https://m/new/a", checksum_uri: "https://m/new/a.sha256"}]}
+"#;
+        let m = Manifest::parse(TIES).expect("parse");
+        let s = m.select("1.30", "amd64").expect("select");
+        assert_eq!(
+            s.version, "1.30.4",
+            "latest_patch_version, not the highest patch"
+        );
+        let kubelet = s
+            .artifacts
+            .iter()
+            .find(|a| a.name == "kubelet")
+            .expect("kubelet");
+        assert_eq!(
+            kubelet.uri, "https://m/new/kubelet",
+            "the later release_date"
+        );
+        assert_eq!(kubelet.download_uri(), "https://m/new/kubelet.gz");
+        assert_eq!(
+            m.select("1.30.4", "amd64").expect("exact").artifacts,
+            s.artifacts
+        );
+    }
+
+    #[test]
+    fn region_config_is_carried_and_china_has_its_own_host() {
+        let m = Manifest::parse(YAML).expect("parse");
+        let s = m.select("1.31", "amd64").expect("select");
+        assert_eq!(
+            s.region_config["ap-southeast-7"].ecr_account_id,
+            "123456789012"
+        );
+        assert_eq!(default_manifest_url("cn-north-1"), CHINA_MANIFEST_URL);
+        assert_eq!(default_manifest_url("us-gov-west-1"), DEFAULT_MANIFEST_URL);
     }
 
     #[test]

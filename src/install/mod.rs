@@ -127,6 +127,8 @@ pub struct InstallReport {
     pub downloaded_bytes: u64,
     /// Downloads that resumed with a Range request.
     pub resumed: u32,
+    /// The manifest's `region_config` (ECR account and DNS suffix per region).
+    pub region_config: manifest::RegionConfigs,
 }
 
 /// The installer: host paths, the downloader and how to show progress.
@@ -178,7 +180,7 @@ impl Installer {
                 let selection = manifest.select(&req.kubernetes_version, &req.arch)?;
                 // Refuse plain HTTP before the first byte of an artifact moves.
                 for a in &selection.artifacts {
-                    for url in [&a.uri, &a.checksum_uri] {
+                    for url in [a.download_uri(), &a.checksum_uri] {
                         self.fetcher
                             .check_url(url)
                             .map_err(|source| InstallError::Fetch {
@@ -245,6 +247,7 @@ impl Installer {
                 containerd,
                 downloaded_bytes: 0,
                 resumed: 0,
+                region_config: selection.region_config.clone(),
             });
         }
         let wanted: Vec<(ManifestArtifact, Placement)> = selection
@@ -268,7 +271,8 @@ impl Installer {
                 };
                 journal.plan(format!(
                     "download {} and verify it against {}, install into {dest}",
-                    a.uri, a.checksum_uri
+                    a.download_uri(),
+                    a.checksum_uri
                 ));
             }
             journal.plan(format!(
@@ -282,6 +286,7 @@ impl Installer {
                 containerd,
                 downloaded_bytes: 0,
                 resumed: 0,
+                region_config: selection.region_config.clone(),
             });
         }
 
@@ -352,6 +357,7 @@ impl Installer {
             containerd: containerd.clone(),
             files: files.clone(),
             directories,
+            region_config: selection.region_config.clone(),
         };
         journal.write_file(Path::new(tracker::TRACKER), &record.to_bytes(), 0o644)?;
         Ok(InstallReport {
@@ -361,6 +367,7 @@ impl Installer {
             containerd,
             downloaded_bytes,
             resumed,
+            region_config: selection.region_config.clone(),
         })
     }
 
@@ -422,18 +429,26 @@ impl Installer {
             .checksum(&a.checksum_uri, file_name)
             .await
             .map_err(fetch_err)?;
-        let got = self
-            .fetcher
-            .file(
-                &a.uri,
-                &a.checksum_uri,
-                expected,
-                dest,
-                &a.name,
-                &self.progress,
-            )
-            .await
-            .map_err(fetch_err)?;
+        let got = match &a.gzip_uri {
+            Some(gz) => {
+                self.fetcher
+                    .gzip_file(gz, &a.checksum_uri, expected, dest, &a.name, &self.progress)
+                    .await
+            }
+            None => {
+                self.fetcher
+                    .file(
+                        &a.uri,
+                        &a.checksum_uri,
+                        expected,
+                        dest,
+                        &a.name,
+                        &self.progress,
+                    )
+                    .await
+            }
+        }
+        .map_err(fetch_err)?;
         Ok((got, text))
     }
 

@@ -75,6 +75,10 @@ pub struct Tracker {
     /// Directories the install created (host paths, outermost first); removed when empty.
     #[serde(default)]
     pub directories: Vec<PathBuf>,
+    /// The manifest's `region_config` at install time (absent in trackers written before it
+    /// was kept, and for bundles without one): ECR account and DNS suffix per region.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub region_config: super::manifest::RegionConfigs,
 }
 
 /// A tracker that cannot be read.
@@ -247,6 +251,7 @@ mod tests {
                 },
             ],
             directories: vec!["/opt/cni".into(), "/opt/cni/bin".into()],
+            region_config: Default::default(),
         };
         fs::write(paths.resolve(TRACKER), t.to_bytes()).expect("tracker");
         assert_eq!(Tracker::load(&paths).expect("load"), Some(t.clone()));

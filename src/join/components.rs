@@ -38,10 +38,11 @@ pub fn records(
             name: ComponentName::Containerd,
             program: paths.resolve(containerd.path()),
             args: rendered.containerd_args.clone(),
-            env: Vec::new(),
+            env: rendered.containerd_env.clone(),
             probe: ProbeRecord::ContainerdVersion {
                 socket: rendered.containerd_socket.clone(),
             },
+            environment_file: None,
         },
         ComponentRecord {
             name: ComponentName::Kubelet,
@@ -51,6 +52,7 @@ pub fn records(
             probe: ProbeRecord::HttpGet {
                 url: rendered.kubelet_healthz_url.clone(),
             },
+            environment_file: Some(rendered.kubelet_environment_file.clone()),
         },
     ]
 }
@@ -87,6 +89,7 @@ pub fn plan(records: &[ComponentRecord]) -> Option<SupervisionPlan> {
             .map(PathBuf::from),
         kubelet: planned(k),
         kubelet_healthz_url: url,
+        kubelet_environment_file: k.environment_file.clone(),
     })
 }
 

@@ -33,7 +33,7 @@ use crate::identity::setup::{IdentityEnv, JoinError as IdentityError};
 use crate::install::checksum::Sha256;
 use crate::install::download::FetchSettings;
 use crate::install::land::{Journal, LandError, Note};
-use crate::install::manifest::{self, DEFAULT_MANIFEST_URL};
+use crate::install::manifest;
 use crate::install::progress::Progress;
 use crate::install::tracker::Tracker;
 use crate::install::{InstallError, InstallRequest, Installer, Source};
@@ -110,6 +110,12 @@ pub enum ArtifactSource {
 impl ArtifactSource {
     /// The install source, given the agent configuration.
     pub fn resolve(&self, agent: &AgentConfig) -> Source {
+        self.resolve_in(agent, "")
+    }
+
+    /// [`ArtifactSource::resolve`] for a node in `region`: the public manifest is China's for
+    /// `cn-*` regions (nodeadm internal/aws/manifest.go).
+    pub fn resolve_in(&self, agent: &AgentConfig, region: &str) -> Source {
         match self {
             ArtifactSource::Bundle(p) => Source::Bundle(p.clone()),
             ArtifactSource::Mirror(url) => Source::Mirror {
@@ -121,7 +127,7 @@ impl ArtifactSource {
                     .mirror_url
                     .as_ref()
                     .map(|u| manifest_url(u.expose().as_str()))
-                    .unwrap_or_else(|| DEFAULT_MANIFEST_URL.to_owned()),
+                    .unwrap_or_else(|| manifest::default_manifest_url(region).to_owned()),
             },
         }
     }
@@ -367,6 +373,7 @@ pub async fn recover(paths: &HostPaths, agent: &AgentConfig) -> Result<Option<St
                     args: Vec::new(),
                     env: Vec::new(),
                     probe: record::ProbeRecord::HttpGet { url: String::new() },
+                    environment_file: None,
                 };
                 match Components::connect(
                     paths,
@@ -1012,7 +1019,10 @@ impl Run<'_> {
         if version.starts_with('<') {
             self.txn.plan(format!(
                 "install the artifacts of {version} from {}",
-                self.opts.source.resolve(self.agent()).describe_for_user()
+                self.opts
+                    .source
+                    .resolve_in(self.agent(), &self.spec.region)
+                    .describe_for_user()
             ));
             return Ok(());
         }
@@ -1024,7 +1034,7 @@ impl Run<'_> {
         let req = InstallRequest {
             kubernetes_version: version,
             arch: manifest::host_arch().to_owned(),
-            source: self.opts.source.resolve(self.agent()),
+            source: self.opts.source.resolve_in(self.agent(), &self.spec.region),
         };
         let report = match installer.install(&req, &mut self.txn).await {
             Err(InstallError::NoContainerd { version }) => {
@@ -1154,6 +1164,20 @@ impl Run<'_> {
             self.paths,
             &self.config.node.provider,
         );
+        // The manifest's ECR account and DNS suffix for this region (the install phase's, else
+        // the tracker's); absent, the renderers use nodeadm's table.
+        let region_configs = match &self.install {
+            Some(r) => r.region_config.clone(),
+            None => Tracker::load(self.paths)
+                .ok()
+                .flatten()
+                .map(|t| t.region_config)
+                .unwrap_or_default(),
+        };
+        if let Some(rc) = region_configs.get(&self.spec.region) {
+            self.spec.region_config = Some(rc.clone());
+        }
+        let host = node::HostFacts::read(self.paths);
         let input = RenderInput {
             node: &self.spec,
             node_name: &node_name,
@@ -1164,6 +1188,8 @@ impl Run<'_> {
             credentials_profile: &self.config.agent.credentials.profile,
             aws_config_file: aws_config_file.as_deref(),
             systemd_cgroups: systemd,
+            host: &host,
+            network: &self.config.agent.network,
         };
         let rendered = node::render(&input)?;
         let applied = node::apply(&rendered, &mut self.txn)?;

@@ -42,6 +42,9 @@ pub struct ComponentRecord {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub probe: ProbeRecord,
+    /// kubelet's environment file (resolved), which its systemd unit reads its arguments from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment_file: Option<PathBuf>,
 }
 
 /// The health probe of a component (mirrors [`Probe`], which has no `Eq`).

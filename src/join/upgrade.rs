@@ -114,7 +114,7 @@ pub async fn upgrade(
     let req = InstallRequest {
         kubernetes_version: opts.kubernetes_version.clone(),
         arch: manifest::host_arch().to_owned(),
-        source: opts.source.resolve(agent),
+        source: opts.source.resolve_in(agent, &record.spec.region),
     };
     // Download and verify everything before the first rename; a failure here changed nothing.
     let resolved = installer
@@ -152,8 +152,14 @@ pub async fn upgrade(
 
     let aws_config_file =
         crate::identity::setup::IdentityEnv::new(paths, agent).recorded_aws_config_file();
+    // The new release's manifest may name the region's ECR account (older records lack it).
+    let mut spec = record.spec.clone();
+    if let Some(rc) = installed.region_config.get(&spec.region) {
+        spec.region_config = Some(rc.clone());
+    }
+    let host = node::HostFacts::read(paths);
     let input = RenderInput {
-        node: &record.spec,
+        node: &spec,
         node_name: &record.node_name,
         cluster: &record.cluster_details,
         kubernetes_version: &installed.version,
@@ -162,6 +168,8 @@ pub async fn upgrade(
         credentials_profile: &agent.credentials.profile,
         aws_config_file: aws_config_file.as_deref(),
         systemd_cgroups: record.systemd_cgroups,
+        host: &host,
+        network: &agent.network,
     };
     let rendered = match node::render(&input)
         .map_err(PhaseError::from)

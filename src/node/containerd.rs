@@ -24,32 +24,29 @@ pub const USER_DROPIN: &str = "00-nodeconfig.toml";
 pub const BASE_RUNTIME_SPEC: &str = "/etc/containerd/base-runtime-spec.json";
 /// Registry host configuration directories (nodeadm's `config_path`).
 pub const REGISTRY_CONFIG_PATH: &str = "/etc/containerd/certs.d:/etc/docker/certs.d";
-/// ECR account holding the EKS images in the commercial regions (nodeadm manifest
-/// `region_config`); China and GovCloud use other accounts.
-pub const ECR_ACCOUNT_COMMERCIAL: &str = "602401143452";
-/// ECR accounts per region prefix where they differ (nodeadm manifest `region_config`).
-const ECR_ACCOUNTS: [(&str, &str); 3] = [
-    ("cn-north-1", "918309763551"),
-    ("cn-northwest-1", "961992271922"),
-    ("us-gov-", "013241004608"),
-];
 /// The pause image tag EKS uses (nodeadm's sandbox image).
-pub const PAUSE_TAG: &str = "3.5";
+pub const PAUSE_TAG: &str = super::ecr::PAUSE_TAG;
 
-/// The pause (sandbox) image for a region.
+/// The pause (sandbox) image for a region, by nodeadm's fallback table alone (no manifest
+/// `region_config`); [`super::ecr::sandbox_image`] is the full rule. `dns_suffix` is used when
+/// the table has no better one.
 pub fn sandbox_image(region: &str, dns_suffix: &str) -> String {
-    let account = ECR_ACCOUNTS
-        .iter()
-        .find(|(prefix, _)| region.starts_with(prefix))
-        .map(|(_, a)| *a)
-        .unwrap_or(ECR_ACCOUNT_COMMERCIAL);
-    format!("{account}.dkr.ecr.{region}.{dns_suffix}/eks/pause:{PAUSE_TAG}")
+    let rc = super::ecr::RegionConfig {
+        dns_suffix: dns_suffix.to_owned(),
+        ..Default::default()
+    };
+    super::ecr::sandbox_image(region, Some(&rc)).to_string()
+}
+
+/// The sandbox image for the node being rendered (manifest `region_config`, else nodeadm's
+/// table).
+pub fn sandbox_image_ref(input: &RenderInput<'_>) -> super::ecr::ImageRef {
+    super::ecr::sandbox_image(&input.node.region, input.node.region_config.as_ref())
 }
 
 /// `config.toml`, the user drop-in and the base runtime spec.
 pub fn render(input: &RenderInput<'_>) -> Vec<RenderedFile> {
     let p = |host: &str| input.host(host);
-    let region = input.node.region.as_str();
     let mut base_spec_line = String::new();
     let mut files = Vec::new();
     if !input.node.base_runtime_spec.is_empty() {
@@ -103,7 +100,7 @@ pub fn render(input: &RenderInput<'_>) -> Vec<RenderedFile> {
         imports = toml_str(&format!("{}/*.toml", p(paths::CONTAINERD_DROPINS))),
         socket = toml_str(&p(CONTAINERD_SOCKET)),
         opt = toml_str(&p(CONTAINERD_OPT)),
-        sandbox = toml_str(&sandbox_image(region, &input.node.dns_suffix)),
+        sandbox = toml_str(&sandbox_image_ref(input).to_string()),
         registry = toml_str(
             &REGISTRY_CONFIG_PATH
                 .split(':')
@@ -162,7 +159,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sandbox_image_per_partition() {
+    fn sandbox_image_by_the_fallback_table() {
         assert_eq!(
             sandbox_image("us-west-2", "amazonaws.com"),
             "602401143452.dkr.ecr.us-west-2.amazonaws.com/eks/pause:3.5"
@@ -172,8 +169,8 @@ mod tests {
             "918309763551.dkr.ecr.cn-north-1.amazonaws.com.cn/eks/pause:3.5"
         );
         assert_eq!(
-            sandbox_image("us-gov-west-1", "amazonaws.com"),
-            "013241004608.dkr.ecr.us-gov-west-1.amazonaws.com/eks/pause:3.5"
+            sandbox_image("us-gov-east-1", "amazonaws.com"),
+            "151742754352.dkr.ecr.us-gov-east-1.amazonaws.com/eks/pause:3.5"
         );
     }
 }

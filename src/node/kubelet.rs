@@ -1,11 +1,22 @@
 //! kubelet's configuration and command line, as nodeadm sets them for hybrid nodes.
 //!
 //! `config.json` holds nodeadm's defaults plus what only the agent knows (providerID, cluster
-//! DNS, CA path). From Kubernetes 1.28 the user's `spec.kubelet.config` goes into a drop-in in
-//! `config.json.d/` (kubelet merges it over the base file, and `kubectl get --raw
-//! /configz` shows the result), as nodeadm does; before 1.28 kubelet has no drop-in directory,
-//! so the user's fields are merged into `config.json` here. User flags come last on the command
-//! line, so they win over ours — except `--hostname-override`, which config validation refuses.
+//! DNS, CA path, the reservations computed from the host's CPUs and memory). From Kubernetes 1.29
+//! the user's `spec.kubelet.config` goes into a drop-in in `config.json.d/` (kubelet merges it
+//! over the base file, and `kubectl get --raw /configz` shows the result), as nodeadm does;
+//! before 1.29 the user's fields are merged into `config.json` here (nodeadm
+//! internal/kubelet/config.go `writeKubeletConfig`). `--config-dir` is passed only when that
+//! drop-in is written: kubelet exits when the directory it names is missing.
+//!
+//! The command line is written, as nodeadm writes it, into `/etc/eks/kubelet/environment` as
+//! `NODEADM_KUBELET_ARGS` (nodeadm internal/kubelet/environment.go), which kubelet.service
+//! expands next to `$KUBELET_EXTRA_ARGS`, so a user's `kubelet.service.d` drop-in setting
+//! `KUBELET_EXTRA_ARGS` works as on a nodeadm host. The file is rewritten on every join (as
+//! nodeadm's is): extra arguments belong in a drop-in or in `spec.kubelet.flags`. The built-in
+//! process backend has no unit to expand variables: it runs kubelet with the same arguments
+//! directly, and `spec.kubelet.flags` is the one place for extra arguments there.
+//! User flags come last on the command line, so they win over ours — except
+//! `--hostname-override`, which config validation refuses.
 
 use std::path::PathBuf;
 
@@ -14,10 +25,39 @@ use serde_json::{Map, Value, json};
 use super::{RenderError, RenderInput, RenderedFile};
 use crate::paths;
 
-/// The drop-in holding `spec.kubelet.config` (nodeadm's file name).
-pub const USER_DROPIN: &str = "40-nodeadm.conf";
-/// First minor version whose kubelet reads `--config-dir` (KEP-3983).
-pub const DROPIN_MIN_MINOR: u32 = 28;
+/// The drop-in holding `spec.kubelet.config` (nodeadm internal/kubelet/config.go
+/// `writeKubeletConfigToDir`).
+pub const USER_DROPIN: &str = "00-nodeadm.conf";
+/// First minor version given the drop-in directory (nodeadm internal/kubelet/config.go: below
+/// v1.29.0 the user's config is merged into config.json).
+pub const DROPIN_MIN_MINOR: u32 = 29;
+/// First minor version where `--pod-infra-container-image` is a no-op (nodeadm
+/// internal/kubelet/config.go `withPodInfraContainerImage`, kubernetes#118544).
+pub const POD_INFRA_FLAG_MAX_MINOR: u32 = 28;
+/// kubelet's environment file (nodeadm internal/kubelet/environment.go).
+pub const ENVIRONMENT_FILE: &str = "/etc/eks/kubelet/environment";
+/// The variable holding kubelet's arguments in [`ENVIRONMENT_FILE`] (nodeadm
+/// internal/kubelet/environment.go).
+pub const ARGS_VARIABLE: &str = "NODEADM_KUBELET_ARGS";
+/// The image credential provider's configuration and binary directory (nodeadm
+/// internal/kubelet/image-credential-provider.go; the installer puts the binary there).
+pub const IMAGE_CREDENTIAL_PROVIDER_CONFIG: &str = "/etc/eks/image-credential-provider/config.json";
+pub const IMAGE_CREDENTIAL_PROVIDER_DIR: &str = "/etc/eks/image-credential-provider";
+pub const ECR_CREDENTIAL_PROVIDER_BIN: &str =
+    "/etc/eks/image-credential-provider/ecr-credential-provider";
+/// How long kubelet caches a provider's answer (nodeadm: `DefaultCacheDuration` 12 h).
+const CREDENTIAL_PROVIDER_CACHE: &str = "12h0m0s";
+/// The profile nodeadm's IAM Roles Anywhere AWS config defines (nodeadm
+/// internal/iamrolesanywhere/aws_config.go `ProfileName`).
+pub const IAM_RA_PROFILE: &str = "default";
+/// The AWS config IAM Roles Anywhere nodes use by default (nodeadm
+/// internal/iamrolesanywhere/aws_config.go `DefaultAWSConfigPath`).
+pub const IAM_RA_AWS_CONFIG: &str = "/etc/aws/hybrid/config";
+/// The cgroups nodeadm names for system and Kubernetes daemons on hybrid nodes (nodeadm
+/// internal/kubelet/config.go `withHybridReservedResources`); `/runtime` is kubelet.service's
+/// `Slice=runtime.slice` under the systemd cgroup driver.
+pub const SYSTEM_RESERVED_CGROUP: &str = "/system";
+pub const KUBE_RESERVED_CGROUP: &str = "/runtime";
 /// Minor versions where the drop-in directory is alpha and needs this environment switch
 /// (KEP-3983: alpha in 1.28 and 1.29, beta and on by default from 1.30).
 pub const DROPIN_ALPHA_ENV: (&str, &str) = ("KUBELET_CONFIG_DROPIN_DIR_ALPHA", "on");
@@ -71,6 +111,40 @@ pub fn cluster_dns(service_cidr: &str) -> Option<String> {
     }
 }
 
+/// CPU to reserve for Kubernetes daemons: 6 % of the first core, 1 % of the second, 0.5 % of
+/// the next two, 0.25 % of the rest (nodeadm internal/kubelet/config.go
+/// `getCPUMillicoresToReserve`).
+pub fn cpu_reserved_millicores(total: u64) -> u64 {
+    const RANGES: [(u64, u64, u64); 4] = [
+        (0, 1000, 600),
+        (1000, 2000, 100),
+        (2000, 4000, 50),
+        (4000, u64::MAX, 25),
+    ];
+    RANGES
+        .iter()
+        .filter(|(start, _, _)| total > *start)
+        .map(|(start, end, pct)| (total.min(*end) - start) * pct / 10_000)
+        .sum()
+}
+
+/// Memory to reserve for Kubernetes daemons on a hybrid node, as kubelet quantity (nodeadm
+/// internal/kubelet/config.go `withHybridReservedResources`: 255Mi below 1 GiB, then 25 % of the
+/// first 4 GiB, 20 % of the next 4, 10 % of the next 8, 6 % of the next 112, 2 % of the rest,
+/// over whole GiB, rounded half away from zero).
+pub fn memory_reserved(total_bytes: u64) -> String {
+    let gib = (total_bytes / (1024 * 1024 * 1024)) as f64;
+    let reserved = match gib {
+        g if g < 1.0 => return "255Mi".to_owned(),
+        g if g < 4.0 => g * 0.25,
+        g if g < 8.0 => 0.25 * 4.0 + (g - 4.0) * 0.2,
+        g if g < 16.0 => 0.25 * 4.0 + 0.2 * 4.0 + (g - 8.0) * 0.1,
+        g if g <= 128.0 => 0.25 * 4.0 + 0.2 * 4.0 + 0.1 * 8.0 + (g - 16.0) * 0.06,
+        g => 0.25 * 4.0 + 0.2 * 4.0 + 0.1 * 8.0 + 0.06 * 112.0 + (g - 128.0) * 0.02,
+    };
+    format!("{}Gi", reserved.round() as u64)
+}
+
 /// nodeadm's hybrid KubeletConfiguration defaults plus the agent's fields.
 fn base_config(input: &RenderInput<'_>) -> Map<String, Value> {
     let mut c = json!({
@@ -103,11 +177,38 @@ fn base_config(input: &RenderInput<'_>) -> Map<String, Value> {
         "serverTLSBootstrap": true,
         "tlsCipherSuites": TLS_CIPHER_SUITES,
     });
-    if let (Some(obj), Some(dns)) = (
-        c.as_object_mut(),
-        input.cluster.service_cidr.as_deref().and_then(cluster_dns),
-    ) {
-        obj.insert("clusterDNS".to_owned(), json!([dns]));
+    if let Some(obj) = c.as_object_mut() {
+        if let Some(dns) = input.cluster.service_cidr.as_deref().and_then(cluster_dns) {
+            obj.insert("clusterDNS".to_owned(), json!([dns]));
+        }
+        obj.insert(
+            "kubeReserved".to_owned(),
+            json!({
+                "cpu": format!("{}m", cpu_reserved_millicores(input.host.cpu_millicores)),
+                "ephemeral-storage": "1Gi",
+                "memory": memory_reserved(input.host.memory_bytes),
+            }),
+        );
+        // The names only matter under the systemd cgroup driver, where kubelet.service runs in
+        // runtime.slice and the system's services in system.slice. With cgroupfs (no systemd,
+        // the built-in backend) no such cgroups exist; kubelet enforces neither unless
+        // enforceNodeAllocatable names them, so they are left out rather than made up.
+        if input.systemd_cgroups {
+            obj.insert(
+                "systemReservedCgroup".to_owned(),
+                json!(SYSTEM_RESERVED_CGROUP),
+            );
+            obj.insert("kubeReservedCgroup".to_owned(), json!(KUBE_RESERVED_CGROUP));
+        }
+        // systemd-resolved's stub in /etc/resolv.conf is 127.0.0.53, which inside a pod is the
+        // pod itself: CoreDNS would loop (coredns.io/plugins/loop). nodeadm points kubelet at the
+        // upstream list on Ubuntu.
+        if input.host.use_resolved_upstream() {
+            obj.insert(
+                "resolvConf".to_owned(),
+                json!(input.host(super::facts::RESOLVED_RESOLV_CONF)),
+            );
+        }
     }
     match c {
         Value::Object(m) => m,
@@ -150,16 +251,17 @@ pub fn render(input: &RenderInput<'_>) -> Result<KubeletPlan, RenderError> {
     let mut base = base_config(input);
     let mut effective = base.clone();
     merge(&mut effective, user);
-    let dropins = minor >= DROPIN_MIN_MINOR;
+    // The drop-in directory only when there is a drop-in: kubelet exits if it is missing.
+    let dropin = minor >= DROPIN_MIN_MINOR && !user.is_empty();
     let mut files = Vec::new();
-    if dropins {
+    if minor >= DROPIN_MIN_MINOR {
         files.push(RenderedFile::new(
             paths::KUBELET_CONFIG,
             pretty(&base),
             0o644,
             "kubelet configuration",
         ));
-        if !user.is_empty() {
+        if dropin {
             let mut dropin = Map::new();
             // kubelet requires each drop-in to name its kind and version.
             dropin.insert(
@@ -187,7 +289,7 @@ pub fn render(input: &RenderInput<'_>) -> Result<KubeletPlan, RenderError> {
 
     let provider = &input.node.provider;
     let mut args = vec![format!("--config={}", input.host(paths::KUBELET_CONFIG))];
-    if dropins {
+    if dropin {
         args.push(format!(
             "--config-dir={}",
             input.host(paths::KUBELET_CONFIG_DROPINS)
@@ -201,13 +303,45 @@ pub fn render(input: &RenderInput<'_>) -> Result<KubeletPlan, RenderError> {
     args.push(format!(
         "--node-labels={LABEL_COMPUTE_TYPE},{LABEL_CREDENTIAL_PROVIDER}={provider}"
     ));
+    if minor <= POD_INFRA_FLAG_MAX_MINOR {
+        // Keeps the sandbox image from being garbage-collected before 1.29.
+        args.push(format!(
+            "--pod-infra-container-image={}",
+            super::containerd::sandbox_image_ref(input)
+        ));
+    }
+    // kubelet refuses to start when the configuration names a provider binary that is missing,
+    // so both flags and the file come only with the installed binary.
+    if input.host.ecr_credential_provider {
+        files.push(image_credential_provider_config(input));
+        args.push(format!(
+            "--image-credential-provider-config={}",
+            input.host(IMAGE_CREDENTIAL_PROVIDER_CONFIG)
+        ));
+        args.push(format!(
+            "--image-credential-provider-bin-dir={}",
+            input.host(IMAGE_CREDENTIAL_PROVIDER_DIR)
+        ));
+    }
     args.extend(input.node.kubelet_flags.iter().cloned());
 
-    let env = if DROPIN_ALPHA_MINORS.contains(&minor) {
+    let env = if dropin && DROPIN_ALPHA_MINORS.contains(&minor) {
         vec![(DROPIN_ALPHA_ENV.0.to_owned(), DROPIN_ALPHA_ENV.1.to_owned())]
     } else {
         Vec::new()
     };
+    // systemd splits an unbraced `$VAR` at whitespace, so a user flag holding whitespace could
+    // not arrive whole through the environment file: refused, naming the flag. (Ours hold none;
+    // a dry run's placeholder node name does, and only shows.)
+    if let Some(bad) = input
+        .node
+        .kubelet_flags
+        .iter()
+        .find(|a| a.chars().any(char::is_whitespace))
+    {
+        return Err(RenderError::ArgWhitespace { arg: bad.clone() });
+    }
+    files.push(environment_file(&args, &env));
     let address = effective
         .get("healthzBindAddress")
         .and_then(Value::as_str)
@@ -232,6 +366,66 @@ pub fn render(input: &RenderInput<'_>) -> Result<KubeletPlan, RenderError> {
         env,
         healthz_url: format!("http://{host}:{port}/healthz"),
     })
+}
+
+/// `/etc/eks/kubelet/environment`: kubelet's own variables and its arguments as
+/// `NODEADM_KUBELET_ARGS`, one `KEY="value"` per line (nodeadm internal/kubelet/environment.go).
+fn environment_file(args: &[String], env: &[(String, String)]) -> RenderedFile {
+    let quote = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut text = String::new();
+    for (k, v) in env {
+        text.push_str(&format!("{k}=\"{}\"\n", quote(v)));
+    }
+    text.push_str(&format!("{ARGS_VARIABLE}=\"{}\"\n", quote(&args.join(" "))));
+    RenderedFile::new(
+        ENVIRONMENT_FILE,
+        text.into_bytes(),
+        0o644,
+        "kubelet environment (NODEADM_KUBELET_ARGS)",
+    )
+}
+
+/// `/etc/eks/image-credential-provider/config.json` (nodeadm
+/// internal/kubelet/image-credential-provider.go): the ECR provider for every ECR registry host,
+/// with the node's AWS credentials named explicitly — systemd gives kubelet no `$HOME`, so the
+/// SDK's default `~/.aws` lookup cannot be relied on.
+fn image_credential_provider_config(input: &RenderInput<'_>) -> RenderedFile {
+    let mut env = Vec::new();
+    if input.node.provider == "iam-ra" {
+        // A configured path was resolved under --root when the NodeConfig was validated.
+        let config = match &input.node.aws_config_path {
+            Some(p) => p.clone(),
+            None => input.host(IAM_RA_AWS_CONFIG),
+        };
+        env.push(json!({"name": "AWS_CONFIG_FILE", "value": config}));
+        env.push(json!({"name": "AWS_PROFILE", "value": IAM_RA_PROFILE}));
+    } else {
+        env.push(json!({
+            "name": "AWS_SHARED_CREDENTIALS_FILE",
+            "value": input.credentials_file.display().to_string()
+        }));
+        env.push(json!({"name": "AWS_PROFILE", "value": input.credentials_profile}));
+    }
+    let region_config = input.node.region_config.as_ref();
+    let config = json!({
+        "kind": "CredentialProviderConfig",
+        "apiVersion": "kubelet.config.k8s.io/v1",
+        "providers": [{
+            "name": "ecr-credential-provider",
+            "matchImages": super::ecr::match_images(&input.node.region, region_config),
+            "defaultCacheDuration": CREDENTIAL_PROVIDER_CACHE,
+            "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
+            "env": env,
+        }],
+    });
+    let mut bytes = serde_json::to_vec_pretty(&config).unwrap_or_default();
+    bytes.push(b'\n');
+    RenderedFile::new(
+        IMAGE_CREDENTIAL_PROVIDER_CONFIG,
+        bytes,
+        0o644,
+        "ECR image credential provider configuration",
+    )
 }
 
 /// Whether the user allows kubelet to run with swap on (`failSwapOn: false`, kubelet's own
@@ -266,6 +460,26 @@ mod tests {
             base,
             json!({"a": {"x": 1, "y": 3}, "b": [9], "c": 1, "d": true})
         );
+    }
+
+    #[test]
+    fn cpu_reservation_follows_nodeadms_table() {
+        assert_eq!(cpu_reserved_millicores(1000), 60);
+        assert_eq!(cpu_reserved_millicores(2000), 70);
+        assert_eq!(cpu_reserved_millicores(4000), 80);
+        assert_eq!(cpu_reserved_millicores(8000), 90);
+        assert_eq!(cpu_reserved_millicores(96_000), 310);
+    }
+
+    #[test]
+    fn memory_reservation_follows_nodeadms_table() {
+        const GIB: u64 = 1024 * 1024 * 1024;
+        assert_eq!(memory_reserved(512 * 1024 * 1024), "255Mi");
+        assert_eq!(memory_reserved(2 * GIB), "1Gi");
+        assert_eq!(memory_reserved(6 * GIB), "1Gi");
+        assert_eq!(memory_reserved(16 * GIB), "3Gi");
+        assert_eq!(memory_reserved(64 * GIB), "5Gi");
+        assert_eq!(memory_reserved(256 * GIB), "12Gi");
     }
 
     #[test]

@@ -14,19 +14,23 @@
 
 pub mod cluster;
 pub mod containerd;
+pub mod ecr;
+pub mod facts;
 pub mod host;
 pub mod kubeconfig;
 pub mod kubelet;
 pub mod mounts;
+pub mod proxy;
 pub mod system;
 
 use std::path::{Path, PathBuf};
 
 pub use cluster::{ClusterDetails, ClusterError};
+pub use facts::HostFacts;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::NodeSettings;
+use crate::config::{NetworkConfig, NodeSettings, Provider};
 use crate::install::land::{Journal, LandError, Written};
 use crate::paths::{self, HostPaths};
 
@@ -48,6 +52,14 @@ pub struct NodeSpec {
     pub containerd_config: Option<String>,
     /// `spec.containerd.baseRuntimeSpec`.
     pub base_runtime_spec: serde_json::Map<String, serde_json::Value>,
+    /// `spec.hybrid.iamRolesAnywhere.awsConfigPath` (resolved under `--root`), IAM Roles
+    /// Anywhere only.
+    #[serde(default)]
+    pub aws_config_path: Option<String>,
+    /// The manifest's `region_config` entry for this region (ECR account and DNS suffix of the
+    /// EKS images), set from the install phase; `None` falls back to nodeadm's table.
+    #[serde(default)]
+    pub region_config: Option<ecr::RegionConfig>,
 }
 
 impl NodeSpec {
@@ -61,6 +73,13 @@ impl NodeSpec {
             kubelet_flags: node.kubelet.flags.clone(),
             containerd_config: node.containerd.config.clone(),
             base_runtime_spec: node.containerd.base_runtime_spec.clone(),
+            aws_config_path: match &node.provider {
+                Provider::IamRolesAnywhere {
+                    aws_config_path, ..
+                } => aws_config_path.as_ref().map(|p| p.display().to_string()),
+                Provider::Ssm { .. } => None,
+            },
+            region_config: None,
         }
     }
 }
@@ -85,6 +104,10 @@ pub struct RenderInput<'a> {
     /// use the systemd cgroup driver, as nodeadm configures; on hosts without systemd (the
     /// built-in supervisor) they must use cgroupfs, or kubelet refuses to start.
     pub systemd_cgroups: bool,
+    /// CPU, memory, OS and installed-provider facts ([`HostFacts::read`] at join).
+    pub host: &'a HostFacts,
+    /// The agent's `[network]` settings: proxy and extra CA bundle for containerd and kubelet.
+    pub network: &'a NetworkConfig,
 }
 
 impl RenderInput<'_> {
@@ -125,6 +148,10 @@ pub enum RenderError {
         "swap partition {devices} is on; join turns off swap files but not partitions (nodeadm refuses them too: a partition comes back at boot). Turn it off (`swapoff {devices}` and remove its line from /etc/fstab), or allow swap with `failSwapOn: false` in spec.kubelet.config"
     )]
     SwapOn { devices: String },
+    #[error(
+        "the kubelet argument `{arg}` holds whitespace, which cannot pass through NODEADM_KUBELET_ARGS in /etc/eks/kubelet/environment (systemd splits it into words); remove the whitespace from spec.kubelet.flags"
+    )]
+    ArgWhitespace { arg: String },
     #[error(transparent)]
     Land(#[from] LandError),
 }
@@ -136,7 +163,12 @@ pub struct Rendered {
     pub kubelet_args: Vec<String>,
     pub kubelet_env: Vec<(String, String)>,
     pub kubelet_healthz_url: String,
+    /// `/etc/eks/kubelet/environment` (resolved), which kubelet.service reads.
+    pub kubelet_environment_file: PathBuf,
     pub containerd_args: Vec<String>,
+    /// containerd's environment (proxy, CA bundle), for the built-in process backend; systemd
+    /// reads the same from the rendered drop-ins.
+    pub containerd_env: Vec<(String, String)>,
     /// containerd's socket (resolved path), for its health probe.
     pub containerd_socket: PathBuf,
 }
@@ -146,6 +178,10 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
     let mut files = containerd::render(input);
     let kubelet = kubelet::render(input)?;
     files.extend(kubelet.files);
+    files.extend(proxy::render(input));
+    let network_env = proxy::env(input);
+    let mut kubelet_env = kubelet.env;
+    kubelet_env.extend(network_env.iter().cloned());
     files.push(kubeconfig::render(input));
     files.push(RenderedFile::new(
         paths::CLUSTER_CA,
@@ -157,9 +193,11 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
     Ok(Rendered {
         files,
         kubelet_args: kubelet.args,
-        kubelet_env: kubelet.env,
+        kubelet_env,
         kubelet_healthz_url: kubelet.healthz_url,
+        kubelet_environment_file: input.paths.resolve(kubelet::ENVIRONMENT_FILE),
         containerd_args: containerd::args(input),
+        containerd_env: network_env,
         containerd_socket: input.paths.resolve(containerd::CONTAINERD_SOCKET),
     })
 }

@@ -49,6 +49,10 @@ pub struct SupervisionPlan {
     pub kubelet: PlannedComponent,
     /// kubelet's `/healthz` URL.
     pub kubelet_healthz_url: String,
+    /// `/etc/eks/kubelet/environment` (resolved) when join rendered it: kubelet.service then
+    /// takes its arguments from there (`$NODEADM_KUBELET_ARGS`), as nodeadm's does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubelet_environment_file: Option<PathBuf>,
 }
 
 impl SupervisionPlan {
@@ -123,7 +127,11 @@ impl SupervisionPlan {
             env: self.kubelet.env.clone(),
         };
         vec![
-            units::kubelet_service(&kubelet, DEFAULT_RESTART_SEC),
+            units::kubelet_unit(
+                &kubelet,
+                self.kubelet_environment_file.as_deref(),
+                DEFAULT_RESTART_SEC,
+            ),
             units::containerd_dropin(
                 &self.containerd.program,
                 self.containerd_config.as_deref(),
@@ -178,6 +186,7 @@ mod tests {
                 env: vec![],
             },
             kubelet_healthz_url: super::super::probe::KUBELET_HEALTHZ_URL.into(),
+            kubelet_environment_file: None,
         }
     }
 

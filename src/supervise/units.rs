@@ -37,8 +37,37 @@ pub struct UnitFile {
     pub content: String,
 }
 
-/// kubelet.service running `exec` (the real kubelet, or the stand-in in tests and the demo).
+/// `iptables -P FORWARD ACCEPT -w 5` before kubelet starts (nodeadm internal/kubelet/kubelet.service):
+/// Docker-era hosts default FORWARD to DROP, which silently drops pod traffic through the node.
+/// `-` prefix: on an nftables-only host without iptables kubelet still starts. Only in the unit
+/// join renders for a host: the stand-in's units in tests run in a container sharing the test
+/// machine's network namespace, whose firewall must stay untouched.
+pub const IPTABLES_FORWARD_ACCEPT: &str = "-/sbin/iptables -P FORWARD ACCEPT -w 5";
+/// The slice kubelet runs in (nodeadm's kubelet.service), the `kubeReservedCgroup` `/runtime`
+/// under the systemd cgroup driver.
+pub const KUBELET_SLICE: &str = "runtime.slice";
+
+/// kubelet.service running `exec` with its arguments inline (the stand-in in tests without an
+/// environment file); see [`kubelet_unit`].
 pub fn kubelet_service(exec: &ExecSpec, restart_sec: u32) -> UnitFile {
+    kubelet_unit(exec, None, restart_sec)
+}
+
+/// kubelet.service, shaped like nodeadm's (internal/kubelet/kubelet.service): after and
+/// requiring containerd, in runtime.slice, and (with the environment file) FORWARD opened before
+/// the start.
+///
+/// With `environment_file` (what join renders: `/etc/eks/kubelet/environment`), the arguments
+/// come from it as `$NODEADM_KUBELET_ARGS`, followed by `$KUBELET_EXTRA_ARGS`, so a user's drop-in
+/// setting `KUBELET_EXTRA_ARGS` works as on a nodeadm host; kubelet's variables are in that file
+/// and in the rendered drop-ins (proxy, CA bundle), so none is repeated here (a proxy password
+/// stays out of a world-readable unit). Without it, `exec`'s arguments and environment are
+/// written into the unit.
+pub fn kubelet_unit(
+    exec: &ExecSpec,
+    environment_file: Option<&Path>,
+    restart_sec: u32,
+) -> UnitFile {
     let mut s = String::new();
     s.push_str(HEADER);
     s.push_str(
@@ -46,21 +75,37 @@ pub fn kubelet_service(exec: &ExecSpec, restart_sec: u32) -> UnitFile {
          Description=Kubernetes kubelet (supervised by hybrid-agent)\n\
          Documentation=https://kubernetes.io/docs/reference/command-line-tools-reference/kubelet/\n\
          After=containerd.service\n\
-         Wants=containerd.service\n\
+         Requires=containerd.service\n\
          # hybrid-agent watches restarts itself (crash loop -> degraded): systemd never gives up.\n\
          StartLimitIntervalSec=0\n\
          \n[Service]\n",
     );
-    for (k, v) in &exec.env {
-        s.push_str(&format!(
-            "Environment={}\n",
-            quote_word(&format!("{k}={v}"))
-        ));
+    s.push_str(&format!("Slice={KUBELET_SLICE}\n"));
+    match environment_file {
+        Some(file) => {
+            s.push_str(&format!(
+                "EnvironmentFile={}\n",
+                quote_word(&file.display().to_string())
+            ));
+            s.push_str(&format!("ExecStartPre={IPTABLES_FORWARD_ACCEPT}\n"));
+            s.push_str(&format!(
+                "ExecStart={} $NODEADM_KUBELET_ARGS $KUBELET_EXTRA_ARGS\n",
+                quote_word(&exec.program.display().to_string())
+            ));
+        }
+        None => {
+            for (k, v) in &exec.env {
+                s.push_str(&format!(
+                    "Environment={}\n",
+                    quote_word(&format!("{k}={v}"))
+                ));
+            }
+            s.push_str(&format!(
+                "ExecStart={} $KUBELET_EXTRA_ARGS\n",
+                exec_line(&exec.program, &exec.args)
+            ));
+        }
     }
-    s.push_str(&format!(
-        "ExecStart={}\n",
-        exec_line(&exec.program, &exec.args)
-    ));
     s.push_str(&format!(
         "Restart=always\n\
          RestartSec={restart_sec}\n\
@@ -218,15 +263,27 @@ mod tests {
             env: vec![("AWS_CONFIG_FILE".into(), "/etc/aws config".into())],
         };
         let unit = kubelet_service(&exec, 7).content;
-        assert!(unit.contains("After=containerd.service\n"));
+        assert!(unit.contains("After=containerd.service\nRequires=containerd.service\n"));
         assert!(unit.contains("StartLimitIntervalSec=0\n"));
-        assert!(
-            unit.contains(
-                "ExecStart=/usr/bin/kubelet --config /etc/kubernetes/kubelet/config.json\n"
-            )
-        );
+        assert!(unit.contains(
+            "ExecStart=/usr/bin/kubelet --config /etc/kubernetes/kubelet/config.json $KUBELET_EXTRA_ARGS\n"
+        ));
         assert!(unit.contains("Environment=\"AWS_CONFIG_FILE=/etc/aws config\"\n"));
         assert!(unit.contains("RestartSec=7\n"));
+        assert!(unit.contains("Slice=runtime.slice\n"));
+        assert!(
+            !unit.contains("ExecStartPre"),
+            "never in the stand-in's units"
+        );
+
+        // From the environment file: the arguments are nodeadm's variable, nothing inline.
+        let unit = kubelet_unit(&exec, Some(Path::new("/etc/eks/kubelet/environment")), 5).content;
+        assert!(unit.contains("EnvironmentFile=/etc/eks/kubelet/environment\n"));
+        assert!(
+            unit.contains("ExecStart=/usr/bin/kubelet $NODEADM_KUBELET_ARGS $KUBELET_EXTRA_ARGS\n")
+        );
+        assert!(!unit.contains("Environment="), "{unit}");
+        assert!(unit.contains("ExecStartPre=-/sbin/iptables -P FORWARD ACCEPT -w 5\n"));
     }
 
     #[test]

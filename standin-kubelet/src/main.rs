@@ -13,7 +13,11 @@
 //!
 //! It runs with the command line hybrid-agent gives the real kubelet: it reads `healthzPort` and
 //! `healthzBindAddress` from `--config` and the `--config-dir` drop-ins (later files win, as in
-//! kubelet), and ignores every other kubelet flag (saying so).
+//! kubelet), and ignores every other kubelet flag (saying so). Where kubelet refuses to start it
+//! refuses too, with kubelet's kind of message and exit code 1: a `--config` file that is missing,
+//! unreadable or not a configuration, a `--config-dir` that is missing or not a directory, or a
+//! drop-in that does not parse — so a join that would leave kubelet dead on a real host fails
+//! here too.
 //!
 //! Every line it prints and its `--help` say it is a stand-in, so nobody mistakes it for kubelet.
 
@@ -39,6 +43,8 @@ const KUBELET_HEALTHZ_PORT: u16 = 10248;
 
 /// Exit code for a crash ordered by `--crash-after` or the `crash` mode.
 const CRASH_EXIT_CODE: i32 = 3;
+/// kubelet's exit code when its command fails (cmd/kubelet: `os.Exit(1)` on a command error).
+const KUBELET_FAILURE_EXIT_CODE: i32 = 1;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -188,7 +194,14 @@ async fn main() {
         });
     }
 
-    let (config_address, config_port) = healthz_from_config(&args);
+    let (config_address, config_port) = match healthz_from_config(&args) {
+        Ok(v) => v,
+        Err(message) => {
+            // kubelet's own wording (cmd/kubelet/app/server.go), tagged as the stand-in's.
+            say(&format!("\"command failed\" err=\"{message}\""));
+            std::process::exit(KUBELET_FAILURE_EXIT_CODE);
+        }
+    };
     let address = args
         .healthz_bind_address
         .or(config_address)
@@ -305,33 +318,59 @@ fn known_flags_only(argv: impl Iterator<Item = String>) -> Vec<String> {
 }
 
 /// healthzBindAddress and healthzPort from `--config` and then the `--config-dir` drop-ins.
-fn healthz_from_config(args: &Args) -> (Option<std::net::IpAddr>, Option<u16>) {
-    let mut files: Vec<PathBuf> = args.config.iter().cloned().collect();
-    if let Some(dir) = &args.config_dir
-        && let Ok(entries) = std::fs::read_dir(dir)
-    {
-        let mut dropins: Vec<PathBuf> = entries
+/// Fails, as kubelet does, on a config file or drop-in that cannot be read or parsed and on a
+/// drop-in directory that cannot be walked (kubelet's messages: cmd/kubelet/app/server.go
+/// `loadConfigFile` and `mergeKubeletConfigurations`).
+fn healthz_from_config(args: &Args) -> Result<(Option<std::net::IpAddr>, Option<u16>), String> {
+    let mut values = Vec::new();
+    if let Some(path) = &args.config {
+        let p = path.display();
+        let bytes = std::fs::read(path).map_err(|e| {
+            format!(
+                "failed to load kubelet config file, path: {p}, error: failed to load Kubelet config file {p}, error failed to read kubelet config file \\\"{p}\\\", error: {e}"
+            )
+        })?;
+        values.push(parse_config(&bytes).map_err(|e| {
+            format!(
+                "failed to load kubelet config file, path: {p}, error: failed to decode kubelet config file {p}: {e}"
+            )
+        })?);
+    }
+    if let Some(dir) = &args.config_dir {
+        let d = dir.display();
+        let walk = |e: std::io::Error| {
+            format!(
+                "failed to merge kubelet configs: failed to walk through kubelet dropin directory \\\"{d}\\\": lstat {d}: {e}"
+            )
+        };
+        let meta = std::fs::metadata(dir).map_err(walk)?;
+        if !meta.is_dir() {
+            return Err(walk(std::io::Error::from_raw_os_error(20)));
+        }
+        let mut dropins: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(walk)?
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "conf"))
             .collect();
         dropins.sort();
-        files.extend(dropins);
+        for f in dropins {
+            let bytes = std::fs::read(&f).map_err(|e| {
+                format!(
+                    "failed to merge kubelet configs: failed to read kubelet drop-in config file \\\"{}\\\": {e}",
+                    f.display()
+                )
+            })?;
+            values.push(parse_config(&bytes).map_err(|e| {
+                format!(
+                    "failed to merge kubelet configs: failed to load kubelet dropin file, path: {}, error: {e}",
+                    f.display()
+                )
+            })?);
+        }
     }
     let (mut address, mut port) = (None, None);
-    for f in files {
-        let value = match std::fs::read(&f).map(|b| serde_json::from_slice::<serde_json::Value>(&b))
-        {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                say(&format!("{} is not JSON ({e}); ignored", f.display()));
-                continue;
-            }
-            Err(e) => {
-                say(&format!("cannot read {}: {e}; ignored", f.display()));
-                continue;
-            }
-        };
+    for value in values {
         if let Some(p) = value
             .get("healthzPort")
             .and_then(|v| v.as_u64())
@@ -347,5 +386,14 @@ fn healthz_from_config(args: &Args) -> (Option<std::net::IpAddr>, Option<u16>) {
             address = Some(a);
         }
     }
-    (address, port)
+    Ok((address, port))
+}
+
+/// A KubeletConfiguration document: JSON here (what hybrid-agent writes), naming its kind.
+fn parse_config(bytes: &[u8]) -> Result<serde_json::Value, String> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if v.get("kind").and_then(|k| k.as_str()) != Some("KubeletConfiguration") {
+        return Err("Object 'Kind' is missing or is not KubeletConfiguration".to_owned());
+    }
+    Ok(v)
 }
