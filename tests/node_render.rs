@@ -176,10 +176,6 @@ fn every_file_for_kubernetes_1_31() {
         file(&r, "/etc/containerd/config.toml")
     );
     insta::assert_snapshot!(
-        "containerd_user_dropin",
-        file(&r, "/etc/containerd/config.d/00-nodeconfig.toml")
-    );
-    insta::assert_snapshot!(
         "kubelet_config_json_1_31",
         file(&r, "/etc/kubernetes/kubelet/config.json")
     );
@@ -197,9 +193,9 @@ fn every_file_for_kubernetes_1_31() {
     assert_eq!(file(&r, "/etc/kubernetes/pki/ca.crt"), CA_PEM);
     assert_eq!(mode(&r, "/var/lib/kubelet/kubeconfig"), 0o600);
     assert_eq!(
-        mode(&r, "/etc/containerd/config.d/00-nodeconfig.toml"),
+        mode(&r, "/etc/containerd/config.toml"),
         0o600,
-        "may hold registry credentials"
+        "spec.containerd.config is merged in and may hold registry credentials"
     );
     assert_eq!(r.kubelet_healthz_url, "http://127.0.0.1:10248/healthz");
     assert!(

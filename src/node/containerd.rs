@@ -1,12 +1,16 @@
 //! containerd's configuration, as nodeadm writes it for hybrid nodes: config version 2, the CRI
 //! plugin with runc as the default runtime and the systemd cgroup driver, CNI binaries in
-//! `/opt/cni/bin` and configurations in `/etc/cni/net.d`, the EKS pause image. The user's TOML
-//! (`spec.containerd.config`) is not merged into our file but written as a drop-in that
-//! `imports` pulls in after it, so our file stays exactly ours and theirs exactly theirs.
+//! `/opt/cni/bin` and configurations in `/etc/cni/net.d`, the EKS pause image.
+//!
+//! The user's TOML (`spec.containerd.config`) is merged into our file table by table, their
+//! values winning, rather than written as a drop-in that `imports` pulls in as nodeadm does
+//! (internal/containerd/config.go, `config.d/00-nodeadm.toml`). containerd 1.x merges an
+//! imported file per *plugin*: a drop-in that sets one CRI option (a registry mirror,
+//! `restrict_oom_score_adj`) replaces the whole CRI section, and with it our sandbox image, CNI
+//! directories, cgroup driver and registry `config_path` — checked with Debian's containerd
+//! 1.6 (`containerd config dump`), and what tests/pod_sandbox.rs runs into without the merge.
 
-use std::path::PathBuf;
-
-use super::{RenderInput, RenderedFile};
+use super::{RenderError, RenderInput, RenderedFile};
 use crate::paths;
 
 /// containerd's data directory (containerd default; holds images and snapshots).
@@ -18,8 +22,8 @@ pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 /// containerd's `opt` plugin directory (containerd default; set explicitly so a `--root`
 /// sandbox never writes to the host's /opt).
 pub const CONTAINERD_OPT: &str = "/opt/containerd";
-/// The drop-in holding `spec.containerd.config`.
-pub const USER_DROPIN: &str = "00-nodeconfig.toml";
+/// The containerd config version we write (and the only one `spec.containerd.config` may use).
+pub const CONFIG_VERSION: i64 = 2;
 /// OCI runtime spec runc containers start from, when the NodeConfig gives one (nodeadm's path).
 pub const BASE_RUNTIME_SPEC: &str = "/etc/containerd/base-runtime-spec.json";
 /// Registry host configuration directories (nodeadm's `config_path`).
@@ -44,8 +48,8 @@ pub fn sandbox_image_ref(input: &RenderInput<'_>) -> super::ecr::ImageRef {
     super::ecr::sandbox_image(&input.node.region, input.node.region_config.as_ref())
 }
 
-/// `config.toml`, the user drop-in and the base runtime spec.
-pub fn render(input: &RenderInput<'_>) -> Vec<RenderedFile> {
+/// `config.toml` (with `spec.containerd.config` merged in) and the base runtime spec.
+pub fn render(input: &RenderInput<'_>) -> Result<Vec<RenderedFile>, RenderError> {
     let p = |host: &str| input.host(host);
     let mut base_spec_line = String::new();
     let mut files = Vec::new();
@@ -62,7 +66,9 @@ pub fn render(input: &RenderInput<'_>) -> Vec<RenderedFile> {
     }
     let config = format!(
         "# Written by hybrid-agent (nodeadm-compatible); rewritten on every join.\n\
-         # Put your own settings in {dropins}/*.toml: they are imported after this file.\n\
+         # Files in {dropins}/*.toml are imported after this file; containerd 1.x replaces a\n\
+         # whole plugin section with an imported one, so put settings for a plugin we configure\n\
+         # (the CRI plugin) in the NodeConfig's spec.containerd.config: it is merged in here.\n\
          version = 2\n\
          root = {root}\n\
          state = {state}\n\
@@ -112,36 +118,66 @@ pub fn render(input: &RenderInput<'_>) -> Vec<RenderedFile> {
         cni_conf = toml_str(&p(paths::CNI_CONF_DIR)),
         systemd_cgroup = input.systemd_cgroups,
     );
+    let (config, mode) = match &input.node.containerd_config {
+        None => (config, 0o644),
+        Some(user) => {
+            // Registry credentials may live in the user's settings: readable by root only.
+            (merge_user_config(&config, user)?, 0o600)
+        }
+    };
     files.insert(
         0,
         RenderedFile::new(
             paths::CONTAINERD_CONFIG,
             config.into_bytes(),
-            0o644,
+            mode,
             "containerd configuration",
         ),
     );
-    if let Some(user) = &input.node.containerd_config {
-        // An imported file without `version` would be read with version-1 plugin names.
-        let has_version = user
-            .parse::<toml::Table>()
-            .is_ok_and(|t| t.contains_key("version"));
-        let version_line = if has_version { "" } else { "version = 2\n" };
-        let mut text = format!(
-            "# From spec.containerd.config of the NodeConfig; written by hybrid-agent.\n{version_line}{user}"
-        );
-        if !text.ends_with('\n') {
-            text.push('\n');
+    Ok(files)
+}
+
+/// Our config with the user's TOML merged in: tables merge key by key, anything else (values,
+/// arrays) is replaced by the user's.
+pub fn merge_user_config(ours: &str, user: &str) -> Result<String, RenderError> {
+    let problem = |problem: String| RenderError::ContainerdConfig { problem };
+    let mut base: toml::Table = ours.parse().map_err(|e| {
+        problem(format!(
+            "could not be merged: our own config does not parse ({e})"
+        ))
+    })?;
+    let mut theirs: toml::Table = user
+        .parse()
+        .map_err(|e| problem(format!("is not valid TOML: {e}")))?;
+    match theirs.remove("version") {
+        None => {}
+        Some(toml::Value::Integer(CONFIG_VERSION)) => {}
+        Some(other) => {
+            return Err(problem(format!("has `version = {other}`")));
         }
-        // Registry credentials may live here: readable by root only.
-        files.push(RenderedFile::new(
-            PathBuf::from(paths::CONTAINERD_DROPINS).join(USER_DROPIN),
-            text.into_bytes(),
-            0o600,
-            "containerd settings from the NodeConfig",
-        ));
     }
-    files
+    merge_tables(&mut base, theirs);
+    let body = toml::to_string(&base)
+        .map_err(|e| problem(format!("could not be written back as TOML: {e}")))?;
+    let header: String = ours
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    Ok(format!(
+        "{header}# spec.containerd.config of the NodeConfig is merged into this file.\n{body}"
+    ))
+}
+
+fn merge_tables(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge_tables(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
 }
 
 /// A TOML basic string (JSON string escaping is a subset TOML accepts).
@@ -157,6 +193,34 @@ pub fn args(input: &RenderInput<'_>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_settings_merge_into_the_cri_section_without_replacing_it() {
+        let ours = "# ours\nversion = 2\n[plugins.\"io.containerd.grpc.v1.cri\"]\nsandbox_image = \"a/pause:1\"\n[plugins.\"io.containerd.grpc.v1.cri\".cni]\nbin_dir = \"/opt/cni/bin\"\n";
+        let user = "[plugins.\"io.containerd.grpc.v1.cri\"]\nrestrict_oom_score_adj = true\n[plugins.\"io.containerd.grpc.v1.cri\".cni]\nconf_dir = \"/x\"\n";
+        let merged: toml::Table = merge_user_config(ours, user).unwrap().parse().unwrap();
+        let cri = &merged["plugins"]["io.containerd.grpc.v1.cri"];
+        assert_eq!(cri["sandbox_image"].as_str(), Some("a/pause:1"));
+        assert_eq!(cri["restrict_oom_score_adj"].as_bool(), Some(true));
+        assert_eq!(cri["cni"]["bin_dir"].as_str(), Some("/opt/cni/bin"));
+        assert_eq!(cri["cni"]["conf_dir"].as_str(), Some("/x"));
+        // The user's value wins where both set one.
+        let over = merge_user_config(
+            ours,
+            "[plugins.\"io.containerd.grpc.v1.cri\"]\nsandbox_image = \"b/p:2\"\n",
+        )
+        .unwrap();
+        assert!(
+            over.contains("b/p:2") && !over.contains("a/pause:1"),
+            "{over}"
+        );
+        assert!(matches!(
+            merge_user_config(ours, "version = 3\n"),
+            Err(RenderError::ContainerdConfig { .. })
+        ));
+        assert!(merge_user_config(ours, "version = 2\n").is_ok());
+        assert!(merge_user_config(ours, "[[[").is_err());
+    }
 
     #[test]
     fn sandbox_image_by_the_fallback_table() {

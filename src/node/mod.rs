@@ -152,6 +152,10 @@ pub enum RenderError {
         "the kubelet argument `{arg}` holds whitespace, which cannot pass through NODEADM_KUBELET_ARGS in /etc/eks/kubelet/environment (systemd splits it into words); remove the whitespace from spec.kubelet.flags"
     )]
     ArgWhitespace { arg: String },
+    #[error(
+        "spec.containerd.config {problem}; it is merged into containerd's config version 2 (/etc/containerd/config.toml), so write it for config version 2"
+    )]
+    ContainerdConfig { problem: String },
     #[error(transparent)]
     Land(#[from] LandError),
 }
@@ -175,7 +179,7 @@ pub struct Rendered {
 
 /// Renders every file. Pure: no I/O.
 pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
-    let mut files = containerd::render(input);
+    let mut files = containerd::render(input)?;
     let kubelet = kubelet::render(input)?;
     files.extend(kubelet.files);
     files.extend(proxy::render(input));
