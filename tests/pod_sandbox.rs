@@ -134,6 +134,9 @@ fn in_namespaces() {
             "{text}"
         );
 
+        // The sandbox's cgroups go under a parent of the test's own (the cgroup hierarchy is
+        // the host's), removed when the test ends, passed or not.
+        let cgroups = CgroupParent::new();
         // The pod network, written as a CNI's DaemonSet writes it once the node has joined.
         put(
             &node.path("/etc/cni/net.d/10-test-bridge.conflist"),
@@ -154,7 +157,7 @@ fn in_namespaces() {
             hostname: "probe".to_owned(),
             log_directory: node.path("/var/log/pods/probe").display().to_string(),
             linux: Some(cri::LinuxPodSandboxConfig {
-                cgroup_parent: format!("/hybrid-agent-test-{}", std::process::id()),
+                cgroup_parent: cgroups.parent.clone(),
             }),
             ..Default::default()
         };
@@ -206,5 +209,34 @@ fn print_component_logs(node: &Node) {
         for l in tail.into_iter().rev() {
             println!("{l}");
         }
+    }
+}
+
+/// A cgroup parent for the test's pod sandbox; its (empty) directories are removed on drop in
+/// every hierarchy runc made them in.
+struct CgroupParent {
+    parent: String,
+}
+
+impl CgroupParent {
+    fn new() -> Self {
+        Self {
+            parent: format!("/hybrid-agent-test-{}", std::process::id()),
+        }
+    }
+}
+
+impl Drop for CgroupParent {
+    fn drop(&mut self) {
+        let name = self.parent.trim_start_matches('/');
+        for h in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let dir = h.path().join(name);
+            let _ = std::fs::remove_dir(&dir);
+        }
+        let _ = std::fs::remove_dir(std::path::Path::new("/sys/fs/cgroup").join(name));
     }
 }
