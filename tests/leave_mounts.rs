@@ -1,7 +1,8 @@
 //! `leave` never deletes what is mounted: a tmpfs mounted under the sandbox's
-//! `/var/lib/kubelet/pods/…` (as kubelet mounts an emptyDir volume) keeps every byte, leave
-//! refuses before changing anything and names the mount and the fix, and once it is unmounted a
-//! second leave removes the tree. The same holds for a join that fails and rolls back.
+//! `/var/lib/kubelet/pods/…` (as kubelet mounts an emptyDir volume; DaemonSet pods keep theirs on
+//! a drained node) keeps every byte: leave keeps /var/lib/kubelet whole, names the mount and the
+//! fix, and does the rest. A mount anywhere else leave would remove makes it refuse before
+//! changing anything. The same holds for a join that fails and rolls back.
 //!
 //! Each test re-runs itself inside `unshare --mount --propagation private` (needs root, as the
 //! other join tests do), so its mounts live in a mount namespace of its own and the host's
@@ -96,17 +97,16 @@ fn leave_keeps_every_byte_on_a_tmpfs_mounted_under_var_lib_kubelet() {
 
     // No API server runs for the demo cluster here: --force skips the drain check, and still
     // does not override the mount check.
-    let refused = node.run(&["leave", "--force"]);
-    assert_eq!(refused.code, Some(3), "{refused:?}");
+    let leave = node.run(&["leave", "--force"]);
+    assert_eq!(leave.code, Some(0), "{leave:?}");
+    let output = format!("{}{}", leave.stdout, leave.stderr);
     assert!(
-        refused.stderr.contains("leave changed nothing")
-            && refused.stderr.contains(&format!(
-                "1 filesystem is mounted at or beneath what leave would remove: {} (tmpfs from tmpfs)",
-                volume.display()
-            ))
-            && refused.stderr.contains("not even with --force")
-            && refused.stderr.contains("umount"),
-        "{refused:?}"
+        output.contains(&format!(
+            "kept {} whole: 1 filesystem is mounted beneath it ({} (tmpfs from tmpfs))",
+            node.path("/var/lib/kubelet").display(),
+            volume.display()
+        )) && output.contains("umount"),
+        "{leave:?}"
     );
     assert_eq!(
         std::fs::read(volume.join("data.bin")).unwrap(),
@@ -117,14 +117,55 @@ fn leave_keeps_every_byte_on_a_tmpfs_mounted_under_var_lib_kubelet() {
         pod_dir.join("etc-hosts").is_file(),
         "nothing under the tree is removed"
     );
-    assert!(node.path("/var/lib/kubelet/kubeconfig").is_file());
+    // The rest of leave was done: deregistered, components stopped, the agent's state gone.
+    assert!(managed_instances(&ds).is_empty(), "deregistered");
+    assert!(!node.kubelet_healthy(), "kubelet stopped");
+    assert!(!node.path("/var/lib/hybrid-agent/node.json").exists());
+    umount(&volume);
+    let _ = name;
+}
+
+#[test]
+fn a_mount_outside_the_pod_state_makes_leave_refuse_before_any_change() {
+    if !in_private_mount_namespace(
+        "a_mount_outside_the_pod_state_makes_leave_refuse_before_any_change",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = dir.path().join("mirror");
+    standin_release(&mirror, VERSION);
+    let ds = devstack(&mirror);
+    let node = Node::new(&ds, &create_activation(&ds));
+    let run = node.join(&ds, &[]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let name = NodeRecord::load(&HostPaths::new(&node.root))
+        .unwrap()
+        .expect("node record")
+        .node_name;
+    // Something mounted inside the agent's state directory, which leave removes.
+    let at = node.path("/var/lib/hybrid-agent/mnt");
+    mount_tmpfs(&at);
+    std::fs::write(at.join("keep.me"), b"data").unwrap();
+
+    let refused = node.run(&["leave", "--force"]);
+    assert_eq!(refused.code, Some(3), "{refused:?}");
+    assert!(
+        refused.stderr.contains("leave changed nothing")
+            && refused.stderr.contains(&format!(
+                "1 filesystem is mounted at or beneath what leave would remove: {} (tmpfs from tmpfs)",
+                at.display()
+            ))
+            && refused.stderr.contains("not even with --force"),
+        "{refused:?}"
+    );
+    assert_eq!(std::fs::read(at.join("keep.me")).unwrap(), b"data");
     assert_eq!(managed_instances(&ds), vec![name], "still registered");
     assert!(node.kubelet_healthy(), "nothing was stopped");
 
-    umount(&volume);
+    umount(&at);
     let leave = node.run(&["leave", "--force"]);
     assert_eq!(leave.code, Some(0), "{leave:?}");
-    assert!(!node.path("/var/lib/kubelet").exists(), "the tree is gone");
     assert!(managed_instances(&ds).is_empty());
 }
 

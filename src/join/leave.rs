@@ -3,10 +3,16 @@
 //! Before anything changes, two checks; when either fails `leave` refuses and changes nothing
 //! (a user expects nothing half-done), naming what stands in the way and the fix:
 //! - the node is drained and cordoned ([`super::drain`]), unless `--force`;
-//! - nothing is mounted at or beneath any path `leave` would remove (pod volumes, subPath binds
-//!   and CSI mounts under /var/lib/kubelet; container mounts under /run/containerd). `--force`
-//!   does not override this: `leave` never deletes what is mounted. Every removal re-checks
-//!   ([`crate::node::mounts::remove_tree`]), so a mount made after the check keeps its tree.
+//! - nothing is mounted at or beneath any path `leave` would remove, outside the components'
+//!   pod state. `--force` does not override this: `leave` never deletes what is mounted. Every
+//!   removal re-checks ([`crate::node::mounts::remove_tree`]), so a mount made after the check
+//!   keeps its tree.
+//!
+//! Pod volumes (emptyDir, secrets, subPath binds, CSI mounts under /var/lib/kubelet) and
+//! container mounts (under /run/containerd, /var/lib/containerd) are there on every node that
+//! still runs pods, and DaemonSet pods stay on a drained node. A tree of [`POD_STATE_TREES`]
+//! with a mount beneath it is therefore kept whole, with the mounts named and the fix, and
+//! `leave` does the rest (nodeadm's uninstall never removes /var/lib/kubelet at all).
 //!
 //! Steps, each recorded in `leave.json` once done so an interrupted `leave` resumes where it
 //! stopped (and a second `leave` after a complete one finds nothing to do):
@@ -40,6 +46,13 @@ use super::{PhaseError, recover};
 pub const DAEMON_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// containerd's image store: user data, kept unless `--purge`.
 pub const KEPT_WITHOUT_PURGE: &str = crate::node::containerd::CONTAINERD_ROOT;
+/// Where pods' volumes and containers' filesystems are mounted while pods run: kept whole, with
+/// a warning, when something is still mounted beneath (see the module docs).
+pub const POD_STATE_TREES: [&str; 3] = [
+    "/var/lib/kubelet",
+    crate::node::containerd::CONTAINERD_STATE,
+    crate::node::containerd::CONTAINERD_ROOT,
+];
 
 /// What `leave` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -178,7 +191,7 @@ pub async fn leave(
             }
         }
     };
-    preflight(paths, agent, opts, &progress, &mut report).await?;
+    let held = preflight(paths, agent, opts, &progress, &mut report).await?;
     let mut l = Leaver {
         paths,
         progress,
@@ -260,7 +273,8 @@ pub async fn leave(
         };
         l.mark("uninstall", line)?;
     }
-    let keep = kept(paths, agent, opts);
+    let mut keep = kept(paths, agent, opts);
+    keep.extend(held);
     if !l.progress.is_done("unwind") {
         let line = match Journal::load(paths.clone(), Path::new(JOIN_JOURNAL)).map_err(|e| {
             LeaveError::Step {
@@ -355,7 +369,8 @@ async fn preflight(
     opts: &LeaveOptions,
     progress: &Progress,
     report: &mut LeaveReport,
-) -> Result<(), LeaveError> {
+) -> Result<Vec<PathBuf>, LeaveError> {
+    let mut held = Vec::new();
     let mut problems = Vec::new();
     if progress.is_done("stop-components") {
         // Checked when this leave began; kubelet is stopped since.
@@ -375,22 +390,70 @@ async fn preflight(
     }
     match mounted_beneath_removals(paths, agent, opts, progress) {
         Ok(mounts) if mounts.is_empty() => {}
-        Ok(mounts) => problems.push(format!(
-            "{} mounted at or beneath what leave would remove: {}. leave never deletes what is mounted (not even with --force): unmount them (`umount <mount point>`), then run `hybrid-agent leave` again. Pod volumes: drain the node first so kubelet unmounts them; the volumes of pods that stay (DaemonSet pods) remain mounted until kubelet is stopped (`systemctl stop kubelet`), then unmount them",
+        Ok(all) => {
+            let (mounts, pod_trees) = hold_pod_state(paths, all);
+            for (tree, under) in pod_trees {
+                report.warnings.push(format!(
+                    "kept {} whole: {} mounted beneath it ({}), volumes or filesystems of pods still on the node (DaemonSet pods stay on a drained node). leave never deletes what is mounted: once containerd and kubelet are stopped (leave stops them), unmount them (`umount <mount point>`; a CSI volume: detach it in the cluster first) and remove the directory by hand",
+                    tree.display(),
+                    if under.len() == 1 {
+                        "1 filesystem is".to_owned()
+                    } else {
+                        format!("{} filesystems are", under.len())
+                    },
+                    crate::node::mounts::list(&under)
+                ));
+                held.push(tree);
+            }
+            if !mounts.is_empty() {
+                problems.push(format!(
+            "{} mounted at or beneath what leave would remove: {}. leave never deletes what is mounted (not even with --force): unmount them (`umount <mount point>`), then run `hybrid-agent leave` again",
             if mounts.len() == 1 {
                 "1 filesystem is".to_owned()
             } else {
                 format!("{} filesystems are", mounts.len())
             },
-            crate::node::mounts::list(&mounts)
-        )),
+                    crate::node::mounts::list(&mounts)
+                ));
+            }
+        }
         Err(e) => problems.push(e),
     }
     if problems.is_empty() {
-        Ok(())
+        Ok(held)
     } else {
         Err(LeaveError::Refused { problems })
     }
+}
+
+/// Splits `mounts` into those outside the pod state trees (they make leave refuse) and, per pod
+/// state tree, the mounts beneath it (the tree is kept whole).
+fn hold_pod_state(
+    paths: &HostPaths,
+    mounts: Vec<crate::node::mounts::Mount>,
+) -> (
+    Vec<crate::node::mounts::Mount>,
+    Vec<(PathBuf, Vec<crate::node::mounts::Mount>)>,
+) {
+    let trees: Vec<(PathBuf, PathBuf)> = POD_STATE_TREES
+        .iter()
+        .map(|t| {
+            let resolved = paths.resolve(t);
+            (crate::node::mounts::location(&resolved), resolved)
+        })
+        .collect();
+    let mut rest = Vec::new();
+    let mut held: Vec<(PathBuf, Vec<crate::node::mounts::Mount>)> = Vec::new();
+    for m in mounts {
+        match trees.iter().find(|(loc, _)| m.mount_point.starts_with(loc)) {
+            Some((_, tree)) => match held.iter_mut().find(|(t, _)| t == tree) {
+                Some((_, list)) => list.push(m),
+                None => held.push((tree.clone(), vec![m])),
+            },
+            None => rest.push(m),
+        }
+    }
+    (rest, held)
 }
 
 /// Every mount at or beneath a path the remaining steps would remove (outside what is kept).
