@@ -216,3 +216,198 @@ async fn a_truncated_bundle_or_the_wrong_release_is_refused() {
     assert!(bundle::verify(&truncated, VERSION, ARCH).is_err());
     assert!(bundle::verify(&bundle_path, VERSION, ARCH).is_ok());
 }
+
+/// Serves, in place of the generated manifest, one whose kubelet entry is named `name`.
+async fn hostile_manifest(ds: &hybrid_devstack::Devstack, mirror: &Path, name: &str) {
+    use hybrid_agent::install::manifest::Manifest;
+    let url = manifest_url(ds);
+    // The generated manifest, not a hostile one written before.
+    let _ = std::fs::remove_file(mirror.join("manifest.yaml"));
+    let text = installer(&mirror.join("unused"))
+        .fetcher()
+        .text(&url)
+        .await
+        .unwrap();
+    let mut m = Manifest::parse(&text).unwrap();
+    let mut renamed = 0;
+    for r in &mut m.supported_eks_releases {
+        for p in &mut r.patch_releases {
+            for a in &mut p.artifacts {
+                if a.name == "kubelet" {
+                    a.name = name.to_owned();
+                    renamed += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(renamed, 1);
+    // A copy of kubelet, so the release stays complete and only the name is hostile.
+    let mut kubelet = m.supported_eks_releases[0].patch_releases[0]
+        .artifacts
+        .iter()
+        .find(|a| a.name == name)
+        .unwrap()
+        .clone();
+    kubelet.name = "kubelet".into();
+    m.supported_eks_releases[0].patch_releases[0]
+        .artifacts
+        .push(kubelet);
+    std::fs::write(
+        mirror.join("manifest.yaml"),
+        serde_json::to_vec(&m).unwrap(),
+    )
+    .unwrap();
+}
+
+/// `bundle create` with a manifest entry named `../../victim` or an absolute path: refused with
+/// an error naming the manifest and the entry; the file that name points at is untouched.
+#[tokio::test]
+async fn bundle_create_refuses_artifact_names_that_are_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = dir.path().join("mirror");
+    write_release(&mirror, &ReleaseSpec::random(VERSION, 1 << 20));
+    let ds = devstack(&mirror);
+    let out_dir = dir.path().join("a").join("b");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = out_dir.join("bundle.tar");
+    // The work directory is `<out_dir>/.hybrid-agent-bundle-<pid>`, so `../../victim` there is
+    // `<dir>/a/victim`.
+    let relative_victim = dir.path().join("a").join("victim");
+    let absolute_victim = dir.path().join("abs-victim");
+    for victim in [&relative_victim, &absolute_victim] {
+        std::fs::write(victim, b"precious\n").unwrap();
+    }
+    for name in [
+        "../../victim".to_owned(),
+        absolute_victim.to_str().unwrap().to_owned(),
+    ] {
+        hostile_manifest(&ds, &mirror, &name).await;
+        let err = installer(&dir.path().join("r"))
+            .create_bundle(&manifest_url(&ds), VERSION, ARCH, &out)
+            .await
+            .expect_err("a hostile artifact name");
+        for victim in [&relative_victim, &absolute_victim] {
+            assert!(
+                std::fs::read(victim).unwrap() == b"precious\n",
+                "{} was touched ({name})",
+                victim.display()
+            );
+        }
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&manifest_url(&ds)),
+            "names the manifest: {msg}"
+        );
+        assert!(msg.contains(&format!("`{name}`")), "names the entry: {msg}");
+        assert!(msg.contains("plain file name"), "says what is wrong: {msg}");
+        assert!(!out.exists());
+    }
+}
+
+/// A symlink where a download or the bundle's temporary file is written is neither followed
+/// nor removed: the file it points at keeps its content and the transfer fails.
+#[tokio::test]
+async fn downloads_never_follow_or_remove_a_planted_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = dir.path().join("mirror");
+    write_release(&mirror, &ReleaseSpec::random(VERSION, 1 << 20));
+    let ds = devstack(&mirror);
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"precious\n").unwrap();
+
+    // The download primitive, target a symlink.
+    let inst = installer(&dir.path().join("r"));
+    let base = format!("{}/mirror/{VERSION}/{ARCH}", ds.url);
+    let (url, sum_url) = (format!("{base}/kubectl"), format!("{base}/kubectl.sha256"));
+    let (expected, _) = inst.fetcher().checksum(&sum_url, "kubectl").await.unwrap();
+    let dest = dir.path().join("kubectl");
+    std::os::unix::fs::symlink(&victim, &dest).unwrap();
+    let err = inst
+        .fetcher()
+        .file(
+            &url,
+            &sum_url,
+            expected,
+            &dest,
+            "kubectl",
+            &Progress::Silent,
+        )
+        .await
+        .expect_err("the target is a symlink");
+    assert!(err.to_string().contains(dest.to_str().unwrap()), "{err}");
+    assert!(
+        std::fs::read(&victim).unwrap() == b"precious\n",
+        "the victim was written"
+    );
+    assert!(dest.is_symlink(), "the planted link was removed");
+    let beside: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("kubectl"))
+        .collect();
+    assert_eq!(
+        beside,
+        ["kubectl"],
+        "no temporary file left beside the target"
+    );
+
+    // The bundle's temporary file, planted where `bundle create` writes it.
+    let out = dir.path().join("bundle.tar");
+    let partial = dir
+        .path()
+        .join(format!("bundle.tar.{}.partial", std::process::id()));
+    std::os::unix::fs::symlink(&victim, &partial).unwrap();
+    let result = inst
+        .create_bundle(&manifest_url(&ds), VERSION, ARCH, &out)
+        .await;
+    assert!(
+        std::fs::read(&victim).unwrap() == b"precious\n",
+        "the victim was written"
+    );
+    if result.is_ok() {
+        assert!(!out.is_symlink(), "the bundle is the planted link");
+    }
+}
+
+/// A bundle whose tar holds a `../` member is refused whole, before anything is written.
+#[tokio::test]
+async fn a_bundle_with_a_member_outside_it_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_mirror, bundle_path, _) = build_bundle(dir.path()).await;
+    // Append `../escape` (tar::Builder refuses such names, so the header is written by hand)
+    // before the two zero blocks that end the archive.
+    let mut bytes = std::fs::read(&bundle_path).unwrap();
+    let end = bytes.len() - 1024;
+    bytes.truncate(end);
+    let data = b"escaped\n";
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..9].copy_from_slice(b"../escape");
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    bytes.extend_from_slice(h.as_bytes());
+    bytes.extend_from_slice(data);
+    bytes.resize(bytes.len() + (512 - data.len()) + 1024, 0);
+    let evil = dir.path().join("out").join("evil.tar");
+    std::fs::write(&evil, &bytes).unwrap();
+
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    distro_containerd(&root);
+    let before = fingerprint(&root, &[]);
+    let mut j = journal(&root);
+    let err = installer(&root)
+        .install(&bundle_request(&evil, VERSION), &mut j)
+        .await
+        .expect_err("a member outside the bundle");
+    assert!(
+        matches!(&err, InstallError::Bundle(BundleError::Invalid { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("../escape"), "{err}");
+    assert!(j.changes().is_empty());
+    assert_eq!(fingerprint(&root, &[]), before);
+    assert!(!dir.path().join("out").join("escape").exists());
+    assert!(!dir.path().join("escape").exists());
+}

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::checksum::{self, Hasher, Sha256};
+use super::download::create_exclusive;
 use super::manifest::{
     EksRelease, Manifest, ManifestArtifact, ManifestError, PatchRelease, Selection, minor_of,
 };
@@ -364,8 +365,9 @@ pub fn verify(path: &Path, wanted: &str, arch: &str) -> Result<Verified, BundleE
 }
 
 /// Streams the members in `wanted` (member → destination file) out of a verified bundle,
-/// checking each digest again as it is written. Destinations are created with mode 0600 and
-/// fsynced.
+/// checking each digest again as it is written. Destinations must not exist: they are created
+/// with mode 0600 ([`super::download::create_exclusive`]: never through a link, never over a
+/// file) and fsynced.
 pub fn extract(bundle: &Verified, wanted: &BTreeMap<String, PathBuf>) -> Result<(), BundleError> {
     let path = &bundle.path;
     let file = File::open(path).map_err(|source| BundleError::Io {
@@ -398,9 +400,7 @@ pub fn extract(bundle: &Verified, wanted: &BTreeMap<String, PathBuf>) -> Result<
             .get(&name)
             .copied()
             .ok_or_else(|| invalid(path, format!("`{name}` was not verified")))?;
-        let mut out = std::fs::OpenOptions::new();
-        std::os::unix::fs::OpenOptionsExt::mode(out.write(true).create(true).truncate(true), 0o600);
-        let mut out = out.open(dest).map_err(|source| BundleError::Io {
+        let mut out = create_exclusive(dest).map_err(|source| BundleError::Io {
             op: "create staged copy of",
             path: dest.clone(),
             source,
@@ -461,6 +461,15 @@ pub fn write(
     let mut artifacts = Vec::new();
     let mut manifest_artifacts = Vec::new();
     for d in items {
+        super::manifest::check_name(&d.artifact.name).map_err(|problem| {
+            invalid(
+                out,
+                format!(
+                    "the artifact name `{}` is not a plain file name ({problem})",
+                    d.artifact.name
+                ),
+            )
+        })?;
         let member = format!("{ARTIFACT_DIR}/{}", d.artifact.name);
         artifacts.push(BundleArtifact {
             name: d.artifact.name.clone(),
@@ -506,14 +515,20 @@ pub fn write(
         .map_err(|e| io_err("serialize")(io::Error::other(e)))?
         .into_bytes();
 
-    let mut tmp_name = out
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    tmp_name.push(format!(".{}.partial", std::process::id()));
-    let tmp = out.with_file_name(tmp_name);
+    // Hidden and unpredictable, created exclusively: a link planted beside `out` is never
+    // followed, and only a file this call created is ever removed.
+    let tmp = out.with_file_name(format!(
+        ".{}.{}-{:08x}.partial",
+        out.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let file = create_exclusive(&tmp).map_err(|source| BundleError::Io {
+        op: "create",
+        path: tmp.clone(),
+        source,
+    })?;
     let result = (|| {
-        let file = File::create(&tmp).map_err(io_err("create"))?;
         let mut builder = tar::Builder::new(io::BufWriter::with_capacity(CHUNK, file));
         let mut sums = String::new();
         let mut add_bytes =

@@ -9,7 +9,7 @@
 //! This module is the only retry loop for artifact transfers (one owner per retry loop).
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -261,8 +261,12 @@ impl Fetcher {
         Ok((sha256, text))
     }
 
-    /// Downloads `url` to `dest` (created with mode 0600, fsynced) and verifies it against
-    /// `expected`. On any failure `dest` is removed.
+    /// Downloads `url` to `dest` (mode 0600, fsynced) and verifies it against `expected`.
+    ///
+    /// The bytes go to a fresh temporary file beside `dest` ([`create_exclusive`]), which only
+    /// becomes `dest` once verified ([`publish`]: never over an existing file or link). On any
+    /// failure only that temporary file is removed: `dest`, whatever it is, is never written,
+    /// followed or deleted.
     pub async fn file(
         &self,
         url: &str,
@@ -272,20 +276,32 @@ impl Fetcher {
         label: &str,
         progress: &Progress,
     ) -> Result<Fetched, FetchError> {
-        let result = self
-            .file_inner(url, checksum_url, Some(expected), dest, label, progress)
-            .await;
-        if result.is_err() {
-            let _ = std::fs::remove_file(dest);
-        }
+        let (tmp, mut file) = create_temp(dest)?;
+        let result = match self
+            .file_inner(
+                url,
+                checksum_url,
+                Some(expected),
+                (&mut file, &tmp),
+                label,
+                progress,
+            )
+            .await
+        {
+            Ok(got) => publish(&tmp, dest).map(|()| got),
+            Err(e) => Err(e),
+        };
+        drop(file);
+        let _ = std::fs::remove_file(&tmp);
         result
     }
 
     /// Downloads the gzip-compressed `url`, decompresses it into `dest` and verifies the
     /// decompressed bytes against `expected` (a manifest's checksum covers the artifact, not its
-    /// gzip: nodeadm internal/aws/source.go `getSource`). The compressed file is staged next to
-    /// `dest` and removed; on any failure `dest` is removed too. `bytes` and `sha256` in the
-    /// answer are the decompressed file's; `transferred` counts the compressed bytes received.
+    /// gzip: nodeadm internal/aws/source.go `getSource`). The compressed file and the
+    /// decompressed one are fresh temporary files beside `dest`, removed afterwards; `dest`
+    /// appears only when verified, as in [`Fetcher::file`]. `bytes` and `sha256` in the answer
+    /// are the decompressed file's; `transferred` counts the compressed bytes received.
     pub async fn gzip_file(
         &self,
         url: &str,
@@ -295,42 +311,54 @@ impl Fetcher {
         label: &str,
         progress: &Progress,
     ) -> Result<Fetched, FetchError> {
-        let mut gz = dest.as_os_str().to_owned();
-        gz.push(".gz");
-        let gz = PathBuf::from(gz);
-        let result =
-            match self
-                .file_inner(url, checksum_url, None, &gz, label, progress)
-                .await
-            {
-                Ok(got) => gunzip_verified(&gz, dest, url, checksum_url, expected).map(
-                    |(bytes, sha256)| Fetched {
-                        bytes,
-                        sha256,
-                        ..got
-                    },
-                ),
-                Err(e) => Err(e),
-            };
+        let (gz, mut gz_file) = create_temp(dest)?;
+        let result = match self
+            .file_inner(
+                url,
+                checksum_url,
+                None,
+                (&mut gz_file, &gz),
+                label,
+                progress,
+            )
+            .await
+        {
+            Ok(got) => create_temp(dest).and_then(|(tmp, out)| {
+                let r = gz_file
+                    .rewind()
+                    .map_err(io_err("rewind", &gz))
+                    .and_then(|()| {
+                        gunzip_verified(&mut gz_file, out, &tmp, url, checksum_url, expected)
+                    })
+                    .and_then(|(bytes, sha256)| {
+                        publish(&tmp, dest).map(|()| Fetched {
+                            bytes,
+                            sha256,
+                            ..got
+                        })
+                    });
+                let _ = std::fs::remove_file(&tmp);
+                r
+            }),
+            Err(e) => Err(e),
+        };
+        drop(gz_file);
         let _ = std::fs::remove_file(&gz);
-        if result.is_err() {
-            let _ = std::fs::remove_file(dest);
-        }
         result
     }
 
-    /// Downloads `url` to `dest`; with `expected`, verifies it (else the caller does).
+    /// Downloads `url` into `file` (empty, ours; `dest` is its path for errors); with
+    /// `expected`, verifies it (else the caller does).
     async fn file_inner(
         &self,
         url: &str,
         checksum_url: &str,
         expected: Option<Sha256>,
-        dest: &Path,
+        (file, dest): (&mut File, &Path),
         label: &str,
         progress: &Progress,
     ) -> Result<Fetched, FetchError> {
         let parsed = self.check_url(url)?;
-        let mut file = create(dest)?;
         let mut hasher = Hasher::new();
         let mut have: u64 = 0;
         // What the first response said: whether ranges work, and the validator for If-Range.
@@ -374,7 +402,7 @@ impl Fetcher {
                     ranges = false;
                     have = 0;
                     hasher = Hasher::new();
-                    file = create(dest)?;
+                    restart(file, dest)?;
                     continue;
                 }
                 _ => {
@@ -392,7 +420,7 @@ impl Fetcher {
                     // The server ignored the range (or none was asked): start from zero.
                     have = 0;
                     hasher = Hasher::new();
-                    file = create(dest)?;
+                    restart(file, dest)?;
                 }
                 ranges = resp
                     .headers()
@@ -518,19 +546,18 @@ fn content_range_start(resp: &reqwest::Response) -> Option<u64> {
     rest.split('-').next()?.trim().parse().ok()
 }
 
-/// Decompresses the gzip file `gz` into `dest` (mode 0600, fsynced) while hashing what comes
+/// Decompresses the gzip stream `gz` into `out` (at `dest`; fsynced) while hashing what comes
 /// out, and compares that with `expected`. Returns the decompressed size and digest.
 fn gunzip_verified(
-    gz: &Path,
+    gz: &mut File,
+    mut out: File,
     dest: &Path,
     url: &str,
     checksum_url: &str,
     expected: Sha256,
 ) -> Result<(u64, Sha256), FetchError> {
     use std::io::Read;
-    let input = File::open(gz).map_err(io_err("open", gz))?;
-    let mut decoder = flate2::read::GzDecoder::new(std::io::BufReader::new(input));
-    let mut out = create(dest)?;
+    let mut decoder = flate2::read::GzDecoder::new(std::io::BufReader::new(gz));
     let mut hasher = Hasher::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut bytes = 0u64;
@@ -559,12 +586,50 @@ fn gunzip_verified(
     Ok((bytes, actual))
 }
 
-fn create(dest: &Path) -> Result<File, FetchError> {
+/// Creates `path` for writing (and reading back), mode 0600, only if nothing is there:
+/// `O_CREAT|O_EXCL|O_NOFOLLOW`, so neither an existing file nor a planted symlink (even a
+/// dangling one) is ever opened — the file returned is one this call created.
+pub fn create_exclusive(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()
+        .read(true)
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .mode(0o600)
-        .open(dest)
-        .map_err(io_err("create", dest))
+        .open(path)
+}
+
+/// A fresh temporary file beside `dest`: `.<name>.<pid>-<random>.partial`, hidden and
+/// unpredictable, created with [`create_exclusive`].
+fn create_temp(dest: &Path) -> Result<(PathBuf, File), FetchError> {
+    let name = dest.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dest.with_file_name(format!(
+        ".{name}.{}-{:08x}.partial",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let file = create_exclusive(&tmp).map_err(io_err("create", &tmp))?;
+    Ok((tmp, file))
+}
+
+/// Empties a temporary file of ours to start a download over.
+fn restart(file: &mut File, path: &Path) -> Result<(), FetchError> {
+    file.set_len(0).map_err(io_err("truncate", path))?;
+    file.rewind().map_err(io_err("rewind", path))
+}
+
+/// Gives the verified temporary file `tmp` its final name `dest` without replacing anything
+/// there: a hard link (which fails when `dest` exists, also as a symlink) — the caller removes
+/// `tmp` afterwards — and an fsync of the directory.
+pub fn publish(tmp: &Path, dest: &Path) -> Result<(), FetchError> {
+    std::fs::hard_link(tmp, dest).map_err(|source| FetchError::Io {
+        op: "move the verified download into place as",
+        path: dest.to_path_buf(),
+        source,
+    })?;
+    crate::fsutil::sync_dir(crate::fsutil::parent_dir(dest)).map_err(|e| FetchError::Io {
+        op: e.step.verb(),
+        path: e.path,
+        source: e.source,
+    })
 }

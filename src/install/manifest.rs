@@ -109,6 +109,32 @@ pub enum ManifestError {
         arch: String,
         name: String,
     },
+    #[error(
+        "Kubernetes {version} lists an artifact named `{name}` ({uri}), which is not a plain file name: {problem} (artifact names become file names, like `kubelet`)"
+    )]
+    UnsafeName {
+        version: String,
+        name: String,
+        uri: String,
+        problem: &'static str,
+    },
+}
+
+/// Checks that an artifact name from a manifest or bundle is a plain file name, which the
+/// installer may join to a directory of its own: not empty, not `.` or `..`, no `/`, no NUL.
+/// Returns what is wrong otherwise.
+pub fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        Err("it is empty")
+    } else if name == "." || name == ".." {
+        Err("it names a directory (`.` or `..`)")
+    } else if name.contains('/') {
+        Err("it contains `/`")
+    } else if name.contains('\0') {
+        Err("it contains a NUL byte")
+    } else {
+        Ok(())
+    }
 }
 
 impl Manifest {
@@ -182,6 +208,16 @@ impl Manifest {
             .filter(|a| a.arch == arch && a.os == "linux")
             .cloned()
             .collect();
+        // Names become file names under the staging and bundle directories: a name that is a
+        // path (`../../etc/passwd`, `/etc/shadow`) refuses the manifest before any write.
+        for a in &artifacts {
+            check_name(&a.name).map_err(|problem| ManifestError::UnsafeName {
+                version: patch.version.clone(),
+                name: a.name.clone(),
+                uri: a.uri.clone(),
+                problem,
+            })?;
+        }
         if artifacts.is_empty() {
             return Err(ManifestError::NoArch {
                 version: patch.version.clone(),
@@ -394,6 +430,25 @@ supported_eks_releases:
         );
         assert_eq!(default_manifest_url("cn-north-1"), CHINA_MANIFEST_URL);
         assert_eq!(default_manifest_url("us-gov-west-1"), DEFAULT_MANIFEST_URL);
+    }
+
+    #[test]
+    fn artifact_names_must_be_plain_file_names() {
+        for bad in ["", ".", "..", "../../x", "/etc/passwd", "a/b", "kube\0let"] {
+            assert!(check_name(bad).is_err(), "{bad:?} accepted");
+            let yaml = YAML.replace("{name: kubelet, arch: amd64, os: linux, uri: \"https://m/1.31.2/amd64/kubelet\"", &format!("{{name: {bad:?}, arch: amd64, os: linux, uri: \"https://m/1.31.2/amd64/kubelet\""));
+            let e = Manifest::parse(&yaml)
+                .expect("parse")
+                .select("1.31", "amd64")
+                .expect_err("unsafe name");
+            assert!(
+                matches!(e, ManifestError::UnsafeName { .. }),
+                "{bad:?}: {e}"
+            );
+        }
+        for good in ["kubelet", "cni-plugins", "a.b", "..kubelet"] {
+            assert_eq!(check_name(good), Ok(()), "{good:?}");
+        }
     }
 
     #[test]

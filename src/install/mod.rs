@@ -81,6 +81,16 @@ pub enum InstallError {
     ManifestFetch(#[source] FetchError),
     #[error("{0}")]
     Manifest(#[from] ManifestError),
+    #[error("the manifest {manifest_url} is refused: {source}")]
+    ManifestRefused {
+        manifest_url: String,
+        #[source]
+        source: ManifestError,
+    },
+    #[error(
+        "the artifact name `{name}` is not a plain file name ({problem}); nothing was written for it"
+    )]
+    UnsafeName { name: String, problem: &'static str },
     #[error("{artifact}: {source}")]
     Fetch {
         artifact: String,
@@ -177,7 +187,15 @@ impl Installer {
                     .await
                     .map_err(InstallError::ManifestFetch)?;
                 let manifest = manifest::Manifest::parse(&text)?;
-                let selection = manifest.select(&req.kubernetes_version, &req.arch)?;
+                let selection = manifest
+                    .select(&req.kubernetes_version, &req.arch)
+                    .map_err(|e| match e {
+                        ManifestError::UnsafeName { .. } => InstallError::ManifestRefused {
+                            manifest_url: manifest_url.clone(),
+                            source: e,
+                        },
+                        e => InstallError::Manifest(e),
+                    })?;
                 // Refuse plain HTTP before the first byte of an artifact moves.
                 for a in &selection.artifacts {
                     for url in [a.download_uri(), &a.checksum_uri] {
@@ -397,7 +415,7 @@ impl Installer {
         let mut out = Vec::new();
         let (mut bytes, mut resumed) = (0, 0);
         for (a, p) in wanted {
-            let dest = staging.join(&a.name);
+            let dest = staged_path(staging, &a.name)?;
             let (got, _) = self.fetch_artifact(a, &dest).await?;
             bytes += got.transferred;
             resumed += got.resumed;
@@ -452,7 +470,8 @@ impl Installer {
         Ok((got, text))
     }
 
-    /// Downloads every artifact of a release into `dir` (verified), for `bundle create`.
+    /// Downloads every artifact of a release that the installer knows ([`manifest::CATALOG`])
+    /// into `dir` (verified), for `bundle create`. Others are left out: no install could use them.
     pub async fn download_release(
         &self,
         selection: &Selection,
@@ -460,7 +479,11 @@ impl Installer {
     ) -> Result<Vec<bundle::Downloaded>, InstallError> {
         let mut out = Vec::new();
         for a in &selection.artifacts {
-            let dest = dir.join(&a.name);
+            if manifest::placement(&a.name).is_none() {
+                tracing::info!(artifact = %a.name, uri = %a.uri, "not an artifact hybrid-agent installs; left out of the bundle");
+                continue;
+            }
+            let dest = staged_path(dir, &a.name)?;
             let (got, text) = self.fetch_artifact(a, &dest).await?;
             out.push(bundle::Downloaded {
                 artifact: a.clone(),
@@ -472,6 +495,19 @@ impl Installer {
         }
         Ok(out)
     }
+}
+
+/// `dir/name` for an artifact name from a manifest or bundle, refused unless `name` is a plain
+/// file name ([`manifest::check_name`]) — so the path can never leave `dir`. [`Manifest::select`]
+/// refuses such names already; this keeps every join safe on its own.
+///
+/// [`Manifest::select`]: manifest::Manifest::select
+fn staged_path(dir: &Path, name: &str) -> Result<PathBuf, InstallError> {
+    manifest::check_name(name).map_err(|problem| InstallError::UnsafeName {
+        name: name.to_owned(),
+        problem,
+    })?;
+    Ok(dir.join(name))
 }
 
 fn req_path(req: &InstallRequest) -> PathBuf {
@@ -497,7 +533,7 @@ fn stage_from_bundle(
     let mut members = BTreeMap::new();
     let mut out = Vec::new();
     for (a, p) in wanted {
-        let dest = staging.join(&a.name);
+        let dest = staged_path(staging, &a.name)?;
         let sum = b
             .artifact_sum(a)
             .ok_or_else(|| bundle::BundleError::Invalid {
@@ -584,7 +620,8 @@ fn unpack(
                         name.to_string_lossy()
                     )));
                 }
-                let mut f = fs::File::create(&staged).map_err(|e| unpack_err(e.to_string()))?;
+                let mut f = download::create_exclusive(&staged)
+                    .map_err(|e| unpack_err(format!("{}: {e}", staged.display())))?;
                 let mut h = checksum::Hasher::new();
                 let mut buf = vec![0u8; 128 * 1024];
                 loop {
