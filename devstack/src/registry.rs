@@ -171,8 +171,15 @@ fn certificates() -> Result<(String, String, String), String> {
     Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
 }
 
+/// An image's blobs: manifest, config, one layer.
+struct ImageBlobs {
+    manifest: Vec<u8>,
+    config: Vec<u8>,
+    layer: Vec<u8>,
+}
+
 /// The pause image: one layer holding `/bin/busybox`, whose entrypoint sleeps for ever.
-fn pause_image() -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), String> {
+fn pause_image() -> Result<ImageBlobs, String> {
     let busybox = std::fs::read(BUSYBOX)
         .map_err(|e| format!("read {BUSYBOX} (Debian package busybox-static): {e}"))?;
     let mut tar = tar::Builder::new(Vec::new());
@@ -209,12 +216,20 @@ fn pause_image() -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), String> {
     })
     .to_string()
     .into_bytes();
-    Ok((manifest, config, layer))
+    Ok(ImageBlobs {
+        manifest,
+        config,
+        layer,
+    })
 }
 
 /// Writes the pause image into distribution's filesystem storage layout under `storage`.
 fn lay_out_pause_image(storage: &Path) -> Result<(), String> {
-    let (manifest, config, layer) = pause_image()?;
+    let ImageBlobs {
+        manifest,
+        config,
+        layer,
+    } = pause_image()?;
     let v2 = storage.join("docker/registry/v2");
     let repo = v2.join("repositories").join(PAUSE_REPOSITORY);
     let blob = |bytes: &[u8]| -> Result<String, String> {

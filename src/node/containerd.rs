@@ -191,6 +191,7 @@ pub fn args(input: &RenderInput<'_>) -> Vec<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
