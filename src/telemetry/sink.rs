@@ -170,7 +170,7 @@ impl LogsSink {
                 .filter_map(|r| {
                     InputLogEvent::builder()
                         .timestamp(r.timestamp_ms)
-                        .message(r.message.clone())
+                        .message(r.message.as_str())
                         .build()
                         .ok()
                 })
