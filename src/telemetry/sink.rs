@@ -183,7 +183,8 @@ impl LogsSink {
     pub async fn ship(&self, batch: &Batch) {
         let stream = self.stream_name(&batch.stream);
         // Ranges of `batch.events` still to send, the next one last.
-        let mut todo = vec![0..batch.events.len()];
+        let mut todo = Vec::with_capacity(32);
+        todo.push(0..batch.events.len());
         let mut splits = 0usize;
         while let Some(range) = todo.pop() {
             let events = &batch.events[range.clone()];
