@@ -9,7 +9,7 @@ mod telemetry_support;
 
 use std::time::{Duration, Instant};
 
-use hybrid_agent::telemetry::record::Record;
+use hybrid_agent::telemetry::record::{Message, Record};
 use hybrid_agent::telemetry::spool::{Spool, SpoolBudget};
 use telemetry_support::*;
 
@@ -131,7 +131,7 @@ fn spool_truncated_mid_record_recovers_and_counts() {
             .map(|i| Record {
                 stream: "kubelet".into(),
                 timestamp_ms: hybrid_agent::telemetry::now_ms(),
-                message: line("kubelet", i, 100),
+                message: Message::new(line("kubelet", i, 100)).expect("message"),
             })
             .collect();
         spool.append(&recs).expect("append");
@@ -343,7 +343,7 @@ fn too_old_dropped_and_too_new_rejected_are_counted_not_retried() {
         let mk = |ts: i64, i: usize| Record {
             stream: "kubelet".into(),
             timestamp_ms: ts,
-            message: line("kubelet", i, 60),
+            message: Message::new(line("kubelet", i, 60)).expect("message"),
         };
         // 15 days old: dropped before sending. 3 h ahead: CloudWatch rejects it (tooNew).
         spool

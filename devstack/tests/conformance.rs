@@ -217,6 +217,54 @@ async fn logs_out_of_order_rejected(t: &Target) {
     assert!(err.into_service_error().is_invalid_parameter_exception());
 }
 
+/// One empty message among valid ones: CloudWatch refuses the whole call
+/// (InvalidParameterException, "Member must have length greater than or equal to 1") and stores
+/// none of its events.
+async fn logs_empty_message_rejected(t: &Target) {
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&t.config().await);
+    let group = unique("/aws/eks-hybrid/empty");
+    logs.create_log_group()
+        .log_group_name(&group)
+        .send()
+        .await
+        .expect("CreateLogGroup");
+    logs.create_log_stream()
+        .log_group_name(&group)
+        .log_stream_name("s")
+        .send()
+        .await
+        .expect("CreateLogStream");
+    let t0 = now_ms();
+    let mut put = logs
+        .put_log_events()
+        .log_group_name(&group)
+        .log_stream_name("s");
+    for (i, m) in ["before", "", "after"].into_iter().enumerate() {
+        put = put.log_events(
+            InputLogEvent::builder()
+                .timestamp(t0 + i as i64)
+                .message(m)
+                .build()
+                .expect("event"),
+        );
+    }
+    let err = put
+        .send()
+        .await
+        .expect_err("a batch with an empty message must fail as a whole");
+    let err = err.into_service_error();
+    assert!(err.is_invalid_parameter_exception(), "{err:?}");
+    let stored = logs
+        .get_log_events()
+        .log_group_name(&group)
+        .log_stream_name("s")
+        .start_from_head(true)
+        .send()
+        .await
+        .expect("GetLogEvents");
+    assert!(stored.events().is_empty(), "{:?}", stored.events());
+}
+
 async fn metrics_round_trip(t: &Target) {
     let cw = aws_sdk_cloudwatch::Client::new(&t.config().await);
     let namespace = unique("EKSHybrid/Conformance");
@@ -504,6 +552,9 @@ macro_rules! conformance {
 
 conformance!(
     both: [logs_round_trip, logs_out_of_order_rejected, metrics_query_round_trip, sts_identity, eks_describe],
-    // moto 5.2 answers the RPC v2 CBOR path with 404.
-    devstack_only: [metrics_round_trip],
+    // moto 5.2 answers the RPC v2 CBOR path with 404, and stores an empty message with a 200
+    // where CloudWatch refuses the call (the refusal AWS users report: "Value '' at
+    // 'logEvents.N.member.message' failed to satisfy constraint: Member must have length greater
+    // than or equal to 1"); the devstack fails where CloudWatch fails.
+    devstack_only: [metrics_round_trip, logs_empty_message_rejected],
 );

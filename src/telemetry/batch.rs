@@ -127,12 +127,13 @@ impl WindowBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::record::Message;
 
     fn rec(stream: &str, ts: i64, len: usize) -> Record {
         Record {
             stream: stream.into(),
             timestamp_ms: ts,
-            message: "x".repeat(len),
+            message: Message::new("x".repeat(len)).expect("message"),
         }
     }
 
@@ -146,7 +147,7 @@ mod tests {
             assert!(w.fits(&r));
             w.push(r);
         }
-        assert!(!w.fits(&rec("a", 1, 0)));
+        assert!(!w.fits(&rec("a", 1, 1)));
         // Another stream has its own batch.
         assert!(w.fits(&rec("b", 1, 10)));
     }
@@ -174,11 +175,11 @@ mod tests {
         let now = 100 * 24 * 3600 * 1000;
         let mut w = WindowBuilder::new();
         let mut a = rec("a", now - 5, 1);
-        a.message = "first".into();
+        a.message = Message::new("first".into()).expect("message");
         let mut b = rec("a", now - 10, 1);
-        b.message = "second".into();
+        b.message = Message::new("second".into()).expect("message");
         let mut c = rec("a", now - 5, 1);
-        c.message = "third".into();
+        c.message = Message::new("third".into()).expect("message");
         w.push(a);
         w.push(b);
         w.push(c);

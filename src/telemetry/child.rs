@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 use tokio::sync::mpsc;
 
-use super::record::Record;
+use super::record::{Record, is_blank};
 
 /// Which pipe a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,30 +79,27 @@ pub struct ChildLine {
 
 impl ChildLine {
     /// `[stdout] line` / `[stderr] line` (or the bare line, for combined output) in the
-    /// component's stream, at the time it was read.
-    pub fn into_record(self) -> Record {
+    /// component's stream, at the time it was read; nothing for a blank line (a Go panic trace
+    /// has several), split in parts when over CloudWatch's per-event limit
+    /// ([`Record::events`]).
+    pub fn into_records(self) -> Vec<Record> {
         let ms = self
             .timestamp
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
+        if is_blank(&self.line) {
+            return Vec::new();
+        }
         if self.stream == ChildStream::Combined {
-            return Record {
-                stream: self.component,
-                timestamp_ms: ms,
-                message: self.line,
-            };
+            return Record::events(self.component, ms, self.line);
         }
         let mut message = String::with_capacity(self.line.len() + 9);
         message.push('[');
         message.push_str(self.stream.as_str());
         message.push_str("] ");
         message.push_str(&self.line);
-        Record {
-            stream: self.component,
-            timestamp_ms: ms,
-            message,
-        }
+        Record::events(self.component, ms, message)
     }
 }
 
@@ -130,5 +127,38 @@ impl ChildLineSender {
     /// For synchronous readers: blocks the calling (non-async) thread while telemetry is behind.
     pub fn blocking_send(&self, line: ChildLine) -> bool {
         self.0.blocking_send(line).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(stream: ChildStream, text: &str) -> ChildLine {
+        ChildLine {
+            component: "kubelet".into(),
+            stream,
+            line: text.into(),
+            timestamp: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(5),
+            ack: None,
+        }
+    }
+
+    #[test]
+    fn blank_lines_make_no_event_on_any_pipe() {
+        for s in [
+            ChildStream::Stdout,
+            ChildStream::Stderr,
+            ChildStream::Combined,
+        ] {
+            assert!(line(s, "").into_records().is_empty());
+            assert!(line(s, " \t").into_records().is_empty());
+        }
+        let r = line(ChildStream::Stderr, "goroutine 1 [running]:").into_records();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].message, "[stderr] goroutine 1 [running]:");
+        assert_eq!(r[0].timestamp_ms, 5);
+        let r = line(ChildStream::Combined, "\tmain.go:12").into_records();
+        assert_eq!(r[0].message, "\tmain.go:12");
     }
 }

@@ -20,7 +20,7 @@ use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::record::Record;
+use super::record::{Message, Record};
 use super::sink::Backoff;
 use super::spool::{Spool, SpoolError};
 use super::status::StatusCell;
@@ -270,7 +270,7 @@ fn to_record(p: &Point) -> Option<Record> {
     Some(Record {
         stream: "metrics".into(),
         timestamp_ms: p.timestamp_ms,
-        message: serde_json::to_string(p).ok()?,
+        message: Message::new(serde_json::to_string(p).ok()?).ok()?,
     })
 }
 

@@ -75,7 +75,7 @@ pub use metrics::{ComponentHealth, HealthProbe, NoProbe};
 pub use status::{StatusCell, TelemetryStatus};
 
 use journal::{Cursor, Filter, JournalReader};
-use record::{MAX_EVENT_MESSAGE_BYTES, Record};
+use record::Record;
 use shipper::{Chunk, Shipper, ShipperOptions};
 use sink::{Backoff, LogsSink};
 use spool::{Spool, SpoolBudget};
@@ -385,7 +385,7 @@ pub async fn run(
                                 }
                             }
                         }
-                        let records = buf.drain(..).flat_map(|l| split(l.into_record())).collect();
+                        let records = buf.drain(..).flat_map(child::ChildLine::into_records).collect();
                         let chunk = Chunk { records, cursor: None, caught_up: false, acks };
                         if ctx.send(chunk).await.is_err() { break; }
                     }
@@ -444,10 +444,6 @@ pub async fn run(
     Ok(())
 }
 
-fn split(r: Record) -> Vec<Record> {
-    r.split_oversize(MAX_EVENT_MESSAGE_BYTES)
-}
-
 /// The reader thread: polls the journal, sends chunks, sleeps when caught up; reopens after an
 /// error from the last position it handed out.
 fn journal_loop(
@@ -486,12 +482,7 @@ fn journal_loop(
                 reading = true;
                 let mut records = Vec::with_capacity(out.len());
                 for jr in out.drain(..) {
-                    let r = Record::from_journal(jr);
-                    if r.message.len() > MAX_EVENT_MESSAGE_BYTES {
-                        records.extend(split(r));
-                    } else {
-                        records.push(r);
-                    }
+                    records.extend(Record::from_journal(jr));
                 }
                 if tx
                     .blocking_send(Chunk {

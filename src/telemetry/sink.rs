@@ -7,7 +7,9 @@
 //! a ResourceNotFoundException creates the group and the stream (already-exists is success) and
 //! the batch is replayed. A 200 is never retried: events listed in `rejectedLogEventsInfo` are
 //! counted and logged. A batch the service calls invalid (InvalidParameterException) cannot
-//! succeed by retrying; it is counted as rejected and logged rather than blocking every later line.
+//! succeed by retrying; when the refusal is about its events it is sent again in halves down to
+//! the event at fault, and what stays refused is counted as rejected and logged rather than
+//! blocking every later line.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +20,7 @@ use aws_sdk_cloudwatchlogs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 
 use super::batch::Batch;
+use super::record::Record;
 use super::status::Counters;
 
 /// First retry delay ceiling; doubles per attempt up to [`Backoff::cap`].
@@ -50,6 +53,19 @@ impl Backoff {
         let c = self.ceiling(attempt);
         c.mul_f64(rand::random::<f64>())
     }
+}
+
+/// Most halvings of one batch after refusals about its events: isolating one bad event among
+/// 10,000 takes 14, so 64 (128 extra calls at most) isolates four and bounds the cost of a
+/// refusal that only looks like it is about events.
+pub const MAX_REJECT_SPLITS: usize = 64;
+
+/// Whether an InvalidParameterException's message is about the events of the call (a member of
+/// `logEvents`, their order, span or size) rather than the group or stream, so that sending the
+/// events in smaller calls can succeed.
+fn about_events(error: &str) -> bool {
+    let e = error.to_ascii_lowercase();
+    e.contains("logevents") || e.contains("log event") || e.contains("too large")
 }
 
 /// What to do about a failed call.
@@ -158,19 +174,51 @@ impl LogsSink {
 
     /// Sends one batch until CloudWatch accepted it (or called it invalid). Returns when the
     /// batch needs no further attempt.
+    ///
+    /// A call refused as invalid for something about its events (the error names `logEvents` or
+    /// log events) is sent again in halves, down to the single event at fault, so one bad event
+    /// costs only itself, not its up to 9,999 neighbours. Events are valid by construction
+    /// ([`super::record::Message`]), so this is the second line of defence; it is bounded by
+    /// [`MAX_REJECT_SPLITS`] so a refusal that is not about events cannot multiply the calls.
     pub async fn ship(&self, batch: &Batch) {
         let stream = self.stream_name(&batch.stream);
-        let n = batch.events.len() as u64;
+        // Ranges of `batch.events` still to send, the next one last.
+        let mut todo = Vec::with_capacity(32);
+        todo.push(0..batch.events.len());
+        let mut splits = 0usize;
+        while let Some(range) = todo.pop() {
+            let events = &batch.events[range.clone()];
+            if events.is_empty() {
+                continue;
+            }
+            let Err(error) = self.put(&stream, events).await else {
+                continue;
+            };
+            if events.len() > 1 && splits < MAX_REJECT_SPLITS && about_events(&error) {
+                splits += 1;
+                let mid = range.start + range.len() / 2;
+                todo.push(mid..range.end);
+                todo.push(range.start..mid);
+                continue;
+            }
+            tracing::error!(group = %self.group, stream = %stream, error = %error, events = events.len(), "CloudWatch Logs refused events as invalid; counted as rejected");
+            self.counters.add_rejected(events.len() as u64);
+        }
+    }
+
+    /// One PutLogEvents of `events`, retried until it is accepted (`Ok`) or refused as invalid
+    /// (`Err` with the service's `code: message`).
+    async fn put(&self, stream: &str, events: &[Record]) -> Result<(), String> {
+        let n = events.len() as u64;
         let mut attempt = 0u32;
         loop {
             // Built per attempt: the batch stays with the shipper (it may also go to the spool).
-            let events: Vec<InputLogEvent> = batch
-                .events
+            let input: Vec<InputLogEvent> = events
                 .iter()
                 .filter_map(|r| {
                     InputLogEvent::builder()
                         .timestamp(r.timestamp_ms)
-                        .message(r.message.clone())
+                        .message(r.message.as_str())
                         .build()
                         .ok()
                 })
@@ -179,8 +227,8 @@ impl LogsSink {
                 .client
                 .put_log_events()
                 .log_group_name(&self.group)
-                .log_stream_name(&stream)
-                .set_log_events(Some(events))
+                .log_stream_name(stream)
+                .set_log_events(Some(input))
                 .send()
                 .await;
             match res {
@@ -195,25 +243,23 @@ impl LogsSink {
                     }
                     self.counters.add_rejected(rejected);
                     self.counters.add_shipped(n - rejected);
-                    return;
+                    return Ok(());
                 }
                 Err(e) => match classify_sdk(&e) {
                     Class::Missing => {
-                        if let Err(msg) = self.create(&stream).await {
-                            self.fail(attempt, &stream, &msg).await;
+                        if let Err(msg) = self.create(stream).await {
+                            self.fail(attempt, stream, &msg).await;
                             attempt += 1;
                         }
                         // Replay at once after creating.
                     }
                     Class::Retry => {
                         let msg = describe(&e);
-                        self.fail(attempt, &stream, &msg).await;
+                        self.fail(attempt, stream, &msg).await;
                         attempt += 1;
                     }
                     Class::Reject => {
-                        tracing::error!(group = %self.group, stream = %stream, error = %describe(&e), events = n, "CloudWatch Logs refused a batch as invalid; counted as rejected");
-                        self.counters.add_rejected(n);
-                        return;
+                        return Err(describe(&e));
                     }
                 },
             }
@@ -352,5 +398,91 @@ mod tests {
             .expired_log_event_end_index(4)
             .build();
         assert_eq!(rejected_count(&i, 10), 4, "expired covers the too-old ones");
+    }
+
+    #[test]
+    fn refusals_about_events_are_told_from_others() {
+        assert!(about_events(
+            "InvalidParameterException: 1 validation error detected: Value '' at 'logEvents.37.member.message' failed to satisfy constraint: Member must have length greater than or equal to 1"
+        ));
+        assert!(about_events(
+            "InvalidParameterException: Log events in a single PutLogEvents request must be in chronological order."
+        ));
+        assert!(!about_events(
+            "InvalidParameterException: 1 validation error detected: Value 'a b' at 'logGroupName' failed to satisfy constraint"
+        ));
+    }
+
+    /// An event CloudWatch refuses (here an empty one, which [`Message`] cannot make) among 100
+    /// costs only itself: the batch is sent again in halves down to that event.
+    #[test]
+    fn one_refused_event_costs_only_itself() {
+        use crate::telemetry::batch::WindowBuilder;
+        use crate::telemetry::record::Message;
+        let ds = hybrid_devstack::Devstack::spawn(hybrid_devstack::Config::default())
+            .expect("start devstack");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let creds = aws_credential_types::Credentials::new(
+                "AKIADEVSTACKADMIN000",
+                "devstack-admin-secret-key-not-a-real-secret",
+                None,
+                None,
+                "test",
+            );
+            let conf = aws_sdk_cloudwatchlogs::config::Builder::new()
+                .behavior_version(aws_sdk_cloudwatchlogs::config::BehaviorVersion::latest())
+                .endpoint_url(&ds.url)
+                .region(aws_sdk_cloudwatchlogs::config::Region::new("us-west-2"))
+                .credentials_provider(creds)
+                .retry_config(aws_sdk_cloudwatchlogs::config::retry::RetryConfig::disabled())
+                .build();
+            let client = Client::from_conf(conf);
+            let counters = Arc::new(Counters::default());
+            let sink = LogsSink::new(
+                client.clone(),
+                "/test/group".into(),
+                "{node}/{unit}".into(),
+                "node".into(),
+                Backoff::default(),
+                counters.clone(),
+            );
+            let now = crate::telemetry::now_ms();
+            let mut w = WindowBuilder::new();
+            for i in 0..100 {
+                let text = if i == 37 {
+                    String::new()
+                } else {
+                    format!("line {i}")
+                };
+                w.push(Record {
+                    stream: "kubelet".into(),
+                    timestamp_ms: now,
+                    message: Message::unchecked(text),
+                });
+            }
+            let (batches, _) = w.finish(now);
+            sink.ship(&batches[0]).await;
+            let c = counters.snapshot();
+            assert_eq!((c.shipped, c.rejected), (99, 1));
+            let got = client
+                .get_log_events()
+                .log_group_name("/test/group")
+                .log_stream_name("node/kubelet")
+                .start_from_head(true)
+                .send()
+                .await
+                .expect("GetLogEvents");
+            let got: Vec<&str> = got.events().iter().filter_map(|e| e.message()).collect();
+            let want: Vec<String> = (0..100)
+                .filter(|&i| i != 37)
+                .map(|i| format!("line {i}"))
+                .collect();
+            assert_eq!(got, want);
+        });
     }
 }

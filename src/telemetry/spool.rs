@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::record::Record;
+use super::record::{Message, Record};
 
 /// A segment is closed and a new one started past this size.
 pub const SEGMENT_BYTES: u64 = 16 << 20;
@@ -190,7 +190,9 @@ fn decode(p: &[u8]) -> Option<Record> {
     let ts = i64::from_le_bytes(p[1..9].try_into().ok()?);
     let sl = u16::from_le_bytes([p[9], p[10]]) as usize;
     let stream = std::str::from_utf8(p.get(11..11 + sl)?).ok()?;
-    let message = String::from_utf8_lossy(p.get(11 + sl..)?).into_owned();
+    // Checked again: a record an older agent spooled may be empty, and CloudWatch would refuse
+    // its whole batch for it; it is counted as corrupt instead.
+    let message = Message::new(String::from_utf8_lossy(p.get(11 + sl..)?).into_owned()).ok()?;
     Some(Record {
         stream: stream.into(),
         timestamp_ms: ts,
@@ -589,7 +591,7 @@ mod tests {
         Record {
             stream: "s".into(),
             timestamp_ms: i as i64,
-            message: format!("line {i}"),
+            message: Message::new(format!("line {i}")).expect("message"),
         }
     }
 
