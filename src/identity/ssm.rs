@@ -10,7 +10,6 @@
 //! "Signature expired" loop (amazon-ssm-agent#616) into one extra round trip.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use reqwest::Url;
@@ -437,6 +436,7 @@ impl SsmClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, SystemTime};
 
     #[test]
     fn error_code_shapes() {
