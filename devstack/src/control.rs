@@ -122,6 +122,11 @@ impl FaultsDoc {
 /// - `POST /_devstack/outage?secs=N` → drop every connection for N seconds (0 ends it)
 /// - `POST /_devstack/clock?offset_secs=N`
 /// - `GET /_devstack/counters` → JSON map `service/Operation` → calls; `DELETE` resets
+/// - `PUT /_devstack/ssm/token-expiration` (body: any JSON value) → every
+///   RequestManagedInstanceRoleToken answers `TokenExpirationDate` with that value verbatim;
+///   `PUT /_devstack/rolesanywhere/expiration` does the same for CreateSession's `expiration`;
+///   `DELETE` on either goes back to the issued expiry (the credentials themselves still expire
+///   when issued)
 /// - `/_devstack/ssm/...` → [`crate::ssm::control`]
 /// - `/_devstack/eks/...` → [`crate::eks::control`], `/_devstack/mirror/...` → [`crate::mirror::control`]
 /// - `GET /_devstack/ecr/password`, `GET /_devstack/ecr/registry` ([`crate::ecr::control`])
@@ -174,6 +179,29 @@ pub async fn handle(state: &Shared, op: &str, req: &Req) -> axum::response::Resp
         (Method::DELETE, "counters") => {
             state.reset_counters();
             json(serde_json::json!({}))
+        }
+        (method, "ssm/token-expiration" | "rolesanywhere/expiration") => {
+            let service = op.split('/').next().unwrap_or(op).to_string();
+            if method == Method::DELETE {
+                crate::state::lock(&state.expiration_overrides).remove(&service);
+                return json(serde_json::json!({ "service": service, "expiration": null }));
+            }
+            if method != Method::PUT {
+                return ApiError::bad_request(
+                    "InvalidParameter",
+                    format!("{op} takes PUT (body: the JSON value to answer with) or DELETE"),
+                )
+                .render(Protocol::Plain);
+            }
+            match serde_json::from_slice::<serde_json::Value>(&req.body) {
+                Ok(v) => {
+                    crate::state::lock(&state.expiration_overrides)
+                        .insert(service.clone(), v.clone());
+                    json(serde_json::json!({ "service": service, "expiration": v }))
+                }
+                Err(e) => ApiError::bad_request("InvalidParameter", format!("{op} body: {e}"))
+                    .render(Protocol::Plain),
+            }
         }
         // SSM knobs (key-rotation requests) live with the SSM state they change.
         (_, op) if op.starts_with("ssm/") => crate::ssm::control(state, op, req),

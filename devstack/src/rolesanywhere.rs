@@ -465,9 +465,14 @@ fn create_session(state: &Shared, req: &Req) -> Result<serde_json::Value, ApiErr
     let principal = Principal::assumed_role(&state.config.account_id, &role, &session);
     let lifetime = Duration::from_secs(duration).min(state.config.token_lifetime);
     let cred = lock(&state.creds).issue(&principal, now, lifetime)?;
-    let expiration = crate::wire::rfc3339(
-        std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(cred.expires_at).unwrap_or(0)),
-    );
+    let expiration = state
+        .expiration_override("rolesanywhere")
+        .unwrap_or_else(|| {
+            serde_json::Value::String(crate::wire::rfc3339(
+                std::time::UNIX_EPOCH
+                    + Duration::from_secs(u64::try_from(cred.expires_at).unwrap_or(0)),
+            ))
+        });
     Ok(serde_json::json!({
         "credentialSet": [{
             "assumedRoleUser": { "arn": cred.arn, "assumedRoleId": cred.user_id },

@@ -879,7 +879,9 @@ fn request_role_token(state: &Shared, req: &Req) -> Result<Value, ApiError> {
         "AccessKeyId": cred.access_key_id,
         "SecretAccessKey": cred.secret_access_key,
         "SessionToken": cred.session_token,
-        "TokenExpirationDate": cred.expires_at,
+        "TokenExpirationDate": state
+            .expiration_override("ssm")
+            .unwrap_or_else(|| json!(cred.expires_at)),
         "UpdateKeyPair": update_key_pair,
     }))
 }

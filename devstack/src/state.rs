@@ -26,6 +26,10 @@ pub struct State {
     pub kube: crate::kube::KubeState,
     pub mirror: crate::mirror::MirrorState,
     pub rolesanywhere: crate::rolesanywhere::RolesAnywhereState,
+    /// Expirations answered verbatim instead of the issued one, by service (`ssm`:
+    /// `TokenExpirationDate`, `rolesanywhere`: `expiration`); set through the control endpoint
+    /// to test clients against absurd values. Not persisted.
+    pub expiration_overrides: Mutex<BTreeMap<String, serde_json::Value>>,
 }
 
 /// Locks a mutex, recovering the data if a handler panicked while holding it (the devstack keeps
@@ -48,6 +52,7 @@ impl State {
             kube: crate::kube::KubeState::default(),
             mirror: crate::mirror::MirrorState::default(),
             rolesanywhere: crate::rolesanywhere::RolesAnywhereState::load(dir.as_deref())?,
+            expiration_overrides: Mutex::new(BTreeMap::new()),
             faults: RwLock::new(faults),
             counters: Mutex::new(BTreeMap::new()),
             config,
@@ -64,6 +69,11 @@ impl State {
         } else {
             base - Duration::from_secs(offset.unsigned_abs())
         }
+    }
+
+    /// The expiration `service` should answer with instead of the real one, if one is set.
+    pub fn expiration_override(&self, service: &str) -> Option<serde_json::Value> {
+        lock(&self.expiration_overrides).get(service).cloned()
     }
 
     pub fn faults(&self) -> RwLockReadGuard<'_, Faults> {

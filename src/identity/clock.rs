@@ -14,6 +14,12 @@ use std::time::{Duration, SystemTime};
 /// and SigV4 tolerates 5 minutes anyway. Above it, the correction is applied.
 pub const SKEW_TOLERANCE: Duration = Duration::from_secs(5);
 
+/// Largest correction applied. NTP-less drift and a wrong time zone setting stay well within a
+/// day; a larger difference is a reset RTC or an endpoint whose `Date` is wrong (one answering
+/// over plain http could be anyone), and following it would move every signature and expiry
+/// check by that much. Refused with an error that says to fix the host clock.
+pub const MAX_SKEW_CORRECTION: Duration = Duration::from_secs(24 * 3600);
+
 /// Source of "now". The real one is [`SystemClock`].
 pub trait Clock: Send + Sync + std::fmt::Debug {
     fn now(&self) -> SystemTime;
@@ -47,6 +53,9 @@ pub enum SkewChange {
     Corrected(i64),
     /// The clocks agree again; the correction was dropped.
     Cleared,
+    /// The difference (ms, service minus host) exceeds [`MAX_SKEW_CORRECTION`]: not applied,
+    /// the correction in use (if any) stays.
+    Refused(i64),
 }
 
 impl SkewedClock {
@@ -92,6 +101,15 @@ impl SkewedClock {
             }
             return SkewChange::Unchanged;
         }
+        if skew_ms.unsigned_abs() > MAX_SKEW_CORRECTION.as_millis() as u64 {
+            tracing::error!(
+                skew_secs = skew_ms / 1000,
+                "the service's Date header differs from the host clock by {} s (service minus host), more than the {} h this agent corrects for; not correcting — set the host clock (timedatectl status, NTP) or check the endpoint",
+                skew_ms / 1000,
+                MAX_SKEW_CORRECTION.as_secs() / 3600
+            );
+            return SkewChange::Refused(skew_ms);
+        }
         // Within tolerance of the correction already in use: keep it (stable signing times).
         if old != 0 && (skew_ms - old).abs() < tolerance {
             return SkewChange::Unchanged;
@@ -109,18 +127,19 @@ impl SkewedClock {
 }
 
 fn signed_ms(a: SystemTime, b: SystemTime) -> i64 {
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     match a.duration_since(b) {
-        Ok(d) => d.as_millis() as i64,
-        Err(e) => -(e.duration().as_millis() as i64),
+        Ok(d) => ms(d),
+        Err(e) => -ms(e.duration()),
     }
 }
 
 fn shift(t: SystemTime, ms: i64) -> SystemTime {
+    let d = Duration::from_millis(ms.unsigned_abs());
     if ms >= 0 {
-        t + Duration::from_millis(ms as u64)
+        t.checked_add(d).unwrap_or(t)
     } else {
-        t.checked_sub(Duration::from_millis(ms.unsigned_abs()))
-            .unwrap_or(SystemTime::UNIX_EPOCH)
+        t.checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH)
     }
 }
 
@@ -185,6 +204,37 @@ mod tests {
             SkewChange::Unchanged
         );
         assert_eq!(c.offset_ms(), 0);
+    }
+
+    #[test]
+    fn corrections_beyond_a_day_are_refused() {
+        let host = Arc::new(ManualClock::new(at(1_700_000_000)));
+        let c = SkewedClock::new(host.clone());
+        // A 10-minute correction in use stays when a wild Date arrives.
+        let ten_min = httpdate::fmt_http_date(at(1_700_000_600));
+        assert_eq!(
+            c.observe(&ten_min, host.now()),
+            SkewChange::Corrected(600_000)
+        );
+        let day = MAX_SKEW_CORRECTION.as_secs();
+        for server in [
+            at(1_700_000_000 + day + 10),
+            at(1_700_000_000 - day - 10),
+            at(0),
+        ] {
+            let date = httpdate::fmt_http_date(server);
+            assert!(
+                matches!(c.observe(&date, host.now()), SkewChange::Refused(_)),
+                "{date}"
+            );
+            assert_eq!(c.offset_ms(), 600_000, "{date}");
+        }
+        // Just inside the bound is still corrected.
+        let date = httpdate::fmt_http_date(at(1_700_000_000 + day - 10));
+        assert_eq!(
+            c.observe(&date, host.now()),
+            SkewChange::Corrected((day as i64 - 10) * 1000)
+        );
     }
 
     #[test]

@@ -466,23 +466,14 @@ impl IamRaSource {
             .next()
             .ok_or_else(|| bad("credentialSet is empty".into()))?
             .credentials;
-        let expires_service = crate::identity::ssm::parse_expiration(&serde_json::Value::String(
-            creds.expiration.clone(),
-        ))
-        .ok_or_else(|| {
-            bad(format!(
-                "expiration `{}` is not an RFC 3339 time",
-                creds.expiration
-            ))
-        })?;
-        let off = self.clock.offset_ms();
-        let expiration = if off >= 0 {
-            expires_service
-                .checked_sub(Duration::from_millis(off as u64))
-                .unwrap_or(expires_service)
-        } else {
-            expires_service + Duration::from_millis(off.unsigned_abs())
-        };
+        let expires_service = crate::identity::expiry::parse_checked(
+            "expiration",
+            &serde_json::Value::String(creds.expiration),
+            self.clock.now(),
+        )
+        .map_err(bad)?;
+        let expiration =
+            crate::identity::expiry::to_host_time(expires_service, self.clock.offset_ms());
         Ok(TemporaryCredentials {
             access_key_id: creds.access_key_id,
             secret_access_key: Secret::new(creds.secret_access_key),

@@ -17,6 +17,7 @@ pub mod aws_config;
 pub mod clock;
 pub mod credential_process;
 pub mod credfile;
+pub mod expiry;
 pub mod iam_ra;
 pub mod keys;
 pub mod pem;

@@ -5,7 +5,9 @@
 //! refresh at half the *remaining* lifetime with ±10 % jitter; after a failure wait a capped
 //! exponential backoff with full jitter (nodeadm caps at 60 s, so do we by default). While the
 //! current credentials are still valid the wait is also bounded by a quarter of their remaining
-//! life, so attempts get denser as expiry nears instead of sleeping through it.
+//! life, so attempts get denser as expiry nears instead of sleeping through it. No delay, for
+//! any input, is shorter than [`MIN_DELAY`]: credentials that are already expired (or a service
+//! that hands out one-second tokens) cost at most one call a second, never a busy loop.
 
 use std::time::{Duration, SystemTime};
 
@@ -17,9 +19,11 @@ pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
 pub const REFRESH_FRACTION: f64 = 0.5;
 /// Jitter around the refresh point (±10 %).
 pub const REFRESH_JITTER: f64 = 0.10;
-/// Never schedule closer than this; avoids a busy loop on a service that hands out credentials
-/// that are already (nearly) expired.
-pub const MIN_DELAY: Duration = Duration::from_millis(250);
+/// Never schedule closer than this, after a success or a failure: at most 60 calls a minute
+/// whatever a service answers (already-expired or nearly expired credentials used to mean
+/// "refresh now" in a loop). Real credentials last 15 min (IAM Roles Anywhere's minimum) or
+/// more, so the floor never delays a due refresh by a meaningful share of their life.
+pub const MIN_DELAY: Duration = Duration::from_secs(1);
 
 /// A random number in [0, 1); injected so tests can pin it.
 pub trait Jitter: Send + Sync {
@@ -36,17 +40,21 @@ impl Jitter for RandomJitter {
     }
 }
 
+/// The jitter's number, forced into [0, 1] (NaN → ½): `Duration::mul_f64` panics on NaN.
+fn unit(jitter: &dyn Jitter) -> f64 {
+    let u = jitter.unit();
+    if u.is_nan() { 0.5 } else { u.clamp(0.0, 1.0) }
+}
+
 /// Time from `now` until the next refresh of credentials expiring at `expires`: half the
-/// remaining lifetime, ±10 %. Already expired → refresh now.
+/// remaining lifetime, ±10 %, and never less than [`MIN_DELAY`] (already expired → after
+/// [`MIN_DELAY`]).
 pub fn refresh_delay(now: SystemTime, expires: SystemTime, jitter: &dyn Jitter) -> Duration {
     let Ok(remaining) = expires.duration_since(now) else {
-        return Duration::ZERO;
+        return MIN_DELAY;
     };
-    if remaining.is_zero() {
-        return Duration::ZERO;
-    }
-    let factor = REFRESH_FRACTION * (1.0 + REFRESH_JITTER * (2.0 * jitter.unit() - 1.0));
-    remaining.mul_f64(factor).max(MIN_DELAY.min(remaining))
+    let factor = REFRESH_FRACTION * (1.0 + REFRESH_JITTER * (2.0 * unit(jitter) - 1.0));
+    remaining.mul_f64(factor).max(MIN_DELAY)
 }
 
 /// Wait before retry number `attempt` (0 = first retry): uniform in [0, min(cap, base·2^attempt)]
@@ -60,7 +68,7 @@ pub fn backoff_delay(
 ) -> Duration {
     let exp = BACKOFF_BASE.saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX));
     let ceiling = exp.min(cap);
-    let mut d = ceiling.mul_f64(jitter.unit().clamp(0.0, 1.0));
+    let mut d = ceiling.mul_f64(unit(jitter));
     if let Some(r) = remaining.filter(|r| !r.is_zero()) {
         d = d.min(r / 4);
     }
@@ -106,9 +114,35 @@ mod tests {
     }
 
     #[test]
-    fn expired_refreshes_now() {
-        assert_eq!(refresh_delay(t(10), t(5), &Fixed(0.5)), Duration::ZERO);
-        assert_eq!(refresh_delay(t(10), t(10), &Fixed(0.5)), Duration::ZERO);
+    fn expired_or_nearly_expired_refreshes_after_the_minimum_delay() {
+        assert_eq!(refresh_delay(t(10), t(5), &Fixed(0.5)), MIN_DELAY);
+        assert_eq!(refresh_delay(t(10), t(10), &Fixed(0.5)), MIN_DELAY);
+        assert_eq!(refresh_delay(t(10), t(11), &Fixed(0.0)), MIN_DELAY);
+        assert!(refresh_delay(t(0), t(u64::MAX / 4), &Fixed(2.0)) > MIN_DELAY);
+    }
+
+    /// Whatever the times and the randomness, no wait is shorter than the floor: a loop of
+    /// refreshes or retries makes at most one call per [`MIN_DELAY`].
+    #[test]
+    fn no_input_schedules_below_the_floor() {
+        assert!(MIN_DELAY >= Duration::from_secs(1));
+        let times = [0, 1, 10, 3600, 1_700_000_000, u32::MAX as u64];
+        for &now in &times {
+            for &exp in &times {
+                for j in [0.0, 0.5, 1.0, -1.0, 7.0, f64::NAN] {
+                    let d = refresh_delay(t(now), t(exp), &Fixed(j));
+                    assert!(d >= MIN_DELAY, "refresh {now}->{exp} jitter {j}: {d:?}");
+                }
+            }
+        }
+        for attempt in [0, 1, 31, u32::MAX] {
+            for remaining in [None, Some(Duration::ZERO), Some(Duration::from_millis(1))] {
+                for j in [0.0, 1.0, -1.0, f64::NAN] {
+                    let d = backoff_delay(attempt, Duration::ZERO, remaining, &Fixed(j));
+                    assert!(d >= MIN_DELAY, "backoff {attempt} {remaining:?} {j}: {d:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -10,7 +10,6 @@
 //! "Signature expired" loop (amazon-ssm-agent#616) into one extra round trip.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use reqwest::Url;
@@ -20,6 +19,7 @@ use crate::aws::http::{Answer, TransportKind, classify, read_answer};
 use crate::config::Secret;
 use crate::identity::TemporaryCredentials;
 use crate::identity::clock::{SkewChange, SkewedClock};
+use crate::identity::expiry;
 use crate::identity::keys::{InstanceKey, PUBLIC_KEY_TYPE};
 use crate::identity::sigv4::{self, CanonicalInput, SigningTime};
 
@@ -180,27 +180,6 @@ pub fn error_code(raw: &str) -> &str {
         .trim()
 }
 
-/// `TokenExpirationDate` as epoch seconds (integer or fractional) or an ISO-8601/RFC 3339
-/// string: the wire form is unverified (PROTOCOLS.md §1), so both are accepted.
-pub fn parse_expiration(v: &serde_json::Value) -> Option<SystemTime> {
-    match v {
-        serde_json::Value::Number(n) => {
-            let secs = n.as_f64()?;
-            (secs.is_finite() && secs > 0.0)
-                .then(|| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs))
-        }
-        serde_json::Value::String(s) => {
-            if let Ok(secs) = s.parse::<f64>() {
-                return parse_expiration(&serde_json::json!(secs));
-            }
-            let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                .ok()?;
-            Some(SystemTime::from(t))
-        }
-        _ => None,
-    }
-}
-
 /// The endpoint for messages: scheme, host and port only (no userinfo or query).
 pub fn display_endpoint(url: &Url) -> String {
     url.origin().ascii_serialization()
@@ -280,21 +259,23 @@ impl SsmClient {
         let out: RoleTokenOut = self
             .call(OP_ROLE_TOKEN, &body, Some((instance_id, key)))
             .await?;
-        let expires_service =
-            parse_expiration(&out.token_expiration_date).ok_or_else(|| SsmError::Response {
-                operation: OP_ROLE_TOKEN,
-                endpoint: self.endpoint(),
-                detail: format!(
-                    "TokenExpirationDate `{}` is neither epoch seconds nor an ISO-8601 time",
-                    out.token_expiration_date
-                ),
-            })?;
+        // The wire form is unverified (PROTOCOLS.md §1): epoch seconds and RFC 3339 both parse.
+        let expires_service = expiry::parse_checked(
+            "TokenExpirationDate",
+            &out.token_expiration_date,
+            self.clock.now(),
+        )
+        .map_err(|detail| SsmError::Response {
+            operation: OP_ROLE_TOKEN,
+            endpoint: self.endpoint(),
+            detail,
+        })?;
         Ok(RoleToken {
             credentials: TemporaryCredentials {
                 access_key_id: out.access_key_id,
                 secret_access_key: Secret::new(out.secret_access_key),
                 session_token: Secret::new(out.session_token),
-                expiration: self.to_host_time(expires_service),
+                expiration: expiry::to_host_time(expires_service, self.clock.offset_ms()),
             },
             update_key_pair: out.update_key_pair.unwrap_or(false),
         })
@@ -312,19 +293,6 @@ impl SsmClient {
             .call(OP_UPDATE_KEY, &body, Some((instance_id, current)))
             .await?;
         Ok(())
-    }
-
-    /// Service time → host time, with the skew measured so far: expiry is compared against the
-    /// host clock everywhere else (scheduler, SDK clients, status).
-    fn to_host_time(&self, service: SystemTime) -> SystemTime {
-        let off = self.clock.offset_ms();
-        if off >= 0 {
-            service
-                .checked_sub(Duration::from_millis(off as u64))
-                .unwrap_or(service)
-        } else {
-            service + Duration::from_millis(off.unsigned_abs())
-        }
     }
 
     async fn call<T: serde::de::DeserializeOwned>(
@@ -468,6 +436,7 @@ impl SsmClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, SystemTime};
 
     #[test]
     fn error_code_shapes() {
@@ -488,28 +457,34 @@ mod tests {
     fn expiration_number_or_string() {
         let want = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         assert_eq!(
-            parse_expiration(&serde_json::json!(1_700_000_000)),
+            crate::identity::expiry::parse(&serde_json::json!(1_700_000_000)),
             Some(want)
         );
         assert_eq!(
-            parse_expiration(&serde_json::json!(1_700_000_000.0)),
+            crate::identity::expiry::parse(&serde_json::json!(1_700_000_000.0)),
             Some(want)
         );
         assert_eq!(
-            parse_expiration(&serde_json::json!("1700000000")),
+            crate::identity::expiry::parse(&serde_json::json!("1700000000")),
             Some(want)
         );
         assert_eq!(
-            parse_expiration(&serde_json::json!("2023-11-14T22:13:20Z")),
+            crate::identity::expiry::parse(&serde_json::json!("2023-11-14T22:13:20Z")),
             Some(want)
         );
         assert_eq!(
-            parse_expiration(&serde_json::json!("2023-11-14T23:13:20+01:00")),
+            crate::identity::expiry::parse(&serde_json::json!("2023-11-14T23:13:20+01:00")),
             Some(want)
         );
-        assert_eq!(parse_expiration(&serde_json::json!("soon")), None);
-        assert_eq!(parse_expiration(&serde_json::json!(null)), None);
-        assert_eq!(parse_expiration(&serde_json::json!(-5)), None);
+        assert_eq!(
+            crate::identity::expiry::parse(&serde_json::json!("soon")),
+            None
+        );
+        assert_eq!(
+            crate::identity::expiry::parse(&serde_json::json!(null)),
+            None
+        );
+        assert_eq!(crate::identity::expiry::parse(&serde_json::json!(-5)), None);
     }
 
     fn api(code: &str, status: u16, message: &str) -> SsmError {

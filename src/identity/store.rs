@@ -246,11 +246,30 @@ pub mod ts {
     use serde::{Deserialize, Deserializer, Serializer};
     use time::format_description::well_known::Rfc3339;
 
+    /// RFC 3339 of `t`, clamped to years 0000–9999 (what RFC 3339 can write): never panics,
+    /// whatever time a service or a file produced (`OffsetDateTime::from` does, past 9999).
     pub fn format(t: SystemTime) -> String {
-        time::OffsetDateTime::from(t)
+        let dt = match t.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_secs())
+                .ok()
+                .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+                .map(|dt| dt.replace_nanosecond(d.subsec_nanos()).unwrap_or(dt))
+                .unwrap_or(LATEST),
+            Err(e) => {
+                let d = e.duration();
+                i64::try_from(d.as_secs())
+                    .ok()
+                    .and_then(|s| time::OffsetDateTime::from_unix_timestamp(-s).ok())
+                    .unwrap_or(EARLIEST)
+            }
+        };
+        dt.clamp(EARLIEST, LATEST)
             .format(&Rfc3339)
             .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
     }
+
+    const EARLIEST: time::OffsetDateTime = time::macros::datetime!(0000-01-01 00:00:00 UTC);
+    const LATEST: time::OffsetDateTime = time::macros::datetime!(9999-12-31 23:59:59 UTC);
 
     pub fn parse(s: &str) -> Option<SystemTime> {
         time::OffsetDateTime::parse(s, &Rfc3339)
@@ -314,6 +333,17 @@ mod tests {
             e.to_string().contains("fingerprint") && e.to_string().contains("--reregister"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn formatting_any_time_never_panics_and_clamps() {
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000_000);
+        assert_eq!(ts::format(far), "9999-12-31T23:59:59Z");
+        let before = SystemTime::UNIX_EPOCH - Duration::from_secs(100_000_000_000);
+        assert_eq!(ts::format(before), "0000-01-01T00:00:00Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_250);
+        assert_eq!(ts::format(t), "2023-11-14T22:13:20.25Z");
+        assert_eq!(ts::parse(&ts::format(t)), Some(t));
     }
 
     #[test]
