@@ -24,6 +24,10 @@ pub const REFRESH_JITTER: f64 = 0.10;
 /// "refresh now" in a loop). Real credentials last 15 min (IAM Roles Anywhere's minimum) or
 /// more, so the floor never delays a due refresh by a meaningful share of their life.
 pub const MIN_DELAY: Duration = Duration::from_secs(1);
+/// Floor of a retry while the current credentials are still valid: retries get denser as expiry
+/// nears (at most a quarter of the remaining life apart) down to this, so a few failures in a
+/// row close to expiry still leave attempts before it. Once they have expired, [`MIN_DELAY`].
+pub const MIN_RETRY_WHILE_VALID: Duration = Duration::from_millis(250);
 
 /// A random number in [0, 1); injected so tests can pin it.
 pub trait Jitter: Send + Sync {
@@ -58,8 +62,9 @@ pub fn refresh_delay(now: SystemTime, expires: SystemTime, jitter: &dyn Jitter) 
 }
 
 /// Wait before retry number `attempt` (0 = first retry): uniform in [0, min(cap, base·2^attempt)]
-/// ("full jitter"), at least [`MIN_DELAY`]; when `remaining` (life left in the current
-/// credentials) is known, at most a quarter of it.
+/// ("full jitter"); when `remaining` (life left in the current credentials) is known and not
+/// zero, at most a quarter of it and at least [`MIN_RETRY_WHILE_VALID`], otherwise at least
+/// [`MIN_DELAY`].
 pub fn backoff_delay(
     attempt: u32,
     cap: Duration,
@@ -69,10 +74,10 @@ pub fn backoff_delay(
     let exp = BACKOFF_BASE.saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX));
     let ceiling = exp.min(cap);
     let mut d = ceiling.mul_f64(unit(jitter));
-    if let Some(r) = remaining.filter(|r| !r.is_zero()) {
-        d = d.min(r / 4);
+    match remaining.filter(|r| !r.is_zero()) {
+        Some(r) => d.min(r / 4).max(MIN_RETRY_WHILE_VALID),
+        None => d.max(MIN_DELAY),
     }
-    d.max(MIN_DELAY)
 }
 
 #[cfg(test)]
@@ -139,7 +144,13 @@ mod tests {
             for remaining in [None, Some(Duration::ZERO), Some(Duration::from_millis(1))] {
                 for j in [0.0, 1.0, -1.0, f64::NAN] {
                     let d = backoff_delay(attempt, Duration::ZERO, remaining, &Fixed(j));
-                    assert!(d >= MIN_DELAY, "backoff {attempt} {remaining:?} {j}: {d:?}");
+                    // Expired or unknown life: one call a second at most; still valid: four.
+                    let floor = if remaining.is_some_and(|r| !r.is_zero()) {
+                        MIN_RETRY_WHILE_VALID
+                    } else {
+                        MIN_DELAY
+                    };
+                    assert!(d >= floor, "backoff {attempt} {remaining:?} {j}: {d:?}");
                 }
             }
         }
@@ -188,7 +199,7 @@ mod tests {
         );
         assert_eq!(
             backoff_delay(10, cap, Some(Duration::from_millis(400)), &Fixed(1.0)),
-            MIN_DELAY
+            MIN_RETRY_WHILE_VALID
         );
         // Expired (zero remaining): the plain backoff applies.
         assert_eq!(
