@@ -228,15 +228,26 @@ impl CgroupParent {
 
 impl Drop for CgroupParent {
     fn drop(&mut self) {
+        // The sandbox's own cgroup beneath it goes away shortly after RemovePodSandbox returns:
+        // try for a few seconds.
         let name = self.parent.trim_start_matches('/');
-        for h in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let dir = h.path().join(name);
-            let _ = std::fs::remove_dir(&dir);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut left = 0;
+            for h in std::fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let dir = h.path().join(name);
+                if dir.exists() && std::fs::remove_dir(&dir).is_err() {
+                    left += 1;
+                }
+            }
+            if left == 0 || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = std::fs::remove_dir(std::path::Path::new("/sys/fs/cgroup").join(name));
     }
 }
