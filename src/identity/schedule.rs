@@ -73,7 +73,7 @@ pub fn backoff_delay(
 ) -> Duration {
     let exp = BACKOFF_BASE.saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX));
     let ceiling = exp.min(cap);
-    let mut d = ceiling.mul_f64(unit(jitter));
+    let d = ceiling.mul_f64(unit(jitter));
     match remaining.filter(|r| !r.is_zero()) {
         Some(r) => d.min(r / 4).max(MIN_RETRY_WHILE_VALID),
         None => d.max(MIN_DELAY),
