@@ -16,8 +16,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use aws_credential_types::Credentials;
-
 use super::ready;
 use crate::aws::eks_token;
 use crate::aws::http::{self, TransportKind};
@@ -34,16 +32,8 @@ pub const PODS_NAMED: usize = 10;
 /// `MirrorPodAnnotationKey`.
 pub const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
-/// Where and as whom to ask.
-pub struct DrainCheck<'a> {
-    pub endpoint: &'a str,
-    pub ca_pem: &'a [u8],
-    pub node_name: &'a str,
-    pub cluster: &'a str,
-    pub region: &'a str,
-    pub credentials: &'a Credentials,
-    pub network: &'a crate::config::NetworkConfig,
-}
+/// Where and as whom to ask: the same API server, node and credentials join's Ready check uses.
+pub type DrainCheck<'a> = super::ready::ReadyCheck<'a>;
 
 /// What a passed check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
