@@ -110,6 +110,9 @@ pub async fn run(input: &DoctorInput<'_>) -> Vec<Check> {
         }
     };
     host_checks(input.paths, &mut checks);
+    if record.is_some() {
+        daemon_checks(input.paths, input.agent, &mut checks);
+    }
 
     let region = input
         .region
@@ -555,6 +558,66 @@ fn cidr_contains(cidr: &str, ip: IpAddr) -> bool {
             u128::from(n) & mask == u128::from(a) & mask
         }
         _ => false,
+    }
+}
+
+/// The daemon and its subsystems, from the state it publishes (`daemon.json`).
+fn daemon_checks(paths: &HostPaths, agent: &AgentConfig, checks: &mut Vec<Check>) {
+    use crate::daemon::health::SubsystemState;
+    let report = match crate::state::report(&paths.state_dir()) {
+        Ok(r) => r,
+        Err(e) => {
+            checks.push(Check::new("daemon", Outcome::Fail, e.to_string()));
+            return;
+        }
+    };
+    if !report.daemon.running {
+        checks.push(
+            Check::new(
+                "daemon",
+                Outcome::Warn,
+                "not running: nothing rotates credentials or supervises",
+            )
+            .fix("systemctl start hybrid-agent (or `hybrid-agent run`)"),
+        );
+    } else {
+        let pid = report.daemon.pid.unwrap_or_default();
+        checks.push(Check::new(
+            "daemon",
+            Outcome::Ok,
+            format!("running (pid {pid})"),
+        ));
+    }
+    let limit = agent.daemon.subsystem_down_limit.as_secs();
+    for s in &report.subsystems {
+        let name = format!("subsystem {}", s.name);
+        let cause = s.last_error.clone().unwrap_or_default();
+        checks.push(match s.state {
+            SubsystemState::Running | SubsystemState::Starting => {
+                let restarts = match s.restarts {
+                    0 => String::new(),
+                    n => format!(" after {n} restart(s); last failure: {cause}"),
+                };
+                Check::new(name, Outcome::Ok, format!("{}{restarts}", s.state.as_str()))
+            }
+            SubsystemState::Degraded => Check::new(
+                name,
+                Outcome::Warn,
+                format!(
+                    "degraded ({} failure(s) in a row, restarting with backoff): {cause}",
+                    s.consecutive_failures
+                ),
+            )
+            .fix(format!(
+                "remove the cause above; the daemon restarts the subsystem by itself, and systemd restarts the agent if it stays down past {limit}s (daemon.subsystem_down_limit)"
+            )),
+            SubsystemState::Failed => Check::new(
+                name,
+                Outcome::Fail,
+                format!("failed, not restarted: {cause}"),
+            )
+            .fix(s.action.clone().unwrap_or_default()),
+        });
     }
 }
 

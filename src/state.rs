@@ -54,6 +54,9 @@ pub struct DaemonState {
     /// Log streams, spool and metric sender ([`crate::telemetry`]); absent until the node joined.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<crate::telemetry::TelemetryStatus>,
+    /// The daemon's own subsystems: running, degraded (restarting) or failed, with the cause.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subsystems: Vec<crate::daemon::health::SubsystemStatus>,
 }
 
 impl DaemonState {
@@ -66,6 +69,7 @@ impl DaemonState {
             identity: None,
             supervision: None,
             telemetry: None,
+            subsystems: Vec::new(),
         }
     }
 }
@@ -158,6 +162,9 @@ pub struct StatusReport {
     /// Log streams, spool and metric sender as the daemon last saw them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<crate::telemetry::TelemetryStatus>,
+    /// The daemon's own subsystems as it last saw them: running, degraded or failed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subsystems: Vec<crate::daemon::health::SubsystemStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -196,6 +203,10 @@ pub fn report(state_dir: &Path) -> Result<StatusReport, StateError> {
     let files = store.load_credentials_state().ok().flatten();
     let supervision = daemon.as_ref().and_then(|d| d.supervision.clone());
     let telemetry = daemon.as_ref().and_then(|d| d.telemetry.clone());
+    let subsystems = daemon
+        .as_ref()
+        .map(|d| d.subsystems.clone())
+        .unwrap_or_default();
     let mut identity = daemon.and_then(|d| d.identity);
     // `join` (or a daemon since stopped) may have refreshed after the daemon last wrote.
     match (&mut identity, files) {
@@ -230,6 +241,7 @@ pub fn report(state_dir: &Path) -> Result<StatusReport, StateError> {
         identity,
         supervision,
         telemetry,
+        subsystems,
     })
 }
 
@@ -251,6 +263,68 @@ fn human(d: std::time::Duration) -> String {
 }
 
 impl StatusReport {
+    /// One line when every subsystem is up; a block per degraded or failed one.
+    fn subsystems_text(&self, out: &mut String, now: SystemTime) {
+        use crate::daemon::health::SubsystemState;
+        use std::fmt::Write as _;
+        if self.subsystems.is_empty() {
+            return;
+        }
+        let seen = if self.daemon.running {
+            ""
+        } else {
+            " (as the daemon last saw them)"
+        };
+        let summary: Vec<String> = self
+            .subsystems
+            .iter()
+            .map(|s| {
+                let restarts = match s.restarts {
+                    0 => String::new(),
+                    1 => " (1 restart)".to_string(),
+                    n => format!(" ({n} restarts)"),
+                };
+                format!("{} {}{restarts}", s.name, s.state.as_str())
+            })
+            .collect();
+        let _ = writeln!(out, "subsystems:    {}{seen}", summary.join(", "));
+        for s in &self.subsystems {
+            match s.state {
+                SubsystemState::Degraded => {
+                    let down = s.down_since.unwrap_or(s.since);
+                    let _ = writeln!(
+                        out,
+                        "  {}: DEGRADED since {}, {} failure(s) in a row",
+                        s.name,
+                        when(down, now),
+                        s.consecutive_failures
+                    );
+                    if let Some(e) = &s.last_error {
+                        let _ = writeln!(out, "    cause:     {e}");
+                    }
+                    if let Some(t) = s.next_restart.filter(|_| self.daemon.running) {
+                        let _ = writeln!(out, "    restart:   {}", when(t, now));
+                    }
+                }
+                SubsystemState::Failed => {
+                    let _ = writeln!(
+                        out,
+                        "  {}: FAILED {} (not restarted)",
+                        s.name,
+                        when(s.since, now)
+                    );
+                    if let Some(e) = &s.last_error {
+                        let _ = writeln!(out, "    cause:     {e}");
+                    }
+                    if let Some(a) = &s.action {
+                        let _ = writeln!(out, "    action:    {a}");
+                    }
+                }
+                SubsystemState::Running | SubsystemState::Starting => {}
+            }
+        }
+    }
+
     /// The human-readable form.
     pub fn to_text(&self, now: SystemTime) -> String {
         use std::fmt::Write as _;
@@ -263,6 +337,7 @@ impl StatusReport {
             _ => "not running (never started on this host; `systemctl start hybrid-agent` or `hybrid-agent run`)".to_string(),
         };
         let _ = writeln!(out, "daemon:        {line}");
+        self.subsystems_text(&mut out, now);
         match &self.identity {
             None => {
                 let _ = writeln!(out, "identity:      not joined (run `hybrid-agent join`)");

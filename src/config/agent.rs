@@ -25,6 +25,13 @@ pub const DEFAULT_CREDENTIALS_PROFILE: &str = "default";
 /// backoff grew to hours (PROTOCOLS.md §1, ssm-agent#468).
 pub const DEFAULT_REFRESH_BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// Shortest allowed backoff cap: below a second the agent would hammer a failing endpoint. Ours.
+/// `daemon.subsystem_restart_cap` bounds: at least the first restart delay, at most an hour.
+pub const MIN_SUBSYSTEM_RESTART_CAP: Duration = Duration::from_secs(1);
+pub const MAX_SUBSYSTEM_RESTART_CAP: Duration = Duration::from_secs(3_600);
+/// `daemon.subsystem_down_limit` bounds: at least a few restarts, at most a day (beyond that a
+/// dead subsystem would never be escalated in practice).
+pub const MIN_SUBSYSTEM_DOWN_LIMIT: Duration = Duration::from_secs(2);
+pub const MAX_SUBSYSTEM_DOWN_LIMIT: Duration = Duration::from_secs(86_400);
 pub const MIN_REFRESH_BACKOFF_CAP: Duration = Duration::from_secs(1);
 /// Longest allowed backoff cap: credentials last about an hour (PROTOCOLS.md §1), so waiting
 /// longer than that between attempts guarantees expired credentials.
@@ -74,6 +81,14 @@ pub(crate) struct AgentConfigFile {
     artifacts: Option<ArtifactsSection>,
     network: Option<NetworkSection>,
     endpoints: Option<EndpointsSection>,
+    daemon: Option<DaemonSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DaemonSection {
+    subsystem_restart_cap: Option<String>,
+    subsystem_down_limit: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -215,6 +230,19 @@ pub enum OnAgentStop {
     Stop,
 }
 
+/// How the daemon keeps its own subsystems (credential rotation, supervision, telemetry) alive;
+/// see [`crate::daemon::health`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DaemonConfig {
+    /// Longest wait between restarts of a failed subsystem.
+    #[serde(serialize_with = "serialize_duration")]
+    pub subsystem_restart_cap: Duration,
+    /// How long a subsystem may stay down before the daemon stops feeding systemd's watchdog
+    /// (so systemd restarts the agent).
+    #[serde(serialize_with = "serialize_duration")]
+    pub subsystem_down_limit: Duration,
+}
+
 /// Supervisor choice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SupervisorConfig {
@@ -294,6 +322,8 @@ pub struct AgentConfig {
     pub network: NetworkConfig,
     /// Endpoint overrides after applying the environment.
     pub endpoints: Endpoints,
+    /// The daemon's own subsystems.
+    pub daemon: DaemonConfig,
 }
 
 impl AgentConfig {
@@ -330,6 +360,10 @@ impl AgentConfig {
                 ca_bundle: None,
             },
             endpoints: Endpoints::default(),
+            daemon: DaemonConfig {
+                subsystem_restart_cap: crate::daemon::health::DEFAULT_RESTART_CAP,
+                subsystem_down_limit: crate::daemon::health::DEFAULT_DOWN_LIMIT,
+            },
         }
     }
 }
@@ -359,6 +393,7 @@ pub(crate) fn resolve(
             config.supervisor.on_agent_stop = action;
         }
         check.spool(raw.spool.as_ref(), &mut config.spool);
+        check.daemon(raw.daemon.as_ref(), &mut config.daemon);
         check.telemetry(raw.telemetry.as_ref(), &mut config.telemetry);
         if let Some(url) = raw.artifacts.as_ref().and_then(|a| a.mirror_url.as_deref()) {
             config.artifacts.mirror_url = check.url("artifacts.mirror_url", url, MIRROR_SCHEMES);
@@ -506,6 +541,30 @@ impl Check<'_, '_> {
         }
         if let Some(age) = &raw.max_key_age {
             out.max_key_age = self.duration("credentials.max_key_age", age, MIN_MAX_KEY_AGE, None);
+        }
+    }
+
+    fn daemon(&mut self, raw: Option<&DaemonSection>, out: &mut DaemonConfig) {
+        let Some(raw) = raw else { return };
+        if let Some(cap) = &raw.subsystem_restart_cap
+            && let Some(d) = self.duration(
+                "daemon.subsystem_restart_cap",
+                cap,
+                MIN_SUBSYSTEM_RESTART_CAP,
+                Some(MAX_SUBSYSTEM_RESTART_CAP),
+            )
+        {
+            out.subsystem_restart_cap = d;
+        }
+        if let Some(limit) = &raw.subsystem_down_limit
+            && let Some(d) = self.duration(
+                "daemon.subsystem_down_limit",
+                limit,
+                MIN_SUBSYSTEM_DOWN_LIMIT,
+                Some(MAX_SUBSYSTEM_DOWN_LIMIT),
+            )
+        {
+            out.subsystem_down_limit = d;
         }
     }
 

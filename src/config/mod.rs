@@ -27,8 +27,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 pub use agent::{
-    AgentConfig, AgentConfigSource, ArtifactsConfig, CredentialsConfig, NetworkConfig, OnAgentStop,
-    Priority, SpoolConfig, SupervisorBackend, SupervisorConfig, TelemetryConfig,
+    AgentConfig, AgentConfigSource, ArtifactsConfig, CredentialsConfig, DaemonConfig,
+    NetworkConfig, OnAgentStop, Priority, SpoolConfig, SupervisorBackend, SupervisorConfig,
+    TelemetryConfig,
 };
 pub use endpoints::{
     Endpoint, EndpointError, EndpointOrigin, Endpoints, GLOBAL_ENDPOINT_ENV, Service,

@@ -25,6 +25,25 @@ use crate::identity::store::{CredentialsState, IdentityStore, ProviderKind, Stor
 /// What re-registers a host whose SSM identity is gone.
 pub const REREGISTER_COMMAND: &str = "hybrid-agent join --reregister --activation-id <id> --activation-code-file <file> (with a new activation)";
 
+/// A boxed fetch, as [`CredentialSource::fetch`] returns it.
+pub type FetchFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<TemporaryCredentials, RefreshError>> + Send + 'a>,
+>;
+
+/// What the rotation loop refreshes from: the SSM or IAM Roles Anywhere [`Source`] in the
+/// daemon; tests substitute their own (a source that fails, stalls or panics on cue).
+pub trait CredentialSource: Send + Sync {
+    fn kind(&self) -> ProviderKind;
+    /// The identity as status shows it.
+    fn identity(&self) -> String;
+    /// Non-secret id of the key in use, where there is one (SSM).
+    fn key_id(&self) -> Option<String> {
+        None
+    }
+    /// One fetch, no retries.
+    fn fetch(&mut self) -> FetchFuture<'_>;
+}
+
 /// Where credentials come from.
 #[derive(Debug)]
 pub enum Source {
@@ -56,6 +75,27 @@ impl Source {
     }
 }
 
+impl CredentialSource for Source {
+    fn kind(&self) -> ProviderKind {
+        Source::kind(self)
+    }
+
+    fn identity(&self) -> String {
+        Source::identity(self)
+    }
+
+    fn key_id(&self) -> Option<String> {
+        match self {
+            Source::Ssm(s) => Some(s.key_id()),
+            Source::IamRa(_) => None,
+        }
+    }
+
+    fn fetch(&mut self) -> FetchFuture<'_> {
+        Box::pin(Source::fetch(self))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
     #[error(transparent)]
@@ -66,6 +106,9 @@ pub enum RefreshError {
     File(#[from] CredFileError),
     #[error("cannot record the credential state: {0}")]
     State(#[from] StoreError),
+    /// From a [`CredentialSource`] other than SSM and IAM Roles Anywhere.
+    #[error("{0}")]
+    Other(String),
 }
 
 impl RefreshError {
@@ -126,9 +169,18 @@ pub struct RotationSettings {
     pub backoff_cap: Duration,
 }
 
-/// Owns a [`Source`] and keeps credentials fresh.
+/// The two channels a rotation loop publishes on. The daemon hands the same pair to every
+/// instance it starts, so a loop restarted after a panic goes on feeding the receivers the
+/// daemon's AWS clients and status already hold.
+#[derive(Debug, Clone)]
+pub struct RotationChannels {
+    pub credentials: watch::Sender<Option<TemporaryCredentials>>,
+    pub status: watch::Sender<IdentityStatus>,
+}
+
+/// Owns a [`CredentialSource`] and keeps credentials fresh.
 pub struct Rotator {
-    source: Source,
+    source: Box<dyn CredentialSource>,
     settings: RotationSettings,
     store: IdentityStore,
     clock: Arc<dyn Clock>,
@@ -139,12 +191,13 @@ pub struct Rotator {
 
 impl Rotator {
     pub fn new(
-        source: Source,
+        source: impl CredentialSource + 'static,
         settings: RotationSettings,
         store: IdentityStore,
         clock: Arc<dyn Clock>,
         jitter: Arc<dyn Jitter>,
     ) -> Rotator {
+        let source: Box<dyn CredentialSource> = Box::new(source);
         let status = IdentityStatus {
             provider: source.kind(),
             identity: source.identity(),
@@ -155,7 +208,7 @@ impl Rotator {
             last_error: None,
             consecutive_failures: 0,
             refreshes: 0,
-            key_id: key_id(&source),
+            key_id: source.key_id(),
         };
         Rotator {
             source,
@@ -178,8 +231,30 @@ impl Rotator {
         self.status.subscribe()
     }
 
-    pub fn source(&self) -> &Source {
-        &self.source
+    pub fn source(&self) -> &dyn CredentialSource {
+        self.source.as_ref()
+    }
+
+    /// The channels this loop publishes on, for [`Rotator::adopt_channels`] of a successor.
+    pub fn channels(&self) -> RotationChannels {
+        RotationChannels {
+            credentials: self.credentials.clone(),
+            status: self.status.clone(),
+        }
+    }
+
+    /// Publishes on `channels` (a predecessor's) instead of its own: receivers taken from the
+    /// predecessor keep working, and the credentials it last published are where this loop
+    /// starts from. Status keeps its counters; the state says a new loop is starting.
+    pub fn adopt_channels(&mut self, channels: RotationChannels) {
+        let identity = self.source.identity();
+        let key_id = self.source.key_id();
+        channels.status.send_modify(|s| {
+            s.identity = identity;
+            s.key_id = key_id;
+        });
+        self.credentials = channels.credentials;
+        self.status = channels.status;
     }
 
     /// One refresh without retries: fetch, write the files, record and publish.
@@ -210,7 +285,7 @@ impl Rotator {
             expires = %ts::format(creds.expiration),
             "credentials refreshed"
         );
-        let key = key_id(&self.source);
+        let key = self.source.key_id();
         self.status.send_modify(|s| {
             s.state = "ok".into();
             s.identity = self.source.identity();
@@ -311,12 +386,5 @@ impl Rotator {
                 }
             }
         }
-    }
-}
-
-fn key_id(source: &Source) -> Option<String> {
-    match source {
-        Source::Ssm(s) => Some(s.key_id()),
-        Source::IamRa(_) => None,
     }
 }

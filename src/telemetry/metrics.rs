@@ -44,6 +44,11 @@ pub trait HealthProbe: Send + Sync {
     fn components(&self) -> Vec<ComponentHealth>;
     /// Seconds until the current credentials expire, if known.
     fn credential_seconds_to_expiry(&self) -> Option<f64>;
+    /// The agent's own subsystems (credential rotation, supervision, telemetry): up, and how
+    /// often the daemon restarted them.
+    fn subsystems(&self) -> Vec<ComponentHealth> {
+        Vec::new()
+    }
 }
 
 /// A probe that knows nothing (standalone runs).
@@ -260,6 +265,23 @@ impl Collector {
                 unit: "Count".into(),
                 timestamp_ms: now_ms,
                 component: Some(c.name),
+            });
+        }
+        // The agent's own subsystems, under the same dimension (`Component`), named after them.
+        for s in probe.subsystems() {
+            out.push(Point {
+                name: "SubsystemUp".into(),
+                value: if s.up { 1.0 } else { 0.0 },
+                unit: "Count".into(),
+                timestamp_ms: now_ms,
+                component: Some(s.name.clone()),
+            });
+            out.push(Point {
+                name: "SubsystemRestarts".into(),
+                value: s.restarts as f64,
+                unit: "Count".into(),
+                timestamp_ms: now_ms,
+                component: Some(s.name),
             });
         }
         out

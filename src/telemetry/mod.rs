@@ -195,17 +195,22 @@ pub fn default_journal_dirs(root: &Path) -> Vec<PathBuf> {
 }
 
 /// What [`run`] is handed by the daemon.
+#[derive(Clone)]
 pub struct TelemetryDeps {
     /// SDK config carrying the rotated credentials and endpoints; telemetry builds its clients
     /// from it with SDK retries off.
     pub sdk: aws_config::SdkConfig,
-    /// Child output from the built-in supervisor, if it runs.
-    pub child_lines: Option<mpsc::Receiver<ChildLine>>,
+    /// Child output from the built-in supervisor, if it runs. Shared so that a telemetry
+    /// restarted by the daemon takes the same channel up again (each run holds the lock).
+    pub child_lines: Option<SharedChildLines>,
     pub probe: Arc<dyn HealthProbe>,
     /// Per-service endpoint overrides on top of `sdk` (`AWS_ENDPOINT_URL_CLOUDWATCH_LOGS`,
     /// `[endpoints] logs = ...`); `None` keeps what `sdk` resolves.
     pub endpoints: TelemetryEndpoints,
 }
+
+/// The receiving end of the child-output channel, handed from one telemetry run to the next.
+pub type SharedChildLines = Arc<tokio::sync::Mutex<mpsc::Receiver<ChildLine>>>;
 
 /// Endpoint overrides of the two CloudWatch services telemetry calls.
 #[derive(Debug, Clone, Default)]
@@ -289,6 +294,19 @@ pub async fn run(
     status: Arc<StatusCell>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), TelemetryError> {
+    // This run's own stop: the daemon's, or the first of its tasks to fail.
+    let (run_stop, inner) = watch::channel(false);
+    let run_stop = Arc::new(run_stop);
+    {
+        let (mut outer, run_stop) = (shutdown.clone(), run_stop.clone());
+        let mut inner = inner.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = outer.wait_for(|s| *s) => { let _ = run_stop.send(true); }
+                _ = inner.wait_for(|s| *s) => {}
+            }
+        });
+    }
     std::fs::create_dir_all(&settings.state_dir).map_err(|source| TelemetryError::StateDir {
         path: settings.state_dir.clone(),
         source,
@@ -362,14 +380,15 @@ pub async fn run(
         cursor_path: Some(cursor_path),
     };
     let journal_task = tokio::spawn(
-        Shipper::new(journal_spool, sink.clone(), jopts, status.clone()).run(jrx, shutdown.clone()),
+        Shipper::new(journal_spool, sink.clone(), jopts, status.clone()).run(jrx, inner.clone()),
     );
 
     // Child output: converted to records, always through the spool.
-    let child_task = deps.child_lines.map(|mut lines| {
+    let child_task = deps.child_lines.map(|lines| {
         let (ctx, crx) = mpsc::channel::<Chunk>(CHUNK_CHANNEL);
-        let mut sd = shutdown.clone();
+        let mut sd = inner.clone();
         tokio::spawn(async move {
+            let mut lines = lines.lock_owned().await;
             let mut buf = Vec::with_capacity(256);
             loop {
                 tokio::select! {
@@ -401,7 +420,7 @@ pub async fn run(
         };
         tokio::spawn(
             Shipper::new(child_spool, sink.clone(), copts, status.clone())
-                .run(crx, shutdown.clone()),
+                .run(crx, inner.clone()),
         )
     });
 
@@ -421,27 +440,55 @@ pub async fn run(
             collector,
             deps.probe.clone(),
             status.clone(),
-            shutdown.clone(),
+            inner.clone(),
         ))
     });
 
-    let jres = journal_task.await;
-    stop.store(true, Ordering::Relaxed);
-    let _ = tokio::task::spawn_blocking(move || reader_thread.join()).await;
-    let jres = jres.map_err(|_| TelemetryError::Panicked {
-        task: "journal shipper",
-    })?;
-    jres?;
+    // The first task to fail ends this run (the daemon restarts telemetry as a whole): the
+    // others are told to stop, then everyone is awaited so no task outlives the run.
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(async move {
+        (
+            "journal shipper",
+            journal_task.await.map(|r| r.map_err(TelemetryError::from)),
+        )
+    });
     if let Some(t) = child_task {
-        t.await.map_err(|_| TelemetryError::Panicked {
-            task: "child-output shipper",
-        })??;
+        tasks.spawn(async move {
+            (
+                "child-output shipper",
+                t.await.map(|r| r.map_err(TelemetryError::from)),
+            )
+        });
     }
     if let Some(t) = metrics_task {
-        t.await
-            .map_err(|_| TelemetryError::Panicked { task: "metrics" })??;
+        tasks.spawn(async move { ("metrics", t.await.map(|r| r.map_err(TelemetryError::from))) });
     }
-    Ok(())
+    let mut first_error: Option<TelemetryError> = None;
+    while let Some(joined) = tasks.join_next().await {
+        let error = match joined {
+            Ok((_, Ok(Ok(())))) => None,
+            Ok((_, Ok(Err(e)))) => Some(e),
+            Ok((task, Err(_))) => Some(TelemetryError::Panicked { task }),
+            Err(_) => Some(TelemetryError::Panicked { task: "telemetry" }),
+        };
+        if let Some(e) = error {
+            if first_error.is_none() {
+                tracing::error!("telemetry: {e}; stopping its other tasks");
+                let _ = run_stop.send(true);
+                first_error = Some(e);
+            }
+        } else if first_error.is_none() && !*shutdown.borrow() {
+            // A task that returns without an error before the daemon stops has lost its input.
+            let _ = run_stop.send(true);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = tokio::task::spawn_blocking(move || reader_thread.join()).await;
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// The reader thread: polls the journal, sends chunks, sleeps when caught up; reopens after an

@@ -237,7 +237,7 @@ impl InProcess {
             rt.block_on(async move {
                 let deps = telemetry::TelemetryDeps {
                     sdk: sdk_config(&url).await,
-                    child_lines,
+                    child_lines: child_lines.map(|rx| Arc::new(tokio::sync::Mutex::new(rx))),
                     probe: Arc::new(telemetry::NoProbe),
                     endpoints: Default::default(),
                 };

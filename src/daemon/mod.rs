@@ -1,0 +1,673 @@
+//! `hybrid-agent run`: one tokio runtime, one task per subsystem, graceful stop on SIGTERM.
+//!
+//! The subsystems are the credential rotation loop, supervision of containerd and kubelet
+//! ([`crate::supervise`], when `join` left a plan), telemetry ([`crate::telemetry`], once `join`
+//! recorded the node: its journal entries, the built-in supervisor's child output and host
+//! metrics to CloudWatch) and the state writer that publishes their status for
+//! `hybrid-agent status` ([`crate::state`]), each into its own section. AWS clients of the other
+//! tasks take their credentials from the rotation loop in-process
+//! ([`crate::aws::credentials::RotatingCredentials`]), never from the file. Each subsystem runs
+//! under [`health::keep_running`]: one that fails or panics is restarted with capped backoff
+//! and shown as degraded (status, doctor, the `SubsystemUp`/`SubsystemRestarts` metrics) while
+//! the others keep the node running; one that stays down past `daemon.subsystem_down_limit`
+//! stops the systemd watchdog being fed, so systemd restarts the agent. Rotation stopped by an
+//! error only re-registration fixes (`MachineFingerprintDoesNotMatch`) is shown as failed with
+//! the command to run, and not restarted.
+
+pub mod health;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+
+use crate::aws::credentials::RotatingCredentials;
+use crate::config::AgentConfig;
+use crate::config::Service;
+use crate::identity::rotation::{IdentityStatus, Rotator};
+use crate::identity::setup::{IdentityEnv, SetupError};
+use crate::join::record::NodeRecord;
+use crate::paths::HostPaths;
+use crate::state::{self, DaemonState, StateError};
+use crate::supervise::{
+    AnyBackend, BackendChoice, ComponentState, SupervisionPlan, SupervisionStatus, Supervisor,
+};
+use crate::telemetry::{
+    self, ChildLineSender, ComponentHealth, HealthProbe, SharedChildLines, StatusCell,
+    TelemetryDeps, TelemetryEndpoints, TelemetrySettings,
+};
+use health::{Exit, Health, HealthSettings, Subsystem};
+
+/// How often the daemon copies telemetry's counters and per-stream figures into the state file
+/// `hybrid-agent status` reads (only when they changed).
+pub const TELEMETRY_STATUS_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a stopping daemon waits for telemetry to hand back (its positions are saved only
+/// after CloudWatch accepted, so cutting it short repeats a batch, it never loses one).
+pub const TELEMETRY_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("cannot install the {signal} handler: {source}")]
+    Signal {
+        signal: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cannot start the identity subsystem: {0}")]
+    Identity(#[from] SetupError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// `hybrid-agent run`: builds the subsystems from the joined state and the agent config, then
+/// runs them until SIGTERM/SIGINT.
+pub fn start(paths: &HostPaths, agent: &AgentConfig) -> Result<(), DaemonError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    rt.block_on(async {
+        // The handlers go in first, before anything that takes time: a SIGTERM during start-up
+        // is then queued for the main loop (which says STOPPING and stops gracefully), never
+        // the default action that kills the process.
+        let mut signals = Signals::install()?;
+        let env = IdentityEnv::new(paths, agent);
+        let mut rotator = env.rotator()?;
+        let provider = env.load_provider()?;
+        if let Some((creds, last)) = env.previous_credentials(&env.targets(provider.enable_credentials_file)) {
+            tracing::info!(access_key_id = %creds.access_key_id, "credentials from the previous run are still valid; refreshing on schedule");
+            rotator.seed(creds, last);
+        }
+        let identity_restart: IdentityFactory = {
+            let (paths, agent) = (paths.clone(), agent.clone());
+            Box::new(move || {
+                IdentityEnv::new(&paths, &agent)
+                    .rotator()
+                    .map_err(|e| e.to_string())
+            })
+        };
+        let telemetry = telemetry_input(paths, agent, &rotator);
+        let child_output = telemetry.as_ref().and_then(|t| t.child_sender.clone());
+        let supervision = supervision_factory(paths, agent, child_output);
+        let subsystems = Subsystems {
+            rotator,
+            identity_restart,
+            supervision,
+            telemetry,
+            health: HealthSettings::from_config(&agent.daemon),
+        };
+        let shutdown = async move {
+            signals.recv().await;
+        };
+        run(subsystems, state::path(&paths.state_dir()), shutdown).await
+    })
+}
+
+/// Builds a successor of a rotation loop that failed (the first instance is built at start,
+/// where its errors stop the daemon: without an identity there is nothing to run).
+pub type IdentityFactory = Box<dyn FnMut() -> Result<Rotator, String> + Send>;
+
+/// Starts one run of the supervisor: it publishes the supervisor's status on the sender and
+/// returns when the receiver says stop (or it fails).
+pub type SupervisionFactory = Box<
+    dyn FnMut(
+            watch::Sender<Option<SupervisionStatus>>,
+            watch::Receiver<bool>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Exit> + Send>>
+        + Send,
+>;
+
+/// What [`run`] keeps alive.
+pub struct Subsystems {
+    /// The credential rotation loop's first instance.
+    pub rotator: Rotator,
+    /// Its successors after a failure or panic.
+    pub identity_restart: IdentityFactory,
+    /// Supervision of containerd and kubelet, when `join` left a plan.
+    pub supervision: Option<SupervisionFactory>,
+    /// Telemetry, once `join` recorded the node.
+    pub telemetry: Option<TelemetryInput>,
+    pub health: HealthSettings,
+}
+
+impl HealthSettings {
+    /// From `[daemon]` in the agent config. An instance that outlives the longest restart wait
+    /// (at most [`health::DEFAULT_HEALTHY_AFTER`]) counts as recovered.
+    pub fn from_config(c: &crate::config::DaemonConfig) -> HealthSettings {
+        HealthSettings {
+            restart: health::RestartPolicy {
+                first: health::DEFAULT_RESTART_FIRST.min(c.subsystem_restart_cap),
+                cap: c.subsystem_restart_cap,
+                healthy_after: health::DEFAULT_HEALTHY_AFTER.min(c.subsystem_restart_cap),
+            },
+            down_limit: c.subsystem_down_limit,
+        }
+    }
+}
+
+/// Supervision of containerd and kubelet, when `join` left a plan. Each run reads the plan and
+/// builds the backend afresh, so a failure to set it up (a missing binary, an unreadable plan)
+/// is retried by the daemon like any other failure, while credential rotation goes on.
+fn supervision_factory(
+    paths: &HostPaths,
+    agent: &AgentConfig,
+    child_output: Option<ChildLineSender>,
+) -> Option<SupervisionFactory> {
+    let state_dir = paths.state_dir();
+    match SupervisionPlan::read(&state_dir) {
+        Ok(None) => {
+            tracing::info!(
+                "no supervision plan in {} yet (join's render phase writes it): containerd and kubelet are not supervised",
+                state_dir.display()
+            );
+            return None;
+        }
+        Ok(Some(_)) => {}
+        // Reported (and retried) by the first run.
+        Err(_) => {}
+    }
+    let (paths, agent) = (paths.clone(), agent.clone());
+    Some(Box::new(move |status, mut stop| {
+        let (paths, agent, child_output) = (paths.clone(), agent.clone(), child_output.clone());
+        Box::pin(async move {
+            let supervisor = match build_supervisor(&paths, &agent, child_output).await {
+                Ok(s) => s,
+                Err(e) => return Exit::Failed(e),
+            };
+            let mut rx = supervisor.status();
+            status.send_replace(Some(rx.borrow_and_update().clone()));
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            let run = supervisor.run(stopped);
+            tokio::pin!(run);
+            let result = loop {
+                tokio::select! {
+                    result = &mut run => break result,
+                    changed = rx.changed() => {
+                        if changed.is_ok() {
+                            status.send_replace(Some(rx.borrow_and_update().clone()));
+                        }
+                    }
+                }
+            };
+            status.send_replace(Some(rx.borrow().clone()));
+            match result {
+                Ok(()) => Exit::Stopped,
+                Err(e) => Exit::Failed(e.to_string()),
+            }
+        })
+    }))
+}
+
+/// One supervisor, from the plan `join` left.
+async fn build_supervisor(
+    paths: &HostPaths,
+    agent: &AgentConfig,
+    child_output: Option<ChildLineSender>,
+) -> Result<Supervisor<AnyBackend>, String> {
+    use crate::config::SupervisorBackend;
+    let choice = match agent.supervisor.backend {
+        SupervisorBackend::Auto => BackendChoice::Auto,
+        SupervisorBackend::Systemd => BackendChoice::Systemd,
+        SupervisorBackend::Process => BackendChoice::Process,
+    };
+    let state_dir = paths.state_dir();
+    let plan = match SupervisionPlan::read(&state_dir) {
+        Ok(Some(plan)) => plan,
+        Ok(None) => {
+            return Err(format!(
+                "the supervision plan in {} is gone (`hybrid-agent join` writes it; `leave` removes it)",
+                state_dir.display()
+            ));
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let (backend, selection, mut config) =
+        crate::supervise::plan::build(choice, paths.root(), &state_dir, &plan, child_output)
+            .await
+            .map_err(|e| e.to_string())?;
+    config.on_shutdown = match agent.supervisor.on_agent_stop {
+        crate::config::OnAgentStop::LeaveRunning => crate::supervise::ShutdownAction::LeaveRunning,
+        crate::config::OnAgentStop::Stop => crate::supervise::ShutdownAction::Stop,
+    };
+    tracing::info!(backend = ?selection.kind, "supervision: {}", selection.reason);
+    Ok(Supervisor::new(backend, selection, config))
+}
+
+/// What the telemetry task is started from.
+pub struct TelemetryInput {
+    pub settings: TelemetrySettings,
+    /// Carries the rotated credentials (in-process) and the region; SDK retries off.
+    pub sdk: aws_config::SdkConfig,
+    pub endpoints: TelemetryEndpoints,
+    /// The built-in supervisor's child output; `None` when only the journal is read.
+    pub child_lines: Option<SharedChildLines>,
+    /// The other end of `child_lines`, for the supervisor.
+    pub child_sender: Option<ChildLineSender>,
+}
+
+/// Telemetry's inputs once `join` recorded the node (its cluster, name and region name the log
+/// group, streams and metric dimensions). Without the record, telemetry waits for the next
+/// start: logged, not fatal.
+fn telemetry_input(
+    paths: &HostPaths,
+    agent: &AgentConfig,
+    rotator: &Rotator,
+) -> Option<TelemetryInput> {
+    let record = match NodeRecord::load(paths) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            tracing::info!(
+                "telemetry off: no node record in {} yet (`join` writes it when the node is set up); restart the agent after join",
+                paths.state_dir().display()
+            );
+            return None;
+        }
+        Err(e) => {
+            tracing::error!("telemetry off: {e}");
+            return None;
+        }
+    };
+    let settings = TelemetrySettings::from_agent_config(
+        agent,
+        paths,
+        &record.cluster,
+        &record.node_name,
+        &record.region,
+    );
+    let credentials = RotatingCredentials::new(rotator.credentials()).shared();
+    let http = match crate::aws::sdk_http_client(&agent.network) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!("telemetry off: {e}");
+            return None;
+        }
+    };
+    let sdk = crate::aws::sdk_config(
+        &record.region,
+        credentials,
+        crate::aws::Retries::Caller,
+        http,
+    );
+    let url = |service| {
+        agent
+            .endpoints
+            .endpoint(service)
+            .map(|e| e.url.expose().as_str().trim_end_matches('/').to_string())
+    };
+    let endpoints = TelemetryEndpoints {
+        logs: url(Service::Logs),
+        metrics: url(Service::Cloudwatch),
+    };
+    let (child_sender, child_lines) = telemetry::child_line_channel();
+    tracing::info!(
+        group = %settings.log_group_name(),
+        units = ?settings.units,
+        "telemetry: shipping journal entries and child output to CloudWatch Logs, metrics every {:?}",
+        settings.metrics_interval.unwrap_or_default()
+    );
+    Some(TelemetryInput {
+        settings,
+        sdk,
+        endpoints,
+        child_lines: Some(Arc::new(tokio::sync::Mutex::new(child_lines))),
+        child_sender: Some(child_sender),
+    })
+}
+
+/// What the metrics collector learns from the other subsystems: component health from the
+/// supervisor, credential expiry from the rotation loop, the subsystems' own health.
+struct DaemonProbe {
+    supervision: watch::Receiver<Option<SupervisionStatus>>,
+    identity: watch::Receiver<IdentityStatus>,
+    health: Health,
+}
+
+impl HealthProbe for DaemonProbe {
+    fn components(&self) -> Vec<ComponentHealth> {
+        let Some(status) = &*self.supervision.borrow() else {
+            return Vec::new();
+        };
+        status
+            .components
+            .iter()
+            .map(|c| ComponentHealth {
+                name: c.name.as_str().to_string(),
+                up: c.state == ComponentState::Healthy,
+                restarts: u64::from(c.restarts),
+            })
+            .collect()
+    }
+
+    fn credential_seconds_to_expiry(&self) -> Option<f64> {
+        let expiration = self.identity.borrow().expiration?;
+        Some(match expiration.duration_since(SystemTime::now()) {
+            Ok(left) => left.as_secs_f64(),
+            Err(past) => -past.duration().as_secs_f64(),
+        })
+    }
+
+    fn subsystems(&self) -> Vec<ComponentHealth> {
+        self.health
+            .snapshot()
+            .into_iter()
+            .map(|s| ComponentHealth {
+                name: s.name.as_str().to_string(),
+                up: s.up(),
+                restarts: s.restarts,
+            })
+            .collect()
+    }
+}
+
+/// SIGTERM (systemd stop) and SIGINT (Ctrl-C in a terminal), installed when created: a signal
+/// that arrives before [`Signals::recv`] is first awaited is kept, not fatal.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs both handlers now. Needs a tokio runtime.
+    pub fn install() -> Result<Signals, DaemonError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate()).map_err(|source| DaemonError::Signal {
+            signal: "SIGTERM",
+            source,
+        })?;
+        let int = signal(SignalKind::interrupt()).map_err(|source| DaemonError::Signal {
+            signal: "SIGINT",
+            source,
+        })?;
+        Ok(Signals { term, int })
+    }
+
+    /// Resolves at the first SIGTERM or SIGINT since [`Signals::install`].
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM received; stopping"),
+            _ = self.int.recv() => tracing::info!("SIGINT received; stopping"),
+        }
+    }
+}
+
+/// Runs the subsystems until `shutdown` resolves, each under [`health::keep_running`],
+/// publishing their state to `state_path`.
+pub async fn run(
+    subsystems: Subsystems,
+    state_path: PathBuf,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let Subsystems {
+        rotator,
+        mut identity_restart,
+        supervision,
+        telemetry: telemetry_input,
+        health: settings,
+    } = subsystems;
+    // The previous daemon's telemetry figures, which this one's counters go on from.
+    let telemetry_before = match state::read(&state_path) {
+        Ok(before) => before.and_then(|d| d.telemetry),
+        Err(e) => {
+            tracing::warn!("{e}; telemetry counters start from zero");
+            None
+        }
+    };
+    let mut doc = DaemonState::new(SystemTime::now());
+    // Kept in the document until this daemon publishes its own, so a daemon that dies before its
+    // first publication does not reset them for the next.
+    if telemetry_input.is_some() {
+        doc.telemetry = telemetry_before.clone();
+    }
+    let health = Health::new();
+    let mut health_rx = health.subscribe();
+    let mut identity = rotator.status();
+    doc.identity = Some(identity.borrow_and_update().clone());
+    state::write(&state_path, &doc)?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let wait_stop = |mut stop: watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+
+    // Credential rotation: the first instance was built (and seeded) at start; successors take
+    // over its channels, so the AWS clients' credentials and status keep flowing.
+    let channels = rotator.channels();
+    let identity_task = {
+        let mut first = Some(rotator);
+        let stop = stop_rx.clone();
+        tokio::spawn(health::keep_running(
+            Subsystem::Identity,
+            health.clone(),
+            settings.restart,
+            stop_rx.clone(),
+            move || {
+                let next = match first.take() {
+                    Some(r) => Ok(r),
+                    None => identity_restart().map(|mut r| {
+                        r.adopt_channels(channels.clone());
+                        r
+                    }),
+                };
+                let stop = stop.clone();
+                async move {
+                    let rotator = match next {
+                        Ok(r) => r,
+                        Err(e) => return Exit::Failed(e),
+                    };
+                    match rotator.run(wait_stop(stop)).await {
+                        Ok(()) => Exit::Stopped,
+                        Err(e) => match e.action() {
+                            Some(action) => Exit::Fatal {
+                                message: e.to_string(),
+                                action,
+                            },
+                            None => Exit::Failed(e.to_string()),
+                        },
+                    }
+                }
+            },
+        ))
+    };
+
+    // Supervision stops with the daemon; the components keep running (their units, or children
+    // left for the next agent to adopt) unless `on_agent_stop` says otherwise.
+    let (supervision_tx, supervision_rx) = watch::channel::<Option<SupervisionStatus>>(None);
+    let mut supervision_status = supervision.as_ref().map(|_| supervision_rx.clone());
+    let supervising = supervision.map(|mut make| {
+        let (tx, stop) = (supervision_tx.clone(), stop_rx.clone());
+        tokio::spawn(health::keep_running(
+            Subsystem::Supervision,
+            health.clone(),
+            settings.restart,
+            stop_rx.clone(),
+            move || make(tx.clone(), stop.clone()),
+        ))
+    });
+
+    // Telemetry: its own tasks; its status is pulled into the state file on a timer.
+    let telemetry_status = telemetry_input
+        .as_ref()
+        .map(|_| StatusCell::resuming(telemetry_before.as_ref()));
+    let telemetry_task = match (telemetry_input, &telemetry_status) {
+        (Some(input), Some(cell)) => {
+            let probe: Arc<dyn HealthProbe> = Arc::new(DaemonProbe {
+                supervision: supervision_rx.clone(),
+                identity: identity.clone(),
+                health: health.clone(),
+            });
+            let deps = TelemetryDeps {
+                sdk: input.sdk,
+                child_lines: input.child_lines,
+                probe,
+                endpoints: input.endpoints,
+            };
+            drop(input.child_sender);
+            let (settings_t, cell, stop) = (input.settings, cell.clone(), stop_rx.clone());
+            Some(tokio::spawn(health::keep_running(
+                Subsystem::Telemetry,
+                health.clone(),
+                settings.restart,
+                stop_rx.clone(),
+                move || {
+                    let (settings_t, deps, cell, stop) =
+                        (settings_t.clone(), deps.clone(), cell.clone(), stop.clone());
+                    async move {
+                        match telemetry::run(settings_t, deps, cell, stop).await {
+                            Ok(()) => Exit::Stopped,
+                            Err(e) => Exit::Failed(e.to_string()),
+                        }
+                    }
+                },
+            )))
+        }
+        _ => None,
+    };
+    let mut telemetry_tick = telemetry_status.as_ref().map(|_| {
+        let mut i = tokio::time::interval(TELEMETRY_STATUS_INTERVAL);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
+
+    // Tell systemd (Type=notify) we are up; a no-op without $NOTIFY_SOCKET. The watchdog is fed
+    // from this loop while no subsystem has been down longer than the limit, so a wedged daemon,
+    // or one with a subsystem it cannot bring back, stops feeding it and systemd restarts it.
+    notify_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("running: rotating credentials, supervising"),
+    ]);
+    let mut watchdog = sd_notify::watchdog_enabled().map(|every| tokio::time::interval(every / 2));
+    let mut starving: Option<Subsystem> = None;
+
+    tokio::pin!(shutdown);
+    let mut identity_open = true;
+    loop {
+        let mut dirty = false;
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick_or_pending(&mut watchdog) => {
+                match health.overdue(SystemTime::now(), settings.down_limit) {
+                    None => {
+                        if starving.take().is_some() {
+                            tracing::info!("every subsystem is back; feeding systemd's watchdog again");
+                        }
+                        notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+                    }
+                    Some((name, down)) => {
+                        if starving.replace(name).is_none() {
+                            tracing::error!(
+                                subsystem = %name,
+                                "{name} has been down for {}s, past the limit of {}s (daemon.subsystem_down_limit); no longer feeding systemd's watchdog, so systemd restarts the agent",
+                                down.as_secs(),
+                                settings.down_limit.as_secs()
+                            );
+                            let line = format!("degraded: {name} down for {}s; waiting for the watchdog to restart the agent", down.as_secs());
+                            notify_systemd(&[sd_notify::NotifyState::Status(&line)]);
+                        }
+                    }
+                }
+            }
+            _ = tick_or_pending(&mut telemetry_tick) => {
+                if let Some(cell) = &telemetry_status {
+                    let snap = cell.snapshot();
+                    if doc.telemetry.as_ref() != Some(&snap) {
+                        doc.telemetry = Some(snap);
+                        dirty = true;
+                    }
+                }
+            }
+            changed = health_rx.changed() => {
+                if changed.is_ok() {
+                    doc.subsystems = health_rx.borrow_and_update().clone();
+                    dirty = true;
+                }
+            }
+            changed = identity.changed(), if identity_open => {
+                if changed.is_err() {
+                    identity_open = false;
+                    continue;
+                }
+                doc.identity = Some(identity.borrow_and_update().clone());
+                dirty = true;
+            }
+            changed = changed_or_pending(&mut supervision_status) => {
+                if !changed {
+                    supervision_status = None;
+                    continue;
+                }
+                if let Some(rx) = &mut supervision_status {
+                    doc.supervision = rx.borrow_and_update().clone();
+                }
+                dirty = true;
+            }
+        }
+        if dirty {
+            doc.updated_at = SystemTime::now();
+            if let Err(e) = state::write(&state_path, &doc) {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    let _ = stop_tx.send(true);
+    if let Some(task) = supervising
+        && let Err(e) = task.await
+    {
+        tracing::error!("supervision task panicked: {e}");
+    }
+    if let Some(task) = telemetry_task {
+        match tokio::time::timeout(TELEMETRY_STOP_TIMEOUT, task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("telemetry task panicked: {e}"),
+            Err(_) => tracing::warn!(
+                "telemetry did not stop within {TELEMETRY_STOP_TIMEOUT:?}; its unacknowledged batch is sent again by the next start"
+            ),
+        }
+    }
+    if let Some(cell) = &telemetry_status {
+        doc.telemetry = Some(cell.snapshot());
+    }
+    if let Err(e) = identity_task.await {
+        tracing::error!("credential rotation task panicked: {e}");
+    }
+    doc.identity = Some(identity.borrow().clone());
+    if supervision_status.is_some() || doc.supervision.is_some() {
+        doc.supervision = supervision_rx.borrow().clone().or(doc.supervision.take());
+    }
+    doc.subsystems = health.snapshot();
+    let now = SystemTime::now();
+    doc.updated_at = now;
+    doc.stopped_at = Some(now);
+    state::write(&state_path, &doc)?;
+    Ok(())
+}
+
+/// Waits for the next change; never resolves without a receiver.
+async fn changed_or_pending<T>(rx: &mut Option<watch::Receiver<T>>) -> bool {
+    match rx {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// Ticks when the systemd watchdog is on; never resolves otherwise.
+async fn tick_or_pending(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends `states` to systemd's notify socket; failures are logged, never fatal (the agent's work
+/// matters more than its manager's bookkeeping).
+fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!("cannot notify systemd through $NOTIFY_SOCKET: {e}");
+    }
+}
