@@ -20,9 +20,19 @@ pub const SKEW_TOLERANCE: Duration = Duration::from_secs(5);
 /// check by that much. Refused with an error that says to fix the host clock.
 pub const MAX_SKEW_CORRECTION: Duration = Duration::from_secs(24 * 3600);
 
-/// Source of "now". The real one is [`SystemClock`].
+/// A boxed wait, as [`Clock::sleep`] returns it.
+pub type Sleep = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Source of "now", and of waiting: the real one is [`SystemClock`] (tokio's timer); a test
+/// clock can make every wait instant and move its "now" by the time waited, so a loop's timing
+/// is checked in microseconds.
 pub trait Clock: Send + Sync + std::fmt::Debug {
     fn now(&self) -> SystemTime;
+
+    /// Waits `d`.
+    fn sleep(&self, d: Duration) -> Sleep {
+        Box::pin(tokio::time::sleep(d))
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]

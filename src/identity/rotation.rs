@@ -325,7 +325,7 @@ impl Rotator {
             self.status.send_modify(|s| s.next_refresh = Some(next));
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
-                _ = tokio::time::sleep(delay) => {}
+                _ = self.clock.sleep(delay) => {}
             }
             let mut attempt: u32 = 0;
             loop {
@@ -380,11 +380,300 @@ impl Rotator {
                         attempt = attempt.saturating_add(1);
                         tokio::select! {
                             _ = &mut shutdown => return Ok(()),
-                            _ = tokio::time::sleep(wait) => {}
+                            _ = self.clock.sleep(wait) => {}
                         }
                     }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The loop's timing with a clock whose waits are instant (and move its "now" by the time
+    //! waited) and a scripted source: whole hours of rotation run in milliseconds.
+    use super::*;
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use crate::config::Secret;
+    use crate::identity::clock::Sleep;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[derive(Debug)]
+    struct TestClock {
+        now: Mutex<SystemTime>,
+        slept: Mutex<Vec<Duration>>,
+    }
+
+    impl TestClock {
+        fn new() -> Arc<TestClock> {
+            Arc::new(TestClock {
+                now: Mutex::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)),
+                slept: Mutex::new(Vec::new()),
+            })
+        }
+        fn slept(&self) -> Vec<Duration> {
+            self.slept.lock().expect("lock").clone()
+        }
+    }
+
+    impl Clock for TestClock {
+        fn now(&self) -> SystemTime {
+            *self.now.lock().expect("lock")
+        }
+        fn sleep(&self, d: Duration) -> Sleep {
+            *self.now.lock().expect("lock") += d;
+            self.slept.lock().expect("lock").push(d);
+            Box::pin(tokio::task::yield_now())
+        }
+    }
+
+    struct Fixed(f64);
+    impl Jitter for Fixed {
+        fn unit(&self) -> f64 {
+            self.0
+        }
+    }
+
+    /// One scripted answer: credentials living this long (negative: already expired), a
+    /// retryable error, or one only re-registration fixes.
+    #[derive(Clone, Copy)]
+    enum Step {
+        Ok(i64),
+        Err,
+        Fatal,
+    }
+
+    struct Scripted {
+        clock: Arc<TestClock>,
+        steps: Mutex<VecDeque<Step>>,
+        fetches: Arc<AtomicU32>,
+        /// Told the number of fetches so far, for the test's stop condition.
+        count: watch::Sender<u32>,
+    }
+
+    impl CredentialSource for Scripted {
+        fn kind(&self) -> ProviderKind {
+            ProviderKind::Ssm
+        }
+        fn identity(&self) -> String {
+            "mi-0123456789abcdef0".into()
+        }
+        fn fetch(&mut self) -> FetchFuture<'_> {
+            let n = self.fetches.fetch_add(1, Ordering::SeqCst) + 1;
+            self.count.send_replace(n);
+            let step = self
+                .steps
+                .lock()
+                .expect("lock")
+                .pop_front()
+                .unwrap_or(Step::Ok(3600));
+            let now = self.clock.now();
+            Box::pin(async move {
+                match step {
+                    Step::Ok(life) => Ok(TemporaryCredentials {
+                        access_key_id: format!("ASIAROTATIONTEST{n:04}"),
+                        secret_access_key: Secret::new("s"),
+                        session_token: Secret::new("t"),
+                        expiration: if life >= 0 {
+                            now + Duration::from_secs(life as u64)
+                        } else {
+                            now - Duration::from_secs(life.unsigned_abs())
+                        },
+                    }),
+                    Step::Err => Err(RefreshError::Other("connection refused".into())),
+                    Step::Fatal => Err(RefreshError::Ssm(SsmSourceError::NotRegistered {
+                        path: "/var/lib/hybrid-agent/ssm/registration.json".into(),
+                    })),
+                }
+            })
+        }
+    }
+
+    struct Run {
+        clock: Arc<TestClock>,
+        fetches: Arc<AtomicU32>,
+        result: Result<(), RefreshError>,
+        status: IdentityStatus,
+        file: String,
+        _dir: tempfile::TempDir,
+    }
+
+    /// Runs the loop over `steps` until `stop_after` fetches, with backoff cap `cap`.
+    async fn run(steps: &[Step], stop_after: u32, cap: Duration, seed: Option<i64>) -> Run {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = TestClock::new();
+        let fetches = Arc::new(AtomicU32::new(0));
+        let (count, mut counted) = watch::channel(0u32);
+        let source = Scripted {
+            clock: clock.clone(),
+            steps: Mutex::new(steps.iter().copied().collect()),
+            fetches: fetches.clone(),
+            count,
+        };
+        let file = dir.path().join("credentials");
+        let mut rotator = Rotator::new(
+            source,
+            RotationSettings {
+                targets: vec![CredentialsTarget {
+                    path: file.clone(),
+                    profile: "default".into(),
+                }],
+                backoff_cap: cap,
+            },
+            IdentityStore::new(dir.path()),
+            clock.clone(),
+            Arc::new(Fixed(1.0)),
+        );
+        if let Some(life) = seed {
+            rotator.seed(
+                TemporaryCredentials {
+                    access_key_id: "ASIASEEDED".into(),
+                    secret_access_key: Secret::new("s"),
+                    session_token: Secret::new("t"),
+                    expiration: clock.now() + Duration::from_secs(life as u64),
+                },
+                None,
+            );
+        }
+        let status = rotator.status();
+        let result = tokio::time::timeout(
+            Duration::from_secs(10),
+            rotator.run(async move {
+                let _ = counted.wait_for(|n| *n >= stop_after).await;
+            }),
+        )
+        .await
+        .expect("the loop ends within 10 s of real time");
+        let status = status.borrow().clone();
+        Run {
+            clock,
+            fetches,
+            result,
+            status,
+            file: std::fs::read_to_string(&file).unwrap_or_default(),
+            _dir: dir,
+        }
+    }
+
+    /// Refreshes at once, then at half the remaining life (jitter pinned high: +10 %), writes
+    /// the file and publishes each set.
+    #[tokio::test]
+    async fn refreshes_at_half_the_remaining_life_and_publishes() {
+        let r = run(&[Step::Ok(3600); 3], 3, 60 * S, None).await;
+        assert!(r.result.is_ok());
+        // 0, then 55 % of 3600 s after each refresh (the last one scheduled when it stopped).
+        assert_eq!(
+            r.clock.slept(),
+            [Duration::ZERO, 1980 * S, 1980 * S, 1980 * S]
+        );
+        assert_eq!(r.status.state, "ok");
+        assert_eq!(r.status.refreshes, 3);
+        assert!(r.file.contains("ASIAROTATIONTEST0003"), "{}", r.file);
+    }
+
+    /// Credentials seeded from a previous run are used until half their life: no refresh at
+    /// start.
+    #[tokio::test]
+    async fn seeded_credentials_delay_the_first_refresh() {
+        let r = run(&[Step::Ok(3600)], 1, 60 * S, Some(1000)).await;
+        assert_eq!(r.clock.slept(), [550 * S, 1980 * S]);
+    }
+
+    /// Retryable failures back off exponentially (full jitter pinned at its top), capped; the
+    /// first success resets the state.
+    #[tokio::test]
+    async fn failures_back_off_to_the_cap_then_recover() {
+        use Step::*;
+        let r = run(
+            &[Ok(3600), Err, Err, Err, Err, Err, Ok(3600)],
+            7,
+            4 * S,
+            None,
+        )
+        .await;
+        let slept = r.clock.slept();
+        assert_eq!(
+            &slept[..7],
+            [Duration::ZERO, 1980 * S, S, 2 * S, 4 * S, 4 * S, 4 * S]
+        );
+        assert_eq!(r.status.state, "ok");
+        assert_eq!(r.status.consecutive_failures, 0);
+        assert_eq!(r.status.refreshes, 2);
+        assert_eq!(r.fetches.load(Ordering::SeqCst), 7);
+    }
+
+    /// Close to expiry, retries are at most a quarter of the remaining life apart (and at least
+    /// 250 ms), so several attempts still fit before the credentials expire; once expired, one
+    /// a second at most.
+    #[tokio::test]
+    async fn retries_get_denser_near_expiry_and_never_spin_after_it() {
+        let mut steps = vec![Step::Ok(40)];
+        steps.extend([Step::Err; 30]);
+        let r = run(&steps, 31, 60 * S, None).await;
+        let slept = r.clock.slept();
+        // 22 s to the refresh point (55 % of 40 s), 18 s of life left then.
+        assert_eq!(slept[1], 22 * S);
+        let mut left = 18.0f64;
+        let mut before_expiry = 0;
+        for d in &slept[2..] {
+            let d = d.as_secs_f64();
+            if left > 0.0 {
+                assert!(
+                    d <= left / 4.0 + 1e-9 || d <= 0.25 + 1e-9,
+                    "{d} s with {left} s left"
+                );
+                assert!(d >= 0.25 - 1e-9, "{d} s");
+                before_expiry += 1;
+            } else {
+                assert!(
+                    d >= 1.0 - 1e-9,
+                    "after expiry a retry waits at least 1 s: {d}"
+                );
+            }
+            left -= d;
+        }
+        assert!(
+            before_expiry >= 6,
+            "only {before_expiry} attempts before expiry: {slept:?}"
+        );
+        assert_eq!(r.status.state, "retrying");
+    }
+
+    /// A service that hands out credentials already expired costs one call a second, not a
+    /// busy loop.
+    #[tokio::test]
+    async fn expired_credentials_are_refreshed_at_most_once_a_second() {
+        let r = run(&[Step::Ok(-3600); 20], 20, 60 * S, None).await;
+        let slept = r.clock.slept();
+        assert!(slept[1..].iter().all(|d| *d == S), "{slept:?}");
+    }
+
+    /// An error only re-registration fixes ends the loop with the command to run; nothing is
+    /// retried after it.
+    #[tokio::test]
+    async fn a_fatal_error_stops_the_loop_with_the_action() {
+        let r = run(
+            &[Step::Ok(3600), Step::Fatal, Step::Ok(3600)],
+            99,
+            60 * S,
+            None,
+        )
+        .await;
+        let e = r.result.expect_err("fatal");
+        assert!(e.is_fatal());
+        assert_eq!(r.fetches.load(Ordering::SeqCst), 2);
+        assert_eq!(r.status.state, "failed");
+        let action = r
+            .status
+            .last_error
+            .and_then(|e| e.action)
+            .unwrap_or_default();
+        assert!(action.contains("join --reregister"), "{action}");
+        assert_eq!(r.clock.slept().len(), 2);
     }
 }
