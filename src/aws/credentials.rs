@@ -10,7 +10,7 @@ use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider, future};
 use tokio::sync::watch;
 
-use crate::identity::TemporaryCredentials;
+use crate::config::Secret;
 
 /// How long an SDK call waits for the first (or a fresh) set of credentials before failing.
 /// Long enough to ride out the first refresh at start, short enough that a call made during an
@@ -19,7 +19,19 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 /// `provider_name` the SDK records on the credentials (shows up in SDK debug logs).
 pub const PROVIDER_NAME: &str = "hybrid-agent-rotation";
 
-/// A [`ProvideCredentials`] fed by [`crate::identity::rotation::Rotator::credentials`].
+/// Temporary AWS credentials, from either identity provider (SSM or IAM Roles Anywhere).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemporaryCredentials {
+    /// Not secret on its own (AWS prints access key ids in CloudTrail and error messages).
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub session_token: Secret,
+    /// Expiry on the host clock (the service's expiry corrected by the measured clock skew).
+    pub expiration: SystemTime,
+}
+
+/// A [`ProvideCredentials`] fed by a watch channel of credentials (the daemon's credential
+/// rotation loop publishes on it).
 #[derive(Debug, Clone)]
 pub struct RotatingCredentials {
     rx: watch::Receiver<Option<TemporaryCredentials>>,

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use aws_credential_types::Credentials;
 use base64::Engine;
 
-use crate::identity::sigv4::{self, CanonicalInput, SigningTime};
+use crate::aws::sigv4::{self, CanonicalInput, SigningTime};
 
 /// Prefix of every EKS token (aws-iam-authenticator's `v1Prefix`).
 pub const TOKEN_PREFIX: &str = "k8s-aws-v1.";

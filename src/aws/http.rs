@@ -3,12 +3,12 @@
 //! timeouts, optional proxy and extra CA bundle, and a classification of transport failures so
 //! a TLS problem and an unreachable endpoint get different messages and exit codes, and one
 //! reader of their answers ([`read_answer`]) that also feeds the `Date` header to the skew
-//! correction ([`crate::identity::clock`]).
+//! correction ([`crate::aws::clock`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::identity::clock::{SkewChange, SkewedClock};
+use crate::aws::clock::{SkewChange, SkewedClock};
 
 /// Time allowed to establish TCP + TLS. A reachable AWS endpoint answers in well under a second;
 /// 10 s covers slow satellite links without hanging a `join` for long.

@@ -8,10 +8,14 @@
 //! - [`sts_client`] (and the clients other subsystems build the same way) applies the
 //!   per-service endpoint override on top of that config.
 //! - [`http`]: the reqwest client of the private APIs.
+//! - [`sigv4`] and [`clock`]: request signing and the service-corrected clock it signs with,
+//!   used by the private APIs (SSM, IAM Roles Anywhere) and the EKS token.
 
+pub mod clock;
 pub mod credentials;
 pub mod eks_token;
 pub mod http;
+pub mod sigv4;
 
 use std::time::Duration;
 

@@ -14,7 +14,6 @@
 
 pub mod atomic;
 pub mod aws_config;
-pub mod clock;
 pub mod credential_process;
 pub mod credfile;
 pub mod expiry;
@@ -25,22 +24,11 @@ pub mod register;
 pub mod rotation;
 pub mod schedule;
 pub mod setup;
-pub mod sigv4;
 pub mod ssm;
 pub mod ssm_source;
 pub mod store;
 
-use std::time::SystemTime;
+// AWS transport, kept reachable under their old paths: the identity providers sign with them.
+pub use crate::aws::credentials::TemporaryCredentials;
+pub use crate::aws::{clock, sigv4};
 
-use crate::config::Secret;
-
-/// Temporary AWS credentials from either provider.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TemporaryCredentials {
-    /// Not secret on its own (AWS prints access key ids in CloudTrail and error messages).
-    pub access_key_id: String,
-    pub secret_access_key: Secret,
-    pub session_token: Secret,
-    /// Expiry on the host clock (the service's expiry corrected by the measured clock skew).
-    pub expiration: SystemTime,
-}
