@@ -26,9 +26,9 @@ pub enum TempName {
     /// daemon rotates) never share a temp file, and a link planted under the name is never
     /// followed.
     Unique,
-    /// `NAME.PID<suffix>`, created or truncated: the suffix marks the file as the agent's, so a
-    /// run killed mid-write leaves a leftover that is recognisable and that a later write with
-    /// the same pid simply reuses.
+    /// `NAME.PID<suffix>`: the suffix marks the file as the agent's, so a run killed mid-write
+    /// leaves a leftover that is recognisable and that a later write with the same pid unlinks
+    /// before creating the file afresh, exclusively and without following links.
     Suffix(&'static str),
 }
 
@@ -100,11 +100,48 @@ pub fn temp_path(target: &Path, naming: TempName) -> PathBuf {
 /// For positions that may lag (a lagging read position means records sent twice, which
 /// at-least-once allows), where an fsync per update would cost more than it saves.
 pub fn replace_unsynced(target: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = unsynced_temp_path(target);
+    let written = create_exclusive(&tmp, UNSYNCED_MODE, true)
+        .and_then(|mut f| f.write_all(contents))
+        .and_then(|()| std::fs::rename(&tmp, target));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Mode of the files [`replace_unsynced`] creates, before the umask (what `std::fs::write` used).
+const UNSYNCED_MODE: u32 = 0o666;
+
+/// Where [`replace_unsynced`] writes before the rename: `<target>.tmp`, a fixed name, so a run
+/// killed mid-write leaves one leftover that the next write clears.
+pub fn unsynced_temp_path(target: &Path) -> PathBuf {
     let mut name = target.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
-    let tmp = target.with_file_name(name);
-    std::fs::write(&tmp, contents)?;
-    std::fs::rename(&tmp, target)
+    target.with_file_name(name)
+}
+
+/// Creates `path` exclusively (`O_CREAT|O_EXCL|O_NOFOLLOW`): whatever is opened is a new file
+/// this call made, never an existing file or the target of a planted symlink. With
+/// `clear_leftover`, an entry already under the name (a leftover of a killed run, or a planted
+/// link) is unlinked first — unlink removes a symlink itself, not what it points at — and the
+/// exclusive create is tried once more; losing that race again is an error.
+pub fn create_exclusive(path: &Path, mode: u32, clear_leftover: bool) -> io::Result<File> {
+    let open = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .mode(mode)
+            .open(path)
+    };
+    match open() {
+        Err(e) if clear_leftover && e.kind() == io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(path)?;
+            open()
+        }
+        other => other,
+    }
 }
 
 /// Replaces `target` with `contents` atomically; the file has exactly `mode` from its first byte
@@ -143,13 +180,9 @@ fn write_temp(
     mode: u32,
     naming: TempName,
 ) -> Result<(), (Step, io::Error)> {
-    let mut open = OpenOptions::new();
-    open.write(true).mode(mode);
-    match naming {
-        TempName::Unique => open.create_new(true),
-        TempName::Suffix(_) => open.create(true).truncate(true),
-    };
-    let mut f = open.open(temp).map_err(|e| (Step::Create, e))?;
+    // A unique name is fresh; a suffix name may be our own leftover from a killed run.
+    let clear_leftover = matches!(naming, TempName::Suffix(_));
+    let mut f = create_exclusive(temp, mode, clear_leftover).map_err(|e| (Step::Create, e))?;
     // The umask may have narrowed `mode` (fine) but never widened it; set it exactly anyway so a
     // file meant to be 0644 is not left 0600 by an unusual umask.
     f.set_permissions(std::fs::Permissions::from_mode(mode))
@@ -253,6 +286,51 @@ mod tests {
         assert!(e.to_string().contains("rename into place"), "{e}");
         assert_eq!(names(dir.path()), vec!["blocked".to_owned()]);
         assert_eq!(names(&blocked), vec!["x".to_owned()]);
+    }
+
+    /// A symlink planted under the temp name (by another local user, or left by anything) must
+    /// never be followed: the file it points at keeps its bytes and the target ends up a regular
+    /// file.
+    #[test]
+    fn a_symlink_at_the_temp_name_is_never_followed() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").expect("victim");
+        let p = dir.path().join("f");
+        symlink(&victim, temp_path(&p, TempName::Suffix(".t"))).expect("plant");
+        replace_file(&p, b"new", 0o644, TempName::Suffix(".t")).expect("replace");
+        assert_eq!(std::fs::read(&victim).expect("read victim"), b"precious");
+        let meta = std::fs::symlink_metadata(&p).expect("meta");
+        assert!(meta.file_type().is_file(), "{meta:?}");
+        assert_eq!(std::fs::read(&p).expect("read"), b"new");
+        assert_eq!(names(dir.path()), vec!["f".to_owned(), "victim".to_owned()]);
+
+        let q = dir.path().join("pos");
+        symlink(&victim, unsynced_temp_path(&q)).expect("plant");
+        replace_unsynced(&q, b"7\n").expect("replace unsynced");
+        assert_eq!(std::fs::read(&victim).expect("read victim"), b"precious");
+        assert!(
+            std::fs::symlink_metadata(&q)
+                .expect("meta")
+                .file_type()
+                .is_file()
+        );
+        assert_eq!(std::fs::read(&q).expect("read"), b"7\n");
+        assert_eq!(
+            names(dir.path()),
+            vec!["f".to_owned(), "pos".to_owned(), "victim".to_owned()]
+        );
+    }
+
+    #[test]
+    fn failed_unsynced_replace_removes_its_temp() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blocked = dir.path().join("blocked");
+        std::fs::create_dir(&blocked).expect("mkdir");
+        std::fs::write(blocked.join("x"), b"x").expect("write x");
+        replace_unsynced(&blocked, b"1\n").expect_err("rename over a non-empty directory");
+        assert_eq!(names(dir.path()), vec!["blocked".to_owned()]);
     }
 
     #[test]

@@ -39,6 +39,11 @@ pub enum StateError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DaemonState {
     pub pid: u32,
+    /// The daemon process's start time (`/proc/<pid>/stat` field 22, clock ticks since boot):
+    /// with the pid, it names that one process, not whichever later reuses the pid. Absent in
+    /// files written by agents before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start: Option<u64>,
     #[serde(with = "ts")]
     pub started_at: SystemTime,
     #[serde(with = "ts")]
@@ -63,6 +68,7 @@ impl DaemonState {
     pub fn new(now: SystemTime) -> DaemonState {
         DaemonState {
             pid: std::process::id(),
+            pid_start: proc_stat(std::process::id()).map(|(_, start)| start),
             started_at: now,
             updated_at: now,
             stopped_at: None,
@@ -106,17 +112,35 @@ pub fn read(path: &Path) -> Result<Option<DaemonState>, StateError> {
         })
 }
 
-/// Whether the daemon that wrote `state` is still running: its pid exists, it did not record a
-/// graceful stop, and the process is a hybrid-agent (pids are reused after a crash).
+/// File name of the agent's executable (`/usr/bin/hybrid-agent`).
+pub const AGENT_EXE_NAME: &str = "hybrid-agent";
+
+/// Whether the daemon that wrote `state` is still running: it did not record a graceful stop
+/// and [`daemon_start`] finds it.
 pub fn is_running(state: &DaemonState) -> bool {
-    if state.stopped_at.is_some() {
-        return false;
+    state.stopped_at.is_none() && daemon_start(state).is_some()
+}
+
+/// The start time of the process `state` names, when that process is the daemon that wrote it
+/// and still runs (not a zombie). Pids are reused, so the pid alone proves nothing: with a
+/// recorded start time the process must have exactly it; a file from an older agent without
+/// one needs the process's executable to be the agent (`/proc/<pid>/exe` named
+/// [`AGENT_EXE_NAME`], not merely a command line that mentions it).
+pub fn daemon_start(state: &DaemonState) -> Option<u64> {
+    let (st, start) = proc_stat(state.pid)?;
+    if st == 'Z' || st == 'X' {
+        return None;
     }
-    let Ok(cmdline) = std::fs::read(format!("/proc/{}/cmdline", state.pid)) else {
-        return false;
+    let same = match state.pid_start {
+        Some(recorded) => recorded == start,
+        None => crate::supervise::pidfile::proc_exe(state.pid)
+            .is_some_and(|exe| exe.file_name().is_some_and(|n| n == AGENT_EXE_NAME)),
     };
-    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-    String::from_utf8_lossy(argv0).contains("hybrid-agent")
+    same.then_some(start)
+}
+
+fn proc_stat(pid: u32) -> Option<(char, u64)> {
+    crate::supervise::pidfile::proc_stat(pid)
 }
 
 #[cfg(test)]
@@ -134,6 +158,17 @@ mod tests {
         // The test binary is not named hybrid-agent... unless cargo names it so; either way a
         // pid that cannot exist is not running, nor is a recorded graceful stop.
         s.pid = u32::MAX;
+        assert!(!is_running(&s));
+        // This very process, with its start time recorded, is running...
+        s.pid = std::process::id();
+        s.pid_start = proc_stat(s.pid).map(|(_, t)| t);
+        assert!(s.pid_start.is_some());
+        assert!(is_running(&s));
+        // ...but not under another start time (the pid was reused), nor without one (the test
+        // binary is not /usr/bin/hybrid-agent).
+        s.pid_start = s.pid_start.map(|t| t + 1);
+        assert!(!is_running(&s));
+        s.pid_start = None;
         assert!(!is_running(&s));
         s.pid = std::process::id();
         s.stopped_at = Some(SystemTime::UNIX_EPOCH);

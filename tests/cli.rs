@@ -448,3 +448,60 @@ fn activation_code_from_environment_is_accepted() {
     assert_eq!(run.code, Some(3), "{run:?}");
     assert!(!run.stderr.contains("WARN"), "{run:?}");
 }
+
+/// A failure while committing (saving the join record) is reported as the commit, not as the
+/// wait for kubelet that had already succeeded.
+#[test]
+fn a_commit_failure_is_reported_as_the_commit_phase() {
+    let sb = Sandbox::new();
+    // Every phase skipped: the run goes straight to the commit, which merges into the join
+    // journal; an unparsable one makes that fail.
+    let state = sb.root().join("var/lib/hybrid-agent");
+    std::fs::create_dir_all(&state).expect("state dir");
+    std::fs::write(state.join("join-journal.json"), "{ not json").expect("journal");
+    let run = sb.run(&[
+        "join",
+        "--config-source",
+        "file://node.yaml",
+        "--skip",
+        "preflight,identity,install,render,start,wait",
+    ]);
+    assert_ne!(run.code, Some(0), "{run:?}");
+    assert!(
+        run.stderr.contains("join failed in the commit phase"),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains("wait phase"), "{run:?}");
+}
+
+/// `leave` stops the daemon that the state file names, and only that process: a pid that now
+/// belongs to another program, even one whose name contains "hybrid-agent", is never signalled.
+#[test]
+fn leave_never_signals_a_process_that_only_looks_like_the_daemon() {
+    use std::os::unix::process::CommandExt;
+    let sb = Sandbox::new();
+    // A decoy: `sleep` under the name hybrid-agent-decoy (argv0), as the pid of a crashed daemon
+    // could be reused by any program.
+    let mut decoy = Command::new("sleep")
+        .arg0("/usr/bin/hybrid-agent-decoy")
+        .arg("60")
+        .spawn()
+        .expect("spawn decoy");
+    let state = sb.root().join("var/lib/hybrid-agent");
+    std::fs::create_dir_all(&state).expect("state dir");
+    std::fs::write(
+        state.join("daemon.json"),
+        format!(
+            "{{\"pid\": {}, \"started_at\": \"2026-01-01T00:00:00Z\", \"updated_at\": \"2026-01-01T00:00:00Z\"}}",
+            decoy.id()
+        ),
+    )
+    .expect("daemon.json");
+    let leave = sb.run(&["leave", "--force"]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let still_running = decoy.try_wait().expect("try_wait").is_none();
+    let _ = decoy.kill();
+    let _ = decoy.wait();
+    assert!(still_running, "leave signalled the decoy: {leave:?}");
+    assert!(leave.stdout.contains("not running"), "{leave:?}");
+}

@@ -720,3 +720,90 @@ async fn child_output_is_captured_line_by_line_and_tagged() {
     assert!(!line.line.ends_with('\n'));
     backend.stop(&spec).await.unwrap();
 }
+
+const ENV_DUMP_ENV: &str = "SUPERVISE_TEST_ENV_DUMP";
+
+/// Secrets the agent may hold in its own environment (the activation code for `join`, AWS keys
+/// from the operator's shell or a systemd drop-in).
+const SECRET_VARS: &[&str] = &[
+    "HYBRID_AGENT_ACTIVATION_CODE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+];
+
+/// Helper for the test below: an agent process (with secrets in its environment) that starts a
+/// child dumping its environment to the file named by `ENV_DUMP_ENV`, then stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper: started as a separate agent process by the env test in this file"]
+async fn env_dump_agent_process() {
+    let Ok(dump) = std::env::var(ENV_DUMP_ENV) else {
+        panic!("env_dump_agent_process is a helper: run it with {ENV_DUMP_ENV} set");
+    };
+    let dump = PathBuf::from(dump);
+    let settings = ProcessSettings::new(dump.parent().unwrap().join("state"));
+    let _reaper = PidFileReaper(settings.state_dir.clone());
+    let backend = ProcessBackend::new(settings);
+    let mut spec = standin_component(free_port(), &[], fast_probe(3, Duration::ZERO));
+    spec.exec = hybrid_agent::supervise::ExecSpec {
+        program: "/bin/sh".into(),
+        args: vec![
+            "-c".into(),
+            format!(
+                "env > '{}.part' && mv '{0}.part' '{0}' && exec sleep 60",
+                dump.display()
+            ),
+        ],
+        // What the component is configured with still reaches it.
+        env: vec![(
+            "AWS_SHARED_CREDENTIALS_FILE".into(),
+            "/root/.aws/credentials".into(),
+        )],
+    };
+    backend.start(&spec).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !dump.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    backend.stop(&spec).await.unwrap();
+}
+
+#[test]
+fn children_do_not_inherit_the_activation_code_or_aws_keys() {
+    let work = tempfile::tempdir().unwrap();
+    let dump = work.path().join("env.txt");
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.args([
+        "env_dump_agent_process",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+    ])
+    .env(ENV_DUMP_ENV, &dump)
+    .env("STANDIN_KUBELET_BIN", standin_binary())
+    .env("KEEP_ME", "harmless");
+    for var in SECRET_VARS {
+        cmd.env(var, format!("secret-value-of-{var}"));
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "helper failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env = std::fs::read_to_string(&dump).unwrap();
+    for var in SECRET_VARS {
+        assert!(
+            !env.contains("secret-value-of-"),
+            "{var} (or another secret) reached the child:\n{env}"
+        );
+    }
+    assert!(env.contains("KEEP_ME=harmless"), "{env}");
+    assert!(
+        env.contains("AWS_SHARED_CREDENTIALS_FILE=/root/.aws/credentials"),
+        "{env}"
+    );
+}

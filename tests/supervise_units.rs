@@ -11,6 +11,7 @@ mod supervise_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use hybrid_agent::supervise::ExecSpec;
 use hybrid_agent::supervise::units::{self, UnitFile};
@@ -181,5 +182,43 @@ fn shipped_unit_files_match_the_renderings_and_verify() {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         assert_eq!(verify(path.to_str().unwrap(), None), "", "{name}");
+    }
+}
+
+/// The `TimeoutStopSec=` of a unit's text.
+fn timeout_stop_sec(text: &str) -> Duration {
+    let secs = text
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .unwrap_or_else(|| panic!("no TimeoutStopSec= in:\n{text}"));
+    Duration::from_secs(secs.trim().parse().unwrap())
+}
+
+/// With `on_agent_stop = "stop"` the agent stops kubelet, then containerd, each allowed its stop
+/// timeout (built-in backend: SIGTERM grace + SIGKILL wait; systemd backend: the stop job's
+/// wait), then waits for telemetry's last batch. systemd must not SIGKILL the agent before that
+/// worst case is over, or the agent dies mid-stop without recording it.
+#[test]
+fn agent_unit_timeout_stop_covers_a_stop_with_on_agent_stop_stop() {
+    use hybrid_agent::supervise::process::{KILL_WAIT, ProcessSettings};
+    use hybrid_agent::supervise::systemd::DEFAULT_START_TIMEOUT;
+    let components = 2;
+    let builtin = (ProcessSettings::new("/unused").stop_timeout + KILL_WAIT) * components;
+    let systemd = DEFAULT_START_TIMEOUT * components;
+    let worst = builtin.max(systemd) + hybrid_agent::daemon::TELEMETRY_STOP_TIMEOUT;
+    let rendered = units::hybrid_agent_service(Path::new(units::AGENT_BINARY)).content;
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/hybrid-agent.service"),
+    )
+    .unwrap();
+    for (what, text) in [("rendered", &rendered), ("shipped", &shipped)] {
+        let timeout = timeout_stop_sec(text);
+        assert!(
+            timeout > worst,
+            "{what} hybrid-agent.service: TimeoutStopSec={} is not longer than the worst-case stop \
+             of {worst:?} (kubelet + containerd at max({builtin:?}, {systemd:?}) + telemetry)",
+            timeout.as_secs()
+        );
+        assert_eq!(timeout, hybrid_agent::daemon::AGENT_STOP_TIMEOUT, "{what}");
     }
 }

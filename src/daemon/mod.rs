@@ -46,6 +46,38 @@ pub const TELEMETRY_STATUS_INTERVAL: Duration = Duration::from_secs(5);
 /// after CloudWatch accepted, so cutting it short repeats a batch, it never loses one).
 pub const TELEMETRY_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Components stopped one after the other when `on_agent_stop = "stop"`: kubelet, then
+/// containerd ([`crate::supervise::ComponentName`]).
+pub const STOPPED_COMPONENTS: u64 = 2;
+
+/// Slack for what follows the stops and has no timeout of its own: the rotation task's exit
+/// and the last state write.
+pub const STOP_MARGIN: Duration = Duration::from_secs(10);
+
+/// The longest one component's stop may take, whichever backend: the built-in one waits
+/// [`crate::supervise::process::DEFAULT_STOP_TIMEOUT`] after SIGTERM, then
+/// [`crate::supervise::process::KILL_WAIT`] after SIGKILL; the systemd one waits for the stop job
+/// up to [`crate::supervise::systemd::DEFAULT_START_TIMEOUT`].
+pub const COMPONENT_STOP_WORST: Duration = {
+    let builtin = crate::supervise::process::DEFAULT_STOP_TIMEOUT
+        .saturating_add(crate::supervise::process::KILL_WAIT);
+    let systemd = crate::supervise::systemd::DEFAULT_START_TIMEOUT;
+    if builtin.as_secs() > systemd.as_secs() {
+        builtin
+    } else {
+        systemd
+    }
+};
+
+/// The longest a graceful stop of `hybrid-agent run` can take (`on_agent_stop = "stop"`, every
+/// wait running to its limit): each component's worst stop, telemetry's hand-back, the margin.
+/// hybrid-agent.service's `TimeoutStopSec=` is this figure, so systemd never SIGKILLs an agent
+/// that is still stopping within its own limits.
+pub const AGENT_STOP_TIMEOUT: Duration = COMPONENT_STOP_WORST
+    .saturating_mul(STOPPED_COMPONENTS as u32)
+    .saturating_add(TELEMETRY_STOP_TIMEOUT)
+    .saturating_add(STOP_MARGIN);
+
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]

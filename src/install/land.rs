@@ -14,9 +14,9 @@
 //! paths (as seen with `--root /`); [`HostPaths`] re-roots them, so a journal stays valid when
 //! a staged image is moved.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -411,7 +411,10 @@ impl Journal {
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
                 let tmp = fsutil::temp_path(&real, TEMP_NAME);
                 copy_file(staged, &tmp, mode)?;
-                fs::rename(&tmp, &real).map_err(err("rename into place", &real))?;
+                if let Err(e) = fs::rename(&tmp, &real) {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(err("rename into place", &real)(e));
+                }
                 let _ = fs::remove_file(staged);
             }
             Err(e) => return Err(err("rename into place", &real)(e)),
@@ -835,16 +838,26 @@ fn from_replace(e: fsutil::ReplaceError) -> LandError {
     }
 }
 
-/// Copies `from` to `to` (created or truncated) with `mode`, fsynced.
+/// Copies `from` to `to` with `mode`, fsynced. `to` is created afresh and exclusively
+/// ([`fsutil::create_exclusive`]: whatever was under the name, a leftover or a planted link, is
+/// unlinked, never followed); on failure the partial copy is removed.
 pub fn copy_file(from: &Path, to: &Path, mode: u32) -> Result<(), LandError> {
     let mut src = File::open(from).map_err(err("open", from))?;
-    let mut dst = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(to)
-        .map_err(err("create", to))?;
+    let dst = fsutil::create_exclusive(to, mode, true).map_err(err("create", to))?;
+    let copied = copy_into(&mut src, from, dst, to, mode);
+    if copied.is_err() {
+        let _ = fs::remove_file(to);
+    }
+    copied
+}
+
+fn copy_into(
+    src: &mut File,
+    from: &Path,
+    mut dst: File,
+    to: &Path,
+    mode: u32,
+) -> Result<(), LandError> {
     let mut buf = vec![0u8; COPY_CHUNK];
     loop {
         let n = src.read(&mut buf).map_err(err("read", from))?;

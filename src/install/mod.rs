@@ -655,9 +655,9 @@ struct StagingDir {
 
 impl StagingDir {
     fn create(paths: &HostPaths) -> Result<Self, InstallError> {
-        let path = paths
-            .resolve(STAGING_DIR)
-            .join(format!("{}", std::process::id()));
+        let root = paths.resolve(STAGING_DIR);
+        remove_leftover_staging(&root);
+        let path = root.join(format!("{}", std::process::id()));
         let mut created = Vec::new();
         let mut cur = Some(path.as_path());
         let mut missing = Vec::new();
@@ -703,6 +703,55 @@ impl StagingDir {
 
     fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Removes what runs killed mid-download left in the staging area (`<pid>/` of a process that is
+/// gone, and anything else that is not a run's directory): a SIGKILL or a power cut skips
+/// [`StagingDir`]'s `Drop`, and each run stages under its own pid, so nothing else would ever
+/// remove them. The directory of a run still going (its pid is alive) is kept. Best effort:
+/// what cannot be removed now is tried again by the next run.
+fn remove_leftover_staging(root: &Path) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    let ours = std::process::id();
+    for entry in entries.flatten() {
+        let live = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|pid| pid != ours && pid_alive(pid));
+        if live {
+            continue;
+        }
+        let path = entry.path();
+        let removed = match entry.file_type() {
+            Ok(t) if t.is_dir() => fs::remove_dir_all(&path),
+            _ => fs::remove_file(&path),
+        };
+        match removed {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "removed a staging area left by an interrupted run")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "cannot remove a staging area left by an interrupted run: {e}")
+            }
+        }
+    }
+}
+
+/// Whether a process with this pid exists (signal 0; EPERM means it exists but is not ours).
+fn pid_alive(pid: u32) -> bool {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) => true,
+        Err(e) => e == rustix::io::Errno::PERM,
     }
 }
 
@@ -781,5 +830,44 @@ struct WorkDir(PathBuf);
 impl Drop for WorkDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = child.id();
+        child.wait().expect("wait");
+        pid
+    }
+
+    /// A run killed mid-download (SIGKILL, power cut) cannot clean up after itself: the next run
+    /// removes what such runs left, but never the staging area of a run still going.
+    #[test]
+    fn staging_leftovers_of_dead_runs_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = HostPaths::new(dir.path());
+        let staging = paths.resolve(STAGING_DIR);
+        let dead = staging.join(dead_pid().to_string());
+        let live = staging.join("1");
+        let stray = staging.join("not-a-pid");
+        for d in [&dead, &live, &stray] {
+            fs::create_dir_all(d.join("sub")).expect("mkdir");
+            fs::write(d.join("sub/kubelet.part"), b"half a download").expect("seed");
+        }
+        let ours = StagingDir::create(&paths).expect("staging");
+        assert!(!dead.exists(), "a dead run's staging area was left behind");
+        assert!(!stray.exists(), "a stray entry was left behind");
+        assert!(live.exists(), "the staging area of a live run was removed");
+        assert!(ours.path().is_dir());
+        let path = ours.path().to_path_buf();
+        drop(ours);
+        assert!(!path.exists());
+        assert!(live.exists());
     }
 }

@@ -581,31 +581,55 @@ async fn deregister(
 }
 
 /// Stops a running daemon (SIGTERM, bounded wait); a daemon that is not running is fine.
+///
+/// The daemon is the process `daemon.json` names by pid *and* start time
+/// ([`crate::state::daemon_start`]), and the signal goes through a pidfd opened before that
+/// check is repeated: the pidfd pins the process, so a daemon that exits and whose pid is reused
+/// between the check and the signal makes the signal fail (ESRCH) instead of hitting the newcomer.
 async fn stop_daemon(paths: &HostPaths) -> Result<String, String> {
+    use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
     let file = crate::state::path(&paths.state_dir());
     let Some(state) = crate::state::read(&file).map_err(|e| e.to_string())? else {
         return Ok("the daemon never ran here".to_owned());
     };
+    let not_running = || Ok("the daemon is not running".to_owned());
     if !crate::state::is_running(&state) {
-        return Ok("the daemon is not running".to_owned());
+        return not_running();
     }
-    let pid = i32::try_from(state.pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-        .ok_or_else(|| format!("bad pid {}", state.pid))?;
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM)
-        .map_err(|e| format!("cannot signal the daemon (pid {}): {e}", state.pid))?;
+    let Some(pid) = i32::try_from(state.pid).ok().and_then(Pid::from_raw) else {
+        return not_running();
+    };
+    let pidfd = match pidfd_open(pid, PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::SRCH) => return not_running(),
+        Err(e) => {
+            return Err(format!(
+                "cannot open a pidfd for the daemon (pid {pid}): {e}"
+            ));
+        }
+    };
+    // Checked again now that the pidfd pins whichever process has the pid.
+    let Some(start) = crate::state::daemon_start(&state) else {
+        return not_running();
+    };
+    match pidfd_send_signal(&pidfd, Signal::TERM) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::SRCH) => {
+            return Ok(format!("the daemon (pid {pid}) had already exited"));
+        }
+        Err(e) => return Err(format!("cannot signal the daemon (pid {pid}): {e}")),
+    }
     let deadline = Instant::now() + DAEMON_STOP_TIMEOUT;
     while Instant::now() < deadline {
-        if rustix::process::test_kill_process(pid).is_err()
-            || crate::supervise::pidfile::proc_stat(state.pid).is_some_and(|(s, _)| s == 'Z')
-        {
-            return Ok(format!("stopped the daemon (pid {})", state.pid));
+        // Gone, a zombie, or the pid taken by another process (another start time).
+        let same_alive = crate::supervise::pidfile::proc_stat(state.pid)
+            .is_some_and(|(s, t)| t == start && s != 'Z' && s != 'X');
+        if !same_alive {
+            return Ok(format!("stopped the daemon (pid {pid})"));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Err(format!(
-        "the daemon (pid {}) did not stop within {DAEMON_STOP_TIMEOUT:?} of SIGTERM",
-        state.pid
+        "the daemon (pid {pid}) did not stop within {DAEMON_STOP_TIMEOUT:?} of SIGTERM"
     ))
 }

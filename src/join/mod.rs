@@ -62,6 +62,9 @@ pub enum Phase {
     Render,
     Start,
     Wait,
+    /// Saving the node record and the join journal once everything is up. Not a phase one can
+    /// skip (not in [`Phase::ALL`]); it exists so a failure there is not blamed on `wait`.
+    Commit,
 }
 
 impl Phase {
@@ -82,6 +85,7 @@ impl Phase {
             Phase::Render => "render",
             Phase::Start => "start",
             Phase::Wait => "wait",
+            Phase::Commit => "commit",
         }
     }
 
@@ -533,6 +537,7 @@ pub async fn join(
             Phase::Render => run.render().await,
             Phase::Start => run.start().await,
             Phase::Wait => run.wait().await,
+            Phase::Commit => Ok(()),
         };
         if let Err(source) = result {
             let problems = run.rollback().await;
@@ -546,7 +551,7 @@ pub async fn join(
     if let Err(source) = run.commit(digest).await {
         let problems = run.rollback().await;
         return Err(JoinFailure {
-            phase: Phase::Wait,
+            phase: Phase::Commit,
             source,
             rollback_problems: problems,
         });

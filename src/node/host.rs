@@ -322,6 +322,11 @@ impl HostActions for RealHost {
 fn run(c: &CommandLine, what: &str) -> Result<(), HostError> {
     let mut cmd = Command::new(c.program);
     cmd.args(&c.args);
+    // Package managers and sysctl need none of the agent's secrets (join may hold the
+    // activation code in its environment).
+    for name in crate::supervise::process::SCRUBBED_ENV {
+        cmd.env_remove(name);
+    }
     for (k, v) in &c.env {
         cmd.env(k, v);
     }

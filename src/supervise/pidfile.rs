@@ -59,17 +59,23 @@ pub fn read(path: &Path) -> Result<Option<PidRecord>, SuperviseError> {
     }
 }
 
-/// Writes the pid file atomically (temp file + rename), so a crash never leaves half a record.
+/// Mode of pid files: readable by anyone, like those under /run.
+pub const PID_FILE_MODE: u32 = 0o644;
+
+/// Writes the pid file atomically (exclusive temp file + fsync + rename,
+/// [`crate::fsutil::replace_file`]), so a crash never leaves half a record.
 pub fn write(path: &Path, record: &PidRecord) -> Result<(), SuperviseError> {
-    let io = |op, source| SuperviseError::Io {
-        op,
+    let bytes = serde_json::to_vec(record).map_err(|e| SuperviseError::Io {
+        op: "serialize pid record for",
         path: path.to_path_buf(),
-        source,
-    };
-    let tmp = path.with_extension("pid.tmp");
-    let bytes = serde_json::to_vec(record).map_err(|e| io("serialize pid record for", e.into()))?;
-    std::fs::write(&tmp, bytes).map_err(|e| io("write pid file", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io("rename pid file into place", e))
+        source: e.into(),
+    })?;
+    crate::fsutil::replace_file(path, &bytes, PID_FILE_MODE, crate::fsutil::TempName::Unique)
+        .map_err(|e| SuperviseError::Io {
+            op: e.step.verb(),
+            path: e.path,
+            source: e.source,
+        })
 }
 
 pub fn remove(path: &Path) -> Result<(), SuperviseError> {

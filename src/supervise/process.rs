@@ -54,6 +54,26 @@ pub const LOG_TAIL_INTERVAL: Duration = Duration::from_millis(250);
 /// After SIGKILL a process is gone within milliseconds unless stuck in the kernel; wait this long.
 pub const KILL_WAIT: Duration = Duration::from_secs(5);
 
+/// SIGTERM grace before SIGKILL: kubelet and containerd drain within seconds; systemd's
+/// DefaultTimeoutStopSec is 90 s, but an agent restart should not hang that long.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Secrets the agent may carry in its own environment that a child must never inherit: the
+/// activation code (`join` reads it from the environment) and AWS credentials (the operator's
+/// shell, a systemd drop-in). kubelet and containerd get theirs from files named by their own
+/// `env` (`AWS_SHARED_CREDENTIALS_FILE`, `AWS_CONFIG_FILE`), which still apply. The AWS names
+/// are those the SDKs read credentials from (`AWS_SECURITY_TOKEN` is boto's old alias of
+/// `AWS_SESSION_TOKEN`; `AWS_CONTAINER_AUTHORIZATION_TOKEN` authorizes a container credentials
+/// endpoint).
+pub const SCRUBBED_ENV: [&str; 6] = [
+    crate::config::ACTIVATION_CODE_ENV,
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+];
+
 /// Longest child output line kept whole; longer ones are split.
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
 
@@ -78,9 +98,7 @@ impl ProcessSettings {
         ProcessSettings {
             state_dir: state_dir.into(),
             backoff: BackoffPolicy::default(),
-            // kubelet and containerd drain within seconds; systemd's DefaultTimeoutStopSec is 90 s,
-            // but an agent restart should not hang that long.
-            stop_timeout: Duration::from_secs(15),
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
             child_output: None,
         }
     }
@@ -456,19 +474,33 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
+/// Signals the held process and its group, never a recycled pid: our own child is not reaped
+/// until `wait` returns, so its pid (and the group it leads) stays ours until then and a child
+/// already reaped is not signalled at all; an adopted process is signalled through its pidfd
+/// first, and its group only when that succeeded (the process was alive, so its pid still led
+/// its group).
 fn signal_group(
     name: ComponentName,
     pid: u32,
+    held: &Held,
     sig: Signal,
     label: &'static str,
 ) -> Result<(), SuperviseError> {
     let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
         return Ok(());
     };
-    // Children lead their own group (pgid = pid). Fall back to the process alone if the group is
-    // gone (its leader may have changed groups).
-    let result = rustix::process::kill_process_group(p, sig)
-        .or_else(|_| rustix::process::kill_process(p, sig));
+    let result = match held {
+        // Reaped already: the pid may be anyone's now.
+        Held::Own(child) if child.id().is_none() => Ok(()),
+        // Children lead their own group (pgid = pid). Fall back to the process alone if the
+        // group is gone (its leader may have changed groups).
+        Held::Own(_) => rustix::process::kill_process_group(p, sig)
+            .or_else(|_| rustix::process::kill_process(p, sig)),
+        // The pidfd reaches the process itself or fails; the group is a bonus.
+        Held::Adopted(fd) => rustix::process::pidfd_send_signal(fd.get_ref(), sig).map(|()| {
+            let _ = rustix::process::kill_process_group(p, sig);
+        }),
+    };
     match result {
         Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
         Err(e) => Err(SuperviseError::Signal {
@@ -487,12 +519,12 @@ async fn stop_held(
     held: &mut Held,
     timeout: Duration,
 ) -> Result<String, SuperviseError> {
-    signal_group(name, pid, Signal::TERM, "SIGTERM")?;
+    signal_group(name, pid, held, Signal::TERM, "SIGTERM")?;
     if let Ok(how) = tokio::time::timeout(timeout, wait_exit(held)).await {
         return Ok(how);
     }
     tracing::warn!(component = %name, pid, "{name} ignored SIGTERM for {timeout:?}; sending SIGKILL");
-    signal_group(name, pid, Signal::KILL, "SIGKILL")?;
+    signal_group(name, pid, held, Signal::KILL, "SIGKILL")?;
     tokio::time::timeout(KILL_WAIT, wait_exit(held))
         .await
         .map_err(|_| SuperviseError::StopTimeout {
@@ -520,6 +552,10 @@ fn spawn_child(
         .map_err(io("open child log"))?;
     let log_err = log.try_clone().map_err(io("duplicate child log handle"))?;
     let mut cmd = tokio::process::Command::new(&spec.exec.program);
+    for name in SCRUBBED_ENV {
+        cmd.env_remove(name);
+    }
+    // After the removals: what the component is configured with is deliberate and stays.
     cmd.args(&spec.exec.args)
         .envs(spec.exec.env.iter().map(|(k, v)| (k, v)))
         .env(MARKER_ENV, marker)

@@ -45,6 +45,10 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for a start or stop job to settle (systemd's DefaultTimeoutStartSec is 90 s).
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Mode of the unit files and drop-ins the agent writes: world-readable, like the packages' own
+/// (systemd.unit(5) files are read by `systemctl` as any user).
+pub const UNIT_FILE_MODE: u32 = 0o644;
+
 /// The agent's own unit (installed by the packages).
 pub const AGENT_UNIT: &str = "hybrid-agent.service";
 
@@ -586,8 +590,10 @@ fn value_u32(v: &Variant<'_>) -> Option<u32> {
     }
 }
 
-/// Writes `bytes` to `path` (temp file + rename) unless it already holds exactly them.
-/// Returns whether it wrote.
+/// Writes `bytes` to `path` unless it already holds exactly them: mode [`UNIT_FILE_MODE`]
+/// whatever the umask, through an exclusive temp file, fsync, rename and directory fsync
+/// ([`crate::fsutil::replace_file`]), so a power cut after a daemon-reload never leaves systemd
+/// an empty or torn unit. Returns whether it wrote.
 pub fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool, SuperviseError> {
     match std::fs::read(path) {
         Ok(existing) if existing == bytes => return Ok(false),
@@ -608,21 +614,20 @@ pub fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool, SuperviseErro
             source,
         })?;
     }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".hybrid-agent.tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(|source| SuperviseError::Io {
-        op: "write unit file",
-        path: tmp.clone(),
-        source,
-    })?;
-    std::fs::rename(&tmp, path).map_err(|source| SuperviseError::Io {
-        op: "rename unit file into place",
-        path: path.to_path_buf(),
-        source,
+    crate::fsutil::replace_file(path, bytes, UNIT_FILE_MODE, UNIT_TEMP_NAME).map_err(|e| {
+        SuperviseError::Io {
+            op: e.step.verb(),
+            path: e.path,
+            source: e.source,
+        }
     })?;
     Ok(true)
 }
+
+/// Temp files beside unit files: `NAME.PID.hybrid-agent.tmp`, like the landing journal's, so a
+/// leftover is recognisably ours (systemd ignores the unknown suffix).
+const UNIT_TEMP_NAME: crate::fsutil::TempName =
+    crate::fsutil::TempName::Suffix(".hybrid-agent.tmp");
 
 #[cfg(test)]
 mod tests {
@@ -636,5 +641,27 @@ mod tests {
         assert!(matches!(write_if_changed(&path, b"one"), Ok(false)));
         assert!(matches!(write_if_changed(&path, b"two"), Ok(true)));
         assert_eq!(std::fs::read(&path).ok(), Some(b"two".to_vec()));
+    }
+
+    /// systemd reads unit files as any user may (`systemctl cat`, `systemd-analyze` as a user):
+    /// 0644 whatever the agent's umask, and no temp file left beside them.
+    #[test]
+    fn unit_files_are_0644_whatever_the_umask() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = dir.path().join("kubelet.service");
+        let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+        let wrote = write_if_changed(&path, b"[Unit]\n");
+        rustix::process::umask(old);
+        assert!(matches!(wrote, Ok(true)), "{wrote:?}");
+        let mode = std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("metadata: {e}"))
+            .mode();
+        assert_eq!(mode & 0o7777, UNIT_FILE_MODE, "mode {mode:o}");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap_or_else(|e| panic!("readdir: {e}"))
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("kubelet.service")]);
     }
 }

@@ -193,17 +193,42 @@ pub fn hybrid_agent_service(program: &Path) -> UnitFile {
         "Restart=on-failure\n\
          RestartPreventExitStatus={}\n\
          RestartSec=5\n\
-         WatchdogSec=60\n\
-         TimeoutStopSec=30\n\
-         KillMode=process\n\
-         \n[Install]\n\
-         WantedBy=multi-user.target\n",
+         WatchdogSec=60\n",
         crate::exit::ExitCode::NotJoined.code()
     ));
+    s.push_str(&timeout_stop_lines());
+    s.push_str(
+        "KillMode=process\n\
+         \n[Install]\n\
+         WantedBy=multi-user.target\n",
+    );
     UnitFile {
         path: PathBuf::from("hybrid-agent.service"),
         content: s,
     }
+}
+
+/// `TimeoutStopSec=` of the agent's unit, [`crate::daemon::AGENT_STOP_TIMEOUT`], with its
+/// arithmetic as a comment so a reader of the unit sees where the figure comes from.
+fn timeout_stop_lines() -> String {
+    use crate::daemon::{
+        AGENT_STOP_TIMEOUT, COMPONENT_STOP_WORST, STOP_MARGIN, STOPPED_COMPONENTS,
+        TELEMETRY_STOP_TIMEOUT,
+    };
+    use crate::supervise::process::{DEFAULT_STOP_TIMEOUT, KILL_WAIT};
+    format!(
+        "# Longest graceful stop, with on_agent_stop = \"stop\": {STOPPED_COMPONENTS} components x {} s\n\
+         # (systemd stop job; the built-in backend needs {} s SIGTERM grace + {} s after SIGKILL)\n\
+         # + {} s telemetry + {} s margin = {} s.\n\
+         TimeoutStopSec={}\n",
+        COMPONENT_STOP_WORST.as_secs(),
+        DEFAULT_STOP_TIMEOUT.as_secs(),
+        KILL_WAIT.as_secs(),
+        TELEMETRY_STOP_TIMEOUT.as_secs(),
+        STOP_MARGIN.as_secs(),
+        AGENT_STOP_TIMEOUT.as_secs(),
+        AGENT_STOP_TIMEOUT.as_secs(),
+    )
 }
 
 /// An `ExecStart=` command line: each word quoted as systemd.service(5) "Command lines" requires.

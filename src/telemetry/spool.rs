@@ -548,10 +548,12 @@ impl Spool {
         if after == 0 {
             self.oldest_ms = None;
         }
-        let tmp = self.dir.join("ack.tmp");
-        std::fs::write(&tmp, format!("{} {}\n", self.ack.segment, self.ack.offset))
-            .map_err(io(&tmp))?;
-        std::fs::rename(&tmp, self.dir.join(ACK_FILE)).map_err(io(&tmp))?;
+        let ack = self.dir.join(ACK_FILE);
+        crate::fsutil::replace_unsynced(
+            &ack,
+            format!("{} {}\n", self.ack.segment, self.ack.offset).as_bytes(),
+        )
+        .map_err(io(&ack))?;
         Ok(())
     }
 }
