@@ -1,6 +1,6 @@
 //! Replacing a file atomically: the one implementation of temp file + fsync + rename +
 //! directory fsync, shared by the identity's files ([`crate::identity::atomic`]: keys,
-//! credentials, state) and by the landing journal ([`crate::install::land`]: binaries, rendered
+//! credentials, state) and by the landing journal ([`crate::node::land`]: binaries, rendered
 //! configuration, records).
 //!
 //! The new content goes to a temporary file in the target's directory (same filesystem, so the

@@ -21,6 +21,7 @@ pub mod install;
 pub mod join;
 pub mod logging;
 pub mod node;
+pub mod output;
 pub mod paths;
 pub mod state;
 pub mod supervise;

@@ -15,6 +15,112 @@ use crate::identity::atomic::{self, AtomicWriteError};
 use crate::identity::rotation::IdentityStatus;
 use crate::identity::store::ts;
 
+// The daemon's subsystems as it publishes them (`daemon::health` keeps them up to date).
+
+/// The daemon's subsystems, as status names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Subsystem {
+    /// The credential rotation loop.
+    Identity,
+    /// containerd and kubelet.
+    Supervision,
+    /// Journal, child output and metrics to CloudWatch.
+    Telemetry,
+}
+
+impl Subsystem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Subsystem::Identity => "identity",
+            Subsystem::Supervision => "supervision",
+            Subsystem::Telemetry => "telemetry",
+        }
+    }
+}
+
+impl std::fmt::Display for Subsystem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a subsystem stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubsystemState {
+    /// Started, not yet past the daemon's recovery time since the daemon started.
+    Starting,
+    Running,
+    /// Failed at least once and not yet recovered; restarting with backoff.
+    Degraded,
+    /// Stopped for good: only an operator can fix the cause (see `action`).
+    Failed,
+}
+
+impl SubsystemState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubsystemState::Starting => "starting",
+            SubsystemState::Running => "running",
+            SubsystemState::Degraded => "degraded",
+            SubsystemState::Failed => "failed",
+        }
+    }
+}
+
+/// One subsystem's health, as `daemon.json` records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubsystemStatus {
+    pub name: Subsystem,
+    pub state: SubsystemState,
+    /// When `state` last changed.
+    #[serde(with = "ts")]
+    pub since: SystemTime,
+    /// Restarts since the daemon started.
+    #[serde(default)]
+    pub restarts: u64,
+    /// Failures since the last recovery.
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    /// When the subsystem went down and has not recovered since; `None` while healthy.
+    #[serde(with = "ts::option", default, skip_serializing_if = "Option::is_none")]
+    pub down_since: Option<SystemTime>,
+    /// The last failure (kept after recovery, so status can say what happened).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// What the operator should do, for a `failed` subsystem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// When the next restart is due, while degraded.
+    #[serde(with = "ts::option", default, skip_serializing_if = "Option::is_none")]
+    pub next_restart: Option<SystemTime>,
+}
+
+impl SubsystemStatus {
+    pub(crate) fn new(name: Subsystem, now: SystemTime) -> SubsystemStatus {
+        SubsystemStatus {
+            name,
+            state: SubsystemState::Starting,
+            since: now,
+            restarts: 0,
+            consecutive_failures: 0,
+            down_since: None,
+            last_error: None,
+            action: None,
+            next_restart: None,
+        }
+    }
+
+    /// Up for the metrics: running or still starting (not yet failed).
+    pub fn up(&self) -> bool {
+        matches!(
+            self.state,
+            SubsystemState::Running | SubsystemState::Starting
+        )
+    }
+}
+
 /// File under the agent state directory.
 pub const DAEMON_STATE_FILE: &str = "daemon.json";
 /// Readable by root only: it names the instance and its errors.
@@ -61,7 +167,7 @@ pub struct DaemonState {
     pub telemetry: Option<crate::telemetry::TelemetryStatus>,
     /// The daemon's own subsystems: running, degraded (restarting) or failed, with the cause.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub subsystems: Vec<crate::daemon::health::SubsystemStatus>,
+    pub subsystems: Vec<SubsystemStatus>,
 }
 
 impl DaemonState {
@@ -199,7 +305,7 @@ pub struct StatusReport {
     pub telemetry: Option<crate::telemetry::TelemetryStatus>,
     /// The daemon's own subsystems as it last saw them: running, degraded or failed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub subsystems: Vec<crate::daemon::health::SubsystemStatus>,
+    pub subsystems: Vec<SubsystemStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -300,7 +406,6 @@ fn human(d: std::time::Duration) -> String {
 impl StatusReport {
     /// One line when every subsystem is up; a block per degraded or failed one.
     fn subsystems_text(&self, out: &mut String, now: SystemTime) {
-        use crate::daemon::health::SubsystemState;
         use std::fmt::Write as _;
         if self.subsystems.is_empty() {
             return;

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use hybrid_agent::install::bundle::{self, BundleError};
 use hybrid_agent::install::checksum::Sha256;
 use hybrid_agent::install::download::FetchSettings;
-use hybrid_agent::install::land::Journal;
 use hybrid_agent::install::progress::Progress;
 use hybrid_agent::install::tracker::Tracker;
 use hybrid_agent::install::{InstallError, InstallRequest, Installer, Source};
+use hybrid_agent::node::land::Journal;
 use hybrid_agent::paths::HostPaths;
 use install_support::*;
 

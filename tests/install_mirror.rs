@@ -11,10 +11,10 @@ use std::path::Path;
 
 use hybrid_agent::install::checksum::Sha256;
 use hybrid_agent::install::download::{FetchError, FetchSettings};
-use hybrid_agent::install::land::Journal;
 use hybrid_agent::install::progress::Progress;
 use hybrid_agent::install::tracker::{ContainerdRecord, TRACKER, Tracker};
 use hybrid_agent::install::{InstallError, InstallRequest, Installer, STAGING_DIR, Source};
+use hybrid_agent::node::land::Journal;
 use hybrid_agent::paths::HostPaths;
 use install_support::*;
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use hybrid_agent::config::{
     self, AgentConfigSource, Env, LoadContext, NetworkConfig, NodeInput, NodeSettings, SafeUrl,
 };
-use hybrid_agent::install::land::{Journal, Written};
+use hybrid_agent::node::land::{Journal, Written};
 use hybrid_agent::node::{self, ClusterDetails, HostFacts, NodeSpec, RenderInput, Rendered};
 use hybrid_agent::paths::HostPaths;
 

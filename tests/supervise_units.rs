@@ -138,7 +138,10 @@ fn containerd_dropins_verify_on_top_of_the_distro_unit() {
 fn agent_unit_verifies() {
     let dir = tempfile::tempdir().unwrap();
     // Any existing executable stands in for /usr/bin/hybrid-agent, which is not installed here.
-    let path = write(dir.path(), &units::hybrid_agent_service(&standin_binary()));
+    let path = write(
+        dir.path(),
+        &hybrid_agent::daemon::unit::hybrid_agent_service(&standin_binary()),
+    );
     assert_eq!(verify(path.to_str().unwrap(), None), "");
 }
 
@@ -148,7 +151,9 @@ fn agent_unit_verifies() {
 fn shipped_unit_files_match_the_renderings_and_verify() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
     let shipped = [
-        units::hybrid_agent_service(Path::new(units::AGENT_BINARY)),
+        hybrid_agent::daemon::unit::hybrid_agent_service(Path::new(
+            hybrid_agent::daemon::unit::AGENT_BINARY,
+        )),
         // As join renders it: arguments from nodeadm's environment file.
         units::kubelet_unit(
             &kubelet_exec(units::KUBELET_BINARY.into()),
@@ -177,7 +182,7 @@ fn shipped_unit_files_match_the_renderings_and_verify() {
     for name in ["hybrid-agent.service", "kubelet.service"] {
         let text = std::fs::read_to_string(repo.join(name)).unwrap();
         let text = text
-            .replace(units::AGENT_BINARY, &standin)
+            .replace(hybrid_agent::daemon::unit::AGENT_BINARY, &standin)
             .replace(units::KUBELET_BINARY, &standin);
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
@@ -206,7 +211,10 @@ fn agent_unit_timeout_stop_covers_a_stop_with_on_agent_stop_stop() {
     let builtin = (ProcessSettings::new("/unused").stop_timeout + KILL_WAIT) * components;
     let systemd = DEFAULT_START_TIMEOUT * components;
     let worst = builtin.max(systemd) + hybrid_agent::daemon::TELEMETRY_STOP_TIMEOUT;
-    let rendered = units::hybrid_agent_service(Path::new(units::AGENT_BINARY)).content;
+    let rendered = hybrid_agent::daemon::unit::hybrid_agent_service(Path::new(
+        hybrid_agent::daemon::unit::AGENT_BINARY,
+    ))
+    .content;
     let shipped = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/hybrid-agent.service"),
     )

@@ -9,11 +9,11 @@ use clap::{ArgGroup, Args, Subcommand};
 
 use super::{CliError, Context};
 use crate::config;
-use crate::install::land::Journal;
 use crate::install::manifest;
 use crate::install::progress::Progress;
 use crate::install::{InstallRequest, Installer};
 use crate::join::{ArtifactSource, fetch_settings};
+use crate::node::land::Journal;
 
 pub(super) const LONG_ABOUT: &str = "\
 Install what a hybrid node runs for one Kubernetes version: kubelet, kubectl, \

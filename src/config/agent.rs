@@ -25,6 +25,15 @@ pub const DEFAULT_CREDENTIALS_PROFILE: &str = "default";
 /// backoff grew to hours (PROTOCOLS.md §1, ssm-agent#468).
 pub const DEFAULT_REFRESH_BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// Shortest allowed backoff cap: below a second the agent would hammer a failing endpoint. Ours.
+/// Longest wait between restarts of a failed daemon subsystem: long enough not to spin on a
+/// persistent fault, short enough that a subsystem comes back within a minute of its cause
+/// going away (a full disk emptied).
+pub const DEFAULT_SUBSYSTEM_RESTART_CAP: Duration = Duration::from_secs(60);
+/// How long a subsystem may stay degraded before the daemon stops feeding systemd's watchdog.
+/// Ten minutes is ten restarts at the cap: a fault that outlives them is not going away in this
+/// process, and credentials (the shortest deadline on the node, 1 h for SSM) still have most of
+/// their life left when systemd restarts the agent.
+pub const DEFAULT_SUBSYSTEM_DOWN_LIMIT: Duration = Duration::from_secs(600);
 /// `daemon.subsystem_restart_cap` bounds: at least the first restart delay, at most an hour.
 pub const MIN_SUBSYSTEM_RESTART_CAP: Duration = Duration::from_secs(1);
 pub const MAX_SUBSYSTEM_RESTART_CAP: Duration = Duration::from_secs(3_600);
@@ -231,7 +240,7 @@ pub enum OnAgentStop {
 }
 
 /// How the daemon keeps its own subsystems (credential rotation, supervision, telemetry) alive;
-/// see [`crate::daemon::health`].
+/// the daemon's `health` module applies it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DaemonConfig {
     /// Longest wait between restarts of a failed subsystem.
@@ -361,8 +370,8 @@ impl AgentConfig {
             },
             endpoints: Endpoints::default(),
             daemon: DaemonConfig {
-                subsystem_restart_cap: crate::daemon::health::DEFAULT_RESTART_CAP,
-                subsystem_down_limit: crate::daemon::health::DEFAULT_DOWN_LIMIT,
+                subsystem_restart_cap: DEFAULT_SUBSYSTEM_RESTART_CAP,
+                subsystem_down_limit: DEFAULT_SUBSYSTEM_DOWN_LIMIT,
             },
         }
     }

@@ -27,9 +27,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 pub use agent::{
-    AgentConfig, AgentConfigSource, ArtifactsConfig, CredentialsConfig, DaemonConfig,
-    NetworkConfig, OnAgentStop, Priority, SpoolConfig, SupervisorBackend, SupervisorConfig,
-    TelemetryConfig,
+    AgentConfig, AgentConfigSource, ArtifactsConfig, CredentialsConfig,
+    DEFAULT_SUBSYSTEM_DOWN_LIMIT, DEFAULT_SUBSYSTEM_RESTART_CAP, DaemonConfig, NetworkConfig,
+    OnAgentStop, Priority, SpoolConfig, SupervisorBackend, SupervisorConfig, TelemetryConfig,
 };
 pub use endpoints::{
     Endpoint, EndpointError, EndpointOrigin, Endpoints, GLOBAL_ENDPOINT_ENV, Service,

@@ -14,128 +14,20 @@
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-
-use crate::identity::store::ts;
 
 /// First wait before restarting a failed subsystem.
 pub const DEFAULT_RESTART_FIRST: Duration = Duration::from_secs(1);
-/// Longest wait between restarts: long enough not to spin on a persistent fault, short enough
-/// that a subsystem comes back within a minute of its cause going away (a full disk emptied).
-pub const DEFAULT_RESTART_CAP: Duration = Duration::from_secs(60);
+/// Longest wait between restarts (`daemon.subsystem_restart_cap`'s default).
+pub const DEFAULT_RESTART_CAP: Duration = crate::config::DEFAULT_SUBSYSTEM_RESTART_CAP;
 /// How long a restarted instance must live before the subsystem counts as recovered (and its
 /// backoff starts again from [`DEFAULT_RESTART_FIRST`]).
 pub const DEFAULT_HEALTHY_AFTER: Duration = Duration::from_secs(30);
-/// How long a subsystem may stay degraded before the daemon stops feeding systemd's watchdog.
-/// Ten minutes is ten restarts at the cap: a fault that outlives them is not going away in this
-/// process, and credentials (the shortest deadline on the node, 1 h for SSM) still have most of
-/// their life left when systemd restarts the agent.
-pub const DEFAULT_DOWN_LIMIT: Duration = Duration::from_secs(600);
+/// How long a subsystem may stay degraded before the watchdog starves
+/// (`daemon.subsystem_down_limit`'s default).
+pub const DEFAULT_DOWN_LIMIT: Duration = crate::config::DEFAULT_SUBSYSTEM_DOWN_LIMIT;
 
-/// The daemon's subsystems, as status names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Subsystem {
-    /// The credential rotation loop.
-    Identity,
-    /// containerd and kubelet.
-    Supervision,
-    /// Journal, child output and metrics to CloudWatch.
-    Telemetry,
-}
-
-impl Subsystem {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Subsystem::Identity => "identity",
-            Subsystem::Supervision => "supervision",
-            Subsystem::Telemetry => "telemetry",
-        }
-    }
-}
-
-impl std::fmt::Display for Subsystem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Where a subsystem stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SubsystemState {
-    /// Started, not yet past [`RestartPolicy::healthy_after`] since the daemon started.
-    Starting,
-    Running,
-    /// Failed at least once and not yet recovered; restarting with backoff.
-    Degraded,
-    /// Stopped for good: only an operator can fix the cause (see `action`).
-    Failed,
-}
-
-impl SubsystemState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SubsystemState::Starting => "starting",
-            SubsystemState::Running => "running",
-            SubsystemState::Degraded => "degraded",
-            SubsystemState::Failed => "failed",
-        }
-    }
-}
-
-/// One subsystem's health, as `daemon.json` records it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SubsystemStatus {
-    pub name: Subsystem,
-    pub state: SubsystemState,
-    /// When `state` last changed.
-    #[serde(with = "ts")]
-    pub since: SystemTime,
-    /// Restarts since the daemon started.
-    #[serde(default)]
-    pub restarts: u64,
-    /// Failures since the last recovery.
-    #[serde(default)]
-    pub consecutive_failures: u32,
-    /// When the subsystem went down and has not recovered since; `None` while healthy.
-    #[serde(with = "ts::option", default, skip_serializing_if = "Option::is_none")]
-    pub down_since: Option<SystemTime>,
-    /// The last failure (kept after recovery, so status can say what happened).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-    /// What the operator should do, for a `failed` subsystem.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub action: Option<String>,
-    /// When the next restart is due, while degraded.
-    #[serde(with = "ts::option", default, skip_serializing_if = "Option::is_none")]
-    pub next_restart: Option<SystemTime>,
-}
-
-impl SubsystemStatus {
-    fn new(name: Subsystem, now: SystemTime) -> SubsystemStatus {
-        SubsystemStatus {
-            name,
-            state: SubsystemState::Starting,
-            since: now,
-            restarts: 0,
-            consecutive_failures: 0,
-            down_since: None,
-            last_error: None,
-            action: None,
-            next_restart: None,
-        }
-    }
-
-    /// Up for the metrics: running or still starting (not yet failed).
-    pub fn up(&self) -> bool {
-        matches!(
-            self.state,
-            SubsystemState::Running | SubsystemState::Starting
-        )
-    }
-}
+pub use crate::state::{Subsystem, SubsystemState, SubsystemStatus};
 
 /// Restart timing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

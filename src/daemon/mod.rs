@@ -15,6 +15,7 @@
 //! the command to run, and not restarted.
 
 pub mod health;
+pub mod unit;
 
 use std::path::PathBuf;
 use std::sync::Arc;

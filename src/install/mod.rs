@@ -18,7 +18,8 @@
 pub mod bundle;
 pub mod checksum;
 pub mod download;
-pub mod land;
+// The file transaction log is the node's (install, join and node all land files through it).
+pub use crate::node::land;
 pub mod manifest;
 pub mod progress;
 pub mod tracker;

@@ -32,8 +32,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{AgentConfig, Region};
 use crate::identity::setup::IdentityEnv;
-use crate::install::land::{self, Journal, LandError};
 use crate::install::tracker::Tracker;
+use crate::node::land::{self, Journal, LandError};
 use crate::paths::HostPaths;
 use crate::supervise::ComponentName;
 

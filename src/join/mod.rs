@@ -32,13 +32,13 @@ use crate::identity::register::RegisterOutcome;
 use crate::identity::setup::{IdentityEnv, JoinError as IdentityError};
 use crate::install::checksum::Sha256;
 use crate::install::download::FetchSettings;
-use crate::install::land::{Journal, LandError, Note};
 use crate::install::manifest;
 use crate::install::progress::Progress;
 use crate::install::tracker::Tracker;
 use crate::install::{InstallError, InstallRequest, Installer, Source};
 use crate::node::cluster::{Described, PreflightError};
 use crate::node::host::{self, HostAction, HostActions, HostError, PackageManager};
+use crate::node::land::{Journal, LandError, Note};
 use crate::node::{self, ClusterDetails, ClusterError, NodeSpec, RenderError, RenderInput};
 use crate::paths::{HostPaths, STATE_DIR};
 use crate::supervise::{ComponentName, SuperviseError};
@@ -1200,7 +1200,7 @@ impl Run<'_> {
         let applied = node::apply(&rendered, &mut self.txn)?;
         let changed = applied
             .iter()
-            .filter(|a| a.written != crate::install::land::Written::Unchanged)
+            .filter(|a| a.written != crate::node::land::Written::Unchanged)
             .count();
         let verb = if self.txn.is_dry_run() {
             "to write"

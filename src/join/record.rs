@@ -4,7 +4,7 @@
 //!   kubelet are run (program, arguments, environment, health probe) and a digest of every input
 //!   that shaped the files, so `join` with the same configuration can say "nothing to do", and
 //!   `run`, `upgrade` and `leave` use exactly the command lines `join` decided.
-//! - `join-journal.json`: the committed [`Journal`](crate::install::land::Journal) of the join —
+//! - `join-journal.json`: the committed [`Journal`](crate::node::land::Journal) of the join —
 //!   every file and directory it created, every file it replaced (with the backup) — which
 //!   `leave` unwinds to put the host back as it was.
 //!
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::install::land::{LandError, atomic_write};
+use crate::node::land::{LandError, atomic_write};
 use crate::paths::HostPaths;
 use crate::supervise::{ComponentName, ComponentSpec, ExecSpec, Probe, ProbePolicy};
 

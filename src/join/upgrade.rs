@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::AgentConfig;
-use crate::install::land::{Journal, Written};
 use crate::install::manifest;
 use crate::install::progress::Progress;
 use crate::install::{InstallRequest, Installer};
+use crate::node::land::{Journal, Written};
 use crate::node::{self, RenderInput};
 use crate::paths::HostPaths;
 use crate::supervise::ComponentName;

@@ -406,12 +406,12 @@ pub fn firewall_from_files(paths: &HostPaths) -> Option<Firewall> {
 /// rolled-back join. Returns one line per package removed.
 pub fn remove_installed_packages(
     paths: &HostPaths,
-    notes: &[crate::install::land::Note],
+    notes: &[crate::node::land::Note],
 ) -> Result<Vec<String>, HostError> {
     let mut host = for_root(paths);
     let mut lines = Vec::new();
     for note in notes.iter().rev() {
-        if let crate::install::land::Note::Host {
+        if let crate::node::land::Note::Host {
             action: HostAction::InstallPackage { manager, package },
             applied: true,
         } = note

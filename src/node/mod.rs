@@ -4,7 +4,7 @@
 //!
 //! Rendering is pure: [`render`] turns a [`RenderInput`] into a list of [`RenderedFile`]s plus the
 //! command lines, with no I/O, so every file has a snapshot test. [`apply`] writes them through
-//! the install [`Journal`](crate::install::land::Journal), which skips files whose content and
+//! the install [`Journal`](crate::node::land::Journal), which skips files whose content and
 //! mode are already right (a second `join` with the same configuration changes nothing) and
 //! keeps backups of what it replaces (so a failed join or `leave` can put them back).
 //!
@@ -19,6 +19,7 @@ pub mod facts;
 pub mod host;
 pub mod kubeconfig;
 pub mod kubelet;
+pub mod land;
 pub mod mounts;
 pub mod proxy;
 pub mod system;
@@ -31,7 +32,7 @@ pub use facts::HostFacts;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{NetworkConfig, NodeSettings, Provider};
-use crate::install::land::{Journal, LandError, Written};
+use crate::node::land::{Journal, LandError, Written};
 use crate::paths::{self, HostPaths};
 
 /// The parts of the validated NodeConfig the renderers use. Kept in the node record so

@@ -148,7 +148,7 @@ pub async fn build(
     root: &Path,
     state_dir: &Path,
     plan: &SupervisionPlan,
-    child_output: Option<crate::telemetry::ChildLineSender>,
+    child_output: Option<crate::output::ChildLineSender>,
 ) -> Result<(AnyBackend, Selection, SupervisorConfig), SuperviseError> {
     let systemd = SystemdSettings {
         bus_address: system_bus_address(root),

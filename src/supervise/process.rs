@@ -90,7 +90,7 @@ pub struct ProcessSettings {
     /// (`hybrid-agent run`). With it, the tail waits for telemetry (the log file is the buffer)
     /// and keeps its read position in `<component>.log.pos`, so an agent restart resumes where
     /// the last one stopped instead of at the end of the file.
-    pub child_output: Option<crate::telemetry::ChildLineSender>,
+    pub child_output: Option<crate::output::ChildLineSender>,
 }
 
 impl ProcessSettings {
@@ -782,7 +782,7 @@ fn write_position(path: &Path, offset: u64) {
 /// Follows a child log file and republishes each complete line, tagged with the component: to
 /// the agent's log, to [`ProcessBackend::output`] subscribers, and, when `telemetry` is set, to
 /// its child-output source — waiting while telemetry is behind. The position recorded for the
-/// next agent is the one telemetry acknowledged as spooled ([`crate::telemetry::ChildAck`]), so a
+/// next agent is the one telemetry acknowledged as spooled ([`crate::output::ChildAck`]), so a
 /// kill loses no line that was only in flight; the file is truncated only when everything read
 /// from it is acknowledged.
 async fn tail_log(
@@ -790,7 +790,7 @@ async fn tail_log(
     path: PathBuf,
     mut offset: u64,
     out: broadcast::Sender<OutputLine>,
-    telemetry: Option<(crate::telemetry::ChildLineSender, PathBuf)>,
+    telemetry: Option<(crate::output::ChildLineSender, PathBuf)>,
 ) {
     use std::sync::atomic::{AtomicU64, Ordering};
     let component: std::sync::Arc<str> = std::sync::Arc::from(name.as_str());
@@ -840,12 +840,12 @@ async fn tail_log(
                         partial.clear();
                         tracing::info!(target: "hybrid_agent::child", component = %name, "{line}");
                         if let Some((sender, _)) = &telemetry {
-                            let line = crate::telemetry::ChildLine {
+                            let line = crate::output::ChildLine {
                                 component: component.clone(),
-                                stream: crate::telemetry::ChildStream::Combined,
+                                stream: crate::output::ChildStream::Combined,
                                 line: line.clone(),
                                 timestamp: std::time::SystemTime::now(),
-                                ack: Some(crate::telemetry::ChildAck {
+                                ack: Some(crate::output::ChildAck {
                                     cell: durable.clone(),
                                     offset: at,
                                 }),
