@@ -23,6 +23,7 @@ pub mod logging;
 pub mod node;
 pub mod output;
 pub mod paths;
+pub mod retry;
 pub mod state;
 pub mod supervise;
 pub mod telemetry;

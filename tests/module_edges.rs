@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("paths", 0),
     ("cri", 0),
     ("output", 0),
+    ("retry", 0),
     ("fsutil", 1),
     ("config", 1),
     ("aws", 2),

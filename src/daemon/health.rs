@@ -50,11 +50,10 @@ impl Default for RestartPolicy {
 impl RestartPolicy {
     /// The wait before restart number `failures` (1-based): doubling from `first`, at most `cap`.
     pub fn delay(&self, failures: u32) -> Duration {
-        let shift = failures.saturating_sub(1).min(30);
-        self.first
-            .checked_mul(1u32 << shift)
-            .unwrap_or(self.cap)
-            .min(self.cap)
+        // No jitter: these restarts are local to one process; the calls a restarted subsystem
+        // makes are jittered by its own loops.
+        crate::retry::Backoff::new(self.first, self.cap, crate::retry::Spread::None)
+            .ceiling(failures.saturating_sub(1))
     }
 }
 

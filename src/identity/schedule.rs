@@ -29,26 +29,8 @@ pub const MIN_DELAY: Duration = Duration::from_secs(1);
 /// row close to expiry still leave attempts before it. Once they have expired, [`MIN_DELAY`].
 pub const MIN_RETRY_WHILE_VALID: Duration = Duration::from_millis(250);
 
-/// A random number in [0, 1); injected so tests can pin it.
-pub trait Jitter: Send + Sync {
-    fn unit(&self) -> f64;
-}
-
-/// The real jitter source.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RandomJitter;
-
-impl Jitter for RandomJitter {
-    fn unit(&self) -> f64 {
-        rand::random::<f64>()
-    }
-}
-
-/// The jitter's number, forced into [0, 1] (NaN → ½): `Duration::mul_f64` panics on NaN.
-fn unit(jitter: &dyn Jitter) -> f64 {
-    let u = jitter.unit();
-    if u.is_nan() { 0.5 } else { u.clamp(0.0, 1.0) }
-}
+use crate::retry::{Backoff, Spread, unit};
+pub use crate::retry::{Jitter, RandomJitter};
 
 /// Time from `now` until the next refresh of credentials expiring at `expires`: half the
 /// remaining lifetime, ±10 %, and never less than [`MIN_DELAY`] (already expired → after
@@ -71,9 +53,7 @@ pub fn backoff_delay(
     remaining: Option<Duration>,
     jitter: &dyn Jitter,
 ) -> Duration {
-    let exp = BACKOFF_BASE.saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX));
-    let ceiling = exp.min(cap);
-    let d = ceiling.mul_f64(unit(jitter));
+    let d = Backoff::new(BACKOFF_BASE, cap, Spread::Full).delay(attempt, jitter);
     match remaining.filter(|r| !r.is_zero()) {
         Some(r) => d.min(r / 4).max(MIN_RETRY_WHILE_VALID),
         None => d.max(MIN_DELAY),

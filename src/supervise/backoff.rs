@@ -36,18 +36,22 @@ impl Default for BackoffPolicy {
 impl BackoffPolicy {
     /// The un-jittered delay before restart number `failures` (1 = first failure in a row).
     pub fn step(&self, failures: u32) -> Duration {
-        let doublings = failures.saturating_sub(1).min(32);
-        let factor = 1u64 << doublings;
-        let base_ms = u64::try_from(self.base.as_millis()).unwrap_or(u64::MAX);
-        let cap_ms = u64::try_from(self.cap.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(base_ms.saturating_mul(factor).min(cap_ms))
+        self.backoff().ceiling(failures.saturating_sub(1))
     }
 
     /// The delay to wait, with `unit` in `[0, 1)` as the random draw (injected so tests can pin
     /// it): `step * (1 - jitter * unit)`.
     pub fn delay_with(&self, failures: u32, unit: f64) -> Duration {
-        let jitter = self.jitter.clamp(0.0, 1.0) * unit.clamp(0.0, 1.0);
-        self.step(failures).mul_f64(1.0 - jitter)
+        self.backoff()
+            .delay(failures.saturating_sub(1), &crate::retry::FixedJitter(unit))
+    }
+
+    fn backoff(&self) -> crate::retry::Backoff {
+        crate::retry::Backoff::new(
+            self.base,
+            self.cap,
+            crate::retry::Spread::Shorten(self.jitter),
+        )
     }
 
     /// The delay to wait, jittered from the thread-local random source.
