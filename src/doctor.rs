@@ -228,6 +228,30 @@ fn host_checks(paths: &HostPaths, checks: &mut Vec<Check>) {
         )
     });
 
+    let dirs = crate::telemetry::default_journal_dirs(paths.root());
+    checks.push(
+        match crate::telemetry::missing_journal(paths.root(), &dirs) {
+            Some(m) => Check::new(
+                "journal",
+                Outcome::Warn,
+                format!("{}: telemetry ships no journal entries", m.problem),
+            )
+            .fix(m.fix),
+            None => {
+                let found: Vec<String> = dirs
+                    .iter()
+                    .filter(|d| d.is_dir())
+                    .map(|d| d.display().to_string())
+                    .collect();
+                Check::new(
+                    "journal",
+                    Outcome::Ok,
+                    format!("journald writes {}", found.join(", ")),
+                )
+            }
+        },
+    );
+
     checks.push(match rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
         Some(n) if n < MIN_NOFILE => Check::new(
             "open files",

@@ -183,15 +183,56 @@ impl TelemetrySettings {
     }
 }
 
-/// journald's directories under `root` for this machine: persistent then volatile.
+/// journald's directories under `root` for this machine: persistent then volatile. None without
+/// a machine id (journald names them after it).
 pub fn default_journal_dirs(root: &Path) -> Vec<PathBuf> {
     let id = std::fs::read_to_string(root.join(MACHINE_ID_FILE))
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
+    if id.is_empty() || id.contains('/') {
+        return Vec::new();
+    }
     [JOURNAL_DIR_PERSISTENT, JOURNAL_DIR_VOLATILE]
         .iter()
         .map(|d| root.join(d).join(&id))
         .collect()
+}
+
+/// Why there is no journal to read, with what to do; shown in the log, `status` and `doctor`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingJournal {
+    pub problem: String,
+    pub fix: &'static str,
+}
+
+impl std::fmt::Display for MissingJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}; {}", self.problem, self.fix)
+    }
+}
+
+/// `None` when one of `dirs` (from [`default_journal_dirs`] under `root`) exists.
+pub fn missing_journal(root: &Path, dirs: &[PathBuf]) -> Option<MissingJournal> {
+    if dirs.is_empty() {
+        return Some(MissingJournal {
+            problem: format!(
+                "no machine id in {}: journald names its directories after it",
+                root.join(MACHINE_ID_FILE).display()
+            ),
+            fix: "create it (systemd-machine-id-setup) and restart systemd-journald",
+        });
+    }
+    if dirs.iter().any(|d| d.is_dir()) {
+        return None;
+    }
+    let list: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    Some(MissingJournal {
+        problem: format!(
+            "no journal for this machine: none of {} exists",
+            list.join(", ")
+        ),
+        fix: "is systemd-journald running and storing entries (Storage= in journald.conf)? journald creates the directory on its first write",
+    })
 }
 
 /// What [`run`] is handed by the daemon.
@@ -359,15 +400,19 @@ pub async fn run(
     let (jtx, jrx) = mpsc::channel(CHUNK_CHANNEL);
     let stop = Arc::new(AtomicBool::new(false));
     let reader_thread = {
-        let (dirs, stop, counters, poll) = (
+        let (dirs, stop, status, poll, root) = (
             settings.journal_dirs.clone(),
             stop.clone(),
-            counters.clone(),
+            status.clone(),
             settings.poll_interval,
+            settings.root.clone(),
         );
         std::thread::Builder::new()
             .name("journal-reader".into())
-            .spawn(move || journal_loop(dirs, after, filter, jtx, poll, stop, counters))
+            .spawn(move || {
+                let source = JournalSource { dirs, root, filter };
+                journal_loop(source, after, jtx, poll, stop, status)
+            })
             .map_err(|source| TelemetryError::StateDir {
                 path: PathBuf::from("journal-reader thread"),
                 source,
@@ -491,17 +536,40 @@ pub async fn run(
     }
 }
 
+/// What the reader thread reads: journald's directories (under `root`) and the filter.
+struct JournalSource {
+    dirs: Vec<PathBuf>,
+    root: PathBuf,
+    filter: Filter,
+}
+
+/// Says (once per change, in the log and in `status`) whether there is a journal to read.
+fn note_missing_journal(src: &JournalSource, status: &StatusCell, noted: &mut Option<String>) {
+    let now = missing_journal(&src.root, &src.dirs).map(|m| m.to_string());
+    if now == *noted {
+        return;
+    }
+    match &now {
+        Some(why) => tracing::warn!("telemetry ships no journal entries: {why}"),
+        None => tracing::info!("journal found; shipping its entries"),
+    }
+    status.update(|s| s.journal_missing = now.clone());
+    *noted = now;
+}
+
 /// The reader thread: polls the journal, sends chunks, sleeps when caught up; reopens after an
 /// error from the last position it handed out.
 fn journal_loop(
-    dirs: Vec<PathBuf>,
+    src: JournalSource,
     after: Option<Cursor>,
-    filter: Filter,
     tx: mpsc::Sender<Chunk>,
     poll: Duration,
     stop: Arc<AtomicBool>,
-    counters: Arc<status::Counters>,
+    status: Arc<StatusCell>,
 ) {
+    let (dirs, filter, counters) = (src.dirs.clone(), &src.filter, status.counters.clone());
+    let mut missing = None;
+    note_missing_journal(&src, &status, &mut missing);
     let mut reader = JournalReader::new(dirs.clone(), after);
     // Position after the last chunk handed to the shipper: where to reopen after an error.
     let mut sent = after;
@@ -509,10 +577,13 @@ fn journal_loop(
     // Whether the last poll found entries: the first empty poll after some says "caught up".
     let mut reading = false;
     while !stop.load(Ordering::Relaxed) {
-        match reader.poll(&filter, &mut out, CHUNK_RECORDS) {
+        match reader.poll(filter, &mut out, CHUNK_RECORDS) {
             Ok(p) => {
-                counters.set_journal_missed(reader.stats().missed_entries);
+                let stats = reader.stats();
+                counters.set_journal_missed(stats.missed_entries);
+                counters.set_journal_unreadable(stats.unreadable_entries, stats.unreadable_files);
                 if p.scanned == 0 {
+                    note_missing_journal(&src, &status, &mut missing);
                     if std::mem::take(&mut reading) {
                         out = Vec::new();
                         let done = Chunk {

@@ -23,6 +23,10 @@ pub struct Counters {
     journal_missed_entries: AtomicU64,
     /// Entries earlier daemons missed; the journal reader counts this run's from zero.
     journal_missed_before: u64,
+    journal_unreadable_entries: AtomicU64,
+    journal_unreadable_files: AtomicU64,
+    /// Unreadable entries and files earlier daemons counted (this run's reader counts from 0).
+    journal_unreadable_before: (u64, u64),
     child_lines_dropped: AtomicU64,
 }
 
@@ -52,6 +56,12 @@ impl Counters {
             spool_torn_bytes: a(before.spool_torn_bytes),
             journal_missed_entries: a(before.journal_missed_entries),
             journal_missed_before: before.journal_missed_entries,
+            journal_unreadable_entries: a(before.journal_unreadable_entries),
+            journal_unreadable_files: a(before.journal_unreadable_files),
+            journal_unreadable_before: (
+                before.journal_unreadable_entries,
+                before.journal_unreadable_files,
+            ),
             child_lines_dropped: a(before.child_lines_dropped),
         }
     }
@@ -71,6 +81,15 @@ impl Counters {
     pub fn set_journal_missed(&self, n: u64) {
         self.journal_missed_entries
             .store(self.journal_missed_before + n, Ordering::Relaxed);
+    }
+
+    /// This run's journal reader's unreadable entries and files (skipped and counted).
+    pub fn set_journal_unreadable(&self, entries: u64, files: u64) {
+        let (e, f) = self.journal_unreadable_before;
+        self.journal_unreadable_entries
+            .store(e + entries, Ordering::Relaxed);
+        self.journal_unreadable_files
+            .store(f + files, Ordering::Relaxed);
     }
 
     /// Marks the spool full (sources paused) or not; counts each transition into paused.
@@ -94,6 +113,8 @@ impl Counters {
             spool_corrupt_records: g(&self.spool_corrupt_records),
             spool_torn_bytes: g(&self.spool_torn_bytes),
             journal_missed_entries: g(&self.journal_missed_entries),
+            journal_unreadable_entries: g(&self.journal_unreadable_entries),
+            journal_unreadable_files: g(&self.journal_unreadable_files),
             child_lines_dropped: g(&self.child_lines_dropped),
         }
     }
@@ -117,6 +138,12 @@ pub struct CounterSnapshot {
     pub spool_torn_bytes: u64,
     /// Journal entries deleted by journald before they could be read.
     pub journal_missed_entries: u64,
+    /// Journal entries skipped as unreadable (corrupt, or a payload over the size cap).
+    #[serde(default)]
+    pub journal_unreadable_entries: u64,
+    /// Journal files given up on (unreadable or corrupt) and closed.
+    #[serde(default)]
+    pub journal_unreadable_files: u64,
     /// Child output lines lost because the agent was shutting down.
     pub child_lines_dropped: u64,
 }
@@ -166,6 +193,10 @@ pub struct TelemetryStatus {
     pub spool_oldest_ms: Option<i64>,
     pub counters: CounterSnapshot,
     pub metrics: MetricsStatus,
+    /// Why no journal is read (no machine id, none of journald's directories); `None` when
+    /// one is there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal_missing: Option<String>,
 }
 
 /// Shared between the telemetry tasks and whoever reports status.
@@ -236,6 +267,9 @@ impl TelemetryStatus {
         };
         let mut o = String::new();
         let _ = writeln!(o, "logs: group {}", self.log_group);
+        if let Some(why) = &self.journal_missing {
+            let _ = writeln!(o, "  NO JOURNAL: {why}");
+        }
         for s in self.streams.values() {
             let _ = writeln!(
                 o,
@@ -272,6 +306,13 @@ impl TelemetryStatus {
             c.spool_corrupt_records,
             c.journal_missed_entries
         );
+        if c.journal_unreadable_entries > 0 || c.journal_unreadable_files > 0 {
+            let _ = writeln!(
+                o,
+                "  journal: {} unreadable entries and {} unreadable files skipped",
+                c.journal_unreadable_entries, c.journal_unreadable_files
+            );
+        }
         let m = &self.metrics;
         let _ = writeln!(
             o,

@@ -24,6 +24,16 @@
 //! left, then the new file (found by a directory scan) continues. Vacuuming deletes archived files:
 //! an open descriptor keeps the inode; a file deleted before we opened it shows up as a seqnum gap,
 //! counted in [`ReaderStats::missed_entries`] (the spool exists so that does not happen).
+//!
+//! Hostile or broken files: any local user decides what journald stores (any identifier, payloads
+//! up to 768 MiB, compressed), and disks break files. So the unit decides an entry's stream (the
+//! identifier only where there is no unit); an entry's uncompressed fields are read first and
+//! its compressed ones (the message, mostly) only when those do not rule it out; a payload is
+//! never decompressed past [`DATA_PAYLOAD_MAX`] ([`super::payload`]); offsets are added with
+//! checked arithmetic; users' journals are not opened. An entry that cannot be read is skipped
+//! and counted; a file that cannot be read, or holds an object that cannot be walked past where
+//! the file is known complete, is closed and counted, and the other files go on
+//! (tests/telemetry_journal_files.rs crafts each case).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -33,6 +43,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::format::{self, Header};
+use super::payload;
 
 /// Bytes read per `pread` while scanning: large enough that syscalls cost nothing per entry,
 /// small enough for the 20 MiB RSS goal.
@@ -42,9 +53,23 @@ const SCAN_WINDOW: usize = 1 << 20;
 const DATA_CACHE_MAX: usize = 16 * 1024;
 /// How often the directories are listed for new (rotated-in) files while entries keep coming.
 const DIR_RESCAN: Duration = Duration::from_secs(1);
-/// Largest DATA payload decoded (journald's own DATA_SIZE_MAX is 768 MiB; a line this big is
-/// split downstream anyway).
+/// Largest DATA payload read, compressed or decompressed; a bigger one makes its entry
+/// unreadable (skipped and counted). journald itself stores payloads up to 768 MiB
+/// (`DATA_SIZE_MAX`, systemd `src/shared/journal-importer.h`, sized for core dumps); the units
+/// shipped here write lines (stdout streams are cut at journald's `LineMax=`, 48 KiB by default),
+/// and a 768 MiB allocation is not one a 20 MiB agent may make on a local user's say-so.
 const DATA_PAYLOAD_MAX: u64 = 64 << 20;
+/// Bytes of a compressed payload decompressed to learn which field it is: the longest field name
+/// the filter reads (`SYSLOG_IDENTIFIER=`, 18 bytes), a unit name (systemd's `UNIT_NAME_MAX`,
+/// 256) and one byte more, so that a longer value is seen to be cut (and matches no name).
+const FIELD_PEEK_MAX: usize = 18 + 256 + 1;
+/// Any of the DATA object compression flags.
+const COMPRESSED: u8 =
+    format::OBJECT_COMPRESSED_XZ | format::OBJECT_COMPRESSED_LZ4 | format::OBJECT_COMPRESSED_ZSTD;
+/// journald's per-user files (`SplitMode=uid`, the default with persistent storage): entries of
+/// processes with a non-system uid only; the units the agent ships run as root and log to
+/// `system.journal`.
+const USER_JOURNAL_PREFIX: &str = "user-";
 /// journald's default priority for entries that carry none (stdout streams log at info).
 const DEFAULT_PRIORITY: u8 = 6;
 
@@ -123,8 +148,9 @@ impl Cursor {
     }
 }
 
-/// Which entries to ship, and to which stream: `_SYSTEMD_UNIT` equal to a name (or `name.service`),
-/// else `SYSLOG_IDENTIFIER` equal to a name (hand-started journald attaches no unit).
+/// Which entries to ship, and to which stream: `_SYSTEMD_UNIT` equal to a name (or `name.service`);
+/// for entries without a unit (a hand-started journald attaches none), `SYSLOG_IDENTIFIER` equal
+/// to a name.
 #[derive(Debug, Clone)]
 pub struct Filter {
     /// (name as configured, stream key it ships to)
@@ -134,22 +160,21 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The stream of an entry with these `_SYSTEMD_UNIT` and `SYSLOG_IDENTIFIER` values. The
+    /// unit, set by journald from the sender's cgroup, decides when there is one: the
+    /// identifier is the sender's to choose (`logger -t kubelet` in a login session carries
+    /// `_SYSTEMD_UNIT=session-3.scope`), so it counts only for entries with no unit at all.
     fn stream_for(&self, unit: Option<&[u8]>, ident: Option<&[u8]>) -> Option<Arc<str>> {
-        if let Some(u) = unit {
-            let base = u.strip_suffix(b".service").unwrap_or(u);
-            if let Some((_, s)) = self
-                .names
+        let find = |v: &[u8]| {
+            self.names
                 .iter()
-                .find(|(n, _)| n.as_bytes() == base || n.as_bytes() == u)
-            {
-                return Some(s.clone());
-            }
+                .find(|(n, _)| n.as_bytes() == v)
+                .map(|(_, s)| s.clone())
+        };
+        match unit {
+            Some(u) => find(u).or_else(|| find(u.strip_suffix(b".service")?)),
+            None => find(ident?),
         }
-        let i = ident?;
-        self.names
-            .iter()
-            .find(|(n, _)| n.as_bytes() == i)
-            .map(|(_, s)| s.clone())
     }
 }
 
@@ -173,6 +198,38 @@ pub struct ReaderStats {
     pub missed_entries: u64,
     pub files_opened: u64,
     pub files_finished: u64,
+    /// Entries skipped because they could not be read: an item pointing outside the file or at
+    /// no DATA object, a payload that does not decompress or decompresses to more than
+    /// [`DATA_PAYLOAD_MAX`].
+    pub unreadable_entries: u64,
+    /// Files given up on: unreadable (I/O error) or corrupt (an object that cannot be walked
+    /// past where the file is known complete). Closed; the other files go on.
+    pub unreadable_files: u64,
+    /// Bytes of compressed DATA payloads decompressed (what filtering first saves).
+    pub decompressed_bytes: u64,
+}
+
+/// Scratch buffers of DATA payload reads: the bytes as stored, and the payload.
+#[derive(Default)]
+struct Bufs {
+    raw: Vec<u8>,
+    out: Vec<u8>,
+}
+
+/// What a DATA item is, as far as the filter needs to know.
+enum Class {
+    Known(Cached),
+    /// Compressed and not looked into yet.
+    Compressed,
+    /// Not a DATA object this reader can read: the entry is unreadable.
+    Unreadable,
+}
+
+/// What became of one entry.
+enum EntryOutcome {
+    Matched(JournalRecord),
+    Filtered,
+    Unreadable,
 }
 
 #[derive(Clone)]
@@ -210,6 +267,10 @@ struct OpenFile {
     cache: HashMap<u64, Cached>,
     /// Next entry found by the scan and not yet handed out: (offset, head).
     peek: Option<(u64, format::EntryHead)>,
+    /// Bytes decompressed from this file's payloads (added to the reader's stats on close).
+    decompressed: u64,
+    /// Why the file is given up on (an I/O error, a corrupt object); closed at the next poll.
+    broken: Option<String>,
 }
 
 impl OpenFile {
@@ -252,6 +313,8 @@ impl OpenFile {
             win: Vec::new(),
             cache: HashMap::new(),
             peek: None,
+            decompressed: 0,
+            broken: None,
         };
         if !f.refresh()? {
             return Ok(None);
@@ -263,7 +326,10 @@ impl OpenFile {
     fn read_at(&self, buf: &mut [u8], off: u64) -> Result<usize, JournalError> {
         let mut done = 0;
         while done < buf.len() {
-            match self.file.read_at(&mut buf[done..], off + done as u64) {
+            let Some(at) = off.checked_add(done as u64) else {
+                break;
+            };
+            match self.file.read_at(&mut buf[done..], at) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -332,7 +398,8 @@ impl OpenFile {
     /// past `safe_end`.
     fn window(&mut self, off: u64, len: usize) -> Result<Option<&[u8]>, JournalError> {
         let end = off.saturating_add(len as u64);
-        if end > self.safe_end {
+        // Nothing read through the window is larger than an ENTRY object (far below this).
+        if end > self.safe_end || len > SCAN_WINDOW {
             return Ok(None);
         }
         let in_win = off >= self.win_base && end <= self.win_trusted_end();
@@ -362,6 +429,16 @@ impl OpenFile {
         if let Some(p) = self.peek {
             return Ok(Some(p));
         }
+        if self.broken.is_some() {
+            return Ok(None);
+        }
+        // Below this every object is complete: one that cannot be walked past is corrupt, not
+        // still being written. An archived file is written no more.
+        let complete_end = if self.header.state == format::STATE_ARCHIVED {
+            self.safe_end
+        } else {
+            self.stable_end
+        };
         loop {
             let off = self.scan;
             let Some(oh) = self.window(off, format::OBJECT_HEADER_LEN)? else {
@@ -370,11 +447,22 @@ impl OpenFile {
             let Some(o) = format::parse_object_header(oh) else {
                 return Ok(None);
             };
-            if o.size < format::OBJECT_HEADER_LEN as u64 {
-                // Zeroed space: not written yet (or a broken file); wait for more.
+            let next = format::next_object_offset(off, o.size);
+            let walkable = o.size >= format::OBJECT_HEADER_LEN as u64
+                && next.is_some()
+                && off.saturating_add(o.size) <= complete_end;
+            if !walkable && off < complete_end {
+                self.broken = Some(format!(
+                    "corrupt object at offset {off} (type {}, size {})",
+                    o.kind, o.size
+                ));
                 return Ok(None);
             }
-            let Some(next) = format::next_object_offset(off, o.size) else {
+            if o.size < format::OBJECT_HEADER_LEN as u64 {
+                // Zeroed space: not written yet; wait for more.
+                return Ok(None);
+            }
+            let Some(next) = next else {
                 return Ok(None);
             };
             if o.kind == format::OBJECT_ENTRY {
@@ -385,6 +473,12 @@ impl OpenFile {
                     return Ok(None);
                 };
                 if head.seqnum == 0 || head.seqnum > self.header.tail_entry_seqnum {
+                    if off < complete_end {
+                        self.broken = Some(format!(
+                            "entry at offset {off} has seqnum {} outside the file's 1..={}",
+                            head.seqnum, self.header.tail_entry_seqnum
+                        ));
+                    }
                     return Ok(None);
                 }
                 // The seqnum is written before the timestamps and items, `n_entries` after them
@@ -412,63 +506,128 @@ impl OpenFile {
         }
     }
 
-    /// Reads the payload of the DATA object at `off`, decompressed. Uses the window when the
-    /// object is in it, else a direct read into `scratch`.
-    fn data_payload(
+    /// The DATA object at `off`: its header and where its payload starts. `None` when there is
+    /// none: an offset past the file (or near 2^64), another object kind, a size that does not
+    /// fit a payload of at most [`DATA_PAYLOAD_MAX`].
+    fn data_object(
         &mut self,
         off: u64,
-        scratch: &mut Vec<u8>,
-    ) -> Result<Option<Vec<u8>>, JournalError> {
-        let compact = self.header.compact();
-        let poff = format::data_payload_offset(compact);
+    ) -> Result<Option<(format::ObjectHeader, u64, usize)>, JournalError> {
+        let poff = format::data_payload_offset(self.header.compact());
+        // An entry's DATA objects are written before it, so they lie below `safe_end`.
+        let Some(hdr_end) = off.checked_add(format::OBJECT_HEADER_LEN as u64) else {
+            return Ok(None);
+        };
+        if hdr_end > self.safe_end {
+            return Ok(None);
+        }
         let mut hdr = [0u8; format::OBJECT_HEADER_LEN];
-        let in_win = off >= self.win_base && off + 16 <= self.win_trusted_end();
-        if in_win {
+        if off >= self.win_base && hdr_end <= self.win_trusted_end() {
             let s = (off - self.win_base) as usize;
-            hdr.copy_from_slice(&self.win[s..s + 16]);
-        } else if self.read_at(&mut hdr, off)? < 16 {
+            hdr.copy_from_slice(&self.win[s..s + format::OBJECT_HEADER_LEN]);
+        } else if self.read_at(&mut hdr, off)? < hdr.len() {
             return Ok(None);
         }
         let Some(o) = format::parse_object_header(&hdr) else {
             return Ok(None);
         };
-        if o.kind != format::OBJECT_DATA
-            || o.size < poff as u64
-            || o.size - poff as u64 > DATA_PAYLOAD_MAX
+        let Some(plen) = o.size.checked_sub(poff as u64) else {
+            return Ok(None);
+        };
+        if o.kind != format::OBJECT_DATA || plen > DATA_PAYLOAD_MAX {
+            return Ok(None);
+        }
+        let Some(pstart) = off.checked_add(poff as u64) else {
+            return Ok(None);
+        };
+        if pstart
+            .checked_add(plen)
+            .is_none_or(|end| end > self.safe_end)
         {
             return Ok(None);
         }
-        let plen = (o.size - poff as u64) as usize;
-        let pstart = off + poff as u64;
-        let raw: &[u8] =
-            if pstart >= self.win_base && pstart + plen as u64 <= self.win_trusted_end() {
-                let s = (pstart - self.win_base) as usize;
-                &self.win[s..s + plen]
-            } else {
-                scratch.resize(plen, 0);
-                let mut buf = std::mem::take(scratch);
-                let got = self.read_at(&mut buf, pstart);
-                *scratch = buf;
-                if got? < plen {
-                    return Ok(None);
-                }
-                &scratch[..]
-            };
-        Ok(Some(decompress(o.flags, raw)))
+        Ok(Some((o, pstart, plen as usize)))
     }
 
-    /// Field kind (and small value) of the DATA object at `off`, cached.
-    fn classify(&mut self, off: u64, scratch: &mut Vec<u8>) -> Result<Cached, JournalError> {
-        if let Some(c) = self.cache.get(&off) {
-            return Ok(c.clone());
+    /// `len` bytes at `at` into `buf`, from the window when they are in it. `false` when the
+    /// file is shorter.
+    fn read_into(&mut self, at: u64, len: usize, buf: &mut Vec<u8>) -> Result<bool, JournalError> {
+        let end = at.saturating_add(len as u64);
+        buf.clear();
+        if at >= self.win_base && end <= self.win_trusted_end() {
+            let s = (at - self.win_base) as usize;
+            buf.extend_from_slice(&self.win[s..s + len]);
+            return Ok(true);
         }
-        let Some(p) = self.data_payload(off, scratch)? else {
-            return Ok(Cached::Skip);
+        buf.resize(len, 0);
+        Ok(self.read_at(buf, at)? == len)
+    }
+
+    /// The payload of the DATA object at `off` in `bufs.out`, at most `limit` bytes of it,
+    /// decompressed under [`DATA_PAYLOAD_MAX`]. `None`: unreadable (see [`Self::data_object`]),
+    /// or it does not decompress.
+    fn data_payload(
+        &mut self,
+        off: u64,
+        limit: usize,
+        bufs: &mut Bufs,
+    ) -> Result<Option<payload::Inflated>, JournalError> {
+        let Some((o, pstart, plen)) = self.data_object(off)? else {
+            return Ok(None);
         };
+        let compressed = o.flags & COMPRESSED != 0;
+        // Uncompressed: only what is wanted is read.
+        let want = if compressed { plen } else { plen.min(limit) };
+        if !self.read_into(pstart, want, &mut bufs.raw)? {
+            return Ok(None);
+        }
+        if !compressed {
+            std::mem::swap(&mut bufs.raw, &mut bufs.out);
+            return Ok(Some(if plen > limit {
+                payload::Inflated::Truncated
+            } else {
+                payload::Inflated::Whole
+            }));
+        }
+        let r = payload::inflate(
+            o.flags,
+            &bufs.raw,
+            limit,
+            DATA_PAYLOAD_MAX as usize,
+            &mut bufs.out,
+        );
+        self.decompressed += bufs.out.len() as u64;
+        Ok(r.ok())
+    }
+
+    /// Field kind (and small value) of the DATA object at `off`, cached. A compressed payload
+    /// is looked into (its first [`FIELD_PEEK_MAX`] bytes) only when `inflate` says so.
+    fn classify(
+        &mut self,
+        off: u64,
+        bufs: &mut Bufs,
+        inflate: bool,
+    ) -> Result<Class, JournalError> {
+        if let Some(c) = self.cache.get(&off) {
+            return Ok(Class::Known(c.clone()));
+        }
+        if !inflate {
+            let Some((o, _, _)) = self.data_object(off)? else {
+                return Ok(Class::Unreadable);
+            };
+            if o.flags & COMPRESSED != 0 {
+                return Ok(Class::Compressed);
+            }
+        }
+        if self.data_payload(off, FIELD_PEEK_MAX, bufs)?.is_none() {
+            return Ok(Class::Unreadable);
+        }
+        let p = &bufs.out[..];
         let c = if p.starts_with(b"MESSAGE=") {
             // Messages are mostly unique: not worth a cache slot.
-            return Ok(Cached::Message);
+            return Ok(Class::Known(Cached::Message));
         } else if let Some(v) = p.strip_prefix(b"_SYSTEMD_UNIT=") {
+            // A value cut at FIELD_PEEK_MAX is longer than any unit name: it matches nothing.
             Cached::Unit(v.into())
         } else if let Some(v) = p.strip_prefix(b"SYSLOG_IDENTIFIER=") {
             Cached::Ident(v.into())
@@ -491,7 +650,7 @@ impl OpenFile {
             self.cache.clear();
         }
         self.cache.insert(off, c.clone());
-        Ok(c)
+        Ok(Class::Known(c))
     }
 
     fn finished(&self) -> bool {
@@ -505,50 +664,20 @@ impl OpenFile {
     }
 }
 
-fn decompress(flags: u8, raw: &[u8]) -> Vec<u8> {
-    // A payload we cannot decode is shipped as a visible placeholder rather than dropped.
-    let failed = || b"MESSAGE=[hybrid-agent: undecodable compressed journal field]".to_vec();
-    if flags & format::OBJECT_COMPRESSED_ZSTD != 0 {
-        let mut out = Vec::new();
-        match ruzstd::decoding::StreamingDecoder::new(raw) {
-            Ok(mut d) => match std::io::Read::read_to_end(&mut d, &mut out) {
-                Ok(_) => out,
-                Err(_) => failed(),
-            },
-            Err(_) => failed(),
-        }
-    } else if flags & format::OBJECT_COMPRESSED_LZ4 != 0 {
-        // journald's LZ4 payload: le64 uncompressed size, then one LZ4 block.
-        let Some((size, block)) = raw.split_first_chunk::<8>() else {
-            return failed();
-        };
-        let size = u64::from_le_bytes(*size) as usize;
-        if size as u64 > DATA_PAYLOAD_MAX {
-            return failed();
-        }
-        lz4_flex::block::decompress(block, size).unwrap_or_else(|_| failed())
-    } else if flags & format::OBJECT_COMPRESSED_XZ != 0 {
-        let mut out = Vec::new();
-        match lzma_rs::xz_decompress(&mut std::io::BufReader::new(raw), &mut out) {
-            Ok(()) => out,
-            Err(_) => failed(),
-        }
-    } else {
-        raw.to_vec()
-    }
-}
-
 /// Reads the journal files of one or more directories in order, from a cursor on.
 pub struct JournalReader {
     dirs: Vec<PathBuf>,
     files: Vec<OpenFile>,
-    /// (dev, ino) of files read to the end and closed: never reopened.
+    /// (dev, ino) of files read to the end (or given up on) and closed: never reopened.
     finished: HashSet<(u64, u64)>,
     position: Option<Cursor>,
     last_scan: Option<Instant>,
     stats: ReaderStats,
     items: Vec<u64>,
-    scratch: Vec<u8>,
+    /// Compressed items of the entry being read, looked into only if its other fields pass.
+    deferred: Vec<u64>,
+    bufs: Bufs,
+    user_journals: bool,
 }
 
 /// What one [`JournalReader::poll`] did.
@@ -562,7 +691,8 @@ pub struct Poll {
 
 impl JournalReader {
     /// A reader of `dirs` (each holding `*.journal` files) that hands out entries after `after`,
-    /// or everything present when `after` is `None`.
+    /// or everything present when `after` is `None`. Users' journals (`user-<uid>.journal`) are
+    /// not read unless [`Self::with_user_journals`] asks for them.
     pub fn new(dirs: Vec<PathBuf>, after: Option<Cursor>) -> JournalReader {
         JournalReader {
             dirs,
@@ -572,12 +702,23 @@ impl JournalReader {
             last_scan: None,
             stats: ReaderStats::default(),
             items: Vec::new(),
-            scratch: Vec::new(),
+            deferred: Vec::new(),
+            bufs: Bufs::default(),
+            user_journals: false,
         }
     }
 
+    /// Also reads users' journals: for units that run as a regular (non-system) uid, whose
+    /// entries journald files there.
+    pub fn with_user_journals(mut self, read: bool) -> JournalReader {
+        self.user_journals = read;
+        self
+    }
+
     pub fn stats(&self) -> ReaderStats {
-        self.stats
+        let mut s = self.stats;
+        s.decompressed_bytes += self.files.iter().map(|f| f.decompressed).sum::<u64>();
+        s
     }
 
     pub fn position(&self) -> Option<Cursor> {
@@ -600,13 +741,29 @@ impl JournalReader {
                 if path.extension().is_none_or(|e| e != "journal") {
                     continue;
                 }
+                if !self.user_journals
+                    && de
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with(USER_JOURNAL_PREFIX)
+                {
+                    continue;
+                }
                 let Ok(meta) = de.metadata() else { continue };
                 let key = (meta.dev(), meta.ino());
                 if open.contains(&key) || self.finished.contains(&key) {
                     continue;
                 }
-                let Some(f) = OpenFile::open(&path)? else {
-                    continue;
+                let f = match OpenFile::open(&path) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        // Never retried: one unreadable file must not hold up the others.
+                        tracing::warn!(error = %e, "skipping an unreadable journal file");
+                        self.stats.unreadable_files += 1;
+                        self.finished.insert(key);
+                        continue;
+                    }
                 };
                 // A file wholly behind the cursor and closed for writing: skip it for good.
                 if let Some(c) = self.position {
@@ -627,7 +784,10 @@ impl JournalReader {
 
     /// Hands out up to `max` matching records (scanning possibly more entries) in journal order.
     /// Returns how many entries were scanned and the position after them; call again when
-    /// `scanned == 0` only after a pause (the caller's poll interval).
+    /// `scanned == 0` only after a pause (the caller's poll interval). A file that cannot be
+    /// read, or turns out corrupt, is closed and counted ([`ReaderStats::unreadable_files`]);
+    /// an entry that cannot be read is skipped and counted; only a directory that cannot be
+    /// listed is an error.
     pub fn poll(
         &mut self,
         filter: &Filter,
@@ -639,7 +799,9 @@ impl JournalReader {
             self.rescan_dirs()?;
         }
         for f in &mut self.files {
-            f.refresh()?;
+            if let Err(e) = f.refresh() {
+                f.broken = Some(e.to_string());
+            }
         }
         let mut scanned = 0usize;
         let mut matched = 0usize;
@@ -647,8 +809,13 @@ impl JournalReader {
             // The file whose next entry comes first.
             let mut best: Option<(usize, format::EntryHead, [u8; 16])> = None;
             for i in 0..self.files.len() {
-                let Some((_, head)) = self.files[i].next_entry()? else {
-                    continue;
+                let head = match self.files[i].next_entry() {
+                    Ok(Some((_, head))) => head,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        self.files[i].broken = Some(e.to_string());
+                        continue;
+                    }
                 };
                 let sid = self.files[i].header.seqnum_id;
                 let better = match &best {
@@ -672,7 +839,7 @@ impl JournalReader {
                 if c.covers(&sid, head.seqnum, head.realtime) {
                     continue;
                 }
-                if c.seqnum_id == sid && head.seqnum > c.seqnum + 1 {
+                if c.seqnum_id == sid && head.seqnum > c.seqnum.saturating_add(1) {
                     self.stats.missed_entries += head.seqnum - c.seqnum - 1;
                 }
             }
@@ -682,27 +849,47 @@ impl JournalReader {
                 realtime_us: head.realtime,
             });
             self.stats.entries_scanned += 1;
-            if let Some(r) = self.read_entry(i, off, head, filter)? {
-                out.push(r);
-                matched += 1;
-                self.stats.entries_matched += 1;
+            match self.read_entry(i, off, head, filter) {
+                Ok(EntryOutcome::Matched(r)) => {
+                    out.push(r);
+                    matched += 1;
+                    self.stats.entries_matched += 1;
+                }
+                Ok(EntryOutcome::Filtered) => {}
+                Ok(EntryOutcome::Unreadable) => self.stats.unreadable_entries += 1,
+                Err(e) => {
+                    self.stats.unreadable_entries += 1;
+                    self.files[i].broken = Some(e.to_string());
+                }
             }
         }
-        // Close files that are done: archived and read to the end, or deleted and read to the end.
+        // Close files that are done: archived and read to the end, deleted and read to the end,
+        // or given up on.
         let mut k = 0;
         let mut closed = false;
         while k < self.files.len() {
             let f = &mut self.files[k];
             let mut drained = f.peek.is_none() && f.scan >= f.safe_end;
-            if drained && f.unlinked() {
+            if drained && f.broken.is_none() && f.unlinked() {
                 // Deleted (vacuumed) since this poll's header read: entries journald appended
                 // before archiving it may still be unread; close only when there are none.
-                f.refresh()?;
+                if let Err(e) = f.refresh() {
+                    f.broken = Some(e.to_string());
+                }
                 drained = f.peek.is_none() && f.scan >= f.safe_end;
             }
-            if f.finished() || (drained && f.unlinked()) {
+            if let Some(why) = &f.broken {
+                tracing::warn!(
+                    path = %f.path.display(),
+                    error = %why,
+                    "closing a journal file that cannot be read further; its remaining entries are skipped"
+                );
+                self.stats.unreadable_files += 1;
+            }
+            if f.broken.is_some() || f.finished() || (drained && f.unlinked()) {
                 self.finished.insert(f.key);
                 self.stats.files_finished += 1;
+                self.stats.decompressed_bytes += f.decompressed;
                 self.files.swap_remove(k);
                 closed = true;
             } else {
@@ -718,8 +905,9 @@ impl JournalReader {
                 // The field cache refills from a few reads when entries come again.
                 f.cache = HashMap::new();
             }
-            self.scratch = Vec::new();
+            self.bufs = Bufs::default();
             self.items = Vec::new();
+            self.deferred = Vec::new();
         }
         if !idle_rescan && (closed || self.files.is_empty()) {
             // A file was archived (rotation) or none is open: its successor may be there
@@ -732,67 +920,122 @@ impl JournalReader {
         })
     }
 
+    /// Reads one entry: first the fields stored uncompressed (unit, identifier and priority
+    /// always are, unless journald's `Compress=` threshold is set below their size), and only
+    /// for an entry they do not rule out, its compressed ones and the message.
     fn read_entry(
         &mut self,
         i: usize,
         off: u64,
         head: format::EntryHead,
         filter: &Filter,
-    ) -> Result<Option<JournalRecord>, JournalError> {
+    ) -> Result<EntryOutcome, JournalError> {
         let f = &mut self.files[i];
+        let bufs = &mut self.bufs;
         let compact = f.header.compact();
         self.items.clear();
+        self.deferred.clear();
         // The item table: up to the object's size (re-read its header for the size).
         let Some(oh) = f.window(off, format::OBJECT_HEADER_LEN)? else {
-            return Ok(None);
+            return Ok(EntryOutcome::Unreadable);
         };
         let Some(o) = format::parse_object_header(oh) else {
-            return Ok(None);
+            return Ok(EntryOutcome::Unreadable);
         };
-        let Some(obj) = f.window(off, o.size as usize)? else {
-            return Ok(None);
+        let Some(obj) = f.window(off, usize::try_from(o.size).unwrap_or(usize::MAX))? else {
+            return Ok(EntryOutcome::Unreadable);
         };
         self.items.extend(format::entry_item_offsets(obj, compact));
-        let (mut unit, mut ident, mut pri, mut pid, mut msg) = (None, None, None, None, None);
+        let mut fields = Fields::default();
         for &item in &self.items {
-            match f.classify(item, &mut self.scratch)? {
-                Cached::Skip => {}
-                Cached::Message => msg = Some(item),
-                Cached::Unit(v) => unit = Some(v),
-                Cached::Ident(v) => ident = Some(v),
-                Cached::Priority(p) => pri = Some(p),
-                Cached::Pid(p) => pid = Some(p),
+            match f.classify(item, bufs, false)? {
+                Class::Known(c) => fields.set(item, c),
+                Class::Compressed => self.deferred.push(item),
+                Class::Unreadable => return Ok(EntryOutcome::Unreadable),
             }
         }
-        let priority = pri.unwrap_or(DEFAULT_PRIORITY);
-        if priority > filter.max_priority {
-            return Ok(None);
+        if fields.ruled_out(filter) {
+            return Ok(EntryOutcome::Filtered);
         }
-        let Some(stream) = filter.stream_for(unit.as_deref(), ident.as_deref()) else {
-            return Ok(None);
+        for &item in &self.deferred {
+            match f.classify(item, bufs, true)? {
+                Class::Known(c) => fields.set(item, c),
+                Class::Compressed | Class::Unreadable => return Ok(EntryOutcome::Unreadable),
+            }
+        }
+        let priority = fields.priority.unwrap_or(DEFAULT_PRIORITY);
+        if priority > filter.max_priority {
+            return Ok(EntryOutcome::Filtered);
+        }
+        let Some(stream) = filter.stream_for(fields.unit.as_deref(), fields.ident.as_deref())
+        else {
+            return Ok(EntryOutcome::Filtered);
         };
-        let message = match msg {
-            Some(m) => match f.data_payload(m, &mut self.scratch)? {
-                Some(p) => match p.strip_prefix(b"MESSAGE=") {
+        let message = match fields.message {
+            Some(m) => match f.data_payload(m, DATA_PAYLOAD_MAX as usize, bufs)? {
+                Some(payload::Inflated::Whole) => match bufs.out.strip_prefix(b"MESSAGE=") {
                     Some(v) => String::from_utf8_lossy(v).into_owned(),
                     None => String::new(),
                 },
-                None => String::new(),
+                // Over the cap, or it does not decompress.
+                Some(payload::Inflated::Truncated) | None => {
+                    return Ok(EntryOutcome::Unreadable);
+                }
             },
             None => String::new(),
         };
-        let identifier = ident
-            .or(unit)
+        let identifier = fields
+            .ident
+            .or(fields.unit)
             .map(|v| String::from_utf8_lossy(&v).into_owned())
             .unwrap_or_default();
-        Ok(Some(JournalRecord {
+        Ok(EntryOutcome::Matched(JournalRecord {
             stream,
             realtime_us: head.realtime,
             priority,
-            pid,
+            pid: fields.pid,
             identifier,
             message,
         }))
+    }
+}
+
+/// The fields of one entry the filter and the record need.
+#[derive(Default)]
+struct Fields {
+    unit: Option<Arc<[u8]>>,
+    ident: Option<Arc<[u8]>>,
+    priority: Option<u8>,
+    pid: Option<u32>,
+    /// Offset of the MESSAGE item.
+    message: Option<u64>,
+}
+
+impl Fields {
+    fn set(&mut self, item: u64, c: Cached) {
+        match c {
+            Cached::Skip => {}
+            Cached::Message => self.message = Some(item),
+            Cached::Unit(v) => self.unit = Some(v),
+            Cached::Ident(v) => self.ident = Some(v),
+            Cached::Priority(p) => self.priority = Some(p),
+            Cached::Pid(p) => self.pid = Some(p),
+        }
+    }
+
+    /// Whether the fields known so far rule the entry out whatever the others say: a unit that
+    /// is not configured (the unit decides when there is one), a priority above the limit, or,
+    /// with no unit, an identifier that is not configured.
+    fn ruled_out(&self, filter: &Filter) -> bool {
+        if self.priority.is_some_and(|p| p > filter.max_priority) {
+            return true;
+        }
+        match (&self.unit, &self.ident) {
+            (Some(_), _) | (None, Some(_)) => filter
+                .stream_for(self.unit.as_deref(), self.ident.as_deref())
+                .is_none(),
+            (None, None) => false,
+        }
     }
 }
 
@@ -813,7 +1056,7 @@ mod tests {
     }
 
     #[test]
-    fn filter_prefers_unit_then_identifier() {
+    fn the_unit_decides_and_the_identifier_only_without_one() {
         let f = Filter {
             names: vec![
                 ("kubelet".into(), "kubelet".into()),
@@ -826,10 +1069,16 @@ mod tests {
             Some("kubelet")
         );
         assert_eq!(
-            f.stream_for(Some(b"other.service"), Some(b"bench"))
-                .as_deref(),
-            Some("bench")
+            f.stream_for(Some(b"kubelet"), Some(b"other")).as_deref(),
+            Some("kubelet")
         );
+        // The unit decides when there is one: an identifier is the sender's to choose.
+        assert_eq!(f.stream_for(Some(b"other.service"), Some(b"bench")), None);
+        assert_eq!(
+            f.stream_for(Some(b"session-3.scope"), Some(b"kubelet")),
+            None
+        );
+        assert_eq!(f.stream_for(None, Some(b"bench")).as_deref(), Some("bench"));
         assert_eq!(f.stream_for(None, Some(b"nope")), None);
     }
 }
