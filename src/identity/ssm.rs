@@ -372,10 +372,9 @@ impl SsmClient {
                 let ahead = expiry::MAX_AHEAD + expiry::PAST_TOLERANCE;
                 let expires = token.credentials.expiration;
                 assert!(
-                    expires.duration_since(host).map_or_else(
-                        |e| e.duration() <= expiry::PAST_TOLERANCE,
-                        |d| d <= ahead
-                    ),
+                    expires
+                        .duration_since(host)
+                        .map_or_else(|e| e.duration() <= expiry::PAST_TOLERANCE, |d| d <= ahead),
                     "accepted expiry out of range"
                 );
             }
