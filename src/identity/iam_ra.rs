@@ -482,6 +482,17 @@ impl IamRaSource {
         })
     }
 
+    /// Fuzzing entry (fuzz/fuzz_targets/iam_ra_response.rs, replayed by tests/fuzz_corpus.rs):
+    /// one CreateSession answer through the parsing and classification a real call uses.
+    #[doc(hidden)]
+    pub fn fuzz_answer(&self, answer: &Answer) {
+        if (200..300).contains(&answer.status) {
+            let _ = self.parse_session(&answer.body);
+        } else {
+            let _ = self.api_error(answer).to_string();
+        }
+    }
+
     fn api_error(&self, answer: &Answer) -> IamRaError {
         let status = answer.status;
         // restJson: the `x-amzn-errortype` header is the authority, the body's `__type` a fallback.

@@ -235,6 +235,11 @@ impl SsmClient {
             "Fingerprint": fingerprint,
         });
         let out: RegisterOut = self.call(OP_REGISTER, &body, None).await?;
+        self.instance_id(out)
+    }
+
+    /// The checked instance id of a RegisterManagedInstance answer.
+    fn instance_id(&self, out: RegisterOut) -> Result<String, SsmError> {
         if !out.instance_id.starts_with("mi-") {
             return Err(SsmError::Response {
                 operation: OP_REGISTER,
@@ -259,6 +264,11 @@ impl SsmClient {
         let out: RoleTokenOut = self
             .call(OP_ROLE_TOKEN, &body, Some((instance_id, key)))
             .await?;
+        self.role_token(out)
+    }
+
+    /// The credentials of a RequestManagedInstanceRoleToken answer, expiry checked.
+    fn role_token(&self, out: RoleTokenOut) -> Result<RoleToken, SsmError> {
         // The wire form is unverified (PROTOCOLS.md §1): epoch seconds and RFC 3339 both parse.
         let expires_service = expiry::parse_checked(
             "TokenExpirationDate",
@@ -307,16 +317,7 @@ impl SsmClient {
             let answer = self.send_once(operation, &body, signer).await?;
             let status = answer.status;
             if (200..300).contains(&status) {
-                let text = if answer.body.is_empty() {
-                    &b"{}"[..]
-                } else {
-                    &answer.body[..]
-                };
-                return serde_json::from_slice(text).map_err(|e| SsmError::Response {
-                    operation,
-                    endpoint: self.endpoint(),
-                    detail: format!("HTTP {status} body is not the expected JSON: {e}"),
-                });
+                return self.decode(operation, &answer);
             }
             let err = self.api_error(operation, &answer);
             if signer.is_some()
@@ -333,6 +334,54 @@ impl SsmClient {
                 continue;
             }
             return Err(err);
+        }
+    }
+
+    /// The JSON body of a successful answer (an empty body is `{}`).
+    fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        answer: &Answer,
+    ) -> Result<T, SsmError> {
+        let text = if answer.body.is_empty() {
+            &b"{}"[..]
+        } else {
+            &answer.body[..]
+        };
+        serde_json::from_slice(text).map_err(|e| SsmError::Response {
+            operation,
+            endpoint: self.endpoint(),
+            detail: format!("HTTP {} body is not the expected JSON: {e}", answer.status),
+        })
+    }
+
+    /// Fuzzing entry (fuzz/fuzz_targets/ssm_response.rs, replayed by tests/fuzz_corpus.rs): one
+    /// answer taken as each operation's, through the decoding and classification a real call
+    /// uses. Panics when an accepted expiry lies outside the range [`expiry::check`] promises.
+    #[doc(hidden)]
+    pub fn fuzz_answer(&self, answer: &Answer) {
+        if (200..300).contains(&answer.status) {
+            if let Ok(out) = self.decode::<RegisterOut>(OP_REGISTER, answer) {
+                let _ = self.instance_id(out);
+            }
+            if let Ok(out) = self.decode::<RoleTokenOut>(OP_ROLE_TOKEN, answer)
+                && let Ok(token) = self.role_token(out)
+            {
+                let service = self.clock.now();
+                let host = expiry::to_host_time(service, self.clock.offset_ms());
+                let ahead = expiry::MAX_AHEAD + expiry::PAST_TOLERANCE;
+                let expires = token.credentials.expiration;
+                assert!(
+                    expires
+                        .duration_since(host)
+                        .map_or_else(|e| e.duration() <= expiry::PAST_TOLERANCE, |d| d <= ahead),
+                    "accepted expiry out of range"
+                );
+            }
+            let _ = self.decode::<serde_json::Value>(OP_UPDATE_KEY, answer);
+        } else {
+            let e = self.api_error(OP_ROLE_TOKEN, answer);
+            let _ = (e.is_transient(), e.needs_reregistration(), e.to_string());
         }
     }
 

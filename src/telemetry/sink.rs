@@ -336,6 +336,29 @@ fn rejected_count(info: &aws_sdk_cloudwatchlogs::types::RejectedLogEventsInfo, n
     (front + back).min(n)
 }
 
+/// Fuzzing entry (fuzz/fuzz_targets/cloudwatch_response.rs, replayed by tests/fuzz_corpus.rs):
+/// what the sink makes of a PutLogEvents answer the SDK has parsed (error code, HTTP status,
+/// message; `[tooOld, tooNew, expired]` indices for a batch of `events`). Panics if more events
+/// count as rejected than were sent (the shipped count would wrap).
+#[doc(hidden)]
+pub fn fuzz_response(
+    code: Option<&str>,
+    status: Option<u16>,
+    message: &str,
+    [too_old, too_new, expired]: [Option<i32>; 3],
+    events: u64,
+) {
+    let _ = classify(code, status);
+    let _ = about_events(message);
+    let info = aws_sdk_cloudwatchlogs::types::RejectedLogEventsInfo::builder()
+        .set_too_old_log_event_end_index(too_old)
+        .set_too_new_log_event_start_index(too_new)
+        .set_expired_log_event_end_index(expired)
+        .build();
+    let rejected = rejected_count(&info, events);
+    assert!(rejected <= events, "{rejected} of {events} events rejected");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
