@@ -271,11 +271,11 @@ fn default_agent_config_location_is_under_root() {
     let sb = Sandbox::new();
     sb.write(
         "root/etc/hybrid-agent/config.toml",
-        "[spool]\nmax_bytes = 2097152\n",
+        "[spool]\nmax_bytes = 8388608\n",
     );
     let run = sb.run(&["config", "show", "--json"]);
     assert_eq!(run.code, Some(0), "{run:?}");
-    assert_eq!(run.json()["agent"]["spool"]["max_bytes"], 2_097_152u64);
+    assert_eq!(run.json()["agent"]["spool"]["max_bytes"], 8_388_608u64);
     assert_eq!(
         run.json()["sources"]["agentConfig"],
         arg(&sb.root().join("etc/hybrid-agent/config.toml"))
@@ -946,6 +946,16 @@ spec:
         run.stderr.contains("invalid configuration: 7 problems"),
         "{run:?}"
     );
+}
+
+/// A spool must hold a maximum PutLogEvents batch in spool form beside the metrics' share: 2 MiB
+/// does not (1 MiB did before, and left less than one batch).
+#[test]
+fn spool_too_small_for_a_full_batch_is_refused() {
+    let sb = Sandbox::new();
+    let agent = sb.write("agent.toml", "[spool]\nmax_bytes = 2097152\n");
+    let run = sb.run(&["--config", &arg(&agent), "config", "show", "--json"]);
+    problem_at(&run, "spool.max_bytes", &arg(&agent), 2);
 }
 
 #[test]

@@ -50,8 +50,11 @@ pub const MAX_REFRESH_BACKOFF_CAP: Duration = Duration::from_secs(3_600);
 pub const MIN_MAX_KEY_AGE: Duration = Duration::from_secs(3_600);
 /// Spool size when the file says nothing. Ours (DESIGN.md "nothing lost while offline").
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 512 * 1024 * 1024;
-/// Smallest spool that holds one full PutLogEvents batch (1,048,576 bytes, PROTOCOLS.md §4).
-pub const MIN_SPOOL_MAX_BYTES: u64 = 1_048_576;
+/// Smallest spool that always holds one full PutLogEvents batch: a batch is at most 1,048,576
+/// bytes counting 26 per event (PROTOCOLS.md §4), which in spool form (19 bytes plus the stream
+/// key per event instead of 26) is under 2 MiB; the metrics take an eighth and the journal and
+/// child-output spools share the rest. Ours, from those figures.
+pub const MIN_SPOOL_MAX_BYTES: u64 = 4 * 1_048_576;
 /// Default log group; `{cluster}` is replaced by the cluster name. Ours.
 pub const DEFAULT_LOG_GROUP: &str = "/aws/eks-hybrid/{cluster}";
 /// Default log stream; one stream per node and unit. Ours.
@@ -589,7 +592,7 @@ impl Check<'_, '_> {
                 self.report(
                     "spool.max_bytes",
                     format!("{max} bytes cannot hold one PutLogEvents batch"),
-                    format!("use at least {MIN_SPOOL_MAX_BYTES} (1 MiB)"),
+                    format!("use at least {MIN_SPOOL_MAX_BYTES} (4 MiB)"),
                 );
             } else {
                 out.max_bytes = max;

@@ -7,7 +7,9 @@
 //! spool (`spool/metrics`) *before* any send, with its timestamp; the sender drains that spool
 //! oldest first in PutMetricData calls of at most 1,000 data points, acknowledging only what
 //! CloudWatch accepted. After an outage the graphs have no holes: points arrive late, with their
-//! original timestamps. Points older than CloudWatch's two-week limit are dropped and counted.
+//! original timestamps. Points older than CloudWatch's two-week limit are dropped and counted;
+//! points CloudWatch refuses as invalid are isolated by halving the call, dropped and counted
+//! ([`classify_metrics`]), so one bad datum cannot hold the spool.
 //! The CloudWatch client has SDK retries off; this loop is the one retry owner.
 
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::record::{Message, Record};
-use super::sink::Backoff;
+use super::sink::{Backoff, Class, MAX_REJECT_SPLITS};
 use super::spool::{Spool, SpoolError};
 use super::status::StatusCell;
 
@@ -316,6 +318,90 @@ fn datum(p: &Point, s: &MetricsSettings) -> MetricDatum {
         .build()
 }
 
+/// What to do about a failed PutMetricData, by the error code (the awsQuery code, or the
+/// shape name of the CBOR protocol: `InvalidParameterValueException`) and HTTP status: a
+/// datum CloudWatch calls invalid (NaN, a timestamp over two hours ahead, a bad unit or
+/// dimension) can never be accepted, so retrying it would block the metrics spool for ever.
+pub fn classify_metrics(code: Option<&str>, status: Option<u16>) -> Class {
+    let bare = code.map(|c| {
+        let c = c.rsplit('#').next().unwrap_or(c);
+        c.strip_suffix("Exception").unwrap_or(c)
+    });
+    match bare {
+        Some(
+            "InvalidParameterValue"
+            | "InvalidParameterCombination"
+            | "MissingParameter"
+            | "MissingRequiredParameter"
+            | "InvalidFormat"
+            | "Serialization"
+            | "Validation",
+        ) => Class::Reject,
+        _ => match super::sink::classify(code, status) {
+            Class::Reject => Class::Reject,
+            Class::Missing | Class::Retry => Class::Retry,
+        },
+    }
+}
+
+/// Sends `data` in one PutMetricData; a call refused as invalid is sent again in halves down to
+/// the datum at fault (bounded by [`MAX_REJECT_SPLITS`]), so one bad datum costs only itself.
+/// `Ok((accepted, refused))`, or `Err` with the error of a failure worth retrying — everything is
+/// then sent again later, halves already accepted included (a duplicate datum, the price of
+/// acknowledging the spool by whole calls).
+async fn put_halving(
+    client: &Client,
+    namespace: &str,
+    data: &[MetricDatum],
+) -> Result<(u64, u64), String> {
+    let (mut accepted, mut refused) = (0u64, 0u64);
+    let mut todo = vec![0..data.len()];
+    let mut splits = 0usize;
+    while let Some(range) = todo.pop() {
+        if range.is_empty() {
+            continue;
+        }
+        let res = client
+            .put_metric_data()
+            .namespace(namespace)
+            .set_metric_data(Some(data[range.clone()].to_vec()))
+            .send()
+            .await;
+        let e = match res {
+            Ok(_) => {
+                accepted += range.len() as u64;
+                continue;
+            }
+            Err(e) => e,
+        };
+        let status = e.raw_response().map(|r| r.status().as_u16());
+        let (code, msg) = match e.as_service_error() {
+            Some(s) => (
+                s.code().map(str::to_string),
+                format!(
+                    "{}: {}",
+                    s.code().unwrap_or("error"),
+                    s.message().unwrap_or("")
+                ),
+            ),
+            None => (None, "network error or timeout".to_string()),
+        };
+        if classify_metrics(code.as_deref(), status) != Class::Reject {
+            return Err(msg);
+        }
+        if range.len() > 1 && splits < MAX_REJECT_SPLITS {
+            splits += 1;
+            let mid = range.start + range.len() / 2;
+            todo.push(mid..range.end);
+            todo.push(range.start..mid);
+            continue;
+        }
+        tracing::error!(error = %msg, points = range.len(), "CloudWatch refused metric data as invalid; dropped and counted as rejected");
+        refused += range.len() as u64;
+    }
+    Ok((accepted, refused))
+}
+
 /// Samples into the metrics spool every interval and drains it to CloudWatch.
 pub async fn run_metrics(
     client: Client,
@@ -337,6 +423,7 @@ pub async fn run_metrics(
     let before = status.snapshot().metrics;
     let mut sent = before.sent_points;
     let mut dropped = before.dropped_too_old_points;
+    let mut rejected = before.rejected_points;
     let mut last_sent = before.last_sent_ms;
     let mut state = String::from("idle");
     loop {
@@ -388,32 +475,19 @@ pub async fn run_metrics(
                 let data: Vec<MetricDatum> = points.iter().map(|p| datum(p, &settings)).collect();
                 status.update(|s| s.metrics.state = format!("sending {} points", points.len()));
                 let res = if data.is_empty() {
-                    Ok(())
+                    Ok((0, 0))
                 } else {
-                    client
-                        .put_metric_data()
-                        .namespace(&settings.namespace)
-                        .set_metric_data(Some(data))
-                        .send()
-                        .await
-                        .map(|_| ())
+                    put_halving(&client, &settings.namespace, &data).await
                 };
                 match res {
-                    Ok(()) => {
+                    Ok((accepted, refused)) => {
                         spool.ack(pos)?;
-                        sent += points.len() as u64;
+                        sent += accepted;
+                        rejected += refused;
                         last_sent = Some(super::now_ms());
                         attempt = 0;
                     }
-                    Err(e) => {
-                        let msg = match e.as_service_error() {
-                            Some(s) => format!(
-                                "{}: {}",
-                                s.code().unwrap_or("error"),
-                                s.message().unwrap_or("")
-                            ),
-                            None => "network error or timeout".to_string(),
-                        };
+                    Err(msg) => {
                         let d = settings
                             .backoff
                             .delay(attempt)
@@ -435,6 +509,7 @@ pub async fn run_metrics(
             s.metrics.last_sent_ms = last_sent;
             s.metrics.sent_points = sent;
             s.metrics.dropped_too_old_points = dropped;
+            s.metrics.rejected_points = rejected;
             // Stored points are ~150 bytes each: an estimate is what status needs.
             s.metrics.backlog_points = backlog / 150;
         });
@@ -455,6 +530,36 @@ pub async fn run_metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metric_error_classes() {
+        for code in [
+            "InvalidParameterValue",
+            "InvalidParameterValueException",
+            "com.amazonaws.cloudwatch#InvalidParameterCombinationException",
+            "MissingParameter",
+            "MissingRequiredParameterException",
+        ] {
+            assert_eq!(
+                classify_metrics(Some(code), Some(400)),
+                Class::Reject,
+                "{code}"
+            );
+        }
+        assert_eq!(
+            classify_metrics(Some("Throttling"), Some(400)),
+            Class::Retry
+        );
+        assert_eq!(
+            classify_metrics(Some("InternalServiceError"), Some(500)),
+            Class::Retry
+        );
+        assert_eq!(classify_metrics(None, None), Class::Retry);
+        assert_eq!(
+            classify_metrics(Some("ResourceNotFoundException"), Some(400)),
+            Class::Retry
+        );
+    }
 
     #[test]
     fn a_sample_has_host_agent_pipeline_and_component_metrics() {
@@ -499,6 +604,90 @@ mod tests {
         assert_eq!(
             (restarts.value, restarts.component.as_deref()),
             (2.0, Some("containerd"))
+        );
+    }
+
+    /// One point CloudWatch refuses (three hours in the future: InvalidParameterValue) among
+    /// good ones costs only itself: the call is split in halves down to it, it is dropped and
+    /// counted, and the rest arrive instead of the whole spool waiting for ever.
+    #[test]
+    fn a_refused_point_is_dropped_and_counted_not_retried_for_ever() {
+        use crate::telemetry::spool::SpoolBudget;
+        let ds = hybrid_devstack::Devstack::spawn(hybrid_devstack::Config::default())
+            .expect("start devstack");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut spool, _) =
+            Spool::open(dir.path(), SpoolBudget::new(1 << 20)).expect("open spool");
+        let now = crate::telemetry::now_ms();
+        let recs: Vec<Record> = (0..7)
+            .map(|i| Point {
+                name: format!("Test{i}"),
+                value: i as f64,
+                unit: "Count".into(),
+                timestamp_ms: if i == 4 { now + 3 * 3600 * 1000 } else { now },
+                component: None,
+            })
+            .filter_map(|p| to_record(&p))
+            .collect();
+        spool.append(&recs).expect("append");
+        spool.commit().expect("commit");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let status = StatusCell::new();
+        let got = rt.block_on(async {
+            let creds = aws_credential_types::Credentials::new(
+                "AKIADEVSTACKADMIN000",
+                "devstack-admin-secret-key-not-a-real-secret",
+                None,
+                None,
+                "test",
+            );
+            let conf = aws_sdk_cloudwatch::config::Builder::new()
+                .behavior_version(aws_sdk_cloudwatch::config::BehaviorVersion::latest())
+                .endpoint_url(&ds.url)
+                .region(aws_sdk_cloudwatch::config::Region::new("us-west-2"))
+                .credentials_provider(creds)
+                .retry_config(aws_sdk_cloudwatch::config::retry::RetryConfig::disabled())
+                .build();
+            let settings = MetricsSettings {
+                namespace: "Test/Reject".into(),
+                interval: Duration::from_secs(3600),
+                cluster: "c".into(),
+                node: "n".into(),
+                backoff: Backoff {
+                    base: Duration::from_millis(50),
+                    cap: Duration::from_millis(200),
+                },
+            };
+            let (tx, rx) = watch::channel(false);
+            let task = tokio::spawn(run_metrics(
+                Client::from_conf(conf),
+                settings,
+                spool,
+                Collector::new(std::path::PathBuf::from("/")),
+                Arc::new(NoProbe),
+                status.clone(),
+                rx,
+            ));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                let m = status.snapshot().metrics;
+                if m.sent_points + m.rejected_points >= 7 && m.backlog_points == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = tx.send(true);
+            let _ = task.await;
+            status.snapshot().metrics
+        });
+        assert_eq!(
+            (got.sent_points, got.rejected_points),
+            (6, 1),
+            "metrics status {got:?}"
         );
     }
 }

@@ -275,19 +275,14 @@ impl Shipper {
                 self.pending = Some(c);
                 return Ok(());
             }
-            match self.spool.append(&c.records) {
-                Ok(()) => self.spool.commit()?,
-                Err(SpoolError::Full { .. }) => {
-                    self.status.counters.set_paused(true);
-                    tracing::warn!(
-                        "spool full; pausing log sources until CloudWatch accepts the backlog"
-                    );
-                    self.pending = Some(c);
-                    return Ok(());
-                }
-                Err(e) => return Err(e.into()),
+            if let Some(rest) = self.spool_chunk(c)? {
+                self.status.counters.set_paused(true);
+                tracing::warn!(
+                    "spool full; pausing log sources until CloudWatch accepts the backlog"
+                );
+                self.pending = Some(rest);
             }
-            self.accept_chunk(c, true)
+            Ok(())
         } else {
             self.accept_chunk(c, false)
         }
@@ -303,18 +298,35 @@ impl Shipper {
         let Some(c) = self.pending.take() else {
             return Ok(());
         };
-        match self.spool.append(&c.records) {
-            Ok(()) => {
-                self.spool.commit()?;
-                self.status.counters.set_paused(false);
-                self.accept_chunk(c, true)
-            }
-            Err(SpoolError::Full { .. }) => {
-                self.pending = Some(c);
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
+        match self.spool_chunk(c)? {
+            None => self.status.counters.set_paused(false),
+            Some(rest) => self.pending = Some(rest),
         }
+        Ok(())
+    }
+
+    /// Spools as much of `c` as the budget takes now (committed and booked) and returns what is
+    /// left of it, if anything. The journal cursor and the child acknowledgements go with the
+    /// last piece only, so nothing is acknowledged before all of it is durable. A chunk larger
+    /// than the whole budget thus goes in piece by piece as CloudWatch drains the spool, where
+    /// waiting for room for all of it would stall its source for ever.
+    fn spool_chunk(&mut self, mut c: Chunk) -> Result<Option<Chunk>, ShipperError> {
+        let n = self.spool.append_prefix(&c.records)?;
+        if n == 0 && !c.records.is_empty() {
+            return Ok(Some(c));
+        }
+        self.spool.commit()?;
+        if n == c.records.len() {
+            self.accept_chunk(c, true)?;
+            return Ok(None);
+        }
+        let rest = c.records.split_off(n);
+        let head = Chunk {
+            records: std::mem::replace(&mut c.records, rest),
+            ..Chunk::default()
+        };
+        self.accept_chunk(head, true)?;
+        Ok(Some(c))
     }
 
     /// Books a chunk that is either already in the spool (`spooled`) or goes to memory.
@@ -613,5 +625,88 @@ pub fn load_cursor(path: &std::path::Path) -> Option<Cursor> {
             tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable journal cursor; reading the journal from its start");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::record::Message;
+    use crate::telemetry::sink::Backoff;
+    use crate::telemetry::spool::SpoolBudget;
+
+    /// A chunk larger than the whole spool budget (a child that printed a burst while the
+    /// budget is small) goes through the spool in pieces instead of waiting for room that can
+    /// never be: every line arrives.
+    #[test]
+    fn a_chunk_larger_than_the_spool_is_shipped_in_pieces() {
+        let ds = hybrid_devstack::Devstack::spawn(hybrid_devstack::Config::default())
+            .expect("start devstack");
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Room for about 40 of the 200 records below.
+        let (spool, _) = Spool::open(dir.path(), SpoolBudget::new(8 << 10)).expect("open spool");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let status = StatusCell::new();
+        let shipped = rt.block_on(async {
+            let creds = aws_credential_types::Credentials::new(
+                "AKIADEVSTACKADMIN000",
+                "devstack-admin-secret-key-not-a-real-secret",
+                None,
+                None,
+                "test",
+            );
+            let conf = aws_sdk_cloudwatchlogs::config::Builder::new()
+                .behavior_version(aws_sdk_cloudwatchlogs::config::BehaviorVersion::latest())
+                .endpoint_url(&ds.url)
+                .region(aws_sdk_cloudwatchlogs::config::Region::new("us-west-2"))
+                .credentials_provider(creds)
+                .retry_config(aws_sdk_cloudwatchlogs::config::retry::RetryConfig::disabled())
+                .build();
+            let sink = Arc::new(LogsSink::new(
+                aws_sdk_cloudwatchlogs::Client::from_conf(conf),
+                "/test/group".into(),
+                "{node}/{unit}".into(),
+                "node".into(),
+                Backoff::default(),
+                status.counters.clone(),
+            ));
+            let opts = ShipperOptions {
+                flush_interval: Duration::from_millis(50),
+                mem_limit_bytes: 1 << 20,
+                durable_input: true,
+                cursor_path: None,
+            };
+            let shipper = Shipper::new(spool, sink, opts, status.clone());
+            let (tx, rx) = mpsc::channel(4);
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let task = tokio::spawn(shipper.run(rx, stop_rx));
+            let now = crate::telemetry::now_ms();
+            let records = (0..200)
+                .map(|i| Record {
+                    stream: "containerd".into(),
+                    timestamp_ms: now,
+                    message: Message::new(format!("{i:05} {}", "x".repeat(150))).expect("message"),
+                })
+                .collect();
+            tx.send(Chunk {
+                records,
+                caught_up: true,
+                ..Chunk::default()
+            })
+            .await
+            .expect("send chunk");
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline && status.counters.snapshot().shipped < 200 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = stop_tx.send(true);
+            let _ = task.await;
+            status.counters.snapshot().shipped
+        });
+        assert_eq!(shipped, 200, "lines shipped of a 200-line chunk");
     }
 }

@@ -5,7 +5,8 @@
 //! credential errors forever with capped exponential backoff and full jitter — the data waits in
 //! the queue or spool meanwhile, nothing is dropped for being late. No DescribeLogStreams, ever:
 //! a ResourceNotFoundException creates the group and the stream (already-exists is success) and
-//! the batch is replayed. A 200 is never retried: events listed in `rejectedLogEventsInfo` are
+//! the batch is replayed at once — and with the same backoff as other failures if the group or
+//! stream is still missing after that. A 200 is never retried: events listed in `rejectedLogEventsInfo` are
 //! counted and logged. A batch the service calls invalid (InvalidParameterException) cannot
 //! succeed by retrying; when the refusal is about its events it is sent again in halves down to
 //! the event at fault, and what stays refused is counted as rejected and logged rather than
@@ -211,6 +212,8 @@ impl LogsSink {
     async fn put(&self, stream: &str, events: &[Record]) -> Result<(), String> {
         let n = events.len() as u64;
         let mut attempt = 0u32;
+        // ResourceNotFound answers to this call so far.
+        let mut missing = 0u32;
         loop {
             // Built per attempt: the batch stays with the shipper (it may also go to the spool).
             let input: Vec<InputLogEvent> = events
@@ -247,11 +250,19 @@ impl LogsSink {
                 }
                 Err(e) => match classify_sdk(&e) {
                     Class::Missing => {
+                        if missing > 0 {
+                            // Still missing after a create that succeeded (deleted again, or
+                            // the service lags): back off like any failure, not a hot loop.
+                            let msg = describe(&e);
+                            self.fail(attempt, stream, &msg).await;
+                            attempt += 1;
+                        }
+                        missing += 1;
                         if let Err(msg) = self.create(stream).await {
                             self.fail(attempt, stream, &msg).await;
                             attempt += 1;
                         }
-                        // Replay at once after creating.
+                        // The first replay after creating goes at once.
                     }
                     Class::Retry => {
                         let msg = describe(&e);
@@ -507,5 +518,116 @@ mod tests {
                 .collect();
             assert_eq!(got, want);
         });
+    }
+
+    /// A stand-in CloudWatch Logs on 127.0.0.1 that creates groups and streams but answers
+    /// every PutLogEvents with ResourceNotFoundException (as a stream deleted again at once, or
+    /// a service that lags, would). Returns its URL and the count of PutLogEvents calls.
+    fn never_found_logs() -> (String, Arc<std::sync::atomic::AtomicU64>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", l.local_addr().expect("addr"));
+        let puts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let p = puts.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    let mut w = conn.try_clone().expect("clone");
+                    let mut r = BufReader::new(conn);
+                    loop {
+                        let (mut len, mut target) = (0usize, String::new());
+                        loop {
+                            let mut line = String::new();
+                            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let l = line.trim_end().to_ascii_lowercase();
+                            if l.is_empty() {
+                                break;
+                            }
+                            if let Some(v) = l.strip_prefix("content-length:") {
+                                len = v.trim().parse().unwrap_or(0);
+                            }
+                            if let Some(v) = l.strip_prefix("x-amz-target:") {
+                                target = v.trim().to_string();
+                            }
+                        }
+                        let mut body = vec![0; len];
+                        if r.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        let (status, body) = if target.ends_with("putlogevents") {
+                            p.fetch_add(1, Ordering::Relaxed);
+                            (
+                                "400 Bad Request",
+                                r#"{"__type":"ResourceNotFoundException","message":"The specified log stream does not exist."}"#,
+                            )
+                        } else {
+                            ("200 OK", "{}")
+                        };
+                        let resp = format!(
+                            "HTTP/1.1 {status}\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if w.write_all(resp.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, puts)
+    }
+
+    /// A stream that is still not found after it was created is retried with backoff (counted
+    /// as retries, the sink marked failing), not replayed in a hot loop.
+    #[test]
+    fn persistent_not_found_backs_off() {
+        use crate::telemetry::record::Message;
+        let (url, puts) = never_found_logs();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let counters = Arc::new(Counters::default());
+        let failing = rt.block_on(async {
+            let creds =
+                aws_credential_types::Credentials::new("AKIDTEST", "secret", None, None, "test");
+            let conf = aws_sdk_cloudwatchlogs::config::Builder::new()
+                .behavior_version(aws_sdk_cloudwatchlogs::config::BehaviorVersion::latest())
+                .endpoint_url(&url)
+                .region(aws_sdk_cloudwatchlogs::config::Region::new("us-west-2"))
+                .credentials_provider(creds)
+                .retry_config(aws_sdk_cloudwatchlogs::config::retry::RetryConfig::disabled())
+                .build();
+            let sink = LogsSink::new(
+                Client::from_conf(conf),
+                "/test/group".into(),
+                "{node}/{unit}".into(),
+                "node".into(),
+                Backoff {
+                    base: Duration::from_millis(100),
+                    cap: Duration::from_millis(400),
+                },
+                counters.clone(),
+            );
+            let now = crate::telemetry::now_ms();
+            let mut w = crate::telemetry::batch::WindowBuilder::new();
+            w.push(Record {
+                stream: "kubelet".into(),
+                timestamp_ms: now,
+                message: Message::new("line".into()).expect("message"),
+            });
+            let (batches, _) = w.finish(now);
+            let _ = tokio::time::timeout(Duration::from_secs(2), sink.ship(&batches[0])).await;
+            sink.failing.load(Ordering::Relaxed)
+        });
+        let n = puts.load(Ordering::Relaxed);
+        // With backoff (mean delay 50..200 ms) two seconds hold a few dozen calls at most; a
+        // hot loop makes hundreds.
+        assert!(n <= 40, "{n} PutLogEvents calls in 2 s");
+        assert!(counters.snapshot().retries >= 2, "retries counted");
+        assert!(failing, "sink marked failing");
     }
 }

@@ -9,8 +9,10 @@
 //! rename after CloudWatch accepted a window; fully acknowledged segments are deleted.
 //!
 //! Crash recovery at open: the last segment is scanned; a torn tail (short or bad record at the
-//! end) is truncated and its bytes counted. A record whose CRC fails but whose successor is valid
-//! is skipped and counted, at open or when read. A size bound shared by all spools
+//! end) is truncated and its bytes counted. Damage anywhere else — a payload or a length field —
+//! costs only the damaged record: the reader resynchronises on the next intact record (a
+//! plausible header whose CRC matches; see [`next_record`]), and counts the record and the bytes
+//! skipped. The format is unchanged, so segments of older agents resynchronise alike. A size bound shared by all spools
 //! ([`SpoolBudget`]) makes appends fail with [`SpoolError::Full`]; the caller pauses its source.
 
 use std::collections::VecDeque;
@@ -131,6 +133,8 @@ pub struct Spool {
     budget: Arc<SpoolBudget>,
     /// Corrupt records skipped since open (including those found by `open`).
     pub corrupt_records: u64,
+    /// Bytes of damaged records skipped since open.
+    pub skipped_bytes: u64,
     /// Timestamp of the oldest unacknowledged record, if known.
     oldest_ms: Option<i64>,
 }
@@ -181,6 +185,36 @@ fn frame_at(buf: &[u8]) -> Frame<'_> {
     } else {
         Frame::Ok(p)
     }
+}
+
+/// Bytes a record header and the fixed part of its payload take: what [`plausible`] looks at.
+const HEAD: usize = FRAME + 11;
+
+/// Whether `buf` could start a record: a plausible length, the payload version, a timestamp
+/// below 2^48 ms (year 10889) and a stream that fits the payload. Checked before the CRC while
+/// hunting for the next record after damage, so the hunt computes a CRC only where a record is
+/// likely (log text fails the length test: four ASCII bytes read as a length exceed
+/// [`RECORD_MAX`]).
+fn plausible(buf: &[u8]) -> bool {
+    let Some(h) = buf.get(..HEAD) else {
+        return false;
+    };
+    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+    let sl = u16::from_le_bytes([h[FRAME + 9], h[FRAME + 10]]) as usize;
+    (11..=RECORD_MAX).contains(&len)
+        && h[FRAME] == PAYLOAD_VERSION
+        && h[FRAME + 7] == 0
+        && h[FRAME + 8] == 0
+        && 11 + sl <= len
+}
+
+/// Offset in `data` of the first intact record after `from` (the start of a damaged one), if
+/// any: the reader resynchronises there. The format has no marker; the CRC is what tells a
+/// record from the bytes around it, so segments written by any version resynchronise alike.
+fn next_record(data: &[u8], from: usize) -> Option<usize> {
+    (from + 1..data.len()).find(|&o| {
+        plausible(&data[o..]) && matches!(frame_at(&data[o..]), Frame::Ok(p) if decode(p).is_some())
+    })
 }
 
 fn decode(p: &[u8]) -> Option<Record> {
@@ -236,11 +270,12 @@ impl Spool {
             while at < data.len() {
                 match frame_at(&data[at..]) {
                     Frame::Ok(p) => at += FRAME + p.len(),
-                    Frame::BadCrc(n) if matches!(frame_at(&data[at + n..]), Frame::Ok(_)) => {
-                        // Damaged in place with intact neighbours: skipped when read.
-                        at += n;
-                    }
-                    Frame::BadCrc(_) | Frame::Torn => break,
+                    Frame::BadCrc(_) | Frame::Torn => match next_record(&data, at) {
+                        // Damaged in place (a length or payload) with a good record after it:
+                        // not a torn tail. Skipped and counted when read.
+                        Some(next) => at = next,
+                        None => break,
+                    },
                 }
             }
             if (at as u64) < last.len {
@@ -282,6 +317,7 @@ impl Spool {
             ack,
             budget,
             corrupt_records: 0,
+            skipped_bytes: 0,
             oldest_ms: None,
         };
         Ok((spool, recovery))
@@ -329,6 +365,40 @@ impl Spool {
             encode(r, &mut buf);
         }
         self.budget.try_take(buf.len() as u64)?;
+        self.append_encoded(records, buf)
+    }
+
+    /// Buffers the longest prefix of `records` the budget has room for now and returns its
+    /// length (0: not even the first fits). A group larger than the whole budget goes in this
+    /// way, piece by piece as CloudWatch drains the spool, instead of waiting for room that can
+    /// never be.
+    pub fn append_prefix(&mut self, records: &[Record]) -> Result<usize, SpoolError> {
+        let room = self.budget.max.saturating_sub(self.budget.used()) as usize;
+        let mut buf = Vec::new();
+        let mut n = 0;
+        for r in records {
+            let before = buf.len();
+            encode(r, &mut buf);
+            if buf.len() > room {
+                buf.truncate(before);
+                break;
+            }
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        match self.budget.try_take(buf.len() as u64) {
+            Ok(()) => {}
+            // The other spool sharing the budget took the room meanwhile.
+            Err(SpoolError::Full { .. }) => return Ok(0),
+            Err(e) => return Err(e),
+        }
+        self.append_encoded(&records[..n], buf)?;
+        Ok(n)
+    }
+
+    fn append_encoded(&mut self, records: &[Record], buf: Vec<u8>) -> Result<(), SpoolError> {
         if self.oldest_ms.is_none() || self.is_empty() {
             self.oldest_ms = records.iter().map(|r| r.timestamp_ms).min();
         }
@@ -468,9 +538,12 @@ impl Spool {
                             }
                             i += FRAME + plen;
                         }
-                        Frame::BadCrc(len) => {
+                        Frame::BadCrc(_) => {
+                            // The length itself may be what is damaged: do not trust it.
+                            let skip = skip_damage(&f, &p, at + i as u64, s.len)?;
                             self.corrupt_records += 1;
-                            i += len;
+                            self.skipped_bytes += skip as u64;
+                            i += skip;
                         }
                         Frame::Torn if i > 0 => break,
                         Frame::Torn => {
@@ -492,9 +565,11 @@ impl Spool {
                                     continue;
                                 }
                             }
-                            // Not a record and nothing after it can be found: skip the rest.
+                            // Not a record: on to the next good one, or the segment's end.
+                            let skip = skip_damage(&f, &p, at, s.len)?;
                             self.corrupt_records += 1;
-                            i = (s.len - at) as usize;
+                            self.skipped_bytes += skip as u64;
+                            i += skip;
                             break;
                         }
                     }
@@ -556,6 +631,18 @@ impl Spool {
         .map_err(io(&ack))?;
         Ok(())
     }
+}
+
+/// How far the next intact record after a damaged one at `from` is (or the segment's end):
+/// what the reader skips. Rare (a disk or a hand damaged the file), so the rest of the segment
+/// is read at once.
+fn skip_damage(f: &File, path: &Path, from: u64, seg_len: u64) -> Result<usize, SpoolError> {
+    let mut rest = vec![0u8; seg_len.saturating_sub(from) as usize];
+    let n = read_full(f, &mut rest, from).map_err(io(path))?;
+    rest.truncate(n);
+    let skip = next_record(&rest, 0).unwrap_or(rest.len()).max(1);
+    tracing::warn!(path = %path.display(), offset = from, skipped_bytes = skip, "damaged spool record skipped; reading on from the next intact record");
+    Ok(skip)
 }
 
 fn read_full(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
@@ -650,6 +737,69 @@ mod tests {
         assert!(recovery.torn_bytes > 0);
         let (got, _) = read_up_to(&mut s, 100);
         assert_eq!(got, vec![rec(0), rec(2), rec(3)]);
+        assert_eq!(s.corrupt_records, 1);
+    }
+
+    /// Offset of record `i` among `rec(0..)` written by one append.
+    fn rec_offset(i: usize) -> usize {
+        (0..i)
+            .map(|j| FRAME + 1 + 8 + 2 + 1 + format!("line {j}").len())
+            .sum()
+    }
+
+    /// A length field damaged in place (no plausible length, or one that points into the
+    /// middle of a later record) costs only its own record: the reader finds the next good
+    /// record instead of dropping the rest of the segment.
+    #[test]
+    fn corrupt_length_resyncs_to_next_record_when_read() {
+        for bad in [0xffff_ffffu32, 3, 40] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let budget = SpoolBudget::new(1 << 20);
+            let (mut s, _) = Spool::open(dir.path(), budget).expect("open");
+            s.append(&(0..6).map(rec).collect::<Vec<_>>())
+                .expect("append");
+            s.commit().expect("commit");
+            let seg = seg_path(dir.path(), 1);
+            let mut data = std::fs::read(&seg).expect("read seg");
+            let at = rec_offset(1);
+            data[at..at + 4].copy_from_slice(&bad.to_le_bytes());
+            std::fs::write(&seg, &data).expect("write seg");
+            let (got, pos) = read_up_to(&mut s, 100);
+            assert_eq!(
+                got,
+                vec![rec(0), rec(2), rec(3), rec(4), rec(5)],
+                "length {bad:#x}"
+            );
+            assert_eq!(s.corrupt_records, 1, "length {bad:#x}");
+            assert_eq!(
+                s.skipped_bytes,
+                (rec_offset(2) - at) as u64,
+                "length {bad:#x}"
+            );
+            assert_eq!(pos, s.end_pos());
+        }
+    }
+
+    /// The repair at open does not take a damaged length in the middle of the last segment for
+    /// a torn tail: the good records after it are kept.
+    #[test]
+    fn corrupt_length_in_last_segment_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let budget = SpoolBudget::new(1 << 20);
+        let (mut s, _) = Spool::open(dir.path(), budget.clone()).expect("open");
+        s.append(&(0..6).map(rec).collect::<Vec<_>>())
+            .expect("append");
+        s.commit().expect("commit");
+        drop(s);
+        let seg = seg_path(dir.path(), 1);
+        let mut data = std::fs::read(&seg).expect("read seg");
+        let at = rec_offset(2);
+        data[at..at + 4].copy_from_slice(&0x7fff_0000u32.to_le_bytes());
+        std::fs::write(&seg, &data).expect("write seg");
+        let (mut s, recovery) = Spool::open(dir.path(), budget).expect("reopen");
+        assert_eq!(recovery.torn_bytes, 0);
+        let (got, _) = read_up_to(&mut s, 100);
+        assert_eq!(got, vec![rec(0), rec(1), rec(3), rec(4), rec(5)]);
         assert_eq!(s.corrupt_records, 1);
     }
 }

@@ -171,6 +171,9 @@ pub struct MetricsStatus {
     pub backlog_points: u64,
     pub sent_points: u64,
     pub dropped_too_old_points: u64,
+    /// Points CloudWatch refused as invalid (dropped; retrying cannot help).
+    #[serde(default)]
+    pub rejected_points: u64,
 }
 
 /// One spool's share (the journal's and the child output's spools share the bound).
