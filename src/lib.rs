@@ -22,6 +22,7 @@ pub mod join;
 pub mod logging;
 pub mod node;
 pub mod paths;
+pub mod runlock;
 pub mod state;
 pub mod supervise;
 pub mod telemetry;
