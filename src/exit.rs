@@ -41,6 +41,7 @@ exit_codes! {
     NotBuilt = 2 => "Capability not built into this version yet; nothing was changed.",
     Failure = 3 => "An operation failed (I/O, unexpected state); see the message.",
     NotJoined = 4 => "run, upgrade: this host has not joined; run `hybrid-agent join`.",
+    Locked = 5 => "Another join/leave/upgrade, or a second run, is running; nothing changed.",
     ActivationExpired = 10 => "join: the SSM activation has expired; create a new one.",
     ActivationInvalid = 11 => "join: SSM rejected the activation id/code (or its region).",
     RegistrationLimit = 12 => "join: the activation's registration limit is reached.",

@@ -24,6 +24,7 @@ pub mod node;
 pub mod output;
 pub mod paths;
 pub mod retry;
+pub mod runlock;
 pub mod state;
 pub mod supervise;
 pub mod telemetry;

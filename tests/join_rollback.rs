@@ -204,3 +204,73 @@ fn a_join_killed_half_way_is_rolled_back_by_the_next_command() {
         "recovery stopped what the killed join started"
     );
 }
+
+/// The instance id in the sandbox's registration.json.
+fn registered_instance(node: &Node) -> String {
+    let text =
+        std::fs::read_to_string(node.path("/var/lib/hybrid-agent/identity/registration.json"))
+            .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["instance_id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_failure_right_after_registration_deregisters_it_and_says_so() {
+    let (_m, ds) = fixture();
+    let node = Node::new(&ds, &create_activation(&ds));
+    // The first call after RegisterManagedInstance (the first credentials) fails once.
+    control(
+        &ds,
+        "POST",
+        "/_devstack/fail-next?service=ssm&operation=RequestManagedInstanceRoleToken&count=1",
+    );
+    // Exit 3: a server error, not one of the registration codes.
+    let run = assert_rolled_back(&ds, &node, "identity", 3, &[]);
+    assert!(
+        run.stderr
+            .contains("cannot fetch or write the first credentials"),
+        "{run:?}"
+    );
+    // Not "the registration is kept": the rollback has just deregistered it.
+    assert!(!run.stderr.contains("registration is kept"), "{run:?}");
+    assert!(run.stderr.contains("deregistered"), "{run:?}");
+}
+
+#[test]
+fn a_key_rotated_during_a_failed_join_is_not_rolled_back() {
+    let (_m, ds) = fixture();
+    let node = Node::new(&ds, &create_activation(&ds));
+    // Registration and credentials only.
+    let first = node.join(&ds, &["--skip", "install,render,start,wait"]);
+    assert_eq!(first.code, Some(0), "{first:?}");
+    let instance = registered_instance(&node);
+    let key = node.path("/var/lib/hybrid-agent/identity/instance.key");
+    let old_key = std::fs::read(&key).unwrap();
+    // The service asks for a new key at the next refresh: the join's identity phase rotates it.
+    control(
+        &ds,
+        "POST",
+        &format!("/_devstack/ssm/request-key-rotation?instance={instance}"),
+    );
+    control(
+        &ds,
+        "POST",
+        &format!("/_devstack/mirror/corrupt?path={VERSION}/{ARCH}/kubelet"),
+    );
+    let failed = node.join(&ds, &[]);
+    assert_eq!(failed.code, Some(3), "{failed:?}");
+    assert!(
+        failed.stderr.contains("join failed in the install phase"),
+        "{failed:?}"
+    );
+    assert_ne!(
+        std::fs::read(&key).unwrap(),
+        old_key,
+        "the rollback put back the key the service no longer accepts"
+    );
+    assert_eq!(registered_instance(&node), instance);
+    // The key on disk is the one the service accepts: the identity still works.
+    let again = node.join(&ds, &["--skip", "install,render,start,wait"]);
+    assert_eq!(again.code, Some(0), "{again:?}");
+    assert_eq!(managed_instances(&ds), vec![instance]);
+}

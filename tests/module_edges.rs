@@ -19,6 +19,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("cri", 0),
     ("output", 0),
     ("retry", 0),
+    ("runlock", 1),
     ("fsutil", 1),
     ("config", 1),
     ("aws", 2),

@@ -2,7 +2,9 @@
 //!
 //! Faults are matched per service and operation: an error rate, added latency, a throttling
 //! rate, a full outage window (connections are accepted and dropped at once, which a client sees
-//! as a reset, as when a link is down) and a clock offset.
+//! as a reset, as when a link is down), a clock offset, and "fail the next N calls" of one
+//! operation (deterministic, for a failure at an exact step such as the first call after
+//! RegisterManagedInstance).
 
 use std::time::{Duration, Instant};
 
@@ -49,9 +51,34 @@ pub struct Faults {
     pub outage_until: Option<Instant>,
     /// Seconds added to the devstack's clock (negative: behind the host).
     pub clock_offset_secs: i64,
+    /// The next calls of an operation that fail with a 500, whatever the rules say.
+    pub fail_next: Vec<FailNext>,
+}
+
+/// `POST /_devstack/fail-next`: the next `remaining` calls of one operation fail.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FailNext {
+    pub service: String,
+    pub operation: String,
+    pub remaining: u32,
 }
 
 impl Faults {
+    /// Counts one call down against a matching [`FailNext`]; the error to answer with when it
+    /// fires.
+    pub fn take_fail_next(&mut self, service: &str, op: &str) -> Option<ApiError> {
+        let hit = self.fail_next.iter_mut().find(|f| {
+            f.remaining > 0
+                && f.service.eq_ignore_ascii_case(service)
+                && f.operation.eq_ignore_ascii_case(op)
+        })?;
+        hit.remaining -= 1;
+        self.fail_next.retain(|f| f.remaining > 0);
+        Some(ApiError::internal(format!(
+            "injected fault: fail-next {service}/{op}"
+        )))
+    }
+
     pub fn latency_for(&self, service: &str, op: &str) -> Option<Duration> {
         let ms: u64 = self
             .rules
@@ -112,6 +139,7 @@ impl FaultsDoc {
             outage_until: (self.outage_secs > 0.0)
                 .then(|| Instant::now() + Duration::from_secs_f64(self.outage_secs)),
             clock_offset_secs: self.clock_offset_secs,
+            fail_next: Vec::new(),
         }
     }
 }
@@ -121,6 +149,8 @@ impl FaultsDoc {
 /// - `GET /_devstack/faults`, `PUT /_devstack/faults` (JSON [`FaultsDoc`]) → current settings
 /// - `POST /_devstack/outage?secs=N` → drop every connection for N seconds (0 ends it)
 /// - `POST /_devstack/clock?offset_secs=N`
+/// - `POST /_devstack/fail-next?service=S&operation=Op&count=N` → the next N calls of that
+///   operation answer 500 InternalServerError (a `PUT /_devstack/faults` clears it)
 /// - `GET /_devstack/counters` → JSON map `service/Operation` → calls; `DELETE` resets
 /// - `PUT /_devstack/ssm/token-expiration` (body: any JSON value) → every
 ///   RequestManagedInstanceRoleToken answers `TokenExpirationDate` with that value verbatim;
@@ -173,6 +203,26 @@ pub async fn handle(state: &Shared, op: &str, req: &Req) -> axum::response::Resp
             _ => ApiError::bad_request("InvalidParameter", "clock needs ?offset_secs=N")
                 .render(Protocol::Plain),
         },
+        (Method::POST, "fail-next") => {
+            let count = qf("count").map(|c| c.parse::<u32>());
+            match (qf("service"), qf("operation"), count) {
+                (Some(service), Some(operation), Some(Ok(remaining))) => {
+                    state.faults_mut().fail_next.push(FailNext {
+                        service: service.clone(),
+                        operation: operation.clone(),
+                        remaining,
+                    });
+                    json(serde_json::json!({
+                        "service": service, "operation": operation, "count": remaining
+                    }))
+                }
+                _ => ApiError::bad_request(
+                    "InvalidParameter",
+                    "fail-next needs ?service=S&operation=Op&count=N",
+                )
+                .render(Protocol::Plain),
+            }
+        }
         (Method::GET, "counters") => {
             json(serde_json::to_value(state.counters()).unwrap_or_default())
         }

@@ -307,6 +307,16 @@ async fn answer(state: &Shared, request: Request<Body>) -> Response {
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
+        // Read first: the write lock is taken only while a fail-next is armed.
+        let armed = !state.faults().fail_next.is_empty();
+        let fail_next = if armed {
+            state.faults_mut().take_fail_next(service.name(), &op)
+        } else {
+            None
+        };
+        if let Some(err) = fail_next {
+            return err.render(service.protocol());
+        }
         if let Some(err) = state
             .faults()
             .injected_error(service.name(), &op, service.protocol())

@@ -128,6 +128,12 @@ pub(super) fn run(args: &JoinArgs, ctx: &mut Context<'_>) -> Result<(), CliError
         },
         progress: Progress::auto(),
     };
+    // A dry run changes nothing and may look at a host another run is changing.
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(super::lock(ctx, crate::runlock::LockKind::Admin, "join")?)
+    };
     let rt = super::install::runtime("join")?;
     let report = rt.block_on(crate::join::join(&ctx.paths, &config, &opts))?;
     let mut text = String::new();

@@ -49,6 +49,7 @@ pub struct LeaveArgs {
 
 pub(super) fn run(args: &LeaveArgs, ctx: &mut Context<'_>) -> Result<(), CliError> {
     let agent = config::load_agent(ctx.load_context())?.agent;
+    let _lock = super::lock(ctx, crate::runlock::LockKind::Admin, "leave")?;
     let rt = super::install::runtime("leave")?;
     let report = rt.block_on(crate::join::leave::leave(
         &ctx.paths,

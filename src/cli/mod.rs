@@ -194,6 +194,15 @@ pub enum CliError {
     /// `credential-process` could not get credentials.
     #[error("credential-process: {0}")]
     CredentialProcess(String),
+    /// Another run holds the lock this command needs (or the lock could not be taken).
+    #[error("{command}: {source}")]
+    Locked {
+        /// Subcommand name.
+        command: &'static str,
+        /// Who holds it.
+        #[source]
+        source: crate::runlock::LockError,
+    },
     /// The async runtime could not be created.
     #[error("{command}: cannot start the async runtime: {source}")]
     Runtime {
@@ -225,6 +234,16 @@ impl From<crate::daemon::DaemonError> for CliError {
     }
 }
 
+/// Takes the run lock `kind` for `command` (see [`crate::runlock`]).
+fn lock(
+    ctx: &Context<'_>,
+    kind: crate::runlock::LockKind,
+    command: &'static str,
+) -> Result<crate::runlock::RunLock, CliError> {
+    crate::runlock::RunLock::acquire(&ctx.paths, kind, command)
+        .map_err(|source| CliError::Locked { command, source })
+}
+
 impl CliError {
     /// The exit code for this error (src/exit.rs).
     pub fn exit_code(&self) -> ExitCode {
@@ -251,7 +270,12 @@ impl CliError {
             {
                 ExitCode::NotJoined
             }
+            CliError::Locked {
+                source: crate::runlock::LockError::Held { .. },
+                ..
+            } => ExitCode::Locked,
             CliError::Output { .. }
+            | CliError::Locked { .. }
             | CliError::Render { .. }
             | CliError::Daemon(_)
             | CliError::Status(_)

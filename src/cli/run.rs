@@ -32,6 +32,8 @@ pub struct RunArgs {}
 
 pub(super) fn run(_args: &RunArgs, ctx: &mut Context<'_>) -> Result<(), CliError> {
     let agent = config::load_agent(ctx.load_context())?;
+    // Two daemons would share the spool, the cursors and the pid files.
+    let _lock = super::lock(ctx, crate::runlock::LockKind::Daemon, "run")?;
     crate::daemon::start(&ctx.paths, &agent.agent)?;
     Ok(())
 }

@@ -48,6 +48,7 @@ pub(super) fn run(args: &UpgradeArgs, ctx: &mut Context<'_>) -> Result<(), CliEr
         wait_timeout: args.wait_timeout,
         progress: Progress::auto(),
     };
+    let _lock = super::lock(ctx, crate::runlock::LockKind::Admin, "upgrade")?;
     let rt = super::install::runtime("upgrade")?;
     let report = rt.block_on(crate::join::upgrade::upgrade(&ctx.paths, &agent, &opts))?;
     let mut text = String::new();

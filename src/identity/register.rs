@@ -1,12 +1,15 @@
 //! SSM hybrid registration: the `identity` phase of `hybrid-agent join` for SSM activations.
 //!
 //! A registered host reuses its identity when `join` runs again; `--reregister` makes a fresh
-//! one on purpose. Nothing is written before the service accepted the registration, so a failed
-//! registration (expired activation, wrong code, network) leaves the host as it was. After
-//! success the files are written in an order that survives a crash at any point: the new key as
-//! `instance.key.new`, the fingerprint, `registration.json` (the commit point), then the key is
-//! promoted. A crash before the promotion leaves a pending key that the first credential
-//! refresh resolves by asking the service ([`crate::identity::ssm_source`]).
+//! one on purpose. The new key is saved (as `instance.key.new`, with the fingerprint) *before*
+//! RegisterManagedInstance, so there is no moment in which the service accepts a key the disk
+//! does not hold; a registration that fails removes them again, leaving the host as it was.
+//! Right after the service accepted, the caller is told the instance id ([`ensure_registered`]'s
+//! `on_registered`, which `join` notes in its journal) before anything else can fail, so an
+//! undo always knows what to deregister and has the key to do it with. Then `registration.json`
+//! (the commit point) is written and the key promoted. A crash before the promotion leaves a
+//! pending key that the first credential refresh resolves by asking the service
+//! ([`crate::identity::ssm_source`]).
 
 use std::time::{Duration, SystemTime};
 
@@ -71,6 +74,17 @@ pub enum RegisterError {
     },
     #[error("the existing registration cannot be used: {0}")]
     Existing(StoreError),
+    #[error(
+        "cannot save the new instance key before registering: {0}. Nothing was registered; fix the problem and run `hybrid-agent join` again."
+    )]
+    Prepare(StoreError),
+    #[error(
+        "instance {instance_id} was registered with SSM but could not be recorded for undoing: {message}. Deregister it (`aws ssm deregister-managed-instance --instance-id {instance_id}`), fix the problem and run `hybrid-agent join` again."
+    )]
+    Record {
+        instance_id: String,
+        message: String,
+    },
 }
 
 /// What `join`'s identity phase found or did.
@@ -90,12 +104,18 @@ impl RegisterOutcome {
     }
 }
 
+/// Called with a fresh registration as soon as the service accepted it, before anything else
+/// can fail: `join` notes the instance id in its journal here. An error is reported as
+/// [`RegisterError::Record`].
+pub type OnRegistered<'a> = dyn FnMut(&Registration) -> Result<(), String> + 'a;
+
 /// Registers this host unless it already is (or `reregister` asks for a fresh identity).
 pub async fn ensure_registered(
     client: &SsmClient,
     store: &IdentityStore,
     activation: &Activation,
     reregister: bool,
+    on_registered: &mut OnRegistered<'_>,
 ) -> Result<RegisterOutcome, RegisterError> {
     if !reregister
         && let Some(existing) = store.load_registration().map_err(RegisterError::Existing)?
@@ -138,9 +158,26 @@ pub async fn ensure_registered(
     let key = InstanceKey::generate()?;
     let region = client.region().to_string();
 
-    let instance_id = register_with_retries(client, activation, &key, &fingerprint)
-        .await
-        .map_err(|e| classify(e, activation, &region))?;
+    // Saved before the service can accept them: a crash after RegisterManagedInstance must not
+    // lose the only key the new instance answers to.
+    let prepare = || -> Result<(), StoreError> {
+        store.save_pending_key(&key)?;
+        if stored_fingerprint.is_none() {
+            store.save_fingerprint(&fingerprint)?;
+        }
+        Ok(())
+    };
+    if let Err(e) = prepare() {
+        unprepare(store, stored_fingerprint.is_none());
+        return Err(RegisterError::Prepare(e));
+    }
+    let instance_id = match register_with_retries(client, activation, &key, &fingerprint).await {
+        Ok(id) => id,
+        Err(e) => {
+            unprepare(store, stored_fingerprint.is_none());
+            return Err(classify(e, activation, &region));
+        }
+    };
     tracing::info!(%instance_id, key = %key.public_key_id(), "registered with SSM");
 
     let now = SystemTime::now();
@@ -151,11 +188,11 @@ pub async fn ensure_registered(
         registered_at: now,
         key_created_at: now,
     };
+    on_registered(&registration).map_err(|message| RegisterError::Record {
+        instance_id: instance_id.clone(),
+        message,
+    })?;
     let persist = || -> Result<(), StoreError> {
-        store.save_pending_key(&key)?;
-        if stored_fingerprint.is_none() {
-            store.save_fingerprint(&fingerprint)?;
-        }
         store.save_registration(&registration)?;
         store.promote_pending_key()?;
         Ok(())
@@ -165,6 +202,17 @@ pub async fn ensure_registered(
         source,
     })?;
     Ok(RegisterOutcome::Registered(registration))
+}
+
+/// Removes what was saved before a registration that did not happen (best effort: a leftover
+/// pending key is resolved by the next refresh, a fingerprint is reused by the next join).
+fn unprepare(store: &IdentityStore, fingerprint_is_new: bool) {
+    if let Err(e) = store.discard_pending_key() {
+        tracing::warn!("cannot remove the unused instance key: {e}");
+    }
+    if fingerprint_is_new && let Err(e) = store.remove_fingerprint() {
+        tracing::warn!("cannot remove the unused fingerprint: {e}");
+    }
 }
 
 async fn register_with_retries(

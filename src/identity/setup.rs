@@ -22,7 +22,7 @@ use crate::identity::aws_config::{self, CredentialProcess};
 use crate::identity::clock::{Clock, SkewedClock, SystemClock};
 use crate::identity::credfile::CredentialsTarget;
 use crate::identity::iam_ra::{DEFAULT_SESSION_DURATION, IamRaError, IamRaSettings, IamRaSource};
-use crate::identity::register::{self, Activation, RegisterError, RegisterOutcome};
+use crate::identity::register::{self, Activation, OnRegistered, RegisterError, RegisterOutcome};
 use crate::identity::rotation::{RefreshError, RotationSettings, Rotator, Source};
 use crate::identity::schedule::RandomJitter;
 use crate::identity::ssm::{SsmClient, SsmError};
@@ -98,16 +98,23 @@ pub enum JoinError {
     Setup(#[from] SetupError),
     #[error(transparent)]
     Register(#[from] RegisterError),
-    #[error("cannot fetch or write the first credentials: {source}. {}", first_refresh_next_step(.source))]
-    FirstRefresh { source: RefreshError },
+    #[error("cannot fetch or write the first credentials: {source}. {}", first_refresh_next_step(.source, .registered.as_deref()))]
+    FirstRefresh {
+        source: RefreshError,
+        /// The instance id when this run registered it (the undo deregisters it).
+        registered: Option<String>,
+    },
 }
 
 /// What a failed first refresh left behind, in the words the operator needs.
-fn first_refresh_next_step(e: &RefreshError) -> &'static str {
-    match e {
-        RefreshError::IamRa(_) => "Nothing was written to this host",
-        _ => {
-            "The SSM registration is kept; run `hybrid-agent join` again to retry (it reuses the registration)"
+fn first_refresh_next_step(e: &RefreshError, registered: Option<&str>) -> String {
+    match (e, registered) {
+        (RefreshError::IamRa(_), _) => "Nothing was written to this host".to_owned(),
+        (_, Some(id)) => format!(
+            "The registration {id} made by this run is undone with the rest of it (deregistered); run `hybrid-agent join` again to retry"
+        ),
+        (_, None) => {
+            "The SSM registration is kept; run `hybrid-agent join` again to retry (it reuses the registration)".to_owned()
         }
     }
 }
@@ -127,15 +134,19 @@ impl JoinError {
             },
             JoinError::FirstRefresh {
                 source: RefreshError::IamRa(IamRaError::Network { .. }),
+                ..
             }
             | JoinError::FirstRefresh {
                 source: RefreshError::Ssm(SsmSourceError::Ssm(SsmError::Network { .. })),
+                ..
             } => ExitCode::RegistrationNetwork,
             JoinError::FirstRefresh {
                 source: RefreshError::IamRa(IamRaError::Tls { .. }),
+                ..
             }
             | JoinError::FirstRefresh {
                 source: RefreshError::Ssm(SsmSourceError::Ssm(SsmError::Tls { .. })),
+                ..
             } => ExitCode::RegistrationTls,
             _ => ExitCode::Failure,
         }
@@ -336,14 +347,58 @@ impl<'a> IdentityEnv<'a> {
         ))
     }
 
+    /// Role credentials for `instance_id`, fetched with the key on disk (the pending key first:
+    /// a run stopped between registering and promoting it has only that one). For undoing a
+    /// fresh registration when no credentials were written (the first refresh failed).
+    pub async fn instance_credentials(
+        &self,
+        region: &Region,
+        instance_id: &str,
+    ) -> Result<TemporaryCredentials, SetupError> {
+        let store = self.store();
+        let fingerprint = store
+            .load_fingerprint()?
+            .ok_or_else(|| StoreError::Corrupt {
+                path: store.fingerprint_path(),
+                reason: "missing".into(),
+            })?;
+        let clock = Arc::new(SkewedClock::new(self.host_clock.clone()));
+        let client = self.ssm_client(region, clock)?;
+        let mut keys = Vec::new();
+        keys.extend(store.load_pending_key()?);
+        if store.key_path().exists() {
+            keys.push(store.load_key()?);
+        }
+        let mut last = None;
+        for key in keys {
+            match client
+                .request_role_token(instance_id, &key, &fingerprint)
+                .await
+            {
+                Ok(token) => return Ok(token.credentials),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(match last {
+            Some(e) => e.into(),
+            None => StoreError::Corrupt {
+                path: store.key_path(),
+                reason: "missing".into(),
+            }
+            .into(),
+        })
+    }
+
     /// The identity phase of `join`: register (SSM) or check the certificate (IAM Roles
     /// Anywhere), record the provider for `run`, fetch the first credentials and write them.
+    /// `on_registered` hears of a fresh SSM registration as soon as the service accepted it.
     pub async fn join(
         &self,
         provider: &Provider,
         region: &Region,
         enable_credentials_file: bool,
         reregister: bool,
+        on_registered: &mut OnRegistered<'_>,
     ) -> Result<JoinOutcome, JoinError> {
         let record = match provider {
             Provider::Ssm {
@@ -356,9 +411,14 @@ impl<'a> IdentityEnv<'a> {
                     id: activation_id.clone(),
                     code: activation_code.clone(),
                 };
-                let outcome =
-                    register::ensure_registered(&client, &self.store(), &activation, reregister)
-                        .await?;
+                let outcome = register::ensure_registered(
+                    &client,
+                    &self.store(),
+                    &activation,
+                    reregister,
+                    on_registered,
+                )
+                .await?;
                 (
                     ProviderConfig {
                         provider: ProviderKind::Ssm,
@@ -402,7 +462,13 @@ impl<'a> IdentityEnv<'a> {
         let creds = rotator
             .refresh_once()
             .await
-            .map_err(|source| JoinError::FirstRefresh { source })?;
+            .map_err(|source| JoinError::FirstRefresh {
+                source,
+                registered: match &registration {
+                    Some(RegisterOutcome::Registered(r)) => Some(r.instance_id.clone()),
+                    _ => None,
+                },
+            })?;
         self.save_provider(&record)?;
         let files: Vec<PathBuf> = self
             .targets(record.enable_credentials_file)

@@ -162,6 +162,12 @@ impl IdentityStore {
         Ok(())
     }
 
+    /// Removes the fingerprint (only one that was never registered with).
+    pub fn remove_fingerprint(&self) -> Result<(), StoreError> {
+        let path = self.fingerprint_path();
+        atomic::remove_durably(&path).map_err(|source| StoreError::Remove { path, source })
+    }
+
     pub fn load_registration(&self) -> Result<Option<Registration>, StoreError> {
         load_json(&self.registration_path())
     }

@@ -88,9 +88,28 @@ pub fn credentials_in(target: &CredentialsTarget) -> Result<Credentials, CloudEr
     ))
 }
 
+/// The SDK's form of credentials fetched in-process (not read from a file).
+pub fn sdk_credentials(creds: &crate::identity::TemporaryCredentials) -> Credentials {
+    Credentials::new(
+        creds.access_key_id.clone(),
+        creds.secret_access_key.expose().to_owned(),
+        Some(creds.session_token.expose().to_owned()),
+        Some(creds.expiration),
+        PROVIDER_NAME,
+    )
+}
+
 /// SDK configuration with the credentials from the agent's shared credentials file.
 pub fn sdk(agent: &AgentConfig, region: &Region) -> Result<aws_config::SdkConfig, CloudError> {
-    let creds = credentials(agent)?;
+    sdk_with(agent, region, credentials(agent)?)
+}
+
+/// SDK configuration with `creds`.
+fn sdk_with(
+    agent: &AgentConfig,
+    region: &Region,
+    creds: Credentials,
+) -> Result<aws_config::SdkConfig, CloudError> {
     let http = crate::aws::sdk_http_client(&agent.network)
         .map_err(|e| CloudError::Network(e.to_string()))?;
     Ok(sdk_config(
@@ -108,7 +127,17 @@ fn service_sdk(
     region: &Region,
     service: Service,
 ) -> Result<(aws_config::SdkConfig, String), CloudError> {
-    let conf = sdk(agent, region)?;
+    service_sdk_with(agent, region, service, credentials(agent)?)
+}
+
+/// [`service_sdk`] with `creds`.
+fn service_sdk_with(
+    agent: &AgentConfig,
+    region: &Region,
+    service: Service,
+    creds: Credentials,
+) -> Result<(aws_config::SdkConfig, String), CloudError> {
+    let conf = sdk_with(agent, region, creds)?;
     let url = agent
         .endpoints
         .url(service, region)
@@ -140,7 +169,17 @@ pub async fn deregister(
     region: &Region,
     instance_id: &str,
 ) -> Result<(), CloudError> {
-    let (conf, url) = service_sdk(agent, region, Service::Ssm)?;
+    deregister_with(agent, region, instance_id, credentials(agent)?).await
+}
+
+/// [`deregister`] with `creds` instead of the shared credentials file's.
+pub async fn deregister_with(
+    agent: &AgentConfig,
+    region: &Region,
+    instance_id: &str,
+    creds: Credentials,
+) -> Result<(), CloudError> {
+    let (conf, url) = service_sdk_with(agent, region, Service::Ssm, creds)?;
     let b = aws_sdk_ssm::config::Builder::from(&conf)
         .endpoint_url(url)
         // This loop owns the retries (one owner per retry loop).

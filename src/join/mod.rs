@@ -29,7 +29,8 @@ use std::time::Duration;
 use crate::config::{AgentConfig, Config, Provider, Region};
 use crate::exit::ExitCode;
 use crate::identity::register::RegisterOutcome;
-use crate::identity::setup::{IdentityEnv, JoinError as IdentityError};
+use crate::identity::setup::{IdentityEnv, JoinError as IdentityError, PROVIDER_FILE};
+use crate::identity::store::{CREDENTIALS_STATE_FILE, Registration};
 use crate::install::checksum::Sha256;
 use crate::install::download::FetchSettings;
 use crate::install::manifest;
@@ -399,9 +400,9 @@ pub async fn recover(paths: &HostPaths, agent: &AgentConfig) -> Result<Option<St
                 region,
             } => {
                 if let Ok(region) = Region::parse(&region)
-                    && let Err(e) = cloud::deregister(agent, &region, &instance_id).await
+                    && let Err(e) = undo_registration(paths, agent, &region, &instance_id).await
                 {
-                    problems.push(e.to_string());
+                    problems.push(e);
                 }
             }
             // Kernel settings, swap and firewall rules stay (nodeadm never reverts them); a
@@ -422,6 +423,35 @@ pub async fn recover(paths: &HostPaths, agent: &AgentConfig) -> Result<Option<St
             "an interrupted earlier run could not be rolled back completely: {}",
             problems.join("; ")
         )))
+    }
+}
+
+/// Deregisters an SSM instance this run (or a killed one) registered. When the credentials on
+/// disk are missing or refused (the first refresh failed, or never ran), role credentials are
+/// fetched with the instance's own key, which was saved before the service accepted it.
+async fn undo_registration(
+    paths: &HostPaths,
+    agent: &AgentConfig,
+    region: &Region,
+    instance_id: &str,
+) -> Result<(), String> {
+    match cloud::deregister(agent, region, instance_id).await {
+        Ok(()) => Ok(()),
+        Err(CloudError::Credentials { .. } | CloudError::Deregister { auth: true, .. }) => {
+            let env = IdentityEnv::new(paths, agent);
+            let creds = env
+                .instance_credentials(region, instance_id)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "instance {instance_id} registered by this run could not be deregistered: no usable credentials ({e}); deregister it by hand (`aws ssm deregister-managed-instance --instance-id {instance_id}`)"
+                    )
+                })?;
+            cloud::deregister_with(agent, region, instance_id, cloud::sdk_credentials(&creds))
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -887,7 +917,19 @@ impl Run<'_> {
         // The identity module writes its own files; record what they were so a rollback can
         // put them back.
         let store_dir = env.store().dir().to_path_buf();
-        if let Some(h) = host_path(self.paths, &store_dir) {
+        let reusing = matches!(node.provider, Provider::Ssm { .. })
+            && !self.opts.reregister
+            && env.store().load_registration().ok().flatten().is_some();
+        if reusing {
+            // The identity stays the host's: a key rotated during this run (UpdateKeyPair) is
+            // the only one the service still accepts, so a rollback must not put the old key
+            // (or its registration.json) back. Only what this run adds is restored.
+            for file in [PROVIDER_FILE, CREDENTIALS_STATE_FILE] {
+                if let Some(h) = host_path(self.paths, &store_dir.join(file)) {
+                    self.txn.protect(&h)?;
+                }
+            }
+        } else if let Some(h) = host_path(self.paths, &store_dir) {
             self.txn.protect_tree(&h)?;
         }
         let written = env
@@ -904,25 +946,36 @@ impl Run<'_> {
                 )),
             }
         }
+        let region = self.region().clone();
+        let reregister = self.opts.reregister;
+        // Noted the moment the service accepted the registration, before anything else can
+        // fail: a failure (or a kill) from here on deregisters it.
+        let txn = &mut self.txn;
+        let compensations = &mut self.compensations;
+        let mut on_registered = |reg: &Registration| -> Result<(), String> {
+            let region = Region::parse(&reg.region).unwrap_or_else(|_| region.clone());
+            txn.note(Note::Registered {
+                instance_id: reg.instance_id.clone(),
+                region: region.as_str().to_owned(),
+            })
+            .map_err(|e| e.to_string())?;
+            compensations.push(Compensation::Deregister {
+                instance_id: reg.instance_id.clone(),
+                region,
+            });
+            Ok(())
+        };
         let out = env
             .join(
                 &node.provider,
-                self.region(),
+                &region,
                 node.enable_credentials_file,
-                self.opts.reregister,
+                reregister,
+                &mut on_registered,
             )
             .await?;
         let (how, name) = match &out.registration {
             Some(RegisterOutcome::Registered(reg)) => {
-                let region = Region::parse(&reg.region).unwrap_or_else(|_| self.region().clone());
-                self.txn.note(Note::Registered {
-                    instance_id: reg.instance_id.clone(),
-                    region: region.as_str().to_owned(),
-                })?;
-                self.compensations.push(Compensation::Deregister {
-                    instance_id: reg.instance_id.clone(),
-                    region,
-                });
                 self.instance_id = Some(reg.instance_id.clone());
                 ("registered as", reg.instance_id.clone())
             }
@@ -1495,9 +1548,10 @@ impl Run<'_> {
                     region,
                 } => {
                     if let Err(e) =
-                        cloud::deregister(&self.config.agent, &region, &instance_id).await
+                        undo_registration(self.paths, &self.config.agent, &region, &instance_id)
+                            .await
                     {
-                        problems.push(e.to_string());
+                        problems.push(e);
                     }
                 }
             }

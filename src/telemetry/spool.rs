@@ -163,7 +163,7 @@ fn encode(r: &Record, out: &mut Vec<u8>) {
 enum Frame<'a> {
     Ok(&'a [u8]),
     /// Length plausible and complete, CRC wrong.
-    BadCrc(usize),
+    BadCrc,
     /// Not enough bytes or an implausible length.
     Torn,
 }
@@ -181,7 +181,7 @@ fn frame_at(buf: &[u8]) -> Frame<'_> {
         return Frame::Torn;
     };
     if crc32fast::hash(p) != crc {
-        Frame::BadCrc(FRAME + len)
+        Frame::BadCrc
     } else {
         Frame::Ok(p)
     }
@@ -270,7 +270,7 @@ impl Spool {
             while at < data.len() {
                 match frame_at(&data[at..]) {
                     Frame::Ok(p) => at += FRAME + p.len(),
-                    Frame::BadCrc(_) | Frame::Torn => match next_record(&data, at) {
+                    Frame::BadCrc | Frame::Torn => match next_record(&data, at) {
                         // Damaged in place (a length or payload) with a good record after it:
                         // not a torn tail. Skipped and counted when read.
                         Some(next) => at = next,
@@ -538,7 +538,7 @@ impl Spool {
                             }
                             i += FRAME + plen;
                         }
-                        Frame::BadCrc(_) => {
+                        Frame::BadCrc => {
                             // The length itself may be what is damaged: do not trust it.
                             let skip = skip_damage(&f, &p, at + i as u64, s.len)?;
                             self.corrupt_records += 1;
