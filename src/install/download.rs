@@ -612,8 +612,16 @@ async fn send(
     let resp = match req.send().await {
         Ok(resp) => resp,
         Err(e) => {
-            let refused =
-                std::error::Error::source(&e).and_then(|s| s.downcast_ref::<RedirectRefused>());
+            // reqwest may wrap its redirect error in another: look through the whole chain.
+            let mut refused = None;
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                if let Some(r) = s.downcast_ref::<RedirectRefused>() {
+                    refused = Some(r);
+                    break;
+                }
+                src = s.source();
+            }
             if let Some(r) = refused {
                 return Err(FetchError::Redirect {
                     url: shown_url(url),
