@@ -446,6 +446,71 @@ fn endpoint_environment_wins_over_file_and_specific_over_global() {
 }
 
 #[test]
+fn plain_http_endpoint_off_loopback_is_refused_unless_allowed() {
+    let sb = Sandbox::new();
+    let node = ["config", "check", "--config-source"];
+    let fixture = source(&fixture("nodeconfig-ssm.yaml"));
+    let mut args: Vec<&str> = node.to_vec();
+    args.push(&fixture);
+
+    // Off loopback: the activation code and credentials would cross the network in cleartext.
+    let run = sb.run_env(
+        &args,
+        &[("AWS_ENDPOINT_URL_SSM", "http://10.20.30.40:4566")],
+    );
+    let found = problems(&run);
+    assert_eq!(found.len(), 1, "{run:?}");
+    assert!(
+        found[0].starts_with("environment variable AWS_ENDPOINT_URL_SSM: ")
+            && found[0].contains("http://10.20.30.40:4566")
+            && found[0].contains("allow_insecure_endpoints"),
+        "{run:?}"
+    );
+    let path = sb.write(
+        "agent.toml",
+        "[endpoints]\nrolesanywhere = \"http://ra.example.internal:8080\"\n",
+    );
+    let mut with_file = vec!["--config", path.to_str().expect("utf-8 path")];
+    with_file.extend_from_slice(&args);
+    let run = sb.run(&with_file);
+    let found = problems(&run);
+    assert_eq!(found.len(), 1, "{run:?}");
+    assert!(found[0].contains("endpoints.rolesanywhere"), "{run:?}");
+
+    // The explicit opt-in accepts them, with a warning naming each one.
+    let path = sb.write(
+        "agent.toml",
+        "[endpoints]\nallow_insecure_endpoints = true\nrolesanywhere = \"http://ra.example.internal:8080\"\n",
+    );
+    let run = sb.run_env(
+        &with_file,
+        &[("AWS_ENDPOINT_URL_SSM", "http://10.20.30.40:4566")],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    for shown in [
+        "http://10.20.30.40:4566/",
+        "http://ra.example.internal:8080/",
+    ] {
+        assert!(
+            run.stderr
+                .lines()
+                .any(|l| l.contains("WARN") && l.contains(shown) && l.contains("plain HTTP")),
+            "no warning for {shown}: {run:?}"
+        );
+    }
+
+    // Loopback stays allowed (local stand-ins), still with a warning.
+    let run = sb.run_env(&args, &[("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("http://127.0.0.1:4566/")),
+        "{run:?}"
+    );
+}
+
+#[test]
 fn malformed_endpoint_variable_is_named() {
     let sb = Sandbox::new();
     let run = sb.run_env(
@@ -633,10 +698,32 @@ fn flags_override_file_values_and_problems_name_the_flag() {
     assert_eq!(found.len(), 1, "{run:?}");
     assert!(
         found[0].starts_with(
-            "flag --activation-id: spec.hybrid.ssm.activationId: `bad-id` is not a UUID"
+            "flag --activation-id: spec.hybrid.ssm.activationId: the value given (6 characters) is not a UUID"
         ),
         "{run:?}"
     );
+}
+
+#[test]
+fn activation_code_given_as_the_activation_id_is_never_printed() {
+    // A code pasted into the id's place is rejected without echoing it (the sandbox checks
+    // every output for FIXTURE_CODE).
+    let sb = Sandbox::new();
+    let path = sb.write("node.yaml", &ssm_yaml(CLUSTER, FIXTURE_CODE, FIXTURE_CODE));
+    let run = sb.run(&["config", "check", "-c", &source(&path)]);
+    let found = problems(&run);
+    assert_eq!(found.len(), 1, "{run:?}");
+    assert!(found[0].contains("is not a UUID"), "{run:?}");
+    let path = sb.write("node.yaml", &ssm_yaml(CLUSTER, ACTIVATION_ID, FIXTURE_CODE));
+    let run = sb.run(&[
+        "config",
+        "check",
+        "-c",
+        &source(&path),
+        "--activation-id",
+        FIXTURE_CODE,
+    ]);
+    assert_eq!(problems(&run).len(), 1, "{run:?}");
 }
 
 #[test]

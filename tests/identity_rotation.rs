@@ -327,7 +327,7 @@ fn sdk_clients_follow_rotation_in_process() {
     let env: Env = [("AWS_ENDPOINT_URL", ds.url.as_str())]
         .into_iter()
         .collect();
-    agent.endpoints = Endpoints::resolve(&Default::default(), &env).expect("endpoints");
+    agent.endpoints = Endpoints::resolve(&Default::default(), &env, false).expect("endpoints");
     let identity = hybrid_agent::identity::setup::IdentityEnv::new(&paths, &agent);
     let rotator = identity.rotator().expect("rotator");
     let provider = RotatingCredentials::new(rotator.credentials()).shared();

@@ -113,3 +113,54 @@ fn install_from_the_mirror_then_offline_from_a_bundle() {
         "the bundle installs the same files"
     );
 }
+
+#[test]
+fn a_mirror_password_reaches_neither_errors_nor_the_tracker() {
+    const PASSWORD: &str = "Mirr0rHunter2";
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = dir.path().join("mirror");
+    write_release(&mirror, &ReleaseSpec::random(VERSION, 256 << 10));
+    let ds = devstack(&mirror);
+    let with_password = |path: &str| {
+        ds.url
+            .replacen("http://", &format!("http://reader:{PASSWORD}@"), 1)
+            + path
+    };
+
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    distro_containerd(&root);
+    let url = with_password("/mirror/");
+    let args = [
+        "install",
+        "1.31",
+        "--mirror",
+        &url,
+        "--allow-insecure-mirror",
+    ];
+    let run = agent(&root, &args);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(!format!("{run:?}").contains(PASSWORD), "{run:?}");
+    let tracker = std::fs::read_to_string(root.join("var/lib/hybrid-agent/tracker.json")).unwrap();
+    assert!(!tracker.contains(PASSWORD), "{tracker}");
+    assert!(tracker.contains("reader:***@"), "{tracker}");
+
+    // A mirror without the release: the error names the URL, without the password.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    distro_containerd(&other);
+    let url = with_password("/mirror/nothing-here/");
+    let run = agent(
+        &other,
+        &[
+            "install",
+            "1.31",
+            "--mirror",
+            &url,
+            "--allow-insecure-mirror",
+        ],
+    );
+    assert_ne!(run.code, Some(0), "{run:?}");
+    assert!(run.stderr.contains("nothing-here"), "{run:?}");
+    assert!(!format!("{run:?}").contains(PASSWORD), "{run:?}");
+}

@@ -16,8 +16,13 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for a whole request. The identity calls return a few hundred bytes.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Proxy and trust settings shared by every private client.
-#[derive(Debug, Clone, Default)]
+/// Largest answer body read from a private AWS API, the Kubernetes API or a health endpoint:
+/// identity answers are a few KiB and a Node object some tens of KiB (ours: far above both,
+/// still a bound on what a misbehaving endpoint or proxy can make the agent hold).
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Proxy and trust settings shared by every private client. `Debug` hides a proxy password.
+#[derive(Clone, Default)]
 pub struct HttpSettings {
     /// `http://host:port` proxy for every request (HTTPS is tunnelled with CONNECT).
     pub proxy: Option<String>,
@@ -30,6 +35,22 @@ pub struct HttpSettings {
     /// Trust only this PEM bundle (a Kubernetes cluster CA), not the system roots nor
     /// `extra_ca_bundle`: `(what it is, the PEM)`.
     pub trust_only: Option<(String, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for HttpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSettings")
+            .field("proxy", &self.proxy.as_deref().map(without_password))
+            .field("no_proxy", &self.no_proxy)
+            .field("extra_ca_bundle", &self.extra_ca_bundle)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field(
+                "trust_only",
+                &self.trust_only.as_ref().map(|(what, _)| what),
+            )
+            .finish()
+    }
 }
 
 impl HttpSettings {
@@ -181,12 +202,44 @@ fn excerpt(body: &[u8]) -> String {
         .collect()
 }
 
-/// Reads `resp` (just received) into an [`Answer`]. The `Date` header is fed to `clock` with
-/// the host time taken before the body is read, so a slow body does not look like skew.
+/// An answer body could not be read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(
+        "the answer from {endpoint} is larger than {limit} bytes; that is not the service's answer: check the endpoint URL and any proxy in between"
+    )]
+    TooLarge { endpoint: String, limit: usize },
+    #[error(transparent)]
+    Transport(reqwest::Error),
+}
+
+/// The rest of `resp`'s body, at most `limit` bytes (a longer one — announced or streamed — is
+/// [`BodyError::TooLarge`], naming the endpoint without any password).
+pub async fn read_body(resp: &mut reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+    let too_large = |resp: &reqwest::Response| BodyError::TooLarge {
+        endpoint: without_password(resp.url().as_str()),
+        limit,
+    };
+    if resp.content_length().is_some_and(|l| l > limit as u64) {
+        return Err(too_large(resp));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(BodyError::Transport)? {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large(resp));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Reads `resp` (just received) into an [`Answer`], at most [`MAX_BODY_BYTES`] of body. The
+/// `Date` header is fed to `clock` with the host time taken before the body is read, so a slow
+/// body does not look like skew.
 pub async fn read_answer(
-    resp: reqwest::Response,
+    mut resp: reqwest::Response,
     clock: &SkewedClock,
-) -> Result<Answer, reqwest::Error> {
+) -> Result<Answer, BodyError> {
     let received = clock.host_now();
     let skew = resp
         .headers()
@@ -200,7 +253,7 @@ pub async fn read_answer(
         .get("x-amzn-errortype")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = resp.bytes().await?.to_vec();
+    let body = read_body(&mut resp, MAX_BODY_BYTES).await?;
     Ok(Answer {
         status,
         error_type,
@@ -356,5 +409,89 @@ mod tests {
         })
         .expect_err("missing");
         assert!(e.to_string().contains("ca.pem"), "{e}");
+    }
+
+    /// A server on 127.0.0.1 answering every request with 200 and `len` bytes of body
+    /// (streamed, chunked when `chunked`, so no Content-Length gives it away).
+    async fn big_server(len: usize, chunked: bool) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let head = if chunked {
+                        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_owned()
+                    } else {
+                        format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n")
+                    };
+                    if s.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let chunk = vec![b'x'; 64 * 1024];
+                    let mut sent = 0;
+                    while sent < len {
+                        let n = chunk.len().min(len - sent);
+                        let r = if chunked {
+                            let mut framed = format!("{n:x}\r\n").into_bytes();
+                            framed.extend_from_slice(&chunk[..n]);
+                            framed.extend_from_slice(b"\r\n");
+                            s.write_all(&framed).await
+                        } else {
+                            s.write_all(&chunk[..n]).await
+                        };
+                        if r.is_err() {
+                            return;
+                        }
+                        sent += n;
+                    }
+                    if chunked {
+                        let _ = s.write_all(b"0\r\n\r\n").await;
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn oversized_answers_are_cut_off_naming_the_endpoint() {
+        let clock = SkewedClock::new(std::sync::Arc::new(crate::identity::clock::SystemClock));
+        let c = client(&HttpSettings::default()).expect("client");
+        for chunked in [false, true] {
+            let port = big_server(64 << 20, chunked).await;
+            let url = format!("http://127.0.0.1:{port}/");
+            let resp = c.get(&url).send().await.expect("answer");
+            let e = read_answer(resp, &clock).await.expect_err("too large");
+            let shown = e.to_string();
+            assert!(
+                shown.contains(&url) && shown.contains("larger than"),
+                "{shown}"
+            );
+        }
+        // A small answer is read whole.
+        let port = big_server(1000, true).await;
+        let resp = c
+            .get(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .expect("answer");
+        let answer = read_answer(resp, &clock).await.expect("small answer");
+        assert_eq!(answer.body.len(), 1000);
+    }
+
+    #[test]
+    fn debug_hides_the_proxy_password() {
+        let s = HttpSettings {
+            proxy: Some("http://user:Pr0xyHunter2@proxy:3128".to_owned()),
+            ..Default::default()
+        };
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("Pr0xyHunter2"), "{shown}");
+        assert!(shown.contains("proxy:3128"), "{shown}");
     }
 }

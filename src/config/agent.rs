@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::SourceFile;
-use super::endpoints::{ENDPOINT_SCHEMES, Endpoints, Service};
+use super::endpoints::{ENDPOINT_SCHEMES, Endpoints, Service, check_plain_http, plain_http_hint};
 use super::env::Env;
 use super::problem::{Problem, Problems};
 use super::types::{SafeUrl, parse_duration, serialize_duration, serialize_opt_duration};
@@ -162,6 +162,8 @@ struct EndpointsSection {
     sts: Option<String>,
     rolesanywhere: Option<String>,
     ecr: Option<String>,
+    /// Accept plain-HTTP overrides off loopback (a trusted test network only).
+    allow_insecure_endpoints: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -391,6 +393,10 @@ pub(crate) fn resolve(
 ) -> AgentConfig {
     let mut config = AgentConfig::defaults(paths);
     let mut file_endpoints = BTreeMap::new();
+    let allow_insecure = file
+        .and_then(|(raw, _)| raw.endpoints.as_ref())
+        .and_then(|e| e.allow_insecure_endpoints)
+        .unwrap_or(false);
     if let Some((raw, source)) = file {
         let mut check = Check {
             source,
@@ -424,13 +430,18 @@ pub(crate) fn resolve(
                 if let Some(value) = value {
                     let field = format!("endpoints.{}", service.config_key());
                     if let Some(url) = check.url(&field, value, ENDPOINT_SCHEMES) {
-                        file_endpoints.insert(service, url);
+                        match check_plain_http(&url, allow_insecure) {
+                            Ok(()) => {
+                                file_endpoints.insert(service, url);
+                            }
+                            Err(message) => check.report(&field, message, plain_http_hint()),
+                        }
                     }
                 }
             }
         }
     }
-    match Endpoints::resolve(&file_endpoints, env) {
+    match Endpoints::resolve(&file_endpoints, env, allow_insecure) {
         Ok(endpoints) => config.endpoints = endpoints,
         Err(env_problems) => problems.extend(env_problems),
     }

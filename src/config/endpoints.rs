@@ -26,6 +26,50 @@ pub const GLOBAL_ENDPOINT_ENV: &str = "AWS_ENDPOINT_URL";
 
 /// URL schemes an endpoint override may use (http for local stand-ins such as devstack).
 pub const ENDPOINT_SCHEMES: &[&str] = &["https", "http"];
+/// Agent-config key (under `[endpoints]`) that accepts plain-HTTP overrides off loopback.
+pub const ALLOW_INSECURE_KEY: &str = "allow_insecure_endpoints";
+
+/// Whether a plain-HTTP override is acceptable: loopback always is (local stand-ins such as
+/// the devstack), anything else only with [`ALLOW_INSECURE_KEY`]. Activation codes, the SSM
+/// instance key exchange and every credential the agent receives would otherwise cross the
+/// network in cleartext. `Err` carries the message for the problem report.
+pub fn check_plain_http(url: &SafeUrl, allow_insecure: bool) -> Result<(), String> {
+    let u = url.expose();
+    if u.scheme() != "http" || allow_insecure || is_loopback(u) {
+        return Ok(());
+    }
+    Err(format!(
+        "`{url}` is plain HTTP off this host: activation codes and credentials would cross the network unencrypted"
+    ))
+}
+
+/// The hint for a refused plain-HTTP override.
+pub fn plain_http_hint() -> String {
+    format!(
+        "use an https:// endpoint; for a trusted test network only, set {ALLOW_INSECURE_KEY} = true under [endpoints] in the agent config"
+    )
+}
+
+/// 127.0.0.0/8, ::1 or `localhost`.
+pub fn is_loopback(url: &Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => bare.trim_end_matches('.').eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// Logs the loud warning every plain-HTTP override gets, loopback or not.
+fn warn_plain_http(url: &SafeUrl, origin: &str) {
+    if url.expose().scheme() == "http" {
+        tracing::warn!(
+            "endpoint override {url} ({origin}) is plain HTTP: requests, activation codes and credentials to and from it are not encrypted; use https:// outside a local test setup"
+        );
+    }
+}
 
 /// An AWS service the agent talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -164,31 +208,35 @@ pub struct Endpoints {
 impl Endpoints {
     /// Applies the precedence in the module docs. `file` holds the `[endpoints]` table already
     /// parsed; a malformed environment value is reported as a problem naming the variable.
-    pub fn resolve(file: &BTreeMap<Service, SafeUrl>, env: &Env) -> Result<Self, Vec<Problem>> {
+    ///
+    /// A plain-HTTP variable off loopback is a problem unless `allow_insecure`
+    /// ([`check_plain_http`]; the file's entries are checked where they are parsed); every
+    /// plain-HTTP override in use is warned about.
+    pub fn resolve(
+        file: &BTreeMap<Service, SafeUrl>,
+        env: &Env,
+        allow_insecure: bool,
+    ) -> Result<Self, Vec<Problem>> {
         let mut problems = Vec::new();
-        let global = match env.get(GLOBAL_ENDPOINT_ENV) {
-            Some(value) => match SafeUrl::parse(value, ENDPOINT_SCHEMES) {
-                Ok(url) => Some(url),
-                Err(message) => {
-                    problems.push(env_problem(GLOBAL_ENDPOINT_ENV, message));
-                    None
-                }
-            },
-            None => None,
+        let mut parse_var = |var: &str, value: &str| match SafeUrl::parse(value, ENDPOINT_SCHEMES)
+            .and_then(|url| check_plain_http(&url, allow_insecure).map(|()| url))
+        {
+            Ok(url) => {
+                warn_plain_http(&url, &format!("environment {var}"));
+                Some(url)
+            }
+            Err(message) => {
+                problems.push(env_problem(var, message));
+                None
+            }
         };
+        let global = env
+            .get(GLOBAL_ENDPOINT_ENV)
+            .and_then(|value| parse_var(GLOBAL_ENDPOINT_ENV, value));
         let mut overrides = BTreeMap::new();
         for service in Service::ALL {
             let var = service.env_var();
-            let specific = match env.get(var) {
-                Some(value) => match SafeUrl::parse(value, ENDPOINT_SCHEMES) {
-                    Ok(url) => Some(url),
-                    Err(message) => {
-                        problems.push(env_problem(var, message));
-                        None
-                    }
-                },
-                None => None,
-            };
+            let specific = env.get(var).and_then(|value| parse_var(var, value));
             let chosen = if let Some(url) = specific {
                 Some(Endpoint {
                     url,
@@ -200,9 +248,15 @@ impl Endpoints {
                     origin: EndpointOrigin::Env(GLOBAL_ENDPOINT_ENV),
                 })
             } else {
-                file.get(&service).map(|url| Endpoint {
-                    url: url.clone(),
-                    origin: EndpointOrigin::File,
+                file.get(&service).map(|url| {
+                    warn_plain_http(
+                        url,
+                        &format!("agent config [endpoints] {}", service.config_key()),
+                    );
+                    Endpoint {
+                        url: url.clone(),
+                        origin: EndpointOrigin::File,
+                    }
                 })
             };
             if let Some(endpoint) = chosen {
@@ -231,9 +285,14 @@ impl Endpoints {
 }
 
 fn env_problem(var: &str, message: String) -> Problem {
-    Problem::whole(Location::Env(var.to_owned()), message).hint(format!(
-        "set {var} to an http(s) URL such as http://127.0.0.1:4566, or unset it"
-    ))
+    let hint = if message.contains("plain HTTP") {
+        plain_http_hint()
+    } else {
+        format!(
+            "set {var} to an http(s) URL such as https://ssm.us-west-2.amazonaws.com, or unset it"
+        )
+    };
+    Problem::whole(Location::Env(var.to_owned()), message).hint(hint)
 }
 
 #[cfg(test)]
@@ -293,7 +352,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let e = Endpoints::resolve(&file, &env).expect("valid");
+        let e = Endpoints::resolve(&file, &env, true).expect("valid");
         assert_eq!(
             shown(&e, Service::Ssm),
             Some((
@@ -323,7 +382,7 @@ mod tests {
         let file: BTreeMap<_, _> = [(Service::Logs, url("http://file-logs:1"))]
             .into_iter()
             .collect();
-        let e = Endpoints::resolve(&file, &Env::default()).expect("valid");
+        let e = Endpoints::resolve(&file, &Env::default(), true).expect("valid");
         assert_eq!(
             shown(&e, Service::Logs),
             Some(("http://file-logs:1/".into(), EndpointOrigin::File))
@@ -336,7 +395,7 @@ mod tests {
         let env: Env = [("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS", "http://l:1")]
             .into_iter()
             .collect();
-        let e = Endpoints::resolve(&BTreeMap::new(), &env).expect("valid");
+        let e = Endpoints::resolve(&BTreeMap::new(), &env, true).expect("valid");
         assert!(e.endpoint(Service::Logs).is_some());
         assert!(e.endpoint(Service::Cloudwatch).is_none());
     }
@@ -349,7 +408,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let problems = Endpoints::resolve(&BTreeMap::new(), &env).expect_err("invalid");
+        let problems = Endpoints::resolve(&BTreeMap::new(), &env, true).expect_err("invalid");
         assert_eq!(problems.len(), 2);
         assert!(
             problems
@@ -361,5 +420,33 @@ mod tests {
                 .iter()
                 .any(|p| p.location == Location::Env("AWS_ENDPOINT_URL_STS".into()))
         );
+    }
+
+    #[test]
+    fn plain_http_off_loopback_needs_the_opt_in() {
+        let env: Env = [
+            ("AWS_ENDPOINT_URL", "http://10.0.0.7:4566"),
+            ("AWS_ENDPOINT_URL_SSM", "http://localhost:4566"),
+            ("AWS_ENDPOINT_URL_EKS", "http://[::1]:4566"),
+            ("AWS_ENDPOINT_URL_STS", "http://127.0.0.2:4566"),
+            ("AWS_ENDPOINT_URL_ROLESANYWHERE", "https://ra.example"),
+        ]
+        .into_iter()
+        .collect();
+        let problems = Endpoints::resolve(&BTreeMap::new(), &env, false).expect_err("refused");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            problems[0].location,
+            Location::Env("AWS_ENDPOINT_URL".into())
+        );
+        let e = Endpoints::resolve(&BTreeMap::new(), &env, true).expect("allowed");
+        assert_eq!(
+            shown(&e, Service::Logs).map(|s| s.0).as_deref(),
+            Some("http://10.0.0.7:4566/")
+        );
+        let loopback: Env = [("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")]
+            .into_iter()
+            .collect();
+        assert!(Endpoints::resolve(&BTreeMap::new(), &loopback, false).is_ok());
     }
 }

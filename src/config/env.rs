@@ -9,9 +9,18 @@ use std::collections::BTreeMap;
 /// Environment variable that may carry the SSM activation code (kept out of `ps` and history).
 pub const ACTIVATION_CODE_ENV: &str = "HYBRID_AGENT_ACTIVATION_CODE";
 
-/// A snapshot of environment variables.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A snapshot of environment variables. `Debug` shows the names only: values include the
+/// activation code and whatever AWS keys the environment holds.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Env(BTreeMap<String, String>);
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, super::secret::REDACTED)))
+            .finish()
+    }
+}
 
 impl Env {
     /// The current process environment (variables that are not UTF-8 are skipped: none of the
@@ -53,5 +62,21 @@ mod tests {
         assert_eq!(env.get("A"), None);
         assert_eq!(env.get("B"), Some("x"));
         assert_eq!(env.get("C"), None);
+    }
+
+    #[test]
+    fn debug_shows_names_not_values() {
+        let env: Env = [
+            (ACTIVATION_CODE_ENV, "Fj2KxR7pQ9mW4nVb8TzL3sYe"),
+            ("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI"),
+        ]
+        .into_iter()
+        .collect();
+        let shown = format!("{env:?}");
+        assert!(shown.contains(ACTIVATION_CODE_ENV), "{shown}");
+        assert!(
+            !shown.contains("Fj2KxR7pQ9mW4nVb8TzL3sYe") && !shown.contains("wJalrXUtnFEMI"),
+            "{shown}"
+        );
     }
 }

@@ -115,8 +115,8 @@ pub struct Kubelet {
     pub flags: Vec<String>,
 }
 
-/// containerd overrides.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// containerd overrides. `Debug` shows the TOML as `config show` does, credentials redacted.
+#[derive(Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Containerd {
     /// Inline TOML imported as a drop-in (shown with credential-like values redacted).
@@ -154,16 +154,31 @@ fn serialize_base64<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S
 fn serialize_containerd_toml<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
     match v {
         None => s.serialize_none(),
-        Some(text) => match text.parse::<toml::Table>() {
-            Ok(mut table) => {
-                redact_toml(&mut table);
-                match toml::to_string(&table) {
-                    Ok(shown) => s.serialize_str(&shown),
-                    Err(_) => s.serialize_str(REDACTED),
-                }
-            }
-            Err(_) => s.serialize_str(REDACTED),
-        },
+        Some(text) => s.serialize_str(&redacted_containerd_toml(text)),
+    }
+}
+
+/// The containerd TOML with credential-like values redacted; all of it redacted when it does
+/// not parse (nothing then tells which part is a secret).
+fn redacted_containerd_toml(text: &str) -> String {
+    match text.parse::<toml::Table>() {
+        Ok(mut table) => {
+            redact_toml(&mut table);
+            toml::to_string(&table).unwrap_or_else(|_| REDACTED.to_owned())
+        }
+        Err(_) => REDACTED.to_owned(),
+    }
+}
+
+impl std::fmt::Debug for Containerd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Containerd")
+            .field(
+                "config",
+                &self.config.as_deref().map(redacted_containerd_toml),
+            )
+            .field("base_runtime_spec", &self.base_runtime_spec)
+            .finish()
     }
 }
 
@@ -637,10 +652,14 @@ impl Validator<'_> {
                 None
             }
             Some(id) if is_hyphenated_uuid(id) => Some(id.to_ascii_lowercase()),
+            // The value is never shown: an activation code pasted in the id's place is a secret.
             Some(id) => {
                 self.report(
                     ID,
-                    format!("`{id}` is not a UUID"),
+                    format!(
+                        "the value given ({} characters) is not a UUID",
+                        id.chars().count()
+                    ),
                     "use the ActivationId printed by `aws ssm create-activation` \
                      (36 characters: 8-4-4-4-12 hex digits)",
                 );
@@ -930,6 +949,26 @@ pub fn check_arn(value: &str, service: &str, resource_prefix: &str) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn containerd_debug_redacts_credentials() {
+        let c = Containerd {
+            config: Some(
+                "[plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"r.example\".auth]\npassword = \"Rg7hunter2Xq\"\n"
+                    .to_owned(),
+            ),
+            base_runtime_spec: Default::default(),
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("Rg7hunter2Xq"), "{shown}");
+        assert!(shown.contains("r.example"), "{shown}");
+        let unparsable = Containerd {
+            config: Some("password = Rg7hunter2Xq [".to_owned()),
+            base_runtime_spec: Default::default(),
+        };
+        let shown = format!("{unparsable:?}");
+        assert!(!shown.contains("Rg7hunter2Xq"), "{shown}");
+    }
 
     #[test]
     fn arns() {

@@ -29,6 +29,46 @@ pub enum CredFileError {
     },
     #[error("cannot write credentials file: {0}")]
     Write(#[from] AtomicWriteError),
+    #[error(
+        "refusing to write {field} into the credentials file {path}: the value received {problem} (not shown: it is a credential); the credentials service answered something that is not an AWS credential — nothing was written"
+    )]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        problem: &'static str,
+    },
+}
+
+/// Longest access key id (IAM `AccessKeyId`: 16 to 128 characters).
+const MAX_ACCESS_KEY_ID_LEN: usize = 128;
+
+/// Checks the three values before they become INI lines: a line break or other control
+/// character in one would add keys or sections of its choosing to the file. Access key ids are
+/// alphanumeric (IAM `AccessKeyId`, pattern `[\w]+`); secrets and session tokens are base64-like
+/// and may hold any printable ASCII except spaces, never whitespace or control characters.
+fn validate(creds: &TemporaryCredentials) -> Result<(), (&'static str, &'static str)> {
+    let id = &creds.access_key_id;
+    if id.is_empty() || id.len() > MAX_ACCESS_KEY_ID_LEN {
+        return Err((KEY_ACCESS_KEY_ID, "is empty or longer than 128 characters"));
+    }
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err((
+            KEY_ACCESS_KEY_ID,
+            "holds characters other than letters and digits",
+        ));
+    }
+    for (field, value) in [
+        (KEY_SECRET_ACCESS_KEY, creds.secret_access_key.expose()),
+        (KEY_SESSION_TOKEN, creds.session_token.expose()),
+    ] {
+        if value.is_empty() {
+            return Err((field, "is empty"));
+        }
+        if !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err((field, "holds whitespace, control or non-ASCII characters"));
+        }
+    }
+    Ok(())
 }
 
 /// One credentials file and the profile the agent owns in it.
@@ -49,6 +89,11 @@ pub struct ProfileValues {
 impl CredentialsTarget {
     /// Rewrites this target's profile with `creds`, keeping the rest of the file.
     pub fn write(&self, creds: &TemporaryCredentials) -> Result<(), CredFileError> {
+        validate(creds).map_err(|(field, problem)| CredFileError::Invalid {
+            path: self.path.clone(),
+            field,
+            problem,
+        })?;
         let existing = match std::fs::read_to_string(&self.path) {
             Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -260,5 +305,44 @@ mod tests {
             "ASIA0000000000000004"
         );
         assert!(read_profile_file(&path, "other").expect("read").is_some());
+    }
+
+    #[test]
+    fn values_that_would_break_the_file_are_refused_unprinted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("credentials");
+        let target = CredentialsTarget {
+            path: path.clone(),
+            profile: "default".into(),
+        };
+        let injected = "tok\n[default]\naws_access_key_id = AKIAINJECTED";
+        let cases = [
+            TemporaryCredentials {
+                session_token: Secret::new(injected),
+                ..creds(5)
+            },
+            TemporaryCredentials {
+                secret_access_key: Secret::new("se cret\rhidden"),
+                ..creds(5)
+            },
+            TemporaryCredentials {
+                access_key_id: "ASIA\nregion = evil".to_owned(),
+                ..creds(5)
+            },
+            TemporaryCredentials {
+                session_token: Secret::new(""),
+                ..creds(5)
+            },
+        ];
+        for bad in cases {
+            let e = target.write(&bad).expect_err("refused");
+            let shown = format!("{e} {e:?}");
+            for secret in ["AKIAINJECTED", "hidden", "evil"] {
+                assert!(!shown.contains(secret), "{shown}");
+            }
+            assert!(shown.contains("credentials"), "{shown}");
+            assert!(!path.exists(), "nothing may be written");
+        }
+        target.write(&creds(6)).expect("valid values are written");
     }
 }

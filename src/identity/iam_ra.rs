@@ -22,7 +22,7 @@ use base64::Engine;
 use reqwest::Url;
 use serde::Deserialize;
 
-use crate::aws::http::{Answer, TransportKind, classify, read_answer};
+use crate::aws::http::{Answer, BodyError, TransportKind, classify, read_answer};
 use crate::config::Secret;
 use crate::identity::TemporaryCredentials;
 use crate::identity::clock::{SkewChange, SkewedClock};
@@ -448,9 +448,13 @@ impl IamRaSource {
             .send()
             .await
             .map_err(|e| self.transport_error(&e))?;
-        read_answer(resp, &self.clock)
-            .await
-            .map_err(|e| self.transport_error(&e))
+        read_answer(resp, &self.clock).await.map_err(|e| match e {
+            BodyError::Transport(e) => self.transport_error(&e),
+            too_large @ BodyError::TooLarge { .. } => IamRaError::Response {
+                endpoint: self.endpoint(),
+                detail: too_large.to_string(),
+            },
+        })
     }
 
     fn parse_session(&self, bytes: &[u8]) -> Result<TemporaryCredentials, IamRaError> {

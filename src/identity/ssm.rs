@@ -15,7 +15,7 @@ use base64::Engine;
 use reqwest::Url;
 use serde::Deserialize;
 
-use crate::aws::http::{Answer, TransportKind, classify, read_answer};
+use crate::aws::http::{Answer, BodyError, TransportKind, classify, read_answer};
 use crate::config::Secret;
 use crate::identity::TemporaryCredentials;
 use crate::identity::clock::{SkewChange, SkewedClock};
@@ -410,9 +410,14 @@ impl SsmClient {
             .send()
             .await
             .map_err(|e| self.transport_error(operation, &e))?;
-        read_answer(resp, &self.clock)
-            .await
-            .map_err(|e| self.transport_error(operation, &e))
+        read_answer(resp, &self.clock).await.map_err(|e| match e {
+            BodyError::Transport(e) => self.transport_error(operation, &e),
+            too_large @ BodyError::TooLarge { .. } => SsmError::Response {
+                operation,
+                endpoint: self.endpoint(),
+                detail: too_large.to_string(),
+            },
+        })
     }
 
     /// `Authorization` for an instance call: SigV4 canonicalisation, RSA-PSS signature in base64.

@@ -33,6 +33,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest checksum file or manifest accepted (they are a few hundred bytes to a few hundred KiB).
 pub const MAX_TEXT_BYTES: usize = 8 * 1024 * 1024;
+/// Most redirects followed for one request (Go's net/http, which nodeadm uses, and reqwest's
+/// default policy both stop after 10).
+pub const MAX_REDIRECTS: usize = 10;
 
 /// A failed transfer, naming the URL and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +46,12 @@ pub enum FetchError {
     Insecure { url: String },
     #[error("`{url}` is not a valid http(s) URL: {message}")]
     BadUrl { url: String, message: String },
+    #[error("GET {url} was redirected {chain}: {reason}")]
+    Redirect {
+        url: String,
+        chain: String,
+        reason: String,
+    },
     #[error("GET {url} answered {status}; check the mirror URL and that it serves this file")]
     Status { url: String, status: StatusCode },
     #[error(
@@ -86,8 +95,8 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     }
 }
 
-/// Network settings of the fetcher.
-#[derive(Debug, Clone, Default)]
+/// Network settings of the fetcher. `Debug` hides a proxy password.
+#[derive(Clone, Default)]
 pub struct FetchSettings {
     /// Accept `http://` URLs (a trusted local mirror such as the devstack's).
     pub allow_insecure: bool,
@@ -99,6 +108,90 @@ pub struct FetchSettings {
     pub ca_bundle: Option<PathBuf>,
     /// Override of [`INITIAL_BACKOFF`] (benchmarks).
     pub initial_backoff: Option<Duration>,
+}
+
+impl std::fmt::Debug for FetchSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchSettings")
+            .field("allow_insecure", &self.allow_insecure)
+            .field("proxy", &self.proxy.as_deref().map(shown_url))
+            .field("no_proxy", &self.no_proxy)
+            .field("ca_bundle", &self.ca_bundle)
+            .field("initial_backoff", &self.initial_backoff)
+            .finish()
+    }
+}
+
+/// `url` as it may be shown (errors, logs, state files): a password in its userinfo replaced by
+/// `***`. Works on text, so an unparsable URL is redacted too; the rest is kept verbatim.
+pub fn shown_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let start = scheme_end + 3;
+    let rest = &url[start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &authority[..at];
+    let user = match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{user}:{}", crate::config::REDACTED),
+        None => userinfo.to_owned(),
+    };
+    format!("{}{user}{}", &url[..start], &rest[at..])
+}
+
+/// Why the redirect policy stopped a request (carried in reqwest's error to [`send`]).
+#[derive(Debug)]
+struct RedirectRefused {
+    chain: String,
+    reason: String,
+}
+
+impl std::fmt::Display for RedirectRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "redirected {}: {}", self.chain, self.reason)
+    }
+}
+
+impl std::error::Error for RedirectRefused {}
+
+/// Every hop must pass the check the first URL passed ([`Fetcher::check_url`]): an HTTPS
+/// artifact must not be downgraded to plain HTTP by a redirect (a network attacker could then
+/// serve it). At most [`MAX_REDIRECTS`] hops.
+fn redirect_policy(allow_insecure: bool) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        let reason = if attempt.previous().len() > MAX_REDIRECTS {
+            Some(format!(
+                "more than {MAX_REDIRECTS} redirects; check the mirror's redirect rules"
+            ))
+        } else {
+            match attempt.url().scheme() {
+                "https" => None,
+                "http" if allow_insecure => None,
+                "http" => Some(
+                    "a redirect from HTTPS to plain HTTP is refused: artifacts must come over HTTPS; fix the mirror's redirect (pass --allow-insecure-mirror only for a trusted local mirror)"
+                        .to_owned(),
+                ),
+                other => Some(format!("scheme `{other}` is not http(s)")),
+            }
+        };
+        match reason {
+            None => attempt.follow(),
+            Some(reason) => {
+                let chain = attempt
+                    .previous()
+                    .iter()
+                    .chain([attempt.url()])
+                    .map(|u| shown_url(u.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(" -> ");
+                attempt.error(RedirectRefused { chain, reason })
+            }
+        }
+    })
 }
 
 /// What one verified download did.
@@ -127,11 +220,13 @@ impl Fetcher {
         let mut b = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
+            .redirect(redirect_policy(settings.allow_insecure))
             .user_agent(concat!("hybrid-agent/", env!("CARGO_PKG_VERSION")));
         match &settings.proxy {
             Some(url) => {
-                let mut proxy = reqwest::Proxy::all(url)
-                    .map_err(|e| FetchError::Client(format!("proxy {url}: {e}")))?;
+                let mut proxy = reqwest::Proxy::all(url).map_err(|e| {
+                    FetchError::Client(format!("proxy {}: {}", shown_url(url), e.without_url()))
+                })?;
                 if !settings.no_proxy.is_empty() {
                     proxy =
                         proxy.no_proxy(reqwest::NoProxy::from_string(&settings.no_proxy.join(",")));
@@ -161,17 +256,17 @@ impl Fetcher {
     /// Refuses URLs that are not HTTPS (unless insecure mirrors are allowed) or not URLs at all.
     pub fn check_url(&self, url: &str) -> Result<reqwest::Url, FetchError> {
         let parsed = reqwest::Url::parse(url).map_err(|e| FetchError::BadUrl {
-            url: url.to_owned(),
+            url: shown_url(url),
             message: e.to_string(),
         })?;
         match parsed.scheme() {
             "https" => Ok(parsed),
             "http" if self.allow_insecure => Ok(parsed),
             "http" => Err(FetchError::Insecure {
-                url: url.to_owned(),
+                url: shown_url(url),
             }),
             other => Err(FetchError::BadUrl {
-                url: url.to_owned(),
+                url: shown_url(url),
                 message: format!("scheme `{other}` is not http(s)"),
             }),
         }
@@ -194,7 +289,7 @@ impl Fetcher {
             if attempt > 1 {
                 tokio::time::sleep(self.backoff(attempt - 1)).await;
             }
-            let mut resp = match send(self.client.get(parsed.clone())).await {
+            let mut resp = match send(self.client.get(parsed.clone()), url).await? {
                 Ok(r) => r,
                 Err(why) => {
                     last = why;
@@ -204,7 +299,7 @@ impl Fetcher {
             let status = resp.status();
             if !status.is_success() {
                 return Err(FetchError::Status {
-                    url: url.to_owned(),
+                    url: shown_url(url),
                     status,
                 });
             }
@@ -213,7 +308,7 @@ impl Fetcher {
                 .is_some_and(|l| l > MAX_TEXT_BYTES as u64)
             {
                 return Err(FetchError::TooLarge {
-                    url: url.to_owned(),
+                    url: shown_url(url),
                     limit: MAX_TEXT_BYTES,
                 });
             }
@@ -222,7 +317,7 @@ impl Fetcher {
                 body.extend_from_slice(chunk);
                 if body.len() > MAX_TEXT_BYTES {
                     return Err(FetchError::TooLarge {
-                        url: url.to_owned(),
+                        url: shown_url(url),
                         limit: MAX_TEXT_BYTES,
                     });
                 }
@@ -234,12 +329,12 @@ impl Fetcher {
                 continue;
             }
             return String::from_utf8(body).map_err(|_| FetchError::Checksum {
-                url: url.to_owned(),
+                url: shown_url(url),
                 message: "not UTF-8 text".to_owned(),
             });
         }
         Err(FetchError::Transport {
-            url: url.to_owned(),
+            url: shown_url(url),
             attempts: ATTEMPTS,
             message: last,
         })
@@ -255,7 +350,7 @@ impl Fetcher {
         let text = self.text(checksum_url).await?;
         let sha256 =
             checksum::parse_gnu(&text, file_name).map_err(|message| FetchError::Checksum {
-                url: checksum_url.to_owned(),
+                url: shown_url(checksum_url),
                 message,
             })?;
         Ok((sha256, text))
@@ -381,7 +476,7 @@ impl Fetcher {
                     req = req.header(IF_RANGE, v.as_str());
                 }
             }
-            let mut resp = match send(req).await {
+            let mut resp = match send(req, url).await? {
                 Ok(r) => r,
                 Err(why) => {
                     last = why;
@@ -408,7 +503,7 @@ impl Fetcher {
                 _ => {
                     bar.abandon(&format!("HTTP {status}"));
                     return Err(FetchError::Status {
-                        url: url.to_owned(),
+                        url: shown_url(url),
                         status,
                     });
                 }
@@ -466,8 +561,8 @@ impl Fetcher {
             {
                 bar.abandon("checksum mismatch");
                 return Err(FetchError::Mismatch {
-                    url: url.to_owned(),
-                    checksum_url: checksum_url.to_owned(),
+                    url: shown_url(url),
+                    checksum_url: shown_url(checksum_url),
                     expected: Box::new(expected),
                     actual: Box::new(actual),
                 });
@@ -483,7 +578,7 @@ impl Fetcher {
         }
         bar.abandon(&last);
         Err(FetchError::Transport {
-            url: url.to_owned(),
+            url: shown_url(url),
             attempts: ATTEMPTS,
             message: last,
         })
@@ -506,15 +601,42 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// Sends one try. A transport failure or a status worth another try comes back as `Err` with
-/// the reason (for the final error if every try fails); any other answer is the caller's to judge.
-async fn send(req: reqwest::RequestBuilder) -> Result<reqwest::Response, String> {
-    let resp = req.send().await.map_err(|e| chain(&e))?;
+/// Sends one try. A transport failure or a status worth another try comes back as `Ok(Err)`
+/// with the reason (for the final error if every try fails); a refused redirect is final
+/// (`Err`); any other answer is the caller's to judge. reqwest's message names the URL, which
+/// may carry a password: it is dropped (the caller's error names the URL, redacted).
+async fn send(
+    req: reqwest::RequestBuilder,
+    url: &str,
+) -> Result<Result<reqwest::Response, String>, FetchError> {
+    let resp = match req.send().await {
+        Ok(resp) => resp,
+        Err(e) => {
+            // reqwest may wrap its redirect error in another: look through the whole chain.
+            let mut refused = None;
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                if let Some(r) = s.downcast_ref::<RedirectRefused>() {
+                    refused = Some(r);
+                    break;
+                }
+                src = s.source();
+            }
+            if let Some(r) = refused {
+                return Err(FetchError::Redirect {
+                    url: shown_url(url),
+                    chain: r.chain.clone(),
+                    reason: r.reason.clone(),
+                });
+            }
+            return Ok(Err(chain(&e.without_url())));
+        }
+    };
     let status = resp.status();
     if retryable_status(status) {
-        return Err(format!("HTTP {status}"));
+        return Ok(Err(format!("HTTP {status}")));
     }
-    Ok(resp)
+    Ok(Ok(resp))
 }
 
 /// Feeds the rest of `resp`'s body to `sink` chunk by chunk. A body that breaks off is worth
@@ -527,7 +649,7 @@ async fn stream_body(
         match resp.chunk().await {
             Ok(Some(chunk)) => sink(&chunk)?,
             Ok(None) => return Ok(None),
-            Err(e) => return Ok(Some(chain(&e))),
+            Err(e) => return Ok(Some(chain(&e.without_url()))),
         }
     }
 }
@@ -563,7 +685,7 @@ fn gunzip_verified(
     let mut bytes = 0u64;
     loop {
         let n = decoder.read(&mut buf).map_err(|e| FetchError::Checksum {
-            url: url.to_owned(),
+            url: shown_url(url),
             message: format!("not a valid gzip stream ({e})"),
         })?;
         if n == 0 {
@@ -577,8 +699,8 @@ fn gunzip_verified(
     let actual = hasher.finish();
     if actual != expected {
         return Err(FetchError::Mismatch {
-            url: url.to_owned(),
-            checksum_url: checksum_url.to_owned(),
+            url: shown_url(url),
+            checksum_url: shown_url(checksum_url),
             expected: Box::new(expected),
             actual: Box::new(actual),
         });
@@ -632,4 +754,180 @@ pub fn publish(tmp: &Path, dest: &Path) -> Result<(), FetchError> {
         path: e.path,
         source: e.source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::Arc;
+
+    /// Reads one request head and answers it with `answer(path)`; one connection at a time.
+    fn serve(mut stream: impl Read + Write, answer: &dyn Fn(&str) -> String) {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        let text = String::from_utf8_lossy(&head);
+        let path = text.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        let _ = stream.write_all(answer(&path).as_bytes());
+        let _ = stream.flush();
+    }
+
+    /// A plain HTTP server on 127.0.0.1; returns its port.
+    fn plain_server(answer: impl Fn(&str) -> String + Send + 'static) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                serve(stream, &answer);
+            }
+        });
+        port
+    }
+
+    /// An HTTPS server on 127.0.0.1 with a certificate from a fresh test CA; returns its port and
+    /// the CA's PEM.
+    fn tls_server(answer: impl Fn(u16, &str) -> String + Send + 'static) -> (u16, String) {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "download test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+        let cert = params.signed_by(&key, &issuer).expect("cert");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .expect("server config");
+        let config = Arc::new(config);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            for tcp in listener.incoming().flatten() {
+                let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                    continue;
+                };
+                serve(rustls::StreamOwned::new(conn, tcp), &|path| {
+                    answer(port, path)
+                });
+            }
+        });
+        (port, ca_cert.pem())
+    }
+
+    fn redirect(to: &str) -> String {
+        format!(
+            "HTTP/1.1 302 Found\r\nlocation: {to}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        )
+    }
+
+    fn ok(body: &str) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn fetcher(ca_pem: &str, dir: &Path, allow_insecure: bool) -> Fetcher {
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, ca_pem).expect("write CA");
+        Fetcher::new(&FetchSettings {
+            allow_insecure,
+            ca_bundle: Some(ca),
+            initial_backoff: Some(Duration::from_millis(1)),
+            ..Default::default()
+        })
+        .expect("fetcher")
+    }
+
+    #[tokio::test]
+    async fn https_to_http_redirect_is_refused_naming_the_chain() {
+        let plain = plain_server(|_| ok("served in cleartext"));
+        let (port, ca) = tls_server(move |port, path| match path {
+            "/same" => redirect(&format!("https://127.0.0.1:{port}/final")),
+            "/final" => ok("over TLS"),
+            _ => redirect(&format!("http://127.0.0.1:{plain}/manifest.yaml")),
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = fetcher(&ca, dir.path(), false);
+
+        // HTTPS to HTTPS is followed.
+        let same = format!("https://127.0.0.1:{port}/same");
+        assert_eq!(f.text(&same).await.expect("https redirect"), "over TLS");
+
+        let first = format!("https://127.0.0.1:{port}/manifest.yaml");
+        let e = f.text(&first).await.expect_err("downgrade refused");
+        let shown = e.to_string();
+        let target = format!("http://127.0.0.1:{plain}/manifest.yaml");
+        assert!(
+            shown.contains(&format!("{first} -> {target}")) && shown.contains("HTTPS"),
+            "{shown}"
+        );
+        assert!(matches!(e, FetchError::Redirect { .. }), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn redirect_hops_are_capped() {
+        let (port, ca) = tls_server(|port, path| {
+            let n: u32 = path.trim_start_matches("/hop").parse().unwrap_or(0);
+            redirect(&format!("https://127.0.0.1:{port}/hop{}", n + 1))
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = fetcher(&ca, dir.path(), false);
+        let e = f
+            .text(&format!("https://127.0.0.1:{port}/hop0"))
+            .await
+            .expect_err("endless redirects");
+        let shown = e.to_string();
+        assert!(matches!(e, FetchError::Redirect { .. }), "{e:?}");
+        assert!(
+            shown.contains(&format!("more than {MAX_REDIRECTS} redirects")),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn userinfo_is_redacted_from_shown_urls() {
+        assert_eq!(
+            shown_url("https://reader:s3cret@mirror.example/x?y=1"),
+            "https://reader:***@mirror.example/x?y=1"
+        );
+        assert_eq!(
+            shown_url("https://mirror.example/x"),
+            "https://mirror.example/x"
+        );
+        let e = FetchError::Status {
+            url: shown_url("https://u:s3cret@m.example/a"),
+            status: StatusCode::NOT_FOUND,
+        };
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn debug_of_settings_hides_the_proxy_password() {
+        let s = FetchSettings {
+            proxy: Some("http://user:Pr0xyHunter2@proxy:3128".to_owned()),
+            ..Default::default()
+        };
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("Pr0xyHunter2"), "{shown}");
+        assert!(shown.contains("proxy:3128"), "{shown}");
+    }
 }

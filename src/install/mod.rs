@@ -58,7 +58,8 @@ pub enum Source {
 impl Source {
     fn describe(&self) -> String {
         match self {
-            Source::Mirror { manifest_url } => manifest_url.clone(),
+            // A mirror password must not reach the tracker (or anything shown).
+            Source::Mirror { manifest_url } => download::shown_url(manifest_url),
             Source::Bundle(p) => format!("bundle:{}", p.display()),
         }
     }
@@ -192,7 +193,7 @@ impl Installer {
                     .select(&req.kubernetes_version, &req.arch)
                     .map_err(|e| match e {
                         ManifestError::UnsafeName { .. } => InstallError::ManifestRefused {
-                            manifest_url: manifest_url.clone(),
+                            manifest_url: download::shown_url(manifest_url),
                             source: e,
                         },
                         e => InstallError::Manifest(e),

@@ -1567,7 +1567,7 @@ impl Run<'_> {
 impl Source {
     fn describe_for_user(&self) -> String {
         match self {
-            Source::Mirror { manifest_url } => manifest_url.clone(),
+            Source::Mirror { manifest_url } => crate::install::download::shown_url(manifest_url),
             Source::Bundle(p) => format!("bundle {}", p.display()),
         }
     }

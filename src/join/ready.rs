@@ -170,27 +170,35 @@ pub async fn wait_ready(
                     _ => Look::Other(detail),
                 }
             }
-            Ok(resp) => {
+            Ok(mut resp) => {
                 answered = true;
                 let status = resp.status();
-                let body = resp.bytes().await.unwrap_or_default();
-                match status.as_u16() {
-                    200 => read_node(&body),
-                    401 => {
-                        return Err(ReadyError::Unauthorized {
-                            endpoint: endpoint.to_owned(),
-                            cluster: check.cluster.to_owned(),
-                        });
-                    }
-                    403 => {
-                        return Err(ReadyError::Forbidden {
-                            endpoint: endpoint.to_owned(),
-                            node: check.node_name.to_owned(),
-                            message: status_message(&body),
-                        });
-                    }
-                    404 => Look::NotRegistered,
-                    _ => Look::Other(format!("{status}: {}", status_message(&body))),
+                let body = match http::read_body(&mut resp, http::MAX_BODY_BYTES).await {
+                    Ok(body) => Ok(body),
+                    // Torn off: judged by the status alone, as before.
+                    Err(http::BodyError::Transport(_)) => Ok(Vec::new()),
+                    Err(e @ http::BodyError::TooLarge { .. }) => Err(e.to_string()),
+                };
+                match body {
+                    Err(too_large) => Look::Other(too_large),
+                    Ok(body) => match status.as_u16() {
+                        200 => read_node(&body),
+                        401 => {
+                            return Err(ReadyError::Unauthorized {
+                                endpoint: endpoint.to_owned(),
+                                cluster: check.cluster.to_owned(),
+                            });
+                        }
+                        403 => {
+                            return Err(ReadyError::Forbidden {
+                                endpoint: endpoint.to_owned(),
+                                node: check.node_name.to_owned(),
+                                message: status_message(&body),
+                            });
+                        }
+                        404 => Look::NotRegistered,
+                        _ => Look::Other(format!("{status}: {}", status_message(&body))),
+                    },
                 }
             }
         };

@@ -104,7 +104,7 @@ impl Prober {
         match probe {
             Probe::ContainerdVersion { socket } => containerd_version(socket).await,
             Probe::HttpGet { url } => {
-                let resp = self
+                let mut resp = self
                     .http
                     .get(url)
                     .timeout(timeout)
@@ -112,7 +112,16 @@ impl Prober {
                     .await
                     .map_err(|e| format!("GET {url}: {e}"))?;
                 let status = resp.status();
-                let body = resp.text().await.unwrap_or_default();
+                let body =
+                    match crate::aws::http::read_body(&mut resp, crate::aws::http::MAX_BODY_BYTES)
+                        .await
+                    {
+                        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                        Err(e @ crate::aws::http::BodyError::TooLarge { .. }) => {
+                            return Err(format!("GET {url}: {e}"));
+                        }
+                        Err(crate::aws::http::BodyError::Transport(_)) => String::new(),
+                    };
                 if status.is_success() {
                     Ok(body.trim().chars().take(200).collect())
                 } else {
@@ -135,4 +144,49 @@ pub async fn containerd_version(socket: &std::path::Path) -> Result<String, Stri
         .containerd_version(std::time::Duration::from_secs(5))
         .await
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_huge_healthz_body_fails_the_probe_naming_the_url() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                        .await;
+                    let chunk = format!("10000\r\n{}\r\n", "o".repeat(0x10000));
+                    // 64 MiB: far beyond anything healthz says.
+                    for _ in 0..1024 {
+                        if s.write_all(chunk.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = s.write_all(b"0\r\n\r\n").await;
+                });
+            }
+        });
+        let url = format!("http://127.0.0.1:{port}/healthz");
+        let record = Prober::new()
+            .probe(
+                &Probe::HttpGet { url: url.clone() },
+                Duration::from_secs(20),
+            )
+            .await;
+        assert!(!record.ok, "{record:?}");
+        assert!(
+            record.detail.contains(&url) && record.detail.contains("larger than"),
+            "{record:?}"
+        );
+    }
 }
