@@ -478,7 +478,7 @@ fn plain_http_endpoint_off_loopback_is_refused_unless_allowed() {
     assert!(found[0].contains("endpoints.rolesanywhere"), "{run:?}");
 
     // The explicit opt-in accepts them, with a warning naming each one.
-    let path = sb.write(
+    sb.write(
         "agent.toml",
         "[endpoints]\nallow_insecure_endpoints = true\nrolesanywhere = \"http://ra.example.internal:8080\"\n",
     );
