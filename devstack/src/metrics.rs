@@ -1,13 +1,19 @@
-//! CloudWatch metrics in both wire protocols clients use: Smithy RPC v2 CBOR (what current SDKs
-//! such as aws-sdk-cloudwatch 1.140 send: `POST /service/GraniteServiceVersion20100801/operation/<Op>`)
-//! and the legacy awsQuery form (`Action=PutMetricData&MetricData.member.1.MetricName=...`).
+//! CloudWatch metrics in the three wire protocols CloudWatch serves: Smithy RPC v2 CBOR (what
+//! current Rust SDKs such as aws-sdk-cloudwatch 1.140 send:
+//! `POST /service/GraniteServiceVersion20100801/operation/<Op>`), awsJson 1.0 (what current
+//! botocore, 1.44 in our venv, and so boto3 and the AWS CLI send:
+//! `X-Amz-Target: GraniteServiceVersion20100801.<Op>`, `Content-Type: application/x-amz-json-1.0`,
+//! `x-amzn-query-mode: true`) and the legacy awsQuery
+//! form (`Action=PutMetricData&MetricData.member.1.MetricName=...`).
 //!
-//! Both inputs are decoded into one neutral tree ([`In`]) and every operation is written once
-//! against it; outputs are built as one neutral tree ([`Out`]) and rendered as a CBOR map or as
-//! the query protocol's XML. Errors carry the awsQuery error code (`InvalidParameterValue`,
-//! `MissingParameter`, ...) that CloudWatch reports in both protocols: in CBOR through the
-//! `x-amzn-query-error: <code>;Sender` header, next to the Smithy shape name in `__type`, as the
-//! service does (it is `awsQueryCompatible`).
+//! All inputs are decoded into one neutral tree ([`In`]) and every operation is written once
+//! against it, so validation is the same whatever the protocol; outputs are built as one neutral
+//! tree ([`Out`]) and rendered as a CBOR map, a JSON object or the query protocol's XML. Errors
+//! carry the awsQuery error code (`InvalidParameterValue`, `MissingParameter`, ...) that
+//! CloudWatch reports in every protocol: in CBOR and JSON through the
+//! `x-amzn-query-error: <code>;Sender` header (`Receiver` for server faults), next to the Smithy
+//! shape id in `__type` and the text in `message`, as the service does (it is
+//! `awsQueryCompatible`; SDKs read the code from the header).
 //!
 //! Operations: PutMetricData (limits enforced at their edges: 1,000 datums, 1 MB body,
 //! 30 dimensions, 150 values per datum, timestamps from two weeks ago to two hours ahead),
@@ -29,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use crate::persist::{self, PersistError};
 use crate::server::DevstackError;
 use crate::state::{Shared, lock};
-use crate::wire::{ApiError, Protocol, Req};
+use crate::wire::{ApiError, JSON_10_CONTENT_TYPE, Protocol, Req};
 
 /// Most MetricDatum per PutMetricData call (PutMetricData API reference).
 pub const MAX_METRIC_DATA: usize = 1_000;
@@ -55,6 +61,9 @@ pub const MAX_DIMENSION_VALUE_LEN: usize = 1024;
 /// Magnitude range CloudWatch accepts for values (MetricDatum API reference; 0 is also fine).
 pub const MIN_MAGNITUDE: f64 = 8.515_920e-109;
 pub const MAX_MAGNITUDE: f64 = 1.174_271e108;
+/// `X-Amz-Target` prefix of awsJson 1.0 requests: the Smithy service shape name
+/// (`targetPrefix` in botocore's cloudwatch service-2.json).
+pub const JSON_TARGET_PREFIX: &str = "GraniteServiceVersion20100801.";
 /// The XML namespace of awsQuery responses.
 const QUERY_XMLNS: &str = "http://monitoring.amazonaws.com/doc/2010-08-01/";
 /// Units CloudWatch accepts (StandardUnit).
@@ -162,7 +171,8 @@ impl MetricsState {
 // ---------------------------------------------------------------------------------------------
 // Errors
 
-/// A CloudWatch error: the awsQuery code and the Smithy shape name the CBOR protocol uses.
+/// A CloudWatch error: the awsQuery code and the Smithy shape name the CBOR and JSON protocols
+/// use.
 struct CwError {
     status: StatusCode,
     query_code: &'static str,
@@ -222,14 +232,22 @@ fn persist_error(e: PersistError) -> CwError {
 impl CwError {
     fn render(&self, proto: Protocol) -> Response {
         match proto {
-            Protocol::RpcV2Cbor => {
+            Protocol::RpcV2Cbor | Protocol::AwsJson10 => {
                 let mut r = ApiError::new(
                     self.status,
                     format!("com.amazonaws.cloudwatch#{}", self.shape),
                     self.message.clone(),
                 )
                 .render(proto);
-                if let Ok(v) = HeaderValue::from_str(&format!("{};Sender", self.query_code)) {
+                // The awsQueryCompatible header: `<awsQuery code>;<fault>`, the fault being
+                // Receiver for the service's own failures (InternalServiceFault) and Sender
+                // otherwise.
+                let fault = if self.status.is_server_error() {
+                    "Receiver"
+                } else {
+                    "Sender"
+                };
+                if let Ok(v) = HeaderValue::from_str(&format!("{};{fault}", self.query_code)) {
                     r.headers_mut().insert("x-amzn-query-error", v);
                 }
                 r
@@ -282,6 +300,25 @@ impl In {
                     .collect(),
             ),
             _ => In::Null,
+        }
+    }
+
+    /// awsJson 1.0 values: numbers keep their integer-ness, timestamps arrive as epoch-second
+    /// numbers and non-finite doubles as the strings `NaN` / `Infinity` / `-Infinity` (both read
+    /// back by the typed accessors).
+    fn from_json(v: serde_json::Value) -> In {
+        use serde_json::Value as V;
+        match v {
+            V::Null => In::Null,
+            V::Bool(b) => In::Bool(b),
+            V::Number(n) => match (n.as_i64(), n.as_u64()) {
+                (Some(i), _) => In::Int(i128::from(i)),
+                (None, Some(u)) => In::Int(i128::from(u)),
+                (None, None) => In::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            V::String(s) => In::Text(s),
+            V::Array(a) => In::List(a.into_iter().map(In::from_json).collect()),
+            V::Object(m) => In::Map(m.into_iter().map(|(k, v)| (k, In::from_json(v))).collect()),
         }
     }
 
@@ -491,6 +528,32 @@ impl Out {
         }
     }
 
+    /// awsJson 1.0: timestamps as epoch seconds (whole ones as integers), non-finite doubles as
+    /// the strings the protocol defines for them.
+    fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as V;
+        match self {
+            Out::Str(s) => V::String(s.clone()),
+            Out::Num(f) => match serde_json::Number::from_f64(*f) {
+                Some(n) => V::Number(n),
+                None if f.is_nan() => V::String("NaN".into()),
+                None if *f > 0.0 => V::String("Infinity".into()),
+                None => V::String("-Infinity".into()),
+            },
+            Out::Time(ms) if ms % 1000 == 0 => V::Number((ms / 1000).into()),
+            Out::Time(ms) => serde_json::Number::from_f64(*ms as f64 / 1000.0)
+                .map(V::Number)
+                .unwrap_or(V::Null),
+            Out::List(items) => V::Array(items.iter().map(Out::to_json).collect()),
+            Out::Map(entries) => V::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), v.to_json()))
+                    .collect(),
+            ),
+        }
+    }
+
     fn write_xml(&self, name: &str, out: &mut String) {
         use std::fmt::Write;
         let _ = write!(out, "<{name}>");
@@ -533,6 +596,11 @@ fn respond(proto: Protocol, op: &str, fields: Vec<(&'static str, Out)>) -> Respo
                 .insert("smithy-protocol", HeaderValue::from_static("rpc-v2-cbor"));
             r
         }
+        Protocol::AwsJson10 => crate::wire::bytes_response(
+            StatusCode::OK,
+            JSON_10_CONTENT_TYPE,
+            Out::Map(fields).to_json().to_string().into(),
+        ),
         _ => {
             let request_id = uuid::Uuid::new_v4();
             let mut xml = format!("<{op}Response xmlns=\"{QUERY_XMLNS}\">");
@@ -548,7 +616,7 @@ fn respond(proto: Protocol, op: &str, fields: Vec<(&'static str, Out)>) -> Respo
 // ---------------------------------------------------------------------------------------------
 // Dispatch
 
-/// Handles one CloudWatch metrics operation in either protocol.
+/// Handles one CloudWatch metrics operation in any of its protocols.
 pub async fn handle(state: &Shared, proto: Protocol, op: &str, req: &Req) -> Response {
     if let Err(e) = crate::auth::authenticate(state, req, "monitoring") {
         return e.render(proto);
@@ -576,6 +644,24 @@ pub async fn handle(state: &Shared, proto: Protocol, op: &str, req: &Req) -> Res
                 return ApiError::bad_request(
                     "SerializationException",
                     format!("request body is not valid CBOR: {e}"),
+                )
+                .render(proto);
+            }
+        },
+        Protocol::AwsJson10 if body.is_empty() => In::Map(Vec::new()),
+        Protocol::AwsJson10 => match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(v @ serde_json::Value::Object(_)) => In::from_json(v),
+            Ok(_) => {
+                return ApiError::bad_request(
+                    "SerializationException",
+                    "request body must be a JSON object",
+                )
+                .render(proto);
+            }
+            Err(e) => {
+                return ApiError::bad_request(
+                    "SerializationException",
+                    format!("request body is not valid JSON: {e}"),
                 )
                 .render(proto);
             }
@@ -1321,6 +1407,29 @@ mod tests {
             .and_then(In::as_list)
             .expect("dims");
         assert_eq!(dims[0].get("Value").and_then(In::as_str), Some("v"));
+    }
+
+    #[test]
+    fn json_values_keep_their_types_and_times_go_out_as_epoch_seconds() {
+        let v = serde_json::json!({
+            "Namespace": "n",
+            "MetricData": [{"Value": "NaN", "Timestamp": 1.5, "StorageResolution": 60}]
+        });
+        let tree = In::from_json(v);
+        let d = &tree.get("MetricData").and_then(In::as_list).expect("list")[0];
+        assert!(d.get("Value").and_then(In::as_f64).is_some_and(f64::is_nan));
+        assert_eq!(d.get("Timestamp").and_then(In::as_time_ms), Some(1_500));
+        assert_eq!(d.get("StorageResolution").and_then(In::as_i64), Some(60));
+        let out = Out::Map(vec![
+            ("Whole", Out::Time(60_000)),
+            ("Part", Out::Time(1_500)),
+            ("Inf", Out::Num(f64::INFINITY)),
+        ])
+        .to_json();
+        assert_eq!(
+            out,
+            serde_json::json!({"Whole": 60, "Part": 1.5, "Inf": "Infinity"})
+        );
     }
 
     #[test]

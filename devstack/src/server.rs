@@ -164,6 +164,7 @@ pub enum Service {
     Ssm,
     Logs,
     MetricsCbor,
+    MetricsJson,
     MetricsQuery,
     Sts,
     Eks,
@@ -178,6 +179,7 @@ impl Service {
         match self {
             Service::Ssm | Service::Logs | Service::Ecr => Protocol::AwsJson11,
             Service::MetricsCbor => Protocol::RpcV2Cbor,
+            Service::MetricsJson => Protocol::AwsJson10,
             Service::MetricsQuery | Service::Sts => Protocol::AwsQuery,
             Service::Eks | Service::RolesAnywhere => Protocol::RestJson1,
             Service::Mirror | Service::Control => Protocol::Plain,
@@ -189,7 +191,7 @@ impl Service {
         match self {
             Service::Ssm => "ssm",
             Service::Logs => "logs",
-            Service::MetricsCbor | Service::MetricsQuery => "monitoring",
+            Service::MetricsCbor | Service::MetricsJson | Service::MetricsQuery => "monitoring",
             Service::Sts => "sts",
             Service::Eks => "eks",
             Service::Ecr => "ecr",
@@ -218,6 +220,9 @@ pub fn classify(req: &Req) -> Option<(Service, String)> {
         }
         if let Some(op) = target.strip_prefix(crate::ecr::TARGET_PREFIX) {
             return Some((Service::Ecr, op.to_string()));
+        }
+        if let Some(op) = target.strip_prefix(crate::metrics::JSON_TARGET_PREFIX) {
+            return Some((Service::MetricsJson, op.to_string()));
         }
         return None;
     }
@@ -327,7 +332,7 @@ async fn answer(state: &Shared, request: Request<Body>) -> Response {
     match service {
         Service::Ssm => crate::ssm::handle(state, &op, &req).await,
         Service::Logs => crate::logs::handle(state, &op, &req).await,
-        Service::MetricsCbor | Service::MetricsQuery => {
+        Service::MetricsCbor | Service::MetricsJson | Service::MetricsQuery => {
             crate::metrics::handle(state, service.protocol(), &op, &req).await
         }
         Service::Sts => crate::sts::handle(state, &op, &req).await,

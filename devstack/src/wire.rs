@@ -6,6 +6,9 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
 
+/// The media type of awsJson 1.0 requests and responses (Smithy awsJson1_0 protocol).
+pub const JSON_10_CONTENT_TYPE: &str = "application/x-amz-json-1.0";
+
 /// A fully-read request, as every service handler receives it.
 #[derive(Debug, Clone)]
 pub struct Req {
@@ -41,6 +44,8 @@ impl Req {
 pub enum Protocol {
     /// awsJson 1.1 (`X-Amz-Target`): SSM, CloudWatch Logs.
     AwsJson11,
+    /// awsJson 1.0 (`X-Amz-Target`): CloudWatch metrics as current botocore sends them.
+    AwsJson10,
     /// Smithy RPC v2 CBOR: CloudWatch metrics in current SDKs.
     RpcV2Cbor,
     /// awsQuery: STS, CloudWatch metrics in older SDKs.
@@ -96,13 +101,14 @@ impl ApiError {
     pub fn render(&self, proto: Protocol) -> Response {
         let request_id = uuid::Uuid::new_v4().to_string();
         let mut resp = match proto {
-            Protocol::AwsJson11 => {
+            Protocol::AwsJson11 | Protocol::AwsJson10 => {
                 let body = serde_json::json!({ "__type": self.code, "message": self.message });
-                bytes_response(
-                    self.status,
-                    "application/x-amz-json-1.1",
-                    body.to_string().into(),
-                )
+                let content_type = if proto == Protocol::AwsJson10 {
+                    JSON_10_CONTENT_TYPE
+                } else {
+                    "application/x-amz-json-1.1"
+                };
+                bytes_response(self.status, content_type, body.to_string().into())
             }
             Protocol::RestJson1 => {
                 let body = serde_json::json!({ "message": self.message });

@@ -146,6 +146,52 @@ pub fn moto() -> Moto {
     Moto { url, child }
 }
 
+/// The Python of the venv scripts/setup installs moto (and with it boto3) into: beside
+/// `$MOTO_SERVER` when set, else `<repo>/.venv/bin/python`. Missing is a failure with the fix.
+pub fn venv_python() -> PathBuf {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bin_dir = std::env::var_os("MOTO_SERVER")
+        .map(PathBuf::from)
+        .and_then(|m| m.parent().map(PathBuf::from))
+        .unwrap_or_else(|| repo.join(".venv/bin"));
+    let python = bin_dir.join("python");
+    assert!(
+        python.exists(),
+        "venv python not found at {} — run scripts/setup (or scripts/test) to install it",
+        python.display()
+    );
+    python
+}
+
+/// Runs `devstack/tests/boto3/<script>` with the venv's Python against `url` with the admin
+/// key pair; panics with the script's output unless it exits 0.
+pub fn run_boto3(script: &str, url: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/boto3")
+        .join(script);
+    let python = venv_python();
+    let out = Command::new(&python)
+        .arg(&path)
+        .arg(url)
+        .env("AWS_ACCESS_KEY_ID", ADMIN_ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", ADMIN_SECRET_ACCESS_KEY)
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .output()
+        .unwrap_or_else(|e| panic!("run {} {}: {e}", python.display(), path.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{} failed ({}):\n{stdout}\n{}",
+        path.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// The devstack's admin key pair as SDK credentials.
 pub fn admin_credentials() -> aws_credential_types::Credentials {
     aws_credential_types::Credentials::new(
