@@ -126,8 +126,10 @@ pub enum LockError {
 pub struct RunLock {
     file: File,
     path: PathBuf,
-    /// Directories this lock created, deepest last; removed on release when empty.
-    created: Vec<PathBuf>,
+    /// Directories to remove on release when empty, outermost first: the lock directory, and
+    /// in a `--root` sandbox its parents up to the root (whichever run created them: a run
+    /// killed while holding the lock leaves them to the next one).
+    cleanup: Vec<PathBuf>,
 }
 
 impl RunLock {
@@ -184,7 +186,9 @@ impl RunLock {
             let note = format!(
                 "pid={}\ncommand={command}\nstarted={}\n",
                 std::process::id(),
-                crate::install::now_rfc3339()
+                time::OffsetDateTime::now_utc()
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
             );
             file.set_len(0)
                 .and_then(|()| file.seek(SeekFrom::Start(0)))
@@ -193,7 +197,7 @@ impl RunLock {
             return Ok(RunLock {
                 file,
                 path,
-                created,
+                cleanup: cleanup_dirs(paths),
             });
         }
         Err(io(last.unwrap_or_else(|| std::io::Error::other("gave up"))))
@@ -211,8 +215,24 @@ impl Drop for RunLock {
         // the lock: a late opener finds the path gone or another file there, and retries.
         let _ = std::fs::remove_file(&self.path);
         let _ = self.file.unlock();
-        remove_dirs(&self.created);
+        remove_dirs(&self.cleanup);
     }
+}
+
+/// The lock directory and, under a sandbox root, its parents below the root; outermost first.
+/// On a real host only /run/hybrid-agent itself: /run is the system's.
+fn cleanup_dirs(paths: &HostPaths) -> Vec<PathBuf> {
+    let dir = paths.resolve(LOCK_DIR);
+    if paths.root() == Path::new("/") {
+        return vec![dir];
+    }
+    let mut chain: Vec<PathBuf> = dir
+        .ancestors()
+        .take_while(|d| d.starts_with(paths.root()) && *d != paths.root())
+        .map(Path::to_path_buf)
+        .collect();
+    chain.reverse();
+    chain
 }
 
 fn read_holder(file: &mut File) -> Holder {

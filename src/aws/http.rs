@@ -460,7 +460,7 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_answers_are_cut_off_naming_the_endpoint() {
-        let clock = SkewedClock::new(std::sync::Arc::new(crate::identity::clock::SystemClock));
+        let clock = SkewedClock::new(std::sync::Arc::new(crate::aws::clock::SystemClock));
         let c = client(&HttpSettings::default()).expect("client");
         for chunked in [false, true] {
             let port = big_server(64 << 20, chunked).await;
