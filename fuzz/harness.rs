@@ -15,16 +15,19 @@ use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
+use hybrid_agent::aws::clock::{ManualClock, SkewChange, SkewedClock};
 use hybrid_agent::aws::http::Answer;
 use hybrid_agent::config::{self, AgentConfigSource, Env, LoadContext, NodeInput};
-use hybrid_agent::identity::clock::{ManualClock, SkewChange, SkewedClock};
 use hybrid_agent::paths::HostPaths;
 use hybrid_agent::telemetry::journal::reader::{Filter, JournalReader};
 use hybrid_agent::telemetry::record::{Message, Record};
 use hybrid_agent::telemetry::spool::{Spool, SpoolBudget};
 
+/// One target's entry point: any bytes in, a panic only on a finding.
+pub type Target = fn(&[u8]);
+
 /// The targets, as `scripts/fuzz` and `fuzz/corpus/<name>/` name them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("agent_toml", agent_toml),
     ("nodeconfig", nodeconfig),
     ("journal", journal),

@@ -10,6 +10,7 @@
 //!
 //! Also: `doctor` and `status` name a missing journal (no machine id under `--root`, or none of
 //! journald's directories for it).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod telemetry_support;
 

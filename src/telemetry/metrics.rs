@@ -355,7 +355,8 @@ async fn put_halving(
     data: &[MetricDatum],
 ) -> Result<(u64, u64), String> {
     let (mut accepted, mut refused) = (0u64, 0u64);
-    let mut todo = vec![0..data.len()];
+    let mut todo: Vec<std::ops::Range<usize>> = Vec::new();
+    todo.push(0..data.len());
     let mut splits = 0usize;
     while let Some(range) = todo.pop() {
         if range.is_empty() {
