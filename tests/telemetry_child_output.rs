@@ -125,3 +125,129 @@ fn blank_lines_and_a_panic_trace_from_a_child_arrive_without_rejected_batches() 
     assert_eq!(got, want, "what arrived in CloudWatch Logs");
     assert_eq!(status.counters.shipped, want.len() as u64);
 }
+
+/// Telemetry stalls (nothing takes the child's lines) while the child writes 12 MB: the log
+/// file's disk use stays near the allowance of unread output (1 MiB here) instead of holding
+/// everything, and once telemetry takes lines again it gets a line saying how much was skipped,
+/// then the child's newest lines in order, never a NUL from the freed part.
+#[test]
+fn a_child_outrunning_a_stalled_telemetry_is_bounded_and_says_what_was_skipped() {
+    use std::os::unix::fs::MetadataExt;
+    const LINES: u64 = 200_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let (tx, mut rx) = hybrid_agent::telemetry::child_line_channel();
+    let mut ps = ProcessSettings::new(tmp.path().join("agent-state"));
+    ps.child_output = Some(tx);
+    ps.log_max_unread = 1 << 20;
+    let log = ps
+        .state_dir
+        .join(hybrid_agent::supervise::process::SUPERVISE_DIR)
+        .join("kubelet.log");
+    let _reaper = PidFileReaper(ps.state_dir.clone());
+    let backend = ProcessBackend::new(ps);
+    let spec = ComponentSpec {
+        name: ComponentName::Kubelet,
+        exec: ExecSpec {
+            program: "/bin/sh".into(),
+            args: vec![
+                "-c".into(),
+                format!(
+                    "seq 1 {LINES} | sed 's/^/I1203 kubelet.go:1] line /; s/$/ padding-padding-padding/'; exec sleep 600"
+                ),
+            ],
+            env: vec![],
+        },
+        unit: "kubelet.service".into(),
+        probe: Probe::HttpGet {
+            url: format!("http://127.0.0.1:{}/healthz", free_port()),
+        },
+        probe_policy: fast_probe(1000, Duration::from_secs(600)),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(backend.start(&spec)).unwrap();
+
+    // The child is done writing; the tailer is blocked on the full channel.
+    let written = (|| {
+        for _ in 0..100 {
+            let m = std::fs::metadata(&log).ok()?;
+            if m.len() > 10 << 20 {
+                std::thread::sleep(Duration::from_millis(300));
+                if std::fs::metadata(&log).ok()?.len() == m.len() {
+                    return Some(m.len());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    })()
+    .expect("the child wrote its output");
+    // Within a few cap checks the skipped part's blocks are freed.
+    let mut on_disk = u64::MAX;
+    for _ in 0..50 {
+        on_disk = std::fs::metadata(&log).unwrap().blocks() * 512;
+        if on_disk < 3 << 20 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        on_disk < 3 << 20,
+        "{on_disk} bytes on disk for {written} written while telemetry was stalled"
+    );
+
+    // Telemetry takes lines again: what was queued, the skip notice, then the newest lines.
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        match rx.try_recv() {
+            Ok(l) => {
+                if let Some(a) = &l.ack {
+                    a.done();
+                }
+                let last = l
+                    .line
+                    .ends_with(&format!("line {LINES} padding-padding-padding"));
+                got.push(l.line);
+                if last {
+                    break;
+                }
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    rt.block_on(backend.stop(&spec)).unwrap();
+    assert!(
+        got.iter().all(|l| !l.contains('\0')),
+        "a NUL from the freed part was shipped"
+    );
+    let notice = got
+        .iter()
+        .position(|l| {
+            l.starts_with("[hybrid-agent]") && l.contains("bytes of kubelet output skipped")
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no skip notice among {} lines; last: {:?}",
+                got.len(),
+                got.last()
+            )
+        });
+    let numbers: Vec<u64> = got[notice + 1..]
+        .iter()
+        .filter_map(|l| l.split("line ").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(numbers.last(), Some(&LINES), "the newest line arrives");
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "after the notice the lines are consecutive"
+    );
+    assert!(
+        (got.len() as u64) < LINES,
+        "{} lines delivered: nothing was skipped",
+        got.len()
+    );
+}

@@ -44,9 +44,15 @@ use super::{
 /// Subdirectory of the agent's state dir for pid files and child logs.
 pub const SUPERVISE_DIR: &str = "supervise";
 
-/// A child log file is truncated once the tailer has read this far (the lines already went to
-/// the agent's log and telemetry).
+/// Once the tailer has read (and telemetry acknowledged) this much of a child log file, the read
+/// part's disk space is given back ([`reclaim`]), never by truncating: the child keeps writing.
 pub const LOG_FILE_TRUNCATE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Unread output a child log file may hold while telemetry is behind (CloudWatch unreachable and
+/// the spool full): beyond it the oldest unread output is skipped, with a line saying how much,
+/// so a long outage cannot fill the disk through a chatty child. Per component, outside the
+/// spool budget; 64 MiB is hours of a kubelet at its default verbosity.
+pub const LOG_FILE_MAX_UNREAD: u64 = 64 * 1024 * 1024;
 
 /// How often the tailer looks for new child output; 4 reads a second cost next to nothing.
 pub const LOG_TAIL_INTERVAL: Duration = Duration::from_millis(250);
@@ -91,6 +97,8 @@ pub struct ProcessSettings {
     /// and keeps its read position in `<component>.log.pos`, so an agent restart resumes where
     /// the last one stopped instead of at the end of the file.
     pub child_output: Option<crate::output::ChildLineSender>,
+    /// [`LOG_FILE_MAX_UNREAD`] unless a test sets it lower.
+    pub log_max_unread: u64,
 }
 
 impl ProcessSettings {
@@ -100,6 +108,7 @@ impl ProcessSettings {
             backoff: BackoffPolicy::default(),
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             child_output: None,
+            log_max_unread: LOG_FILE_MAX_UNREAD,
         }
     }
 
@@ -307,6 +316,7 @@ impl ProcessBackend {
                 .child_output
                 .clone()
                 .map(|sender| (sender, pos_path)),
+            self.settings.log_max_unread,
         ));
         if let Ok(mut keepers) = self.keepers.lock()
             && let Some(old) = keepers.insert(
@@ -791,6 +801,7 @@ async fn tail_log(
     mut offset: u64,
     out: broadcast::Sender<OutputLine>,
     telemetry: Option<(crate::output::ChildLineSender, PathBuf)>,
+    max_unread: u64,
 ) {
     use std::sync::atomic::{AtomicU64, Ordering};
     let component: std::sync::Arc<str> = std::sync::Arc::from(name.as_str());
@@ -823,17 +834,25 @@ async fn tail_log(
             partial.clear();
             durable.store(0, Ordering::Release);
         }
+        // Where the line being assembled started: what a skip drops from.
+        let mut skip_from: Option<u64> = None;
         if len > offset && file.seek(SeekFrom::Start(offset)).is_ok() {
-            while let Ok(n) = file.read(&mut buf) {
+            'read: while let Ok(n) = file.read(&mut buf) {
                 if n == 0 {
                     break;
                 }
                 offset += n as u64;
                 let mut at = offset - n as u64;
                 for chunk in buf[..n].split_inclusive(|b| *b == b'\n') {
+                    let start = at - partial.len() as u64;
                     at += chunk.len() as u64;
                     partial.extend_from_slice(chunk);
                     if partial.ends_with(b"\n") || partial.len() >= MAX_LINE_BYTES {
+                        // A hole punched by an earlier skip reads as NULs: nothing to ship.
+                        if partial.iter().all(|b| *b == 0 || *b == b'\n') && partial[0] == 0 {
+                            partial.clear();
+                            continue;
+                        }
                         let line = String::from_utf8_lossy(&partial)
                             .trim_end_matches(['\n', '\r'])
                             .to_string();
@@ -850,11 +869,19 @@ async fn tail_log(
                                     offset: at,
                                 }),
                             };
-                            // Telemetry stopped (agent shutting down): the recorded position
-                            // stays at what was spooled, so the next agent ships the rest.
-                            if !sender.send(line).await {
-                                record(&mut recorded);
-                                return;
+                            match send_capped(sender, line, &file, at, max_unread).await {
+                                Sent::Yes => {}
+                                // Telemetry stopped (agent shutting down): the recorded
+                                // position stays at what was spooled, so the next agent ships
+                                // the rest.
+                                Sent::Closed => {
+                                    record(&mut recorded);
+                                    return;
+                                }
+                                Sent::OverCap => {
+                                    skip_from = Some(start);
+                                    break 'read;
+                                }
                             }
                         }
                         let _ = out.send(OutputLine {
@@ -865,23 +892,251 @@ async fn tail_log(
                 }
             }
         }
+        if let (Some(from), Some((sender, _))) = (skip_from, &telemetry) {
+            // Telemetry has been behind for longer than the file may grow: keep the newest half
+            // of the allowance, from a line start, and say what was skipped.
+            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let to = line_start_after(&mut file, len.saturating_sub(max_unread / 2)).max(from);
+            partial.clear();
+            offset = to;
+            // Give the skipped part's disk space back now, while telemetry may still be stalled:
+            // a hole keeps every offset (lines in flight keep their acknowledgements), and a
+            // later reader finds NULs there, which it skips.
+            punch(&file, to);
+            let dropped = to - from;
+            tracing::warn!(component = %name, dropped_bytes = dropped, "telemetry has been behind for longer than {} MiB of {name} output; skipped the oldest {dropped} bytes", max_unread >> 20);
+            let marker = crate::output::ChildLine {
+                component: component.clone(),
+                stream: crate::output::ChildStream::Combined,
+                line: format!(
+                    "[hybrid-agent] {dropped} bytes of {name} output skipped: telemetry was behind for longer than the {} MiB the log file may hold unread",
+                    max_unread >> 20
+                ),
+                timestamp: std::time::SystemTime::now(),
+                ack: Some(crate::output::ChildAck {
+                    cell: durable.clone(),
+                    offset: to,
+                }),
+            };
+            match send_capped(sender, marker, &file, to, max_unread).await {
+                Sent::Closed => {
+                    record(&mut recorded);
+                    return;
+                }
+                // Still over: the next pass skips again.
+                Sent::Yes | Sent::OverCap => {}
+            }
+        }
         let all_durable = telemetry.is_none() || durable.load(Ordering::Acquire) == offset;
-        if offset >= LOG_FILE_TRUNCATE_BYTES
-            && partial.is_empty()
-            && all_durable
-            && file.metadata().map(|m| m.len()).unwrap_or(0) == offset
-            && file.set_len(0).is_ok()
-        {
-            offset = 0;
-            durable.store(0, Ordering::Release);
+        if offset >= LOG_FILE_TRUNCATE_BYTES && partial.is_empty() && all_durable {
+            match reclaim(&file, offset) {
+                Reclaimed::Collapsed(n) => {
+                    offset -= n;
+                    durable.store(offset, Ordering::Release);
+                }
+                Reclaimed::Punched | Reclaimed::Nothing => {}
+            }
         }
         record(&mut recorded);
+    }
+}
+
+/// How a capped send ended.
+enum Sent {
+    Yes,
+    /// The receiver is gone.
+    Closed,
+    /// The receiver stayed behind while the file grew past `max_unread` unread bytes after
+    /// `at`: the line was not sent.
+    OverCap,
+}
+
+/// Sends `line`, waiting while telemetry is behind, but not while the file grows past
+/// `max_unread` bytes beyond `at`.
+async fn send_capped(
+    sender: &crate::output::ChildLineSender,
+    line: crate::output::ChildLine,
+    file: &std::fs::File,
+    at: u64,
+    max_unread: u64,
+) -> Sent {
+    loop {
+        tokio::select! {
+            sent = sender.send(line.clone()) => return if sent { Sent::Yes } else { Sent::Closed },
+            _ = tokio::time::sleep(LOG_TAIL_INTERVAL * 4) => {
+                let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+                if len.saturating_sub(at) > max_unread {
+                    return Sent::OverCap;
+                }
+            }
+        }
+    }
+}
+
+/// The offset just past the first newline at or after `from` (or `from` at the end).
+fn line_start_after(file: &mut std::fs::File, from: u64) -> u64 {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pos = from;
+    if file.seek(SeekFrom::Start(from)).is_err() {
+        return from;
+    }
+    while let Ok(n) = file.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        if let Some(i) = buf[..n].iter().position(|b| *b == b'\n') {
+            return pos + i as u64 + 1;
+        }
+        pos += n as u64;
+    }
+    from
+}
+
+/// Frees the blocks of the first `upto` bytes (block-aligned), keeping the file's size and
+/// offsets; reads of them return NULs.
+fn punch(file: &std::fs::File, upto: u64) {
+    use rustix::fs::{FallocateFlags, fallocate, fstat};
+    let block = fstat(file)
+        .ok()
+        .and_then(|st| u64::try_from(st.st_blksize).ok())
+        .filter(|b| *b > 0)
+        .unwrap_or(4096);
+    let n = upto - upto % block;
+    if n > 0 {
+        let _ = fallocate(
+            file,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            0,
+            n,
+        );
+    }
+}
+
+/// What [`reclaim`] did.
+#[derive(Debug, PartialEq, Eq)]
+enum Reclaimed {
+    /// The first `n` bytes were removed; the rest (and the child's later writes) moved down.
+    Collapsed(u64),
+    /// The read prefix's blocks were freed; offsets are unchanged.
+    Punched,
+    Nothing,
+}
+
+/// Gives back the disk space of the first `upto` bytes of a child log file, which the child
+/// keeps appending to (O_APPEND) at any moment. Truncating (the length checked, then
+/// `set_len(0)`) loses whatever the child writes between the two. `FALLOC_FL_COLLAPSE_RANGE`
+/// removes the block-aligned read prefix in one operation (ext4, xfs): the child's appends land
+/// at the new end. Where the filesystem lacks it (tmpfs, btrfs), `FALLOC_FL_PUNCH_HOLE` frees the
+/// prefix's blocks and leaves the offsets (the file is sparse, its disk use bounded).
+fn reclaim(file: &std::fs::File, upto: u64) -> Reclaimed {
+    use rustix::fs::{FallocateFlags, fallocate, fstat};
+    let block = fstat(file)
+        .ok()
+        .and_then(|st| u64::try_from(st.st_blksize).ok())
+        .filter(|b| *b > 0)
+        .unwrap_or(4096);
+    let n = upto - upto % block;
+    if n == 0 {
+        return Reclaimed::Nothing;
+    }
+    // The collapsed range must end before the end of the file.
+    if fallocate(file, FallocateFlags::COLLAPSE_RANGE, 0, n).is_ok() {
+        return Reclaimed::Collapsed(n);
+    }
+    match fallocate(
+        file,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        0,
+        n,
+    ) {
+        Ok(()) => Reclaimed::Punched,
+        Err(_) => Reclaimed::Nothing,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A writer appends numbered lines (O_APPEND, as a child does) while the reader reads and
+    /// reclaims the read part over and over: every line arrives once, in order. Truncation lost
+    /// the lines written between its length check and `set_len(0)`.
+    #[test]
+    fn reclaiming_while_the_child_writes_loses_nothing() {
+        use std::io::Write;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        // The temp dir's filesystem (ext4 here: COLLAPSE_RANGE) and a tmpfs (PUNCH_HOLE).
+        let mut dirs = vec![std::env::temp_dir()];
+        if std::path::Path::new("/dev/shm").is_dir() {
+            dirs.push("/dev/shm".into());
+        }
+        for dir in dirs {
+            let dir = tempfile::tempdir_in(&dir).expect("tempdir");
+            let path = dir.path().join("child.log");
+            let done = std::sync::Arc::new(AtomicBool::new(false));
+            const LINES: u32 = 200_000;
+            let writer = {
+                let (path, done) = (path.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut f = OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .expect("open");
+                    for i in 0..LINES {
+                        writeln!(f, "line {i:08} {}", "x".repeat(40)).expect("write");
+                    }
+                    done.store(true, Ordering::SeqCst);
+                })
+            };
+            let mut offset = 0u64;
+            let mut next = 0u32;
+            let mut partial = Vec::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut reclaims = 0;
+            loop {
+                let finished = done.load(Ordering::SeqCst);
+                let Ok(mut f) = OpenOptions::new().read(true).write(true).open(&path) else {
+                    continue;
+                };
+                f.seek(SeekFrom::Start(offset)).expect("seek");
+                loop {
+                    let n = f.read(&mut buf).expect("read");
+                    if n == 0 {
+                        break;
+                    }
+                    offset += n as u64;
+                    for chunk in buf[..n].split_inclusive(|b| *b == b'\n') {
+                        partial.extend_from_slice(chunk);
+                        if partial.ends_with(b"\n") {
+                            let line = String::from_utf8_lossy(&partial).to_string();
+                            assert!(
+                                line.starts_with(&format!("line {next:08} ")),
+                                "expected line {next}, got {line:?} (in {})",
+                                dir.path().display()
+                            );
+                            next += 1;
+                            partial.clear();
+                        }
+                    }
+                }
+                if partial.is_empty() && offset >= 64 * 1024 {
+                    match reclaim(&f, offset) {
+                        Reclaimed::Collapsed(n) => offset -= n,
+                        Reclaimed::Punched | Reclaimed::Nothing => {}
+                    }
+                    reclaims += 1;
+                }
+                if finished && next == LINES {
+                    break;
+                }
+                assert!(!finished || f.metadata().map(|m| m.len()).unwrap_or(0) >= offset);
+            }
+            writer.join().expect("writer");
+            assert_eq!(next, LINES);
+            assert!(reclaims > 0, "the test never reclaimed");
+        }
+    }
 
     #[test]
     fn exit_descriptions_name_code_or_signal() {
