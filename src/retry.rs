@@ -194,9 +194,11 @@ pub fn logs(code: Option<&str>, status: Option<u16>) -> Class {
         Some("LimitExceededException") => Class::Denied,
         // The service's own transient states.
         Some("ServiceUnavailableException" | "OperationAbortedException") => Class::Transient,
-        // An unknown code: its status decides, so a new validation error drops its batch
-        // rather than blocking the stream, and a new server error is retried.
-        _ => by_status(status),
+        // An unknown code is retried: dropping a batch for a code we do not know (a new
+        // throttling name, say) loses data; retrying one that can never pass only holds its
+        // stream until an operator looks (the spool bounds what waits). No code: the status.
+        Some(_) => Class::Transient,
+        None => by_status(status),
     }
 }
 
@@ -347,6 +349,7 @@ mod tests {
         assert_eq!(logs(None, Some(502)), Class::Transient);
         assert_eq!(logs(None, Some(413)), Class::Rejected);
         assert_eq!(logs(Some("SomethingNew"), Some(500)), Class::Transient);
+        assert_eq!(logs(Some("SomethingNew"), Some(400)), Class::Transient);
     }
 
     #[test]

@@ -709,4 +709,222 @@ mod tests {
         });
         assert_eq!(shipped, 200, "lines shipped of a 200-line chunk");
     }
+
+    /// CloudWatch Logs scripted in memory: fails the first `fail` calls with a 503, refuses
+    /// (as invalid) any call holding an event with "BAD" in it, answers ResourceNotFound until
+    /// the stream was created when `missing`; records what it accepted, per stream, in order.
+    #[derive(Default)]
+    struct Scripted {
+        fail: std::sync::atomic::AtomicU32,
+        missing: std::sync::atomic::AtomicBool,
+        accepted: std::sync::Mutex<HashMap<String, Vec<String>>>,
+        puts: std::sync::atomic::AtomicU32,
+        creates: std::sync::atomic::AtomicU32,
+    }
+
+    use crate::telemetry::sink::{Call, CallError, LogsApi, RejectedInfo};
+
+    impl LogsApi for Scripted {
+        fn put_log_events<'a>(
+            &'a self,
+            _group: &'a str,
+            stream: &'a str,
+            events: &'a [Record],
+        ) -> Call<'a, Option<RejectedInfo>> {
+            self.puts.fetch_add(1, Ordering::SeqCst);
+            let err = |code: &str, status, message: &str| {
+                Err(CallError {
+                    code: Some(code.into()),
+                    status: Some(status),
+                    message: message.into(),
+                })
+            };
+            let result = if self.missing.load(Ordering::SeqCst) {
+                err(
+                    "ResourceNotFoundException",
+                    400,
+                    "The specified log stream does not exist.",
+                )
+            } else if self
+                .fail
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                err("ServiceUnavailableException", 503, "try again")
+            } else if events.iter().any(|e| e.message.as_str().contains("BAD")) {
+                err(
+                    "InvalidParameterException",
+                    400,
+                    "Log event message is invalid",
+                )
+            } else {
+                let mut acc = self.accepted.lock().expect("lock");
+                acc.entry(stream.to_string())
+                    .or_default()
+                    .extend(events.iter().map(|e| e.message.as_str().to_string()));
+                Ok(None)
+            };
+            Box::pin(async move { result })
+        }
+
+        fn create_log_group<'a>(&'a self, _group: &'a str) -> Call<'a, ()> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn create_log_stream<'a>(&'a self, _group: &'a str, _stream: &'a str) -> Call<'a, ()> {
+            self.creates.fetch_add(1, Ordering::SeqCst);
+            self.missing.store(false, Ordering::SeqCst);
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    /// Runs a shipper over `api` with `chunks` (records named `<stream> <n>`), until `want`
+    /// events are shipped or rejected; returns the status counters. Backoff 1-4 ms.
+    async fn ship_through(
+        api: Arc<Scripted>,
+        chunks: Vec<Vec<(&'static str, String)>>,
+        want: u64,
+        spool_budget: u64,
+    ) -> (crate::telemetry::status::CounterSnapshot, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (spool, _) =
+            Spool::open(dir.path(), SpoolBudget::new(spool_budget)).expect("open spool");
+        let status = StatusCell::new();
+        let sink = Arc::new(
+            LogsSink::with_api(
+                api,
+                "/test/group".into(),
+                "{node}/{unit}".into(),
+                "node".into(),
+                Backoff {
+                    base: Duration::from_millis(1),
+                    cap: Duration::from_millis(4),
+                },
+                status.counters.clone(),
+            )
+            .with_jitter(Arc::new(crate::retry::FixedJitter(1.0))),
+        );
+        let opts = ShipperOptions {
+            flush_interval: Duration::from_millis(5),
+            mem_limit_bytes: 1 << 20,
+            durable_input: false,
+            cursor_path: None,
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(Shipper::new(spool, sink, opts, status.clone()).run(rx, stop_rx));
+        let now = crate::telemetry::now_ms();
+        for records in chunks {
+            let records = records
+                .into_iter()
+                .map(|(stream, text)| Record {
+                    stream: stream.into(),
+                    timestamp_ms: now,
+                    message: Message::new(text).expect("message"),
+                })
+                .collect();
+            tx.send(Chunk {
+                records,
+                caught_up: true,
+                ..Chunk::default()
+            })
+            .await
+            .expect("send chunk");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let c = status.counters.snapshot();
+            if c.shipped + c.rejected >= want || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let _ = stop_tx.send(true);
+        let _ = task.await;
+        (status.counters.snapshot(), dir)
+    }
+
+    fn lines(stream: &'static str, from: usize, n: usize) -> Vec<(&'static str, String)> {
+        (from..from + n)
+            .map(|i| (stream, format!("{stream} {i:05}")))
+            .collect()
+    }
+
+    fn in_order(api: &Scripted, stream: &str, n: usize) {
+        let acc = api.accepted.lock().expect("lock");
+        let got = acc
+            .get(&format!("node/{stream}"))
+            .cloned()
+            .unwrap_or_default();
+        let want: Vec<String> = (0..n).map(|i| format!("{stream} {i:05}")).collect();
+        assert_eq!(got, want, "{stream}: each line once, in order");
+    }
+
+    /// Reachable: everything ships once, in order per stream.
+    #[tokio::test]
+    async fn everything_ships_once_in_order() {
+        let api = Arc::new(Scripted::default());
+        let mut a = lines("kubelet", 0, 600);
+        a.extend(lines("containerd", 0, 400));
+        let (c, _dir) = ship_through(api.clone(), vec![a], 1000, 16 << 20).await;
+        assert_eq!((c.shipped, c.rejected, c.retries), (1000, 0, 0));
+        in_order(&api, "kubelet", 600);
+        in_order(&api, "containerd", 400);
+    }
+
+    /// The first eight calls fail: the shipper spills to the spool and retries with backoff;
+    /// after, every line arrives once, in order, nothing rejected.
+    #[tokio::test]
+    async fn failures_spill_and_retry_then_everything_arrives_in_order() {
+        let api = Arc::new(Scripted::default());
+        api.fail.store(8, Ordering::SeqCst);
+        let chunks = (0..5).map(|k| lines("kubelet", k * 100, 100)).collect();
+        let (c, _dir) = ship_through(api.clone(), chunks, 500, 16 << 20).await;
+        assert_eq!((c.shipped, c.rejected), (500, 0));
+        assert!(c.retries >= 8, "{c:?}");
+        in_order(&api, "kubelet", 500);
+    }
+
+    /// One bad event among 100: the batch is halved down to it; it alone is rejected.
+    #[tokio::test]
+    async fn one_bad_event_costs_only_itself() {
+        let api = Arc::new(Scripted::default());
+        let mut l = lines("kubelet", 0, 100);
+        l[37].1 = "kubelet BAD".into();
+        let (c, _dir) = ship_through(api.clone(), vec![l], 100, 16 << 20).await;
+        assert_eq!((c.shipped, c.rejected), (99, 1));
+        let acc = api.accepted.lock().expect("lock");
+        assert_eq!(acc["node/kubelet"].len(), 99);
+        assert!(acc["node/kubelet"].iter().all(|m| !m.contains("BAD")));
+        // log2(100) halvings and their siblings, not 100 calls.
+        assert!(
+            api.puts.load(Ordering::SeqCst) <= 16,
+            "{} calls",
+            api.puts.load(Ordering::SeqCst)
+        );
+    }
+
+    /// A stream that does not exist yet is created once, then the batch is replayed.
+    #[tokio::test]
+    async fn a_missing_stream_is_created_then_the_batch_replayed() {
+        let api = Arc::new(Scripted::default());
+        api.missing.store(true, Ordering::SeqCst);
+        let (c, _dir) =
+            ship_through(api.clone(), vec![lines("kubelet", 0, 50)], 50, 16 << 20).await;
+        assert_eq!(c.shipped, 50);
+        assert_eq!(api.creates.load(Ordering::SeqCst), 1);
+        in_order(&api, "kubelet", 50);
+    }
+
+    /// A spool far smaller than the backlog (8 KiB for about 60 KB) while the service fails:
+    /// nothing is dropped, and all of it ships, in order, once the service answers.
+    #[tokio::test]
+    async fn a_spool_smaller_than_the_backlog_drops_nothing() {
+        let api = Arc::new(Scripted::default());
+        api.fail.store(30, Ordering::SeqCst);
+        let chunks = (0..20).map(|k| lines("kubelet", k * 50, 50)).collect();
+        let (c, _dir) = ship_through(api.clone(), chunks, 1000, 8 << 10).await;
+        assert_eq!((c.shipped, c.rejected, c.dropped_too_old), (1000, 0, 0));
+        in_order(&api, "kubelet", 1000);
+    }
 }

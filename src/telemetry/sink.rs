@@ -45,14 +45,21 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    pub fn ceiling(&self, attempt: u32) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << attempt.min(20));
-        exp.min(self.cap)
+    fn retry(&self) -> crate::retry::Backoff {
+        crate::retry::Backoff::new(self.base, self.cap, crate::retry::Spread::Full)
     }
 
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        self.retry().ceiling(attempt)
+    }
+
+    /// Full jitter under the ceiling, from the thread's random source.
     pub fn delay(&self, attempt: u32) -> Duration {
-        let c = self.ceiling(attempt);
-        c.mul_f64(rand::random::<f64>())
+        self.delay_with(attempt, &crate::retry::RandomJitter)
+    }
+
+    pub fn delay_with(&self, attempt: u32, jitter: &dyn crate::retry::Jitter) -> Duration {
+        self.retry().delay(attempt, jitter)
     }
 }
 
@@ -81,58 +88,169 @@ pub enum Class {
 }
 
 /// Classifies an error by its AWS error code and HTTP status (`None` for network/timeout
-/// failures that never produced a response).
+/// failures that never produced a response), through [`crate::retry::logs`].
 pub fn classify(code: Option<&str>, status: Option<u16>) -> Class {
-    match code {
-        Some("ResourceNotFoundException") => Class::Missing,
-        Some("InvalidParameterException" | "SerializationException" | "ValidationException") => {
-            Class::Reject
+    use crate::retry::Class as R;
+    match crate::retry::logs(code, status) {
+        R::Missing => Class::Missing,
+        R::Rejected | R::Fatal => Class::Reject,
+        R::Transient | R::Throttled | R::Credentials | R::Denied => Class::Retry,
+    }
+}
+
+/// One failed CloudWatch Logs call, as the service (or the network) answered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallError {
+    /// The AWS error code, when the service answered with one.
+    pub code: Option<String>,
+    /// The HTTP status; `None` for a network failure or timeout.
+    pub status: Option<u16>,
+    pub message: String,
+}
+
+impl CallError {
+    pub fn class(&self) -> Class {
+        classify(self.code.as_deref(), self.status)
+    }
+
+    fn already_exists(&self) -> bool {
+        self.code.as_deref() == Some("ResourceAlreadyExistsException")
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.code {
+            Some(code) => write!(f, "{code}: {}", self.message),
+            None => f.write_str(&self.message),
         }
-        Some(_) | None => match status {
-            Some(s)
-                if (400..500).contains(&s)
-                    && s != 429
-                    && s != 403
-                    && s != 408
-                    && code.is_none() =>
-            {
-                Class::Reject
-            }
-            _ => Class::Retry,
+    }
+}
+
+/// What an accepted PutLogEvents said about its events: `rejectedLogEventsInfo` as
+/// `[tooOldLogEventEndIndex, tooNewLogEventStartIndex, expiredLogEventEndIndex]`.
+pub type RejectedInfo = [Option<i32>; 3];
+
+/// A boxed call, as [`LogsApi`] returns it.
+pub type Call<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, CallError>> + Send + 'a>>;
+
+/// The three CloudWatch Logs calls the sink makes: the SDK client in the agent ([`SdkLogs`]),
+/// a scripted service in unit tests.
+pub trait LogsApi: Send + Sync {
+    fn put_log_events<'a>(
+        &'a self,
+        group: &'a str,
+        stream: &'a str,
+        events: &'a [Record],
+    ) -> Call<'a, Option<RejectedInfo>>;
+    fn create_log_group<'a>(&'a self, group: &'a str) -> Call<'a, ()>;
+    fn create_log_stream<'a>(&'a self, group: &'a str, stream: &'a str) -> Call<'a, ()>;
+}
+
+/// [`LogsApi`] over the aws-sdk-cloudwatchlogs client (SDK retries off).
+pub struct SdkLogs(pub Client);
+
+impl LogsApi for SdkLogs {
+    fn put_log_events<'a>(
+        &'a self,
+        group: &'a str,
+        stream: &'a str,
+        events: &'a [Record],
+    ) -> Call<'a, Option<RejectedInfo>> {
+        Box::pin(async move {
+            // Built per attempt: the batch stays with the shipper (it may also go to the spool).
+            let input: Vec<InputLogEvent> = events
+                .iter()
+                .filter_map(|r| {
+                    InputLogEvent::builder()
+                        .timestamp(r.timestamp_ms)
+                        .message(r.message.as_str())
+                        .build()
+                        .ok()
+                })
+                .collect();
+            let out = self
+                .0
+                .put_log_events()
+                .log_group_name(group)
+                .log_stream_name(stream)
+                .set_log_events(Some(input))
+                .send()
+                .await
+                .map_err(|e| call_error(&e))?;
+            Ok(out.rejected_log_events_info().map(|i| {
+                [
+                    i.too_old_log_event_end_index(),
+                    i.too_new_log_event_start_index(),
+                    i.expired_log_event_end_index(),
+                ]
+            }))
+        })
+    }
+
+    fn create_log_group<'a>(&'a self, group: &'a str) -> Call<'a, ()> {
+        Box::pin(async move {
+            self.0
+                .create_log_group()
+                .log_group_name(group)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| call_error(&e))
+        })
+    }
+
+    fn create_log_stream<'a>(&'a self, group: &'a str, stream: &'a str) -> Call<'a, ()> {
+        Box::pin(async move {
+            self.0
+                .create_log_stream()
+                .log_group_name(group)
+                .log_stream_name(stream)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| call_error(&e))
+        })
+    }
+}
+
+fn call_error<E: std::fmt::Debug + ProvideErrorMetadata>(
+    e: &SdkError<E, aws_sdk_cloudwatchlogs::config::http::HttpResponse>,
+) -> CallError {
+    match e {
+        SdkError::ServiceError(s) => CallError {
+            code: s.err().code().map(str::to_string),
+            status: Some(s.raw().status().as_u16()),
+            message: s.err().message().unwrap_or("").to_string(),
         },
-    }
-}
-
-fn classify_sdk<E: ProvideErrorMetadata>(
-    e: &SdkError<E, aws_sdk_cloudwatchlogs::config::http::HttpResponse>,
-) -> Class {
-    match e {
-        SdkError::ServiceError(s) => classify(s.err().code(), Some(s.raw().status().as_u16())),
-        SdkError::ResponseError(r) => classify(None, Some(r.raw().status().as_u16())),
-        _ => Class::Retry,
-    }
-}
-
-fn describe<E: std::fmt::Debug + ProvideErrorMetadata>(
-    e: &SdkError<E, aws_sdk_cloudwatchlogs::config::http::HttpResponse>,
-) -> String {
-    match e {
-        SdkError::ServiceError(s) => {
-            format!(
-                "{}: {}",
-                s.err().code().unwrap_or("unknown"),
-                s.err().message().unwrap_or("")
-            )
-        }
-        SdkError::DispatchFailure(_) => "network error (connection failed)".into(),
-        SdkError::TimeoutError(_) => "timed out".into(),
-        other => format!("{other:?}"),
+        SdkError::ResponseError(r) => CallError {
+            code: None,
+            status: Some(r.raw().status().as_u16()),
+            message: "unparsable response".into(),
+        },
+        SdkError::DispatchFailure(_) => CallError {
+            code: None,
+            status: None,
+            message: "network error (connection failed)".into(),
+        },
+        SdkError::TimeoutError(_) => CallError {
+            code: None,
+            status: None,
+            message: "timed out".into(),
+        },
+        other => CallError {
+            code: None,
+            status: None,
+            message: format!("{other:?}"),
+        },
     }
 }
 
 /// Ships batches of one log group.
 pub struct LogsSink {
-    client: Client,
+    api: Arc<dyn LogsApi>,
+    jitter: Arc<dyn crate::retry::Jitter>,
     group: String,
     /// `{node}` and `{unit}` replaced per stream key.
     stream_template: String,
@@ -152,8 +270,28 @@ impl LogsSink {
         backoff: Backoff,
         counters: Arc<Counters>,
     ) -> LogsSink {
+        LogsSink::with_api(
+            Arc::new(SdkLogs(client)),
+            group,
+            stream_template,
+            node,
+            backoff,
+            counters,
+        )
+    }
+
+    /// The sink over any [`LogsApi`] (tests script the service).
+    pub fn with_api(
+        api: Arc<dyn LogsApi>,
+        group: String,
+        stream_template: String,
+        node: String,
+        backoff: Backoff,
+        counters: Arc<Counters>,
+    ) -> LogsSink {
         LogsSink {
-            client,
+            api,
+            jitter: Arc::new(crate::retry::RandomJitter),
             group,
             stream_template,
             node,
@@ -161,6 +299,12 @@ impl LogsSink {
             counters,
             failing: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Pins the backoff's random draw (tests).
+    pub fn with_jitter(mut self, jitter: Arc<dyn crate::retry::Jitter>) -> LogsSink {
+        self.jitter = jitter;
+        self
     }
 
     pub fn stream_name(&self, key: &str) -> String {
@@ -215,46 +359,23 @@ impl LogsSink {
         // ResourceNotFound answers to this call so far.
         let mut missing = 0u32;
         loop {
-            // Built per attempt: the batch stays with the shipper (it may also go to the spool).
-            let input: Vec<InputLogEvent> = events
-                .iter()
-                .filter_map(|r| {
-                    InputLogEvent::builder()
-                        .timestamp(r.timestamp_ms)
-                        .message(r.message.as_str())
-                        .build()
-                        .ok()
-                })
-                .collect();
-            let res = self
-                .client
-                .put_log_events()
-                .log_group_name(&self.group)
-                .log_stream_name(stream)
-                .set_log_events(Some(input))
-                .send()
-                .await;
-            match res {
-                Ok(out) => {
+            match self.api.put_log_events(&self.group, stream, events).await {
+                Ok(info) => {
                     self.failing.store(false, Ordering::Relaxed);
-                    let rejected = out
-                        .rejected_log_events_info()
-                        .map(|i| rejected_count(i, n))
-                        .unwrap_or(0);
+                    let rejected = info.map(|i| rejected_count(i, n)).unwrap_or(0);
                     if rejected > 0 {
-                        tracing::warn!(group = %self.group, stream = %stream, rejected, info = ?out.rejected_log_events_info(), "CloudWatch Logs rejected events (too old, too new or expired); not retried");
+                        tracing::warn!(group = %self.group, stream = %stream, rejected, info = ?info, "CloudWatch Logs rejected events (too old, too new or expired); not retried");
                     }
                     self.counters.add_rejected(rejected);
                     self.counters.add_shipped(n - rejected);
                     return Ok(());
                 }
-                Err(e) => match classify_sdk(&e) {
+                Err(e) => match e.class() {
                     Class::Missing => {
                         if missing > 0 {
                             // Still missing after a create that succeeded (deleted again, or
                             // the service lags): back off like any failure, not a hot loop.
-                            let msg = describe(&e);
-                            self.fail(attempt, stream, &msg).await;
+                            self.fail(attempt, stream, &e.to_string()).await;
                             attempt += 1;
                         }
                         missing += 1;
@@ -265,12 +386,11 @@ impl LogsSink {
                         // The first replay after creating goes at once.
                     }
                     Class::Retry => {
-                        let msg = describe(&e);
-                        self.fail(attempt, stream, &msg).await;
+                        self.fail(attempt, stream, &e.to_string()).await;
                         attempt += 1;
                     }
                     Class::Reject => {
-                        return Err(describe(&e));
+                        return Err(e.to_string());
                     }
                 },
             }
@@ -280,7 +400,7 @@ impl LogsSink {
     async fn fail(&self, attempt: u32, stream: &str, msg: &str) {
         self.failing.store(true, Ordering::Relaxed);
         self.counters.add_retry();
-        let d = self.backoff.delay(attempt);
+        let d = self.backoff.delay_with(attempt, self.jitter.as_ref());
         if attempt < 3 || attempt.is_multiple_of(10) {
             tracing::warn!(group = %self.group, stream = %stream, attempt, delay_ms = d.as_millis() as u64, error = %msg, "PutLogEvents failed; retrying");
         }
@@ -289,39 +409,15 @@ impl LogsSink {
 
     /// Creates the group and the stream; already-existing is success.
     async fn create(&self, stream: &str) -> Result<(), String> {
-        match self
-            .client
-            .create_log_group()
-            .log_group_name(&self.group)
-            .send()
-            .await
-        {
-            Ok(_) => {}
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_already_exists_exception()) => {}
-            Err(e) => return Err(format!("CreateLogGroup {}: {}", self.group, describe(&e))),
+        match self.api.create_log_group(&self.group).await {
+            Ok(()) => {}
+            Err(e) if e.already_exists() => {}
+            Err(e) => return Err(format!("CreateLogGroup {}: {e}", self.group)),
         }
-        match self
-            .client
-            .create_log_stream()
-            .log_group_name(&self.group)
-            .log_stream_name(stream)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_already_exists_exception()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(format!(
-                "CreateLogStream {}/{stream}: {}",
-                self.group,
-                describe(&e)
-            )),
+        match self.api.create_log_stream(&self.group, stream).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.already_exists() => Ok(()),
+            Err(e) => Err(format!("CreateLogStream {}/{stream}: {e}", self.group)),
         }
     }
 }
@@ -330,19 +426,13 @@ impl LogsSink {
 /// CloudWatch Logs API reference calls `tooOldLogEventEndIndex` exclusive and
 /// `tooNewLogEventStartIndex` inclusive; `expiredLogEventEndIndex` is read like the too-old end
 /// (moto reports the last too-old index inclusively; the reference is what AWS answers by).
-fn rejected_count(info: &aws_sdk_cloudwatchlogs::types::RejectedLogEventsInfo, n: u64) -> u64 {
-    let old = info
-        .too_old_log_event_end_index()
-        .map(i64::from)
-        .unwrap_or(0);
-    let exp = info
-        .expired_log_event_end_index()
-        .map(i64::from)
-        .unwrap_or(0);
-    let front = old.max(exp).clamp(0, n as i64) as u64;
-    let back = info
-        .too_new_log_event_start_index()
-        .map(|i| (n as i64 - i64::from(i)).clamp(0, n as i64) as u64)
+fn rejected_count([too_old, too_new, expired]: RejectedInfo, n: u64) -> u64 {
+    let n_i = i64::try_from(n).unwrap_or(i64::MAX);
+    let old = too_old.map(i64::from).unwrap_or(0);
+    let exp = expired.map(i64::from).unwrap_or(0);
+    let front = old.max(exp).clamp(0, n_i) as u64;
+    let back = too_new
+        .map(|i| (n_i - i64::from(i)).clamp(0, n_i) as u64)
         .unwrap_or(0);
     (front + back).min(n)
 }
@@ -361,19 +451,13 @@ pub fn fuzz_response(
 ) {
     let _ = classify(code, status);
     let _ = about_events(message);
-    let info = aws_sdk_cloudwatchlogs::types::RejectedLogEventsInfo::builder()
-        .set_too_old_log_event_end_index(too_old)
-        .set_too_new_log_event_start_index(too_new)
-        .set_expired_log_event_end_index(expired)
-        .build();
-    let rejected = rejected_count(&info, events);
+    let rejected = rejected_count([too_old, too_new, expired], events);
     assert!(rejected <= events, "{rejected} of {events} events rejected");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_sdk_cloudwatchlogs::types::RejectedLogEventsInfo;
 
     #[test]
     fn classes() {
@@ -418,20 +502,17 @@ mod tests {
 
     #[test]
     fn rejected_indices() {
-        let i = RejectedLogEventsInfo::builder()
-            .too_old_log_event_end_index(2)
-            .too_new_log_event_start_index(8)
-            .build();
-        assert_eq!(rejected_count(&i, 10), 4, "events 0, 1, 8 and 9");
-        let i = RejectedLogEventsInfo::builder()
-            .expired_log_event_end_index(3)
-            .build();
-        assert_eq!(rejected_count(&i, 10), 3);
-        let i = RejectedLogEventsInfo::builder()
-            .too_old_log_event_end_index(1)
-            .expired_log_event_end_index(4)
-            .build();
-        assert_eq!(rejected_count(&i, 10), 4, "expired covers the too-old ones");
+        assert_eq!(
+            rejected_count([Some(2), Some(8), None], 10),
+            4,
+            "events 0, 1, 8 and 9"
+        );
+        assert_eq!(rejected_count([None, None, Some(3)], 10), 3);
+        assert_eq!(
+            rejected_count([Some(1), None, Some(4)], 10),
+            4,
+            "expired covers the too-old ones"
+        );
     }
 
     #[test]
