@@ -32,6 +32,9 @@ pub const MAX_SUBSYSTEM_RESTART_CAP: Duration = Duration::from_secs(3_600);
 /// dead subsystem would never be escalated in practice).
 pub const MIN_SUBSYSTEM_DOWN_LIMIT: Duration = Duration::from_secs(2);
 pub const MAX_SUBSYSTEM_DOWN_LIMIT: Duration = Duration::from_secs(86_400);
+/// `daemon.startup_jitter` bound: a node that needs credentials must not wait longer than a
+/// refresh backoff cap's worth (10 min) to start. Ours.
+pub const MAX_STARTUP_JITTER: Duration = Duration::from_secs(600);
 pub const MIN_REFRESH_BACKOFF_CAP: Duration = Duration::from_secs(1);
 /// Longest allowed backoff cap: credentials last about an hour (PROTOCOLS.md §1), so waiting
 /// longer than that between attempts guarantees expired credentials.
@@ -89,6 +92,7 @@ pub(crate) struct AgentConfigFile {
 struct DaemonSection {
     subsystem_restart_cap: Option<String>,
     subsystem_down_limit: Option<String>,
+    startup_jitter: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -241,6 +245,11 @@ pub struct DaemonConfig {
     /// (so systemd restarts the agent).
     #[serde(serialize_with = "serialize_duration")]
     pub subsystem_down_limit: Duration,
+    /// The daemon's first calls (credential refresh when the credentials from the previous run
+    /// are no longer valid, the first PutLogEvents) wait a random time up to this, so a site
+    /// that powers up at once does not call AWS in the same second.
+    #[serde(serialize_with = "serialize_duration")]
+    pub startup_jitter: Duration,
 }
 
 /// Supervisor choice.
@@ -363,6 +372,7 @@ impl AgentConfig {
             daemon: DaemonConfig {
                 subsystem_restart_cap: crate::daemon::health::DEFAULT_RESTART_CAP,
                 subsystem_down_limit: crate::daemon::health::DEFAULT_DOWN_LIMIT,
+                startup_jitter: crate::identity::schedule::DEFAULT_STARTUP_SPREAD,
             },
         }
     }
@@ -565,6 +575,16 @@ impl Check<'_, '_> {
             )
         {
             out.subsystem_down_limit = d;
+        }
+        if let Some(j) = &raw.startup_jitter
+            && let Some(d) = self.duration(
+                "daemon.startup_jitter",
+                j,
+                Duration::ZERO,
+                Some(MAX_STARTUP_JITTER),
+            )
+        {
+            out.startup_jitter = d;
         }
     }
 

@@ -31,4 +31,3 @@ pub mod store;
 // AWS transport, kept reachable under their old paths: the identity providers sign with them.
 pub use crate::aws::credentials::TemporaryCredentials;
 pub use crate::aws::{clock, sigv4};
-

@@ -140,6 +140,8 @@ pub struct LogsSink {
     counters: Arc<Counters>,
     /// Set while some batch is failing; the shipper spills to the spool while it is.
     pub failing: Arc<AtomicBool>,
+    /// Every PutLogEvents attempt waits for a slot ([`super::pace`]).
+    pace: Arc<super::pace::Pace>,
 }
 
 impl LogsSink {
@@ -159,7 +161,14 @@ impl LogsSink {
             backoff,
             counters,
             failing: Arc::new(AtomicBool::new(false)),
+            pace: Arc::new(super::pace::Pace::unlimited()),
         }
+    }
+
+    /// Paces every PutLogEvents attempt through `pace` (default: unpaced).
+    pub fn with_pace(mut self, pace: Arc<super::pace::Pace>) -> LogsSink {
+        self.pace = pace;
+        self
     }
 
     pub fn stream_name(&self, key: &str) -> String {
@@ -223,6 +232,7 @@ impl LogsSink {
                         .ok()
                 })
                 .collect();
+            self.pace.acquire().await;
             let res = self
                 .client
                 .put_log_events()

@@ -199,6 +199,7 @@ pub fn settings(journal_dir: &Path, state: &Path, units: &[&str]) -> TelemetrySe
         metric_namespace: "HybridAgent".into(),
         metrics_interval: None,
         root: state.to_path_buf(),
+        startup_spread: Duration::ZERO,
     }
 }
 

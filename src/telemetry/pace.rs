@@ -1,0 +1,220 @@
+//! Pacing of PutLogEvents calls: a per-node token bucket, and the node's start-up offset.
+//!
+//! After an outage every node of a site holds a spool of backlog, and the shipper would send
+//! it window after window as fast as CloudWatch answers: 10,000 nodes doing that at once is far
+//! above what an account may send. CloudWatch Logs throttles PutLogEvents per account and Region
+//! (the per-stream quota of five requests a second was removed; the account quota is adjustable
+//! through Service Quotas — PutLogEvents API reference), at 5,000 transactions a second in the
+//! large Regions (us-east-1, us-west-2, eu-west-1) and 1,500 in the others (CloudWatch Logs
+//! service quotas page); CreateLogStream is limited to 50 TPS per account (CreateLogStream API
+//! reference). One call carries at most 1,048,576 bytes or 10,000 events.
+//!
+//! So each node paces its calls with a token bucket of [`DRAIN_RATE_PER_SEC`] calls a second
+//! (bursts of [`DRAIN_BURST`]): a node still drains up to 1 MiB a second (86 GB a day, far more
+//! than a node logs), normal shipping (a batch per stream every flush interval) never waits, and
+//! a fleet of up to 5,000 nodes draining at once stays inside the default account quota. The
+//! bucket also holds the node's first call back by a random start-up offset
+//! ([`crate::identity::schedule::startup_delay`]), so a site that powers up at once does not
+//! send its first PutLogEvents/CreateLogStream in the same second.
+//!
+//! The arithmetic is the generic cell rate algorithm (GCRA, "virtual scheduling"), pure and in
+//! milliseconds from an origin ([`Bucket`]); [`Pace`] puts a clock and a mutex around it.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Sustained PutLogEvents calls a second per node. 5,000 TPS default account quota (large
+/// Regions; 1,500 elsewhere) / 5,000 nodes draining at the same time; CloudWatch Logs service
+/// quotas.
+pub const DRAIN_RATE_PER_SEC: f64 = 1.0;
+/// Calls a node may make at once before the rate applies: one per default shipped unit
+/// (kubelet, containerd, hybrid-agent) plus the child-output streams of a flush, so ordinary
+/// shipping never waits. Ours.
+pub const DRAIN_BURST: u32 = 5;
+
+/// A token bucket in virtual-scheduling form: `tat` is the theoretical arrival time of the next
+/// call, in milliseconds from an origin. A call at `now` may go at `max(tat, now) - tolerance`
+/// (tolerance = room for `burst - 1` calls) but not before the start, and moves `tat` one
+/// interval on. Reservations queue:
+/// callers that arrive together are given successive slots.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bucket {
+    interval_ms: f64,
+    tolerance_ms: f64,
+    tat_ms: f64,
+    start_ms: f64,
+}
+
+impl Bucket {
+    /// `rate` calls a second sustained, `burst` at once, nothing before `start_ms`.
+    pub fn new(rate: f64, burst: u32, start_ms: u64) -> Bucket {
+        // A rate of zero or less (or NaN) would mean "never": take one call a minute instead.
+        let rate = if rate.is_finite() && rate > 0.0 {
+            rate
+        } else {
+            1.0 / 60.0
+        };
+        let interval_ms = 1000.0 / rate;
+        let tolerance_ms = interval_ms * f64::from(burst.max(1) - 1);
+        Bucket {
+            interval_ms,
+            tolerance_ms,
+            tat_ms: start_ms as f64,
+            start_ms: start_ms as f64,
+        }
+    }
+
+    /// Reserves the next slot for a call made at `now_ms`; returns how long to wait for it.
+    pub fn reserve(&mut self, now_ms: u64) -> Duration {
+        let now = now_ms as f64;
+        let tat = self.tat_ms.max(now);
+        let allowed = (tat - self.tolerance_ms).max(self.start_ms);
+        self.tat_ms = tat + self.interval_ms;
+        Duration::from_millis((allowed - now).max(0.0).ceil() as u64)
+    }
+}
+
+/// A node's PutLogEvents pacing: one per process, shared by every stream's sends.
+#[derive(Debug)]
+pub struct Pace {
+    origin: Instant,
+    bucket: Mutex<Bucket>,
+}
+
+impl Pace {
+    /// Calls at `rate` a second in bursts of `burst`, the first after `start_delay`.
+    pub fn new(rate: f64, burst: u32, start_delay: Duration) -> Pace {
+        Pace {
+            origin: Instant::now(),
+            bucket: Mutex::new(Bucket::new(
+                rate,
+                burst,
+                u64::try_from(start_delay.as_millis()).unwrap_or(u64::MAX / 2),
+            )),
+        }
+    }
+
+    /// The agent's pacing ([`DRAIN_RATE_PER_SEC`], [`DRAIN_BURST`]) after `start_delay`.
+    pub fn for_node(start_delay: Duration) -> Pace {
+        Pace::new(DRAIN_RATE_PER_SEC, DRAIN_BURST, start_delay)
+    }
+
+    /// No pacing (tests and the herd bench's baseline).
+    pub fn unlimited() -> Pace {
+        Pace::new(1e9, u32::MAX, Duration::ZERO)
+    }
+
+    /// Waits for the next slot.
+    pub async fn acquire(&self) {
+        let now_ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX / 2);
+        let wait = match self.bucket.lock() {
+            Ok(mut b) => b.reserve(now_ms),
+            Err(poisoned) => poisoned.into_inner().reserve(now_ms),
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_burst_goes_at_once_then_one_call_per_interval() {
+        let mut b = Bucket::new(1.0, 5, 0);
+        let waits: Vec<_> = (0..8).map(|_| b.reserve(0)).collect();
+        assert_eq!(
+            waits,
+            [0, 0, 0, 0, 0, 1000, 2000, 3000].map(|ms| ms * MS),
+            "five at once, then queued a second apart"
+        );
+    }
+
+    /// A backlog drained as fast as the shipper can ask is sent at the rate: 120 calls asked
+    /// for in a tight loop are spread over about two minutes, never more than `burst` in the
+    /// first second or the rate in any later one.
+    #[test]
+    fn a_drain_is_held_to_the_rate() {
+        let mut b = Bucket::new(DRAIN_RATE_PER_SEC, DRAIN_BURST, 0);
+        let mut now = 0u64;
+        let mut sent = Vec::new();
+        for _ in 0..120 {
+            now += b.reserve(now).as_millis() as u64;
+            sent.push(now);
+            now += 5; // the call itself
+        }
+        let mut per_sec = std::collections::BTreeMap::<u64, u32>::new();
+        for t in &sent {
+            *per_sec.entry(t / 1000).or_default() += 1;
+        }
+        assert!(per_sec[&0] <= DRAIN_BURST, "{per_sec:?}");
+        assert!(
+            per_sec
+                .iter()
+                .skip(1)
+                .all(|(_, &n)| f64::from(n) <= DRAIN_RATE_PER_SEC.ceil()),
+            "{per_sec:?}"
+        );
+        let last = *sent.last().unwrap_or(&0);
+        assert!(
+            (110_000..=120_000).contains(&last),
+            "last call at {last} ms"
+        );
+    }
+
+    /// Idle time refills the bucket, but only up to the burst.
+    #[test]
+    fn idle_time_refills_up_to_the_burst() {
+        let mut b = Bucket::new(2.0, 3, 0);
+        for _ in 0..3 {
+            assert_eq!(b.reserve(0), Duration::ZERO);
+        }
+        assert_eq!(b.reserve(0), 500 * MS);
+        // An hour later: three at once again, not 7,200.
+        let t = 3_600_000;
+        for _ in 0..3 {
+            assert_eq!(b.reserve(t), Duration::ZERO);
+        }
+        assert_eq!(b.reserve(t), 500 * MS);
+    }
+
+    /// The start-up offset holds the first call back, then the burst applies from there.
+    #[test]
+    fn nothing_goes_before_the_start_offset() {
+        let mut b = Bucket::new(1.0, 2, 7_000);
+        assert_eq!(b.reserve(0), 7_000 * MS);
+        assert_eq!(b.reserve(0), 7_000 * MS);
+        assert_eq!(b.reserve(0), 8_000 * MS);
+        let mut b = Bucket::new(1.0, 2, 7_000);
+        assert_eq!(b.reserve(9_000), Duration::ZERO);
+    }
+
+    #[test]
+    fn absurd_rates_do_not_panic_or_spin() {
+        for rate in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let mut b = Bucket::new(rate, 0, 0);
+            assert_eq!(b.reserve(0), Duration::ZERO);
+            assert!(b.reserve(0) >= Duration::from_secs(1), "rate {rate}");
+        }
+        let mut b = Bucket::new(1e9, u32::MAX, 0);
+        for _ in 0..1000 {
+            assert_eq!(b.reserve(0), Duration::ZERO);
+        }
+    }
+
+    #[tokio::test]
+    async fn acquire_waits_for_the_slot() {
+        let p = Pace::new(20.0, 1, Duration::from_millis(30));
+        let t0 = Instant::now();
+        p.acquire().await;
+        p.acquire().await;
+        let took = t0.elapsed();
+        assert!(took >= 80 * MS && took < 2000 * MS, "{took:?}");
+    }
+}
