@@ -122,6 +122,8 @@ impl FaultsDoc {
 /// - `POST /_devstack/outage?secs=N` → drop every connection for N seconds (0 ends it)
 /// - `POST /_devstack/clock?offset_secs=N`
 /// - `GET /_devstack/counters` → JSON map `service/Operation` → calls; `DELETE` resets
+/// - `GET /_devstack/arrivals` → calls per second per service with errors and latency
+///   ([`crate::arrivals`]); `DELETE` resets
 /// - `PUT /_devstack/ssm/token-expiration` (body: any JSON value) → every
 ///   RequestManagedInstanceRoleToken answers `TokenExpirationDate` with that value verbatim;
 ///   `PUT /_devstack/rolesanywhere/expiration` does the same for CreateSession's `expiration`;
@@ -175,6 +177,11 @@ pub async fn handle(state: &Shared, op: &str, req: &Req) -> axum::response::Resp
         },
         (Method::GET, "counters") => {
             json(serde_json::to_value(state.counters()).unwrap_or_default())
+        }
+        (Method::GET, "arrivals") => json(crate::state::lock(&state.arrivals).to_json()),
+        (Method::DELETE, "arrivals") => {
+            crate::state::lock(&state.arrivals).clear();
+            json(serde_json::json!({}))
         }
         (Method::DELETE, "counters") => {
             state.reset_counters();
