@@ -28,7 +28,13 @@ pub struct Arrivals {
 
 impl Arrivals {
     /// Records one call of `service` that arrived at `at`, answered `status` after `latency`.
-    pub fn record(&mut self, service: &'static str, at: SystemTime, latency: Duration, status: u16) {
+    pub fn record(
+        &mut self,
+        service: &'static str,
+        at: SystemTime,
+        latency: Duration,
+        status: u16,
+    ) {
         let sec = at
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -67,8 +73,18 @@ mod tests {
         let mut a = Arrivals::default();
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
         a.record("ssm", t, Duration::from_micros(10), 200);
-        a.record("ssm", t + Duration::from_millis(999), Duration::from_micros(30), 500);
-        a.record("ssm", t + Duration::from_secs(1), Duration::from_micros(5), 429);
+        a.record(
+            "ssm",
+            t + Duration::from_millis(999),
+            Duration::from_micros(30),
+            500,
+        );
+        a.record(
+            "ssm",
+            t + Duration::from_secs(1),
+            Duration::from_micros(5),
+            429,
+        );
         a.record("logs", t, Duration::from_micros(7), 400);
         let j = a.to_json();
         assert_eq!(j["ssm"]["100"]["calls"], 2);
