@@ -17,13 +17,22 @@
 //! ([`crate::identity::schedule::startup_delay`]), so a site that powers up at once does not
 //! send its first PutLogEvents/CreateLogStream in the same second.
 //!
+//! Recovery: after calls failed for a while (an outage), every node of the fleet succeeds again
+//! within the same retry window and would then send its whole backlog at once. The first call
+//! that sees the sink healthy again after a failing stretch holds the node's later calls back
+//! by a random share of that stretch, at most [`MAX_RECOVERY_SPREAD`] ([`recovery_delay`]): a
+//! blip of a second costs at most a second, a ten-minute outage spreads the fleet's drain over
+//! a minute.
+//!
 //! The arithmetic is the generic cell rate algorithm (GCRA, "virtual scheduling"), pure and in
 //! milliseconds from an origin ([`Bucket`]); [`Pace`] puts a clock and a mutex around it.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::identity::schedule::{Jitter, RandomJitter};
 
 /// Sustained PutLogEvents calls a second per node. 5,000 TPS default account quota (large
 /// Regions; 1,500 elsewhere) / 5,000 nodes draining at the same time; CloudWatch Logs service
@@ -33,6 +42,18 @@ pub const DRAIN_RATE_PER_SEC: f64 = 1.0;
 /// (kubelet, containerd, hybrid-agent) plus the child-output streams of a flush, so ordinary
 /// shipping never waits. Ours.
 pub const DRAIN_BURST: u32 = 5;
+
+/// Longest hold-back of a node's calls after an outage: the backlog of a fleet is spread over a
+/// minute, the window CloudWatch's per-second quotas are averaged over in its metrics. Ours.
+pub const MAX_RECOVERY_SPREAD: Duration = Duration::from_secs(60);
+
+/// Hold-back after calls failed for `failing_for`: uniform in [0, min(failing_for,
+/// [`MAX_RECOVERY_SPREAD`])].
+pub fn recovery_delay(failing_for: Duration, jitter: &dyn Jitter) -> Duration {
+    let u = jitter.unit();
+    let u = if u.is_nan() { 0.5 } else { u.clamp(0.0, 1.0) };
+    failing_for.min(MAX_RECOVERY_SPREAD).mul_f64(u)
+}
 
 /// A token bucket in virtual-scheduling form: `tat` is the theoretical arrival time of the next
 /// call, in milliseconds from an origin. A call at `now` may go at `max(tat, now) - tolerance`
@@ -66,6 +87,13 @@ impl Bucket {
         }
     }
 
+    /// No call before `at_ms` (later calls queue behind it at the rate).
+    pub fn hold_until(&mut self, at_ms: u64) {
+        let at = at_ms as f64;
+        self.start_ms = self.start_ms.max(at);
+        self.tat_ms = self.tat_ms.max(at);
+    }
+
     /// Reserves the next slot for a call made at `now_ms`; returns how long to wait for it.
     pub fn reserve(&mut self, now_ms: u64) -> Duration {
         let now = now_ms as f64;
@@ -76,11 +104,26 @@ impl Bucket {
     }
 }
 
-/// A node's PutLogEvents pacing: one per process, shared by every stream's sends.
+/// The bucket plus when the current failing stretch began (ms from the origin).
 #[derive(Debug)]
+struct State {
+    bucket: Bucket,
+    failing_since_ms: Option<u64>,
+}
+
+/// A node's PutLogEvents pacing: one per process, shared by every stream's sends.
 pub struct Pace {
     origin: Instant,
-    bucket: Mutex<Bucket>,
+    state: Mutex<State>,
+    jitter: Arc<dyn Jitter>,
+    /// Hold back after a failing stretch ([`recovery_delay`]); off when unpaced.
+    recover: bool,
+}
+
+impl std::fmt::Debug for Pace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pace").field("state", &self.state).finish()
+    }
 }
 
 impl Pace {
@@ -88,12 +131,19 @@ impl Pace {
     pub fn new(rate: f64, burst: u32, start_delay: Duration) -> Pace {
         Pace {
             origin: Instant::now(),
-            bucket: Mutex::new(Bucket::new(
-                rate,
-                burst,
-                u64::try_from(start_delay.as_millis()).unwrap_or(u64::MAX / 2),
-            )),
+            state: Mutex::new(State {
+                bucket: Bucket::new(rate, burst, ms(start_delay)),
+                failing_since_ms: None,
+            }),
+            jitter: Arc::new(RandomJitter),
+            recover: true,
         }
+    }
+
+    /// The same with its randomness pinned (tests).
+    pub fn with_jitter(mut self, jitter: Arc<dyn Jitter>) -> Pace {
+        self.jitter = jitter;
+        self
     }
 
     /// The agent's pacing ([`DRAIN_RATE_PER_SEC`], [`DRAIN_BURST`]) after `start_delay`.
@@ -103,20 +153,45 @@ impl Pace {
 
     /// No pacing (tests and the herd bench's baseline).
     pub fn unlimited() -> Pace {
-        Pace::new(1e9, u32::MAX, Duration::ZERO)
+        Pace {
+            recover: false,
+            ..Pace::new(1e9, u32::MAX, Duration::ZERO)
+        }
     }
 
-    /// Waits for the next slot.
-    pub async fn acquire(&self) {
-        let now_ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX / 2);
-        let wait = match self.bucket.lock() {
-            Ok(mut b) => b.reserve(now_ms),
-            Err(poisoned) => poisoned.into_inner().reserve(now_ms),
+    /// Waits for the next slot. `failing`: the sink's calls are failing (the last attempt of
+    /// some batch failed and none succeeded since); the first call after a failing stretch
+    /// holds this and later calls back by [`recovery_delay`].
+    pub async fn acquire(&self, failing: bool) {
+        let now_ms = ms(self.origin.elapsed());
+        let wait = {
+            let mut st = match self.state.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            match (failing, st.failing_since_ms) {
+                (true, None) => st.failing_since_ms = Some(now_ms),
+                (false, Some(since)) if self.recover => {
+                    st.failing_since_ms = None;
+                    let hold = recovery_delay(
+                        Duration::from_millis(now_ms.saturating_sub(since)),
+                        self.jitter.as_ref(),
+                    );
+                    st.bucket.hold_until(now_ms.saturating_add(ms(hold)));
+                }
+                (false, Some(_)) => st.failing_since_ms = None,
+                _ => {}
+            }
+            st.bucket.reserve(now_ms)
         };
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2)
 }
 
 #[cfg(test)]
@@ -208,12 +283,65 @@ mod tests {
         }
     }
 
+    struct Fixed(f64);
+    impl Jitter for Fixed {
+        fn unit(&self) -> f64 {
+            self.0
+        }
+    }
+
+    /// The hold-back after an outage grows with the outage, up to a minute: a blip costs at
+    /// most its own length, a ten-minute outage spreads a fleet's drain over a minute.
+    #[test]
+    fn recovery_hold_back_scales_with_the_outage() {
+        let s = Duration::from_secs(1);
+        assert_eq!(recovery_delay(2 * s, &Fixed(1.0)), 2 * s);
+        assert_eq!(recovery_delay(2 * s, &Fixed(0.25)), 500 * MS);
+        assert_eq!(recovery_delay(600 * s, &Fixed(1.0)), MAX_RECOVERY_SPREAD);
+        assert_eq!(recovery_delay(600 * s, &Fixed(0.5)), 30 * s);
+        assert_eq!(recovery_delay(600 * s, &Fixed(f64::NAN)), 30 * s);
+        assert_eq!(recovery_delay(Duration::ZERO, &Fixed(1.0)), Duration::ZERO);
+    }
+
+    /// After a hold, calls queue behind it at the rate.
+    #[test]
+    fn a_hold_delays_the_calls_behind_it() {
+        let mut b = Bucket::new(1.0, 2, 0);
+        b.hold_until(10_000);
+        assert_eq!(b.reserve(1_000), 9_000 * MS);
+        assert_eq!(b.reserve(1_000), 9_000 * MS);
+        assert_eq!(b.reserve(1_000), 10_000 * MS);
+        // A hold in the past changes nothing.
+        let mut b = Bucket::new(1.0, 1, 0);
+        b.hold_until(0);
+        assert_eq!(b.reserve(5_000), Duration::ZERO);
+    }
+
+    /// The first call that finds the sink healthy after a failing stretch holds the node back
+    /// by a share of that stretch; calls while failing are not held (backoff governs them).
+    #[tokio::test]
+    async fn the_first_call_after_a_failing_stretch_is_held_back() {
+        let p = Pace::new(1000.0, 100, Duration::ZERO).with_jitter(Arc::new(Fixed(1.0)));
+        let t0 = Instant::now();
+        p.acquire(true).await;
+        assert!(t0.elapsed() < 50 * MS);
+        tokio::time::sleep(200 * MS).await;
+        p.acquire(true).await;
+        assert!(t0.elapsed() < 300 * MS);
+        p.acquire(false).await; // recovered: held by the whole stretch (~200 ms)
+        let took = t0.elapsed();
+        assert!(took >= 390 * MS && took < 2000 * MS, "{took:?}");
+        let t1 = Instant::now();
+        p.acquire(false).await; // healthy since: no hold
+        assert!(t1.elapsed() < 50 * MS);
+    }
+
     #[tokio::test]
     async fn acquire_waits_for_the_slot() {
         let p = Pace::new(20.0, 1, Duration::from_millis(30));
         let t0 = Instant::now();
-        p.acquire().await;
-        p.acquire().await;
+        p.acquire(false).await;
+        p.acquire(false).await;
         let took = t0.elapsed();
         assert!(took >= 80 * MS && took < 2000 * MS, "{took:?}");
     }

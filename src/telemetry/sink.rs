@@ -232,7 +232,9 @@ impl LogsSink {
                         .ok()
                 })
                 .collect();
-            self.pace.acquire().await;
+            self.pace
+                .acquire(self.failing.load(Ordering::Relaxed))
+                .await;
             let res = self
                 .client
                 .put_log_events()
