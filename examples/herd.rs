@@ -9,7 +9,7 @@
 //! `HERD_OUTAGE_SECS` (devstack fault rules), then recover; the minute after recovery is measured
 //! from the devstack's per-second arrivals. Two modes in one run, on the same devstack:
 //! `baseline` (no start-up spread, PutLogEvents unpaced: the agent before this change) and
-//! `paced` (start-up spread and pacing as shipped).
+//! `paced` (start-up spread, pacing and the post-outage hold-back as shipped).
 //!
 //! Log volume is scaled down so one machine can play a fleet: a "batch" is 10 events of 80
 //! bytes standing for a full PutLogEvents batch, and each stream fills one every
@@ -328,7 +328,9 @@ async fn run_mode(ds: &hybrid_devstack::Devstack, k: &Knobs, mode: Mode) -> Resu
         });
         let pace = match mode {
             Mode::Baseline => Pace::unlimited(),
-            Mode::Paced => Pace::for_node(schedule::startup_delay(spread, &RandomJitter)),
+            Mode::Paced => {
+                Pace::for_node(hybrid_agent::telemetry::pace::DRAIN_RATE_PER_SEC, spread)
+            }
         };
         let sink = LogsSink::new(
             logs.clone(),

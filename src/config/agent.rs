@@ -247,7 +247,8 @@ pub struct DaemonConfig {
     pub subsystem_down_limit: Duration,
     /// The daemon's first calls (credential refresh when the credentials from the previous run
     /// are no longer valid, the first PutLogEvents) wait a random time up to this, so a site
-    /// that powers up at once does not call AWS in the same second.
+    /// that powers up at once does not call AWS in the same second; the log drain after an
+    /// outage is held back by up to this too (`telemetry::pace`).
     #[serde(serialize_with = "serialize_duration")]
     pub startup_jitter: Duration,
 }

@@ -129,9 +129,12 @@ pub struct TelemetrySettings {
     pub metrics_interval: Option<Duration>,
     /// Host root (`--root`), for the disk metric.
     pub root: PathBuf,
-    /// The first PutLogEvents waits a random time up to this (`daemon.startup_jitter`); then
-    /// calls are paced ([`pace`]).
+    /// The first PutLogEvents waits a random time up to this (`daemon.startup_jitter`), and so
+    /// does the drain after an outage; calls are paced ([`pace`]).
     pub startup_spread: Duration,
+    /// PutLogEvents calls a second ([`pace::DRAIN_RATE_PER_SEC`] for the agent); `None`: no
+    /// pacing at all (throughput benchmarks and pipeline tests).
+    pub put_rate: Option<f64>,
 }
 
 impl TelemetrySettings {
@@ -184,6 +187,7 @@ impl TelemetrySettings {
             metrics_interval: Some(t.metrics_interval),
             root: paths.root().to_path_buf(),
             startup_spread: agent.daemon.startup_jitter,
+            put_rate: Some(pace::DRAIN_RATE_PER_SEC),
         }
     }
 }
@@ -350,12 +354,10 @@ pub async fn run(
             settings.backoff,
             counters.clone(),
         )
-        .with_pace(Arc::new(pace::Pace::for_node(
-            crate::identity::schedule::startup_delay(
-                settings.startup_spread,
-                &crate::identity::schedule::RandomJitter,
-            ),
-        ))),
+        .with_pace(Arc::new(match settings.put_rate {
+            Some(rate) => pace::Pace::for_node(rate, settings.startup_spread),
+            None => pace::Pace::unlimited(),
+        })),
     );
 
     // Journal source: a thread (file reads block) feeding the journal shipper.

@@ -20,9 +20,9 @@
 //! Recovery: after calls failed for a while (an outage), every node of the fleet succeeds again
 //! within the same retry window and would then send its whole backlog at once. The first call
 //! that sees the sink healthy again after a failing stretch holds the node's later calls back
-//! by a random share of that stretch, at most [`MAX_RECOVERY_SPREAD`] ([`recovery_delay`]): a
-//! blip of a second costs at most a second, a ten-minute outage spreads the fleet's drain over
-//! a minute.
+//! by a random share of that stretch, at most the fleet spread (`daemon.startup_jitter`, 30 s
+//! by default; [`recovery_delay`]): a blip of a second costs at most a second, a long outage
+//! spreads the fleet's drain over the spread on top of the retry window.
 //!
 //! The arithmetic is the generic cell rate algorithm (GCRA, "virtual scheduling"), pure and in
 //! milliseconds from an origin ([`Bucket`]); [`Pace`] puts a clock and a mutex around it.
@@ -43,16 +43,11 @@ pub const DRAIN_RATE_PER_SEC: f64 = 1.0;
 /// shipping never waits. Ours.
 pub const DRAIN_BURST: u32 = 5;
 
-/// Longest hold-back of a node's calls after an outage: the backlog of a fleet is spread over a
-/// minute, the window CloudWatch's per-second quotas are averaged over in its metrics. Ours.
-pub const MAX_RECOVERY_SPREAD: Duration = Duration::from_secs(60);
-
-/// Hold-back after calls failed for `failing_for`: uniform in [0, min(failing_for,
-/// [`MAX_RECOVERY_SPREAD`])].
-pub fn recovery_delay(failing_for: Duration, jitter: &dyn Jitter) -> Duration {
+/// Hold-back after calls failed for `failing_for`: uniform in [0, min(failing_for, `spread`)].
+pub fn recovery_delay(failing_for: Duration, spread: Duration, jitter: &dyn Jitter) -> Duration {
     let u = jitter.unit();
     let u = if u.is_nan() { 0.5 } else { u.clamp(0.0, 1.0) };
-    failing_for.min(MAX_RECOVERY_SPREAD).mul_f64(u)
+    failing_for.min(spread).mul_f64(u)
 }
 
 /// A token bucket in virtual-scheduling form: `tat` is the theoretical arrival time of the next
@@ -116,8 +111,8 @@ pub struct Pace {
     origin: Instant,
     state: Mutex<State>,
     jitter: Arc<dyn Jitter>,
-    /// Hold back after a failing stretch ([`recovery_delay`]); off when unpaced.
-    recover: bool,
+    /// Longest hold-back after a failing stretch ([`recovery_delay`]); zero: none.
+    recovery_spread: Duration,
 }
 
 impl std::fmt::Debug for Pace {
@@ -136,8 +131,14 @@ impl Pace {
                 failing_since_ms: None,
             }),
             jitter: Arc::new(RandomJitter),
-            recover: true,
+            recovery_spread: Duration::ZERO,
         }
+    }
+
+    /// Holds calls back after a failing stretch by up to `spread` ([`recovery_delay`]).
+    pub fn with_recovery_spread(mut self, spread: Duration) -> Pace {
+        self.recovery_spread = spread;
+        self
     }
 
     /// The same with its randomness pinned (tests).
@@ -146,17 +147,20 @@ impl Pace {
         self
     }
 
-    /// The agent's pacing ([`DRAIN_RATE_PER_SEC`], [`DRAIN_BURST`]) after `start_delay`.
-    pub fn for_node(start_delay: Duration) -> Pace {
-        Pace::new(DRAIN_RATE_PER_SEC, DRAIN_BURST, start_delay)
+    /// The agent's pacing (`rate`: [`DRAIN_RATE_PER_SEC`]; [`DRAIN_BURST`]): the first call at a random
+    /// time within `spread`, the drain after an outage held back by up to `spread`.
+    pub fn for_node(rate: f64, spread: Duration) -> Pace {
+        Pace::new(
+            rate,
+            DRAIN_BURST,
+            crate::identity::schedule::startup_delay(spread, &RandomJitter),
+        )
+        .with_recovery_spread(spread)
     }
 
     /// No pacing (tests and the herd bench's baseline).
     pub fn unlimited() -> Pace {
-        Pace {
-            recover: false,
-            ..Pace::new(1e9, u32::MAX, Duration::ZERO)
-        }
+        Pace::new(1e9, u32::MAX, Duration::ZERO)
     }
 
     /// Waits for the next slot. `failing`: the sink's calls are failing (the last attempt of
@@ -171,10 +175,11 @@ impl Pace {
             };
             match (failing, st.failing_since_ms) {
                 (true, None) => st.failing_since_ms = Some(now_ms),
-                (false, Some(since)) if self.recover => {
+                (false, Some(since)) if !self.recovery_spread.is_zero() => {
                     st.failing_since_ms = None;
                     let hold = recovery_delay(
                         Duration::from_millis(now_ms.saturating_sub(since)),
+                        self.recovery_spread,
                         self.jitter.as_ref(),
                     );
                     st.bucket.hold_until(now_ms.saturating_add(ms(hold)));
@@ -290,17 +295,25 @@ mod tests {
         }
     }
 
-    /// The hold-back after an outage grows with the outage, up to a minute: a blip costs at
-    /// most its own length, a ten-minute outage spreads a fleet's drain over a minute.
+    /// The hold-back after an outage grows with the outage, up to the spread: a blip costs at
+    /// most its own length, a ten-minute outage spreads a fleet's drain over the whole spread.
     #[test]
     fn recovery_hold_back_scales_with_the_outage() {
         let s = Duration::from_secs(1);
-        assert_eq!(recovery_delay(2 * s, &Fixed(1.0)), 2 * s);
-        assert_eq!(recovery_delay(2 * s, &Fixed(0.25)), 500 * MS);
-        assert_eq!(recovery_delay(600 * s, &Fixed(1.0)), MAX_RECOVERY_SPREAD);
-        assert_eq!(recovery_delay(600 * s, &Fixed(0.5)), 30 * s);
-        assert_eq!(recovery_delay(600 * s, &Fixed(f64::NAN)), 30 * s);
-        assert_eq!(recovery_delay(Duration::ZERO, &Fixed(1.0)), Duration::ZERO);
+        let spread = 30 * s;
+        assert_eq!(recovery_delay(2 * s, spread, &Fixed(1.0)), 2 * s);
+        assert_eq!(recovery_delay(2 * s, spread, &Fixed(0.25)), 500 * MS);
+        assert_eq!(recovery_delay(600 * s, spread, &Fixed(1.0)), spread);
+        assert_eq!(recovery_delay(600 * s, spread, &Fixed(0.5)), 15 * s);
+        assert_eq!(recovery_delay(600 * s, spread, &Fixed(f64::NAN)), 15 * s);
+        assert_eq!(
+            recovery_delay(Duration::ZERO, spread, &Fixed(1.0)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            recovery_delay(600 * s, Duration::ZERO, &Fixed(1.0)),
+            Duration::ZERO
+        );
     }
 
     /// After a hold, calls queue behind it at the rate.
@@ -321,7 +334,9 @@ mod tests {
     /// by a share of that stretch; calls while failing are not held (backoff governs them).
     #[tokio::test]
     async fn the_first_call_after_a_failing_stretch_is_held_back() {
-        let p = Pace::new(1000.0, 100, Duration::ZERO).with_jitter(Arc::new(Fixed(1.0)));
+        let p = Pace::new(1000.0, 100, Duration::ZERO)
+            .with_jitter(Arc::new(Fixed(1.0)))
+            .with_recovery_spread(Duration::from_secs(30));
         let t0 = Instant::now();
         p.acquire(true).await;
         assert!(t0.elapsed() < 50 * MS);
