@@ -68,6 +68,9 @@ fn main() -> Result<(), String> {
         metric_namespace: "HybridAgent".into(),
         metrics_interval: Some(Duration::from_secs(60)),
         root: state.clone(),
+        startup_spread: Duration::ZERO,
+        // The pipeline itself, unpaced (pacing has its own tests and the herd bench).
+        put_rate: None,
     };
     // Two worker threads: the agent shares a small box with kubelet and containerd.
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -106,7 +106,7 @@ fn broken_subsystems_are_restarted_shown_degraded_starve_the_watchdog_and_recove
     let config = node.path("/etc/hybrid-agent/config.toml");
     let mut toml = std::fs::read_to_string(&config).unwrap();
     toml.push_str(
-        "\n[daemon]\nsubsystem_restart_cap = \"1s\"\nsubsystem_down_limit = \"4s\"\n\
+        "\n[daemon]\nsubsystem_restart_cap = \"1s\"\nsubsystem_down_limit = \"4s\"\nstartup_jitter = \"0s\"\n\
          \n[telemetry]\nmetrics_interval = \"1s\"\nflush_interval = \"500ms\"\n",
     );
     std::fs::write(&config, toml).unwrap();
@@ -340,6 +340,7 @@ fn a_panicking_rotation_source_is_restarted_and_recovers() {
                     profile: "default".into(),
                 }],
                 backoff_cap: Duration::from_secs(1),
+                startup_spread: Duration::ZERO,
             },
             hybrid_agent::identity::store::IdentityStore::new(state_dir),
             Arc::new(hybrid_agent::identity::clock::SystemClock),

@@ -174,6 +174,7 @@ fn run_ships_journal_child_output_and_metrics_and_status_shows_them() {
     let config = node.path("/etc/hybrid-agent/config.toml");
     let mut toml = std::fs::read_to_string(&config).unwrap();
     toml.push_str("\n[telemetry]\nflush_interval = \"500ms\"\nmetrics_interval = \"2s\"\n");
+    toml.push_str("\n[daemon]\nstartup_jitter = \"0s\"\n");
     toml.push_str(&format!(
         "\n[network]\nproxy = \"http://127.0.0.1:{}\"\n",
         proxy.port

@@ -152,6 +152,8 @@ impl FaultsDoc {
 /// - `POST /_devstack/fail-next?service=S&operation=Op&count=N` → the next N calls of that
 ///   operation answer 500 InternalServerError (a `PUT /_devstack/faults` clears it)
 /// - `GET /_devstack/counters` → JSON map `service/Operation` → calls; `DELETE` resets
+/// - `GET /_devstack/arrivals` → calls per second per service with errors and latency
+///   ([`crate::arrivals`]); `DELETE` resets
 /// - `PUT /_devstack/ssm/token-expiration` (body: any JSON value) → every
 ///   RequestManagedInstanceRoleToken answers `TokenExpirationDate` with that value verbatim;
 ///   `PUT /_devstack/rolesanywhere/expiration` does the same for CreateSession's `expiration`;
@@ -225,6 +227,11 @@ pub async fn handle(state: &Shared, op: &str, req: &Req) -> axum::response::Resp
         }
         (Method::GET, "counters") => {
             json(serde_json::to_value(state.counters()).unwrap_or_default())
+        }
+        (Method::GET, "arrivals") => json(crate::state::lock(&state.arrivals).to_json()),
+        (Method::DELETE, "arrivals") => {
+            crate::state::lock(&state.arrivals).clear();
+            json(serde_json::json!({}))
         }
         (Method::DELETE, "counters") => {
             state.reset_counters();

@@ -12,6 +12,7 @@
 //! enforced at their exact edges, so a client that passes here does not fail on AWS for a reason
 //! we could have caught.
 
+pub mod arrivals;
 pub mod auth;
 pub mod control;
 pub mod ecr;

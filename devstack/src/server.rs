@@ -305,10 +305,25 @@ async fn answer(state: &Shared, request: Request<Body>) -> Response {
         .render(Protocol::Plain);
     };
     state.count_call(service.name(), &op);
+    let (arrived, t0) = (std::time::SystemTime::now(), std::time::Instant::now());
+    let resp = serve_call(state, service, &op, &req).await;
+    if !matches!(service, Service::Control) {
+        crate::state::lock(&state.arrivals).record(
+            service.name(),
+            arrived,
+            t0.elapsed(),
+            resp.status().as_u16(),
+        );
+    }
+    resp
+}
+
+/// One classified call: injected faults first, then the service.
+async fn serve_call(state: &Shared, service: Service, op: &str, req: &Req) -> Response {
     if !matches!(service, Service::Control) {
         // Bound first: in an `if let` the faults read guard would live across the await, and a
         // std guard held there makes the handler future !Send.
-        let delay = state.faults().latency_for(service.name(), &op);
+        let delay = state.faults().latency_for(service.name(), op);
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
@@ -324,22 +339,22 @@ async fn answer(state: &Shared, request: Request<Body>) -> Response {
         }
         if let Some(err) = state
             .faults()
-            .injected_error(service.name(), &op, service.protocol())
+            .injected_error(service.name(), op, service.protocol())
         {
             return err.render(service.protocol());
         }
     }
     match service {
-        Service::Ssm => crate::ssm::handle(state, &op, &req).await,
-        Service::Logs => crate::logs::handle(state, &op, &req).await,
+        Service::Ssm => crate::ssm::handle(state, op, req).await,
+        Service::Logs => crate::logs::handle(state, op, req).await,
         Service::MetricsCbor | Service::MetricsJson | Service::MetricsQuery => {
-            crate::metrics::handle(state, service.protocol(), &op, &req).await
+            crate::metrics::handle(state, service.protocol(), op, req).await
         }
-        Service::Sts => crate::sts::handle(state, &op, &req).await,
-        Service::Eks => crate::eks::handle(state, &op, &req).await,
-        Service::Ecr => crate::ecr::handle(state, &op, &req).await,
-        Service::RolesAnywhere => crate::rolesanywhere::handle(state, &op, &req).await,
-        Service::Mirror => crate::mirror::handle(state, &req).await,
-        Service::Control => crate::control::handle(state, &op, &req).await,
+        Service::Sts => crate::sts::handle(state, op, req).await,
+        Service::Eks => crate::eks::handle(state, op, req).await,
+        Service::Ecr => crate::ecr::handle(state, op, req).await,
+        Service::RolesAnywhere => crate::rolesanywhere::handle(state, op, req).await,
+        Service::Mirror => crate::mirror::handle(state, req).await,
+        Service::Control => crate::control::handle(state, op, req).await,
     }
 }

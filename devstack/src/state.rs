@@ -14,6 +14,8 @@ pub struct State {
     pub config: Config,
     faults: RwLock<Faults>,
     counters: Mutex<BTreeMap<String, u64>>,
+    /// Calls per second and service, with errors and latency ([`crate::arrivals`]).
+    pub arrivals: Mutex<crate::arrivals::Arrivals>,
     /// Credentials the devstack knows: the admin key pair and everything it issued.
     pub creds: Mutex<crate::auth::CredentialStore>,
     pub ssm: Mutex<crate::ssm::SsmState>,
@@ -55,6 +57,7 @@ impl State {
             expiration_overrides: Mutex::new(BTreeMap::new()),
             faults: RwLock::new(faults),
             counters: Mutex::new(BTreeMap::new()),
+            arrivals: Mutex::new(crate::arrivals::Arrivals::default()),
             config,
         })
     }

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::Secret;
 use crate::identity::keys::{InstanceKey, KeyError};
+use crate::identity::schedule::{self, Jitter, RandomJitter};
 use crate::identity::ssm::{SsmClient, SsmError, codes};
 use crate::identity::store::{IdentityStore, Registration, StoreError};
 
@@ -22,8 +23,16 @@ use crate::identity::store::{IdentityStore, Registration, StoreError};
 /// TooManyUpdates, throttling, network). A join should not hang for minutes: three tries over
 /// a few seconds, then the operator sees the error.
 pub const REGISTER_ATTEMPTS: u32 = 3;
-/// Wait before the second attempt; doubled for the third.
+/// Wait before the second attempt; doubled for the third. Each wait is jittered ±50 %
+/// ([`register_retry_delay`]): hosts joined by one automation run with one activation would
+/// otherwise retry in the same second.
 pub const REGISTER_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Wait before retry number `attempt` (0 = the second call) of registration or of join's first
+/// credentials: [`REGISTER_RETRY_DELAY`]·2^attempt, uniform in [½, 1½] of it.
+pub fn register_retry_delay(attempt: u32, jitter: &dyn Jitter) -> Duration {
+    schedule::equal_jitter_delay(REGISTER_RETRY_DELAY, attempt, jitter)
+}
 
 /// The activation `join` registers with.
 #[derive(Debug, Clone)]
@@ -171,13 +180,14 @@ pub async fn ensure_registered(
         unprepare(store, stored_fingerprint.is_none());
         return Err(RegisterError::Prepare(e));
     }
-    let instance_id = match register_with_retries(client, activation, &key, &fingerprint).await {
-        Ok(id) => id,
-        Err(e) => {
-            unprepare(store, stored_fingerprint.is_none());
-            return Err(classify(e, activation, &region));
-        }
-    };
+    let instance_id =
+        match register_with_retries(client, activation, &key, &fingerprint, &RandomJitter).await {
+            Ok(id) => id,
+            Err(e) => {
+                unprepare(store, stored_fingerprint.is_none());
+                return Err(classify(e, activation, &region));
+            }
+        };
     tracing::info!(%instance_id, key = %key.public_key_id(), "registered with SSM");
 
     let now = SystemTime::now();
@@ -220,8 +230,8 @@ async fn register_with_retries(
     activation: &Activation,
     key: &InstanceKey,
     fingerprint: &str,
+    jitter: &dyn Jitter,
 ) -> Result<String, SsmError> {
-    let mut delay = REGISTER_RETRY_DELAY;
     let mut attempt = 1;
     loop {
         match client
@@ -230,13 +240,13 @@ async fn register_with_retries(
         {
             Ok(id) => return Ok(id),
             Err(e) if e.is_transient() && attempt < REGISTER_ATTEMPTS => {
+                let delay = register_retry_delay(attempt - 1, jitter);
                 tracing::warn!(
                     attempt,
-                    "registration failed, retrying in {} s: {e}",
-                    delay.as_secs()
+                    "registration failed, retrying in {} ms: {e}",
+                    delay.as_millis()
                 );
                 tokio::time::sleep(delay).await;
-                delay *= 2;
                 attempt += 1;
             }
             Err(e) => return Err(e),
@@ -266,5 +276,30 @@ fn classify(e: SsmError, activation: &Activation, region: &str) -> RegisterError
             SsmError::Tls { .. } => RegisterError::Tls { source: e },
             other => RegisterError::Rejected { source: other },
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed(f64);
+    impl Jitter for Fixed {
+        fn unit(&self) -> f64 {
+            self.0
+        }
+    }
+
+    /// Registration retries are jittered (a fleet joined by one automation run used to retry
+    /// at exactly 1 s and 2 s) yet stay about a second apart, doubling.
+    #[test]
+    fn registration_retries_are_jittered_and_double() {
+        let ms = |a, j| register_retry_delay(a, &Fixed(j)).as_millis();
+        assert_eq!((ms(0, 0.0), ms(0, 0.5), ms(0, 1.0)), (500, 1000, 1500));
+        assert_eq!((ms(1, 0.0), ms(1, 0.5), ms(1, 1.0)), (1000, 2000, 3000));
+        let spread: std::collections::BTreeSet<_> = (0..200)
+            .map(|_| register_retry_delay(0, &RandomJitter).as_millis())
+            .collect();
+        assert!(spread.len() > 150, "{} distinct waits of 200", spread.len());
     }
 }

@@ -117,6 +117,12 @@ impl RefreshError {
         matches!(self, RefreshError::Ssm(e) if e.needs_reregistration())
     }
 
+    /// A network failure or a 5xx/throttling answer: worth another try soon (join's first
+    /// credentials retry these, [`crate::identity::register::register_retry_delay`] apart).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, RefreshError::Ssm(SsmSourceError::Ssm(e)) if e.is_transient())
+    }
+
     /// What the operator should do, for status and the log.
     pub fn action(&self) -> Option<String> {
         self.is_fatal()
@@ -167,6 +173,9 @@ pub struct RotationSettings {
     pub targets: Vec<CredentialsTarget>,
     /// Upper bound of one retry wait.
     pub backoff_cap: Duration,
+    /// The first refresh of a loop that starts without valid credentials waits a random time
+    /// up to this (`daemon.startup_jitter`; [`schedule::first_refresh_delay`]).
+    pub startup_spread: Duration,
 }
 
 /// The two channels a rotation loop publishes on. The daemon hands the same pair to every
@@ -315,12 +324,22 @@ impl Rotator {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), RefreshError> {
         tokio::pin!(shutdown);
+        let mut first = true;
         loop {
             let expiration = self.credentials.borrow().as_ref().map(|c| c.expiration);
             let delay = match expiration {
+                // The loop's first call is spread over the start-up window unless the
+                // credentials it starts with are still valid.
+                _ if first => schedule::first_refresh_delay(
+                    self.clock.now(),
+                    expiration,
+                    self.settings.startup_spread,
+                    self.jitter.as_ref(),
+                ),
                 Some(exp) => schedule::refresh_delay(self.clock.now(), exp, self.jitter.as_ref()),
                 None => Duration::ZERO,
             };
+            first = false;
             let next = self.clock.now() + delay;
             self.status.send_modify(|s| s.next_refresh = Some(next));
             tokio::select! {
@@ -505,6 +524,18 @@ mod tests {
 
     /// Runs the loop over `steps` until `stop_after` fetches, with backoff cap `cap`.
     async fn run(steps: &[Step], stop_after: u32, cap: Duration, seed: Option<i64>) -> Run {
+        run_spread(steps, stop_after, cap, seed, Duration::ZERO, 1.0).await
+    }
+
+    /// [`run`] with a start-up spread and the jitter pinned at `jitter`.
+    async fn run_spread(
+        steps: &[Step],
+        stop_after: u32,
+        cap: Duration,
+        seed: Option<i64>,
+        spread: Duration,
+        jitter: f64,
+    ) -> Run {
         let dir = tempfile::tempdir().expect("tempdir");
         let clock = TestClock::new();
         let fetches = Arc::new(AtomicU32::new(0));
@@ -524,10 +555,11 @@ mod tests {
                     profile: "default".into(),
                 }],
                 backoff_cap: cap,
+                startup_spread: spread,
             },
             IdentityStore::new(dir.path()),
             clock.clone(),
-            Arc::new(Fixed(1.0)),
+            Arc::new(Fixed(jitter)),
         );
         if let Some(life) = seed {
             rotator.seed(
@@ -582,6 +614,29 @@ mod tests {
     async fn seeded_credentials_delay_the_first_refresh() {
         let r = run(&[Step::Ok(3600)], 1, 60 * S, Some(1000)).await;
         assert_eq!(r.clock.slept(), [550 * S, 1980 * S]);
+    }
+
+    /// A loop that starts without credentials, or with expired ones (a site powering up after
+    /// a long outage), waits a random share of the start-up spread before its first call, so a
+    /// fleet does not call in the same second; seeded credentials still valid are refreshed on
+    /// their own schedule, not later.
+    #[tokio::test]
+    async fn a_start_without_valid_credentials_spreads_the_first_refresh() {
+        let spread = 30 * S;
+        let r = run_spread(&[Step::Ok(3600)], 1, 60 * S, None, spread, 0.5).await;
+        assert_eq!(r.clock.slept()[0], 15 * S, "no credentials");
+        let r = run_spread(&[Step::Ok(3600)], 1, 60 * S, None, spread, 1.0).await;
+        assert_eq!(
+            r.clock.slept()[0],
+            30 * S,
+            "no credentials, jitter at its top"
+        );
+        let r = run_spread(&[Step::Ok(3600)], 1, 60 * S, Some(1000), spread, 0.5).await;
+        assert_eq!(
+            r.clock.slept()[0],
+            500 * S,
+            "valid seeded credentials: half their life"
+        );
     }
 
     /// Retryable failures back off exponentially (full jitter pinned at its top), capped; the

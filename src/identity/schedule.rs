@@ -32,6 +32,9 @@ pub const MIN_RETRY_WHILE_VALID: Duration = Duration::from_millis(250);
 use crate::retry::{Backoff, Spread, unit};
 pub use crate::retry::{Jitter, RandomJitter};
 
+/// Default spread of a daemon's first calls after it starts (`daemon.startup_jitter`).
+pub const DEFAULT_STARTUP_SPREAD: Duration = crate::config::DEFAULT_STARTUP_SPREAD;
+
 /// Time from `now` until the next refresh of credentials expiring at `expires`: half the
 /// remaining lifetime, ±10 %, and never less than [`MIN_DELAY`] (already expired → after
 /// [`MIN_DELAY`]).
@@ -41,6 +44,36 @@ pub fn refresh_delay(now: SystemTime, expires: SystemTime, jitter: &dyn Jitter) 
     };
     let factor = REFRESH_FRACTION * (1.0 + REFRESH_JITTER * (2.0 * unit(jitter) - 1.0));
     remaining.mul_f64(factor).max(MIN_DELAY)
+}
+
+/// Random offset of a daemon's first call: uniform in [0, `spread`].
+pub fn startup_delay(spread: Duration, jitter: &dyn Jitter) -> Duration {
+    spread.mul_f64(unit(jitter))
+}
+
+/// Wait before the first refresh of a rotation loop that starts with credentials expiring at
+/// `expires` (`None`: none at all). Valid credentials are refreshed on their schedule
+/// ([`refresh_delay`]), never later because of the start-up spread; missing or expired ones
+/// wait a random [`startup_delay`] so that a fleet starting together does not call at once.
+pub fn first_refresh_delay(
+    now: SystemTime,
+    expires: Option<SystemTime>,
+    spread: Duration,
+    jitter: &dyn Jitter,
+) -> Duration {
+    match expires {
+        Some(exp) if exp > now => refresh_delay(now, exp, jitter),
+        _ => startup_delay(spread, jitter),
+    }
+}
+
+/// Wait before retry number `attempt` (0 = first retry) of a short, bounded retry such as
+/// join's registration: `base·2^attempt` with "equal jitter" — uniform in [½, 1½] of it — so
+/// an operator still sees the retries a second or so apart while a fleet joining together (one
+/// activation, one automation run) no longer retries in lock-step.
+pub fn equal_jitter_delay(base: Duration, attempt: u32, jitter: &dyn Jitter) -> Duration {
+    let d = base.saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX));
+    d.mul_f64(0.5 + unit(jitter))
 }
 
 /// Wait before retry number `attempt` (0 = first retry): uniform in [0, min(cap, base·2^attempt)]
@@ -168,6 +201,73 @@ mod tests {
             backoff_delay(10, Duration::from_secs(5), None, &Fixed(1.0)),
             Duration::from_secs(5)
         );
+    }
+
+    /// A fleet that starts without valid credentials spreads its first refresh over the
+    /// start-up window; valid credentials are refreshed on their own schedule, not later.
+    #[test]
+    fn first_refresh_is_spread_only_without_valid_credentials() {
+        let spread = Duration::from_secs(30);
+        let now = t(1000);
+        assert_eq!(
+            first_refresh_delay(now, None, spread, &Fixed(0.5)),
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            first_refresh_delay(now, Some(t(900)), spread, &Fixed(1.0)),
+            spread
+        );
+        assert_eq!(
+            first_refresh_delay(now, Some(t(1000)), spread, &Fixed(0.0)),
+            Duration::ZERO
+        );
+        // Valid: half the remaining life (±10 %), whatever the spread.
+        assert_eq!(
+            first_refresh_delay(now, Some(t(1000 + 3600)), spread, &Fixed(0.5)),
+            Duration::from_secs(1800)
+        );
+        assert_eq!(
+            first_refresh_delay(
+                now,
+                Some(t(1000 + 20)),
+                Duration::from_secs(600),
+                &Fixed(0.5)
+            ),
+            Duration::from_secs(10)
+        );
+        // Zero spread (tests, or an operator who wants no delay): at once.
+        assert_eq!(
+            first_refresh_delay(now, None, Duration::ZERO, &Fixed(1.0)),
+            Duration::ZERO
+        );
+        // Random: 1,000 agents land in more than 900 distinct milliseconds of the window.
+        let got: std::collections::BTreeSet<_> = (0..1000)
+            .map(|_| startup_delay(spread, &RandomJitter).as_millis())
+            .collect();
+        assert!(got.len() > 900, "{}", got.len());
+        assert!(got.iter().all(|&ms| ms <= 30_000));
+    }
+
+    #[test]
+    fn equal_jitter_keeps_half_the_wait_and_spreads_the_rest() {
+        let s = Duration::from_secs(1);
+        assert_eq!(
+            equal_jitter_delay(s, 0, &Fixed(0.0)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            equal_jitter_delay(s, 0, &Fixed(1.0)),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            equal_jitter_delay(s, 1, &Fixed(0.5)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            equal_jitter_delay(s, 2, &Fixed(0.0)),
+            Duration::from_secs(2)
+        );
+        assert!(equal_jitter_delay(s, u32::MAX, &Fixed(f64::NAN)) >= s);
     }
 
     #[test]

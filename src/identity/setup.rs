@@ -280,6 +280,7 @@ impl<'a> IdentityEnv<'a> {
         let settings = RotationSettings {
             targets: self.targets(provider.enable_credentials_file),
             backoff_cap: self.agent.credentials.refresh_backoff_cap,
+            startup_spread: self.agent.daemon.startup_jitter,
         };
         Ok(Rotator::new(
             source,
@@ -459,16 +460,32 @@ impl<'a> IdentityEnv<'a> {
         // For IAM Roles Anywhere this first CreateSession is also the proof that certificate,
         // key and ARNs work: nothing is written before it succeeds.
         let mut rotator = self.rotator_from(&record)?;
-        let creds = rotator
-            .refresh_once()
-            .await
-            .map_err(|source| JoinError::FirstRefresh {
-                source,
-                registered: match &registration {
-                    Some(RegisterOutcome::Registered(r)) => Some(r.instance_id.clone()),
-                    _ => None,
-                },
-            })?;
+        let mut attempt = 1;
+        let creds = loop {
+            match rotator.refresh_once().await {
+                Ok(c) => break c,
+                // Transient (network, 5xx, throttling): a few jittered retries, as registration.
+                Err(e) if e.is_transient() && attempt < register::REGISTER_ATTEMPTS => {
+                    let delay = register::register_retry_delay(attempt - 1, &RandomJitter);
+                    tracing::warn!(
+                        attempt,
+                        "first credential fetch failed, retrying in {} ms: {e}",
+                        delay.as_millis()
+                    );
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(source) => {
+                    return Err(JoinError::FirstRefresh {
+                        source,
+                        registered: match &registration {
+                            Some(RegisterOutcome::Registered(r)) => Some(r.instance_id.clone()),
+                            _ => None,
+                        },
+                    });
+                }
+            }
+        };
         self.save_provider(&record)?;
         let files: Vec<PathBuf> = self
             .targets(record.enable_credentials_file)

@@ -57,6 +57,7 @@ pub mod batch;
 pub mod child;
 pub mod journal;
 pub mod metrics;
+pub mod pace;
 pub mod record;
 pub mod shipper;
 pub mod sink;
@@ -128,6 +129,12 @@ pub struct TelemetrySettings {
     pub metrics_interval: Option<Duration>,
     /// Host root (`--root`), for the disk metric.
     pub root: PathBuf,
+    /// The first PutLogEvents waits a random time up to this (`daemon.startup_jitter`), and so
+    /// does the drain after an outage; calls are paced ([`pace`]).
+    pub startup_spread: Duration,
+    /// PutLogEvents calls a second ([`pace::DRAIN_RATE_PER_SEC`] for the agent); `None`: no
+    /// pacing at all (throughput benchmarks and pipeline tests).
+    pub put_rate: Option<f64>,
 }
 
 impl TelemetrySettings {
@@ -179,6 +186,8 @@ impl TelemetrySettings {
             metric_namespace: t.metric_namespace.clone(),
             metrics_interval: Some(t.metrics_interval),
             root: paths.root().to_path_buf(),
+            startup_spread: agent.daemon.startup_jitter,
+            put_rate: Some(pace::DRAIN_RATE_PER_SEC),
         }
     }
 }
@@ -377,14 +386,20 @@ pub async fn run(
     status.update(|s| s.spool_max_bytes = settings.spool_max_bytes - metrics_max);
 
     let group = settings.log_group_name();
-    let sink = Arc::new(LogsSink::new(
-        logs_client(&deps.sdk, deps.endpoints.logs.as_deref()),
-        group,
-        settings.stream_template(),
-        settings.node.clone(),
-        settings.backoff,
-        counters.clone(),
-    ));
+    let sink = Arc::new(
+        LogsSink::new(
+            logs_client(&deps.sdk, deps.endpoints.logs.as_deref()),
+            group,
+            settings.stream_template(),
+            settings.node.clone(),
+            settings.backoff,
+            counters.clone(),
+        )
+        .with_pace(Arc::new(match settings.put_rate {
+            Some(rate) => pace::Pace::for_node(rate, settings.startup_spread),
+            None => pace::Pace::unlimited(),
+        })),
+    );
 
     // Journal source: a thread (file reads block) feeding the journal shipper.
     let cursor_path = settings.cursor_path();

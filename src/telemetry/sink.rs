@@ -259,6 +259,8 @@ pub struct LogsSink {
     counters: Arc<Counters>,
     /// Set while some batch is failing; the shipper spills to the spool while it is.
     pub failing: Arc<AtomicBool>,
+    /// Every PutLogEvents attempt waits for a slot ([`super::pace`]).
+    pace: Arc<super::pace::Pace>,
 }
 
 impl LogsSink {
@@ -298,12 +300,19 @@ impl LogsSink {
             backoff,
             counters,
             failing: Arc::new(AtomicBool::new(false)),
+            pace: Arc::new(super::pace::Pace::unlimited()),
         }
     }
 
     /// Pins the backoff's random draw (tests).
     pub fn with_jitter(mut self, jitter: Arc<dyn crate::retry::Jitter>) -> LogsSink {
         self.jitter = jitter;
+        self
+    }
+
+    /// Paces every PutLogEvents attempt through `pace` (default: unpaced).
+    pub fn with_pace(mut self, pace: Arc<super::pace::Pace>) -> LogsSink {
+        self.pace = pace;
         self
     }
 
@@ -359,6 +368,9 @@ impl LogsSink {
         // ResourceNotFound answers to this call so far.
         let mut missing = 0u32;
         loop {
+            self.pace
+                .acquire(self.failing.load(Ordering::Relaxed))
+                .await;
             match self.api.put_log_events(&self.group, stream, events).await {
                 Ok(info) => {
                     self.failing.store(false, Ordering::Relaxed);

@@ -199,6 +199,9 @@ pub fn settings(journal_dir: &Path, state: &Path, units: &[&str]) -> TelemetrySe
         metric_namespace: "HybridAgent".into(),
         metrics_interval: None,
         root: state.to_path_buf(),
+        startup_spread: Duration::ZERO,
+        // The pipeline itself, unpaced (pacing has its own tests and the herd bench).
+        put_rate: None,
     }
 }
 
