@@ -46,6 +46,12 @@ pub fn unit(jitter: &dyn Jitter) -> f64 {
     if u.is_nan() { 0.5 } else { u.clamp(0.0, 1.0) }
 }
 
+/// A uniform wait in [0, `spread`]: how long a starting process holds back its first calls so
+/// a fleet that starts together (a site's power coming back) does not call at once.
+pub fn startup_delay(spread: Duration, jitter: &dyn Jitter) -> Duration {
+    spread.mul_f64(unit(jitter))
+}
+
 /// How jitter spreads a wait under its ceiling.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Spread {

@@ -330,7 +330,7 @@ async fn serve_call(state: &Shared, service: Service, op: &str, req: &Req) -> Re
         // Read first: the write lock is taken only while a fail-next is armed.
         let armed = !state.faults().fail_next.is_empty();
         let fail_next = if armed {
-            state.faults_mut().take_fail_next(service.name(), &op)
+            state.faults_mut().take_fail_next(service.name(), op)
         } else {
             None
         };

@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 pub use agent::{
-    AgentConfig, AgentConfigSource, ArtifactsConfig, CredentialsConfig,
-    DEFAULT_STARTUP_SPREAD, DEFAULT_SUBSYSTEM_DOWN_LIMIT, DEFAULT_SUBSYSTEM_RESTART_CAP, DaemonConfig, NetworkConfig,
+    AgentConfig, AgentConfigSource, ArtifactsConfig, CredentialsConfig, DEFAULT_STARTUP_SPREAD,
+    DEFAULT_SUBSYSTEM_DOWN_LIMIT, DEFAULT_SUBSYSTEM_RESTART_CAP, DaemonConfig, NetworkConfig,
     OnAgentStop, Priority, SpoolConfig, SupervisorBackend, SupervisorConfig, TelemetryConfig,
 };
 pub use endpoints::{

@@ -47,9 +47,7 @@ pub fn refresh_delay(now: SystemTime, expires: SystemTime, jitter: &dyn Jitter) 
 }
 
 /// Random offset of a daemon's first call: uniform in [0, `spread`].
-pub fn startup_delay(spread: Duration, jitter: &dyn Jitter) -> Duration {
-    spread.mul_f64(unit(jitter))
-}
+pub use crate::retry::startup_delay;
 
 /// Wait before the first refresh of a rotation loop that starts with credentials expiring at
 /// `expires` (`None`: none at all). Valid credentials are refreshed on their schedule

@@ -14,7 +14,7 @@
 //! than a node logs), normal shipping (a batch per stream every flush interval) never waits, and
 //! a fleet of up to 5,000 nodes draining at once stays inside the default account quota. The
 //! bucket also holds the node's first call back by a random start-up offset
-//! ([`crate::identity::schedule::startup_delay`]), so a site that powers up at once does not
+//! ([`crate::retry::startup_delay`]), so a site that powers up at once does not
 //! send its first PutLogEvents/CreateLogStream in the same second.
 //!
 //! Recovery: after calls failed for a while (an outage), every node of the fleet succeeds again
@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::identity::schedule::{Jitter, RandomJitter};
+use crate::retry::{Jitter, RandomJitter};
 
 /// Sustained PutLogEvents calls a second per node. 5,000 TPS default account quota (large
 /// Regions; 1,500 elsewhere) / 5,000 nodes draining at the same time; CloudWatch Logs service
@@ -153,7 +153,7 @@ impl Pace {
         Pace::new(
             rate,
             DRAIN_BURST,
-            crate::identity::schedule::startup_delay(spread, &RandomJitter),
+            crate::retry::startup_delay(spread, &RandomJitter),
         )
         .with_recovery_spread(spread)
     }
