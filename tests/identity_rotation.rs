@@ -324,6 +324,8 @@ fn sdk_clients_follow_rotation_in_process() {
     assert!(host.join(&ds, SSM, &[]).status.success());
     let paths = HostPaths::new(host.root.path());
     let mut agent = AgentConfig::defaults(&paths);
+    // One machine, not a fleet: no start-up spread before the first refresh.
+    agent.daemon.startup_jitter = Duration::ZERO;
     let env: Env = [("AWS_ENDPOINT_URL", ds.url.as_str())]
         .into_iter()
         .collect();

@@ -218,11 +218,16 @@ fn registered_instance(node: &Node) -> String {
 fn a_failure_right_after_registration_deregisters_it_and_says_so() {
     let (_m, ds) = fixture();
     let node = Node::new(&ds, &create_activation(&ds));
-    // The first call after RegisterManagedInstance (the first credentials) fails once.
+    // The first call after RegisterManagedInstance (the first credentials) fails as often as
+    // join tries it (identity::register::REGISTER_ATTEMPTS); the rollback's own fetch, to
+    // deregister with, then succeeds.
     control(
         &ds,
         "POST",
-        "/_devstack/fail-next?service=ssm&operation=RequestManagedInstanceRoleToken&count=1",
+        &format!(
+            "/_devstack/fail-next?service=ssm&operation=RequestManagedInstanceRoleToken&count={}",
+            hybrid_agent::identity::register::REGISTER_ATTEMPTS
+        ),
     );
     // Exit 3: a server error, not one of the registration codes.
     let run = assert_rolled_back(&ds, &node, "identity", 3, &[]);

@@ -97,13 +97,17 @@ pub struct Host {
 
 impl Host {
     pub fn new(ds: &hybrid_devstack::Devstack) -> Host {
-        Host {
+        let host = Host {
             root: tempfile::tempdir().expect("root"),
             scratch: tempfile::tempdir().expect("scratch"),
             endpoint: ds.url.clone(),
             outputs: Default::default(),
             secrets: Default::default(),
-        }
+        };
+        // One machine, not a fleet: the daemon's first calls are not spread over the default
+        // 30 s (daemon.startup_jitter), so the tests see them at once.
+        host.agent_config("");
+        host
     }
 
     pub fn path(&self, host_path: &str) -> PathBuf {
@@ -114,11 +118,13 @@ impl Host {
         IdentityStore::new(&self.path("var/lib/hybrid-agent"))
     }
 
-    /// Writes `/etc/hybrid-agent/config.toml`.
+    /// Writes `/etc/hybrid-agent/config.toml`: `toml` after the `[daemon]` section every host
+    /// has (no start-up spread).
     pub fn agent_config(&self, toml: &str) {
         let p = self.path("etc/hybrid-agent/config.toml");
         std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-        std::fs::write(p, toml).expect("write config");
+        std::fs::write(p, format!("[daemon]\nstartup_jitter = \"0s\"\n\n{toml}"))
+            .expect("write config");
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
