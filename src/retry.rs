@@ -63,6 +63,9 @@ pub enum Spread {
     /// Shortened by at most this fraction (0..=1): the ceiling stays a bound an operator can
     /// rely on, the lower end keeps restarts from being immediate.
     Shorten(f64),
+    /// Uniform in [ceiling/2, 3·ceiling/2]: the ceiling on average, for retries an operator
+    /// watches (a second or so apart) that a fleet must still not make in lock-step.
+    Around,
     /// Exactly the ceiling.
     None,
 }
@@ -98,6 +101,9 @@ impl Backoff {
             Spread::Shorten(f) => {
                 let f = if f.is_nan() { 0.0 } else { f.clamp(0.0, 1.0) };
                 c.mul_f64(1.0 - f * unit(jitter))
+            }
+            Spread::Around => {
+                Duration::try_from_secs_f64(c.as_secs_f64() * (0.5 + unit(jitter))).unwrap_or(c)
             }
             Spread::None => c,
         }
@@ -308,6 +314,10 @@ mod tests {
         assert_eq!(at(Spread::Shorten(0.2), 1.0), Duration::from_millis(6400));
         assert_eq!(at(Spread::Shorten(0.2), 0.0), 8 * S);
         assert_eq!(at(Spread::None, 0.3), 8 * S);
+        assert_eq!(at(Spread::Around, 0.0), 4 * S);
+        assert_eq!(at(Spread::Around, 1.0), 12 * S);
+        let huge = Backoff::new(Duration::MAX, Duration::MAX, Spread::Around);
+        assert_eq!(huge.delay(3, &FixedJitter(1.0)), Duration::MAX);
     }
 
     #[test]

@@ -70,8 +70,7 @@ pub fn first_refresh_delay(
 /// an operator still sees the retries a second or so apart while a fleet joining together (one
 /// activation, one automation run) no longer retries in lock-step.
 pub fn equal_jitter_delay(base: Duration, attempt: u32, jitter: &dyn Jitter) -> Duration {
-    let d = base.saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX));
-    d.mul_f64(0.5 + unit(jitter))
+    Backoff::new(base, Duration::MAX, Spread::Around).delay(attempt, jitter)
 }
 
 /// Wait before retry number `attempt` (0 = first retry): uniform in [0, min(cap, base·2^attempt)]

@@ -273,12 +273,13 @@ impl Fetcher {
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
-        let base = self
-            .initial_backoff
-            .saturating_mul(1 << (attempt.saturating_sub(1)).min(16))
-            .min(MAX_BACKOFF);
         // Equal jitter: half fixed, half random, so many nodes retrying a shared mirror spread out.
-        base / 2 + base.mul_f64(rand::random::<f64>() / 2.0)
+        crate::retry::Backoff::new(
+            self.initial_backoff,
+            MAX_BACKOFF,
+            crate::retry::Spread::Equal,
+        )
+        .delay(attempt.saturating_sub(1), &crate::retry::RandomJitter)
     }
 
     /// Fetches a small text document (manifest, checksum file), with the same retries.
