@@ -148,14 +148,16 @@ impl Pace {
     }
 
     /// The agent's pacing (`rate`: [`DRAIN_RATE_PER_SEC`]; [`DRAIN_BURST`]): the first call at a random
-    /// time within `spread`, the drain after an outage held back by up to `spread`.
+    /// time within `spread`. No hold-back after an outage: the sink's full-jitter retries already
+    /// spread the fleet's first successes over the retry window, and the rate bounds the drain
+    /// that follows; a hold-back on top stacked a second spread on the first (a triangle whose
+    /// peak was 1.83 times the recovery minute's mean in `scripts/bench herd`).
     pub fn for_node(rate: f64, spread: Duration) -> Pace {
         Pace::new(
             rate,
             DRAIN_BURST,
             crate::retry::startup_delay(spread, &RandomJitter),
         )
-        .with_recovery_spread(spread)
     }
 
     /// No pacing (tests and the herd bench's baseline).
