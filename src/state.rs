@@ -49,7 +49,7 @@ impl std::fmt::Display for Subsystem {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SubsystemState {
-    /// Started, not yet past the daemon's recovery time since the daemon started.
+    /// Registered, its first instance not spawned yet.
     Starting,
     Running,
     /// Failed at least once and not yet recovered; restarting with backoff.

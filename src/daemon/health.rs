@@ -3,8 +3,8 @@
 //! it with capped exponential backoff when it fails or panics, and records its state for
 //! `status`, `doctor` and the `SubsystemUp`/`SubsystemRestarts` metrics.
 //!
-//! A subsystem is `running` once an instance has lived [`RestartPolicy::healthy_after`] without
-//! failing; from its first failure until then it is `degraded`, with the cause. One that stops
+//! A subsystem is `running` from its start; from a failure until a restarted instance has lived
+//! [`RestartPolicy::healthy_after`] without failing it is `degraded`, with the cause. One that stops
 //! with an error only an operator can fix (an SSM identity the service no longer knows) is
 //! `failed` and is not restarted: a restart would repeat the same refusal. A subsystem that stays
 //! `degraded` past [`HealthSettings::down_limit`] makes the daemon stop feeding systemd's watchdog
@@ -202,6 +202,11 @@ pub async fn keep_running<F, Fut>(
     let mut failures: u32 = 0;
     loop {
         let mut task = tokio::spawn(start());
+        if failures == 0 {
+            // A first start (or one after a recovery) is running until it fails; only a
+            // restart after a failure must prove itself for `healthy_after`.
+            health.running(name);
+        }
         let healthy = tokio::time::sleep(policy.healthy_after);
         tokio::pin!(healthy);
         let mut recovered = false;
