@@ -26,7 +26,10 @@ use super::status::Counters;
 
 /// First retry delay ceiling; doubles per attempt up to [`Backoff::cap`].
 pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(200);
-pub const DEFAULT_BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// Longest wait between PutLogEvents retries: nodeadm's cap for AWS calls, and long enough that
+/// after an outage a fleet's first retries (full jitter) spread over a whole minute instead of
+/// arriving within half of one (`scripts/bench herd`).
+pub const DEFAULT_BACKOFF_CAP: Duration = Duration::from_secs(60);
 
 /// Capped exponential backoff with full jitter (sleep uniformly in `[0, min(cap, base·2^n)]`).
 #[derive(Debug, Clone, Copy)]
