@@ -639,20 +639,6 @@ mod tests {
             .expect("runtime");
         let status = StatusCell::new();
         let got = rt.block_on(async {
-            let creds = aws_credential_types::Credentials::new(
-                "AKIADEVSTACKADMIN000",
-                "devstack-admin-secret-key-not-a-real-secret",
-                None,
-                None,
-                "test",
-            );
-            let conf = aws_sdk_cloudwatch::config::Builder::new()
-                .behavior_version(aws_sdk_cloudwatch::config::BehaviorVersion::latest())
-                .endpoint_url(&ds.url)
-                .region(aws_sdk_cloudwatch::config::Region::new("us-west-2"))
-                .credentials_provider(creds)
-                .retry_config(aws_sdk_cloudwatch::config::retry::RetryConfig::disabled())
-                .build();
             let settings = MetricsSettings {
                 namespace: "Test/Reject".into(),
                 interval: Duration::from_secs(3600),
@@ -665,7 +651,7 @@ mod tests {
             };
             let (tx, rx) = watch::channel(false);
             let task = tokio::spawn(run_metrics(
-                Client::from_conf(conf),
+                crate::telemetry::devstack_metrics_client(&ds.url),
                 settings,
                 spool,
                 Collector::new(std::path::PathBuf::from("/")),

@@ -296,6 +296,37 @@ pub fn now_ms() -> i64 {
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The SDK config unit tests point at an in-process devstack: its admin key pair, us-west-2,
+/// SDK retries off, as the agent builds its own.
+#[cfg(test)]
+fn devstack_sdk() -> aws_config::SdkConfig {
+    let creds = aws_credential_types::Credentials::new(
+        "AKIADEVSTACKADMIN000",
+        "devstack-admin-secret-key-not-a-real-secret",
+        None,
+        None,
+        "test",
+    );
+    crate::aws::sdk_config(
+        "us-west-2",
+        aws_credential_types::provider::SharedCredentialsProvider::new(creds),
+        crate::aws::Retries::Caller,
+        None,
+    )
+}
+
+/// A CloudWatch Logs client for the devstack at `url` (unit tests).
+#[cfg(test)]
+pub(crate) fn devstack_logs_client(url: &str) -> aws_sdk_cloudwatchlogs::Client {
+    logs_client(&devstack_sdk(), Some(url))
+}
+
+/// A CloudWatch metrics client for the devstack at `url` (unit tests).
+#[cfg(test)]
+pub(crate) fn devstack_metrics_client(url: &str) -> aws_sdk_cloudwatch::Client {
+    metrics_client(&devstack_sdk(), Some(url))
+}
+
 fn logs_client(
     sdk: &aws_config::SdkConfig,
     endpoint: Option<&str>,

@@ -652,22 +652,8 @@ mod tests {
             .expect("runtime");
         let status = StatusCell::new();
         let shipped = rt.block_on(async {
-            let creds = aws_credential_types::Credentials::new(
-                "AKIADEVSTACKADMIN000",
-                "devstack-admin-secret-key-not-a-real-secret",
-                None,
-                None,
-                "test",
-            );
-            let conf = aws_sdk_cloudwatchlogs::config::Builder::new()
-                .behavior_version(aws_sdk_cloudwatchlogs::config::BehaviorVersion::latest())
-                .endpoint_url(&ds.url)
-                .region(aws_sdk_cloudwatchlogs::config::Region::new("us-west-2"))
-                .credentials_provider(creds)
-                .retry_config(aws_sdk_cloudwatchlogs::config::retry::RetryConfig::disabled())
-                .build();
             let sink = Arc::new(LogsSink::new(
-                aws_sdk_cloudwatchlogs::Client::from_conf(conf),
+                crate::telemetry::devstack_logs_client(&ds.url),
                 "/test/group".into(),
                 "{node}/{unit}".into(),
                 "node".into(),

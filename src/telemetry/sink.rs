@@ -557,21 +557,7 @@ mod tests {
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let creds = aws_credential_types::Credentials::new(
-                "AKIADEVSTACKADMIN000",
-                "devstack-admin-secret-key-not-a-real-secret",
-                None,
-                None,
-                "test",
-            );
-            let conf = aws_sdk_cloudwatchlogs::config::Builder::new()
-                .behavior_version(aws_sdk_cloudwatchlogs::config::BehaviorVersion::latest())
-                .endpoint_url(&ds.url)
-                .region(aws_sdk_cloudwatchlogs::config::Region::new("us-west-2"))
-                .credentials_provider(creds)
-                .retry_config(aws_sdk_cloudwatchlogs::config::retry::RetryConfig::disabled())
-                .build();
-            let client = Client::from_conf(conf);
+            let client = crate::telemetry::devstack_logs_client(&ds.url);
             let counters = Arc::new(Counters::default());
             let sink = LogsSink::new(
                 client.clone(),
