@@ -30,27 +30,9 @@ fn wait<T>(
     what: &str,
     limit: Duration,
     log: &std::path::Path,
-    mut f: impl FnMut() -> Option<T>,
+    f: impl FnMut() -> Option<T>,
 ) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() >= deadline {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            let text: Vec<&str> = text
-                .lines()
-                .filter(|l| !l.contains("component=containerd"))
-                .collect();
-            panic!(
-                "timed out after {limit:?} waiting for {what}; status:\n{}\ndaemon log:\n{}",
-                node.run(&["status"]).stdout,
-                text.join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    install_support::wait_logged(&node.root, what, limit, log, f)
 }
 
 /// The notify messages received within `window`.

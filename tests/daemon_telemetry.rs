@@ -14,11 +14,11 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use hybrid_agent::join::record::NodeRecord;
 use hybrid_agent::paths::HostPaths;
-use install_support::{AGENT, CLUSTER, Node, create_activation, devstack, standin_release};
+use install_support::{CLUSTER, Node, create_activation, devstack, standin_release};
 use telemetry_support::{Journald, JournaldLimits, check_exactly_once_in_order, line, read_stream};
 
 /// An egress proxy on 127.0.0.1, reduced to what the agent relies on: `CONNECT` tunnels and
@@ -110,40 +110,10 @@ const LINES: usize = 500;
 /// them by going on from this one's.
 const AFTER: usize = 200;
 
-/// Polls `f` every 200 ms until it returns `Some`, failing with `what` and the daemon's log.
-fn wait<T>(
-    what: &str,
-    limit: Duration,
-    log: &std::path::Path,
-    mut f: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() >= deadline {
-            // The daemon's log and status name what went wrong (containerd's chatter left out).
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            let text: Vec<&str> = text
-                .lines()
-                .filter(|l| !l.contains("component=containerd"))
-                .collect();
-            let root = log.parent().unwrap().join("r");
-            let status = Command::new(AGENT)
-                .arg("--root")
-                .arg(root)
-                .arg("status")
-                .output()
-                .unwrap();
-            panic!(
-                "timed out after {limit:?} waiting for {what}; status:\n{}\ndaemon log:\n{}",
-                String::from_utf8_lossy(&status.stdout),
-                text.join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+/// Polls `f` every 200 ms until it returns `Some`, failing with `what`, status and the
+/// daemon's log (the sandbox root is `r` beside the log).
+fn wait<T>(what: &str, limit: Duration, log: &std::path::Path, f: impl FnMut() -> Option<T>) -> T {
+    install_support::wait_logged(&log.parent().unwrap().join("r"), what, limit, log, f)
 }
 
 fn post(port: u16, path: &str) {

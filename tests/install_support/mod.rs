@@ -621,3 +621,39 @@ impl Drop for Node {
         }
     }
 }
+
+/// Polls `f` every 200 ms until it returns `Some`; after `limit`, panics with `what`, the
+/// sandbox's `status` and the daemon's log at `log` (containerd's chatter left out).
+pub fn wait_logged<T>(
+    root: &Path,
+    what: &str,
+    limit: std::time::Duration,
+    log: &Path,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if std::time::Instant::now() >= deadline {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let text: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.contains("component=containerd"))
+                .collect();
+            let status = Command::new(AGENT)
+                .arg("--root")
+                .arg(root)
+                .arg("status")
+                .output()
+                .unwrap();
+            panic!(
+                "timed out after {limit:?} waiting for {what}; status:\n{}\ndaemon log:\n{}",
+                String::from_utf8_lossy(&status.stdout),
+                text.join("\n")
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
