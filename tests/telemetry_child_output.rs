@@ -51,6 +51,34 @@ impl Drop for PidFileReaper {
     }
 }
 
+/// kubelet as the built-in backend runs it, here `/bin/sh -c SCRIPT [ARG0]` (`script[0]` is the
+/// script), with a probe nothing answers and that never restarts it within a test.
+fn shell_kubelet(script: &[&str]) -> ComponentSpec {
+    let mut args = vec!["-c".to_string()];
+    args.extend(script.iter().map(|a| a.to_string()));
+    ComponentSpec {
+        name: ComponentName::Kubelet,
+        exec: ExecSpec {
+            program: "/bin/sh".into(),
+            args,
+            env: vec![],
+        },
+        unit: "kubelet.service".into(),
+        probe: Probe::HttpGet {
+            url: format!("http://127.0.0.1:{}/healthz", free_port()),
+        },
+        probe_policy: fast_probe(1000, Duration::from_secs(600)),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn blank_lines_and_a_panic_trace_from_a_child_arrive_without_rejected_batches() {
     let ds = devstack();
@@ -73,28 +101,8 @@ fn blank_lines_and_a_panic_trace_from_a_child_arrive_without_rejected_batches() 
     ps.child_output = Some(tx);
     let _reaper = PidFileReaper(ps.state_dir.clone());
     let backend = ProcessBackend::new(ps);
-    let spec = ComponentSpec {
-        name: ComponentName::Kubelet,
-        exec: ExecSpec {
-            program: "/bin/sh".into(),
-            args: vec![
-                "-c".into(),
-                "cat \"$0\"; exec sleep 600".into(),
-                trace.display().to_string(),
-            ],
-            env: vec![],
-        },
-        unit: "kubelet.service".into(),
-        probe: Probe::HttpGet {
-            url: format!("http://127.0.0.1:{}/healthz", free_port()),
-        },
-        probe_policy: fast_probe(1000, Duration::from_secs(600)),
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let spec = shell_kubelet(&["cat \"$0\"; exec sleep 600", &trace.display().to_string()]);
+    let rt = runtime();
     rt.block_on(backend.start(&spec)).unwrap();
 
     let want: Vec<String> = OUTPUT
@@ -145,29 +153,10 @@ fn a_child_outrunning_a_stalled_telemetry_is_bounded_and_says_what_was_skipped()
         .join("kubelet.log");
     let _reaper = PidFileReaper(ps.state_dir.clone());
     let backend = ProcessBackend::new(ps);
-    let spec = ComponentSpec {
-        name: ComponentName::Kubelet,
-        exec: ExecSpec {
-            program: "/bin/sh".into(),
-            args: vec![
-                "-c".into(),
-                format!(
-                    "seq 1 {LINES} | sed 's/^/I1203 kubelet.go:1] line /; s/$/ padding-padding-padding/'; exec sleep 600"
-                ),
-            ],
-            env: vec![],
-        },
-        unit: "kubelet.service".into(),
-        probe: Probe::HttpGet {
-            url: format!("http://127.0.0.1:{}/healthz", free_port()),
-        },
-        probe_policy: fast_probe(1000, Duration::from_secs(600)),
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let spec = shell_kubelet(&[&format!(
+        "seq 1 {LINES} | sed 's/^/I1203 kubelet.go:1] line /; s/$/ padding-padding-padding/'; exec sleep 600"
+    )]);
+    let rt = runtime();
     rt.block_on(backend.start(&spec)).unwrap();
 
     // The child is done writing; the tailer is blocked on the full channel.
