@@ -902,7 +902,7 @@ async fn tail_log(
             // Give the skipped part's disk space back now, while telemetry may still be stalled:
             // a hole keeps every offset (lines in flight keep their acknowledgements), and a
             // later reader finds NULs there, which it skips.
-            punch(&file, to);
+            let _ = punch(&file, to);
             let dropped = to - from;
             tracing::warn!(component = %name, dropped_bytes = dropped, "telemetry has been behind for longer than {} MiB of {name} output; skipped the oldest {dropped} bytes", max_unread >> 20);
             let marker = crate::output::ChildLine {
@@ -992,24 +992,29 @@ fn line_start_after(file: &mut std::fs::File, from: u64) -> u64 {
     from
 }
 
-/// Frees the blocks of the first `upto` bytes (block-aligned), keeping the file's size and
-/// offsets; reads of them return NULs.
-fn punch(file: &std::fs::File, upto: u64) {
-    use rustix::fs::{FallocateFlags, fallocate, fstat};
-    let block = fstat(file)
+/// `upto` rounded down to the file's block size: what `fallocate` can remove or free.
+fn block_aligned(file: &std::fs::File, upto: u64) -> u64 {
+    let block = rustix::fs::fstat(file)
         .ok()
         .and_then(|st| u64::try_from(st.st_blksize).ok())
         .filter(|b| *b > 0)
         .unwrap_or(4096);
-    let n = upto - upto % block;
-    if n > 0 {
-        let _ = fallocate(
+    upto - upto % block
+}
+
+/// Frees the blocks of the first `upto` bytes (block-aligned), keeping the file's size and
+/// offsets; reads of them return NULs. Whether anything was freed.
+fn punch(file: &std::fs::File, upto: u64) -> bool {
+    use rustix::fs::{FallocateFlags, fallocate};
+    let n = block_aligned(file, upto);
+    n > 0
+        && fallocate(
             file,
             FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
             0,
             n,
-        );
-    }
+        )
+        .is_ok()
 }
 
 /// What [`reclaim`] did.
@@ -1026,16 +1031,11 @@ enum Reclaimed {
 /// keeps appending to (O_APPEND) at any moment. Truncating (the length checked, then
 /// `set_len(0)`) loses whatever the child writes between the two. `FALLOC_FL_COLLAPSE_RANGE`
 /// removes the block-aligned read prefix in one operation (ext4, xfs): the child's appends land
-/// at the new end. Where the filesystem lacks it (tmpfs, btrfs), `FALLOC_FL_PUNCH_HOLE` frees the
-/// prefix's blocks and leaves the offsets (the file is sparse, its disk use bounded).
+/// at the new end. Where the filesystem lacks it (tmpfs, btrfs), [`punch`] frees the prefix's
+/// blocks and leaves the offsets (the file is sparse, its disk use bounded).
 fn reclaim(file: &std::fs::File, upto: u64) -> Reclaimed {
-    use rustix::fs::{FallocateFlags, fallocate, fstat};
-    let block = fstat(file)
-        .ok()
-        .and_then(|st| u64::try_from(st.st_blksize).ok())
-        .filter(|b| *b > 0)
-        .unwrap_or(4096);
-    let n = upto - upto % block;
+    use rustix::fs::{FallocateFlags, fallocate};
+    let n = block_aligned(file, upto);
     if n == 0 {
         return Reclaimed::Nothing;
     }
@@ -1043,14 +1043,10 @@ fn reclaim(file: &std::fs::File, upto: u64) -> Reclaimed {
     if fallocate(file, FallocateFlags::COLLAPSE_RANGE, 0, n).is_ok() {
         return Reclaimed::Collapsed(n);
     }
-    match fallocate(
-        file,
-        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-        0,
-        n,
-    ) {
-        Ok(()) => Reclaimed::Punched,
-        Err(_) => Reclaimed::Nothing,
+    if punch(file, n) {
+        Reclaimed::Punched
+    } else {
+        Reclaimed::Nothing
     }
 }
 
