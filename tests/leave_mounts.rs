@@ -218,3 +218,58 @@ fn a_join_rollback_keeps_a_tree_with_a_mount_beneath_it() {
     );
     umount(&volume);
 }
+
+/// A host whose root is an overlayfs (overlayroot, live images, a container's root: found by
+/// installing the .deb in a systemd-nspawn container whose / is an overlay). overlayfs reports
+/// a directory with the overlay's own device number but a file with the device of the layer it
+/// lives on, so a mount check by device number alone sees every file as "on another mount"; the
+/// mount id (statx) is the same for both. Leave must remove the agent's state there.
+#[test]
+fn join_and_leave_on_an_overlayfs_root_remove_the_state() {
+    if !in_private_mount_namespace("join_and_leave_on_an_overlayfs_root_remove_the_state") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = dir.path().join("mirror");
+    standin_release(&mirror, VERSION);
+    let ds = devstack(&mirror);
+    let node = Node::new(&ds, &create_activation(&ds));
+    // The sandbox as it is (containerd, agent config, registry hosts) becomes the lower layer;
+    // the upper layer is a tmpfs, as overlayroot and nspawn --volatile=overlay set it up.
+    let layers = dir.path().join("layers");
+    std::fs::create_dir(&layers).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512m", "tmpfs"])
+        .arg(&layers)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs at {}", layers.display());
+    for d in ["upper", "work"] {
+        std::fs::create_dir(layers.join(d)).unwrap();
+    }
+    let st = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            node.root.display(),
+            layers.join("upper").display(),
+            layers.join("work").display()
+        ))
+        .arg(&node.root)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount overlay at {}", node.root.display());
+
+    let run = node.join(&ds, &[]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(node.path("/var/lib/hybrid-agent/node.json").is_file());
+    let leave = node.run(&["leave", "--force"]);
+    assert_eq!(leave.code, Some(0), "{leave:?}");
+    assert!(
+        !node.path("/var/lib/hybrid-agent").exists(),
+        "the agent's state is removed: {leave:?}"
+    );
+    assert!(managed_instances(&ds).is_empty(), "deregistered");
+    umount(&node.root);
+    umount(&layers);
+}

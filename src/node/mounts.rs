@@ -9,8 +9,9 @@
 //!   refuses to touch a tree with a mount point at or beneath it, naming every such mount;
 //! - walks with `openat(O_NOFOLLOW)` from the tree's own directory, so a symlink is removed as a
 //!   link and never followed out of the tree;
-//! - checks, for every entry, that it is on the tree's own mount (`statx` mount id, and the
-//!   device number), so a mount that appeared after the table was read is never crossed.
+//! - checks, for every entry, that it is on the tree's own mount (`statx` mount id; the device
+//!   number only on kernels without it), so a mount that appeared after the table was read is
+//!   never crossed.
 //!
 //! Paths in the mount table are as this process sees them; a `--root` sandbox's paths are real
 //! paths beneath the sandbox, so they compare directly (after resolving symlinks in the parent
@@ -242,14 +243,15 @@ struct Stat {
 }
 
 impl Stat {
-    /// On the same mount as `other`: the same device, and the same mount id where both are
-    /// known (a bind mount of a directory of the same filesystem has the same device).
+    /// On the same mount as `other`: the same mount id where the kernel reports both (it tells
+    /// a bind mount of the same filesystem apart, which the device number does not), else the
+    /// same device. Never both: on overlayfs a directory carries the overlay's device number and
+    /// a file the device of the layer it lives on, while both carry the overlay's mount id.
     fn same_mount(&self, other: &Stat) -> bool {
-        self.dev == other.dev
-            && match (self.mnt_id, other.mnt_id) {
-                (Some(a), Some(b)) => a == b,
-                _ => true,
-            }
+        match (self.mnt_id, other.mnt_id) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.dev == other.dev,
+        }
     }
 }
 
