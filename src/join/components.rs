@@ -16,7 +16,7 @@ use crate::supervise::process::ProcessSettings;
 use crate::supervise::systemd::{self, SystemdSettings};
 use crate::supervise::{
     AnyBackend, Backend, BackendChoice, ComponentName, ComponentSpec, ProbePolicy, Selection,
-    SuperviseError,
+    StartOutcome, SuperviseError,
 };
 
 use super::record::{ComponentRecord, ProbeRecord};
@@ -184,10 +184,20 @@ impl Components {
         self.backend.prepare(&self.specs).await
     }
 
+    /// Starts `name`; one that is already running (a distribution's containerd.service, active
+    /// since its package was installed) is restarted, so it runs with the configuration join
+    /// just wrote, as nodeadm's `EnsureRunning` restarts containerd and kubelet on every `init`
+    /// (`internal/containerd/daemon.go`, `internal/kubelet/daemon.go`). Without it a Debian
+    /// host's containerd kept its packaged config: no sandbox image, no registry hosts.
     pub async fn start(&self, name: ComponentName) -> Result<(), SuperviseError> {
         if let Some(spec) = self.spec(name) {
             let outcome = self.backend.start(spec).await?;
-            tracing::info!(component = %name, ?outcome, "started");
+            if let StartOutcome::AlreadyActive { pid } = outcome {
+                self.backend.restart(spec).await?;
+                tracing::info!(component = %name, ?pid, "was already running; restarted to take up the configuration join wrote");
+            } else {
+                tracing::info!(component = %name, ?outcome, "started");
+            }
         }
         Ok(())
     }

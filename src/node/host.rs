@@ -289,7 +289,23 @@ impl HostActions for RealHost {
 
     fn apply(&mut self, action: &HostAction) -> Result<(), HostError> {
         for c in action.commands() {
-            run(&c, &action.describe())?;
+            match run(&c, &action.describe()) {
+                Err(HostError::Failed { output, .. })
+                    if *action == HostAction::ApplySysctls
+                        && let Some(keys) = denied_sysctl_keys(&output)
+                        && let Some(container) = container() =>
+                {
+                    // In a container /proc/sys is the host's kernel, mounted read-only (nspawn,
+                    // docker, podman): nothing here can set it, and failing the join would not
+                    // either. Say which keys the host must set; `doctor` checks their values.
+                    tracing::warn!(
+                        container = %container,
+                        keys = %keys.join(", "),
+                        "running in a container: its host's kernel refused these sysctl settings; set them on the host (values in /etc/sysctl.d/99-hybrid-agent.conf)"
+                    );
+                }
+                other => other?,
+            }
         }
         Ok(())
     }
@@ -349,6 +365,46 @@ fn run(c: &CommandLine, what: &str) -> Result<(), HostError> {
         status: out.status.to_string(),
         output,
     })
+}
+
+/// The container manager this process runs under (`systemd-nspawn`, `docker`, `podman` …), as
+/// systemd records it in `/run/systemd/container` or as PID 1's `container=` environment
+/// variable says (systemd-detect-virt(1) reads the same two).
+pub fn container() -> Option<String> {
+    if let Ok(s) = std::fs::read_to_string("/run/systemd/container") {
+        let s = s.trim();
+        if !s.is_empty() {
+            return Some(s.to_owned());
+        }
+    }
+    let environ = std::fs::read("/proc/1/environ").ok()?;
+    environ
+        .split(|b| *b == 0)
+        .find_map(|v| v.strip_prefix(b"container="))
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// The keys of a `sysctl --system` failure when every error it printed is one a container
+/// gets from its host's kernel: a refusal to write (`permission denied on key …`, a read-only
+/// /proc/sys) or a key of a module not loaded there; `None` when anything else went wrong.
+fn denied_sysctl_keys(output: &str) -> Option<Vec<String>> {
+    let mut keys = Vec::new();
+    for line in output.lines().filter(|l| l.starts_with("sysctl:")) {
+        if let Some(rest) = line.split("permission denied on key \"").nth(1) {
+            keys.push(rest.split('"').next().unwrap_or_default().to_owned());
+        } else if line.contains("Read-only file system") {
+            keys.push(line.trim_start_matches("sysctl:").trim().to_owned());
+        } else if let Some(rest) = line.strip_prefix("sysctl: cannot stat /proc/sys/")
+            && let Some(path) = rest.strip_suffix(": No such file or directory")
+        {
+            // A key of a module the container cannot load (br_netfilter): the host's to load.
+            keys.push(path.replace('/', "."));
+        } else {
+            return None;
+        }
+    }
+    (!keys.is_empty()).then_some(keys)
 }
 
 /// Runs nothing: keeps every action it is given, for a `--root` other than `/`. Detection reads
@@ -429,6 +485,35 @@ pub fn remove_installed_packages(
 
 #[cfg(test)]
 mod tests {
+    use super::denied_sysctl_keys;
+
+    #[test]
+    fn sysctl_refusals_in_a_container_are_told_from_other_failures() {
+        // What procps' `sysctl --system` prints in systemd-nspawn (read-only /proc/sys).
+        let nspawn = "sysctl: permission denied on key \"kernel.pid_max\"\nsysctl: permission denied on key \"net.ipv6.conf.all.forwarding\", ignoring\n* Applying /etc/sysctl.d/99-hybrid-agent.conf ...";
+        assert_eq!(
+            denied_sysctl_keys(nspawn),
+            Some(vec![
+                "kernel.pid_max".to_owned(),
+                "net.ipv6.conf.all.forwarding".to_owned()
+            ])
+        );
+        // br_netfilter not loaded on the container's host.
+        let unloaded = "sysctl: cannot stat /proc/sys/net/bridge/bridge-nf-call-iptables: No such file or directory";
+        assert_eq!(
+            denied_sysctl_keys(unloaded),
+            Some(vec!["net.bridge.bridge-nf-call-iptables".to_owned()])
+        );
+        // A bad value is a real failure, even beside refusals.
+        let mixed = "sysctl: permission denied on key \"kernel.pid_max\"\nsysctl: setting key \"vm.x\": Invalid argument";
+        assert_eq!(denied_sysctl_keys(mixed), None);
+        assert_eq!(
+            denied_sysctl_keys("sysctl: setting key \"vm.x\": Invalid argument"),
+            None
+        );
+        assert_eq!(denied_sysctl_keys(""), None);
+    }
+
     use super::*;
 
     fn lines(a: &HostAction) -> Vec<String> {
