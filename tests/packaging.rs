@@ -270,6 +270,30 @@ fn rows(list: &[(&str, &str)], owner: &str) -> Vec<(String, String, String)> {
     )
 }
 
+/// The man pages the packages ship (`usr/share/man/man1/<page>.1.gz`, sorted): one per
+/// command, as `hybrid-agent manpages` writes them.
+fn man_pages() -> Vec<String> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let printed = ok(Command::new(env!("CARGO_BIN_EXE_hybrid-agent"))
+        .args(["manpages", "--out"])
+        .arg(dir.path()));
+    let mut pages: Vec<String> = printed
+        .lines()
+        .map(|l| {
+            let name = Path::new(l).file_name().expect("page name");
+            format!("usr/share/man/man1/{}.gz", name.to_string_lossy())
+        })
+        .collect();
+    pages.sort();
+    assert!(
+        pages.len() > 10
+            && pages.contains(&"usr/share/man/man1/hybrid-agent.1.gz".to_owned())
+            && pages.contains(&"usr/share/man/man1/hybrid-agent-config-show.1.gz".to_owned()),
+        "{pages:?}"
+    );
+    pages
+}
+
 #[test]
 fn scripts_package_builds_a_deb_and_an_rpm_that_install_the_agent() {
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -290,7 +314,7 @@ fn scripts_package_builds_a_deb_and_an_rpm_that_install_the_agent() {
         .arg(&out_dir)
         .current_dir(tmp.path()));
     let version = package_version();
-    let deb = out_dir.join(format!("hybrid-agent_{version}_amd64.deb"));
+    let deb = out_dir.join(format!("hybrid-agent_{version}-1_amd64.deb"));
     let rpm = out_dir.join(format!("hybrid-agent-{version}-1.x86_64.rpm"));
     assert_eq!(
         printed.lines().collect::<Vec<_>>(),
@@ -314,8 +338,8 @@ fn check_deb(deb: &Path, tmp: &Path) {
     assert_eq!(field("Package"), "hybrid-agent");
     assert_eq!(
         field("Version"),
-        package_version(),
-        "Version is Cargo.toml's"
+        format!("{}-1", package_version()),
+        "Version is Cargo.toml's, Debian revision 1 (--release)"
     );
     assert_eq!(field("Architecture"), "amd64");
     assert_eq!(field("Section"), "admin");
@@ -368,10 +392,31 @@ fn check_deb(deb: &Path, tmp: &Path) {
             (dir, "./usr/share/doc/hybrid-agent/"),
             (file, "./usr/share/doc/hybrid-agent/README.md"),
             (file, "./usr/share/doc/hybrid-agent/copyright"),
+            (file, "./usr/share/doc/hybrid-agent/changelog.Debian.gz"),
+            (dir, "./usr/share/bash-completion/"),
+            (dir, "./usr/share/bash-completion/completions/"),
+            (file, "./usr/share/bash-completion/completions/hybrid-agent"),
+            (dir, "./usr/share/zsh/"),
+            (dir, "./usr/share/zsh/vendor-completions/"),
+            (file, "./usr/share/zsh/vendor-completions/_hybrid-agent"),
+            (dir, "./usr/share/fish/"),
+            (dir, "./usr/share/fish/vendor_completions.d/"),
+            (
+                file,
+                "./usr/share/fish/vendor_completions.d/hybrid-agent.fish",
+            ),
+            (dir, "./usr/share/man/"),
+            (dir, "./usr/share/man/man1/"),
         ],
         "root/root",
     );
-    assert_eq!(got, want, "dpkg-deb --contents");
+    let mut want = want;
+    want.extend(
+        man_pages()
+            .iter()
+            .map(|p| (file.to_owned(), "root/root".to_owned(), format!("./{p}"))),
+    );
+    assert_eq!(got, sorted(want), "dpkg-deb --contents");
 
     let root = tmp.join("deb-root");
     ok(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&root));
@@ -392,6 +437,32 @@ fn check_deb(deb: &Path, tmp: &Path) {
             "{inside} differs from {source}"
         );
     }
+    // Completions and man pages are what the packaged binary generates from its own flags.
+    let agent = root.join("usr/bin/hybrid-agent");
+    for (shell, inside) in [
+        ("bash", "usr/share/bash-completion/completions/hybrid-agent"),
+        ("zsh", "usr/share/zsh/vendor-completions/_hybrid-agent"),
+        (
+            "fish",
+            "usr/share/fish/vendor_completions.d/hybrid-agent.fish",
+        ),
+    ] {
+        let script = ok(Command::new(&agent).args(["completions", shell]));
+        assert!(script.contains("--config-source"), "{shell}: {script}");
+        assert_eq!(
+            std::fs::read_to_string(root.join(inside)).expect(inside),
+            script
+        );
+    }
+    let join_page = ok(Command::new("sh").arg("-c").arg(format!(
+        "zcat {}",
+        root.join("usr/share/man/man1/hybrid-agent-join.1.gz")
+            .display()
+    )));
+    assert!(
+        join_page.contains(".TH hybrid-agent-join 1") && join_page.contains("config\\-source"),
+        "{join_page}"
+    );
     let version = ok(Command::new(root.join("usr/bin/hybrid-agent")).arg("--version"));
     assert_eq!(
         version.trim(),
@@ -459,10 +530,17 @@ fn check_rpm(rpm: &Path, tmp: &Path) {
             "/etc/hybrid-agent/config.toml",
             "/usr/bin/hybrid-agent",
             "/usr/lib/systemd/system/hybrid-agent.service",
+            "/usr/share/bash-completion/completions/hybrid-agent",
             "/usr/share/doc/hybrid-agent",
             "/usr/share/doc/hybrid-agent/README.md",
             "/usr/share/doc/hybrid-agent/copyright",
-        ],
+            "/usr/share/fish/vendor_completions.d/hybrid-agent.fish",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(man_pages().iter().map(|p| format!("/{p}")))
+        .chain(["/usr/share/zsh/site-functions/_hybrid-agent".to_owned()])
+        .collect::<Vec<_>>(),
         "rpm -qpl"
     );
     let got = sorted(
@@ -484,9 +562,27 @@ fn check_rpm(rpm: &Path, tmp: &Path) {
             ("drwxr-xr-x", "/usr/share/doc/hybrid-agent"),
             ("-rw-r--r--", "/usr/share/doc/hybrid-agent/README.md"),
             ("-rw-r--r--", "/usr/share/doc/hybrid-agent/copyright"),
+            (
+                "-rw-r--r--",
+                "/usr/share/bash-completion/completions/hybrid-agent",
+            ),
+            ("-rw-r--r--", "/usr/share/zsh/site-functions/_hybrid-agent"),
+            (
+                "-rw-r--r--",
+                "/usr/share/fish/vendor_completions.d/hybrid-agent.fish",
+            ),
         ],
         "root:root",
     );
+    let mut want = want;
+    want.extend(man_pages().iter().map(|p| {
+        (
+            "-rw-r--r--".to_owned(),
+            "root:root".to_owned(),
+            format!("/{p}"),
+        )
+    }));
+    let want = sorted(want);
     assert_eq!(got, want, "rpm file modes and owners");
 
     let mut cmd = Command::new("rpm");

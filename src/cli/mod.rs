@@ -7,6 +7,7 @@
 
 mod config;
 mod credential_process;
+mod docs;
 mod doctor;
 mod install;
 mod join;
@@ -129,6 +130,12 @@ pub enum Command {
     /// into the node's AWS config file).
     #[command(long_about = credential_process::LONG_ABOUT)]
     CredentialProcess(credential_process::CredentialProcessArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(long_about = docs::COMPLETIONS_LONG_ABOUT)]
+    Completions(docs::CompletionsArgs),
+    /// Write the man pages (hybrid-agent.1 and one per subcommand) into a directory.
+    #[command(long_about = docs::MANPAGES_LONG_ABOUT)]
+    Manpages(docs::ManpagesArgs),
 }
 
 /// Why a command did not succeed; each variant maps to one documented exit code.
@@ -194,6 +201,15 @@ pub enum CliError {
     /// `credential-process` could not get credentials.
     #[error("credential-process: {0}")]
     CredentialProcess(String),
+    /// `manpages` could not write a page.
+    #[error("manpages: cannot write {}: {source}", .path.display())]
+    Manpages {
+        /// The page or directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Another run holds the lock this command needs (or the lock could not be taken).
     #[error("{command}: {source}")]
     Locked {
@@ -282,6 +298,7 @@ impl CliError {
             | CliError::Token(_)
             | CliError::CredentialProcess(_)
             | CliError::Doctor(_)
+            | CliError::Manpages { .. }
             | CliError::Runtime { .. } => ExitCode::Failure,
         }
     }
@@ -339,6 +356,8 @@ pub fn run(cli: &Cli, env: &Env, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Config(args) => config::run(args, &mut ctx),
         Command::Token(args) => token::run(args, &mut ctx),
         Command::CredentialProcess(args) => credential_process::run(args, &mut ctx),
+        Command::Completions(args) => docs::completions(args, &mut ctx),
+        Command::Manpages(args) => docs::manpages(args, &mut ctx),
     }
 }
 
