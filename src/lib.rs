@@ -5,8 +5,9 @@
 //! and runs commands; [`config`] loads and validates every input (agent TOML, nodeadm NodeConfig,
 //! flags, endpoint environment) once into a typed [`config::Config`]; [`paths`] resolves every host
 //! path beneath `--root`; [`logging`] sets up stderr logging; [`exit`] documents every exit code.
-//! The remaining modules are the subsystems of DESIGN.md (credentials, install, node rendering,
-//! supervision, telemetry, the daemon), each documented in its own module header.
+//! The remaining modules are the subsystems of docs/architecture.md "Subsystems" (credentials,
+//! install, node rendering, supervision, telemetry, the daemon), each documented in its own module
+//! header.
 
 pub mod aws;
 pub mod cli;

@@ -13,44 +13,52 @@
 
 use std::path::{Component, Path, PathBuf};
 
-/// Agent configuration (TOML, optional). Ours: DESIGN.md "Host paths".
+/// Agent configuration (TOML, optional). Ours: docs/host-paths.md "Agent files".
 pub const AGENT_CONFIG: &str = "/etc/hybrid-agent/config.toml";
-/// Agent state: registration, RSA key (0600), fingerprint, install tracker, cursors. Ours: DESIGN.md.
+/// Agent state: registration, RSA key (0600), fingerprint, install tracker, cursors. Ours:
+/// docs/host-paths.md "Agent files".
 pub const STATE_DIR: &str = "/var/lib/hybrid-agent";
-/// Durable telemetry spool (default of `spool.dir`). Ours: DESIGN.md "telemetry".
+/// Durable telemetry spool (default of `spool.dir`). Ours: docs/host-paths.md "Telemetry files".
 pub const SPOOL_DIR: &str = "/var/lib/hybrid-agent/spool";
-/// Local status socket that `hybrid-agent status` reads. Ours: DESIGN.md "daemon".
+/// Reserved for a local status socket; not created today: `hybrid-agent status` reads the
+/// daemon's state file instead. Ours: docs/host-paths.md "Agent files".
 pub const STATUS_SOCKET: &str = "/run/hybrid-agent/status.sock";
-/// Shared credentials file kubelet's exec plugin reads. nodeadm default (PROTOCOLS.md §3).
+/// Shared credentials file kubelet's exec plugin reads. nodeadm default (docs/host-paths.md
+/// "Credentials files").
 pub const AWS_CREDENTIALS: &str = "/root/.aws/credentials";
 /// Extra credentials file exposed when `spec.hybrid.enableCredentialsFile` is set (pod identity
-/// agent on hybrid nodes). nodeadm (PROTOCOLS.md §3).
+/// agent on hybrid nodes). nodeadm (docs/host-paths.md "Credentials files").
 pub const EKS_HYBRID_AWS_CREDENTIALS: &str = "/eks-hybrid/.aws/credentials";
 /// Default IAM Roles Anywhere certificate when the NodeConfig names none. nodeadm's integration
 /// tests create this file before `nodeadm init` (unverified as a documented default).
 pub const IAM_RA_CERTIFICATE: &str = "/etc/iam/pki/server.pem";
 /// Default IAM Roles Anywhere private key when the NodeConfig names none. nodeadm (as above).
 pub const IAM_RA_PRIVATE_KEY: &str = "/etc/iam/pki/server.key";
-/// kubelet configuration. nodeadm (PROTOCOLS.md §3).
+/// kubelet configuration. nodeadm (docs/host-paths.md "kubelet").
 pub const KUBELET_CONFIG: &str = "/etc/kubernetes/kubelet/config.json";
-/// kubelet configuration drop-ins (kubelet ≥ 1.28). nodeadm (PROTOCOLS.md §3).
+/// kubelet configuration drop-ins (kubelet ≥ 1.28). nodeadm (docs/host-paths.md "kubelet").
 pub const KUBELET_CONFIG_DROPINS: &str = "/etc/kubernetes/kubelet/config.json.d";
-/// kubelet kubeconfig with the aws-iam-authenticator exec plugin. nodeadm (PROTOCOLS.md §3).
+/// kubelet kubeconfig with the aws-iam-authenticator exec plugin. nodeadm (docs/host-paths.md
+/// "kubelet").
 pub const KUBELET_KUBECONFIG: &str = "/var/lib/kubelet/kubeconfig";
-/// Cluster CA bundle kubelet trusts. nodeadm (PROTOCOLS.md §3).
+/// Cluster CA bundle kubelet trusts. nodeadm (docs/host-paths.md "kubelet").
 pub const CLUSTER_CA: &str = "/etc/kubernetes/pki/ca.crt";
-/// containerd configuration (version 2). nodeadm (PROTOCOLS.md §3).
+/// containerd configuration (version 2). nodeadm (docs/host-paths.md "containerd and CNI").
 pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
-/// Drop-in directory imported by the containerd config (user TOML goes here). nodeadm
-/// (PROTOCOLS.md §3: "user TOML as a drop-in import").
+/// Drop-in directory imported by the containerd config, for administrators' own drop-ins (the
+/// NodeConfig's TOML is merged into the config instead). nodeadm imports its drop-in from here
+/// (docs/host-paths.md "containerd and CNI").
 pub const CONTAINERD_DROPINS: &str = "/etc/containerd/config.d";
-/// CNI plugin binaries. containerd/nodeadm convention (PROTOCOLS.md §3).
+/// CNI plugin binaries. containerd/nodeadm convention (docs/host-paths.md "containerd and CNI").
 pub const CNI_BIN_DIR: &str = "/opt/cni/bin";
-/// CNI network configurations. containerd/nodeadm convention (PROTOCOLS.md §3).
+/// CNI network configurations. containerd/nodeadm convention (docs/host-paths.md "containerd
+/// and CNI").
 pub const CNI_CONF_DIR: &str = "/etc/cni/net.d";
-/// sysctl settings (ip_forward=1 …). nodeadm writes `/etc/sysctl.d/99-*.conf` (PROTOCOLS.md §3).
+/// sysctl settings (ip_forward=1 …). nodeadm writes `/etc/sysctl.d/99-*.conf`
+/// (docs/host-paths.md "System settings").
 pub const SYSCTL_CONF: &str = "/etc/sysctl.d/99-hybrid-agent.conf";
-/// Kernel modules to load at boot (overlay, br_netfilter). nodeadm (PROTOCOLS.md §3).
+/// Kernel modules to load at boot (overlay, br_netfilter). nodeadm (docs/host-paths.md "System
+/// settings").
 pub const MODULES_LOAD_CONF: &str = "/etc/modules-load.d/hybrid-agent.conf";
 /// systemd unit files the systemd backend installs. systemd's admin unit directory.
 pub const SYSTEMD_UNIT_DIR: &str = "/etc/systemd/system";

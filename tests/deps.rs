@@ -1,4 +1,5 @@
-//! The dependency rules of DESIGN.md, checked on the resolved graph: no OpenSSL (static musl
+//! The dependency rules of docs/architecture.md "Dependencies", checked on the resolved graph: no
+//! OpenSSL (static musl
 //! builds, one TLS stack), no libsystemd (cannot link statically), no legacy hyper 0.14 / ring
 //! stack (what the AWS SDK's default `rustls` feature drags in).
 //! Checked for the host target (Linux, what we ship), so a fresh machine needs no foreign-platform
@@ -36,7 +37,7 @@ fn assert_absent(spec: &str) {
         || (ok && text.contains("nothing to print"));
     assert!(
         absent,
-        "`{spec}` is in the dependency graph, which DESIGN.md rules out; cargo tree -i {spec} says:\n{text}"
+        "`{spec}` is in the dependency graph, which docs/architecture.md \"Dependencies\" rules out; cargo tree -i {spec} says:\n{text}"
     );
 }
 

@@ -1,5 +1,6 @@
 //! The systemd backend against a real systemd, booted from the host's /usr in systemd-nspawn
-//! (DESIGN.md's recipe; never /lib/systemd/systemd on the host itself, whose tmpfiles step would
+//! (docs/testing.md "systemd in nspawn"; never /lib/systemd/systemd on the host itself, whose
+//! tmpfiles step would
 //! wipe the host's /tmp).
 //!
 //! The test talks to the container's system bus through `/proc/<init>/root/run/dbus/...` — the

@@ -1,4 +1,5 @@
-//! journald (hand-started, DESIGN.md recipe) → the agent's telemetry → CloudWatch Logs, against
+//! journald (hand-started, docs/testing.md "Hand-started journald") → the agent's telemetry →
+//! CloudWatch Logs, against
 //! the devstack and against moto: every shipped line arrives exactly once and in order per
 //! stream; lines of other identifiers and below the minimum priority are not shipped; no
 //! DescribeLogStreams call is made (the devstack counts them); a restart resumes from the saved

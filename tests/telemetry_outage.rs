@@ -11,7 +11,7 @@
 //! drain has — the window in flight when the link dropped, and the tail — weigh less in the
 //! average than at 60 s, where it was 0.934 MiB against the 0.9 bound); the 10-minute run is
 //! `HA_OUTAGE_SECS=600 cargo test --test telemetry_outage -- --nocapture` (plain cargo test, for
-//! the same 300 s limit; figures in the telemetry module docs).
+//! the same 300 s limit; figures in docs/measurements.md "Outage and crash runs").
 //!
 //! The drain is awaited for as long as the shipped count keeps moving; once it has stood still
 //! for a minute after the outage ended, the test reads the stream and fails with the line

@@ -1,4 +1,5 @@
-//! The journal reader alone, on files a hand-started journald wrote (DESIGN.md recipe).
+//! The journal reader alone, on files a hand-started journald wrote (docs/testing.md
+//! "Hand-started journald").
 //!
 //! - A half-written tail entry is not handed out: journald (systemd 252 here) allocates an ENTRY
 //!   object, bumps the header's `tail_entry_seqnum` and writes the entry's seqnum before its

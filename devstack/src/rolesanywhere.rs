@@ -3,7 +3,8 @@
 //!
 //! The devstack has one trust anchor (its own CA, ECDSA P-256), one profile and one role, with
 //! ARNs derived from the configured region and account. `CreateSession` is checked the way IAM
-//! Roles Anywhere documents it (PROTOCOLS.md §2): the leaf certificate in `X-Amz-X509` must chain
+//! Roles Anywhere documents it (docs/protocols.md "IAM Roles Anywhere CreateSession"): the leaf
+//! certificate in `X-Amz-X509` must chain
 //! to the trust anchor through the intermediates in `X-Amz-X509-Chain`, each certificate signed
 //! by the next and valid at the devstack's now; the Authorization header names the leaf's serial
 //! in decimal and one of `AWS4-X509-RSA-SHA256` (PKCS#1 v1.5) / `AWS4-X509-ECDSA-SHA256` (DER
@@ -34,7 +35,7 @@ use crate::wire::{ApiError, Protocol, Req};
 /// File under `--state-dir` holding the CA key and the resource ids, so certificates issued
 /// before a restart still verify.
 const STATE_FILE: &str = "rolesanywhere.json";
-/// Signing name of the service (PROTOCOLS.md §2).
+/// Signing name of the service (docs/protocols.md "IAM Roles Anywhere CreateSession").
 pub const SIGNING_NAME: &str = "rolesanywhere";
 pub const ALG_RSA: &str = "AWS4-X509-RSA-SHA256";
 pub const ALG_ECDSA: &str = "AWS4-X509-ECDSA-SHA256";

@@ -2,7 +2,8 @@
 //!
 //! The devstack verifies two kinds of SigV4 requests with the same canonicalisation: HMAC-signed
 //! calls from the official aws-sdk-rust clients ([`crate::auth`]) and the RSA-PSS-signed SSM
-//! hybrid instance calls ([`crate::ssm`], shared/PROTOCOLS.md §1), which are SigV4 with the HMAC
+//! hybrid instance calls ([`crate::ssm`], docs/protocols.md "Signing instance calls"), which are
+//! SigV4 with the HMAC
 //! swapped for an RSA signature. Both need the canonical request exactly as the signer built it,
 //! so the rules here follow aws-sigv4 (the signer inside aws-sdk-rust) rather than a loose reading
 //! of the spec: path normalisation drops empty and dot segments, the already-encoded path is
@@ -20,7 +21,7 @@ use axum::http::HeaderMap;
 use crate::wire::Req;
 
 /// The only algorithm the SDK and ssm-agent put in the Authorization header (SigV4 docs;
-/// ssm-agent keeps it even for its RSA signatures, shared/PROTOCOLS.md §1).
+/// ssm-agent keeps it even for its RSA signatures, docs/protocols.md "Signing instance calls").
 pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 
 /// Largest difference between `X-Amz-Date` and the server's clock AWS accepts (SigV4 docs:

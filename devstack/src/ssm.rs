@@ -4,7 +4,8 @@
 //! - the public one, SigV4-signed by aws-sdk-ssm: CreateActivation, DescribeActivations,
 //!   DeleteActivation, DescribeInstanceInformation, DeregisterManagedInstance and the tag calls on
 //!   managed instances;
-//! - the private one ssm-agent speaks and aws-sdk-ssm does not have (shared/PROTOCOLS.md §1):
+//! - the private one ssm-agent speaks and aws-sdk-ssm does not have (docs/protocols.md "SSM
+//!   hybrid activation"):
 //!   RegisterManagedInstance (unsigned: the activation code is the secret) and
 //!   RequestManagedInstanceRoleToken / UpdateManagedInstancePublicKey, signed SigV4-style with
 //!   the instance's RSA-2048 key (RSASSA-PSS, SHA-256, salt 32) instead of an HMAC.
@@ -15,7 +16,8 @@
 //! token request hands out go into the [`crate::auth::CredentialStore`], so calls signed with them
 //! verify and expire like real ones. State persists to `--state-dir` after every change.
 //!
-//! Registration-related error codes are the ones ssm-agent handles (PROTOCOLS.md §1); validation
+//! Registration-related error codes are the ones ssm-agent handles (docs/protocols.md "SSM error
+//! codes"); validation
 //! of public inputs follows the aws-sdk-ssm model (ranges, modeled error names).
 
 use std::collections::BTreeMap;
@@ -50,17 +52,20 @@ const MAX_ACTIVATION_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 /// RegistrationLimit default and range (CreateActivation docs / model: 1..=1000).
 const DEFAULT_REGISTRATION_LIMIT: i64 = 1;
 const MAX_REGISTRATION_LIMIT: i64 = 1000;
-/// Length of the activation codes SSM hands out (20 characters; PROTOCOLS.md §1: ≥ 20).
+/// Length of the activation codes SSM hands out (20 characters; docs/protocols.md
+/// "RegisterManagedInstance": ≥ 20).
 const ACTIVATION_CODE_LEN: usize = 20;
-/// Length of an activation id: a UUID (PROTOCOLS.md §1).
+/// Length of an activation id: a UUID (docs/protocols.md "RegisterManagedInstance").
 const ACTIVATION_ID_LEN: usize = 36;
-/// `mi-` + 17 lowercase hex digits (managed instance ids, PROTOCOLS.md §1).
+/// `mi-` + 17 lowercase hex digits (managed instance ids, docs/protocols.md
+/// "RegisterManagedInstance").
 const INSTANCE_ID_PREFIX: &str = "mi-";
 const INSTANCE_ID_HEX_LEN: usize = 17;
 
-/// The only key type SSM accepts (PROTOCOLS.md §1).
+/// The only key type SSM accepts (docs/protocols.md "RegisterManagedInstance").
 const PUBLIC_KEY_TYPE: &str = "Rsa";
-/// Standard base64 of the 294-byte DER SubjectPublicKeyInfo of an RSA-2048 key (PROTOCOLS.md §1).
+/// Standard base64 of the 294-byte DER SubjectPublicKeyInfo of an RSA-2048 key
+/// (docs/protocols.md "RegisterManagedInstance").
 const PUBLIC_KEY_B64_LEN: usize = 392;
 const PUBLIC_KEY_BITS: usize = 2048;
 
@@ -165,7 +170,7 @@ fn err(code: &str, message: impl Into<String>) -> ApiError {
 
 pub async fn handle(state: &Shared, op: &str, req: &Req) -> Response {
     let result = match op {
-        // Private API (PROTOCOLS.md §1): own authentication.
+        // Private API (docs/protocols.md "SSM hybrid activation"): own authentication.
         "RegisterManagedInstance" => register_managed_instance(state, req),
         "RequestManagedInstanceRoleToken" => request_role_token(state, req),
         "UpdateManagedInstancePublicKey" => update_public_key(state, req),
@@ -649,7 +654,7 @@ fn list_tags(state: &Shared, req: &Req) -> Result<Value, ApiError> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Private API (PROTOCOLS.md §1)
+// Private API (docs/protocols.md "SSM hybrid activation")
 
 /// Checks a PublicKey the way registration and key rotation require: type `Rsa`, exactly 392
 /// characters of standard base64, decoding to a DER SubjectPublicKeyInfo of an RSA-2048 key.

@@ -162,7 +162,8 @@ mod tests {
         );
     }
 
-    /// The SSM instance-call shape of PROTOCOLS.md §1, written out by hand: the four signed
+    /// The SSM instance-call shape of docs/protocols.md "Signing instance calls", written out by
+    /// hand: the four signed
     /// headers in order, an empty query line, the body hash. The SHA-256 values were computed
     /// with `printf %s ... | sha256sum`.
     #[test]

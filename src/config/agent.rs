@@ -22,7 +22,7 @@ use crate::paths::HostPaths;
 /// Credentials profile written by default; kubelet's exec plugin reads `default` (nodeadm).
 pub const DEFAULT_CREDENTIALS_PROFILE: &str = "default";
 /// Cap on the credential-refresh retry backoff. nodeadm caps it at 60 s; ssm-agent's uncapped
-/// backoff grew to hours (PROTOCOLS.md §1, ssm-agent#468).
+/// backoff grew to hours (ssm-agent#468; docs/protocols.md "Lessons from amazon-ssm-agent").
 pub const DEFAULT_REFRESH_BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// Shortest allowed backoff cap: below a second the agent would hammer a failing endpoint. Ours.
 /// Longest wait between restarts of a failed daemon subsystem: long enough not to spin on a
@@ -50,16 +50,18 @@ pub const MAX_SUBSYSTEM_DOWN_LIMIT: Duration = Duration::from_secs(86_400);
 /// refresh backoff cap's worth (10 min) to start. Ours.
 pub const MAX_STARTUP_JITTER: Duration = Duration::from_secs(600);
 pub const MIN_REFRESH_BACKOFF_CAP: Duration = Duration::from_secs(1);
-/// Longest allowed backoff cap: credentials last about an hour (PROTOCOLS.md §1), so waiting
+/// Longest allowed backoff cap: credentials last about an hour (docs/protocols.md
+/// "RequestManagedInstanceRoleToken"), so waiting
 /// longer than that between attempts guarantees expired credentials.
 pub const MAX_REFRESH_BACKOFF_CAP: Duration = Duration::from_secs(3_600);
 /// Shortest allowed maximum key age: rotating the SSM key more often than hourly only adds
 /// load on UpdateManagedInstancePublicKey. Ours.
 pub const MIN_MAX_KEY_AGE: Duration = Duration::from_secs(3_600);
-/// Spool size when the file says nothing. Ours (DESIGN.md "nothing lost while offline").
+/// Spool size when the file says nothing. Ours (docs/architecture.md "Telemetry").
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 512 * 1024 * 1024;
 /// Smallest spool that always holds one full PutLogEvents batch: a batch is at most 1,048,576
-/// bytes counting 26 per event (PROTOCOLS.md §4), which in spool form (19 bytes plus the stream
+/// bytes counting 26 per event (docs/protocols.md "CloudWatch Logs PutLogEvents"), which in
+/// spool form (19 bytes plus the stream
 /// key per event instead of 26) is under 2 MiB; the metrics take an eighth and the journal and
 /// child-output spools share the rest. Ours, from those figures.
 pub const MIN_SPOOL_MAX_BYTES: u64 = 4 * 1_048_576;
@@ -73,7 +75,7 @@ pub const DEFAULT_METRIC_NAMESPACE: &str = "HybridAgent";
 pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(60);
 /// How long log events may wait in memory before a PutLogEvents call. Ours.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
-/// Units whose journal entries are shipped by default (DESIGN.md "telemetry").
+/// Units whose journal entries are shipped by default (docs/architecture.md "Telemetry").
 pub const DEFAULT_UNITS: [&str; 3] = ["kubelet", "containerd", "hybrid-agent"];
 /// Maximum length of a log group or stream name (CloudWatch Logs CreateLogGroup/CreateLogStream).
 pub const MAX_LOG_NAME_LEN: usize = 512;

@@ -185,7 +185,7 @@ pub fn serialize_opt_duration<S: Serializer>(
 }
 
 /// True for an RFC 4122 UUID in its canonical 36-character hyphenated form, the form SSM
-/// prints activation ids in (PROTOCOLS.md §1).
+/// prints activation ids in (docs/protocols.md "RegisterManagedInstance").
 pub fn is_hyphenated_uuid(value: &str) -> bool {
     value.len() == 36
         && value.char_indices().all(|(i, c)| match i {

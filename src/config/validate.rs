@@ -22,13 +22,14 @@ use super::secret::{REDACTED, Secret};
 use super::types::{Region, SafeUrl, is_hyphenated_uuid, parse_cidr};
 use crate::paths::{self, HostPaths};
 
-/// Shortest activation code SSM issues (RegisterManagedInstance, PROTOCOLS.md §1).
+/// Shortest activation code SSM issues (docs/protocols.md "RegisterManagedInstance").
 pub const MIN_ACTIVATION_CODE_LEN: usize = 20;
 /// Longest EKS cluster name (EKS CreateCluster `name`).
 pub const MAX_CLUSTER_NAME_LEN: usize = 100;
 /// Longest IAM Roles Anywhere node name: it is the role session name, ≤ 64 characters (STS).
 pub const MAX_NODE_NAME_LEN: usize = 64;
-/// kubelet flags the agent sets itself; nodeadm also forbids users to set them (PROTOCOLS.md §3).
+/// kubelet flags the agent sets itself; nodeadm also forbids users to set them
+/// (docs/protocols.md "NodeConfig").
 pub const RESERVED_KUBELET_FLAGS: [&str; 1] = ["--hostname-override"];
 /// Feature gates nodeadm defines (`InstanceIdNodeName`, EC2 only: accepted, ignored).
 pub const KNOWN_FEATURE_GATES: [&str; 1] = ["InstanceIdNodeName"];

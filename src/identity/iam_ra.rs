@@ -2,7 +2,8 @@
 //! by a CA registered as a trust anchor (NodeConfig `hybrid.iamRolesAnywhere`).
 //!
 //! `CreateSession` is not in aws-sdk-rust; AWS ships a separate signing helper binary for it.
-//! The request is SigV4 with the certificate's key instead of an HMAC secret (PROTOCOLS.md §2):
+//! The request is SigV4 with the certificate's key instead of an HMAC secret
+//! (docs/protocols.md "IAM Roles Anywhere CreateSession"):
 //! algorithm `AWS4-X509-RSA-SHA256` (PKCS#1 v1.5) or `AWS4-X509-ECDSA-SHA256` (DER signature),
 //! hex signature, the certificate's decimal serial as the credential, the leaf certificate in
 //! `X-Amz-X509` and any intermediates (the further certificates in the certificate file, in
@@ -261,7 +262,8 @@ pub struct SignedSession {
     pub headers: Vec<(&'static str, String)>,
 }
 
-/// Signs a CreateSession request for `body` at `time` (PROTOCOLS.md §2). Pure: no I/O, so the
+/// Signs a CreateSession request for `body` at `time` (docs/protocols.md "IAM Roles Anywhere
+/// CreateSession"). Pure: no I/O, so the
 /// canonicalisation is testable and tests can tamper with the result.
 pub fn sign_create_session(
     settings: &IamRaSettings,

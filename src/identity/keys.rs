@@ -18,7 +18,7 @@ use crate::config::Secret;
 use crate::identity::atomic::{self, AtomicWriteError, SECRET_FILE_MODE};
 use crate::identity::pem;
 
-/// Modulus size SSM requires (PROTOCOLS.md §1: "a fresh RSA-2048 key").
+/// Modulus size SSM requires (docs/protocols.md "RegisterManagedInstance": a fresh RSA-2048 key).
 pub const RSA_BITS: usize = 2048;
 /// Length of the base64 SPKI of an RSA-2048 key, what RegisterManagedInstance checks.
 pub const PUBLIC_KEY_B64_LEN: usize = 392;
@@ -111,7 +111,8 @@ impl InstanceKey {
         hex::encode(&digest.as_ref()[..8])
     }
 
-    /// RSASSA-PSS with SHA-256, MGF1-SHA-256 and a 32-byte salt over `message` (PROTOCOLS.md §1).
+    /// RSASSA-PSS with SHA-256, MGF1-SHA-256 and a 32-byte salt over `message`
+    /// (docs/protocols.md "Signing instance calls").
     pub fn sign_pss(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         let mut sig = vec![0u8; self.pair.public_modulus_len()];
         let rng = aws_lc_rs::rand::SystemRandom::new();

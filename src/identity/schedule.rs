@@ -11,7 +11,8 @@
 
 use std::time::{Duration, SystemTime};
 
-/// Default upper bound of one retry wait (nodeadm's cap, PROTOCOLS.md §1).
+/// Default upper bound of one retry wait (nodeadm's cap; docs/protocols.md "Lessons from
+/// amazon-ssm-agent").
 pub const DEFAULT_BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// First retry waits up to this long.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);

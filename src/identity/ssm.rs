@@ -23,21 +23,21 @@ use crate::identity::expiry;
 use crate::identity::keys::{InstanceKey, PUBLIC_KEY_TYPE};
 use crate::identity::sigv4::{self, CanonicalInput, SigningTime};
 
-/// awsJson 1.1 content type (PROTOCOLS.md §1).
+/// awsJson 1.1 content type (docs/protocols.md "SSM hybrid activation").
 pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 /// `X-Amz-Target` prefix of every SSM operation.
 pub const TARGET_PREFIX: &str = "AmazonSSM.";
 /// SigV4 signing name of SSM.
 pub const SIGNING_SERVICE: &str = "ssm";
 /// The algorithm name in the string to sign and the Authorization header: SSM keeps SigV4's
-/// name although the signature is RSA-PSS (PROTOCOLS.md §1).
+/// name although the signature is RSA-PSS (docs/protocols.md "Signing instance calls").
 pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 
 pub const OP_REGISTER: &str = "RegisterManagedInstance";
 pub const OP_ROLE_TOKEN: &str = "RequestManagedInstanceRoleToken";
 pub const OP_UPDATE_KEY: &str = "UpdateManagedInstancePublicKey";
 
-/// Error codes the agent acts on (PROTOCOLS.md §1).
+/// Error codes the agent acts on (docs/protocols.md "SSM error codes").
 pub mod codes {
     pub const ACTIVATION_EXPIRED: &str = "ActivationExpired";
     pub const INVALID_ACTIVATION: &str = "InvalidActivation";
@@ -269,7 +269,8 @@ impl SsmClient {
 
     /// The credentials of a RequestManagedInstanceRoleToken answer, expiry checked.
     fn role_token(&self, out: RoleTokenOut) -> Result<RoleToken, SsmError> {
-        // The wire form is unverified (PROTOCOLS.md §1): epoch seconds and RFC 3339 both parse.
+        // The wire form is unverified (docs/protocols.md "RequestManagedInstanceRoleToken"):
+        // epoch seconds and RFC 3339 both parse.
         let expires_service = expiry::parse_checked(
             "TokenExpirationDate",
             &out.token_expiration_date,

@@ -2,7 +2,8 @@
 //!
 //! Key rotation (`UpdateManagedInstancePublicKey`, signed with the old key) is triggered by a
 //! token response with `UpdateKeyPair=true` or by a configured maximum key age. It follows
-//! PROTOCOLS.md §1 and can be interrupted anywhere without losing the identity:
+//! docs/protocols.md "UpdateManagedInstancePublicKey" and can be interrupted anywhere without
+//! losing the identity:
 //!
 //! 1. [`SsmSource::begin_key_rotation`]: generate the new key and persist it as the pending key
 //!    *before* the service hears of it;

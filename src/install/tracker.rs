@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::checksum::Sha256;
 use crate::paths::HostPaths;
 
-/// Where the tracker lives (host path). Ours: DESIGN.md "Host paths" (install tracker).
+/// Where the tracker lives (host path). Ours: docs/host-paths.md "Agent files".
 pub const TRACKER: &str = "/var/lib/hybrid-agent/tracker.json";
 /// Format version of the file; bumped on incompatible changes.
 pub const FORMAT: u32 = 1;

@@ -65,7 +65,7 @@ const DROPIN_ALPHA_MINORS: [u32; 2] = [28, 29];
 /// kubelet's healthz defaults (kubelet flag reference: --healthz-bind-address, --healthz-port).
 pub const DEFAULT_HEALTHZ_ADDRESS: &str = "127.0.0.1";
 pub const DEFAULT_HEALTHZ_PORT: u64 = 10248;
-/// Label values nodeadm puts on hybrid nodes (PROTOCOLS.md §3).
+/// Label values nodeadm puts on hybrid nodes (docs/protocols.md "Node identity in the cluster").
 pub const LABEL_COMPUTE_TYPE: &str = "eks.amazonaws.com/compute-type=hybrid";
 pub const LABEL_CREDENTIAL_PROVIDER: &str = "eks.amazonaws.com/hybrid-credential-provider";
 /// Cipher suites nodeadm restricts kubelet's serving endpoint to (EKS AMI defaults).
@@ -89,7 +89,8 @@ pub fn minor(version: &str) -> Result<u32, RenderError> {
     }
 }
 
-/// `eks-hybrid:///<region>/<cluster>/<node-name>` (PROTOCOLS.md §3).
+/// `eks-hybrid:///<region>/<cluster>/<node-name>` (docs/protocols.md "Node identity in the
+/// cluster").
 pub fn provider_id(region: &str, cluster: &str, node_name: &str) -> String {
     format!("eks-hybrid:///{region}/{cluster}/{node_name}")
 }

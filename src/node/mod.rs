@@ -1,6 +1,6 @@
 //! Node configuration: every file kubelet and containerd need, rendered from the validated
-//! NodeConfig the way nodeadm writes them (PROTOCOLS.md §3), so a nodeadm user finds each one
-//! where they expect it.
+//! NodeConfig the way nodeadm writes them (docs/host-paths.md "Files shared with nodeadm"), so a
+//! nodeadm user finds each one where they expect it.
 //!
 //! Rendering is pure: [`render`] turns a [`RenderInput`] into a list of [`RenderedFile`]s plus the
 //! command lines, with no I/O, so every file has a snapshot test. [`apply`] writes them through

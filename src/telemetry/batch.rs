@@ -1,4 +1,5 @@
-//! PutLogEvents batches built to the service's real limits (PROTOCOLS.md §4): per stream at most
+//! PutLogEvents batches built to the service's real limits (docs/protocols.md "CloudWatch Logs
+//! PutLogEvents"): per stream at most
 //! 1,048,576 bytes counting 26 per event, at most 10,000 events, spanning at most 24 hours, in
 //! time order. A window is what the shipper sends at once: at most one batch per stream, cut at
 //! the first record that would overflow its stream's batch, so windows can be acknowledged in

@@ -27,7 +27,7 @@ use super::sink::{Backoff, Class, MAX_REJECT_SPLITS};
 use super::spool::{Spool, SpoolError};
 use super::status::StatusCell;
 
-/// PutMetricData: at most 1,000 metrics per call (PROTOCOLS.md §4).
+/// PutMetricData: at most 1,000 metrics per call (docs/protocols.md "CloudWatch PutMetricData").
 pub const MAX_DATUMS_PER_CALL: usize = 1000;
 /// PutMetricData: timestamps at most two weeks old.
 pub const MAX_DATUM_AGE_MS: i64 = 14 * 24 * 3600 * 1000;

@@ -8,7 +8,7 @@
 //!
 //! Shape (one task each, started by [`run`]):
 //! - **journal source** ([`journal`]): a thread reading journal files directly (our own reader;
-//!   see [`journal::reader`] for the measurements that chose it) for the configured units
+//!   docs/measurements.md "Journal reader" has the figures that chose it) for the configured units
 //!   (`_SYSTEMD_UNIT`, else `SYSLOG_IDENTIFIER`) and priority, from the saved cursor on;
 //! - **shipper** ([`shipper`]) per source: memory queue while CloudWatch keeps up (the journal is
 //!   the durable copy; the cursor advances only after CloudWatch accepted), the spool
@@ -20,38 +20,8 @@
 //!
 //! [`StatusCell`] holds what `hybrid-agent status` shows.
 //!
-//! Figures (this 2-core machine, shared with builds while measured):
-//! - `scripts/bench telemetry`, 200,000 journal lines of 256 bytes into the devstack, one run on
-//!   the final reader: agent 0.56 CPU-s vs `journalctl -o json` 7.14 CPU-s = ratio 0.078 (goal
-//!   <= 0.16; Fluent Bit 0.32); the reader alone 0.22 CPU-s; drain 317,965 lines/s; anonymous RSS
-//!   14.2 MiB while draining, 8.7 MiB after 60 s idle; idle CPU 0.027 % of a core over 300 s.
-//!   The idle RSS needs glibc's `MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072
-//!   MALLOC_TRIM_THRESHOLD_=131072`, which hybrid-agent.service sets (and the bench): without
-//!   them it stayed at 13 MiB. (A run before the reader also gave back its field cache when
-//!   caught up: 10.1 MiB idle.)
-//! - tests/telemetry_outage.rs with `HA_OUTAGE_SECS=600` (10 minutes, 2,000 lines/s, journald
-//!   limited to 4 MiB so it vacuumed): 1,184,860 lines written during the outage, the spool
-//!   peaked above 289 MB, every line arrived exactly once and in order, the backlog drained in
-//!   277 PutLogEvents calls averaging 0.995 MiB, zero DescribeLogStreams (commit 935f189). A
-//!   second 10-minute run then lost one line of ~1.19 million (seq 1053873, no journal gap
-//!   counted) and a CI run hung one line short of the shipped count. Cause, in the reader:
-//!   systemd 252's journal header has no `tail_entry_offset` (systemd 254 added it), and the
-//!   reader bounded a live file by its tail object, which can be the entry journald is still
-//!   writing (seqnum first, items after); now and then it took one with its last items still
-//!   zero and shipped it with an empty message or dropped it as unmatched. Fixed: an entry is
-//!   read once the header's `n_entries` counts it (see [`journal::reader`]);
-//!   tests/telemetry_reader.rs builds that exact state from a journald-written file. After the
-//!   fix: `HA_OUTAGE_SECS=300`, 595,640 lines during the outage, spool above 145 MB, every line
-//!   once and in order, drained in 141 calls averaging 0.987 MiB; the default run (now 60 s,
-//!   about 116,000 lines) in 29 calls averaging 0.934 MiB, three runs alike; the reader alone
-//!   under 6,000 lines/s with 1 MiB files (about 8 rotations a second), 4 x 150 s: nothing
-//!   missing (before the fix, 4 of 9 such runs of 120-150 s lost a line, both ways). On the
-//!   final code, `HA_OUTAGE_SECS=600`: 1,195,740 lines during the outage, spool above 292 MB,
-//!   every line once and in order, drained in 281 calls averaging 0.994 MiB. The suite's default
-//!   is now 90 s.
-//! - tests/telemetry_crash.rs: 20 `kill -9` at random moments under 2,000 lines/s: nothing
-//!   missing, 0 duplicates in each of three runs (a kill repeats at most the window in flight;
-//!   the window from CloudWatch's acceptance to the saved cursor is a few milliseconds).
+//! Figures (bench drain, long outage and crash runs) and their history: docs/measurements.md
+//! "Telemetry drain" and docs/measurements.md "Outage and crash runs".
 
 pub mod batch;
 pub mod child;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use super::journal::JournalRecord;
 
 /// CloudWatch Logs' largest event message: 1 MiB minus the 26 bytes of per-event overhead
-/// (PROTOCOLS.md §4).
+/// (docs/protocols.md "CloudWatch Logs PutLogEvents").
 pub const MAX_EVENT_MESSAGE_BYTES: usize = 1_048_576 - 26;
 
 /// Room kept at the end of each part of a split message for its marker: `" [hybrid-agent: part

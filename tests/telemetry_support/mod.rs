@@ -1,4 +1,5 @@
-//! Shared plumbing for the telemetry tests: a hand-started journald (DESIGN.md recipe: inside
+//! Shared plumbing for the telemetry tests: a hand-started journald (docs/testing.md
+//! "Hand-started journald": inside
 //! `unshare --mount` with a tmpfs on /run — never systemd itself on the host), a writer speaking
 //! journald's native protocol to it, the agent's telemetry run in-process or as a child process,
 //! and readers of what arrived in CloudWatch Logs (devstack or moto).

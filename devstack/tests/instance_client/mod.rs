@@ -1,5 +1,6 @@
 //! A test-side client for the SSM private API, written independently of the devstack's verifier
-//! from shared/PROTOCOLS.md §1: registration (unsigned) and the RSA-PSS-signed instance calls.
+//! from docs/protocols.md "SSM hybrid activation": registration (unsigned) and the
+//! RSA-PSS-signed instance calls.
 //! Its knobs let a test tamper with exactly one part of a request after signing it.
 #![allow(dead_code)]
 
@@ -152,7 +153,8 @@ impl Client {
         .await
     }
 
-    /// An instance call signed with `key` at `at` (PROTOCOLS.md §1), tampered as `t` says.
+    /// An instance call signed with `key` at `at` (docs/protocols.md "Signing instance calls"),
+    /// tampered as `t` says.
     pub async fn signed_with(
         &self,
         op: &str,

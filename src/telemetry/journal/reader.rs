@@ -1,17 +1,15 @@
 //! A forward reader over a journal directory: follows rotation, survives vacuuming, resumes from
 //! a saved [`Cursor`].
 //!
-//! Why our own reader (figures from this machine, 200,000 lines of 256 bytes, Debian 12 systemd
-//! 252, compact + zstd files): `journalctl -o json` 9.5 CPU-s, `-o export` 3.9 s; the `sdjournal`
-//! crate 0.1.15 with its mmap feature off 9.3 CPU-s (two small preads per object), with mmap
-//! 1.9 CPU-s (and mmap of a file journald truncates during rotation can SIGBUS on systemd < 255).
+//! Why our own reader: `journalctl -o json`, `-o export` and the `sdjournal` crate cost from ten
+//! to fifty times more CPU for the same journal, and mmap of a file journald truncates during
+//! rotation can SIGBUS on systemd < 255 (figures: docs/measurements.md "Journal reader").
 //! This reader scans each file's objects in order through one 1 MiB buffer filled by `pread`,
 //! looks at ENTRY objects only, resolves their DATA items from that buffer (journald writes an
 //! entry's data just before it) or from a small offset cache (deduplicated fields such as
 //! `PRIORITY=6` live far back), and decodes MESSAGE only for entries that pass the unit and
-//! priority filter: 0.17 CPU-s for the same journal, where `journalctl -o json` took 7.8 CPU-s
-//! in that run (scripts/bench.d/telemetry prints both; `examples/journal_scan` is the reader
-//! alone). No mmap, no unsafe code.
+//! priority filter (scripts/bench.d/telemetry prints its cost next to `journalctl`'s;
+//! `examples/journal_scan` is the reader alone). No mmap, no unsafe code.
 //!
 //! Live files (see [`super::format`] for journald's write order): a poll re-reads only the header.
 //! Objects before the header's tail object are complete; an ENTRY is handed out only once the
