@@ -1,9 +1,11 @@
 //! The daemon's published state: what `hybrid-agent status` shows.
 //!
 //! The daemon rewrites `/var/lib/hybrid-agent/daemon.json` atomically whenever a subsystem's
-//! status changes. `status` reads that file rather than talking to the daemon, so it works when
-//! the daemon is down (and says so: the file records the daemon's pid, checked against /proc)
-//! and needs no socket permissions. Each subsystem owns one optional section; supervision and
+//! status changes, and serves the same document, computed at the moment of asking, on its
+//! status socket ([`crate::daemon::status_server`]). `status` asks the socket first and falls
+//! back to the file, so it works when the daemon is down or wedged (and says so: the file
+//! records the daemon's pid, checked against /proc). Both sources go through [`report_from`],
+//! so they differ only in freshness. Each subsystem owns one optional section; supervision and
 //! telemetry add theirs next to `identity`.
 
 use std::path::{Path, PathBuf};
@@ -291,9 +293,26 @@ mod tests {
     }
 }
 
+/// Where a [`StatusReport`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusSource {
+    /// The daemon answered on its status socket: every figure is as of now.
+    Socket,
+    /// The daemon did not answer: its last saved `daemon.json` (and the identity files).
+    File,
+}
+
 /// What `hybrid-agent status` prints: the daemon's liveness and each subsystem's section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StatusReport {
+    /// `socket` (live) or `file` (the last saved state).
+    pub source: StatusSource,
+    /// Whether the daemon answered on its status socket.
+    pub daemon_answering: bool,
+    /// The status socket asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
     pub daemon: DaemonSummary,
     /// From the daemon's state, or from the identity files when the daemon never ran.
     pub identity: Option<IdentityStatus>,
@@ -324,9 +343,19 @@ pub struct DaemonSummary {
 /// Builds the report from the files under `state_dir`; works with the daemon down.
 pub fn report(state_dir: &Path) -> Result<StatusReport, StateError> {
     let daemon = read(&path(state_dir))?;
+    Ok(report_from(daemon, StatusSource::File, state_dir))
+}
+
+/// Builds the report from a daemon's state (`None`: it never ran here), from `source`, and the
+/// identity files under `state_dir`. A state that came from the socket is of a running daemon.
+pub fn report_from(
+    daemon: Option<DaemonState>,
+    source: StatusSource,
+    state_dir: &Path,
+) -> StatusReport {
     let summary = match &daemon {
         Some(d) => DaemonSummary {
-            running: is_running(d),
+            running: source == StatusSource::Socket || is_running(d),
             pid: Some(d.pid),
             started_at: Some(d.started_at),
             updated_at: Some(d.updated_at),
@@ -377,13 +406,16 @@ pub fn report(state_dir: &Path) -> Result<StatusReport, StateError> {
         // Nothing refreshes while the daemon is down.
         id.next_refresh = None;
     }
-    Ok(StatusReport {
+    StatusReport {
+        source,
+        daemon_answering: source == StatusSource::Socket,
+        socket: None,
         daemon: summary,
         identity,
         supervision,
         telemetry,
         subsystems,
-    })
+    }
 }
 
 fn when(t: SystemTime, now: SystemTime) -> String {
@@ -477,6 +509,16 @@ impl StatusReport {
             _ => "not running (never started on this host; `systemctl start hybrid-agent` or `hybrid-agent run`)".to_string(),
         };
         let _ = writeln!(out, "daemon:        {line}");
+        if let (StatusSource::File, Some(socket), Some(t)) =
+            (self.source, &self.socket, d.updated_at)
+        {
+            let _ = writeln!(
+                out,
+                "               daemon not answering on {}: showing its last saved state from {}",
+                socket.display(),
+                when(t, now)
+            );
+        }
         self.subsystems_text(&mut out, now);
         match &self.identity {
             None => {

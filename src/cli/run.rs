@@ -13,8 +13,9 @@ credentials file atomically, keeps containerd and kubelet running (systemd units
 processes, with health probes and capped restart backoff), ships their journal entries, the \
 built-in supervisor's child output and host metrics to CloudWatch through a durable spool under \
 /var/lib/hybrid-agent/spool, and publishes its state for `hybrid-agent status` \
-(/var/lib/hybrid-agent/daemon.json). It notifies systemd when ready and stops gracefully on \
-SIGTERM.
+(/var/lib/hybrid-agent/daemon.json, and live on the root-only socket \
+/run/hybrid-agent/status.sock; with [status] prometheus_listen also as Prometheus metrics). It \
+notifies systemd when ready and stops gracefully on SIGTERM.
 
 Supervision starts once `join` has left its supervision plan \
 (/var/lib/hybrid-agent/supervision.json; supervisor.backend picks systemd or the built-in \

@@ -104,6 +104,14 @@ pub(crate) struct AgentConfigFile {
     network: Option<NetworkSection>,
     endpoints: Option<EndpointsSection>,
     daemon: Option<DaemonSection>,
+    status: Option<StatusSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusSection {
+    prometheus_listen: Option<String>,
+    prometheus_allow_remote: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -274,6 +282,17 @@ pub struct DaemonConfig {
     pub startup_jitter: Duration,
 }
 
+/// How the daemon shows its state besides its status socket (which is always served).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatusConfig {
+    /// Address of the Prometheus text endpoint (`GET /metrics`); `None` (the default): off.
+    pub prometheus_listen: Option<std::net::SocketAddr>,
+    /// Accept a `prometheus_listen` address that is not loopback. Off: the figures name the
+    /// node's instance and its subsystems' health, which is not for the whole network unless
+    /// the operator says so (a firewall or a scraper on a management network).
+    pub prometheus_allow_remote: bool,
+}
+
 /// Supervisor choice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SupervisorConfig {
@@ -355,6 +374,8 @@ pub struct AgentConfig {
     pub endpoints: Endpoints,
     /// The daemon's own subsystems.
     pub daemon: DaemonConfig,
+    /// The Prometheus endpoint.
+    pub status: StatusConfig,
 }
 
 impl AgentConfig {
@@ -396,6 +417,10 @@ impl AgentConfig {
                 subsystem_down_limit: DEFAULT_SUBSYSTEM_DOWN_LIMIT,
                 startup_jitter: DEFAULT_STARTUP_SPREAD,
             },
+            status: StatusConfig {
+                prometheus_listen: None,
+                prometheus_allow_remote: false,
+            },
         }
     }
 }
@@ -430,6 +455,7 @@ pub(crate) fn resolve(
         }
         check.spool(raw.spool.as_ref(), &mut config.spool);
         check.daemon(raw.daemon.as_ref(), &mut config.daemon);
+        check.status(raw.status.as_ref(), &mut config.status);
         check.telemetry(raw.telemetry.as_ref(), &mut config.telemetry);
         if let Some(url) = raw.artifacts.as_ref().and_then(|a| a.mirror_url.as_deref()) {
             config.artifacts.mirror_url = check.url("artifacts.mirror_url", url, MIRROR_SCHEMES);
@@ -619,6 +645,37 @@ impl Check<'_, '_> {
         }
     }
 
+    fn status(&mut self, raw: Option<&StatusSection>, out: &mut StatusConfig) {
+        let Some(raw) = raw else { return };
+        out.prometheus_allow_remote = raw.prometheus_allow_remote.unwrap_or(false);
+        let Some(listen) = &raw.prometheus_listen else {
+            return;
+        };
+        const FIELD: &str = "status.prometheus_listen";
+        let addr = match parse_listen(listen) {
+            Ok(a) => a,
+            Err(message) => {
+                self.report(
+                    FIELD,
+                    message,
+                    "write an address and a port, e.g. \"127.0.0.1:9464\" or \"[::1]:9464\"",
+                );
+                return;
+            }
+        };
+        if !addr.ip().is_loopback() && !out.prometheus_allow_remote {
+            self.report(
+                FIELD,
+                format!(
+                    "`{listen}` is not a loopback address: the node's health figures would be served to the network"
+                ),
+                "listen on 127.0.0.1 (scrape through an SSH tunnel or a local agent), or set status.prometheus_allow_remote = true if the network is trusted",
+            );
+            return;
+        }
+        out.prometheus_listen = Some(addr);
+    }
+
     fn spool(&mut self, raw: Option<&SpoolSection>, out: &mut SpoolConfig) {
         let Some(raw) = raw else { return };
         if let Some(dir) = &raw.dir
@@ -782,6 +839,28 @@ impl Check<'_, '_> {
         if let Some(ca) = &raw.ca_bundle {
             out.ca_bundle = self.host_path("network.ca_bundle", ca);
         }
+    }
+}
+
+/// `status.prometheus_listen`: an IP literal (IPv6 in brackets) or `localhost`, and a port
+/// other than 0 (Prometheus scrapes a fixed address).
+fn parse_listen(value: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::{Ipv4Addr, SocketAddr};
+    let parsed = match value.strip_prefix("localhost:") {
+        Some(port) => port
+            .parse::<u16>()
+            .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p)))
+            .map_err(|_| ()),
+        None => value.parse::<SocketAddr>().map_err(|_| ()),
+    };
+    match parsed {
+        Err(()) => Err(format!(
+            "`{value}` is not an IP address and port (host names other than localhost are not resolved)"
+        )),
+        Ok(a) if a.port() == 0 => Err(format!(
+            "`{value}` has port 0; Prometheus needs a fixed port"
+        )),
+        Ok(a) => Ok(a),
     }
 }
 

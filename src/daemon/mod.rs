@@ -13,11 +13,17 @@
 //! stops the systemd watchdog being fed, so systemd restarts the agent. Rotation stopped by an
 //! error only re-registration fixes (`MachineFingerprintDoesNotMatch`) is shown as failed with
 //! the command to run, and not restarted.
+//!
+//! The state the loop publishes is also served live on the status socket, and, when configured,
+//! to Prometheus ([`status_server`]): both answer from the subsystems' channels at the moment of
+//! asking, so `status` need not wait for the file's next write.
 
 pub mod health;
+pub mod prometheus;
+pub mod status_server;
 pub mod unit;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -134,8 +140,21 @@ pub fn start(paths: &HostPaths, agent: &AgentConfig) -> Result<(), DaemonError> 
         let shutdown = async move {
             signals.recv().await;
         };
-        run(subsystems, state::path(&paths.state_dir()), shutdown).await
+        let serving = Serving {
+            socket: Some(paths.status_socket()),
+            prometheus: agent.status.prometheus_listen,
+        };
+        run_serving(subsystems, state::path(&paths.state_dir()), serving, shutdown).await
     })
+}
+
+/// Where [`run_serving`] serves the live state; nothing by default.
+#[derive(Debug, Clone, Default)]
+pub struct Serving {
+    /// The status socket (`/run/hybrid-agent/status.sock` under `--root`).
+    pub socket: Option<PathBuf>,
+    /// The Prometheus endpoint (`status.prometheus_listen`).
+    pub prometheus: Option<std::net::SocketAddr>,
 }
 
 /// Builds a successor of a rotation loop that failed (the first instance is built at start,
@@ -428,10 +447,20 @@ impl Signals {
 }
 
 /// Runs the subsystems until `shutdown` resolves, each under [`health::keep_running`],
-/// publishing their state to `state_path`.
+/// publishing their state to `state_path` (and serving it nowhere else).
 pub async fn run(
     subsystems: Subsystems,
     state_path: PathBuf,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    run_serving(subsystems, state_path, Serving::default(), shutdown).await
+}
+
+/// [`run`], also serving the live state where `serving` says.
+pub async fn run_serving(
+    subsystems: Subsystems,
+    state_path: PathBuf,
+    serving: Serving,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let Subsystems {
@@ -565,6 +594,23 @@ pub async fn run(
         i
     });
 
+    // The live state, for the status socket and Prometheus: the loop's document plus the
+    // subsystems' channels, read at each request.
+    let (live_tx, live_rx) = watch::channel(doc.clone());
+    let live = status_server::LiveStatus {
+        doc: live_rx,
+        health: health.clone(),
+        identity: identity.clone(),
+        supervision: supervision_status.as_ref().map(|_| supervision_rx.clone()),
+        telemetry: telemetry_status.clone(),
+        state_dir: state_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+        socket: serving.socket.clone().unwrap_or_default(),
+    };
+    let servers = serve_status(&serving, live).await;
+
     // Tell systemd (Type=notify) we are up; a no-op without $NOTIFY_SOCKET. The watchdog is fed
     // from this loop while no subsystem has been down longer than the limit, so a wedged daemon,
     // or one with a subsystem it cannot bring back, stops feeding it and systemd restarts it.
@@ -642,6 +688,7 @@ pub async fn run(
             if let Err(e) = state::write(&state_path, &doc) {
                 tracing::warn!("{e}");
             }
+            live_tx.send_replace(doc.clone());
         }
     }
 
@@ -675,8 +722,72 @@ pub async fn run(
     let now = SystemTime::now();
     doc.updated_at = now;
     doc.stopped_at = Some(now);
-    state::write(&state_path, &doc)?;
+    let written = state::write(&state_path, &doc);
+    // Served until the state is saved, so `status` shows the stop under way live.
+    servers.stop().await;
+    written?;
     Ok(())
+}
+
+/// The running status listeners.
+struct Servers {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    socket: Option<status_server::StatusSocket>,
+}
+
+impl Servers {
+    /// Stops the listeners and removes the socket file (a clean stop leaves none behind).
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        }
+        if let Some(socket) = &self.socket {
+            socket.remove();
+        }
+    }
+}
+
+/// Starts the status socket and the Prometheus endpoint where `serving` says. Best effort:
+/// one that cannot be bound is logged, and the daemon runs on without it.
+async fn serve_status(serving: &Serving, live: status_server::LiveStatus) -> Servers {
+    let (stop, stop_rx) = watch::channel(false);
+    let mut servers = Servers {
+        stop,
+        tasks: Vec::new(),
+        socket: None,
+    };
+    if let Some(path) = &serving.socket {
+        match status_server::bind_socket(path) {
+            Ok((listener, socket)) => {
+                tracing::info!(socket = %path.display(), "serving the live status");
+                servers.socket = Some(socket);
+                servers.tasks.push(tokio::spawn(status_server::serve_socket(
+                    listener,
+                    live.clone(),
+                    stop_rx.clone(),
+                )));
+            }
+            Err(e) => tracing::warn!(
+                "{e}; `hybrid-agent status` shows the state saved in daemon.json instead"
+            ),
+        }
+    }
+    if let Some(addr) = serving.prometheus {
+        match status_server::bind_prometheus(addr).await {
+            Ok(listener) => {
+                tracing::info!(%addr, "serving Prometheus metrics on http://{addr}/metrics");
+                servers
+                    .tasks
+                    .push(tokio::spawn(status_server::serve_prometheus(
+                        listener, live, stop_rx,
+                    )));
+            }
+            Err(e) => tracing::warn!("{e}; the other subsystems run on"),
+        }
+    }
+    servers
 }
 
 /// Waits for the next change; never resolves without a receiver.
