@@ -12,10 +12,11 @@
 //! independent D-Bus connection.
 #![allow(clippy::unwrap_used)]
 
+mod nspawn_support;
 mod supervise_support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,133 +31,12 @@ use hybrid_agent::supervise::{
     Backend, BackendKind, ComponentName, ComponentSpec, ComponentState, EventKind, ExecSpec, Probe,
     RunState, Supervisor, SupervisorConfig,
 };
+use nspawn_support::{Container, Root};
 use supervise_support::*;
 use zbus_systemd::systemd1::ManagerProxy;
 
 /// Where the stand-in lives inside the container (its root is a tmpfs we can write through /proc).
 const STANDIN_IN_CONTAINER: &str = "/opt/hybrid-test/standin-kubelet";
-
-/// A systemd booted in nspawn; torn down (SIGTERM, then SIGKILL) on drop, whatever happened.
-struct Container {
-    nspawn: Child,
-    init_pid: u32,
-    log: PathBuf,
-}
-
-impl Container {
-    fn boot(name: &str, log: &Path) -> Container {
-        assert!(
-            Path::new("/usr/bin/systemd-nspawn").exists(),
-            "systemd-nspawn is missing: run scripts/setup (Debian package systemd-container)"
-        );
-        let out = std::fs::File::create(log).unwrap();
-        // A private tmpfs on /run/systemd/nspawn: nspawn keeps its state there, and the host may
-        // have no systemd of its own.
-        let script = format!(
-            "mkdir -p /run/systemd/nspawn && mount -t tmpfs tmpfs /run/systemd/nspawn && \
-             exec systemd-nspawn --volatile=yes -D / --register=no --keep-unit --console=pipe -M {name} --boot"
-        );
-        let nspawn = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out.try_clone().unwrap()))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .unwrap();
-        let mut c = Container {
-            nspawn,
-            init_pid: 0,
-            log: log.to_path_buf(),
-        };
-        // unshare and sh exec into systemd-nspawn (same pid); its child is the container's init.
-        let pid = c.nspawn.id();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while c.init_pid == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "container init did not appear; nspawn log:\n{}",
-                c.log_text()
-            );
-            if let Ok(children) =
-                std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-                && let Some(first) = children.split_whitespace().next()
-            {
-                c.init_pid = first.parse().unwrap();
-            }
-            if let Ok(Some(status)) = c.nspawn.try_wait() {
-                panic!(
-                    "systemd-nspawn exited early ({status}); log:\n{}",
-                    c.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // Bounded wait for the boot to finish ("degraded" is fine: firstboot fails in a volatile
-        // root). The first pid may still be nspawn's own child setting up, so ask until systemd
-        // itself answers.
-        let mut state = String::new();
-        while !(state == "running" || state == "degraded") {
-            assert!(
-                Instant::now() < deadline + Duration::from_secs(60),
-                "container did not finish booting (last answer {state:?}); log:\n{}",
-                c.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(300));
-            if let Ok(children) =
-                std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-                && let Some(first) = children.split_whitespace().next()
-            {
-                c.init_pid = first.parse().unwrap();
-            }
-            state = c.exec(&["systemctl", "is-system-running"]);
-        }
-        c
-    }
-
-    fn root(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/root", self.init_pid))
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Runs a command inside the container and returns its stdout.
-    fn exec(&self, args: &[&str]) -> String {
-        let out = Command::new("timeout")
-            .args([
-                "30",
-                "nsenter",
-                "-t",
-                &self.init_pid.to_string(),
-                "-a",
-                "--",
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let Some(pid) = rustix::process::Pid::from_raw(self.nspawn.id() as i32) else {
-            return;
-        };
-        // nspawn halts the container on SIGTERM; a second signal or SIGKILL ends it at once.
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.nspawn.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.nspawn.kill();
-        let _ = self.nspawn.wait();
-    }
-}
 
 /// Counts systemd's `Reloading(true)` signals on a connection of its own.
 struct ReloadCounter {
@@ -219,7 +99,7 @@ fn settings(root: &Path, port: u16, kubelet_restart_sec: u32) -> SystemdSettings
 async fn systemd_backend_against_systemd_booted_in_nspawn() {
     let work = tempfile::tempdir().unwrap();
     let name = format!("h5sup{}", std::process::id());
-    let container = Container::boot(&name, &work.path().join("nspawn.log"));
+    let container = Container::boot(&name, &work.path().join("nspawn.log"), Root::Volatile);
     let root = container.root();
 
     let target = root.join(STANDIN_IN_CONTAINER.trim_start_matches('/'));
