@@ -295,3 +295,70 @@ fn the_deb_and_the_rpm_install_upgrade_and_go_under_a_real_systemd() {
         "a joined node's identity stays"
     );
 }
+
+/// Under `[supervisor] backend = "process"` containerd, kubelet and every pod are the agent's
+/// descendants and would inherit the unit's sandbox (NoNewPrivileges, a seccomp filter, no new
+/// namespaces). The confined daemon lifts it with a drop-in, reloads systemd and exits 1; systemd
+/// restarts it unconfined and it takes over the components join started.
+#[test]
+fn under_the_built_in_backend_the_agent_lifts_its_units_sandbox() {
+    let work = tempfile::tempdir().unwrap();
+    let (deb, _) = packages(&work.path().join("packages"), 1);
+    let ds = devstack(&mirror(work.path()));
+    let c = Container::boot(
+        &format!("hasbx{}", std::process::id()),
+        &work.path().join("nspawn.log"),
+        Root::Overlay,
+    );
+    let deb = drop_in(&c, &deb, "a.deb");
+    c.ok(&["dpkg", "-i", &deb]);
+    agent_config(&c, &ds);
+    let config = c.path("/etc/hybrid-agent/config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("[supervisor]\nbackend = \"process\"\n\n{text}"),
+    )
+    .unwrap();
+    // An operator choosing the built-in supervisor on a systemd host hands containerd to it:
+    // Debian's containerd.service would otherwise hold /run/containerd/containerd.sock.
+    c.ok(&["systemctl", "disable", "--now", "containerd.service"]);
+    let nodeconfig = node_config(&c, &ds, work.path());
+    let joined = join(&c, &ds, &nodeconfig);
+    assert!(joined.contains("hybrid-agent.service) adopts"), "{joined}");
+    // What join's last line asks for. The confined agent lifts the sandbox and fails, so this
+    // start reports a failure; systemd's restart brings it up unconfined.
+    let _ = c.run(&["systemctl", "start", UNIT]);
+
+    let drop_in_file =
+        c.path("/etc/systemd/system/hybrid-agent.service.d/50-built-in-supervisor.conf");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    while !(drop_in_file.is_file() && c.unit_property(UNIT, "NRestarts") == "1") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no drop-in / restart; journal:\n{}",
+            c.exec(&["journalctl", "-u", UNIT, "--no-pager", "-n", "40"])
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let journal = c.exec(&["journalctl", "-u", UNIT, "--no-pager"]);
+    assert!(
+        journal.contains("cannot run containerd and kubelet inside hybrid-agent.service's sandbox"),
+        "{journal}"
+    );
+    let agent = running(&c, UNIT);
+    let status = std::fs::read_to_string(c.path(&format!("/proc/{agent}/status"))).unwrap();
+    assert!(status.contains("NoNewPrivs:\t0"), "{status}");
+    assert!(status.contains("Seccomp:\t0"), "{status}");
+    // The restarted agent supervises kubelet: `status` answers with both components running.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status = c.exec(&["hybrid-agent", "status"]);
+        if status.contains("kubelet") && status.contains("running") && !status.contains("degraded")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}

@@ -20,6 +20,7 @@
 
 pub mod health;
 pub mod prometheus;
+pub mod sandbox;
 pub mod status_server;
 pub mod unit;
 
@@ -98,6 +99,8 @@ pub enum DaemonError {
     Identity(#[from] SetupError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Confined(#[from] sandbox::Confined),
 }
 
 /// `hybrid-agent run`: builds the subsystems from the joined state and the agent config, then
@@ -112,6 +115,11 @@ pub fn start(paths: &HostPaths, agent: &AgentConfig) -> Result<(), DaemonError> 
         // is then queued for the main loop (which says STOPPING and stops gracefully), never
         // the default action that kills the process.
         let mut signals = Signals::install()?;
+        if agent.supervisor.backend == crate::config::SupervisorBackend::Process
+            && let Some(why) = sandbox::confinement()
+        {
+            return Err(sandbox::lift(paths, why).await.into());
+        }
         let env = IdentityEnv::new(paths, agent);
         let mut rotator = env.rotator()?;
         let provider = env.load_provider()?;

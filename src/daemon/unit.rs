@@ -21,9 +21,7 @@ pub const AGENT_MALLOC_ENV: [(&str, &str); 3] = [
     ("MALLOC_TRIM_THRESHOLD_", "131072"),
 ];
 
-/// The agent's own unit. `KillMode=process`: under the built-in backend, containerd and kubelet
-/// are the agent's children in their own process groups and must outlive an agent restart to be
-/// adopted; under systemd they are separate units anyway.
+/// The agent's own unit (comments in it say why each setting is there).
 pub fn hybrid_agent_service(program: &Path) -> UnitFile {
     let mut s = String::new();
     s.push_str(
@@ -43,6 +41,11 @@ pub fn hybrid_agent_service(program: &Path) -> UnitFile {
     // glibc's allocator keeps freed memory in per-thread arenas and below a dynamic mmap
     // threshold; after a drained backlog that held the agent at ~13 MiB anonymous RSS instead of
     // ~9 (scripts/bench telemetry). Two arenas and fixed 128 KiB thresholds give it back.
+    s.push_str(
+        "# glibc malloc tunables (mallopt(3)) for a glibc build: two arenas and fixed 128 KiB\n\
+         # thresholds give memory back after a drained backlog. The static release links its own\n\
+         # allocator and ignores them.\n",
+    );
     s.push_str(&format!(
         "Environment={}\n",
         AGENT_MALLOC_ENV
@@ -55,16 +58,24 @@ pub fn hybrid_agent_service(program: &Path) -> UnitFile {
     // `hybrid-agent leave` sending SIGTERM), and must stay stopped; crashes, signals and a
     // missed watchdog still restart it. Exit 4 (not joined) is final until `join`.
     s.push_str(&format!(
-        "Restart=on-failure\n\
-         RestartPreventExitStatus={}\n\
+        "# Restart after crashes, signals and a missed watchdog, not after a clean stop; exit {0}\n\
+         # means \"not joined\" and stays down until `hybrid-agent join` starts the unit.\n\
+         Restart=on-failure\n\
+         RestartPreventExitStatus={0}\n\
          RestartSec=5\n\
          WatchdogSec=60\n",
         crate::exit::ExitCode::NotJoined.code()
     ));
     s.push_str(&timeout_stop_lines());
     s.push_str(
-        "KillMode=process\n\
-         \n[Install]\n\
+        "# Stop only the agent's own process: under the built-in backend containerd and kubelet are\n\
+         # its children (own process groups) and must outlive an agent restart to be adopted;\n\
+         # under systemd they are units of their own anyway.\n\
+         KillMode=process\n",
+    );
+    s.push_str(HARDENING);
+    s.push_str(
+        "\n[Install]\n\
          WantedBy=multi-user.target\n",
     );
     UnitFile {
@@ -72,6 +83,73 @@ pub fn hybrid_agent_service(program: &Path) -> UnitFile {
         content: s,
     }
 }
+
+/// The sandbox of the agent's unit: what the daemon never needs (packaging/README.md lists each
+/// directive left out, and why). It is written for the systemd backend, where containerd and
+/// kubelet are units of their own; under the built-in backend they and every pod would be the
+/// agent's descendants and inherit it, so the daemon lifts it with a drop-in
+/// ([`BUILT_IN_SUPERVISOR_DROP_IN`]) before it starts them.
+pub const HARDENING: &str = "\
+# Sandbox (systemd.exec(5)); the directives left out and why: packaging/README.md.
+# No setuid/setgid, file capabilities or seccomp escape for the agent or what it runs.
+NoNewPrivileges=yes
+# /usr and /boot read-only: the daemon installs nothing (join and upgrade do, outside the unit).
+ProtectSystem=yes
+# Its own /tmp and /var/tmp; the agent keeps nothing there.
+PrivateTmp=yes
+# Only pseudo devices (/dev/null, /dev/urandom ...): no disks, no /dev/kmsg.
+PrivateDevices=yes
+# /proc/sys, /sys, kernel modules, kernel log, the clock and cgroups: read-only or out of
+# reach. join sets sysctls and loads modules; the daemon only reads them.
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+# No new namespaces, realtime scheduling, personality changes or setuid files.
+RestrictNamespaces=yes
+RestrictRealtime=yes
+LockPersonality=yes
+RestrictSUIDSGID=yes
+# No writable-and-executable memory (no JIT here).
+MemoryDenyWriteExecute=yes
+# Sockets: unix (D-Bus, sd_notify, the status socket), IP (AWS, the API server), netlink
+# (interface addresses).
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+# Native system calls of a service only (the @system-service group), EPERM for the rest.
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallErrorNumber=EPERM
+# Files the agent creates without an explicit mode are not world-writable (secrets are 0600
+# regardless).
+UMask=0022
+";
+
+/// The drop-in that lifts [`HARDENING`] for the built-in backend (written by the daemon,
+/// `hybrid-agent.service.d/` under /etc/systemd/system): containerd, kubelet and every pod
+/// would otherwise inherit the agent's sandbox.
+pub const BUILT_IN_SUPERVISOR_DROP_IN: &str = "\
+# Written by hybrid-agent: [supervisor] backend = \"process\" runs containerd and kubelet (and
+# so every pod) as the agent's descendants, which would inherit the unit's sandbox.
+[Service]
+NoNewPrivileges=no
+ProtectSystem=no
+PrivateTmp=no
+PrivateDevices=no
+ProtectKernelTunables=no
+ProtectKernelModules=no
+ProtectKernelLogs=no
+ProtectControlGroups=no
+ProtectClock=no
+RestrictNamespaces=no
+RestrictRealtime=no
+LockPersonality=no
+RestrictSUIDSGID=no
+MemoryDenyWriteExecute=no
+RestrictAddressFamilies=
+SystemCallArchitectures=
+SystemCallFilter=
+";
 
 /// `TimeoutStopSec=` of the agent's unit, [`AGENT_STOP_TIMEOUT`], with its
 /// arithmetic as a comment so a reader of the unit sees where the figure comes from.
