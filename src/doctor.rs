@@ -110,6 +110,7 @@ pub async fn run(input: &DoctorInput<'_>) -> Vec<Check> {
         }
     };
     host_checks(input.paths, &mut checks);
+    refresh_overdue_check(input.paths, &mut checks);
     if record.is_some() {
         daemon_checks(input.paths, input.agent, &mut checks);
     }
@@ -583,6 +584,38 @@ fn cidr_contains(cidr: &str, ip: IpAddr) -> bool {
         }
         _ => false,
     }
+}
+
+/// Credentials with less than a quarter of their lifetime left and no successful refresh
+/// ([`crate::identity::rotation::IdentityStatus::refresh_overdue`]): warned before they expire,
+/// while there is still time to act. Silent otherwise (the `credentials` check below says
+/// whether they work).
+fn refresh_overdue_check(paths: &HostPaths, checks: &mut Vec<Check>) {
+    let Ok(report) = crate::state::report(&paths.state_dir()) else {
+        return;
+    };
+    let Some(o) = &report.credentials_overdue else {
+        return;
+    };
+    let now = SystemTime::now();
+    let fix = if report.daemon.running {
+        "remove the cause (network, endpoint, IAM) before they expire; hybrid-agent status shows each retry's error"
+    } else {
+        "systemctl start hybrid-agent (or `hybrid-agent run`): it refreshes them"
+    };
+    checks.push(
+        Check::new(
+            "credential refresh",
+            Outcome::Warn,
+            format!(
+                "credentials expire in {}s, less than a quarter of their {}s lifetime; {}",
+                o.remaining_secs,
+                o.lifetime_secs,
+                crate::state::overdue_text(o, now, report.daemon.running)
+            ),
+        )
+        .fix(fix),
+    );
 }
 
 /// The daemon and its subsystems, from the state it publishes (`daemon.json`).

@@ -30,12 +30,17 @@ fn main() -> ProcessExitCode {
             return code.into();
         }
     };
+    let env = Env::from_process();
     let level = logging::level(cli.global.verbose, cli.global.quiet);
-    if let Err(err) = logging::init(cli.global.log_format, level) {
+    if let Err(err) = logging::init(
+        cli.global.log_format,
+        level,
+        cli.global.log_target,
+        env.get(logging::JOURNAL_STREAM_VAR),
+    ) {
         eprintln!("error: {err}");
         return ExitCode::Failure.into();
     }
-    let env = Env::from_process();
     match cli::run(&cli, &env, &mut std::io::stdout().lock()) {
         Ok(()) => ExitCode::Success.into(),
         Err(err) => {

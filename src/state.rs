@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::atomic::{self, AtomicWriteError};
-use crate::identity::rotation::IdentityStatus;
+use crate::identity::rotation::{IdentityStatus, RefreshOverdue};
 use crate::identity::store::ts;
 
 // The daemon's subsystems as it publishes them (`daemon::health` keeps them up to date).
@@ -316,6 +316,10 @@ pub struct StatusReport {
     pub daemon: DaemonSummary,
     /// From the daemon's state, or from the identity files when the daemon never ran.
     pub identity: Option<IdentityStatus>,
+    /// Set when less than a quarter of the credentials' lifetime is left without a successful
+    /// refresh ([`IdentityStatus::refresh_overdue`]), as of when the report was made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials_overdue: Option<RefreshOverdue>,
     /// containerd and kubelet as the daemon last saw them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub supervision: Option<crate::supervise::SupervisionStatus>,
@@ -396,6 +400,7 @@ pub fn report_from(
                 consecutive_failures: 0,
                 refreshes: 0,
                 key_id: None,
+                failing_since: None,
             });
         }
         _ => {}
@@ -406,11 +411,15 @@ pub fn report_from(
         // Nothing refreshes while the daemon is down.
         id.next_refresh = None;
     }
+    let credentials_overdue = identity
+        .as_ref()
+        .and_then(|id| id.refresh_overdue(SystemTime::now()));
     StatusReport {
         source,
         daemon_answering: source == StatusSource::Socket,
         socket: None,
         daemon: summary,
+        credentials_overdue,
         identity,
         supervision,
         telemetry,
@@ -432,6 +441,20 @@ fn human(d: std::time::Duration) -> String {
         0..=59 => format!("{s}s"),
         60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
         _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// Why credentials near expiry were not refreshed, for status and doctor.
+pub fn overdue_text(o: &RefreshOverdue, now: SystemTime, daemon_running: bool) -> String {
+    match (&o.cause, o.failing_since) {
+        (Some(cause), Some(since)) => {
+            format!("refresh failing since {}: {cause}", when(since, now))
+        }
+        (Some(cause), None) => format!("refresh failing: {cause}"),
+        (None, _) if !daemon_running => {
+            "refresh overdue: the daemon is not running, so nothing refreshes them".to_string()
+        }
+        (None, _) => "refresh overdue: no refresh has been attempted".to_string(),
     }
 }
 
@@ -530,7 +553,15 @@ impl StatusReport {
                 let _ = writeln!(out, "state:         {}", id.state);
                 if let Some(t) = id.expiration {
                     let expired = if t <= now { " — EXPIRED" } else { "" };
-                    let _ = writeln!(out, "credentials:   expire {}{expired}", when(t, now));
+                    let overdue = id
+                        .refresh_overdue(now)
+                        .map(|o| format!(" — {}", overdue_text(&o, now, d.running)))
+                        .unwrap_or_default();
+                    let _ = writeln!(
+                        out,
+                        "credentials:   expire {}{expired}{overdue}",
+                        when(t, now)
+                    );
                 }
                 if let Some(t) = id.last_refresh {
                     let _ = writeln!(out, "last refresh:  {}", when(t, now));

@@ -135,7 +135,12 @@ pub(super) fn run(args: &JoinArgs, ctx: &mut Context<'_>) -> Result<(), CliError
         Some(super::lock(ctx, crate::runlock::LockKind::Admin, "join")?)
     };
     let rt = super::install::runtime("join")?;
-    let report = rt.block_on(crate::join::join(&ctx.paths, &config, &opts))?;
+    // NODE_NAME in the journal once the identity phase knows it (crate::logging).
+    let span = tracing::info_span!("join", node_name = tracing::field::Empty);
+    let report = rt.block_on(tracing::Instrument::instrument(
+        crate::join::join(&ctx.paths, &config, &opts),
+        span,
+    ))?;
     let mut text = String::new();
     for line in &report.lines {
         text.push_str(line);

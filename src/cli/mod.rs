@@ -25,7 +25,7 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::config::{AgentConfigSource, Env, LoadContext, Problems};
 use crate::exit::ExitCode;
-use crate::logging::LogFormat;
+use crate::logging::{LogFormat, LogTarget};
 use crate::paths::HostPaths;
 
 pub use node_args::NodeConfigArgs;
@@ -83,6 +83,12 @@ pub struct GlobalArgs {
     /// Format of log lines on stderr.
     #[arg(long, global = true, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Where log entries go: the systemd journal as structured entries (NODE_NAME, PHASE,
+    /// COMPONENT … fields), stderr, or auto: the journal when stderr is connected to it
+    /// (systemd's JOURNAL_STREAM matches stderr), stderr otherwise.
+    #[arg(long, global = true, value_enum, value_name = "TARGET", env = "HYBRID_AGENT_LOG_TARGET", default_value_t = LogTarget::Auto)]
+    pub log_target: LogTarget,
 
     /// More log detail: -v debug, -vv trace.
     #[arg(short, long, global = true, action = ArgAction::Count)]

@@ -32,6 +32,7 @@ Example:
 pub struct RunArgs {}
 
 pub(super) fn run(_args: &RunArgs, ctx: &mut Context<'_>) -> Result<(), CliError> {
+    let _span = crate::daemon::span(&ctx.paths).entered();
     let agent = config::load_agent(ctx.load_context())?;
     // Two daemons would share the spool, the cursors and the pid files.
     let _lock = super::lock(ctx, crate::runlock::LockKind::Daemon, "run")?;

@@ -15,6 +15,7 @@ use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 /// First wait before restarting a failed subsystem.
 pub const DEFAULT_RESTART_FIRST: Duration = Duration::from_secs(1);
@@ -201,7 +202,9 @@ pub async fn keep_running<F, Fut>(
     health.starting(name);
     let mut failures: u32 = 0;
     loop {
-        let mut task = tokio::spawn(start());
+        // Its entries carry SUBSYSTEM (and, through the daemon's span, NODE_NAME).
+        let mut task =
+            tokio::spawn(start().instrument(tracing::info_span!("subsystem", subsystem = %name)));
         if failures == 0 {
             // A first start (or one after a recovery) is running until it fails; only a
             // restart after a failure must prove itself for `healthy_after`.

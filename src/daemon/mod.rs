@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use crate::aws::credentials::RotatingCredentials;
 use crate::config::AgentConfig;
@@ -153,7 +154,31 @@ pub fn start(paths: &HostPaths, agent: &AgentConfig) -> Result<(), DaemonError> 
             prometheus: agent.status.prometheus_listen,
         };
         run_serving(subsystems, state::path(&paths.state_dir()), serving, shutdown).await
-    })
+    }.in_current_span())
+}
+
+/// The span `hybrid-agent run` logs in: every entry carries the node's name (`NODE_NAME` in the
+/// journal, [`crate::logging`]). Entered before the agent config is read, so its warnings carry
+/// it too; [`start`]'s tasks stay in it.
+pub fn span(paths: &HostPaths) -> tracing::Span {
+    let span = tracing::info_span!("daemon", node_name = tracing::field::Empty);
+    if let Some(name) = node_name(paths) {
+        span.record("node_name", name.as_str());
+    }
+    span
+}
+
+/// The node's name for the log: the node record's, else the registered instance id (a daemon
+/// started before `join` finished has no record yet).
+fn node_name(paths: &HostPaths) -> Option<String> {
+    if let Ok(Some(record)) = NodeRecord::load(paths) {
+        return Some(record.node_name);
+    }
+    crate::identity::store::IdentityStore::new(&paths.state_dir())
+        .load_registration()
+        .ok()
+        .flatten()
+        .map(|r| r.instance_id)
 }
 
 /// Where [`run_serving`] serves the live state; nothing by default.
@@ -509,7 +534,7 @@ pub async fn run_serving(
     let identity_task = {
         let mut first = Some(rotator);
         let stop = stop_rx.clone();
-        tokio::spawn(health::keep_running(
+        crate::logging::spawn_here(health::keep_running(
             Subsystem::Identity,
             health.clone(),
             settings.restart,
@@ -549,7 +574,7 @@ pub async fn run_serving(
     let mut supervision_status = supervision.as_ref().map(|_| supervision_rx.clone());
     let supervising = supervision.map(|mut make| {
         let (tx, stop) = (supervision_tx.clone(), stop_rx.clone());
-        tokio::spawn(health::keep_running(
+        crate::logging::spawn_here(health::keep_running(
             Subsystem::Supervision,
             health.clone(),
             settings.restart,
@@ -577,7 +602,7 @@ pub async fn run_serving(
             };
             drop(input.child_sender);
             let (settings_t, cell, stop) = (input.settings, cell.clone(), stop_rx.clone());
-            Some(tokio::spawn(health::keep_running(
+            Some(crate::logging::spawn_here(health::keep_running(
                 Subsystem::Telemetry,
                 health.clone(),
                 settings.restart,

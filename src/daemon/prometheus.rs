@@ -374,6 +374,7 @@ mod tests {
             next_refresh: None,
             last_error: None,
             consecutive_failures: 0,
+            failing_since: None,
             refreshes: 2,
             key_id: None,
         });

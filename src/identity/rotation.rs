@@ -163,6 +163,56 @@ pub struct IdentityStatus {
     /// Non-secret id of the SSM key in use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// The first failure since the last successful refresh (`None` while refreshes succeed).
+    #[serde(with = "ts::option", default, skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<SystemTime>,
+}
+
+/// Below this share of their lifetime left, credentials that were not refreshed are reported:
+/// the loop refreshes at half the remaining time (ten per cent jitter), so a healthy node never
+/// gets here; one that does has had a quarter of the lifetime of failures (or no daemon) and
+/// is heading for expiry, which stops kubelet's and the agent's own AWS calls.
+pub const OVERDUE_SHARE: u32 = 4;
+
+/// Credentials close to expiry without a successful refresh ([`IdentityStatus::refresh_overdue`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefreshOverdue {
+    /// When they expire.
+    #[serde(with = "ts")]
+    pub expiration: SystemTime,
+    /// Their whole lifetime (last refresh to expiry), in seconds.
+    pub lifetime_secs: u64,
+    /// Left before expiry, in seconds.
+    pub remaining_secs: u64,
+    /// The first failed refresh since the last successful one, if any was attempted.
+    #[serde(with = "ts::option", skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<SystemTime>,
+    /// The last refresh error; `None` when no refresh was attempted (daemon not running).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+}
+
+impl IdentityStatus {
+    /// Whether less than a quarter ([`OVERDUE_SHARE`]) of the credentials' lifetime is left,
+    /// counted from the last successful refresh: a refresh is overdue. `None` when they are
+    /// fresher, already expired (shown as such), or their times are unknown.
+    pub fn refresh_overdue(&self, now: SystemTime) -> Option<RefreshOverdue> {
+        let (exp, issued) = (self.expiration?, self.last_refresh?);
+        let lifetime = exp.duration_since(issued).ok()?;
+        let remaining = exp.duration_since(now).ok().filter(|d| !d.is_zero())?;
+        if remaining >= lifetime / OVERDUE_SHARE {
+            return None;
+        }
+        Some(RefreshOverdue {
+            expiration: exp,
+            lifetime_secs: lifetime.as_secs(),
+            remaining_secs: remaining.as_secs(),
+            failing_since: self
+                .failing_since
+                .or(self.last_error.as_ref().map(|e| e.at)),
+            cause: self.last_error.as_ref().map(|e| e.message.clone()),
+        })
+    }
 }
 
 /// Knobs of the loop.
@@ -218,6 +268,7 @@ impl Rotator {
             consecutive_failures: 0,
             refreshes: 0,
             key_id: source.key_id(),
+            failing_since: None,
         };
         Rotator {
             source,
@@ -303,6 +354,7 @@ impl Rotator {
             s.consecutive_failures = 0;
             s.refreshes += 1;
             s.key_id = key;
+            s.failing_since = None;
         });
         Ok(creds)
     }
@@ -325,6 +377,9 @@ impl Rotator {
     ) -> Result<(), RefreshError> {
         tokio::pin!(shutdown);
         let mut first = true;
+        // The cause last warned about as an overdue refresh: warned once, and again when it
+        // changes, not on every retry.
+        let mut overdue_warned: Option<String> = None;
         loop {
             let expiration = self.credentials.borrow().as_ref().map(|c| c.expiration);
             let delay = match expiration {
@@ -349,7 +404,14 @@ impl Rotator {
             let mut attempt: u32 = 0;
             loop {
                 match self.refresh_once().await {
-                    Ok(_) => break,
+                    Ok(_) => {
+                        if overdue_warned.take().is_some() {
+                            tracing::info!(
+                                "credentials refreshed again; the overdue refresh is resolved"
+                            );
+                        }
+                        break;
+                    }
                     Err(e) if e.is_fatal() => {
                         let action = e.action();
                         tracing::error!(
@@ -361,6 +423,7 @@ impl Rotator {
                             s.state = "failed".into();
                             s.next_refresh = None;
                             s.consecutive_failures += 1;
+                            s.failing_since.get_or_insert(now);
                             s.last_error = Some(LastError {
                                 at: now,
                                 message: e.to_string(),
@@ -389,6 +452,7 @@ impl Rotator {
                         self.status.send_modify(|s| {
                             s.state = "retrying".into();
                             s.consecutive_failures += 1;
+                            s.failing_since.get_or_insert(now);
                             s.next_refresh = Some(now + wait);
                             s.last_error = Some(LastError {
                                 at: now,
@@ -396,6 +460,20 @@ impl Rotator {
                                 action: None,
                             });
                         });
+                        let overdue = self.status.borrow().refresh_overdue(now);
+                        if let Some(o) = overdue {
+                            let cause = o.cause.clone().unwrap_or_default();
+                            if overdue_warned.as_deref() != Some(cause.as_str()) {
+                                tracing::warn!(
+                                    remaining_secs = o.remaining_secs,
+                                    "credentials expire in {}s (less than a quarter of their {}s lifetime left) and refreshing has failed since {}: {cause}",
+                                    o.remaining_secs,
+                                    o.lifetime_secs,
+                                    o.failing_since.map(ts::format).unwrap_or_default(),
+                                );
+                                overdue_warned = Some(cause);
+                            }
+                        }
                         attempt = attempt.saturating_add(1);
                         tokio::select! {
                             _ = &mut shutdown => return Ok(()),
@@ -730,5 +808,56 @@ mod tests {
             .unwrap_or_default();
         assert!(action.contains("join --reregister"), "{action}");
         assert_eq!(r.clock.slept().len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod overdue_tests {
+    use super::*;
+
+    fn status(issued: u64, exp: u64, error: Option<(u64, &str)>) -> IdentityStatus {
+        let t = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        IdentityStatus {
+            provider: ProviderKind::Ssm,
+            identity: "mi-0123456789abcdef0".into(),
+            state: "retrying".into(),
+            expiration: Some(t(exp)),
+            last_refresh: Some(t(issued)),
+            next_refresh: None,
+            last_error: error.map(|(at, m)| LastError {
+                at: t(at),
+                message: m.into(),
+                action: None,
+            }),
+            consecutive_failures: 0,
+            refreshes: 0,
+            key_id: None,
+            failing_since: error.map(|_| t(1800)),
+        }
+    }
+
+    #[test]
+    fn overdue_below_a_quarter_of_the_lifetime_until_expiry() {
+        let t = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let s = status(0, 3600, Some((2700, "InternalServerError")));
+        assert_eq!(s.refresh_overdue(t(2700)), None, "exactly a quarter left");
+        let o = s.refresh_overdue(t(2701)).expect("overdue");
+        assert_eq!((o.remaining_secs, o.lifetime_secs), (899, 3600));
+        assert_eq!(o.failing_since, Some(t(1800)));
+        assert_eq!(o.cause.as_deref(), Some("InternalServerError"));
+        assert_eq!(
+            s.refresh_overdue(t(3600)),
+            None,
+            "expired is shown as expired"
+        );
+        // No attempt (daemon down): overdue all the same, with no cause.
+        let o = status(0, 3600, None)
+            .refresh_overdue(t(3000))
+            .expect("overdue");
+        assert_eq!((o.cause, o.failing_since), (None, None));
+        // Unknown times: nothing to say.
+        let mut s = status(0, 3600, None);
+        s.last_refresh = None;
+        assert_eq!(s.refresh_overdue(t(3500)), None);
     }
 }

@@ -25,6 +25,7 @@ pub mod upgrade;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use crate::config::{AgentConfig, Config, Provider, Region};
 use crate::exit::ExitCode;
@@ -542,6 +543,10 @@ pub async fn join(
     if let Err(e) = run.txn.ensure_tree(Path::new(STATE_DIR), 0o700) {
         return Err(fail(Phase::Preflight, e.into()));
     }
+    // Each phase's entries carry PHASE in the journal; once identity named the node, every
+    // entry of the caller's span carries NODE_NAME (cli/join.rs opens it with the field empty).
+    let mut named = false;
+    let phase_span = |phase: Phase| tracing::info_span!("phase", phase = phase.as_str());
     for phase in Phase::ALL {
         if opts.skip.contains(&phase) {
             run.report.lines.push(format!("{phase}: skipped"));
@@ -551,26 +556,40 @@ pub async fn join(
         // before install changes the host.
         if phase == Phase::Install
             && !opts.skip.contains(&Phase::Preflight)
-            && let Err(source) = run.cluster_preflight().await
+            && let Err(source) = run
+                .cluster_preflight()
+                .instrument(phase_span(Phase::Preflight))
+                .await
         {
-            let problems = run.rollback().await;
+            let problems = run
+                .rollback()
+                .instrument(phase_span(Phase::Preflight))
+                .await;
             return Err(JoinFailure {
                 phase: Phase::Preflight,
                 source,
                 rollback_problems: problems,
             });
         }
-        let result = match phase {
-            Phase::Preflight => run.preflight().await,
-            Phase::Identity => run.identity().await,
-            Phase::Install => run.install().await,
-            Phase::Render => run.render().await,
-            Phase::Start => run.start().await,
-            Phase::Wait => run.wait().await,
-            Phase::Commit => Ok(()),
-        };
+        let result = async {
+            match phase {
+                Phase::Preflight => run.preflight().await,
+                Phase::Identity => run.identity().await,
+                Phase::Install => run.install().await,
+                Phase::Render => run.render().await,
+                Phase::Start => run.start().await,
+                Phase::Wait => run.wait().await,
+                Phase::Commit => Ok(()),
+            }
+        }
+        .instrument(phase_span(phase))
+        .await;
+        if !named && let Some(name) = run.node_name.as_deref().filter(|n| !n.contains('<')) {
+            tracing::Span::current().record("node_name", name);
+            named = true;
+        }
         if let Err(source) = result {
-            let problems = run.rollback().await;
+            let problems = run.rollback().instrument(phase_span(phase)).await;
             return Err(JoinFailure {
                 phase,
                 source,
@@ -578,8 +597,12 @@ pub async fn join(
             });
         }
     }
-    if let Err(source) = run.commit(digest).await {
-        let problems = run.rollback().await;
+    if let Err(source) = run
+        .commit(digest)
+        .instrument(phase_span(Phase::Commit))
+        .await
+    {
+        let problems = run.rollback().instrument(phase_span(Phase::Commit)).await;
         return Err(JoinFailure {
             phase: Phase::Commit,
             source,

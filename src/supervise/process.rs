@@ -306,8 +306,9 @@ impl ProcessBackend {
                 adopted: adopted_flag,
             },
         });
-        let task = tokio::spawn(keeper.run(Some((held.0, held.1, Instant::now())), cmd_rx));
-        let tail = tokio::spawn(tail_log(
+        let task =
+            crate::logging::spawn_here(keeper.run(Some((held.0, held.1, Instant::now())), cmd_rx));
+        let tail = crate::logging::spawn_here(tail_log(
             name,
             log_path,
             tail_from,

@@ -323,7 +323,7 @@ impl SystemdBackend {
         let (tx, rx) = watch::channel(initial.clone());
         let events = self.events.clone();
         let component = spec.name;
-        let task = tokio::spawn(async move {
+        let task = crate::logging::spawn_here(async move {
             let mut last = initial;
             while let Some(signal) = stream.next().await {
                 let Ok(args) = signal.args() else { continue };

@@ -351,7 +351,7 @@ pub async fn run(
     {
         let (mut outer, run_stop) = (shutdown.clone(), run_stop.clone());
         let mut inner = inner.clone();
-        tokio::spawn(async move {
+        crate::logging::spawn_here(async move {
             tokio::select! {
                 _ = outer.wait_for(|s| *s) => { let _ = run_stop.send(true); }
                 _ = inner.wait_for(|s| *s) => {}
@@ -423,9 +423,11 @@ pub async fn run(
             settings.poll_interval,
             settings.root.clone(),
         );
+        let span = tracing::Span::current();
         std::thread::Builder::new()
             .name("journal-reader".into())
             .spawn(move || {
+                let _entered = span.entered();
                 let source = JournalSource { dirs, root, filter };
                 journal_loop(source, after, jtx, poll, stop, status)
             })
@@ -440,7 +442,7 @@ pub async fn run(
         durable_input: false,
         cursor_path: Some(cursor_path),
     };
-    let journal_task = tokio::spawn(
+    let journal_task = crate::logging::spawn_here(
         Shipper::new(journal_spool, sink.clone(), jopts, status.clone()).run(jrx, inner.clone()),
     );
 
@@ -448,7 +450,7 @@ pub async fn run(
     let child_task = deps.child_lines.map(|lines| {
         let (ctx, crx) = mpsc::channel::<Chunk>(CHUNK_CHANNEL);
         let mut sd = inner.clone();
-        tokio::spawn(async move {
+        crate::logging::spawn_here(async move {
             let mut lines = lines.lock_owned().await;
             let mut buf = Vec::with_capacity(256);
             loop {
@@ -479,7 +481,7 @@ pub async fn run(
             durable_input: true,
             cursor_path: None,
         };
-        tokio::spawn(
+        crate::logging::spawn_here(
             Shipper::new(child_spool, sink.clone(), copts, status.clone())
                 .run(crx, inner.clone()),
         )
@@ -494,7 +496,7 @@ pub async fn run(
             backoff: settings.backoff,
         };
         let collector = metrics::Collector::new(settings.root.clone());
-        tokio::spawn(metrics::run_metrics(
+        crate::logging::spawn_here(metrics::run_metrics(
             metrics_client(&deps.sdk, deps.endpoints.metrics.as_deref()),
             ms,
             metrics_spool,
