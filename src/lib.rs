@@ -9,6 +9,14 @@
 //! install, node rendering, supervision, telemetry, the daemon), each documented in its own module
 //! header.
 
+/// The static (musl) release allocates through mimalloc: musl's own allocator serialises threads
+/// on one lock and never honours the glibc `MALLOC_*` tunables of the unit. glibc builds keep
+/// glibc's malloc. Here in the library so that every musl binary linking it (the agent, the
+/// benchmark examples) measures the same allocator. Figures: docs/measurements.md "Allocator".
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod aws;
 pub mod cli;
 pub mod config;

@@ -883,6 +883,9 @@ impl Run<'_> {
         self.report
             .lines
             .push(format!("host: {how}: {}", done.join("; ")));
+        for note in self.host.take_notes() {
+            self.report.lines.push(format!("host: not applied: {note}"));
+        }
         Ok(())
     }
 

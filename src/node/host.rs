@@ -267,12 +267,17 @@ pub trait HostActions: Send {
     fn apply(&mut self, action: &HostAction) -> Result<(), HostError>;
     /// The enabled firewall nodeadm would open ports in, if any.
     fn firewall(&self) -> Option<Firewall>;
+    /// What was not carried out as asked although `apply` succeeded (a container's host kernel
+    /// refusing sysctls), once each.
+    fn take_notes(&mut self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The host actions for `paths`: real only when the root is `/`.
 pub fn for_root(paths: &HostPaths) -> Box<dyn HostActions> {
     if paths.root() == Path::new("/") {
-        Box::new(RealHost)
+        Box::new(RealHost::default())
     } else {
         Box::new(Recorder::new(paths.clone()))
     }
@@ -280,7 +285,10 @@ pub fn for_root(paths: &HostPaths) -> Box<dyn HostActions> {
 
 /// Runs the commands on this machine.
 #[derive(Debug, Default)]
-pub struct RealHost;
+pub struct RealHost {
+    /// What was not done as asked, for the report ([`HostActions::take_notes`]).
+    notes: Vec<String>,
+}
 
 impl HostActions for RealHost {
     fn is_real(&self) -> bool {
@@ -303,11 +311,19 @@ impl HostActions for RealHost {
                         keys = %keys.join(", "),
                         "running in a container: its host's kernel refused these sysctl settings; set them on the host (values in /etc/sysctl.d/99-hybrid-agent.conf)"
                     );
+                    self.notes.push(format!(
+                        "in a {container} container the host's kernel refused sysctl {}: set them on the container's host (values in /etc/sysctl.d/99-hybrid-agent.conf)",
+                        keys.join(", ")
+                    ));
                 }
                 other => other?,
             }
         }
         Ok(())
+    }
+
+    fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
     }
 
     fn firewall(&self) -> Option<Firewall> {

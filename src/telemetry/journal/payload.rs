@@ -73,8 +73,18 @@ pub fn inflate(
         if xz_unpacked_size(raw).ok_or(PayloadError::Corrupt)? > hard_max as u64 {
             return Err(PayloadError::TooLarge);
         }
-        lzma_rs::xz_decompress(&mut std::io::BufReader::new(raw), out)
-            .map_err(|_| PayloadError::Corrupt)?;
+        // lzma-rs 0.3 adds to an untrusted u32 from the stream footer (`backward_size + 1`,
+        // decode/xz.rs): a build with overflow checks panics on a footer of 0xffffffff (found by
+        // `scripts/fuzz journal`, seed fuzz/corpus/journal/xz-backward-size-overflow). A panic in
+        // the decompressor is a corrupt payload, never a dead telemetry task that would meet the
+        // same entry again after its restart.
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            lzma_rs::xz_decompress(&mut std::io::BufReader::new(raw), out)
+        }));
+        match decoded {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return Err(PayloadError::Corrupt),
+        }
         Ok(cut(out))
     } else {
         out.extend_from_slice(&raw[..raw.len().min(limit)]);
