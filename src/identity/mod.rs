@@ -20,6 +20,7 @@ pub mod expiry;
 pub mod iam_ra;
 pub mod keys;
 pub mod pem;
+pub mod presence;
 pub mod register;
 pub mod rotation;
 pub mod schedule;
