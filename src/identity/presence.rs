@@ -191,12 +191,13 @@ impl HostFacts {
 }
 
 /// An os-release(5) value: `KEY=value`, the value optionally in single or double quotes with
-/// backslash escapes; `None` when absent or empty.
+/// backslash escapes; `None` when absent or empty. A key given twice: the later one wins, as
+/// when the file is sourced by a shell.
 pub fn os_release_field(text: &str, key: &str) -> Option<String> {
     let raw = text
         .lines()
-        .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
-        .last()?
+        .rev()
+        .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))?
         .trim();
     let unquoted = match raw.as_bytes().first() {
         Some(q @ (b'"' | b'\'')) => {
