@@ -805,4 +805,36 @@ mod tests {
         assert!(!cidr_contains("10.0.0.0/8", ip("fd00::1")));
         assert!(!cidr_contains("nonsense", ip("10.0.0.1")));
     }
+
+    #[test]
+    fn presence_is_ok_within_two_intervals_and_warns_with_the_fix_after() {
+        use crate::identity::presence::PresenceStatus;
+        use crate::identity::rotation::LastError;
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let interval = Duration::from_secs(300);
+        let mut p = PresenceStatus::resuming("mi-0123456789abcdef0", interval, None);
+        let c = presence_check(&p, interval, now);
+        assert_eq!(c.outcome, Outcome::Ok, "{c:?}");
+        assert!(c.detail.contains("first ping pending"), "{c:?}");
+        p.last_ping = Some(now - Duration::from_secs(290));
+        assert_eq!(presence_check(&p, interval, now).outcome, Outcome::Ok);
+        p.last_ping = Some(now - Duration::from_secs(601));
+        p.consecutive_failures = 3;
+        p.last_error = Some(LastError {
+            at: now,
+            message: "SSM UpdateInstanceInformation failed: AccessDeniedException: no".into(),
+            action: Some("allow ssm:UpdateInstanceInformation".into()),
+        });
+        let c = presence_check(&p, interval, now);
+        assert_eq!(c.outcome, Outcome::Warn, "{c:?}");
+        assert!(
+            c.detail.contains("10m01s ago") && c.detail.contains("AccessDenied"),
+            "{c:?}"
+        );
+        assert_eq!(c.fix, "allow ssm:UpdateInstanceInformation");
+        p.last_ping = None;
+        let c = presence_check(&p, interval, now);
+        assert_eq!(c.outcome, Outcome::Warn, "{c:?}");
+        assert!(c.detail.contains("no ping accepted yet"), "{c:?}");
+    }
 }
