@@ -83,6 +83,14 @@ fn an_ssm_node_is_online_while_the_daemon_runs_and_connection_lost_after_it_stop
     let before = describe(&ds, &id);
     assert_eq!(ping_status(&before), "ConnectionLost", "{before:?}");
     assert_eq!(before.last_ping_date_time(), None);
+    // The first two pings fail (500): logged and retried, never fatal.
+    let _: serde_json::Value = control(
+        &ds,
+        "POST",
+        "fail-next?service=ssm&operation=UpdateInstanceInformation&count=2",
+        None,
+    )
+    .expect("fail-next");
 
     let mut daemon = host.spawn_daemon();
     let online = wait_for(Duration::from_secs(30), || {
@@ -102,6 +110,15 @@ fn an_ssm_node_is_online_while_the_daemon_runs_and_connection_lost_after_it_stop
         .parse()
         .expect("IPAddress is an address");
     assert!(!ip.is_loopback() && !ip.is_unspecified(), "{ip}");
+    assert!(
+        daemon
+            .log()
+            .contains("SSM presence ping (UpdateInstanceInformation) failed"),
+        "the failed pings are logged: {}",
+        daemon.log()
+    );
+    let pings = calls(&ds, "ssm/UpdateInstanceInformation");
+    assert!(pings >= 3, "two failed pings and one accepted: {pings}");
     let reported: serde_json::Value =
         control(&ds, "GET", &format!("ssm/presence?instance={id}"), None).expect("presence");
     assert_eq!(reported["agent_name"], "hybrid-agent");
@@ -123,6 +140,8 @@ fn an_ssm_node_is_online_while_the_daemon_runs_and_connection_lost_after_it_stop
     assert_eq!(presence["instance_id"], id.as_str(), "{running}");
     assert!(presence["last_ping"].is_string(), "{running}");
     assert!(presence["pings"].as_u64().unwrap_or(0) >= 2, "{running}");
+    assert_eq!(presence["consecutive_failures"], 0, "{running}");
+    assert!(presence.get("last_error").is_none(), "recovered: {running}");
     let out = host.agent(&["status"]);
     let shown = text(&out);
     assert!(shown.contains("ssm presence:  last ping "), "{shown}");

@@ -23,7 +23,8 @@
 //!   `doctor`.
 //!
 //! IAM Roles Anywhere nodes are not SSM managed instances (they have no `mi-` id and SSM knows
-//! nothing of them), so the daemon runs no presence loop for them.
+//! nothing of them), so the daemon runs no presence loop for them. The wire form and the
+//! choices are in docs/protocols.md "UpdateInstanceInformation (presence)".
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -149,7 +149,8 @@ pub struct RoleToken {
 }
 
 /// What `UpdateInstanceInformation` reports about the instance (amazon-ssm-agent
-/// agent/ssm/service.go `UpdateInstanceInformation`); `None` fields are left out.
+/// agent/ssm/service.go `UpdateInstanceInformation`; docs/protocols.md
+/// "UpdateInstanceInformation (presence)"); `None` fields are left out.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct InstanceInformation {
     pub agent_name: String,
