@@ -676,6 +676,74 @@ fn daemon_checks(paths: &HostPaths, agent: &AgentConfig, checks: &mut Vec<Check>
             .fix(s.action.clone().unwrap_or_default()),
         });
     }
+    if report.daemon.running
+        && let Some(p) = &report.ssm_presence
+    {
+        checks.push(presence_check(
+            p,
+            agent.daemon.ssm_presence_interval,
+            SystemTime::now(),
+        ));
+    }
+}
+
+/// Whether SSM has heard from this node lately: a ping within two intervals (the service shows
+/// a node ConnectionLost after a few missed ones). Before the first ping of a fresh daemon the
+/// check only warns when the pings fail.
+fn presence_check(
+    p: &crate::identity::presence::PresenceStatus,
+    interval: Duration,
+    now: SystemTime,
+) -> Check {
+    const NAME: &str = "ssm presence";
+    let fix = |p: &crate::identity::presence::PresenceStatus| {
+        p.last_error
+            .as_ref()
+            .and_then(|e| e.action.clone())
+            .unwrap_or_else(|| {
+                "check `endpoint ssm` above and the daemon log; SSM shows the node ConnectionLost (no Session Manager or Run Command) until a ping is accepted".to_string()
+            })
+    };
+    let error = p
+        .last_error
+        .as_ref()
+        .map(|e| format!("; failing: {}", e.message))
+        .unwrap_or_default();
+    let age = p
+        .last_ping
+        .map(|t| now.duration_since(t).unwrap_or_default());
+    match age {
+        Some(age) if age <= interval.saturating_mul(2) => Check::new(
+            NAME,
+            Outcome::Ok,
+            format!(
+                "{} accepted the last UpdateInstanceInformation {} ago",
+                p.instance_id,
+                crate::identity::store::ts::human(age)
+            ),
+        ),
+        None if p.last_error.is_none() => Check::new(
+            NAME,
+            Outcome::Ok,
+            format!("{}: first ping pending", p.instance_id),
+        ),
+        Some(age) => Check::new(
+            NAME,
+            Outcome::Warn,
+            format!(
+                "{}: last ping accepted {} ago{error}",
+                p.instance_id,
+                crate::identity::store::ts::human(age)
+            ),
+        )
+        .fix(fix(p)),
+        None => Check::new(
+            NAME,
+            Outcome::Warn,
+            format!("{}: no ping accepted yet{error}", p.instance_id),
+        )
+        .fix(fix(p)),
+    }
 }
 
 async fn component_checks(record: &NodeRecord, checks: &mut Vec<Check>) {
@@ -736,5 +804,37 @@ mod tests {
         assert!(!cidr_contains("fd00::/64", ip("fd01::1")));
         assert!(!cidr_contains("10.0.0.0/8", ip("fd00::1")));
         assert!(!cidr_contains("nonsense", ip("10.0.0.1")));
+    }
+
+    #[test]
+    fn presence_is_ok_within_two_intervals_and_warns_with_the_fix_after() {
+        use crate::identity::presence::PresenceStatus;
+        use crate::identity::rotation::LastError;
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let interval = Duration::from_secs(300);
+        let mut p = PresenceStatus::resuming("mi-0123456789abcdef0", interval, None);
+        let c = presence_check(&p, interval, now);
+        assert_eq!(c.outcome, Outcome::Ok, "{c:?}");
+        assert!(c.detail.contains("first ping pending"), "{c:?}");
+        p.last_ping = Some(now - Duration::from_secs(290));
+        assert_eq!(presence_check(&p, interval, now).outcome, Outcome::Ok);
+        p.last_ping = Some(now - Duration::from_secs(601));
+        p.consecutive_failures = 3;
+        p.last_error = Some(LastError {
+            at: now,
+            message: "SSM UpdateInstanceInformation failed: AccessDeniedException: no".into(),
+            action: Some("allow ssm:UpdateInstanceInformation".into()),
+        });
+        let c = presence_check(&p, interval, now);
+        assert_eq!(c.outcome, Outcome::Warn, "{c:?}");
+        assert!(
+            c.detail.contains("10m01s ago") && c.detail.contains("AccessDenied"),
+            "{c:?}"
+        );
+        assert_eq!(c.fix, "allow ssm:UpdateInstanceInformation");
+        p.last_ping = None;
+        let c = presence_check(&p, interval, now);
+        assert_eq!(c.outcome, Outcome::Warn, "{c:?}");
+        assert!(c.detail.contains("no ping accepted yet"), "{c:?}");
     }
 }

@@ -14,6 +14,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::atomic::{self, AtomicWriteError};
+use crate::identity::presence::PresenceStatus;
 use crate::identity::rotation::{IdentityStatus, RefreshOverdue};
 use crate::identity::store::ts;
 
@@ -29,6 +30,8 @@ pub enum Subsystem {
     Supervision,
     /// Journal, child output and metrics to CloudWatch.
     Telemetry,
+    /// UpdateInstanceInformation pings to SSM (SSM hybrid-activation nodes only).
+    SsmPresence,
 }
 
 impl Subsystem {
@@ -37,6 +40,7 @@ impl Subsystem {
             Subsystem::Identity => "identity",
             Subsystem::Supervision => "supervision",
             Subsystem::Telemetry => "telemetry",
+            Subsystem::SsmPresence => "ssm_presence",
         }
     }
 }
@@ -167,6 +171,10 @@ pub struct DaemonState {
     /// Log streams, spool and metric sender ([`crate::telemetry`]); absent until the node joined.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<crate::telemetry::TelemetryStatus>,
+    /// The SSM presence pings ([`crate::identity::presence`]); absent on IAM Roles Anywhere
+    /// nodes, which are not SSM managed instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssm_presence: Option<PresenceStatus>,
     /// The daemon's own subsystems: running, degraded (restarting) or failed, with the cause.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subsystems: Vec<SubsystemStatus>,
@@ -183,6 +191,7 @@ impl DaemonState {
             identity: None,
             supervision: None,
             telemetry: None,
+            ssm_presence: None,
             subsystems: Vec::new(),
         }
     }
@@ -326,6 +335,9 @@ pub struct StatusReport {
     /// Log streams, spool and metric sender as the daemon last saw them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<crate::telemetry::TelemetryStatus>,
+    /// SSM presence pings as the daemon last saw them (SSM hybrid-activation nodes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssm_presence: Option<PresenceStatus>,
     /// The daemon's own subsystems as it last saw them: running, degraded or failed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub subsystems: Vec<SubsystemStatus>,
@@ -377,6 +389,7 @@ pub fn report_from(
     let files = store.load_credentials_state().ok().flatten();
     let supervision = daemon.as_ref().and_then(|d| d.supervision.clone());
     let telemetry = daemon.as_ref().and_then(|d| d.telemetry.clone());
+    let ssm_presence = daemon.as_ref().and_then(|d| d.ssm_presence.clone());
     let subsystems = daemon
         .as_ref()
         .map(|d| d.subsystems.clone())
@@ -423,25 +436,13 @@ pub fn report_from(
         identity,
         supervision,
         telemetry,
+        ssm_presence,
         subsystems,
     }
 }
 
 fn when(t: SystemTime, now: SystemTime) -> String {
-    let rel = match t.duration_since(now) {
-        Ok(d) => format!("in {}", human(d)),
-        Err(e) => format!("{} ago", human(e.duration())),
-    };
-    format!("{} ({rel})", ts::format(t))
-}
-
-fn human(d: std::time::Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-    }
+    ts::when(t, now)
 }
 
 /// Why credentials near expiry were not refreshed, for status and doctor.
@@ -586,6 +587,9 @@ impl StatusReport {
                     }
                 }
             }
+        }
+        if let Some(p) = &self.ssm_presence {
+            let _ = write!(out, "ssm presence:  {}", p.render(d.running, now));
         }
         if let Some(sup) = &self.supervision {
             out.push_str(&crate::supervise::status::to_text(sup, d.running));

@@ -361,6 +361,29 @@ fn every_agent_config_problem_is_listed() {
 }
 
 #[test]
+fn ssm_presence_interval_is_applied_and_bounded() {
+    let sb = Sandbox::new();
+    let path = sb.write("agent.toml", "[daemon]\nssm_presence_interval = \"1s\"\n");
+    let run = sb.run(&["--config", &arg(&path), "config", "show", "--json"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.json()["agent"]["daemon"]["ssm_presence_interval"], "1s");
+    let default = sb.run(&["config", "show", "--json"]);
+    assert_eq!(
+        default.json()["agent"]["daemon"]["ssm_presence_interval"],
+        "300s"
+    );
+    for bad in ["0s", "2h"] {
+        let path = sb.write(
+            "agent.toml",
+            &format!("[daemon]\nstartup_jitter = \"0s\"\nssm_presence_interval = \"{bad}\"\n"),
+        );
+        let run = sb.run(&["--config", &arg(&path), "config", "check"]);
+        problem_at(&run, "daemon.ssm_presence_interval", &arg(&path), 3);
+        assert_eq!(problems(&run).len(), 1, "{run:?}");
+    }
+}
+
+#[test]
 fn a_socks_proxy_is_refused_with_what_to_give_instead() {
     let sb = Sandbox::new();
     let path = sb.write(

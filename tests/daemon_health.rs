@@ -336,6 +336,7 @@ fn a_panicking_rotation_source_is_restarted_and_recovers() {
         identity_restart: Box::new(move || Ok(rotator(false, &sd, &cf))),
         supervision: None,
         telemetry: None,
+        presence: None,
         health: HealthSettings {
             restart: RestartPolicy {
                 first: Duration::from_millis(300),

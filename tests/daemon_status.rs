@@ -259,10 +259,16 @@ fn status_answers_live_from_the_socket_falls_back_when_the_daemon_does_not_and_p
     assert_eq!(v["daemon_answering"], true, "{v}");
     assert_eq!(v["daemon"]["running"], true, "{v}");
     assert_eq!(v["daemon"]["pid"], pid, "{v}");
-    assert!(
-        v["subsystems"].as_array().is_some_and(|s| s.len() == 3),
-        "identity, supervision and telemetry: {v}"
+    let names: Vec<&str> = v["subsystems"]
+        .as_array()
+        .map(|s| s.iter().filter_map(|s| s["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        names.len(),
+        4,
+        "identity, supervision, telemetry and (an SSM node) ssm_presence: {v}"
     );
+    assert!(names.contains(&"ssm_presence"), "{v}");
     assert_eq!(
         tcp_listeners(pid),
         BTreeSet::new(),
@@ -435,6 +441,13 @@ fn status_answers_live_from_the_socket_falls_back_when_the_daemon_does_not_and_p
         ));
         assert_eq!(restarts, s["restarts"].as_f64().unwrap(), "{name}");
     }
+    // SSM presence pings, between the two readings of status --json.
+    let pings = get("hybrid_agent_ssm_presence_pings_total");
+    let count = |v: &serde_json::Value| v["ssm_presence"]["pings"].as_f64().unwrap_or(-1.0);
+    assert!(
+        count(&before) <= pings && pings <= count(&after),
+        "{pings} pings: {before} / {after}"
+    );
     for c in after["supervision"]["components"].as_array().unwrap() {
         let name = c["name"].as_str().unwrap();
         assert_eq!(

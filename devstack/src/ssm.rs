@@ -3,7 +3,13 @@
 //! Two APIs share the `AmazonSSM.<Op>` awsJson 1.1 endpoint, as on AWS:
 //! - the public one, SigV4-signed by aws-sdk-ssm: CreateActivation, DescribeActivations,
 //!   DeleteActivation, DescribeInstanceInformation, DeregisterManagedInstance and the tag calls on
-//!   managed instances;
+//!   managed instances; and UpdateInstanceInformation, the agent's presence ping, SigV4-signed
+//!   with the instance's own role credentials (aws-sdk-ssm does not model it, agents sign it
+//!   themselves). PingStatus follows those pings only: `Online` while the last one is younger
+//!   than the connection-lost threshold (settable through the control endpoint), else
+//!   `ConnectionLost`, which is also what an instance that never pinged shows. Token requests
+//!   do not count: an instance whose agent never pings is invisible to Session Manager and Run
+//!   Command however fresh its credentials;
 //! - the private one ssm-agent speaks and aws-sdk-ssm does not have (docs/protocols.md "SSM
 //!   hybrid activation"):
 //!   RegisterManagedInstance (unsigned: the activation code is the secret) and
@@ -76,6 +82,11 @@ const INSTANCES_MIN_RESULTS: i64 = 5;
 const INSTANCES_MAX_RESULTS: i64 = 50;
 /// Tags per resource (SSM AddTagsToResource docs: at most 50).
 const MAX_TAGS: usize = 50;
+/// How long after its last UpdateInstanceInformation an instance is still `Online`. SSM
+/// documents no figure; amazon-ssm-agent pings every 5 minutes, and three missed pings is ours.
+pub const DEFAULT_CONNECTION_LOST_AFTER: Duration = Duration::from_secs(15 * 60);
+/// PlatformType values of the SSM model.
+const PLATFORM_TYPES: [&str; 3] = ["Windows", "Linux", "MacOS"];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -113,12 +124,33 @@ struct Instance {
     public_key: String,
     fingerprint: String,
     registered_at: i64,
-    /// Last RequestManagedInstanceRoleToken (registration until the first one).
-    last_ping_at: i64,
+    /// Last RequestManagedInstanceRoleToken (registration until the first one). Not a ping:
+    /// PingStatus follows [`Instance::presence`].
+    #[serde(alias = "last_ping_at")]
+    last_token_at: i64,
+    /// What the last UpdateInstanceInformation reported; `None` until the first.
+    #[serde(default)]
+    presence: Option<Presence>,
     /// Set through the control endpoint; answered as `UpdateKeyPair=true` until the instance
     /// rotates its key.
     key_rotation_requested: bool,
     tags: Vec<Tag>,
+}
+
+/// The fields of an UpdateInstanceInformation, as stored and reported back.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Presence {
+    agent_name: Option<String>,
+    agent_version: Option<String>,
+    agent_status: Option<String>,
+    platform_type: Option<String>,
+    platform_name: Option<String>,
+    platform_version: Option<String>,
+    ip_address: Option<String>,
+    computer_name: Option<String>,
+    /// When it arrived, milliseconds since the Unix epoch (devstack clock).
+    pinged_at_ms: i64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -129,10 +161,23 @@ struct SsmData {
 }
 
 /// Activations and managed instances, persisted to `<state-dir>/ssm.json` when set.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SsmState {
     path: Option<PathBuf>,
     data: SsmData,
+    /// PingStatus turns `ConnectionLost` this long after the last ping (control endpoint;
+    /// not persisted).
+    pub connection_lost_after: Duration,
+}
+
+impl Default for SsmState {
+    fn default() -> Self {
+        SsmState {
+            path: None,
+            data: SsmData::default(),
+            connection_lost_after: DEFAULT_CONNECTION_LOST_AFTER,
+        }
+    }
 }
 
 impl SsmState {
@@ -145,6 +190,7 @@ impl SsmState {
         Ok(Self {
             path: Some(path),
             data,
+            ..Self::default()
         })
     }
 
@@ -175,7 +221,8 @@ pub async fn handle(state: &Shared, op: &str, req: &Req) -> Response {
         "RequestManagedInstanceRoleToken" => request_role_token(state, req),
         "UpdateManagedInstancePublicKey" => update_public_key(state, req),
         // Public API: SigV4 first, as AWS authenticates before it looks at the operation.
-        _ => crate::auth::authenticate(state, req, SIGNING_NAME).and_then(|_| match op {
+        _ => crate::auth::authenticate(state, req, SIGNING_NAME).and_then(|caller| match op {
+            "UpdateInstanceInformation" => update_instance_information(state, req, &caller),
             "CreateActivation" => create_activation(state, req),
             "DescribeActivations" => describe_activations(state, req),
             "DeleteActivation" => delete_activation(state, req),
@@ -425,14 +472,19 @@ fn delete_activation(state: &Shared, req: &Req) -> Result<Value, ApiError> {
     Ok(json!({}))
 }
 
-fn ping_status(state: &Shared, inst: &Instance, now: i64) -> &'static str {
-    // An agent asks for a token well before the current one expires; one that has not asked
-    // for a whole token lifetime has lost its connection.
-    if now - inst.last_ping_at <= state.config.token_lifetime.as_secs() as i64 {
-        "Online"
-    } else {
-        "ConnectionLost"
+/// `Online` while the last UpdateInstanceInformation is younger than the threshold; an
+/// instance that never pinged is `ConnectionLost`.
+fn ping_status(inst: &Instance, now_ms: i64, lost_after: Duration) -> &'static str {
+    match &inst.presence {
+        Some(p) if now_ms - p.pinged_at_ms <= lost_after.as_millis() as i64 => "Online",
+        _ => "ConnectionLost",
     }
+}
+
+fn epoch_ms(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[derive(Deserialize)]
@@ -485,6 +537,16 @@ fn instance_matches(
         "ActivationIds" => any(&inst.activation_id),
         "IamRole" => any(&inst.iam_role),
         "PingStatus" => any(ping),
+        "AgentVersion" => inst
+            .presence
+            .as_ref()
+            .and_then(|p| p.agent_version.as_deref())
+            .is_some_and(any),
+        "PlatformTypes" => inst
+            .presence
+            .as_ref()
+            .and_then(|p| p.platform_type.as_deref())
+            .is_some_and(any),
         "ResourceType" => any("ManagedInstance"),
         "tag-key" => inst.tags.iter().any(|t| any(&t.key)),
         k => match k.strip_prefix("tag:") {
@@ -520,11 +582,11 @@ fn describe_instance_information(state: &Shared, req: &Req) -> Result<Value, Api
             format!("filter {k:?} has no values"),
         ));
     }
-    let now = now_secs(state);
+    let now_ms = epoch_ms(state.now());
     let ssm = lock(&state.ssm);
     let mut list = Vec::new();
     for inst in ssm.data.instances.values() {
-        let ping = ping_status(state, inst, now);
+        let ping = ping_status(inst, now_ms, ssm.connection_lost_after);
         let mut keep = true;
         for (k, v) in &filters {
             keep &= instance_matches(k, v, inst, ping)?;
@@ -538,10 +600,9 @@ fn describe_instance_information(state: &Shared, req: &Req) -> Result<Value, Api
     let items: Vec<Value> = page
         .into_iter()
         .map(|(i, ping)| {
-            json!({
+            let mut v = json!({
                 "InstanceId": i.id,
                 "PingStatus": ping,
-                "LastPingDateTime": i.last_ping_at,
                 "ResourceType": "ManagedInstance",
                 "ActivationId": i.activation_id,
                 "IamRole": i.iam_role,
@@ -549,10 +610,103 @@ fn describe_instance_information(state: &Shared, req: &Req) -> Result<Value, Api
                 "Name": i.name,
                 "SourceId": i.id,
                 "SourceType": "AWS::SSM::ManagedInstance",
-            })
+            });
+            if let (Some(p), Some(obj)) = (&i.presence, v.as_object_mut()) {
+                obj.insert(
+                    "LastPingDateTime".into(),
+                    json!(p.pinged_at_ms as f64 / 1000.0),
+                );
+                for (name, value) in [
+                    ("AgentVersion", &p.agent_version),
+                    ("PlatformType", &p.platform_type),
+                    ("PlatformName", &p.platform_name),
+                    ("PlatformVersion", &p.platform_version),
+                    ("IPAddress", &p.ip_address),
+                    ("ComputerName", &p.computer_name),
+                ] {
+                    if let Some(value) = value {
+                        obj.insert(name.into(), json!(value));
+                    }
+                }
+            }
+            v
         })
         .collect();
     Ok(with_next(json!({ "InstanceInformationList": items }), next))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct UpdateInstanceInformationInput {
+    instance_id: Option<String>,
+    agent_name: Option<String>,
+    agent_version: Option<String>,
+    agent_status: Option<String>,
+    platform_type: Option<String>,
+    platform_name: Option<String>,
+    platform_version: Option<String>,
+    #[serde(rename = "IPAddress")]
+    ip_address: Option<String>,
+    computer_name: Option<String>,
+}
+
+/// The managed instance whose role credentials signed the call: issued by
+/// RequestManagedInstanceRoleToken, they are a session of the instance's role named after it.
+fn caller_instance(caller: &Principal) -> Option<&str> {
+    let (_, session) = caller.arn.split_once(":assumed-role/")?;
+    let session = session.rsplit('/').next()?;
+    session.starts_with(INSTANCE_ID_PREFIX).then_some(session)
+}
+
+/// The agent's presence ping. As on SSM, an instance reports for itself only: a call signed
+/// with another instance's role credentials is refused (the admin key, an operator's IAM user
+/// with every permission, may report for any instance).
+fn update_instance_information(
+    state: &Shared,
+    req: &Req,
+    caller: &Principal,
+) -> Result<Value, ApiError> {
+    let input: UpdateInstanceInformationInput = parse(req)?;
+    let id = require("instanceId", &input.instance_id)?;
+    let is_admin = caller.access_key_id == crate::auth::ADMIN_ACCESS_KEY_ID;
+    if !is_admin && caller_instance(caller) != Some(id) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "AccessDeniedException",
+            format!(
+                "User: {} is not authorized to perform: ssm:UpdateInstanceInformation on resource: arn:aws:ssm:{}:{}:managed-instance/{id} (an instance reports for itself, with its own role credentials)",
+                caller.arn, state.config.region, state.config.account_id
+            ),
+        ));
+    }
+    if let Some(t) = input.platform_type.as_deref()
+        && !PLATFORM_TYPES.contains(&t)
+    {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{t}' at 'platformType' failed to satisfy constraint: Member must satisfy enum value set: [{}]",
+            PLATFORM_TYPES.join(", ")
+        )));
+    }
+    let now_ms = epoch_ms(state.now());
+    let mut ssm = lock(&state.ssm);
+    let inst = ssm
+        .data
+        .instances
+        .get_mut(id)
+        .ok_or_else(|| invalid_instance(id))?;
+    inst.presence = Some(Presence {
+        agent_name: input.agent_name,
+        agent_version: input.agent_version,
+        agent_status: input.agent_status,
+        platform_type: input.platform_type,
+        platform_name: input.platform_name,
+        platform_version: input.platform_version,
+        ip_address: input.ip_address,
+        computer_name: input.computer_name,
+        pinged_at_ms: now_ms,
+    });
+    ssm.persist()?;
+    Ok(json!({}))
 }
 
 #[derive(Deserialize)]
@@ -833,7 +987,8 @@ fn register_managed_instance(state: &Shared, req: &Req) -> Result<Value, ApiErro
             public_key,
             fingerprint,
             registered_at: now,
-            last_ping_at: now,
+            last_token_at: now,
+            presence: None,
             key_rotation_requested: false,
             tags: Vec::new(),
         },
@@ -871,7 +1026,7 @@ fn request_role_token(state: &Shared, req: &Req) -> Result<Value, ApiError> {
                 ),
             ));
         }
-        inst.last_ping_at = epoch_secs(now);
+        inst.last_token_at = epoch_secs(now);
         let out = (
             Principal::assumed_role(&state.config.account_id, &inst.iam_role, &inst.id),
             inst.key_rotation_requested,
@@ -923,11 +1078,55 @@ fn update_public_key(state: &Shared, req: &Req) -> Result<Value, ApiError> {
 /// SSM knobs under the control endpoint (`/_devstack/ssm/...`):
 /// - `POST /_devstack/ssm/request-key-rotation?instance=mi-...` → the instance's next token
 ///   responses carry `UpdateKeyPair=true` until it calls UpdateManagedInstancePublicKey.
+/// - `PUT /_devstack/ssm/connection-lost-after?secs=N` → PingStatus turns `ConnectionLost` N
+///   seconds (fractions allowed) after an instance's last UpdateInstanceInformation (default
+///   [`DEFAULT_CONNECTION_LOST_AFTER`]); `GET` answers the current value.
+/// - `GET /_devstack/ssm/presence?instance=mi-...` → what the instance last reported
+///   (`agent_name` included, which DescribeInstanceInformation does not show), or `null`.
 pub fn control(state: &Shared, op: &str, req: &Req) -> Response {
     let ok = |v: Value| {
         crate::wire::bytes_response(StatusCode::OK, "application/json", v.to_string().into())
     };
+    let query = |k: &str| {
+        req.query_pairs()
+            .into_iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v)
+    };
     match (req.method.as_str(), op) {
+        ("GET", "ssm/connection-lost-after") => ok(json!({
+            "secs": lock(&state.ssm).connection_lost_after.as_secs_f64()
+        })),
+        ("PUT" | "POST", "ssm/connection-lost-after") => {
+            match query("secs").map(|s| s.parse::<f64>()) {
+                Some(Ok(secs)) if secs.is_finite() && secs >= 0.0 => {
+                    lock(&state.ssm).connection_lost_after = Duration::from_secs_f64(secs);
+                    ok(json!({ "secs": secs }))
+                }
+                _ => ApiError::bad_request(
+                    "InvalidParameter",
+                    "connection-lost-after needs ?secs=N (N >= 0)",
+                )
+                .render(Protocol::Plain),
+            }
+        }
+        ("GET", "ssm/presence") => {
+            let Some(id) = query("instance") else {
+                return ApiError::bad_request(
+                    "InvalidParameter",
+                    "presence needs ?instance=mi-...",
+                )
+                .render(Protocol::Plain);
+            };
+            let ssm = lock(&state.ssm);
+            match ssm.data.instances.get(&id) {
+                Some(inst) => ok(serde_json::to_value(&inst.presence).unwrap_or_default()),
+                None => {
+                    ApiError::not_found("InvalidInstanceId", format!("no managed instance {id}"))
+                        .render(Protocol::Plain)
+                }
+            }
+        }
         ("POST", "ssm/request-key-rotation") => {
             let Some(id) = req
                 .query_pairs()

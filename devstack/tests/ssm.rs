@@ -188,7 +188,9 @@ async fn instance_information_tags_and_deregistration() {
         panic!("one instance: {info:?}")
     };
     assert_eq!(i.instance_id(), Some(node.id.as_str()));
-    assert_eq!(i.ping_status().map(|p| p.as_str()), Some("Online"));
+    // Registered, but its agent never pinged: not reachable, no ping time.
+    assert_eq!(i.ping_status().map(|p| p.as_str()), Some("ConnectionLost"));
+    assert_eq!(i.last_ping_date_time(), None);
     assert_eq!(
         i.resource_type().map(|r| r.as_str()),
         Some("ManagedInstance")
@@ -199,9 +201,8 @@ async fn instance_information_tags_and_deregistration() {
             .is_some_and(|a| uuid::Uuid::parse_str(a).is_ok())
     );
     let registered = secs(i.registration_date().expect("RegistrationDate"));
-    let first_ping = secs(i.last_ping_date_time().expect("LastPingDateTime"));
 
-    // A token request a minute later (devstack clock) moves LastPingDateTime.
+    // A token request (a minute later, devstack clock) is not a ping.
     c.control("clock?offset_secs=60").await;
     let tok = node.token(&c).await.expect_ok();
     assert!(tok.str("AccessKeyId").starts_with("ASIA"));
@@ -211,10 +212,7 @@ async fn instance_information_tags_and_deregistration() {
         secs(i.registration_date().expect("RegistrationDate")),
         registered
     );
-    assert!(
-        secs(i.last_ping_date_time().expect("LastPingDateTime")) >= first_ping + 60,
-        "ping moved: {i:?}"
-    );
+    assert_eq!(i.ping_status().map(|p| p.as_str()), Some("ConnectionLost"));
     c.control("clock?offset_secs=0").await;
 
     ssm.add_tags_to_resource()
@@ -271,6 +269,193 @@ async fn instance_information_tags_and_deregistration() {
         .await
         .expect_err("second deregister");
     assert!(again.into_service_error().is_invalid_instance_id());
+}
+
+/// The role credentials a token request hands out, as SDK credentials.
+fn role_credentials(tok: &instance_client::Resp) -> aws_credential_types::Credentials {
+    aws_credential_types::Credentials::new(
+        tok.str("AccessKeyId"),
+        tok.str("SecretAccessKey"),
+        Some(tok.str("SessionToken").to_string()),
+        None,
+        "token",
+    )
+}
+
+/// UpdateInstanceInformation for `instance`, signed with `creds` by aws-sigv4.
+async fn ping(
+    ds: &hybrid_devstack::Devstack,
+    creds: &aws_credential_types::Credentials,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let resp = common::signed_json(
+        &ds.url,
+        "ssm",
+        "AmazonSSM.UpdateInstanceInformation",
+        &body,
+        creds,
+    )
+    .await;
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(json!({ "raw": text })),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_pings_keep_an_instance_online_until_they_stop() {
+    let ds = common::devstack();
+    let ssm = ssm_admin(&ds).await;
+    let c = Client::new(&ds);
+    let node = register_new(&c, &ssm, ROLE).await;
+    let other = register_new(&c, &ssm, ROLE).await;
+    let creds = role_credentials(&node.token(&c).await.expect_ok());
+    let other_creds = role_credentials(&other.token(&c).await.expect_ok());
+    let describe = |id: String| {
+        let ssm = ssm.clone();
+        async move {
+            let out = ssm
+                .describe_instance_information()
+                .filters(
+                    InstanceInformationStringFilter::builder()
+                        .key("InstanceIds")
+                        .values(id)
+                        .build()
+                        .expect("filter"),
+                )
+                .send()
+                .await
+                .expect("DescribeInstanceInformation");
+            out.instance_information_list()[0].clone()
+        }
+    };
+    let body = |id: &str| {
+        json!({
+            "InstanceId": id,
+            "AgentName": "hybrid-agent",
+            "AgentVersion": "0.9.1",
+            "AgentStatus": "Active",
+            "PlatformType": "Linux",
+            "PlatformName": "Debian GNU/Linux",
+            "PlatformVersion": "12",
+            "IPAddress": "192.0.2.2",
+            "ComputerName": "edge-rack-1",
+        })
+    };
+
+    let before = now_secs();
+    let (status, out) = ping(&ds, &creds, body(&node.id)).await;
+    assert_eq!(status, 200, "{out}");
+    let i = describe(node.id.clone()).await;
+    assert_eq!(i.ping_status().map(|p| p.as_str()), Some("Online"));
+    let pinged = secs(i.last_ping_date_time().expect("LastPingDateTime"));
+    assert!((before..=now_secs()).contains(&pinged), "{pinged}");
+    assert_eq!(i.agent_version(), Some("0.9.1"));
+    assert_eq!(i.platform_type().map(|p| p.as_str()), Some("Linux"));
+    assert_eq!(i.platform_name(), Some("Debian GNU/Linux"));
+    assert_eq!(i.platform_version(), Some("12"));
+    assert_eq!(i.ip_address(), Some("192.0.2.2"));
+    assert_eq!(i.computer_name(), Some("edge-rack-1"));
+    // The other instance has not pinged.
+    let o = describe(other.id.clone()).await;
+    assert_eq!(o.ping_status().map(|p| p.as_str()), Some("ConnectionLost"));
+    let stored: serde_json::Value = reqwest::get(format!(
+        "{}/_devstack/ssm/presence?instance={}",
+        ds.url, node.id
+    ))
+    .await
+    .expect("control")
+    .json()
+    .await
+    .expect("json");
+    assert_eq!(stored["agent_name"], "hybrid-agent");
+    let by_platform = ssm
+        .describe_instance_information()
+        .filters(
+            InstanceInformationStringFilter::builder()
+                .key("PlatformTypes")
+                .values("Linux")
+                .build()
+                .expect("filter"),
+        )
+        .send()
+        .await
+        .expect("DescribeInstanceInformation by platform");
+    assert_eq!(by_platform.instance_information_list().len(), 1);
+
+    // An instance reports for itself only; an unknown one is refused as SSM does.
+    let (status, out) = ping(&ds, &other_creds, body(&node.id)).await;
+    assert_eq!(
+        (status, out["__type"].as_str()),
+        (400, Some("AccessDeniedException")),
+        "{out}"
+    );
+    let (status, out) = ping(
+        &ds,
+        &common::admin_credentials(),
+        body("mi-00000000000000000"),
+    )
+    .await;
+    assert_eq!(
+        (status, out["__type"].as_str()),
+        (400, Some("InvalidInstanceId")),
+        "{out}"
+    );
+    let mut bad = body(&node.id);
+    bad["PlatformType"] = json!("Plan9");
+    let (status, out) = ping(&ds, &creds, bad).await;
+    assert_eq!(
+        (status, out["__type"].as_str()),
+        (400, Some("ValidationException")),
+        "{out}"
+    );
+    let (status, out) = ping(&ds, &creds, json!({ "AgentName": "x" })).await;
+    assert_eq!(
+        (status, out["__type"].as_str()),
+        (400, Some("ValidationException")),
+        "{out}"
+    );
+    // Unsigned: the public API's authentication first.
+    c.unsigned("UpdateInstanceInformation", &body(&node.id))
+        .await
+        .expect_err("MissingAuthenticationTokenException");
+
+    // Past the threshold without a ping: ConnectionLost, the last ping time kept; a new ping
+    // brings it back.
+    let set: serde_json::Value = reqwest::Client::new()
+        .put(format!(
+            "{}/_devstack/ssm/connection-lost-after?secs=1.5",
+            ds.url
+        ))
+        .send()
+        .await
+        .expect("control")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(set["secs"], 1.5);
+    assert_eq!(
+        describe(node.id.clone())
+            .await
+            .ping_status()
+            .map(|p| p.as_str()),
+        Some("Online")
+    );
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let i = describe(node.id.clone()).await;
+    assert_eq!(i.ping_status().map(|p| p.as_str()), Some("ConnectionLost"));
+    assert_eq!(secs(i.last_ping_date_time().expect("kept")), pinged);
+    let (status, _) = ping(&ds, &creds, body(&node.id)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        describe(node.id.clone())
+            .await
+            .ping_status()
+            .map(|p| p.as_str()),
+        Some("Online")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -81,7 +81,7 @@ pub fn token(creds: &Credentials, cluster: &str, region: &str, now: SystemTime) 
         payload: b"",
     });
     let to_sign = sigv4::string_to_sign(ALGORITHM, &time, &scope, &canonical);
-    let key = signing_key(creds.secret_access_key(), &time.date, region, "sts");
+    let key = sigv4::hmac_signing_key(creds.secret_access_key(), &time.date, region, "sts");
     let signature = hex::encode(aws_lc_rs::hmac::sign(&key, to_sign.as_bytes()));
     let url = format!("https://{host}/?{query}&X-Amz-Signature={signature}");
     EksToken {
@@ -91,19 +91,6 @@ pub fn token(creds: &Credentials, cluster: &str, region: &str, now: SystemTime) 
         ),
         refresh_after: now + TOKEN_LIFETIME - Duration::from_secs(60),
     }
-}
-
-/// SigV4's HMAC key chain: date, region, service, `aws4_request`.
-fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> aws_lc_rs::hmac::Key {
-    use aws_lc_rs::hmac;
-    let step = |key: &[u8], data: &str| {
-        hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data.as_bytes())
-    };
-    let k_date = step(format!("AWS4{secret}").as_bytes(), date);
-    let k_region = step(k_date.as_ref(), region);
-    let k_service = step(k_region.as_ref(), service);
-    let k_signing = step(k_service.as_ref(), "aws4_request");
-    hmac::Key::new(hmac::HMAC_SHA256, k_signing.as_ref())
 }
 
 #[cfg(test)]

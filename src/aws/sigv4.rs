@@ -3,7 +3,9 @@
 //!
 //! Both identity providers sign with SigV4's canonicalisation but an asymmetric key instead of
 //! the HMAC chain: SSM hybrid instances with RSASSA-PSS (signature in base64, algorithm name
-//! still `AWS4-HMAC-SHA256`), IAM Roles Anywhere with the X.509 key (`AWS4-X509-*`, hex). Keeping
+//! still `AWS4-HMAC-SHA256`), IAM Roles Anywhere with the X.509 key (`AWS4-X509-*`, hex). The
+//! HMAC chain ([`hmac_signing_key`]) is here for the few calls signed with an access key that
+//! no SDK makes for us (the EKS token, SSM's UpdateInstanceInformation). Keeping
 //! the canonicalisation in one place, tested against hand-computed strings, means a signing bug
 //! shows up here and not as an opaque `InvalidSignatureException` from the service.
 
@@ -129,6 +131,25 @@ pub fn string_to_sign(
         time.amz_date,
         sha256_hex(canonical_request.as_bytes())
     )
+}
+
+/// SigV4's HMAC key chain: date, region, service, `aws4_request` (signing with an access key:
+/// the EKS token, and the SSM calls the instance makes with its role credentials).
+pub fn hmac_signing_key(
+    secret: &str,
+    date: &str,
+    region: &str,
+    service: &str,
+) -> aws_lc_rs::hmac::Key {
+    use aws_lc_rs::hmac;
+    let step = |key: &[u8], data: &str| {
+        hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data.as_bytes())
+    };
+    let k_date = step(format!("AWS4{secret}").as_bytes(), date);
+    let k_region = step(k_date.as_ref(), region);
+    let k_service = step(k_region.as_ref(), service);
+    let k_signing = step(k_service.as_ref(), "aws4_request");
+    hmac::Key::new(hmac::HMAC_SHA256, k_signing.as_ref())
 }
 
 /// `Host` header value for a URL: host, plus `:port` when the URL names a non-default port

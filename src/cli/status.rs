@@ -33,6 +33,10 @@ seconds; the socket answers with the figures of the moment.
 terminal the screen is redrawn, otherwise each snapshot follows the last (text after a `---` \
 line with its time; JSON documents one after the other, as `jq` reads them).
 
+On an SSM hybrid-activation node, `ssm presence` shows when SSM last accepted the daemon's \
+UpdateInstanceInformation ping (what makes SSM list the node Online) and when the next is due, \
+or why pings fail.
+
 Examples:
   hybrid-agent status
   hybrid-agent status --json | jq .identity.expiration

@@ -49,6 +49,15 @@ pub const MAX_SUBSYSTEM_DOWN_LIMIT: Duration = Duration::from_secs(86_400);
 /// `daemon.startup_jitter` bound: a node that needs credentials must not wait longer than a
 /// refresh backoff cap's worth (10 min) to start. Ours.
 pub const MAX_STARTUP_JITTER: Duration = Duration::from_secs(600);
+/// How often an SSM managed instance tells SSM it is alive (UpdateInstanceInformation): every
+/// 5 minutes, amazon-ssm-agent's health ping (agent/health/healthcheck.go,
+/// `updateHealthFrequencyMins`).
+pub const DEFAULT_SSM_PRESENCE_INTERVAL: Duration = Duration::from_secs(300);
+/// `daemon.ssm_presence_interval` bounds: at least a second (tests), at most an hour
+/// (amazon-ssm-agent accepts `HealthFrequencyMinutes` up to 60); much past 5 minutes SSM shows
+/// the node as ConnectionLost between pings.
+pub const MIN_SSM_PRESENCE_INTERVAL: Duration = Duration::from_secs(1);
+pub const MAX_SSM_PRESENCE_INTERVAL: Duration = Duration::from_secs(3_600);
 pub const MIN_REFRESH_BACKOFF_CAP: Duration = Duration::from_secs(1);
 /// Longest allowed backoff cap: credentials last about an hour (docs/protocols.md
 /// "RequestManagedInstanceRoleToken"), so waiting
@@ -120,6 +129,7 @@ struct DaemonSection {
     subsystem_restart_cap: Option<String>,
     subsystem_down_limit: Option<String>,
     startup_jitter: Option<String>,
+    ssm_presence_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -280,6 +290,12 @@ pub struct DaemonConfig {
     /// outage is held back by up to this too (`telemetry::pace`).
     #[serde(serialize_with = "serialize_duration")]
     pub startup_jitter: Duration,
+    /// How often an SSM hybrid-activation node calls UpdateInstanceInformation, so SSM shows it
+    /// Online (Fleet Manager, Session Manager, Run Command see it). Each wait is this, shortened
+    /// at random by up to a fifth. IAM Roles Anywhere nodes are not SSM managed instances and
+    /// never ping.
+    #[serde(serialize_with = "serialize_duration")]
+    pub ssm_presence_interval: Duration,
 }
 
 /// How the daemon shows its state besides its status socket (which is always served).
@@ -416,6 +432,7 @@ impl AgentConfig {
                 subsystem_restart_cap: DEFAULT_SUBSYSTEM_RESTART_CAP,
                 subsystem_down_limit: DEFAULT_SUBSYSTEM_DOWN_LIMIT,
                 startup_jitter: DEFAULT_STARTUP_SPREAD,
+                ssm_presence_interval: DEFAULT_SSM_PRESENCE_INTERVAL,
             },
             status: StatusConfig {
                 prometheus_listen: None,
@@ -642,6 +659,16 @@ impl Check<'_, '_> {
             )
         {
             out.startup_jitter = d;
+        }
+        if let Some(i) = &raw.ssm_presence_interval
+            && let Some(d) = self.duration(
+                "daemon.ssm_presence_interval",
+                i,
+                MIN_SSM_PRESENCE_INTERVAL,
+                Some(MAX_SSM_PRESENCE_INTERVAL),
+            )
+        {
+            out.ssm_presence_interval = d;
         }
     }
 

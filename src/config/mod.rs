@@ -27,10 +27,10 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 pub use agent::{
-    AgentConfig, AgentConfigSource, ArtifactsConfig, CredentialsConfig, DEFAULT_STARTUP_SPREAD,
-    DEFAULT_SUBSYSTEM_DOWN_LIMIT, DEFAULT_SUBSYSTEM_RESTART_CAP, DaemonConfig, NetworkConfig,
-    OnAgentStop, Priority, SpoolConfig, StatusConfig, SupervisorBackend, SupervisorConfig,
-    TelemetryConfig,
+    AgentConfig, AgentConfigSource, ArtifactsConfig, CredentialsConfig,
+    DEFAULT_SSM_PRESENCE_INTERVAL, DEFAULT_STARTUP_SPREAD, DEFAULT_SUBSYSTEM_DOWN_LIMIT,
+    DEFAULT_SUBSYSTEM_RESTART_CAP, DaemonConfig, NetworkConfig, OnAgentStop, Priority, SpoolConfig,
+    StatusConfig, SupervisorBackend, SupervisorConfig, TelemetryConfig,
 };
 pub use endpoints::{
     Endpoint, EndpointError, EndpointOrigin, Endpoints, GLOBAL_ENDPOINT_ENV, Service,

@@ -3,7 +3,9 @@
 //! The subsystems are the credential rotation loop, supervision of containerd and kubelet
 //! ([`crate::supervise`], when `join` left a plan), telemetry ([`crate::telemetry`], once `join`
 //! recorded the node: its journal entries, the built-in supervisor's child output and host
-//! metrics to CloudWatch) and the state writer that publishes their status for
+//! metrics to CloudWatch), SSM presence ([`crate::identity::presence`]: UpdateInstanceInformation
+//! pings so SSM shows the node Online; SSM hybrid-activation nodes only, IAM Roles Anywhere nodes
+//! are not SSM managed instances) and the state writer that publishes their status for
 //! `hybrid-agent status` ([`crate::state`]), each into its own section. AWS clients of the other
 //! tasks take their credentials from the rotation loop in-process
 //! ([`crate::aws::credentials::RotatingCredentials`]), never from the file. Each subsystem runs
@@ -34,6 +36,9 @@ use tracing::Instrument as _;
 use crate::aws::credentials::RotatingCredentials;
 use crate::config::AgentConfig;
 use crate::config::Service;
+use crate::identity::presence::{
+    FactsSource, HostFacts, Presence, PresenceApi, PresenceSettings, PresenceStatus, SsmPresence,
+};
 use crate::identity::rotation::{IdentityStatus, Rotator};
 use crate::identity::setup::{IdentityEnv, SetupError};
 use crate::join::record::NodeRecord;
@@ -137,6 +142,7 @@ pub fn start(paths: &HostPaths, agent: &AgentConfig) -> Result<(), DaemonError> 
             })
         };
         let telemetry = telemetry_input(paths, agent, &rotator);
+        let presence = presence_input(paths, &env, &provider, &rotator);
         let child_output = telemetry.as_ref().and_then(|t| t.child_sender.clone());
         let supervision = supervision_factory(paths, agent, child_output);
         let subsystems = Subsystems {
@@ -144,6 +150,7 @@ pub fn start(paths: &HostPaths, agent: &AgentConfig) -> Result<(), DaemonError> 
             identity_restart,
             supervision,
             telemetry,
+            presence,
             health: HealthSettings::from_config(&agent.daemon),
         };
         let shutdown = async move {
@@ -214,7 +221,58 @@ pub struct Subsystems {
     pub supervision: Option<SupervisionFactory>,
     /// Telemetry, once `join` recorded the node.
     pub telemetry: Option<TelemetryInput>,
+    /// SSM presence pings (SSM hybrid-activation nodes only).
+    pub presence: Option<PresenceInput>,
     pub health: HealthSettings,
+}
+
+/// What the SSM presence loop is started from.
+pub struct PresenceInput {
+    pub settings: PresenceSettings,
+    /// UpdateInstanceInformation, signed with the rotating credentials.
+    pub api: Arc<dyn PresenceApi>,
+    /// The host facts each ping reports.
+    pub facts: FactsSource,
+}
+
+/// The presence loop of an SSM node: the private SSM client signing with the rotation loop's
+/// credentials (in-process), host facts read under `--root`. IAM Roles Anywhere nodes get none:
+/// they are not SSM managed instances. A setup failure is logged, not fatal: being invisible to
+/// SSM does not stop the node from working.
+fn presence_input(
+    paths: &HostPaths,
+    env: &IdentityEnv<'_>,
+    provider: &crate::identity::setup::ProviderConfig,
+    rotator: &Rotator,
+) -> Option<PresenceInput> {
+    match env.presence(provider, rotator) {
+        Ok(Some((client, settings))) => {
+            tracing::info!(
+                instance = %settings.instance_id,
+                "ssm presence: UpdateInstanceInformation every {:?} (jittered), so SSM shows the node Online",
+                settings.interval
+            );
+            let paths = paths.clone();
+            Some(PresenceInput {
+                settings,
+                api: Arc::new(SsmPresence {
+                    client,
+                    credentials: RotatingCredentials::new(rotator.credentials()),
+                }),
+                facts: Arc::new(move || HostFacts::read(&paths)),
+            })
+        }
+        Ok(None) => {
+            tracing::info!(
+                "ssm presence off: IAM Roles Anywhere nodes are not SSM managed instances"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::error!("ssm presence off: {e}");
+            None
+        }
+    }
 }
 
 impl HealthSettings {
@@ -501,22 +559,34 @@ pub async fn run_serving(
         mut identity_restart,
         supervision,
         telemetry: telemetry_input,
+        presence: presence_input,
         health: settings,
     } = subsystems;
-    // The previous daemon's telemetry figures, which this one's counters go on from.
-    let telemetry_before = match state::read(&state_path) {
-        Ok(before) => before.and_then(|d| d.telemetry),
+    // The previous daemon's telemetry figures, which this one's counters go on from, and its
+    // last SSM presence ping.
+    let before = match state::read(&state_path) {
+        Ok(before) => before,
         Err(e) => {
             tracing::warn!("{e}; telemetry counters start from zero");
             None
         }
     };
+    let telemetry_before = before.as_ref().and_then(|d| d.telemetry.clone());
     let mut doc = DaemonState::new(SystemTime::now());
     // Kept in the document until this daemon publishes its own, so a daemon that dies before its
     // first publication does not reset them for the next.
     if telemetry_input.is_some() {
         doc.telemetry = telemetry_before.clone();
     }
+    let presence_status = presence_input.as_ref().map(|p| {
+        Arc::new(watch::Sender::new(PresenceStatus::resuming(
+            &p.settings.instance_id,
+            p.settings.interval,
+            before.as_ref().and_then(|d| d.ssm_presence.as_ref()),
+        )))
+    });
+    let mut presence_rx = presence_status.as_ref().map(|s| s.subscribe());
+    doc.ssm_presence = presence_status.as_ref().map(|s| s.borrow().clone());
     let health = Health::new();
     let mut health_rx = health.subscribe();
     let mut identity = rotator.status();
@@ -621,6 +691,34 @@ pub async fn run_serving(
         }
         _ => None,
     };
+    // SSM presence: pings on its own schedule; its failures are logged and retried inside, so
+    // only a panic restarts it.
+    let presence_task = match (presence_input, &presence_status) {
+        (Some(input), Some(status)) => {
+            let (status, stop) = (status.clone(), stop_rx.clone());
+            Some(tokio::spawn(health::keep_running(
+                Subsystem::SsmPresence,
+                health.clone(),
+                settings.restart,
+                stop_rx.clone(),
+                move || {
+                    let presence = Presence {
+                        settings: input.settings.clone(),
+                        api: input.api.clone(),
+                        facts: input.facts.clone(),
+                        jitter: Arc::new(crate::retry::RandomJitter),
+                        status: status.clone(),
+                    };
+                    let stop = stop.clone();
+                    async move {
+                        presence.run(stop).await;
+                        Exit::Stopped
+                    }
+                },
+            )))
+        }
+        _ => None,
+    };
     let mut telemetry_tick = telemetry_status.as_ref().map(|_| {
         let mut i = tokio::time::interval(TELEMETRY_STATUS_INTERVAL);
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -705,6 +803,16 @@ pub async fn run_serving(
                 doc.identity = Some(identity.borrow_and_update().clone());
                 dirty = true;
             }
+            changed = changed_or_pending(&mut presence_rx) => {
+                if !changed {
+                    presence_rx = None;
+                    continue;
+                }
+                if let Some(rx) = &mut presence_rx {
+                    doc.ssm_presence = Some(rx.borrow_and_update().clone());
+                }
+                dirty = true;
+            }
             changed = changed_or_pending(&mut supervision_status) => {
                 if !changed {
                     supervision_status = None;
@@ -743,6 +851,16 @@ pub async fn run_serving(
     }
     if let Some(cell) = &telemetry_status {
         doc.telemetry = Some(cell.snapshot());
+    }
+    if let Some(task) = presence_task
+        && let Err(e) = task.await
+    {
+        tracing::error!("ssm presence task panicked: {e}");
+    }
+    if let Some(status) = &presence_status {
+        let mut last = status.borrow().clone();
+        last.next_ping = None;
+        doc.ssm_presence = Some(last);
     }
     if let Err(e) = identity_task.await {
         tracing::error!("credential rotation task panicked: {e}");

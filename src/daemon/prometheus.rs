@@ -58,6 +58,7 @@ pub fn render(state: &DaemonState, now: SystemTime, process: ProcessUsage) -> St
     }
     subsystems(&mut x, state);
     identity(&mut x, state, now);
+    presence(&mut x, state);
     components(&mut x, state);
     telemetry(&mut x, state, now);
     x.out
@@ -129,6 +130,31 @@ fn identity(x: &mut Exposition, state: &DaemonState, now: SystemTime) {
         Kind::Gauge,
         "Failed credential refreshes since the last success.",
         vec![Sample::new(f64::from(id.consecutive_failures))],
+    );
+}
+
+/// SSM presence pings (SSM hybrid-activation nodes only).
+fn presence(x: &mut Exposition, state: &DaemonState) {
+    let Some(p) = &state.ssm_presence else { return };
+    if let Some(t) = p.last_ping {
+        x.family(
+            "ssm_presence_last_ping_timestamp_seconds",
+            Kind::Gauge,
+            "When SSM last accepted the node's UpdateInstanceInformation ping (what keeps it Online), in seconds since the Unix epoch.",
+            vec![Sample::new(unix_seconds(t))],
+        );
+    }
+    x.family(
+        "ssm_presence_pings_total",
+        Kind::Counter,
+        "UpdateInstanceInformation pings SSM accepted since the daemon started.",
+        vec![Sample::new(p.pings as f64)],
+    );
+    x.family(
+        "ssm_presence_consecutive_failures",
+        Kind::Gauge,
+        "Failed UpdateInstanceInformation pings since the last accepted one.",
+        vec![Sample::new(f64::from(p.consecutive_failures))],
     );
 }
 
@@ -382,6 +408,14 @@ mod tests {
             spool_bytes: 4096,
             ..Default::default()
         });
+        let mut presence = crate::identity::presence::PresenceStatus::resuming(
+            "mi-0123456789abcdef0",
+            Duration::from_secs(300),
+            None,
+        );
+        presence.last_ping = Some(t0 + Duration::from_secs(590));
+        presence.pings = 2;
+        s.ssm_presence = Some(presence);
         s
     }
 
@@ -429,6 +463,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("hybrid_agent_spool_bytes 4096\n"));
+        assert!(
+            text.contains("hybrid_agent_ssm_presence_last_ping_timestamp_seconds 1700000590\n")
+        );
+        assert!(text.contains("hybrid_agent_ssm_presence_pings_total 2\n"));
         assert!(text.contains("hybrid_agent_process_resident_memory_bytes 1048576\n"));
         assert!(text.contains("hybrid_agent_process_cpu_seconds_total 1.25\n"));
         // No supervision section: no component families at all.

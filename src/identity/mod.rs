@@ -6,7 +6,9 @@
 //! writes the shared credentials file atomically ([`credfile`]), publishes the credentials to
 //! the agent's own SDK clients and reports status. IAM Roles Anywhere nodes also get nodeadm's
 //! AWS config file ([`aws_config`]) whose `credential_process` runs
-//! [`credential_process`], so kubelet is never tied to the daemon being up.
+//! [`credential_process`], so kubelet is never tied to the daemon being up. An SSM node also
+//! pings SSM ([`presence`]: UpdateInstanceInformation, as amazon-ssm-agent does) so SSM lists
+//! it Online.
 //!
 //! Secrets (activation code, private keys, secret keys, session tokens) are held in
 //! [`crate::config::Secret`] or in types whose `Debug` omits them, and never appear in
@@ -20,6 +22,7 @@ pub mod expiry;
 pub mod iam_ra;
 pub mod keys;
 pub mod pem;
+pub mod presence;
 pub mod register;
 pub mod rotation;
 pub mod schedule;

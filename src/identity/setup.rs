@@ -22,6 +22,7 @@ use crate::identity::aws_config::{self, CredentialProcess};
 use crate::identity::clock::{Clock, SkewedClock, SystemClock};
 use crate::identity::credfile::CredentialsTarget;
 use crate::identity::iam_ra::{DEFAULT_SESSION_DURATION, IamRaError, IamRaSettings, IamRaSource};
+use crate::identity::presence::PresenceSettings;
 use crate::identity::register::{self, Activation, OnRegistered, RegisterError, RegisterOutcome};
 use crate::identity::rotation::{RefreshError, RotationSettings, Rotator, Source};
 use crate::identity::schedule::RandomJitter;
@@ -309,6 +310,36 @@ impl<'a> IdentityEnv<'a> {
             duration: DEFAULT_SESSION_DURATION,
         };
         Ok(IamRaSource::new(self.http()?, settings, clock)?)
+    }
+
+    /// The SSM presence loop's client and settings for `rotator`'s identity
+    /// ([`crate::identity::presence`]): the same private SSM client and endpoint as the identity
+    /// calls. `None` for IAM Roles Anywhere: those nodes are not SSM managed instances, SSM has
+    /// no instance to show online.
+    pub fn presence(
+        &self,
+        provider: &ProviderConfig,
+        rotator: &Rotator,
+    ) -> Result<Option<(SsmClient, PresenceSettings)>, SetupError> {
+        if rotator.source().kind() != ProviderKind::Ssm {
+            return Ok(None);
+        }
+        let instance_id = rotator.source().identity();
+        let region = Region::parse(&provider.region).map_err(|reason| SetupError::Region {
+            path: self.provider_path(),
+            region: provider.region.clone(),
+            reason,
+        })?;
+        let clock = Arc::new(SkewedClock::new(self.host_clock.clone()));
+        let client = self.ssm_client(&region, clock)?;
+        Ok(Some((
+            client,
+            PresenceSettings {
+                instance_id,
+                interval: self.agent.daemon.ssm_presence_interval,
+                startup_spread: self.agent.daemon.startup_jitter,
+            },
+        )))
     }
 
     /// Credentials still valid from a previous run, read back from our own credentials file

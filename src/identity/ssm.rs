@@ -1,6 +1,9 @@
 //! The private SSM API of hybrid instances: `RegisterManagedInstance` (anonymous),
 //! `RequestManagedInstanceRoleToken` and `UpdateManagedInstancePublicKey` (signed with the
-//! instance's RSA key). Not in aws-sdk-ssm, so spoken here directly: awsJson 1.1 over reqwest.
+//! instance's RSA key), and `UpdateInstanceInformation`, the agent's presence ping (signed with
+//! the instance's role credentials, SigV4 HMAC). None of them is in aws-sdk-ssm (the public SSM
+//! model leaves out the agent's operations; amazon-ssm-agent carries its own copy of the model),
+//! so they are spoken here directly: awsJson 1.1 over reqwest.
 //!
 //! This client makes one attempt per call and classifies the outcome; retrying belongs to the
 //! caller (registration retries a few transient failures, the rotation loop backs off), with
@@ -36,6 +39,7 @@ pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 pub const OP_REGISTER: &str = "RegisterManagedInstance";
 pub const OP_ROLE_TOKEN: &str = "RequestManagedInstanceRoleToken";
 pub const OP_UPDATE_KEY: &str = "UpdateManagedInstancePublicKey";
+pub const OP_UPDATE_INSTANCE_INFORMATION: &str = "UpdateInstanceInformation";
 
 /// Error codes the agent acts on (docs/protocols.md "SSM error codes").
 pub mod codes {
@@ -142,6 +146,32 @@ pub struct RoleToken {
     pub credentials: TemporaryCredentials,
     /// The service asks for a new key pair (`UpdateKeyPair`, missing = false).
     pub update_key_pair: bool,
+}
+
+/// What `UpdateInstanceInformation` reports about the instance (amazon-ssm-agent
+/// agent/ssm/service.go `UpdateInstanceInformation`; docs/protocols.md
+/// "UpdateInstanceInformation (presence)"); `None` fields are left out.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct InstanceInformation {
+    pub agent_name: String,
+    pub agent_version: String,
+    /// `Active` while the agent runs (agent/health/healthcheck.go).
+    pub agent_status: String,
+    /// `Linux` (PlatformType enum of the SSM model).
+    pub platform_type: String,
+    pub platform_name: Option<String>,
+    pub platform_version: Option<String>,
+    pub ip_address: Option<String>,
+    pub computer_name: Option<String>,
+}
+
+/// How a call is signed.
+#[derive(Clone, Copy)]
+enum Signer<'a> {
+    /// With the instance's RSA key (the private identity calls).
+    Instance(&'a str, &'a InstanceKey),
+    /// With the instance's role credentials, as any SigV4 client would.
+    Role(&'a aws_credential_types::Credentials),
 }
 
 /// Client for the private SSM operations at one endpoint and region.
@@ -262,7 +292,11 @@ impl SsmClient {
     ) -> Result<RoleToken, SsmError> {
         let body = serde_json::json!({ "Fingerprint": fingerprint });
         let out: RoleTokenOut = self
-            .call(OP_ROLE_TOKEN, &body, Some((instance_id, key)))
+            .call(
+                OP_ROLE_TOKEN,
+                &body,
+                Some(Signer::Instance(instance_id, key)),
+            )
             .await?;
         self.role_token(out)
     }
@@ -301,7 +335,49 @@ impl SsmClient {
     ) -> Result<(), SsmError> {
         let body = serde_json::json!({ "NewPublicKey": new_public_b64, "NewPublicKeyType": PUBLIC_KEY_TYPE });
         let _: serde_json::Value = self
-            .call(OP_UPDATE_KEY, &body, Some((instance_id, current)))
+            .call(
+                OP_UPDATE_KEY,
+                &body,
+                Some(Signer::Instance(instance_id, current)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// UpdateInstanceInformation for `instance_id`, signed with its role credentials: tells SSM
+    /// the instance is alive (PingStatus Online) and what it runs.
+    pub async fn update_instance_information(
+        &self,
+        instance_id: &str,
+        info: &InstanceInformation,
+        credentials: &aws_credential_types::Credentials,
+    ) -> Result<(), SsmError> {
+        let mut body = serde_json::json!({
+            "InstanceId": instance_id,
+            "AgentName": info.agent_name,
+            "AgentVersion": info.agent_version,
+            "AgentStatus": info.agent_status,
+            "PlatformType": info.platform_type,
+        });
+        let optional = [
+            ("PlatformName", &info.platform_name),
+            ("PlatformVersion", &info.platform_version),
+            ("IPAddress", &info.ip_address),
+            ("ComputerName", &info.computer_name),
+        ];
+        if let Some(obj) = body.as_object_mut() {
+            for (name, value) in optional {
+                if let Some(v) = value {
+                    obj.insert(name.into(), serde_json::Value::String(v.clone()));
+                }
+            }
+        }
+        let _: serde_json::Value = self
+            .call(
+                OP_UPDATE_INSTANCE_INFORMATION,
+                &body,
+                Some(Signer::Role(credentials)),
+            )
             .await?;
         Ok(())
     }
@@ -310,7 +386,7 @@ impl SsmClient {
         &self,
         operation: &'static str,
         body: &serde_json::Value,
-        signer: Option<(&str, &InstanceKey)>,
+        signer: Option<Signer<'_>>,
     ) -> Result<T, SsmError> {
         let body = body.to_string().into_bytes();
         let mut resigned = false;
@@ -390,7 +466,7 @@ impl SsmClient {
         &self,
         operation: &'static str,
         body: &[u8],
-        signer: Option<(&str, &InstanceKey)>,
+        signer: Option<Signer<'_>>,
     ) -> Result<Answer, SsmError> {
         let target = format!("{TARGET_PREFIX}{operation}");
         let mut req = self
@@ -399,12 +475,19 @@ impl SsmClient {
             .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
             .header(reqwest::header::HOST, &self.host)
             .header("x-amz-target", &target);
-        if let Some((instance_id, key)) = signer {
+        if let Some(signer) = signer {
             let time = SigningTime::new(self.clock.now());
-            let auth = self.authorization(operation, instance_id, key, &time, &target, body)?;
+            let token = match signer {
+                Signer::Role(c) => c.session_token(),
+                Signer::Instance(..) => None,
+            };
+            let auth = self.authorization(operation, signer, &time, &target, token, body)?;
             req = req
                 .header("x-amz-date", &time.amz_date)
                 .header(reqwest::header::AUTHORIZATION, auth);
+            if let Some(t) = token {
+                req = req.header("x-amz-security-token", t);
+            }
         }
         let resp = req
             .body(body.to_vec())
@@ -421,36 +504,61 @@ impl SsmClient {
         })
     }
 
-    /// `Authorization` for an instance call: SigV4 canonicalisation, RSA-PSS signature in base64.
+    /// `Authorization` of a signed call: SigV4 canonicalisation; an instance call's signature
+    /// is RSA-PSS in base64 under the instance id, a role call's the HMAC chain in hex under the
+    /// access key id (its session token signed as `x-amz-security-token`).
     fn authorization(
         &self,
         operation: &'static str,
-        instance_id: &str,
-        key: &InstanceKey,
+        signer: Signer<'_>,
         time: &SigningTime,
         target: &str,
+        token: Option<&str>,
         body: &[u8],
     ) -> Result<String, SsmError> {
+        let mut headers = vec![
+            ("content-type", CONTENT_TYPE),
+            ("host", self.host.as_str()),
+            ("x-amz-date", time.amz_date.as_str()),
+            ("x-amz-target", target),
+        ];
+        if let Some(t) = token {
+            headers.push(("x-amz-security-token", t));
+        }
         let (canonical, signed_headers) = sigv4::canonical_request(&CanonicalInput {
             method: "POST",
             path: "/",
             query: "",
-            headers: &[
-                ("content-type", CONTENT_TYPE),
-                ("host", &self.host),
-                ("x-amz-date", &time.amz_date),
-                ("x-amz-target", target),
-            ],
+            headers: &headers,
             payload: body,
         });
         let scope = sigv4::scope(time, &self.region, SIGNING_SERVICE);
         let to_sign = sigv4::string_to_sign(ALGORITHM, time, &scope, &canonical);
-        let sig = key
-            .sign_pss(to_sign.as_bytes())
-            .map_err(|_| SsmError::Sign { operation })?;
-        let sig = base64::engine::general_purpose::STANDARD.encode(sig);
+        let (who, sig) = match signer {
+            Signer::Instance(instance_id, key) => {
+                let sig = key
+                    .sign_pss(to_sign.as_bytes())
+                    .map_err(|_| SsmError::Sign { operation })?;
+                (
+                    instance_id.to_string(),
+                    base64::engine::general_purpose::STANDARD.encode(sig),
+                )
+            }
+            Signer::Role(c) => {
+                let key = sigv4::hmac_signing_key(
+                    c.secret_access_key(),
+                    &time.date,
+                    &self.region,
+                    SIGNING_SERVICE,
+                );
+                (
+                    c.access_key_id().to_string(),
+                    hex::encode(aws_lc_rs::hmac::sign(&key, to_sign.as_bytes())),
+                )
+            }
+        };
         Ok(format!(
-            "{ALGORITHM} Credential={instance_id}/{scope}, SignedHeaders={signed_headers}, Signature={sig}"
+            "{ALGORITHM} Credential={who}/{scope}, SignedHeaders={signed_headers}, Signature={sig}"
         ))
     }
 

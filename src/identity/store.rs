@@ -277,6 +277,26 @@ pub mod ts {
     const EARLIEST: time::OffsetDateTime = time::macros::datetime!(0000-01-01 00:00:00 UTC);
     const LATEST: time::OffsetDateTime = time::macros::datetime!(9999-12-31 23:59:59 UTC);
 
+    /// `t` in RFC 3339 and relative to `now`, as `status` shows times:
+    /// `2026-12-03T11:00:00Z (12s ago)`, `… (in 4m50s)`.
+    pub fn when(t: SystemTime, now: SystemTime) -> String {
+        let rel = match t.duration_since(now) {
+            Ok(d) => format!("in {}", human(d)),
+            Err(e) => format!("{} ago", human(e.duration())),
+        };
+        format!("{} ({rel})", format(t))
+    }
+
+    /// `42s`, `4m50s`, `3h07m`.
+    pub fn human(d: std::time::Duration) -> String {
+        let s = d.as_secs();
+        match s {
+            0..=59 => format!("{s}s"),
+            60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+            _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        }
+    }
+
     pub fn parse(s: &str) -> Option<SystemTime> {
         time::OffsetDateTime::parse(s, &Rfc3339)
             .ok()

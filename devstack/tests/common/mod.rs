@@ -203,6 +203,53 @@ pub fn admin_credentials() -> aws_credential_types::Credentials {
     )
 }
 
+/// POSTs an awsJson 1.1 call (`X-Amz-Target: target`) to `url/`, SigV4-signed for `service`
+/// with `creds` (session token included) by the official signer: how any SDK would send an
+/// operation its model lacks (SSM's UpdateInstanceInformation).
+pub async fn signed_json(
+    url: &str,
+    service: &str,
+    target: &str,
+    body: &serde_json::Value,
+    creds: &aws_credential_types::Credentials,
+) -> reqwest::Response {
+    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+    let identity = creds.clone().into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(REGION)
+        .name(service)
+        .time(std::time::SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .expect("signing params")
+        .into();
+    let mut request = axum::http::Request::builder()
+        .method("POST")
+        .uri(format!("{url}/"))
+        .header("content-type", "application/x-amz-json-1.1")
+        .header("x-amz-target", target)
+        .body(body.to_string().into_bytes())
+        .expect("request");
+    let signable = SignableRequest::new(
+        "POST",
+        request.uri().to_string(),
+        request
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().expect("ascii header"))),
+        SignableBody::Bytes(request.body()),
+    )
+    .expect("signable request");
+    let (instructions, _) = sign(signable, &params).expect("sign").into_parts();
+    instructions.apply_to_request_http1x(&mut request);
+    let request = reqwest::Request::try_from(request).expect("reqwest request");
+    reqwest::Client::new()
+        .execute(request)
+        .await
+        .expect("devstack answers")
+}
+
 /// POSTs an awsQuery form body to `url/`, SigV4-signed for `service` with the admin key.
 pub async fn signed_query(url: &str, service: &str, body: String) -> reqwest::Response {
     use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
