@@ -1,5 +1,5 @@
 //! The agent's own log in the systemd journal (src/logging.rs), against a journald started by
-//! hand (DESIGN.md recipe, the telemetry tests' harness): `hybrid-agent run` whose stderr is the
+//! hand (docs/testing.md "Hand-started journald", the telemetry tests' harness): `hybrid-agent run` whose stderr is the
 //! stream `JOURNAL_STREAM` names writes structured entries — PRIORITY, SYSLOG_IDENTIFIER,
 //! CODE_FILE, CODE_LINE, NODE_NAME, SUBSYSTEM — that `journalctl NODE_NAME=…` selects, and
 //! nothing to stderr; a `JOURNAL_STREAM` naming another stream, or none, keeps the log on stderr
