@@ -676,6 +676,24 @@ fn daemon_checks(paths: &HostPaths, agent: &AgentConfig, checks: &mut Vec<Check>
             .fix(s.action.clone().unwrap_or_default()),
         });
     }
+    if let Some(t) = &report.telemetry
+        && let Some(d) = &t.counters.access_denied
+    {
+        checks.push(
+            Check::new(
+                "telemetry permissions",
+                Outcome::Fail,
+                format!(
+                    "CloudWatch denies {} to this node's IAM role ({}); logs and metrics wait in the spool",
+                    d.operation, d.message
+                ),
+            )
+            .fix(format!(
+                "attach this policy to the node's IAM role (README \"IAM policy for telemetry\"): {}",
+                crate::telemetry::status::telemetry_policy(&t.log_group, &t.metric_namespace)
+            )),
+        );
+    }
     if report.daemon.running
         && let Some(p) = &report.ssm_presence
     {

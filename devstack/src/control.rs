@@ -32,6 +32,9 @@ pub struct FaultRule {
     /// Added latency in milliseconds.
     #[serde(default)]
     pub latency_ms: u64,
+    /// Answer every matching call with AWS's access-denied error (a role without the policy).
+    #[serde(default)]
+    pub deny: bool,
 }
 
 impl FaultRule {
@@ -92,6 +95,13 @@ impl Faults {
     /// Rolls the dice for every matching rule; the first that fires decides the error.
     pub fn injected_error(&self, service: &str, op: &str, proto: Protocol) -> Option<ApiError> {
         for r in self.rules.iter().filter(|r| r.matches(service, op)) {
+            if r.deny {
+                let iam_service = match service {
+                    "monitoring" => "cloudwatch",
+                    other => other,
+                };
+                return Some(ApiError::access_denied(proto, iam_service, op));
+            }
             if r.throttle_rate > 0.0 && rand::random::<f64>() < r.throttle_rate {
                 return Some(ApiError::throttling(proto));
             }

@@ -88,6 +88,18 @@ impl ApiError {
             message,
         )
     }
+    /// What AWS answers a caller whose IAM policy lacks the action (`AccessDeniedException`, 400,
+    /// in JSON services such as CloudWatch Logs; `AccessDenied`, 403, in awsQuery ones such as
+    /// CloudWatch's PutMetricData).
+    pub fn access_denied(proto: Protocol, service: &str, op: &str) -> Self {
+        let message = format!(
+            "User: arn:aws:sts::000000000000:assumed-role/AmazonEKSHybridNodesRole/node is not authorized to perform: {service}:{op} because no identity-based policy allows the {service}:{op} action"
+        );
+        match proto {
+            Protocol::AwsQuery => Self::new(StatusCode::FORBIDDEN, "AccessDenied", message),
+            _ => Self::bad_request("AccessDeniedException", message),
+        }
+    }
     pub fn throttling(proto: Protocol) -> Self {
         let code = match proto {
             // awsQuery services (STS, legacy CloudWatch) call it `Throttling`.

@@ -339,6 +339,7 @@ pub fn classify_metrics(code: Option<&str>, status: Option<u16>) -> Class {
         ) => Class::Reject,
         _ => match super::sink::classify(code, status) {
             Class::Reject => Class::Reject,
+            Class::Denied => Class::Denied,
             Class::Missing | Class::Retry => Class::Retry,
         },
     }
@@ -482,6 +483,7 @@ pub async fn run_metrics(
                 };
                 match res {
                     Ok((accepted, refused)) => {
+                        status.counters.clear_denied("PutMetricData");
                         spool.ack(pos)?;
                         sent += accepted;
                         rejected += refused;
@@ -495,6 +497,11 @@ pub async fn run_metrics(
                             .max(Duration::from_millis(100));
                         if attempt < 3 || attempt.is_multiple_of(10) {
                             tracing::warn!(error = %msg, attempt, delay_ms = d.as_millis() as u64, "PutMetricData failed; points stay on disk and are retried");
+                        }
+                        // `msg` is "<code>: <message>" (put_halving).
+                        let code = msg.split(':').next();
+                        if crate::retry::metrics(code, None) == crate::retry::Class::Denied {
+                            status.counters.set_denied("PutMetricData", &msg);
                         }
                         attempt += 1;
                         state = format!("failing: {msg}");

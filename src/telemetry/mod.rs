@@ -487,6 +487,7 @@ pub async fn run(
         )
     });
 
+    status.update(|s| s.metric_namespace = settings.metric_namespace.clone());
     let metrics_task = settings.metrics_interval.map(|interval| {
         let ms = metrics::MetricsSettings {
             namespace: settings.metric_namespace.clone(),

@@ -86,6 +86,9 @@ pub enum Class {
     Missing,
     /// Throttling, 5xx, network, timeouts, credentials (rotation fixes them): back off and retry.
     Retry,
+    /// The node's role lacks the permission: keep the data, say which policy, back off and
+    /// retry (an operator attaching the policy is what fixes it).
+    Denied,
     /// The request itself is wrong; retrying cannot help.
     Reject,
 }
@@ -97,7 +100,8 @@ pub fn classify(code: Option<&str>, status: Option<u16>) -> Class {
     match crate::retry::logs(code, status) {
         R::Missing => Class::Missing,
         R::Rejected | R::Fatal => Class::Reject,
-        R::Transient | R::Throttled | R::Credentials | R::Denied => Class::Retry,
+        R::Denied => Class::Denied,
+        R::Transient | R::Throttled | R::Credentials => Class::Retry,
     }
 }
 
@@ -377,6 +381,7 @@ impl LogsSink {
             match self.api.put_log_events(&self.group, stream, events).await {
                 Ok(info) => {
                     self.failing.store(false, Ordering::Relaxed);
+                    self.counters.clear_denied("PutLogEvents");
                     let rejected = info.map(|i| rejected_count(i, n)).unwrap_or(0);
                     if rejected > 0 {
                         tracing::warn!(group = %self.group, stream = %stream, rejected, info = ?info, "CloudWatch Logs rejected events (too old, too new or expired); not retried");
@@ -401,6 +406,14 @@ impl LogsSink {
                         // The first replay after creating goes at once.
                     }
                     Class::Retry => {
+                        self.fail(attempt, stream, &e.to_string()).await;
+                        attempt += 1;
+                    }
+                    Class::Denied => {
+                        if attempt == 0 {
+                            tracing::error!(group = %self.group, stream = %stream, error = %e, "CloudWatch Logs denies PutLogEvents to this node's IAM role: the spool keeps the events; attach the policy `hybrid-agent status` shows (README \"IAM policy for telemetry\")");
+                        }
+                        self.counters.set_denied("PutLogEvents", &e.to_string());
                         self.fail(attempt, stream, &e.to_string()).await;
                         attempt += 1;
                     }
@@ -499,6 +512,10 @@ mod tests {
             Class::Reject
         );
         assert_eq!(classify(None, Some(413)), Class::Reject);
+        assert_eq!(
+            classify(Some("AccessDeniedException"), Some(400)),
+            Class::Denied
+        );
     }
 
     #[test]

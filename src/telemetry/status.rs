@@ -28,6 +28,48 @@ pub struct Counters {
     /// Unreadable entries and files earlier daemons counted (this run's reader counts from 0).
     journal_unreadable_before: (u64, u64),
     child_lines_dropped: AtomicU64,
+    /// CloudWatch refuses the node's role a call telemetry needs (set on AccessDenied, cleared
+    /// by the next success of that call).
+    access_denied: std::sync::Mutex<Option<AccessDenied>>,
+}
+
+/// A CloudWatch permission the node's IAM role lacks: telemetry keeps its spool and retries, and
+/// `status`/`doctor` name the call and the policy to attach ([`telemetry_policy`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessDenied {
+    /// `PutLogEvents`, `CreateLogGroup`, `PutMetricData` ...
+    pub operation: String,
+    /// The service's answer (`AccessDeniedException: ...`).
+    pub message: String,
+    /// First refusal of this spell (ms since the epoch).
+    pub since_ms: i64,
+}
+
+/// The least IAM policy telemetry needs (README "IAM policy for telemetry"), for the log group
+/// and metric namespace it writes: the CloudWatch calls the agent makes and nothing else.
+pub fn telemetry_policy(log_group: &str, namespace: &str) -> String {
+    serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "HybridAgentLogs",
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": [
+                    format!("arn:aws:logs:*:*:log-group:{log_group}"),
+                    format!("arn:aws:logs:*:*:log-group:{log_group}:log-stream:*"),
+                ]
+            },
+            {
+                "Sid": "HybridAgentMetrics",
+                "Effect": "Allow",
+                "Action": "cloudwatch:PutMetricData",
+                "Resource": "*",
+                "Condition": { "StringEquals": { "cloudwatch:namespace": namespace } }
+            }
+        ]
+    })
+    .to_string()
 }
 
 macro_rules! adder {
@@ -63,6 +105,31 @@ impl Counters {
                 before.journal_unreadable_files,
             ),
             child_lines_dropped: a(before.child_lines_dropped),
+            access_denied: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Records that CloudWatch refused `operation` for lack of a permission (the first refusal of
+    /// a spell keeps its time).
+    pub fn set_denied(&self, operation: &str, message: &str) {
+        let mut d = self.access_denied.lock().unwrap_or_else(|e| e.into_inner());
+        let since_ms = d
+            .as_ref()
+            .filter(|d| d.operation == operation)
+            .map(|d| d.since_ms)
+            .unwrap_or_else(super::now_ms);
+        *d = Some(AccessDenied {
+            operation: operation.to_owned(),
+            message: message.to_owned(),
+            since_ms,
+        });
+    }
+
+    /// `operation` succeeded: a refusal of it is over.
+    pub fn clear_denied(&self, operation: &str) {
+        let mut d = self.access_denied.lock().unwrap_or_else(|e| e.into_inner());
+        if d.as_ref().is_some_and(|d| d.operation == operation) {
+            *d = None;
         }
     }
 
@@ -116,6 +183,11 @@ impl Counters {
             journal_unreadable_entries: g(&self.journal_unreadable_entries),
             journal_unreadable_files: g(&self.journal_unreadable_files),
             child_lines_dropped: g(&self.child_lines_dropped),
+            access_denied: self
+                .access_denied
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 }
@@ -146,6 +218,9 @@ pub struct CounterSnapshot {
     pub journal_unreadable_files: u64,
     /// Child output lines lost because the agent was shutting down.
     pub child_lines_dropped: u64,
+    /// A CloudWatch call refused for lack of a permission, right now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_denied: Option<AccessDenied>,
 }
 
 /// Per stream.
@@ -186,6 +261,9 @@ pub struct SpoolPart {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TelemetryStatus {
     pub log_group: String,
+    /// The CloudWatch metric namespace (`[telemetry] metric_namespace`).
+    #[serde(default)]
+    pub metric_namespace: String,
     pub streams: BTreeMap<String, StreamStatus>,
     /// All log spools together ([`Self::spool_parts`] summed).
     pub spool_bytes: u64,
@@ -269,6 +347,16 @@ impl TelemetryStatus {
                 .unwrap_or_else(|| "never".into())
         };
         let mut o = String::new();
+        if let Some(d) = &self.counters.access_denied {
+            let _ = writeln!(
+                o,
+                "ACCESS DENIED by CloudWatch ({}) since {}: {}; the spool keeps everything and retries. Attach this policy to the node's IAM role: {}",
+                d.operation,
+                ago(Some(d.since_ms)),
+                d.message,
+                telemetry_policy(&self.log_group, &self.metric_namespace)
+            );
+        }
         let _ = writeln!(o, "logs: group {}", self.log_group);
         if let Some(why) = &self.journal_missing {
             let _ = writeln!(o, "  NO JOURNAL: {why}");
