@@ -1,11 +1,14 @@
 //! Runs the telemetry pipeline standalone, for scripts/bench.d/telemetry and by hand: the same
-//! `hybrid_agent::telemetry::run` that `hybrid-agent run` starts, with static credentials from
-//! the environment instead of the rotated ones.
+//! `hybrid_agent::telemetry::run` that `hybrid-agent run` starts, over the SDK config and HTTP
+//! client the daemon builds (`aws::sdk_config`, `aws::sdk_http_client` from `[network]`), with
+//! static credentials from the environment instead of the rotated ones.
 //!
 //! Environment: `HA_JOURNAL_DIR` (journal directory), `HA_STATE` (state + spool directory),
-//! `HA_URL` (CloudWatch endpoint, e.g. the devstack), `HA_UNITS` (comma-separated, default
-//! `bench`), `HA_EXPECT` (optional: print `DRAINED <lines> <seconds> <cpu-seconds>
-//! <max-anon-rss-kib>` once this many events were shipped), `AWS_ACCESS_KEY_ID`,
+//! `HA_URL` (CloudWatch Logs and metrics endpoint, e.g. the devstack; `https://` for the TLS path
+//! every real CloudWatch call takes), `HA_CA` (optional: a PEM CA bundle trusted as
+//! `[network] ca_bundle` is, e.g. the `tls/ca.pem` of `hybrid-devstack --tls`), `HA_UNITS`
+//! (comma-separated, default `bench`), `HA_EXPECT` (optional: print `DRAINED <lines> <seconds>
+//! <cpu-seconds> <max-anon-rss-kib>` once this many events were shipped), `AWS_ACCESS_KEY_ID`,
 //! `AWS_SECRET_ACCESS_KEY`. Runs until SIGTERM/SIGINT.
 
 use std::path::PathBuf;
@@ -49,6 +52,14 @@ fn main() -> Result<(), String> {
     let expect: Option<u64> = std::env::var("HA_EXPECT").ok().and_then(|v| v.parse().ok());
     let key = env("AWS_ACCESS_KEY_ID")?;
     let secret = env("AWS_SECRET_ACCESS_KEY")?;
+    // `[network]` as the agent config gives it: the extra CA bundle is read and the SDK's
+    // rustls (aws-lc) client built exactly as the daemon builds it.
+    let network = hybrid_agent::config::NetworkConfig {
+        proxy: None,
+        no_proxy: Vec::new(),
+        ca_bundle: std::env::var_os("HA_CA").map(PathBuf::from),
+    };
+    let http = hybrid_agent::aws::sdk_http_client(&network).map_err(|e| e.to_string())?;
     let settings = TelemetrySettings {
         cluster: "bench".into(),
         node: "mi-00000000000000000".into(),
@@ -79,12 +90,13 @@ fn main() -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async move {
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(&url)
-            .region(aws_config::Region::new("us-west-2"))
-            .credentials_provider(aws_credential_types::Credentials::new(key, secret, None, None, "env"))
-            .load()
-            .await;
+        let credentials = aws_credential_types::provider::SharedCredentialsProvider::new(
+            aws_credential_types::Credentials::new(key, secret, None, None, "env"),
+        );
+        let sdk = hybrid_agent::aws::sdk_config("us-west-2", credentials, hybrid_agent::aws::Retries::Caller, http);
+        // As `[endpoints] logs` / `cloudwatch` reach the daemon's telemetry.
+        let url = url.trim_end_matches('/').to_string();
+        let endpoints = telemetry::TelemetryEndpoints { logs: Some(url.clone()), metrics: Some(url) };
         let status = StatusCell::new();
         let (stop, rx) = tokio::sync::watch::channel(false);
         if let Some(n) = expect {
@@ -112,7 +124,7 @@ fn main() -> Result<(), String> {
             }
             let _ = stop.send(true);
         });
-        let deps = telemetry::TelemetryDeps { sdk, child_lines: None, probe: Arc::new(telemetry::NoProbe), endpoints: Default::default() };
+        let deps = telemetry::TelemetryDeps { sdk, child_lines: None, probe: Arc::new(telemetry::NoProbe), endpoints };
         telemetry::run(settings, deps, status, rx).await.map_err(|e| e.to_string())
     })
 }

@@ -29,6 +29,7 @@ pub mod sigv4;
 pub mod ssm;
 pub mod state;
 pub mod sts;
+pub mod tls;
 pub mod wire;
 
 pub use server::{Config, Devstack, DevstackError};

@@ -1,7 +1,8 @@
 //! `hybrid-devstack` — the local AWS stand-in for hybrid-agent's demo, tests and benchmarks.
 //!
 //! Listens on 127.0.0.1 and prints its URL on the first line of stdout, so scripts can read it:
-//! `url=$(hybrid-devstack --port 0 | head -1)`.
+//! `url=$(hybrid-devstack --port 0 | head -1)`. With `--tls` the URL is `https://` and the path
+//! of the CA bundle that verifies it follows the URL lines.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +51,12 @@ struct Args {
     /// its URL on the second line of stdout.
     #[arg(long)]
     kube_api: bool,
+    /// Serve HTTPS instead of plain HTTP, as AWS does: a CA made at start signs the listener's
+    /// certificate for 127.0.0.1 and localhost. The CA's PEM goes to <state-dir>/tls/ca.pem (a
+    /// temporary directory, removed at exit, without --state-dir) and its path is printed on the
+    /// line after the URL(s).
+    #[arg(long)]
+    tls: bool,
 }
 
 /// Client-side helpers that talk to a running devstack with the official AWS SDK, as a user
@@ -115,6 +122,15 @@ fn main() -> ExitCode {
         });
     }
     let args_kube_api = args.kube_api;
+    // The directory the TLS CA is written under; without --state-dir a temporary one, removed
+    // at exit.
+    let temp_dir = (args.tls && args.state_dir.is_none())
+        .then(|| std::env::temp_dir().join(format!("hybrid-devstack-{}", std::process::id())));
+    let tls_dir = if args.tls {
+        args.state_dir.clone().or_else(|| temp_dir.clone())
+    } else {
+        None
+    };
     let config = hybrid_devstack::Config {
         port: args.port,
         state_dir: args.state_dir,
@@ -135,7 +151,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         let (listener, state) = match hybrid_devstack::server::bind(config).await {
             Ok(v) => v,
             Err(e) => {
@@ -143,10 +159,21 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let tls = match &tls_dir {
+            None => None,
+            Some(dir) => match hybrid_devstack::tls::listener_tls(dir) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    eprintln!("hybrid-devstack: cannot set up TLS: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
         match listener.local_addr() {
             Ok(addr) => {
                 use std::io::Write;
-                println!("http://{addr}");
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                println!("{scheme}://{addr}");
                 if args_kube_api {
                     match hybrid_devstack::kube::start(&state, hybrid_devstack::eks::DEMO_CLUSTER)
                         .await
@@ -160,6 +187,9 @@ fn main() -> ExitCode {
                             return ExitCode::FAILURE;
                         }
                     }
+                }
+                if let Some((_, ca_file)) = &tls {
+                    println!("{}", ca_file.display());
                 }
                 let _ = std::io::stdout().flush();
             }
@@ -179,9 +209,27 @@ fn main() -> ExitCode {
                 _ = tokio::signal::ctrl_c() => {},
             }
         };
-        hybrid_devstack::server::serve(listener, state, shutdown).await;
-        ExitCode::SUCCESS
-    })
+        match tls {
+            None => {
+                hybrid_devstack::server::serve(listener, state, shutdown).await;
+                ExitCode::SUCCESS
+            }
+            Some((acceptor, _)) => {
+                match hybrid_devstack::server::serve_tls(listener, state, acceptor, shutdown).await
+                {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("hybrid-devstack: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        }
+    });
+    if let Some(dir) = temp_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    code
 }
 
 fn create_activation(

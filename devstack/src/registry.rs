@@ -1,9 +1,9 @@
 //! The registry half of the ECR stand-in: Debian's `docker-registry` (distribution 2.8), started
-//! on demand on 127.0.0.1 with TLS (a certificate from a CA made here) and htpasswd basic auth
-//! whose only user is `AWS` with the password [`crate::ecr`]'s authorization tokens carry. It
-//! holds the EKS pod sandbox image (`eks/pause:3.5`, built from busybox-static: a static
-//! `busybox sleep` as the sandbox's process), so a node's containerd pulls it with an ECR token
-//! exactly as it would from ECR, and an anonymous pull is refused as ECR refuses it.
+//! on demand on 127.0.0.1 with TLS (a certificate from a CA made at start, [`crate::tls`]) and
+//! htpasswd basic auth whose only user is `AWS` with the password [`crate::ecr`]'s authorization
+//! tokens carry. It holds the EKS pod sandbox image (`eks/pause:3.5`, built from busybox-static:
+//! a static `busybox sleep` as the sandbox's process), so a node's containerd pulls it with an
+//! ECR token exactly as it would from ECR, and an anonymous pull is refused as ECR refuses it.
 //!
 //! A node is pointed at it through containerd's own registry host configuration
 //! (`certs.d/<account>.dkr.ecr.<region>.amazonaws.com/hosts.toml`), never through anything the
@@ -66,11 +66,11 @@ impl Registry {
     /// Starts a registry in `dir` (created) whose user `AWS` has `password`.
     pub fn start(dir: &Path, password: &str) -> Result<Registry, String> {
         std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
-        let (ca_pem, cert_pem, key_pem) = certificates()?;
+        let issued = crate::tls::issue("hybrid-devstack registry")?;
         let ca_file = dir.join("ca.pem");
-        write(&ca_file, ca_pem.as_bytes())?;
-        write(&dir.join("cert.pem"), cert_pem.as_bytes())?;
-        write(&dir.join("key.pem"), key_pem.as_bytes())?;
+        write(&ca_file, issued.ca_pem.as_bytes())?;
+        write(&dir.join("cert.pem"), issued.cert_pem.as_bytes())?;
+        write(&dir.join("key.pem"), issued.key_pem.as_bytes())?;
         let out = Command::new(HTPASSWD_BIN)
             .args(["-Bbn", crate::ecr::TOKEN_USER, password])
             .stdin(Stdio::null())
@@ -131,44 +131,6 @@ impl Registry {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-}
-
-/// A CA and a serving certificate it signs for 127.0.0.1 and localhost (PEM: CA, cert, key).
-fn certificates() -> Result<(String, String, String), String> {
-    let e = |e: rcgen::Error| format!("registry certificate: {e}");
-    let ca_key = rcgen::KeyPair::generate().map_err(e)?;
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(e)?;
-    ca_params.distinguished_name = rcgen::DistinguishedName::new();
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "hybrid-devstack registry CA");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let now = time::OffsetDateTime::now_utc();
-    ca_params.not_before = now - time::Duration::hours(1);
-    ca_params.not_after = now + time::Duration::days(365);
-    let ca_cert = ca_params.self_signed(&ca_key).map_err(e)?;
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().map_err(e)?;
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).map_err(e)?;
-    params
-        .subject_alt_names
-        .push(rcgen::SanType::IpAddress(std::net::IpAddr::V4(
-            Ipv4Addr::LOCALHOST,
-        )));
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "hybrid-devstack registry");
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + time::Duration::days(365);
-    let cert = params.signed_by(&key, &issuer).map_err(e)?;
-    Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
 }
 
 /// An image's blobs: manifest, config, one layer.

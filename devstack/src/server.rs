@@ -158,6 +158,24 @@ pub async fn serve(
         .await;
 }
 
+/// Serves the same routes as [`serve`] over TLS (`acceptor`, from [`crate::tls::listener_tls`])
+/// until `shutdown` resolves.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    state: Shared,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new().fallback(dispatch).with_state(state.clone());
+    let listener = crate::tls::TlsListener::new(
+        crate::control::GatedListener::new(listener, state),
+        acceptor,
+    )?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 /// Which service a request is for, decided from its target header, path or Action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
