@@ -407,6 +407,9 @@ fn check_deb(deb: &Path, tmp: &Path) {
             ),
             (dir, "./usr/share/man/"),
             (dir, "./usr/share/man/man1/"),
+            (dir, "./usr/share/lintian/"),
+            (dir, "./usr/share/lintian/overrides/"),
+            (file, "./usr/share/lintian/overrides/hybrid-agent"),
         ],
         "root/root",
     );

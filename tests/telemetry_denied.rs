@@ -70,12 +70,19 @@ fn access_denied_is_named_with_the_policy_keeps_the_spool_and_ships_once_granted
             && text.contains("cloudwatch:namespace"),
         "{text}"
     );
-    let doctor = node.run(&["doctor"]);
-    let doctor_text = format!("{}{}", doctor.stdout, doctor.stderr);
-    assert!(
-        doctor_text.contains("telemetry permissions")
-            && doctor_text.contains("attach this policy to the node's IAM role"),
-        "{doctor_text}"
+    // doctor reads the state the daemon saves every few seconds.
+    install_support::wait_logged(
+        &node.root,
+        "doctor naming the missing permission",
+        Duration::from_secs(20),
+        &log,
+        || {
+            let doctor = node.run(&["doctor"]);
+            let text = format!("{}{}", doctor.stdout, doctor.stderr);
+            (text.contains("telemetry permissions")
+                && text.contains("attach this policy to the node's IAM role"))
+            .then_some(())
+        },
     );
     assert_eq!(shipped(&node), 0, "nothing got through");
     let spooled = {

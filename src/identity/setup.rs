@@ -168,6 +168,8 @@ pub struct IdentityEnv<'a> {
     /// `--config` given to this command when it is not the default file, so the
     /// credential_process command reads the same agent config.
     pub agent_config_arg: Option<PathBuf>,
+    /// The one service clock of this process ([`Self::service_clock`]).
+    service_clock: std::sync::OnceLock<Arc<SkewedClock>>,
 }
 
 /// Where the package installs the agent: the program named when the running executable's path
@@ -184,7 +186,17 @@ impl<'a> IdentityEnv<'a> {
                 .and_then(std::fs::canonicalize)
                 .unwrap_or_else(|_| PathBuf::from(PACKAGED_PROGRAM)),
             agent_config_arg: None,
+            service_clock: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The host clock corrected by the skew the services report, shared by every client this
+    /// environment builds (rotation, SSM presence, registration), so a skewed host costs one
+    /// rejected signature per process, not one per client. Made from `host_clock` on first use.
+    pub fn service_clock(&self) -> Arc<SkewedClock> {
+        self.service_clock
+            .get_or_init(|| Arc::new(SkewedClock::new(self.host_clock.clone())))
+            .clone()
     }
 
     pub fn store(&self) -> IdentityStore {
@@ -264,7 +276,7 @@ impl<'a> IdentityEnv<'a> {
             region: provider.region.clone(),
             reason,
         })?;
-        let clock = Arc::new(SkewedClock::new(self.host_clock.clone()));
+        let clock = self.service_clock();
         let source = match (&provider.provider, &provider.iam_ra) {
             (ProviderKind::IamRa, Some(ira)) => {
                 Source::IamRa(Box::new(self.iam_ra_source(&region, ira, clock)?))
@@ -330,7 +342,7 @@ impl<'a> IdentityEnv<'a> {
             region: provider.region.clone(),
             reason,
         })?;
-        let clock = Arc::new(SkewedClock::new(self.host_clock.clone()));
+        let clock = self.service_clock();
         let client = self.ssm_client(&region, clock)?;
         Ok(Some((
             client,
@@ -394,7 +406,7 @@ impl<'a> IdentityEnv<'a> {
                 path: store.fingerprint_path(),
                 reason: "missing".into(),
             })?;
-        let clock = Arc::new(SkewedClock::new(self.host_clock.clone()));
+        let clock = self.service_clock();
         let client = self.ssm_client(region, clock)?;
         let mut keys = Vec::new();
         keys.extend(store.load_pending_key()?);
@@ -437,7 +449,7 @@ impl<'a> IdentityEnv<'a> {
                 activation_id,
                 activation_code,
             } => {
-                let clock = Arc::new(SkewedClock::new(self.host_clock.clone()));
+                let clock = self.service_clock();
                 let client = self.ssm_client(region, clock)?;
                 let activation = Activation {
                     id: activation_id.clone(),
