@@ -1,5 +1,6 @@
 //! `hybrid-devstack --tls`: the same routes over HTTPS, verified by a client trusting the CA the
 //! devstack wrote, by IP and by name, and refused by one that does not trust it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_https_to_clients_trusting_its_ca() {
