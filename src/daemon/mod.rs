@@ -121,7 +121,10 @@ pub fn start(paths: &HostPaths, agent: &AgentConfig) -> Result<(), DaemonError> 
         // is then queued for the main loop (which says STOPPING and stops gracefully), never
         // the default action that kills the process.
         let mut signals = Signals::install()?;
+        // Only a unit's sandbox can be lifted (systemd sets INVOCATION_ID for every service it
+        // runs); elsewhere (a container started with no-new-privileges) the agent goes on.
         if agent.supervisor.backend == crate::config::SupervisorBackend::Process
+            && std::env::var_os("INVOCATION_ID").is_some()
             && let Some(why) = sandbox::confinement()
         {
             return Err(sandbox::lift(paths, why).await.into());
