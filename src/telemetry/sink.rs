@@ -100,6 +100,9 @@ pub fn classify(code: Option<&str>, status: Option<u16>) -> Class {
     match crate::retry::logs(code, status) {
         R::Missing => Class::Missing,
         R::Rejected | R::Fatal => Class::Reject,
+        // An account limit (too many groups or streams) is the operator's to free, but no
+        // policy fixes it: retried with backoff, not shown as a missing permission.
+        R::Denied if code == Some("LimitExceededException") => Class::Retry,
         R::Denied => Class::Denied,
         R::Transient | R::Throttled | R::Credentials => Class::Retry,
     }
@@ -515,6 +518,10 @@ mod tests {
         assert_eq!(
             classify(Some("AccessDeniedException"), Some(400)),
             Class::Denied
+        );
+        assert_eq!(
+            classify(Some("LimitExceededException"), Some(400)),
+            Class::Retry
         );
     }
 
