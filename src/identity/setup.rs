@@ -270,12 +270,17 @@ impl<'a> IdentityEnv<'a> {
         self.rotator_from(&self.load_provider()?)
     }
 
-    fn rotator_from(&self, provider: &ProviderConfig) -> Result<Rotator, SetupError> {
-        let region = Region::parse(&provider.region).map_err(|reason| SetupError::Region {
+    /// The region `join` recorded, parsed; an error names provider.json.
+    fn provider_region(&self, provider: &ProviderConfig) -> Result<Region, SetupError> {
+        Region::parse(&provider.region).map_err(|reason| SetupError::Region {
             path: self.provider_path(),
             region: provider.region.clone(),
             reason,
-        })?;
+        })
+    }
+
+    fn rotator_from(&self, provider: &ProviderConfig) -> Result<Rotator, SetupError> {
+        let region = self.provider_region(provider)?;
         let clock = self.service_clock();
         let source = match (&provider.provider, &provider.iam_ra) {
             (ProviderKind::IamRa, Some(ira)) => {
@@ -337,11 +342,7 @@ impl<'a> IdentityEnv<'a> {
             return Ok(None);
         }
         let instance_id = rotator.source().identity();
-        let region = Region::parse(&provider.region).map_err(|reason| SetupError::Region {
-            path: self.provider_path(),
-            region: provider.region.clone(),
-            reason,
-        })?;
+        let region = self.provider_region(provider)?;
         let clock = self.service_clock();
         let client = self.ssm_client(&region, clock)?;
         Ok(Some((
