@@ -28,6 +28,7 @@ pub mod fsutil;
 pub mod identity;
 pub mod install;
 pub mod join;
+pub mod kube;
 pub mod logging;
 pub mod node;
 pub mod output;

@@ -24,6 +24,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("config", 1),
     ("aws", 2),
     ("identity", 3),
+    ("kube", 3),
     ("supervise", 3),
     ("telemetry", 3),
     ("node", 4),
