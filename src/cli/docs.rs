@@ -93,3 +93,34 @@ fn invocation(name: &str) -> String {
         None => name.to_owned(),
     }
 }
+
+pub(super) const RBAC_LONG_ABOUT: &str = "\
+Print the Kubernetes manifests a cluster administrator applies for hybrid-agent \
+(kubectl apply -f -). Without a flag: the automatic lifecycle's cluster-wide disruption lock \
+(a namespace, the lock ConfigMap, a Role and RoleBinding for system:nodes on that one ConfigMap, \
+and a ValidatingAdmissionPolicy that lets a node change only its own entry), needed for \
+[lifecycle] auto_upgrade, reboots and max_node_age. With --drain: a ClusterRole letting nodes \
+cordon themselves and evict pods, needed only in clusters whose authorizer does not already \
+allow it (EKS does; read the risk in its comment). docs/lifecycle.md explains both.
+
+Example:
+  hybrid-agent rbac | kubectl apply -f -";
+
+/// `rbac` flags.
+#[derive(Debug, Clone, Args)]
+pub struct RbacArgs {
+    /// The drain permissions instead of the lifecycle lock.
+    #[arg(long)]
+    pub drain: bool,
+}
+
+pub(super) fn rbac(args: &RbacArgs, ctx: &mut Context<'_>) -> Result<(), CliError> {
+    ctx.write(
+        "rbac",
+        if args.drain {
+            crate::join::drain::NODE_DRAIN_RBAC
+        } else {
+            crate::join::drain::LIFECYCLE_RBAC
+        },
+    )
+}

@@ -18,20 +18,26 @@ User data is kept unless --purge: containerd's image store (/var/lib/containerd)
 telemetry spool. An interrupted leave continues where it stopped when run again.
 
 Before it changes anything, leave checks (and otherwise refuses, changing nothing):
-- that the node is drained and cordoned: no pods bound to it in the cluster but DaemonSet pods, \
-mirror (static) pods and finished pods, asked with the node's own credentials, as nodeadm's \
-uninstall does. Drain it first: kubectl drain NODE --ignore-daemonsets. --force skips this \
-check (for a cluster that is gone or unreachable);
 - that nothing is mounted at or beneath anything it would remove (pod volumes, subPath binds \
 and CSI mounts under /var/lib/kubelet). leave never deletes what is mounted, not even with \
 --force: unmount them, then run leave again.
+
+Then it drains the node with the node's own credentials, as `kubectl drain --ignore-daemonsets` \
+would: cordon it, evict every pod bound to it through the Eviction API (PodDisruptionBudgets are \
+honoured: a refused eviction is asked again with backoff until --drain-timeout), leave DaemonSet, \
+mirror (static) and finished pods, and wait for the evicted pods to be gone. If the drain cannot \
+finish in time, leave uncordons the node, names the PodDisruptionBudget that held it, and changes \
+nothing. In a cluster that does not let nodes evict (EKS does; see `hybrid-agent rbac --drain`), \
+leave behaves as nodeadm's uninstall: it refuses unless the node is already drained and \
+cordoned (kubectl drain NODE --ignore-daemonsets), and prints the manifest that would allow it. \
+--force skips the drain (for a cluster that is gone or unreachable).
 
 The node's Node object stays in the cluster: Kubernetes does not let a node delete its own. \
 Delete it afterwards (kubectl delete node NODE); leave prints the node's name.
 
 Example:
-  kubectl drain NODE --ignore-daemonsets    # where kubectl has cluster-admin
   hybrid-agent leave
+  hybrid-agent leave --drain-timeout 15m   # budgets that free slowly
   hybrid-agent leave --purge
   hybrid-agent leave --force               # the cluster is gone";
 
@@ -41,10 +47,14 @@ pub struct LeaveArgs {
     /// Also remove containerd's image store and the telemetry spool.
     #[arg(long)]
     pub purge: bool,
-    /// Leave without checking that the node is drained and cordoned (a cluster that is gone or
-    /// unreachable). Never removes what is mounted.
+    /// Leave without draining the node or checking that it is drained (a cluster that is gone
+    /// or unreachable). Never removes what is mounted.
     #[arg(long)]
     pub force: bool,
+    /// How long the drain may take before leave gives up, uncordons the node and changes
+    /// nothing.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = super::install::parse_wait)]
+    pub drain_timeout: std::time::Duration,
 }
 
 pub(super) fn run(args: &LeaveArgs, ctx: &mut Context<'_>) -> Result<(), CliError> {
@@ -57,6 +67,10 @@ pub(super) fn run(args: &LeaveArgs, ctx: &mut Context<'_>) -> Result<(), CliErro
         &LeaveOptions {
             purge: args.purge,
             force: args.force,
+            drain: crate::kube::drain::DrainOptions {
+                timeout: args.drain_timeout,
+                ..Default::default()
+            },
         },
     ))?;
     let mut text = String::new();

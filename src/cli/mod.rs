@@ -136,6 +136,10 @@ pub enum Command {
     /// into the node's AWS config file).
     #[command(long_about = credential_process::LONG_ABOUT)]
     CredentialProcess(credential_process::CredentialProcessArgs),
+    /// Print the RBAC manifest a cluster administrator applies for the automatic lifecycle (or,
+    /// with --drain, for drains where nodes may not evict).
+    #[command(long_about = docs::RBAC_LONG_ABOUT)]
+    Rbac(docs::RbacArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(long_about = docs::COMPLETIONS_LONG_ABOUT)]
     Completions(docs::CompletionsArgs),
@@ -363,6 +367,7 @@ pub fn run(cli: &Cli, env: &Env, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Token(args) => token::run(args, &mut ctx),
         Command::CredentialProcess(args) => credential_process::run(args, &mut ctx),
         Command::Completions(args) => docs::completions(args, &mut ctx),
+        Command::Rbac(args) => docs::rbac(args, &mut ctx),
         Command::Manpages(args) => docs::manpages(args, &mut ctx),
     }
 }

@@ -1,54 +1,323 @@
-//! `leave`'s drain check: before anything changes, the node must be drained and cordoned, as
-//! nodeadm's uninstall requires (cmd/nodeadm/uninstall/uninstall.go, internal/node/pods.go,
-//! internal/node/validations.go).
+//! Draining the node before `upgrade` and `leave`, with the node's own credentials.
 //!
-//! The check asks the cluster's API server with the node's own credentials, the way `join`'s
-//! Ready check does ([`super::ready::api_client`]): the pods bound to the node
-//! (`GET /api/v1/pods?fieldSelector=spec.nodeName=<node>`) and the Node object. Pods that do
-//! not count, as `kubectl drain --ignore-daemonsets` does not evict them: pods controlled by a
-//! DaemonSet, mirror pods (static pods, annotation `kubernetes.io/config.mirror`), and pods that
-//! have finished (phase Succeeded or Failed). A Node object that does not exist counts as
-//! cordoned (nodeadm: `IsUnscheduled` is satisfied by NotFound).
+//! First an access review ([`crate::kube::access::drain_rights`]): may the node cordon itself,
+//! list its pods and evict them? On EKS it may (the Node authorizer's rules and NodeRestriction;
+//! docs/lifecycle.md), and then the node drains itself ([`crate::kube::drain`]): cordon, evict
+//! through the Eviction API so PodDisruptionBudgets hold, wait for the pods to be gone. What the
+//! drain did to the cordon is journaled first ([`DRAIN_RECORD`]), so that an interrupted upgrade
+//! run again, or the daemon, knows whether the cordon is ours to lift.
 //!
-//! When the API server cannot be asked (nothing answers, the CA does not match, the node's
-//! credentials are refused), `leave` refuses as nodeadm does and says why; `--force` is the way
-//! to leave a cluster that is gone.
+//! Where the node may not, the agent behaves as nodeadm's uninstall and upgrade do
+//! (cmd/nodeadm/uninstall/uninstall.go, internal/node/pods.go, internal/node/validations.go):
+//! [`check`] that the node is already drained and cordoned, refuse otherwise, and print the
+//! manifest a cluster administrator applies to let nodes drain themselves
+//! (packaging/rbac/hybrid-agent-node-drain.yaml).
+//!
+//! The check counts pods as `kubectl drain --ignore-daemonsets` does
+//! ([`crate::kube::drain::evictable`]). A Node object that does not exist counts as cordoned
+//! (nodeadm: `IsUnscheduled` is satisfied by NotFound). When the API server cannot be asked
+//! (nothing answers, the CA does not match, the node's credentials are refused), both refuse
+//! and say why; `--force` is the way to leave a cluster that is gone.
 
-use std::time::{Duration, SystemTime};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
 
-use super::ready;
-use crate::aws::eks_token;
-use crate::aws::http::{self, TransportKind};
+use serde::{Deserialize, Serialize};
 
-/// How many times the pod list is asked for before the check gives up (nodeadm's `ListRetry`
-/// makes 5 attempts: internal/kubernetes/retry.go; fewer here, each with the 5 s connect
-/// timeout of [`ready::API_CONNECT_TIMEOUT`]).
-pub const ATTEMPTS: u32 = 3;
-/// Pause between two attempts.
-const RETRY_PAUSE: Duration = Duration::from_millis(500);
+use crate::config::AgentConfig;
+use crate::identity::setup::IdentityEnv;
+use crate::kube::drain::{self as kdrain, DrainOptions, Drained};
+use crate::kube::{Api, KubeError, Target, access};
+use crate::paths::HostPaths;
+
+use super::cloud;
+use super::record::NodeRecord;
+
 /// Pods named in a refusal; the rest are counted.
 pub const PODS_NAMED: usize = 10;
-/// Annotation kubelet puts on the API object of a static pod. k8s.io/api core/v1
-/// `MirrorPodAnnotationKey`.
-pub const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
+/// The journal of a drain in progress or of a cordon this agent placed, under the state
+/// directory: removed once the node is uncordoned (or has left).
+pub const DRAIN_RECORD: &str = "/var/lib/hybrid-agent/drain.json";
+/// What a cluster administrator applies where nodes may not drain themselves.
+pub const NODE_DRAIN_RBAC: &str = include_str!("../../packaging/rbac/hybrid-agent-node-drain.yaml");
 
-/// Where and as whom to ask: the same API server, node and credentials join's Ready check uses.
-pub type DrainCheck<'a> = super::ready::ReadyCheck<'a>;
+/// What a cluster administrator applies for the automatic lifecycle's disruption lock.
+pub const LIFECYCLE_RBAC: &str = include_str!("../../packaging/rbac/hybrid-agent-lifecycle.yaml");
 
-/// What a passed check found.
+/// What [`DRAIN_RECORD`] holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainRecord {
+    pub node: String,
+    /// The node was already cordoned when the drain began: the cordon is not ours to lift.
+    pub cordoned_before: bool,
+    /// What the drain was for (`upgrade to 1.32.3`, `leave`).
+    pub purpose: String,
+    /// Seconds since the epoch.
+    pub started: u64,
+}
+
+impl DrainRecord {
+    pub fn load(paths: &HostPaths) -> Option<DrainRecord> {
+        let text = std::fs::read(paths.resolve(DRAIN_RECORD)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    fn save(&self, paths: &HostPaths) -> Result<(), String> {
+        let path = paths.resolve(DRAIN_RECORD);
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        crate::fsutil::replace_file(
+            &path,
+            &bytes,
+            0o600,
+            crate::fsutil::TempName::Suffix(".tmp"),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    pub fn remove(paths: &HostPaths) {
+        let _ = std::fs::remove_file(paths.resolve(DRAIN_RECORD));
+    }
+}
+
+/// The node's view of its cluster, with its current credentials read for every request.
+pub fn api(agent: &AgentConfig, record: &NodeRecord) -> Result<Api, KubeError> {
+    let creds_agent = agent.clone();
+    Api::new(
+        Target {
+            endpoint: record.cluster_details.api_server_endpoint.clone(),
+            ca_pem: record.cluster_details.ca_pem.clone(),
+            cluster: record.cluster.clone(),
+            region: record.region.clone(),
+            node_name: record.node_name.clone(),
+        },
+        &agent.network,
+        Arc::new(move || cloud::credentials(&creds_agent).map_err(|e| e.to_string())),
+    )
+}
+
+/// Refreshes the node's credentials once (after a 401 or missing credentials).
+async fn refresh(paths: &HostPaths, agent: &AgentConfig) -> bool {
+    match IdentityEnv::new(paths, agent).rotator() {
+        Ok(mut r) => r.refresh_once().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// How a drain before `upgrade`/`leave` ended well.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Drained {
-    /// Pods bound to the node that do not block (DaemonSet, mirror, finished).
-    pub ignored: usize,
-    /// The Node object exists (cordoned); false when it was never registered or was deleted.
-    pub registered: bool,
+pub enum DrainOutcome {
+    /// The node drained itself.
+    Drained(Drained),
+    /// The node may not drain itself, but it was drained and cordoned already.
+    AlreadyDrained(Checked),
+}
+
+impl DrainOutcome {
+    /// One line for the command's report.
+    pub fn line(&self, node: &str) -> String {
+        match self {
+            DrainOutcome::Drained(d) => format!(
+                "drained node {node} in {:.1}s: {} evicted{}{}{}",
+                d.took.as_secs_f64(),
+                match d.evicted.len() {
+                    0 => "no pods".to_owned(),
+                    1 => format!("1 pod ({})", d.evicted[0]),
+                    n => format!(
+                        "{n} pods ({})",
+                        d.evicted
+                            .iter()
+                            .take(PODS_NAMED)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                },
+                if d.refusals > 0 {
+                    format!(", after {} refusals by PodDisruptionBudgets", d.refusals)
+                } else {
+                    String::new()
+                },
+                if d.ignored > 0 {
+                    format!(", {} DaemonSet, mirror or finished left", d.ignored)
+                } else {
+                    String::new()
+                },
+                if !d.registered {
+                    " (no Node object to cordon)"
+                } else if d.cordoned_now {
+                    " (cordoned by this drain)"
+                } else {
+                    " (it was cordoned already)"
+                }
+            ),
+            DrainOutcome::AlreadyDrained(c) => format!(
+                "node {node} is drained{} ({} DaemonSet, mirror or finished {} not counted)",
+                if c.registered {
+                    " and cordoned"
+                } else {
+                    " (no Node object in the cluster)"
+                },
+                c.ignored,
+                if c.ignored == 1 { "pod" } else { "pods" }
+            ),
+        }
+    }
+}
+
+/// Why the node could not be drained.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainFailure {
+    /// The node drained itself and that stopped (deadline, refused eviction, API failure).
+    #[error("{0}")]
+    Drain(#[from] kdrain::DrainError),
+    /// The node may not drain itself, and is not drained (or that cannot be told).
+    #[error(
+        "{check}.\nThis node may not drain itself in cluster {cluster}: the access review denies it {denied}. A cluster administrator can allow it (read the comment on NodeRestriction first) with `hybrid-agent rbac --drain | kubectl apply -f -`, which applies:\n\n{manifest}"
+    )]
+    NoRights {
+        check: DrainError,
+        cluster: String,
+        denied: String,
+        manifest: &'static str,
+    },
+    /// The check alone (the access review could not be made either).
+    #[error("{0}")]
+    Check(DrainError),
+}
+
+/// Drains the node with its own rights, or where it has none, checks that it is drained (see
+/// the module docs). `purpose` is journaled.
+pub async fn drain(
+    paths: &HostPaths,
+    agent: &AgentConfig,
+    record: &NodeRecord,
+    opts: &DrainOptions,
+    purpose: &str,
+) -> Result<DrainOutcome, DrainFailure> {
+    let unknown = |why: String, auth: bool| {
+        DrainFailure::Check(DrainError::Unknown {
+            node: record.node_name.clone(),
+            why,
+            auth,
+        })
+    };
+    let api = api(agent, record).map_err(|e| unknown(e.to_string(), false))?;
+    let rights = access::drain_rights(&record.node_name);
+    let denied = match access::review(&api, &rights).await {
+        Err(e) if e.is_auth() && refresh(paths, agent).await => access::review(&api, &rights).await,
+        other => other,
+    }
+    .map_err(|e| unknown(e.to_string(), e.is_auth()))?;
+    if !denied.is_empty() {
+        let denied_text = denied
+            .iter()
+            .map(|d| {
+                format!(
+                    "`{}` (to {}){}",
+                    d.right.describe(),
+                    d.right.purpose,
+                    if d.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", d.reason)
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        return match check_with(&api, &record.node_name).await {
+            Ok(c) => Ok(DrainOutcome::AlreadyDrained(c)),
+            Err(check) => Err(DrainFailure::NoRights {
+                check,
+                cluster: record.cluster.clone(),
+                denied: denied_text,
+                manifest: NODE_DRAIN_RBAC,
+            }),
+        };
+    }
+    let earlier = DrainRecord::load(paths).filter(|r| r.node == record.node_name);
+    let journal = |cordoned_before: bool| {
+        DrainRecord {
+            node: record.node_name.clone(),
+            cordoned_before,
+            purpose: purpose.to_owned(),
+            started: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default(),
+        }
+        .save(paths)
+    };
+    let drained = kdrain::drain(&api, opts, earlier.map(|r| r.cordoned_before), journal).await;
+    if let Err(e) = &drained {
+        // Uncordoned again (or never ours): nothing of this drain to remember.
+        if !matches!(
+            e,
+            kdrain::DrainError::Deadline {
+                uncordon: kdrain::Uncordon::Failed(_),
+                ..
+            } | kdrain::DrainError::Refused {
+                uncordon: kdrain::Uncordon::Failed(_),
+                ..
+            } | kdrain::DrainError::Api {
+                uncordon: kdrain::Uncordon::Failed(_),
+                ..
+            }
+        ) {
+            DrainRecord::remove(paths);
+        }
+    }
+    Ok(DrainOutcome::Drained(drained?))
+}
+
+/// Lifts the cordon a drain recorded as its own ([`DRAIN_RECORD`]) and forgets the drain. A
+/// line for the report, or a warning.
+pub async fn uncordon(
+    paths: &HostPaths,
+    agent: &AgentConfig,
+    record: &NodeRecord,
+) -> Result<Option<String>, String> {
+    let Some(drained) = DrainRecord::load(paths).filter(|r| r.node == record.node_name) else {
+        return Ok(None);
+    };
+    if drained.cordoned_before {
+        DrainRecord::remove(paths);
+        return Ok(Some(format!(
+            "node {} stays cordoned: it was cordoned before the drain (`kubectl uncordon {}` when it should take pods again)",
+            record.node_name, record.node_name
+        )));
+    }
+    let api = api(agent, record).map_err(|e| e.to_string())?;
+    let mut done = kdrain::set_unschedulable(&api, false).await;
+    if matches!(&done, Err(e) if e.is_auth()) && refresh(paths, agent).await {
+        done = kdrain::set_unschedulable(&api, false).await;
+    }
+    match done {
+        Ok(()) | Err(KubeError::Status { code: 404, .. }) => {
+            DrainRecord::remove(paths);
+            Ok(Some(format!("uncordoned node {}", record.node_name)))
+        }
+        Err(e) => Err(format!(
+            "node {node} is still cordoned: uncordoning it failed ({e}); `kubectl uncordon {node}`, or run the command again",
+            node = record.node_name
+        )),
+    }
+}
+
+/// Whether a drain journal exists under `root` (for `status`).
+pub fn pending(paths: &HostPaths) -> bool {
+    Path::new(&paths.resolve(DRAIN_RECORD)).exists()
 }
 
 /// Why the node may not leave yet, or why that cannot be told.
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
     #[error(
-        "node {node} is not drained: {} still {} on it: {}{}{}. Drain it first (`kubectl drain {node} --ignore-daemonsets`, which also cordons it), then run `hybrid-agent leave` again; or `hybrid-agent leave --force` to leave anyway (the pods stop with the node)",
+        "node {node} is not drained: {} still {} on it: {}{}{}. Drain it first (`kubectl drain {node} --ignore-daemonsets`, which also cordons it), then run the command again; or add `--force` to go on anyway (the pods stop with the node)",
         pods_count(.pods.len() + .more), if .pods.len() + .more == 1 { "runs" } else { "run" },
         .pods.join(", "),
         if *.more > 0 { format!(" and {} more", .more) } else { String::new() },
@@ -62,11 +331,11 @@ pub enum DrainError {
         cordoned: bool,
     },
     #[error(
-        "node {node} runs no pods that need draining but is not cordoned: the scheduler can still place pods on it. Cordon it (`kubectl cordon {node}`, or `kubectl drain {node} --ignore-daemonsets`), then run `hybrid-agent leave` again; or `hybrid-agent leave --force`"
+        "node {node} runs no pods that need draining but is not cordoned: the scheduler can still place pods on it. Cordon it (`kubectl cordon {node}`, or `kubectl drain {node} --ignore-daemonsets`), then run the command again; or add `--force`"
     )]
     NotCordoned { node: String },
     #[error(
-        "cannot tell whether node {node} is drained: {why}. nodeadm's uninstall refuses in this case too. If the cluster is gone, or you know the node is drained, run `hybrid-agent leave --force`"
+        "cannot tell whether node {node} is drained: {why}. nodeadm refuses in this case too. If the cluster is gone, or you know the node is drained, add `--force`"
     )]
     Unknown {
         node: String,
@@ -84,58 +353,67 @@ fn pods_count(n: usize) -> String {
     }
 }
 
-/// One answer of the API server.
-enum Answer {
-    Ok(serde_json::Value),
-    NotFound,
+/// What a passed check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// Pods bound to the node that do not block (DaemonSet, mirror, finished).
+    pub ignored: usize,
+    /// The Node object exists (cordoned); false when it was never registered or was deleted.
+    pub registered: bool,
 }
 
-/// Runs the check. See the module docs.
-pub async fn check(c: &DrainCheck<'_>) -> Result<Drained, DrainError> {
-    let endpoint = c.endpoint.trim_end_matches('/');
-    let unknown = |why: String| DrainError::Unknown {
-        node: c.node_name.to_owned(),
-        why,
+/// nodeadm's check, with fresh credentials once when those on disk are missing or refused.
+pub async fn check(
+    paths: &HostPaths,
+    agent: &AgentConfig,
+    record: &NodeRecord,
+) -> Result<Checked, DrainError> {
+    let api = api(agent, record).map_err(|e| DrainError::Unknown {
+        node: record.node_name.clone(),
+        why: e.to_string(),
         auth: false,
-    };
-    let refused = |e: Refusal| DrainError::Unknown {
-        node: c.node_name.to_owned(),
-        why: e.why,
-        auth: e.auth,
-    };
-    let client = ready::api_client(c.ca_pem, c.cluster, c.network).map_err(unknown)?;
-    let mut pods_url = ready::api_url(endpoint, &["api", "v1", "pods"]).map_err(unknown)?;
-    pods_url
-        .query_pairs_mut()
-        .append_pair("fieldSelector", &format!("spec.nodeName={}", c.node_name));
-    let node_url =
-        ready::api_url(endpoint, &["api", "v1", "nodes", c.node_name]).map_err(unknown)?;
-
-    let pods = match get(&client, &pods_url, c).await.map_err(refused)? {
-        Answer::Ok(list) => list,
-        Answer::NotFound => {
-            return Err(unknown(format!(
-                "the API server at {endpoint} has no pod list (404 for {pods_url})"
-            )));
+    })?;
+    match check_with(&api, &record.node_name).await {
+        Err(DrainError::Unknown { auth: true, .. }) if refresh(paths, agent).await => {
+            check_with(&api, &record.node_name).await
         }
+        other => other,
+    }
+}
+
+async fn check_with(api: &Api, node: &str) -> Result<Checked, DrainError> {
+    let unknown = |e: KubeError| DrainError::Unknown {
+        node: node.to_owned(),
+        auth: e.is_auth(),
+        why: match e {
+            KubeError::Status {
+                code: 403, message, ..
+            } => {
+                format!("the API server forbids node {node} to list its pods (403: {message})")
+            }
+            KubeError::Status { code: 404, .. } => {
+                "the API server has no pod list (404)".to_owned()
+            }
+            e => e.to_string(),
+        },
     };
-    let items = pods["items"].as_array().cloned().unwrap_or_default();
-    let mut blocking: Vec<String> = items
+    let pods = kdrain::pods(api).await.map_err(unknown)?;
+    let mut blocking: Vec<String> = pods
         .iter()
-        .filter(|p| blocks_drain(p))
-        .map(pod_name)
+        .filter(|p| kdrain::evictable(p))
+        .map(kdrain::pod_name)
         .collect();
     blocking.sort();
-    let ignored = items.len() - blocking.len();
-    let (registered, cordoned) = match get(&client, &node_url, c).await.map_err(refused)? {
-        Answer::Ok(node) => (true, node["spec"]["unschedulable"] == true),
-        Answer::NotFound => (false, true),
+    let ignored = pods.len() - blocking.len();
+    let (registered, cordoned) = match kdrain::node(api).await.map_err(unknown)? {
+        Some(n) => (true, kdrain::is_cordoned(&n)),
+        None => (false, true),
     };
     if !blocking.is_empty() {
         let more = blocking.len().saturating_sub(PODS_NAMED);
         blocking.truncate(PODS_NAMED);
         return Err(DrainError::NotDrained {
-            node: c.node_name.to_owned(),
+            node: node.to_owned(),
             pods: blocking,
             more,
             cordoned,
@@ -143,154 +421,18 @@ pub async fn check(c: &DrainCheck<'_>) -> Result<Drained, DrainError> {
     }
     if !cordoned {
         return Err(DrainError::NotCordoned {
-            node: c.node_name.to_owned(),
+            node: node.to_owned(),
         });
     }
-    Ok(Drained {
+    Ok(Checked {
         ignored,
         registered,
     })
 }
 
-/// Why the API server could not be asked.
-struct Refusal {
-    why: String,
-    auth: bool,
-}
-
-impl From<String> for Refusal {
-    fn from(why: String) -> Self {
-        Refusal { why, auth: false }
-    }
-}
-
-/// GETs `url` with a fresh token, retrying transport failures and 5xx/429 answers.
-async fn get(
-    client: &reqwest::Client,
-    url: &reqwest::Url,
-    c: &DrainCheck<'_>,
-) -> Result<Answer, Refusal> {
-    let endpoint = c.endpoint.trim_end_matches('/');
-    let mut last = String::new();
-    for attempt in 1..=ATTEMPTS {
-        if attempt > 1 {
-            tokio::time::sleep(RETRY_PAUSE).await;
-        }
-        let token = eks_token::token(c.credentials, c.cluster, c.region, SystemTime::now());
-        let sent = client
-            .get(url.clone())
-            .bearer_auth(&token.token)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
-            .await;
-        let resp = match sent {
-            Ok(r) => r,
-            Err(e) => {
-                let (kind, detail) = http::classify(&e);
-                if kind == TransportKind::Tls {
-                    return Err(Refusal::from(format!(
-                        "the API server at {endpoint} is not the cluster's: its certificate does not verify against the CA of cluster {} ({detail})",
-                        c.cluster
-                    )));
-                }
-                last = format!("nothing answers at the API server endpoint {endpoint} ({detail})");
-                continue;
-            }
-        };
-        let status = resp.status();
-        let body = resp.bytes().await.unwrap_or_default();
-        match status.as_u16() {
-            200 => {
-                return serde_json::from_slice(&body).map(Answer::Ok).map_err(|e| {
-                    Refusal::from(format!("the API server at {endpoint} answered {url} with something that is not JSON ({e})"))
-                });
-            }
-            404 => return Ok(Answer::NotFound),
-            401 => {
-                return Err(Refusal {
-                    why: format!(
-                        "the API server at {endpoint} refused the node's credentials (401 Unauthorized: expired credentials, or cluster {} has no access entry for the node's IAM role)",
-                        c.cluster
-                    ),
-                    auth: true,
-                });
-            }
-            403 => {
-                return Err(Refusal::from(format!(
-                    "the API server at {endpoint} forbids node {} to list its pods (403: {})",
-                    c.node_name,
-                    ready::status_message(&body)
-                )));
-            }
-            code if code == 429 || code >= 500 => {
-                last = format!(
-                    "the API server at {endpoint} answered {status}: {}",
-                    ready::status_message(&body)
-                );
-            }
-            _ => {
-                return Err(Refusal::from(format!(
-                    "the API server at {endpoint} answered {status}: {}",
-                    ready::status_message(&body)
-                )));
-            }
-        }
-    }
-    Err(Refusal::from(format!("{last} (asked {ATTEMPTS} times)")))
-}
-
-/// Whether a pod bound to the node keeps it from being drained (what `kubectl drain
-/// --ignore-daemonsets` would evict).
-pub fn blocks_drain(pod: &serde_json::Value) -> bool {
-    let daemonset = pod["metadata"]["ownerReferences"]
-        .as_array()
-        .is_some_and(|refs| {
-            refs.iter()
-                .any(|r| r["controller"] == true && r["kind"] == "DaemonSet")
-        });
-    let mirror = pod["metadata"]["annotations"]
-        .get(MIRROR_POD_ANNOTATION)
-        .is_some();
-    let finished = matches!(
-        pod["status"]["phase"].as_str(),
-        Some("Succeeded" | "Failed")
-    );
-    !(daemonset || mirror || finished)
-}
-
-/// `namespace/name`.
-fn pod_name(pod: &serde_json::Value) -> String {
-    format!(
-        "{}/{}",
-        pod["metadata"]["namespace"].as_str().unwrap_or("default"),
-        pod["metadata"]["name"].as_str().unwrap_or("?")
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn daemonset_mirror_and_finished_pods_do_not_block() {
-        let plain = json!({"metadata": {"namespace": "app", "name": "web-1"}, "status": {"phase": "Running"}});
-        assert!(blocks_drain(&plain));
-        assert_eq!(pod_name(&plain), "app/web-1");
-        let ds = json!({"metadata": {"ownerReferences": [
-            {"kind": "DaemonSet", "name": "kube-proxy", "controller": true}]}});
-        assert!(!blocks_drain(&ds));
-        // Owned, but not controlled, by a DaemonSet: kubectl drain evicts it.
-        let owned = json!({"metadata": {"ownerReferences": [
-            {"kind": "DaemonSet", "name": "x"}, {"kind": "ReplicaSet", "name": "y", "controller": true}]}});
-        assert!(blocks_drain(&owned));
-        let mirror = json!({"metadata": {"annotations": {MIRROR_POD_ANNOTATION: "abc"}}});
-        assert!(!blocks_drain(&mirror));
-        for phase in ["Succeeded", "Failed"] {
-            assert!(!blocks_drain(&json!({"status": {"phase": phase}})));
-        }
-        assert!(blocks_drain(&json!({"status": {"phase": "Pending"}})));
-    }
 
     #[test]
     fn the_refusal_names_at_most_ten_pods_and_counts_the_rest() {

@@ -2,7 +2,11 @@
 //!
 //! Before anything changes, two checks; when either fails `leave` refuses and changes nothing
 //! (a user expects nothing half-done), naming what stands in the way and the fix:
-//! - the node is drained and cordoned ([`super::drain`]), unless `--force`;
+//! - the node is drained and cordoned, unless `--force`: the node drains itself (cordon, evict
+//!   through the Eviction API so PodDisruptionBudgets hold) when the cluster lets it, as EKS
+//!   does; otherwise it must have been drained by an administrator, as nodeadm's uninstall
+//!   requires ([`super::drain`]). Run after the mount check, so a refusal for a mount does not
+//!   drain the node first;
 //! - nothing is mounted at or beneath any path `leave` would remove, outside the components'
 //!   pod state. `--force` does not override this: `leave` never deletes what is mounted. Every
 //!   removal re-checks ([`crate::node::mounts::remove_tree`]), so a mount made after the check
@@ -59,8 +63,10 @@ pub const POD_STATE_TREES: [&str; 3] = [
 pub struct LeaveOptions {
     /// Also remove the containerd image store and the telemetry spool.
     pub purge: bool,
-    /// Skip the drain check (never the mount check).
+    /// Skip the drain (never the mount check).
     pub force: bool,
+    /// How long the drain may take, and its retry pace.
+    pub drain: crate::kube::drain::DrainOptions,
 }
 
 /// What `leave` did.
@@ -372,22 +378,6 @@ async fn preflight(
 ) -> Result<Vec<PathBuf>, LeaveError> {
     let mut held = Vec::new();
     let mut problems = Vec::new();
-    if progress.is_done("stop-components") {
-        // Checked when this leave began; kubelet is stopped since.
-    } else if opts.force {
-        report
-            .lines
-            .push("--force: the node was not checked for pods still running on it".to_owned());
-    } else if let Some(record) = &progress.record {
-        match drained(paths, agent, record).await {
-            Ok(line) => report.lines.push(line),
-            Err(e) => problems.push(e.to_string()),
-        }
-    } else {
-        report.lines.push(
-            "no node record (join never completed): no node in a cluster to drain".to_owned(),
-        );
-    }
     match mounted_beneath_removals(paths, agent, opts, progress) {
         Ok(mounts) if mounts.is_empty() => {}
         Ok(all) => {
@@ -418,6 +408,24 @@ async fn preflight(
             }
         }
         Err(e) => problems.push(e),
+    }
+    if !problems.is_empty() {
+        // Refused for what is mounted: the node is not drained for a leave that cannot happen.
+    } else if progress.is_done("stop-components") {
+        // Drained when this leave began; kubelet is stopped since.
+    } else if opts.force {
+        report.lines.push(
+            "--force: the node was not drained nor checked for pods still running on it".to_owned(),
+        );
+    } else if let Some(record) = &progress.record {
+        match super::drain::drain(paths, agent, record, &opts.drain, "leave").await {
+            Ok(outcome) => report.lines.push(outcome.line(&record.node_name)),
+            Err(e) => problems.push(e.to_string()),
+        }
+    } else {
+        report.lines.push(
+            "no node record (join never completed): no node in a cluster to drain".to_owned(),
+        );
     }
     if problems.is_empty() {
         Ok(held)
@@ -484,59 +492,6 @@ fn mounted_beneath_removals(
         &table,
         &targets,
         &kept(paths, agent, opts),
-    ))
-}
-
-/// The drain check with the node's credentials (fresh ones once, when those on disk are
-/// missing or refused).
-async fn drained(
-    paths: &HostPaths,
-    agent: &AgentConfig,
-    record: &NodeRecord,
-) -> Result<String, super::drain::DrainError> {
-    let ask = |credentials: aws_credential_types::Credentials| async move {
-        let check = super::drain::DrainCheck {
-            endpoint: &record.cluster_details.api_server_endpoint,
-            ca_pem: &record.cluster_details.ca_pem,
-            node_name: &record.node_name,
-            cluster: &record.cluster,
-            region: &record.region,
-            credentials: &credentials,
-            network: &agent.network,
-        };
-        super::drain::check(&check).await
-    };
-    let first = match cloud::credentials(agent) {
-        Ok(c) => ask(c).await,
-        Err(e) => Err(super::drain::DrainError::Unknown {
-            node: record.node_name.clone(),
-            why: format!("the node has no usable credentials ({e})"),
-            auth: true,
-        }),
-    };
-    let outcome = match first {
-        Err(super::drain::DrainError::Unknown { auth: true, .. }) => {
-            let refreshed = match IdentityEnv::new(paths, agent).rotator() {
-                Ok(mut r) => r.refresh_once().await.is_ok(),
-                Err(_) => false,
-            };
-            match (refreshed, cloud::credentials(agent)) {
-                (true, Ok(c)) => ask(c).await,
-                _ => first,
-            }
-        }
-        other => other,
-    }?;
-    Ok(format!(
-        "node {} is drained{} ({} DaemonSet, mirror or finished {} not counted)",
-        record.node_name,
-        if outcome.registered {
-            " and cordoned"
-        } else {
-            " (no Node object in the cluster)"
-        },
-        outcome.ignored,
-        if outcome.ignored == 1 { "pod" } else { "pods" }
     ))
 }
 

@@ -24,15 +24,12 @@ use aws_credential_types::Credentials;
 use tokio::time::Instant;
 
 use crate::aws::eks_token;
-use crate::aws::http::{self, HttpSettings, TransportKind};
+use crate::aws::http::{self, TransportKind};
 
 /// Pause between two looks at the Node object (kubelet posts its status every 10 s by default
 /// and at once on a change).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
-/// Time allowed to connect to the API server (and to decide that nothing answers there).
-pub const API_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time allowed for one request to the API server.
-const API_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::kube::{API_CONNECT_TIMEOUT, api_client, api_url, status_message};
 
 /// Where and as whom to look.
 pub struct ReadyCheck<'a> {
@@ -238,33 +235,6 @@ pub async fn wait_ready(
     }
 }
 
-/// A client for the cluster's API server as kubelet talks to it: TLS verified against the
-/// cluster CA only, through the configured proxy, with this module's timeouts. `leave`'s drain
-/// check uses it too.
-pub fn api_client(
-    ca_pem: &[u8],
-    cluster: &str,
-    network: &crate::config::NetworkConfig,
-) -> Result<reqwest::Client, String> {
-    let mut settings = HttpSettings::from_network(network);
-    settings.trust_only = Some((format!("the CA of cluster {cluster}"), ca_pem.to_vec()));
-    settings.connect_timeout = Some(API_CONNECT_TIMEOUT);
-    settings.request_timeout = Some(API_REQUEST_TIMEOUT);
-    http::client(&settings).map_err(|e| e.to_string())
-}
-
-/// `endpoint` with `segments` pushed as path segments (percent-encoded, never parsed as a
-/// relative URL).
-pub fn api_url(endpoint: &str, segments: &[&str]) -> Result<reqwest::Url, String> {
-    let mut url = reqwest::Url::parse(endpoint)
-        .map_err(|e| format!("`{endpoint}` is not a usable URL: {e}"))?;
-    url.path_segments_mut()
-        .map_err(|()| format!("`{endpoint}` cannot have a path"))?
-        .pop_if_empty()
-        .extend(segments);
-    Ok(url)
-}
-
 /// The Ready condition of a Node object.
 fn read_node(body: &[u8]) -> Look {
     let Ok(node) = serde_json::from_slice::<serde_json::Value>(body) else {
@@ -306,16 +276,6 @@ fn waits_for_network(message: &str) -> bool {
     message.contains("NetworkReady=false")
         || message.contains("NetworkPluginNotReady")
         || message.contains("cni plugin not initialized")
-}
-
-/// The `message` of a Kubernetes `Status` answer, or the start of whatever came back.
-pub(crate) fn status_message(body: &[u8]) -> String {
-    let message = http::body_message(body);
-    if message.trim().is_empty() {
-        "(empty answer)".to_owned()
-    } else {
-        message
-    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,13 @@
 //! is restarted and must answer `/healthz` within the wait timeout. If it does not, kubelet is
 //! stopped, the journal restores the previous binaries and configuration, the previous kubelet
 //! is started again, and the error says that the upgrade was rolled back.
+//!
+//! Between the download and the switch the node is drained ([`super::drain`]): cordoned, its
+//! pods evicted through the Eviction API (PodDisruptionBudgets hold), as EKS Auto Mode and
+//! `kubectl drain` do; where the cluster does not let the node evict, it must have been drained
+//! already (nodeadm's rule). Once the new kubelet is healthy — or the old one is back after a
+//! rollback — the node is uncordoned, if the cordon was the drain's. A drain that cannot finish
+//! in time stops the upgrade before anything changed, with the node uncordoned again.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,6 +39,10 @@ pub struct UpgradeOptions {
     pub allow_insecure_mirror: bool,
     pub wait_timeout: Duration,
     pub progress: Progress,
+    /// Drain first (`None`: `--no-drain`, the pods stay while kubelet restarts).
+    pub drain: Option<crate::kube::drain::DrainOptions>,
+    /// Go on when the node may not drain itself and is not drained.
+    pub force: bool,
 }
 
 /// What a successful `upgrade` did.
@@ -48,6 +59,20 @@ pub struct UpgradeReport {
 pub enum UpgradeError {
     #[error("this host has not joined (no {NODE_RECORD}); run `hybrid-agent join` first")]
     NotJoined,
+    #[error(
+        "upgrade to Kubernetes {to} did not start: {source}\nNothing changed: the node still runs {from}"
+    )]
+    NotDrained {
+        from: String,
+        to: String,
+        source: super::drain::DrainFailure,
+    },
+    /// The upgrade failed and the node's cordon could not be lifted afterwards.
+    #[error("{source}; and {note}")]
+    StillCordoned {
+        source: Box<UpgradeError>,
+        note: String,
+    },
     #[error(
         "upgrade to Kubernetes {to} failed before anything was switched: {source}. The node still runs {from}"
     )]
@@ -79,6 +104,38 @@ pub async fn upgrade(
     paths: &HostPaths,
     agent: &AgentConfig,
     opts: &UpgradeOptions,
+) -> Result<UpgradeReport, UpgradeError> {
+    let mut drained = None;
+    let outcome = switch(paths, agent, opts, &mut drained).await;
+    // Whatever became of the upgrade, a cordon this upgrade's drain placed is lifted: on the
+    // new version when it worked, on the old one when it was rolled back or failed before.
+    let Some(record) = drained else {
+        return outcome;
+    };
+    let lifted = super::drain::uncordon(paths, agent, &record).await;
+    match (outcome, lifted) {
+        (Ok(mut report), Ok(line)) => {
+            report.lines.extend(line);
+            Ok(report)
+        }
+        (Ok(mut report), Err(note)) => {
+            report.lines.push(format!("warning: {note}"));
+            Ok(report)
+        }
+        (Err(e), Ok(_)) => Err(e),
+        (Err(e), Err(note)) => Err(UpgradeError::StillCordoned {
+            source: Box::new(e),
+            note,
+        }),
+    }
+}
+
+/// The upgrade itself; `drained` is set once the node was drained (or found drained).
+async fn switch(
+    paths: &HostPaths,
+    agent: &AgentConfig,
+    opts: &UpgradeOptions,
+    drained: &mut Option<NodeRecord>,
 ) -> Result<UpgradeReport, UpgradeError> {
     let mut report = UpgradeReport {
         to: opts.kubernetes_version.clone(),
@@ -121,6 +178,40 @@ pub async fn upgrade(
         .resolve(&req)
         .await
         .map_err(|e| prepare(&from, e.into()))?;
+    // Drain between the download and the first change, when the version changes at all.
+    if resolved.selection.version != from || super::drain::DrainRecord::load(paths).is_some() {
+        match (&opts.drain, opts.force) {
+            (None, _) => report.lines.push(format!(
+                "--no-drain: node {} was not drained; its pods keep running while kubelet restarts",
+                record.node_name
+            )),
+            (Some(drain), force) => {
+                let purpose = format!("upgrade to Kubernetes {}", resolved.selection.version);
+                match super::drain::drain(paths, agent, &record, drain, &purpose).await {
+                    Ok(outcome) => {
+                        report.lines.push(outcome.line(&record.node_name));
+                        *drained = Some(record.clone());
+                    }
+                    Err(
+                        super::drain::DrainFailure::NoRights { .. }
+                        | super::drain::DrainFailure::Check(_),
+                    ) if force => {
+                        report.lines.push(format!(
+                            "--force: node {} may not drain itself and was not checked for pods",
+                            record.node_name
+                        ));
+                    }
+                    Err(source) => {
+                        return Err(UpgradeError::NotDrained {
+                            from,
+                            to: resolved.selection.version.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+    }
     let installed = match installer.install_resolved(&req, &resolved, &mut txn).await {
         Ok(r) => r,
         Err(e) => {

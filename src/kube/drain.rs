@@ -258,7 +258,10 @@ pub async fn pods(api: &Api) -> Result<Vec<Pod>, KubeError> {
     api.list(
         &format!("list the pods of node {}", api.node_name()),
         &["api", "v1", "pods"],
-        &[("fieldSelector", &format!("spec.nodeName={}", api.node_name()))],
+        &[(
+            "fieldSelector",
+            &format!("spec.nodeName={}", api.node_name()),
+        )],
     )
     .await
 }
@@ -280,9 +283,7 @@ pub async fn drain(
         source,
         uncordon,
     };
-    let current = node(api)
-        .await
-        .map_err(|e| api_err(e, Uncordon::NotOurs))?;
+    let current = node(api).await.map_err(|e| api_err(e, Uncordon::NotOurs))?;
     let registered = current.is_some();
     let already = current.as_ref().is_some_and(is_cordoned);
     // Owned: this drain (or the interrupted one it continues) cordoned the node.
@@ -396,8 +397,7 @@ async fn evict_all(
                 remaining += 1;
                 let pname = pod_name(pod);
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
-                if accepted.get(&pname) == Some(&uid) || pod.metadata.deletion_timestamp.is_some()
-                {
+                if accepted.get(&pname) == Some(&uid) || pod.metadata.deletion_timestamp.is_some() {
                     terminating.push(pname);
                     continue;
                 }
@@ -505,7 +505,15 @@ async fn evict(api: &Api, pod: &Pod) -> Result<(), KubeError> {
     let _: serde_json::Value = api
         .post(
             &format!("evict pod {namespace}/{name}"),
-            &["api", "v1", "namespaces", namespace, "pods", name, "eviction"],
+            &[
+                "api",
+                "v1",
+                "namespaces",
+                namespace,
+                "pods",
+                name,
+                "eviction",
+            ],
             &eviction,
         )
         .await?;
@@ -541,9 +549,8 @@ mod tests {
             {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "x", "uid": "1"},
             {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "y", "uid": "2", "controller": true}]}}));
         assert!(evictable(&owned));
-        let mirror = pod(
-            serde_json::json!({"metadata": {"annotations": {MIRROR_POD_ANNOTATION: "abc"}}}),
-        );
+        let mirror =
+            pod(serde_json::json!({"metadata": {"annotations": {MIRROR_POD_ANNOTATION: "abc"}}}));
         assert!(!evictable(&mirror));
         for phase in ["Succeeded", "Failed"] {
             assert!(!evictable(&pod(

@@ -271,7 +271,9 @@ impl Api {
         patch: &serde_json::Value,
     ) -> Result<T, KubeError> {
         let url = self.url(segments, &[])?;
-        let answer = self.call(what, &url, Method::MergePatch(patch), true).await?;
+        let answer = self
+            .call(what, &url, Method::MergePatch(patch), true)
+            .await?;
         self.decode(what, &answer)
     }
 
@@ -319,7 +321,10 @@ impl Api {
                 Method::MergePatch(b) => self
                     .client
                     .patch(url.clone())
-                    .header(reqwest::header::CONTENT_TYPE, "application/merge-patch+json")
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        "application/merge-patch+json",
+                    )
                     .body(b.to_string()),
             };
             let sent = request
@@ -438,13 +443,15 @@ mod tests {
         assert_eq!((*code, reason.as_str()), (429, "TooManyRequests"));
         assert_eq!(causes[0].0, "DisruptionBudget");
         assert!(
-            e.to_string()
-                .starts_with("evict app/web-1: the API server answered 429 TooManyRequests: Cannot evict pod"),
+            e.to_string().starts_with(
+                "evict app/web-1: the API server answered 429 TooManyRequests: Cannot evict pod"
+            ),
             "{e}"
         );
         let e = status_error("get x", 503, b"");
         assert!(
-            e.to_string().contains("503 Service Unavailable: (empty answer)"),
+            e.to_string()
+                .contains("503 Service Unavailable: (empty answer)"),
             "{e}"
         );
     }
