@@ -40,8 +40,10 @@ fn upgrade_to_an_unhealthy_kubelet_rolls_back_by_itself_and_a_healthy_one_sticks
     let joined = node.fingerprint(&skip);
     let mirror_url = format!("{}/mirror/", ds.url);
 
+    // No API server runs for this cluster: nothing to drain (tests/lifecycle_drain.rs drains).
     let bad = node.run(&[
         "upgrade",
+        "--no-drain",
         "--kubernetes-version",
         "1.32",
         "--mirror",
@@ -86,6 +88,7 @@ fn upgrade_to_an_unhealthy_kubelet_rolls_back_by_itself_and_a_healthy_one_sticks
 
     let good = node.run(&[
         "upgrade",
+        "--no-drain",
         GOOD_VERSION,
         "--mirror",
         &mirror_url,

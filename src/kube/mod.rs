@@ -377,10 +377,19 @@ impl Api {
             }
             return Err(err);
         }
-        Err(last.unwrap_or_else(|| KubeError::Unreachable {
-            endpoint: self.endpoint().to_owned(),
-            detail: "no answer".to_owned(),
-        }))
+        Err(match last {
+            Some(KubeError::Unreachable { endpoint, detail }) if attempts > 1 => {
+                KubeError::Unreachable {
+                    endpoint,
+                    detail: format!("{detail}; asked {attempts} times"),
+                }
+            }
+            Some(e) => e,
+            None => KubeError::Unreachable {
+                endpoint: self.endpoint().to_owned(),
+                detail: "no answer".to_owned(),
+            },
+        })
     }
 }
 
