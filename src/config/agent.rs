@@ -53,6 +53,14 @@ pub const MAX_STARTUP_JITTER: Duration = Duration::from_secs(600);
 /// 5 minutes, amazon-ssm-agent's health ping (agent/health/healthcheck.go,
 /// `updateHealthFrequencyMins`).
 pub const DEFAULT_SSM_PRESENCE_INTERVAL: Duration = Duration::from_secs(300);
+/// How often the lifecycle loop looks for work while the maintenance window is open.
+pub const DEFAULT_LIFECYCLE_CHECK_INTERVAL: Duration = Duration::from_secs(600);
+/// Shortest `lifecycle.check_interval` (each look may call DescribeCluster and the manifest).
+pub const MIN_LIFECYCLE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How long an automatic drain may take (evictions held by PodDisruptionBudgets included).
+pub const DEFAULT_LIFECYCLE_DRAIN_TIMEOUT: Duration = Duration::from_secs(900);
+/// How long a new kubelet has to become healthy before an automatic upgrade rolls back.
+pub const DEFAULT_UPGRADE_WAIT_TIMEOUT: Duration = Duration::from_secs(120);
 /// `daemon.ssm_presence_interval` bounds: at least a second (tests), at most an hour
 /// (amazon-ssm-agent accepts `HealthFrequencyMinutes` up to 60); much past 5 minutes SSM shows
 /// the node as ConnectionLost between pings.
@@ -114,6 +122,18 @@ pub(crate) struct AgentConfigFile {
     endpoints: Option<EndpointsSection>,
     daemon: Option<DaemonSection>,
     status: Option<StatusSection>,
+    lifecycle: Option<LifecycleSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LifecycleSection {
+    auto_upgrade: Option<bool>,
+    maintenance_window: Option<String>,
+    max_unavailable: Option<u32>,
+    check_interval: Option<String>,
+    drain_timeout: Option<String>,
+    upgrade_wait_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -309,6 +329,29 @@ pub struct StatusConfig {
     pub prometheus_allow_remote: bool,
 }
 
+/// What the daemon may do to the node by itself, one node of the cluster at a time
+/// (docs/lifecycle.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LifecycleConfig {
+    /// Upgrade kubelet (and containerd with it) to the latest patch the artifact manifest has
+    /// for the control plane's minor version, one minor at a time, never newer than the control
+    /// plane. Off by default.
+    pub auto_upgrade: bool,
+    /// When, in the host's time zone.
+    pub maintenance_window: super::window::Window,
+    /// How many nodes of the cluster may be disrupted at once (the disruption lock's slots).
+    pub max_unavailable: u32,
+    /// How often the daemon looks for something to do while the window is open.
+    #[serde(serialize_with = "serialize_duration")]
+    pub check_interval: Duration,
+    /// How long a drain may take before the automatic flow gives up (and uncordons).
+    #[serde(serialize_with = "serialize_duration")]
+    pub drain_timeout: Duration,
+    /// How long the new kubelet has to become healthy before the upgrade rolls back.
+    #[serde(serialize_with = "serialize_duration")]
+    pub upgrade_wait_timeout: Duration,
+}
+
 /// Supervisor choice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SupervisorConfig {
@@ -392,6 +435,8 @@ pub struct AgentConfig {
     pub daemon: DaemonConfig,
     /// The Prometheus endpoint.
     pub status: StatusConfig,
+    /// Automatic upgrades and the maintenance window.
+    pub lifecycle: LifecycleConfig,
 }
 
 impl AgentConfig {
@@ -438,6 +483,14 @@ impl AgentConfig {
                 prometheus_listen: None,
                 prometheus_allow_remote: false,
             },
+            lifecycle: LifecycleConfig {
+                auto_upgrade: false,
+                maintenance_window: super::window::Window::ALWAYS,
+                max_unavailable: 1,
+                check_interval: DEFAULT_LIFECYCLE_CHECK_INTERVAL,
+                drain_timeout: DEFAULT_LIFECYCLE_DRAIN_TIMEOUT,
+                upgrade_wait_timeout: DEFAULT_UPGRADE_WAIT_TIMEOUT,
+            },
         }
     }
 }
@@ -473,6 +526,7 @@ pub(crate) fn resolve(
         check.spool(raw.spool.as_ref(), &mut config.spool);
         check.daemon(raw.daemon.as_ref(), &mut config.daemon);
         check.status(raw.status.as_ref(), &mut config.status);
+        check.lifecycle(raw.lifecycle.as_ref(), &mut config.lifecycle);
         check.telemetry(raw.telemetry.as_ref(), &mut config.telemetry);
         if let Some(url) = raw.artifacts.as_ref().and_then(|a| a.mirror_url.as_deref()) {
             config.artifacts.mirror_url = check.url("artifacts.mirror_url", url, MIRROR_SCHEMES);
@@ -669,6 +723,61 @@ impl Check<'_, '_> {
             )
         {
             out.ssm_presence_interval = d;
+        }
+    }
+
+    fn lifecycle(&mut self, raw: Option<&LifecycleSection>, out: &mut LifecycleConfig) {
+        let Some(raw) = raw else { return };
+        out.auto_upgrade = raw.auto_upgrade.unwrap_or(false);
+        if let Some(w) = &raw.maintenance_window {
+            match super::window::Window::parse(w) {
+                Ok(w) => out.maintenance_window = w,
+                Err(message) => self.report(
+                    "lifecycle.maintenance_window",
+                    message,
+                    "the window is in the host's time zone; leave it out for any time",
+                ),
+            }
+        }
+        if let Some(n) = raw.max_unavailable {
+            if n == 0 {
+                self.report(
+                    "lifecycle.max_unavailable",
+                    "`0` would never let any node be disrupted".to_owned(),
+                    "use 1 or more (turn auto_upgrade off to stop automatic upgrades)",
+                );
+            } else {
+                out.max_unavailable = n;
+            }
+        }
+        for (field, value, slot, min, max) in [
+            (
+                "lifecycle.check_interval",
+                &raw.check_interval,
+                &mut out.check_interval,
+                MIN_LIFECYCLE_CHECK_INTERVAL,
+                Duration::from_secs(86_400),
+            ),
+            (
+                "lifecycle.drain_timeout",
+                &raw.drain_timeout,
+                &mut out.drain_timeout,
+                Duration::from_secs(1),
+                Duration::from_secs(86_400),
+            ),
+            (
+                "lifecycle.upgrade_wait_timeout",
+                &raw.upgrade_wait_timeout,
+                &mut out.upgrade_wait_timeout,
+                Duration::from_secs(1),
+                Duration::from_secs(3_600),
+            ),
+        ] {
+            if let Some(v) = value
+                && let Some(d) = self.duration(field, v, min, Some(max))
+            {
+                *slot = d;
+            }
         }
     }
 

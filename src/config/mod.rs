@@ -21,6 +21,7 @@ mod secret;
 mod tolerant;
 mod types;
 mod validate;
+pub mod window;
 
 use std::path::{Path, PathBuf};
 

@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod drain;
+pub mod lock;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
