@@ -32,6 +32,8 @@ pub enum Subsystem {
     Telemetry,
     /// UpdateInstanceInformation pings to SSM (SSM hybrid-activation nodes only).
     SsmPresence,
+    /// Automatic upgrades (`[lifecycle] auto_upgrade`).
+    Lifecycle,
 }
 
 impl Subsystem {
@@ -41,6 +43,7 @@ impl Subsystem {
             Subsystem::Supervision => "supervision",
             Subsystem::Telemetry => "telemetry",
             Subsystem::SsmPresence => "ssm_presence",
+            Subsystem::Lifecycle => "lifecycle",
         }
     }
 }
@@ -147,6 +150,38 @@ pub enum StateError {
     Write(#[from] AtomicWriteError),
 }
 
+/// The automatic lifecycle's state ([`crate::daemon::lifecycle`]), for `status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifecycleStatus {
+    pub auto_upgrade: bool,
+    pub maintenance_window: String,
+    /// What the loop is doing or waiting for, in words.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_version: Option<String>,
+    #[serde(default)]
+    pub upgrades_succeeded: u64,
+    #[serde(default)]
+    pub upgrades_failed: u64,
+    /// The last automatic upgrade's outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<LastUpgrade>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastUpgrade {
+    pub from: String,
+    pub to: String,
+    /// Seconds since the epoch.
+    pub finished: u64,
+    pub ok: bool,
+    /// The upgrade's error when it failed (it names what was rolled back).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
 /// The document in `daemon.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DaemonState {
@@ -175,6 +210,9 @@ pub struct DaemonState {
     /// nodes, which are not SSM managed instances.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssm_presence: Option<PresenceStatus>,
+    /// Automatic upgrades; absent unless `[lifecycle] auto_upgrade`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<LifecycleStatus>,
     /// The daemon's own subsystems: running, degraded (restarting) or failed, with the cause.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subsystems: Vec<SubsystemStatus>,
@@ -192,6 +230,7 @@ impl DaemonState {
             supervision: None,
             telemetry: None,
             ssm_presence: None,
+            lifecycle: None,
             subsystems: Vec::new(),
         }
     }
@@ -338,6 +377,9 @@ pub struct StatusReport {
     /// SSM presence pings as the daemon last saw them (SSM hybrid-activation nodes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ssm_presence: Option<PresenceStatus>,
+    /// Automatic upgrades as the daemon last saw them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<LifecycleStatus>,
     /// The daemon's own subsystems as it last saw them: running, degraded or failed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub subsystems: Vec<SubsystemStatus>,
@@ -390,6 +432,7 @@ pub fn report_from(
     let supervision = daemon.as_ref().and_then(|d| d.supervision.clone());
     let telemetry = daemon.as_ref().and_then(|d| d.telemetry.clone());
     let ssm_presence = daemon.as_ref().and_then(|d| d.ssm_presence.clone());
+    let lifecycle = daemon.as_ref().and_then(|d| d.lifecycle.clone());
     let subsystems = daemon
         .as_ref()
         .map(|d| d.subsystems.clone())
@@ -437,6 +480,7 @@ pub fn report_from(
         supervision,
         telemetry,
         ssm_presence,
+        lifecycle,
         subsystems,
     }
 }
@@ -590,6 +634,27 @@ impl StatusReport {
         }
         if let Some(p) = &self.ssm_presence {
             let _ = write!(out, "ssm presence:  {}", p.render(d.running, now));
+        }
+        if let Some(l) = &self.lifecycle {
+            let _ = writeln!(
+                out,
+                "lifecycle:     {} (window {}; {} upgraded, {} failed)",
+                l.state, l.maintenance_window, l.upgrades_succeeded, l.upgrades_failed
+            );
+            if let Some(last) = &l.last {
+                let _ = writeln!(
+                    out,
+                    "  last:        {} {} → {}{}",
+                    if last.ok { "upgraded" } else { "FAILED" },
+                    last.from,
+                    last.to,
+                    if last.error.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", last.error)
+                    }
+                );
+            }
         }
         if let Some(sup) = &self.supervision {
             out.push_str(&crate::supervise::status::to_text(sup, d.running));

@@ -337,6 +337,7 @@ fn a_panicking_rotation_source_is_restarted_and_recovers() {
         supervision: None,
         telemetry: None,
         presence: None,
+        lifecycle: None,
         health: HealthSettings {
             restart: RestartPolicy {
                 first: Duration::from_millis(300),

@@ -33,7 +33,7 @@ struct Fixture {
 
 /// A node joined to the demo cluster, whose API server runs; evicted pods take `grace_ms` to
 /// terminate and their replacements `replace_ms` to become Ready elsewhere.
-fn joined(grace_ms: u64, replace_ms: u64, releases: &[&str]) -> Fixture {
+fn joined(grace_ms: u64, replace_ms: u64, releases: &[&'static str]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let mirror = dir.path().join("mirror");
     std::fs::create_dir_all(&mirror).unwrap();
@@ -143,7 +143,10 @@ fn history(f: &Fixture) -> Vec<Value> {
         "GET",
         &format!("/_devstack/eks/kube-history?name={CLUSTER}"),
     );
-    body(&resp)["events"].as_array().cloned().unwrap_or_default()
+    body(&resp)["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn actions(events: &[Value], action: &str) -> Vec<Value> {
@@ -270,7 +273,9 @@ fn leave_drains_through_a_budget_one_pod_at_a_time_and_leaves_daemonset_pods() {
         "{left:?}"
     );
     assert!(
-        !left.iter().any(|p| p == "app/web-1" || p == "app/web-2" || p == "app/web-3"),
+        !left
+            .iter()
+            .any(|p| p == "app/web-1" || p == "app/web-2" || p == "app/web-3"),
         "{left:?}"
     );
     assert!(unschedulable(&f), "a node that left stays cordoned");
@@ -342,10 +347,7 @@ fn upgrade_drains_first_and_uncordons_after_a_rollback_and_after_success() {
     };
     let bad = upgrade("1.32", "4s");
     assert_eq!(bad.code, Some(3), "{bad:?}");
-    assert!(
-        bad.stderr.contains("rolled back automatically"),
-        "{bad:?}"
-    );
+    assert!(bad.stderr.contains("rolled back automatically"), "{bad:?}");
     assert!(!unschedulable(&f), "uncordoned on the old version");
     assert!(
         !f.node.path("/var/lib/hybrid-agent/drain.json").exists(),
@@ -363,8 +365,7 @@ fn upgrade_drains_first_and_uncordons_after_a_rollback_and_after_success() {
     let good = upgrade(GOOD_VERSION, "30s");
     assert_eq!(good.code, Some(0), "{good:?}");
     assert!(
-        good.stdout
-            .contains(&format!("drained node {node} in "))
+        good.stdout.contains(&format!("drained node {node} in "))
             && good.stdout.contains(": no pods evicted")
             && good.stdout.contains(&format!("uncordoned node {node}"))
             && good.stdout.contains(&format!(
@@ -391,7 +392,9 @@ fn upgrade_drains_first_and_uncordons_after_a_rollback_and_after_success() {
     assert_eq!(again.code, Some(0), "{again:?}");
     assert!(
         again.stdout.contains("(it was cordoned already)")
-            && again.stdout.contains(&format!("node {node} stays cordoned")),
+            && again
+                .stdout
+                .contains(&format!("node {node} stays cordoned")),
         "{again:?}"
     );
     assert!(unschedulable(&f));

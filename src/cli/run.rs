@@ -36,6 +36,15 @@ pub(super) fn run(_args: &RunArgs, ctx: &mut Context<'_>) -> Result<(), CliError
     let agent = config::load_agent(ctx.load_context())?;
     // Two daemons would share the spool, the cursors and the pid files.
     let _lock = super::lock(ctx, crate::runlock::LockKind::Daemon, "run")?;
-    crate::daemon::start(&ctx.paths, &agent.agent)?;
+    // What an upgrade child of the daemon ([lifecycle] auto_upgrade) is started with.
+    let mut global_args = vec![
+        std::ffi::OsString::from("--root"),
+        ctx.paths.root().as_os_str().to_owned(),
+    ];
+    if let config::AgentConfigSource::Explicit(path) = &ctx.agent_config {
+        global_args.push("--config".into());
+        global_args.push(path.as_os_str().to_owned());
+    }
+    crate::daemon::start(&ctx.paths, &agent.agent, global_args)?;
     Ok(())
 }

@@ -191,6 +191,7 @@ struct TelemetrySection {
 #[serde(deny_unknown_fields)]
 struct ArtifactsSection {
     mirror_url: Option<String>,
+    allow_insecure_mirror: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -401,6 +402,10 @@ pub struct TelemetryConfig {
 pub struct ArtifactsConfig {
     /// Mirror serving the artifact manifest and files instead of the public locations.
     pub mirror_url: Option<SafeUrl>,
+    /// Let the daemon's automatic upgrades fetch from a plain-http mirror (what
+    /// `--allow-insecure-mirror` does for a command); every artifact is still checked against
+    /// the manifest's checksums.
+    pub allow_insecure_mirror: bool,
 }
 
 /// Outbound network settings.
@@ -466,7 +471,10 @@ impl AgentConfig {
                 units: DEFAULT_UNITS.iter().map(|u| (*u).to_owned()).collect(),
                 min_priority: Priority::Info,
             },
-            artifacts: ArtifactsConfig { mirror_url: None },
+            artifacts: ArtifactsConfig {
+                mirror_url: None,
+                allow_insecure_mirror: false,
+            },
             network: NetworkConfig {
                 proxy: None,
                 no_proxy: Vec::new(),
@@ -531,6 +539,11 @@ pub(crate) fn resolve(
         if let Some(url) = raw.artifacts.as_ref().and_then(|a| a.mirror_url.as_deref()) {
             config.artifacts.mirror_url = check.url("artifacts.mirror_url", url, MIRROR_SCHEMES);
         }
+        config.artifacts.allow_insecure_mirror = raw
+            .artifacts
+            .as_ref()
+            .and_then(|a| a.allow_insecure_mirror)
+            .unwrap_or(false);
         check.network(raw.network.as_ref(), &mut config.network);
         if let Some(e) = &raw.endpoints {
             for (service, value) in [

@@ -157,9 +157,15 @@ mod tests {
         assert_eq!(w.to_string(), "Sat,Sun 02:00-06:00");
         let weekdays = Window::parse("mon-FRIDAY 22:30-04:00").unwrap();
         assert!(weekdays.contains(0, 23 * 60));
-        assert!(weekdays.contains(1, 3 * 60), "Monday's window runs into Tuesday");
+        assert!(
+            weekdays.contains(1, 3 * 60),
+            "Monday's window runs into Tuesday"
+        );
         assert!(weekdays.contains(5, 60), "Friday's runs into Saturday");
-        assert!(!weekdays.contains(0, 60), "Sunday has no window to run over");
+        assert!(
+            !weekdays.contains(0, 60),
+            "Sunday has no window to run over"
+        );
         assert!(!weekdays.contains(6, 23 * 60));
         let wrap = Window::parse("Fri-Mon 00:00-24:00").unwrap();
         assert_eq!(wrap.to_string(), "Mon,Fri,Sat,Sun 00:00-24:00");

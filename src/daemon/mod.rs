@@ -21,6 +21,7 @@
 //! asking, so `status` need not wait for the file's next write.
 
 pub mod health;
+pub mod lifecycle;
 pub mod prometheus;
 pub mod sandbox;
 pub mod status_server;
@@ -111,7 +112,11 @@ pub enum DaemonError {
 
 /// `hybrid-agent run`: builds the subsystems from the joined state and the agent config, then
 /// runs them until SIGTERM/SIGINT.
-pub fn start(paths: &HostPaths, agent: &AgentConfig) -> Result<(), DaemonError> {
+pub fn start(
+    paths: &HostPaths,
+    agent: &AgentConfig,
+    global_args: Vec<std::ffi::OsString>,
+) -> Result<(), DaemonError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -148,12 +153,20 @@ pub fn start(paths: &HostPaths, agent: &AgentConfig) -> Result<(), DaemonError> 
         let presence = presence_input(paths, &env, &provider, &rotator);
         let child_output = telemetry.as_ref().and_then(|t| t.child_sender.clone());
         let supervision = supervision_factory(paths, agent, child_output);
+        let lifecycle = agent.lifecycle.auto_upgrade.then(|| lifecycle::LifecycleInput {
+            paths: paths.clone(),
+            agent: agent.clone(),
+            exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/hybrid-agent")),
+            global_args,
+            local_time: lifecycle::host_local_time(),
+        });
         let subsystems = Subsystems {
             rotator,
             identity_restart,
             supervision,
             telemetry,
             presence,
+            lifecycle,
             health: HealthSettings::from_config(&agent.daemon),
         };
         let shutdown = async move {
@@ -226,6 +239,8 @@ pub struct Subsystems {
     pub telemetry: Option<TelemetryInput>,
     /// SSM presence pings (SSM hybrid-activation nodes only).
     pub presence: Option<PresenceInput>,
+    /// Automatic upgrades (`[lifecycle] auto_upgrade`).
+    pub lifecycle: Option<lifecycle::LifecycleInput>,
     pub health: HealthSettings,
 }
 
@@ -563,6 +578,7 @@ pub async fn run_serving(
         supervision,
         telemetry: telemetry_input,
         presence: presence_input,
+        lifecycle: lifecycle_input,
         health: settings,
     } = subsystems;
     // The previous daemon's telemetry figures, which this one's counters go on from, and its
@@ -590,6 +606,17 @@ pub async fn run_serving(
     });
     let mut presence_rx = presence_status.as_ref().map(|s| s.subscribe());
     doc.ssm_presence = presence_status.as_ref().map(|s| s.borrow().clone());
+    // The previous daemon's upgrade counts and last outcome go on.
+    let lifecycle_status = lifecycle_input.as_ref().map(|_| {
+        Arc::new(watch::Sender::new(
+            before
+                .as_ref()
+                .and_then(|d| d.lifecycle.clone())
+                .unwrap_or_default(),
+        ))
+    });
+    let mut lifecycle_rx = lifecycle_status.as_ref().map(|s| s.subscribe());
+    doc.lifecycle = lifecycle_status.as_ref().map(|s| s.borrow().clone());
     let health = Health::new();
     let mut health_rx = health.subscribe();
     let mut identity = rotator.status();
@@ -722,6 +749,31 @@ pub async fn run_serving(
         }
         _ => None,
     };
+    // Automatic upgrades: its failures are its own state (shown in status); only a panic
+    // restarts it.
+    let lifecycle_task = match (lifecycle_input, &lifecycle_status) {
+        (Some(input), Some(status)) => {
+            let (status, stop) = (status.clone(), stop_rx.clone());
+            Some(tokio::spawn(
+                health::keep_running(
+                    Subsystem::Lifecycle,
+                    health.clone(),
+                    settings.restart,
+                    stop_rx.clone(),
+                    move || {
+                        let looper = lifecycle::Lifecycle::new(input.clone(), status.clone());
+                        let stop = stop.clone();
+                        async move {
+                            looper.run(stop).await;
+                            Exit::Stopped
+                        }
+                    },
+                )
+                .in_current_span(),
+            ))
+        }
+        _ => None,
+    };
     let mut telemetry_tick = telemetry_status.as_ref().map(|_| {
         let mut i = tokio::time::interval(TELEMETRY_STATUS_INTERVAL);
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -816,6 +868,16 @@ pub async fn run_serving(
                 }
                 dirty = true;
             }
+            changed = changed_or_pending(&mut lifecycle_rx) => {
+                if !changed {
+                    lifecycle_rx = None;
+                    continue;
+                }
+                if let Some(rx) = &mut lifecycle_rx {
+                    doc.lifecycle = Some(rx.borrow_and_update().clone());
+                }
+                dirty = true;
+            }
             changed = changed_or_pending(&mut supervision_status) => {
                 if !changed {
                     supervision_status = None;
@@ -864,6 +926,14 @@ pub async fn run_serving(
         let mut last = status.borrow().clone();
         last.next_ping = None;
         doc.ssm_presence = Some(last);
+    }
+    if let Some(task) = lifecycle_task
+        && let Err(e) = task.await
+    {
+        tracing::error!("lifecycle task panicked: {e}");
+    }
+    if let Some(status) = &lifecycle_status {
+        doc.lifecycle = Some(status.borrow().clone());
     }
     if let Err(e) = identity_task.await {
         tracing::error!("credential rotation task panicked: {e}");

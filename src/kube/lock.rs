@@ -92,12 +92,7 @@ fn entries(cm: &ConfigMap, now: u64) -> BTreeMap<String, Entry> {
 
 /// The lock's data for a PUT: live entries of others kept as they were, expired ones dropped,
 /// this node's set or removed.
-fn rewrite(
-    cm: &ConfigMap,
-    me: &str,
-    mine: Option<&Entry>,
-    now: u64,
-) -> BTreeMap<String, String> {
+fn rewrite(cm: &ConfigMap, me: &str, mine: Option<&Entry>, now: u64) -> BTreeMap<String, String> {
     let mut data: BTreeMap<String, String> = BTreeMap::new();
     let raw = cm.data.clone().unwrap_or_default();
     for (k, e) in entries(cm, now) {
@@ -115,7 +110,14 @@ async fn read(api: &Api) -> Result<ConfigMap, LockError> {
     let cm: Option<ConfigMap> = api
         .get(
             "read the disruption lock",
-            &["api", "v1", "namespaces", LOCK_NAMESPACE, "configmaps", LOCK_NAME],
+            &[
+                "api",
+                "v1",
+                "namespaces",
+                LOCK_NAMESPACE,
+                "configmaps",
+                LOCK_NAME,
+            ],
         )
         .await
         .map_err(|e| classify(api, e))?;
@@ -146,7 +148,14 @@ async fn write(
     match api
         .put::<_, ConfigMap>(
             "update the disruption lock",
-            &["api", "v1", "namespaces", LOCK_NAMESPACE, "configmaps", LOCK_NAME],
+            &[
+                "api",
+                "v1",
+                "namespaces",
+                LOCK_NAMESPACE,
+                "configmaps",
+                LOCK_NAME,
+            ],
             &next,
         )
         .await
