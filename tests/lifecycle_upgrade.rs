@@ -1,0 +1,325 @@
+//! Automatic upgrades one node at a time (`[lifecycle] auto_upgrade`, `max_unavailable = 1`):
+//! two joined sandboxes, each with its daemon, a newer patch on the mirror and the lifecycle
+//! RBAC applied to the stand-in API server (the shipped manifest, as `kubectl apply` would).
+//! Both nodes upgrade inside the window; the stand-in's history shows that they were never
+//! cordoned at the same time. The daemon that drains first is killed with SIGKILL together with
+//! its upgrade child in the middle of the drain: started again, it continues from its journal,
+//! finishes, uncordons and gives its lock slot back, and only then does the other node start.
+//! Without the RBAC the daemon does nothing to the node and says why, naming the manifest.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod install_support;
+
+use std::time::{Duration, Instant};
+
+use hybrid_agent::join::record::NodeRecord;
+use hybrid_agent::paths::HostPaths;
+use install_support::*;
+use serde_json::{Value, json};
+
+/// The newer patch of the cluster's minor (the devstack cluster runs 1.31).
+const PATCH: &str = "1.31.3";
+
+fn body(resp: &str) -> Value {
+    serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap()
+}
+
+fn history(ds: &hybrid_devstack::Devstack) -> Vec<Value> {
+    body(&control(
+        ds,
+        "GET",
+        &format!("/_devstack/eks/kube-history?name={CLUSTER}"),
+    ))["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn version(node: &Node) -> String {
+    NodeRecord::load(&HostPaths::new(&node.root))
+        .unwrap()
+        .map(|r| r.kubernetes_version)
+        .unwrap_or_default()
+}
+
+fn name(node: &Node) -> String {
+    NodeRecord::load(&HostPaths::new(&node.root))
+        .unwrap()
+        .unwrap()
+        .node_name
+}
+
+/// The agent config of a node whose daemon upgrades by itself from the devstack mirror.
+fn auto_upgrade(ds: &hybrid_devstack::Devstack, node: &Node, window: &str) {
+    std::fs::write(
+        node.path("/etc/hybrid-agent/config.toml"),
+        format!(
+            "[supervisor]\nbackend = \"process\"\n\n[artifacts]\nmirror_url = \"{}/mirror/\"\nallow_insecure_mirror = true\n\n[lifecycle]\nauto_upgrade = true\nmaintenance_window = \"{window}\"\nmax_unavailable = 1\ncheck_interval = \"1s\"\ndrain_timeout = \"60s\"\nupgrade_wait_timeout = \"30s\"\n",
+            ds.url
+        ),
+    )
+    .unwrap();
+}
+
+/// A ReplicaSet pod of app `app` on `node`, Running and Ready.
+fn app_pod(ds: &hybrid_devstack::Devstack, app: &str, name: &str, node: &str) {
+    control_body(
+        ds,
+        "POST",
+        &format!("/_devstack/eks/kube-pods?name={CLUSTER}"),
+        &json!({
+            "metadata": {"namespace": "app", "name": name, "labels": {"app": app},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{app}-rs"),
+                    "uid": "8f0c1b2a-0000-4000-8000-00000000000a", "controller": true}]},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "nginx"}]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+        })
+        .to_string(),
+    );
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every process whose parent is `pid` and whose command line contains `word`.
+fn children_with(pid: u32, word: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').nth(1))
+            .and_then(|v| v.parse::<u32>().ok());
+        let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        if ppid == Some(pid) && String::from_utf8_lossy(&cmdline).contains(word) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The times each node was cordoned, as (node, cordon seq, uncordon seq).
+fn cordon_spans(events: &[Value]) -> Vec<(String, u64, u64)> {
+    let mut open: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut spans = Vec::new();
+    for e in events {
+        let object = e["object"].as_str().unwrap_or_default();
+        let Some(node) = object.strip_prefix("nodes/") else {
+            continue;
+        };
+        let seq = e["seq"].as_u64().unwrap();
+        match e["action"].as_str() {
+            Some("cordon") => {
+                open.insert(node.to_owned(), seq);
+            }
+            Some("uncordon") => {
+                if let Some(start) = open.remove(node) {
+                    spans.push((node.to_owned(), start, seq));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (node, start) in open {
+        spans.push((node, start, u64::MAX));
+    }
+    spans
+}
+
+#[test]
+fn two_nodes_upgrade_one_at_a_time_and_a_killed_agent_finishes_its_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = dir.path().join("mirror");
+    std::fs::create_dir_all(&mirror).unwrap();
+    let ds = devstack(&mirror);
+    control(
+        &ds,
+        "POST",
+        &format!("/_devstack/eks/kube-api?name={CLUSTER}"),
+    );
+    // Evicted pods take 3 s to terminate: long enough to kill a daemon in the middle.
+    control(
+        &ds,
+        "POST",
+        &format!(
+            "/_devstack/eks/kube-timing?name={CLUSTER}&grace_ms=3000&replace_ms=500&replace_node=mi-0000000000other"
+        ),
+    );
+    standin_release(&mirror, VERSION);
+    let nodes: Vec<Node> = (0..2)
+        .map(|_| {
+            let node = Node::new(&ds, &create_activation(&ds));
+            standin_authenticator(&mirror, VERSION, &node.root);
+            let run = node.join(&ds, &[]);
+            assert_eq!(run.code, Some(0), "{run:?}");
+            node
+        })
+        .collect();
+    let names: Vec<String> = nodes.iter().map(name).collect();
+    for (i, n) in names.iter().enumerate() {
+        app_pod(&ds, &format!("app{i}"), &format!("app{i}-1"), n);
+    }
+    // The newer patch appears on the mirror after the join.
+    standin_release(&mirror, PATCH);
+
+    // Without the lifecycle RBAC: nothing happens to the nodes, and status says why.
+    auto_upgrade(&ds, &nodes[0], "daily 00:00-24:00");
+    let log0 = dir.path().join("daemon0.log");
+    let daemon = nodes[0].spawn_daemon(&log0);
+    let status = |node: &Node| -> Value {
+        let run = node.run(&["status", "--json"]);
+        serde_json::from_str(&run.stdout).unwrap_or_default()
+    };
+    wait_until("the refusal in status", Duration::from_secs(30), || {
+        status(&nodes[0])["lifecycle"]["state"]
+            .as_str()
+            .is_some_and(|s| s.contains("cannot start"))
+    });
+    let state = status(&nodes[0])["lifecycle"]["state"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        state.contains(&format!("upgrade to {PATCH} cannot start"))
+            && state.contains("hybrid-agent-disruption-lock")
+            && state.contains("hybrid-agent rbac | kubectl apply -f -"),
+        "{state}"
+    );
+    drop(daemon);
+    assert_eq!(version(&nodes[0]), VERSION);
+    assert!(
+        !history(&ds)
+            .iter()
+            .any(|e| e["action"] == "cordon" || e["action"] == "evict"),
+        "nothing was disrupted without the lock"
+    );
+
+    // The administrator applies the shipped manifest.
+    let manifest = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("packaging/rbac/hybrid-agent-lifecycle.yaml"),
+    )
+    .unwrap();
+    control_body(
+        &ds,
+        "POST",
+        &format!("/_devstack/eks/kube-apply?name={CLUSTER}"),
+        &manifest,
+    );
+    // A window that is open now; then both daemons.
+    for node in &nodes {
+        auto_upgrade(&ds, node, "daily 00:00-24:00");
+    }
+    let logs: Vec<_> = (0..2)
+        .map(|i| dir.path().join(format!("daemon{i}.log")))
+        .collect();
+    let mut daemons: Vec<Option<Daemon>> = nodes
+        .iter()
+        .zip(&logs)
+        .map(|(n, l)| Some(n.spawn_daemon(l)))
+        .collect();
+
+    // The first node to evict is killed mid-drain, with its upgrade child.
+    let mut first = None;
+    wait_until("the first eviction", Duration::from_secs(90), || {
+        first = history(&ds).iter().find_map(|e| {
+            (e["action"] == "evict").then(|| {
+                e["actor"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("system:node:")
+                    .to_owned()
+            })
+        });
+        first.is_some()
+    });
+    let first = first.unwrap();
+    let i = names.iter().position(|n| *n == first).unwrap();
+    let other = 1 - i;
+    let pid = daemons[i].as_ref().unwrap().id();
+    let upgrade_children = children_with(pid, "upgrade");
+    assert_eq!(upgrade_children.len(), 1, "one upgrade child runs");
+    for p in upgrade_children.iter().copied().chain([pid as i32]) {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &p.to_string()])
+            .status();
+    }
+    let _ = daemons[i].take().map(|mut d| d.0.wait());
+    assert!(
+        nodes[i]
+            .path("/var/lib/hybrid-agent/lifecycle.json")
+            .exists(),
+        "the killed daemon's journal"
+    );
+    // The other node waits: the killed node still holds the only slot.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(version(&nodes[other]), VERSION, "the other node waited");
+    assert!(
+        !history(&ds).iter().any(|e| e["action"] == "cordon"
+            && e["object"] == format!("nodes/{}", names[other]).as_str()),
+        "the other node was not cordoned while the slot was taken"
+    );
+    // Started again, the killed node finishes; then the other node upgrades.
+    daemons[i] = Some(nodes[i].spawn_daemon(&logs[i]));
+    wait_until("both nodes upgraded", Duration::from_secs(180), || {
+        nodes.iter().all(|n| version(n) == PATCH)
+    });
+    wait_until("both journals gone", Duration::from_secs(30), || {
+        nodes.iter().all(|n| {
+            !n.path("/var/lib/hybrid-agent/lifecycle.json").exists()
+                && !n.path("/var/lib/hybrid-agent/drain.json").exists()
+        })
+    });
+    drop(daemons);
+
+    let events = history(&ds);
+    let spans = cordon_spans(&events);
+    for n in &names {
+        let mine: Vec<_> = spans.iter().filter(|(node, ..)| node == n).collect();
+        assert!(!mine.is_empty(), "{n} was drained: {events:#?}");
+        assert!(
+            mine.iter().all(|(_, _, end)| *end != u64::MAX),
+            "{n} was left cordoned: {events:#?}"
+        );
+    }
+    for a in &spans {
+        for b in &spans {
+            if a.0 != b.0 {
+                assert!(
+                    a.2 < b.1 || b.2 < a.1,
+                    "{} and {} were cordoned at the same time: {events:#?}",
+                    a.0,
+                    b.0
+                );
+            }
+        }
+    }
+    // Each node's pod was evicted once and replaced elsewhere.
+    for i in 0..2 {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["action"] == "evict"
+                    && e["object"] == format!("pods/app/app{i}-1").as_str()),
+            "{events:#?}"
+        );
+    }
+    let shown = nodes[i].run(&["status"]);
+    assert!(
+        shown
+            .stdout
+            .contains(&format!("upgraded {VERSION} → {PATCH}")),
+        "{shown:?}"
+    );
+    let s = status(&nodes[i]);
+    assert_eq!(s["lifecycle"]["upgrades_succeeded"], 1, "{s}");
+    assert_eq!(s["lifecycle"]["last"]["ok"], true, "{s}");
+}
