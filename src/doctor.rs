@@ -519,6 +519,10 @@ async fn cloud_checks(
     };
     // One look: doctor reports how things are, it does not wait for them to change.
     let look = ready::wait_ready(&check, tokio::time::Instant::now()).await;
+    let answered = matches!(
+        look,
+        Ok(ready::ReadyOutcome::Ready | ready::ReadyOutcome::WaitingForNetwork(_))
+    );
     checks.push(match look {
         Ok(ready::ReadyOutcome::Ready) => Check::new(
             "node ready",
@@ -537,6 +541,95 @@ async fn cloud_checks(
             ),
         Err(e) => Check::new("node ready", Outcome::Fail, e.to_string()),
     });
+    if answered {
+        cluster_rights_checks(agent, record, checks).await;
+    }
+}
+
+/// The node as the cluster sees it, and what it may do there: its identity
+/// (SelfSubjectReview: `system:node:<name>` in `system:nodes`, what the Node authorizer and
+/// NodeRestriction key on), the rights a drain uses (access reviews), and with `auto_upgrade`
+/// the disruption lock (docs/lifecycle.md).
+async fn cluster_rights_checks(agent: &AgentConfig, record: &NodeRecord, checks: &mut Vec<Check>) {
+    let api = match crate::join::drain::api(agent, record) {
+        Ok(a) => a,
+        Err(e) => {
+            checks.push(Check::new("cluster identity", Outcome::Skip, e.to_string()));
+            return;
+        }
+    };
+    let review = k8s_openapi::api::authentication::v1::SelfSubjectReview::default();
+    let who: Result<k8s_openapi::api::authentication::v1::SelfSubjectReview, _> = api
+        .post(
+            "SelfSubjectReview",
+            &["apis", "authentication.k8s.io", "v1", "selfsubjectreviews"],
+            &review,
+        )
+        .await;
+    let want = format!("system:node:{}", record.node_name);
+    checks.push(match who {
+        Ok(r) => {
+            let info = r.status.and_then(|s| s.user_info).unwrap_or_default();
+            let user = info.username.unwrap_or_default();
+            let groups = info.groups.unwrap_or_default();
+            if user == want && groups.iter().any(|g| g == "system:nodes") {
+                Check::new(
+                    "cluster identity",
+                    Outcome::Ok,
+                    format!("the cluster sees this node as {user} in system:nodes"),
+                )
+            } else {
+                Check::new(
+                    "cluster identity",
+                    Outcome::Fail,
+                    format!(
+                        "the cluster sees this node as {user:?} in groups {groups:?}, not {want} in system:nodes: kubelet cannot register or update its Node, and the Node authorizer does not apply"
+                    ),
+                )
+                .fix("the access entry of the node's IAM role must be of type HYBRID_LINUX (aws eks describe-access-entry)")
+            }
+        }
+        Err(e) => Check::new("cluster identity", Outcome::Warn, e.to_string()),
+    });
+    match crate::kube::access::review(&api, &crate::kube::access::drain_rights(&record.node_name)).await {
+        Ok(denied) if denied.is_empty() => checks.push(Check::new(
+            "drain rights",
+            Outcome::Ok,
+            "the node may cordon itself and evict its own pods (upgrade and leave drain it themselves)",
+        )),
+        Ok(denied) => checks.push(
+            Check::new(
+                "drain rights",
+                Outcome::Warn,
+                format!(
+                    "the cluster denies the node {}: upgrade and leave refuse unless an administrator drained it first",
+                    denied
+                        .iter()
+                        .map(|d| d.right.describe())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+            .fix("drain by hand (kubectl drain NODE --ignore-daemonsets), or read and apply `hybrid-agent rbac --drain`"),
+        ),
+        Err(e) => checks.push(Check::new("drain rights", Outcome::Warn, e.to_string())),
+    }
+    if agent.lifecycle.auto_upgrade {
+        checks.push(match crate::kube::lock::holds(&api, SystemTime::now()).await {
+            Ok(held) => Check::new(
+                "disruption lock",
+                Outcome::Ok,
+                format!(
+                    "{}/{} is readable{}",
+                    crate::kube::lock::LOCK_NAMESPACE,
+                    crate::kube::lock::LOCK_NAME,
+                    if held { "; this node holds a slot" } else { "" }
+                ),
+            ),
+            Err(e) => Check::new("disruption lock", Outcome::Fail, e.to_string())
+                .fix("automatic upgrades wait until it is fixed: `hybrid-agent rbac | kubectl apply -f -`"),
+        });
+    }
 }
 
 /// kubelet's `--node-ip`, else the address this host would use to reach the API server (no
