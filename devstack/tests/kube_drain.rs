@@ -113,7 +113,13 @@ impl Kube {
         ))
     }
 
-    async fn api(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let ct = if method == "PATCH" {
             "application/merge-patch+json"
         } else {
@@ -137,7 +143,11 @@ impl Kube {
             .plain
             .request(
                 method.parse().unwrap(),
-                format!("{}/_devstack/eks/{path}{}name={CLUSTER}", self.ds.url, if path.contains('?') { "&" } else { "?" }),
+                format!(
+                    "{}/_devstack/eks/{path}{}name={CLUSTER}",
+                    self.ds.url,
+                    if path.contains('?') { "&" } else { "?" }
+                ),
             )
             .body(body.to_owned())
             .send()
@@ -161,7 +171,11 @@ impl Kube {
             if let Some(e) = self.history().await.into_iter().find(&pred) {
                 return e;
             }
-            assert!(Instant::now() < deadline, "no {what} in {:#?}", self.history().await);
+            assert!(
+                Instant::now() < deadline,
+                "no {what} in {:#?}",
+                self.history().await
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -320,7 +334,7 @@ fn budget_status_counts_expected_healthy_and_percentages() {
             k.pod("ns", name, NODE_A, json!({"app": "db", "tier": "x"}), ready).await;
         }
         k.pod("ns", "unrelated", NODE_A, json!({"app": "web"}), true).await;
-        let mut put = |name: &str, spec: Value| {
+        let put = |name: &str, spec: Value| {
             let body = json!({"metadata": {"name": name, "namespace": "ns"}, "spec": spec}).to_string();
             let k = &k;
             async move { k.control("POST", "kube-pdbs", &body).await }
@@ -592,57 +606,105 @@ fn nodes_cordon_by_patch_but_may_not_touch_taints_or_others() {
         let b = k.node_token(NODE_B);
         for (name, token) in [(NODE_A, &a), (NODE_B, &b)] {
             let (code, _) = k
-                .api("POST", "/api/v1/nodes", token, Some(json!({"metadata": {"name": name}, "spec": {}})))
+                .api(
+                    "POST",
+                    "/api/v1/nodes",
+                    token,
+                    Some(json!({"metadata": {"name": name}, "spec": {}})),
+                )
                 .await;
             assert_eq!(code, 201);
         }
         let node_a = format!("/api/v1/nodes/{NODE_A}");
         let (_, mut stale) = k.api("GET", &node_a, &a, None).await;
         // Without a resourceVersion (unconditional), else the stale copy is a 409 first.
-        stale["metadata"].as_object_mut().unwrap().remove("resourceVersion");
+        stale["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("resourceVersion");
         let (code, cordoned) = k
-            .api("PATCH", &node_a, &a, Some(json!({"spec": {"unschedulable": true}})))
+            .api(
+                "PATCH",
+                &node_a,
+                &a,
+                Some(json!({"spec": {"unschedulable": true}})),
+            )
             .await;
         assert_eq!(code, 200);
-        assert_eq!(cordoned["spec"]["taints"][0]["key"], "node.kubernetes.io/unschedulable");
+        assert_eq!(
+            cordoned["spec"]["taints"][0]["key"],
+            "node.kubernetes.io/unschedulable"
+        );
         assert_eq!(cordoned["spec"]["taints"][0]["effect"], "NoSchedule");
         // A whole stale Node (no taint) would remove the controller's taint: refused.
         let (code, body) = k.api("PUT", &node_a, &a, Some(stale)).await;
         assert_eq!(code, 403);
         assert_eq!(
             body["message"],
-            format!("nodes \"{NODE_A}\" is forbidden: node \"{NODE_A}\" is not allowed to modify taints")
+            format!(
+                "nodes \"{NODE_A}\" is forbidden: node \"{NODE_A}\" is not allowed to modify taints"
+            )
         );
         let (code, body) = k
-            .api("PATCH", &format!("/api/v1/nodes/{NODE_B}"), &a, Some(json!({"spec": {"unschedulable": true}})))
+            .api(
+                "PATCH",
+                &format!("/api/v1/nodes/{NODE_B}"),
+                &a,
+                Some(json!({"spec": {"unschedulable": true}})),
+            )
             .await;
         assert_eq!(code, 403, "{body}");
         // The admin cordons B only after A is uncordoned.
         let (code, uncordoned) = k
-            .api("PATCH", &node_a, &a, Some(json!({"spec": {"unschedulable": null}})))
+            .api(
+                "PATCH",
+                &node_a,
+                &a,
+                Some(json!({"spec": {"unschedulable": null}})),
+            )
             .await;
         assert_eq!(code, 200);
         assert!(uncordoned["spec"]["taints"].is_null(), "{uncordoned}");
-        k.control("POST", &format!("kube-cordon?node={NODE_B}"), "").await;
+        k.control("POST", &format!("kube-cordon?node={NODE_B}"), "")
+            .await;
 
         // Single pods: a node deletes its own, not another node's.
         k.pod("app", "p-1", NODE_A, json!({}), true).await;
         k.pod("app", "p-2", NODE_B, json!({}), true).await;
-        let (code, body) = k.api("DELETE", "/api/v1/namespaces/app/pods/p-2", &a, None).await;
+        let (code, body) = k
+            .api("DELETE", "/api/v1/namespaces/app/pods/p-2", &a, None)
+            .await;
         assert_eq!(code, 403);
-        assert!(body["message"].as_str().unwrap().ends_with("can only delete pods with spec.nodeName set to itself"));
-        let (code, pod) = k.api("DELETE", "/api/v1/namespaces/app/pods/p-1", &a, None).await;
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .ends_with("can only delete pods with spec.nodeName set to itself")
+        );
+        let (code, pod) = k
+            .api("DELETE", "/api/v1/namespaces/app/pods/p-1", &a, None)
+            .await;
         assert_eq!(code, 200);
         assert!(pod["metadata"]["deletionTimestamp"].is_string());
-        k.wait_for("termination", |e| e["action"] == "terminated" && e["object"] == "pods/app/p-1").await;
-        let (code, _) = k.api("GET", "/api/v1/namespaces/app/pods/p-1", &a, None).await;
+        k.wait_for("termination", |e| {
+            e["action"] == "terminated" && e["object"] == "pods/app/p-1"
+        })
+        .await;
+        let (code, _) = k
+            .api("GET", "/api/v1/namespaces/app/pods/p-1", &a, None)
+            .await;
         assert_eq!(code, 404);
 
         let events = k.history().await;
         let cordons: Vec<(String, String)> = events
             .iter()
             .filter(|e| e["action"] == "cordon" || e["action"] == "uncordon")
-            .map(|e| (e["action"].as_str().unwrap().to_owned(), e["object"].as_str().unwrap().to_owned()))
+            .map(|e| {
+                (
+                    e["action"].as_str().unwrap().to_owned(),
+                    e["object"].as_str().unwrap().to_owned(),
+                )
+            })
             .collect();
         assert_eq!(
             cordons,
@@ -652,7 +714,11 @@ fn nodes_cordon_by_patch_but_may_not_touch_taints_or_others() {
                 ("cordon".to_owned(), format!("nodes/{NODE_B}")),
             ]
         );
-        let last = events.iter().rev().find(|e| e["action"] == "cordon").unwrap();
+        let last = events
+            .iter()
+            .rev()
+            .find(|e| e["action"] == "cordon")
+            .unwrap();
         assert_eq!(last["actor"], "admin");
     });
 }

@@ -106,11 +106,25 @@ pub(crate) fn apply(state: &Shared, c: &mut KubeCluster, now: SystemTime, body: 
                 c.namespaces.insert(ns.clone());
                 objects::stamp(state, &mut doc, k, &ns, &name, existing.as_ref());
                 c.objects.insert(key, doc);
-                let action = if existing.is_some() { "update" } else { "create" };
-                c.record(now, "admin", action, &format!("{}/{ns}/{name}", k.resource), "kube-apply");
+                let action = if existing.is_some() {
+                    "update"
+                } else {
+                    "create"
+                };
+                c.record(
+                    now,
+                    "admin",
+                    action,
+                    &format!("{}/{ns}/{name}", k.resource),
+                    "kube-apply",
+                );
                 existing.is_some()
             }
-            "Role" => c.rbac.roles.insert((ns.clone(), name.clone()), doc).is_some(),
+            "Role" => c
+                .rbac
+                .roles
+                .insert((ns.clone(), name.clone()), doc)
+                .is_some(),
             "RoleBinding" => c
                 .rbac
                 .role_bindings
@@ -125,7 +139,7 @@ pub(crate) fn apply(state: &Shared, c: &mut KubeCluster, now: SystemTime, body: 
             "PodDisruptionBudget" => {
                 let existed = c.pdbs.contains_key(&(ns.clone(), name.clone()));
                 if let Err(r) = pods::put_pdb(state, c, doc, true) {
-                    return r;
+                    return *r;
                 }
                 existed
             }
@@ -193,13 +207,23 @@ pub(crate) fn unapply(c: &mut KubeCluster, now: SystemTime, body: &[u8]) -> Resp
                 c.namespaces.remove(&name)
             }
             "ConfigMap" | "Lease" => {
-                let resource = if kind == "Lease" { "leases" } else { "configmaps" };
+                let resource = if kind == "Lease" {
+                    "leases"
+                } else {
+                    "configmaps"
+                };
                 let gone = c
                     .objects
                     .remove(&(resource.to_owned(), ns.clone(), name.clone()))
                     .is_some();
                 if gone {
-                    c.record(now, "admin", "delete", &format!("{resource}/{ns}/{name}"), "kube-apply");
+                    c.record(
+                        now,
+                        "admin",
+                        "delete",
+                        &format!("{resource}/{ns}/{name}"),
+                        "kube-apply",
+                    );
                 }
                 gone
             }

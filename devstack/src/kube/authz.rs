@@ -158,16 +158,16 @@ pub(crate) enum Decision {
 }
 
 /// One static rule of the Node authorizer: API group, resources, verbs.
-type StaticRule = (&'static str, &'static [&'static str], &'static [&'static str]);
+type StaticRule = (
+    &'static str,
+    &'static [&'static str],
+    &'static [&'static str],
+);
 
 /// The Node authorizer's static rules (plugin/pkg/auth/authorizer/rbac/bootstrappolicy/policy.go
 /// `NodeRules()`), the part the stand-in serves or a node would ask about.
 const NODE_RULES: &[StaticRule] = &[
-    (
-        "authentication.k8s.io",
-        &["tokenreviews"],
-        &["create"],
-    ),
+    ("authentication.k8s.io", &["tokenreviews"], &["create"]),
     (
         "authorization.k8s.io",
         &["subjectaccessreviews", "localsubjectaccessreviews"],
@@ -177,7 +177,9 @@ const NODE_RULES: &[StaticRule] = &[
     (
         "",
         &["nodes"],
-        &["create", "get", "list", "watch", "update", "patch", "delete"],
+        &[
+            "create", "get", "list", "watch", "update", "patch", "delete",
+        ],
     ),
     ("", &["nodes/status"], &["update", "patch"]),
     ("", &["events"], &["create", "update", "patch"]),
@@ -202,7 +204,11 @@ const NODE_RULES: &[StaticRule] = &[
         &["csinodes"],
         &["create", "delete", "get", "patch", "update"],
     ),
-    ("node.k8s.io", &["runtimeclasses"], &["get", "list", "watch"]),
+    (
+        "node.k8s.io",
+        &["runtimeclasses"],
+        &["get", "list", "watch"],
+    ),
 ];
 
 /// The Node authorizer (plugin/pkg/auth/authorizer/node/node_authorizer.go) for node `node`.
@@ -231,10 +237,7 @@ fn node_authorizer(node: &str, a: &Attrs) -> Decision {
             }
             Decision::Allow(String::new())
         }
-        (
-            "",
-            "configmaps" | "secrets" | "persistentvolumeclaims" | "persistentvolumes",
-        ) => {
+        ("", "configmaps" | "secrets" | "persistentvolumeclaims" | "persistentvolumes") => {
             if !matches!(verb, "get" | "list" | "watch") {
                 Decision::NoOpinion("can only read resources of this type".into())
             } else if !a.subresource.is_empty() {
@@ -322,10 +325,7 @@ impl Default for Rbac {
 }
 
 fn strs(v: &Value) -> impl Iterator<Item = &str> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
+    v.as_array().into_iter().flatten().filter_map(Value::as_str)
 }
 
 /// Whether an RBAC rule covers a resource request (rbac/v1 helpers: `*` everywhere, and
@@ -440,8 +440,9 @@ impl Rbac {
         for g in self.grants(user, namespace) {
             for r in g.rules {
                 if r["nonResourceURLs"].is_array() {
-                    non_resource_rules
-                        .push(json!({"verbs": r["verbs"], "nonResourceURLs": r["nonResourceURLs"]}));
+                    non_resource_rules.push(
+                        json!({"verbs": r["verbs"], "nonResourceURLs": r["nonResourceURLs"]}),
+                    );
                 } else {
                     let mut rule = json!({"verbs": r["verbs"], "apiGroups": r["apiGroups"], "resources": r["resources"]});
                     if r["resourceNames"].is_array() {
@@ -540,7 +541,10 @@ pub(crate) fn rules_review(rbac: &Rbac, user: &User, body: &Value) -> Value {
     let (mut resource_rules, mut non_resource_rules) = rbac.rules_for(user, namespace);
     let mut status = json!({});
     if user.admin {
-        resource_rules.insert(0, json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}));
+        resource_rules.insert(
+            0,
+            json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}),
+        );
         non_resource_rules.insert(0, json!({"verbs": ["*"], "nonResourceURLs": ["*"]}));
     }
     status["resourceRules"] = json!(resource_rules);
@@ -588,8 +592,10 @@ mod tests {
                 );
             }
             None => {
-                rbac.cluster_roles
-                    .insert("r".into(), json!({"metadata": {"name": "r"}, "rules": rules}));
+                rbac.cluster_roles.insert(
+                    "r".into(),
+                    json!({"metadata": {"name": "r"}, "rules": rules}),
+                );
                 rbac.cluster_role_bindings.insert(
                     "b".into(),
                     json!({"roleRef": {"kind": "ClusterRole", "name": "r"}, "subjects": [{"kind": "User", "name": "system:node:mi-1"}]}),
@@ -604,7 +610,13 @@ mod tests {
         let rbac = Rbac::default();
         let node = User::node("mi-1", "arn");
         let allowed = |a: Attrs| matches!(authorize(&rbac, &node, &a), Decision::Allow(_));
-        assert!(allowed(Attrs::new("create", "", "pods/eviction", "ns", "p")));
+        assert!(allowed(Attrs::new(
+            "create",
+            "",
+            "pods/eviction",
+            "ns",
+            "p"
+        )));
         assert!(allowed(Attrs::new("get", "", "pods", "ns", "p")));
         assert!(!allowed(Attrs::new("update", "", "pods", "ns", "p")));
         assert!(allowed(Attrs::new(
@@ -655,12 +667,42 @@ mod tests {
         );
         let node = User::node("mi-1", "arn");
         let allowed = |a: Attrs| matches!(authorize(&rbac, &node, &a), Decision::Allow(_));
-        assert!(allowed(Attrs::new("update", "", "configmaps", "ns", "lock")));
-        assert!(!allowed(Attrs::new("update", "", "configmaps", "ns", "other")));
+        assert!(allowed(Attrs::new(
+            "update",
+            "",
+            "configmaps",
+            "ns",
+            "lock"
+        )));
+        assert!(!allowed(Attrs::new(
+            "update",
+            "",
+            "configmaps",
+            "ns",
+            "other"
+        )));
         assert!(!allowed(Attrs::new("create", "", "configmaps", "ns", "")));
-        assert!(!allowed(Attrs::new("update", "", "configmaps", "ns2", "lock")));
-        assert!(allowed(Attrs::new("patch", "apps", "deployments/status", "ns", "d")));
-        assert!(!allowed(Attrs::new("patch", "apps", "deployments", "ns", "d")));
+        assert!(!allowed(Attrs::new(
+            "update",
+            "",
+            "configmaps",
+            "ns2",
+            "lock"
+        )));
+        assert!(allowed(Attrs::new(
+            "patch",
+            "apps",
+            "deployments/status",
+            "ns",
+            "d"
+        )));
+        assert!(!allowed(Attrs::new(
+            "patch",
+            "apps",
+            "deployments",
+            "ns",
+            "d"
+        )));
         let rbac = node_rbac(
             json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["*"]}]),
             None,
@@ -668,7 +710,13 @@ mod tests {
         match authorize(
             &rbac,
             &node,
-            &Attrs::new("update", "coordination.k8s.io", "leases", "kube-system", "x"),
+            &Attrs::new(
+                "update",
+                "coordination.k8s.io",
+                "leases",
+                "kube-system",
+                "x",
+            ),
         ) {
             Decision::Allow(r) => assert_eq!(
                 r,
@@ -680,7 +728,13 @@ mod tests {
             authorize(
                 &rbac,
                 &User::node("mi-2", "arn"),
-                &Attrs::new("update", "coordination.k8s.io", "leases", "kube-system", "x")
+                &Attrs::new(
+                    "update",
+                    "coordination.k8s.io",
+                    "leases",
+                    "kube-system",
+                    "x"
+                )
             ),
             Decision::Allow(_)
         ));

@@ -94,7 +94,12 @@ const MAX_BODY: usize = 1024 * 1024;
 /// Time a client gets for the TLS handshake before its connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Namespaces every cluster has.
-const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", NODE_LEASE_NAMESPACE];
+const SYSTEM_NAMESPACES: [&str; 4] = [
+    "default",
+    "kube-system",
+    "kube-public",
+    NODE_LEASE_NAMESPACE,
+];
 
 /// Which access entry the cluster has for the roles of its nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,7 +166,14 @@ impl KubeCluster {
     }
 
     /// Appends an event to the history.
-    pub(crate) fn record(&mut self, at: SystemTime, actor: &str, action: &str, object: &str, detail: &str) {
+    pub(crate) fn record(
+        &mut self,
+        at: SystemTime,
+        actor: &str,
+        action: &str,
+        object: &str,
+        detail: &str,
+    ) {
         let seq = self.history.len() + 1;
         self.history.push(json!({
             "seq": seq,
@@ -365,7 +377,6 @@ impl axum::serve::Listener for TlsListener {
         self.inner.local_addr()
     }
 }
-
 
 /// A resource request as kube-apiserver's RequestInfoFactory reads the path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -589,7 +600,13 @@ async fn dispatch(
 }
 
 /// Authorizes a recognised request and hands it to its handler.
-fn serve(c: &mut KubeCluster, ctx: &Ctx, info: &RequestInfo, op: &str, method: &Method) -> Response {
+fn serve(
+    c: &mut KubeCluster,
+    ctx: &Ctx,
+    info: &RequestInfo,
+    op: &str,
+    method: &Method,
+) -> Response {
     // The name of a Node being created (for NodeRestriction and the history).
     let body_name = || {
         serde_json::from_slice::<Value>(ctx.body)
@@ -825,7 +842,6 @@ fn describe(f: &AuthFailure) -> String {
     f.clone().into_api_error("sts").message
 }
 
-
 /// Control endpoint for the API servers (reached through `/_devstack/eks/kube-*?name=CLUSTER`),
 /// acting as the cluster admin (history actor `admin`):
 /// - `POST kube-api` → `{"endpoint": "https://127.0.0.1:PORT"}`: starts the cluster's API server
@@ -891,7 +907,10 @@ pub async fn control(state: &Shared, op: &str, cluster: &str, req: &Req) -> Resp
             let unschedulable = get("unschedulable").as_deref() != Some("false");
             match c.nodes.get(&node).cloned() {
                 Some(mut n) => {
-                    objects::merge_patch(&mut n, &json!({"spec": {"unschedulable": unschedulable}}));
+                    objects::merge_patch(
+                        &mut n,
+                        &json!({"spec": {"unschedulable": unschedulable}}),
+                    );
                     let n = objects::store_node(state, c, "admin", now, &node, n);
                     ok_json(StatusCode::OK, &n)
                 }
@@ -932,7 +951,7 @@ pub async fn control(state: &Shared, op: &str, cluster: &str, req: &Req) -> Resp
             };
             match pods::put_pdb(state, c, pdb, false) {
                 Ok(p) => ok_json(StatusCode::CREATED, &p),
-                Err(r) => r,
+                Err(r) => *r,
             }
         }
         (Method::DELETE, "eks/kube-pdbs") => {
@@ -950,9 +969,9 @@ pub async fn control(state: &Shared, op: &str, cluster: &str, req: &Req) -> Resp
             let ms = |k: &str| -> Result<Option<Duration>, String> {
                 get(k)
                     .map(|v| {
-                        v.parse::<u64>()
-                            .map(Duration::from_millis)
-                            .map_err(|_| format!("kube-timing: {k} must be a number of milliseconds"))
+                        v.parse::<u64>().map(Duration::from_millis).map_err(|_| {
+                            format!("kube-timing: {k} must be a number of milliseconds")
+                        })
                     })
                     .transpose()
             };
@@ -1005,11 +1024,19 @@ mod tests {
     fn request_paths_read_as_kube_reads_them() {
         let parse = |m: Method, p: &str| RequestInfo::parse(&m, p).expect("a resource path");
         let i = parse(Method::GET, "/api/v1/pods");
-        assert_eq!((i.verb, i.resource.as_str(), i.namespace.as_str()), ("list", "pods", ""));
+        assert_eq!(
+            (i.verb, i.resource.as_str(), i.namespace.as_str()),
+            ("list", "pods", "")
+        );
         assert_eq!(i.op(), Ok("ListPods".into()));
         let i = parse(Method::POST, "/api/v1/namespaces/ns/pods/p/eviction");
         assert_eq!(
-            (i.verb, i.name.as_str(), i.subresource.as_str(), i.namespace.as_str()),
+            (
+                i.verb,
+                i.name.as_str(),
+                i.subresource.as_str(),
+                i.namespace.as_str()
+            ),
             ("create", "p", "eviction", "ns")
         );
         assert_eq!(i.op(), Ok("EvictPod".into()));
@@ -1019,9 +1046,18 @@ mod tests {
         );
         assert_eq!(i.group, "coordination.k8s.io");
         assert_eq!(i.op(), Ok("UpdateLease".into()));
-        assert_eq!(parse(Method::GET, "/api/v1/namespaces/x").op(), Ok("GetNamespace".into()));
-        assert_eq!(parse(Method::PUT, "/api/v1/nodes/n/status").op(), Ok("UpdateNodeStatus".into()));
-        assert_eq!(parse(Method::POST, "/api/v1/namespaces/x/pods").op(), Err(true));
+        assert_eq!(
+            parse(Method::GET, "/api/v1/namespaces/x").op(),
+            Ok("GetNamespace".into())
+        );
+        assert_eq!(
+            parse(Method::PUT, "/api/v1/nodes/n/status").op(),
+            Ok("UpdateNodeStatus".into())
+        );
+        assert_eq!(
+            parse(Method::POST, "/api/v1/namespaces/x/pods").op(),
+            Err(true)
+        );
         assert_eq!(parse(Method::GET, "/api/v1/secrets").op(), Err(false));
         assert!(RequestInfo::parse(&Method::GET, "/metrics").is_none());
     }

@@ -56,7 +56,14 @@ pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 /// 409 Conflict for a stale `metadata.resourceVersion`, as the API server words it.
-fn conflict(c: &mut KubeCluster, ctx: &Ctx, group: &str, resource: &str, name: &str, object: &str) -> Response {
+fn conflict(
+    c: &mut KubeCluster,
+    ctx: &Ctx,
+    group: &str,
+    resource: &str,
+    name: &str,
+    object: &str,
+) -> Response {
     let q = super::authz::qualified(group, resource);
     let m = format!(
         "Operation cannot be fulfilled on {q} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
@@ -73,25 +80,31 @@ fn stale(given: &Value, stored: &Value) -> bool {
     }
 }
 
-fn parse_body(ctx: &Ctx) -> Result<Value, Response> {
+fn parse_body(ctx: &Ctx) -> Result<Value, Box<Response>> {
     serde_json::from_slice::<Value>(ctx.body)
         .ok()
         .filter(Value::is_object)
-        .ok_or_else(|| status(StatusCode::BAD_REQUEST, "BadRequest", "the body is not a JSON object"))
+        .ok_or_else(|| {
+            Box::new(status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "the body is not a JSON object",
+            ))
+        })
 }
 
 /// The patch of a PATCH request: a JSON merge patch (a strategic merge patch is applied as one,
 /// which is what it is for the fields the stand-in's objects have).
-fn parse_patch(ctx: &Ctx) -> Result<Value, Response> {
+fn parse_patch(ctx: &Ctx) -> Result<Value, Box<Response>> {
     if !(ctx.content_type.contains("merge-patch") || ctx.content_type.contains("strategic")) {
-        return Err(status(
+        return Err(Box::new(status(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UnsupportedMediaType",
             format!(
                 "the body of a PATCH must be a merge patch or a strategic merge patch for this stand-in, not {:?}",
                 ctx.content_type
             ),
-        ));
+        )));
     }
     parse_body(ctx)
 }
@@ -162,7 +175,7 @@ pub(crate) fn handle(
         "create" => {
             let mut given = match parse_body(ctx) {
                 Ok(v) => v,
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             let Some(new_name) = given["metadata"]["name"]
                 .as_str()
@@ -216,10 +229,12 @@ pub(crate) fn handle(
                 parse_patch(ctx)
             } {
                 Ok(v) => v,
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             if verb == "update"
-                && given["metadata"]["name"].as_str().is_some_and(|n| n != name)
+                && given["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n != name)
             {
                 return status(
                     StatusCode::BAD_REQUEST,
@@ -275,7 +290,10 @@ pub(crate) fn handle(
         _ => status(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
-            format!("{verb} is not supported on {} by this stand-in", kind.resource),
+            format!(
+                "{verb} is not supported on {} by this stand-in",
+                kind.resource
+            ),
         ),
     }
 }
@@ -344,7 +362,10 @@ fn unschedulable(node: &Value) -> bool {
 
 /// A node's taints, nil and empty alike (as apimachinery's semantic equality has them).
 fn taints(node: &Value) -> Vec<Value> {
-    node["spec"]["taints"].as_array().cloned().unwrap_or_default()
+    node["spec"]["taints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Stores a Node written by `actor`, records a change of `spec.unschedulable` (cordon /
@@ -390,7 +411,13 @@ pub(crate) fn store_node(
 
 /// Reads and writes of Node objects, once the authorizers allowed them; NodeRestriction for
 /// node users (only its own Node, never its taints).
-pub(crate) fn nodes(c: &mut KubeCluster, ctx: &Ctx, op: &str, name: &str, method: &Method) -> Response {
+pub(crate) fn nodes(
+    c: &mut KubeCluster,
+    ctx: &Ctx,
+    op: &str,
+    name: &str,
+    method: &Method,
+) -> Response {
     let not_found = || not_found_in("", "nodes", name);
     let object = format!("nodes/{name}");
     let restrict = |c: &mut KubeCluster| -> Option<Response> {
@@ -428,7 +455,7 @@ pub(crate) fn nodes(c: &mut KubeCluster, ctx: &Ctx, op: &str, name: &str, method
         "CreateNode" => {
             let node = match parse_body(ctx) {
                 Ok(v) => v,
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             if let Some(r) = restrict(c) {
                 return r;
@@ -453,7 +480,7 @@ pub(crate) fn nodes(c: &mut KubeCluster, ctx: &Ctx, op: &str, name: &str, method
                 parse_body(ctx)
             } {
                 Ok(v) => v,
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             let Some(existing) = c.nodes.get(name).cloned() else {
                 return not_found();

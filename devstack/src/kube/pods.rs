@@ -367,12 +367,14 @@ pub(crate) fn remove_now(
 
 /// `deleteOptions.gracePeriodSeconds` (or the `gracePeriodSeconds` query parameter).
 fn grace_override(options: &Value, query: &str) -> Option<Duration> {
-    options["gracePeriodSeconds"].as_u64().or_else(|| {
-        form_urlencoded::parse(query.as_bytes())
-            .find(|(k, _)| k == "gracePeriodSeconds")
-            .and_then(|(_, v)| v.parse().ok())
-    })
-    .map(Duration::from_secs)
+    options["gracePeriodSeconds"]
+        .as_u64()
+        .or_else(|| {
+            form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == "gracePeriodSeconds")
+                .and_then(|(_, v)| v.parse().ok())
+        })
+        .map(Duration::from_secs)
 }
 
 /// `GET /api/v1/namespaces/NS/pods/NAME`.
@@ -478,7 +480,10 @@ fn validate_pdb(pdb: &Value) -> Result<(), String> {
             "metadata.name: Required value: name or generateName is required",
         ));
     }
-    match (spec["minAvailable"].is_null(), spec["maxUnavailable"].is_null()) {
+    match (
+        spec["minAvailable"].is_null(),
+        spec["maxUnavailable"].is_null(),
+    ) {
         (false, false) => {
             return Err(invalid(
                 "spec: Invalid value: minAvailable and maxUnavailable cannot be both set",
@@ -494,7 +499,9 @@ fn validate_pdb(pdb: &Value) -> Result<(), String> {
         }
     }
     if !spec["selector"].is_null() && !spec["selector"].is_object() {
-        return Err(invalid("spec.selector: Invalid value: not a label selector"));
+        return Err(invalid(
+            "spec.selector: Invalid value: not a label selector",
+        ));
     }
     Ok(())
 }
@@ -596,26 +603,32 @@ pub(crate) fn put_pdb(
     c: &mut KubeCluster,
     mut pdb: Value,
     replace: bool,
-) -> Result<Value, Response> {
-    if pdb["metadata"]["namespace"].as_str().is_none_or(str::is_empty) {
+) -> Result<Value, Box<Response>> {
+    if pdb["metadata"]["namespace"]
+        .as_str()
+        .is_none_or(str::is_empty)
+    {
         pdb["metadata"]["namespace"] = json!("default");
     }
     validate_pdb(&pdb)
-        .map_err(|m| status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", m))?;
+        .map_err(|m| Box::new(status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", m)))?;
     let key = (
-        pdb["metadata"]["namespace"].as_str().unwrap_or_default().to_owned(),
-        pdb["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+        pdb["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        pdb["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
     );
     let generation = match c.pdbs.get(&key) {
         Some(_) if !replace => {
-            return Err(status(
+            return Err(Box::new(status(
                 StatusCode::CONFLICT,
                 "AlreadyExists",
-                format!(
-                    "poddisruptionbudgets.policy \"{}\" already exists",
-                    key.1
-                ),
-            ));
+                format!("poddisruptionbudgets.policy \"{}\" already exists", key.1),
+            )));
         }
         Some(old) => {
             pdb["metadata"]["uid"] = old["metadata"]["uid"].clone();
@@ -684,8 +697,7 @@ pub(crate) fn evict(c: &mut KubeCluster, ctx: &Ctx, ns: &str, name: &str) -> Res
     let grace = grace_override(&eviction["deleteOptions"], "");
     let actor = ctx.user.actor();
     let phase = pod["status"]["phase"].as_str().unwrap_or("").to_owned();
-    if matches!(phase.as_str(), "Succeeded" | "Failed" | "Pending")
-        || is_terminating(c, &key, pod)
+    if matches!(phase.as_str(), "Succeeded" | "Failed" | "Pending") || is_terminating(c, &key, pod)
     {
         let why = if is_terminating(c, &key, pod) {
             "already terminating: no disruption budget checked".to_owned()
