@@ -560,7 +560,7 @@ async fn cluster_rights_checks(agent: &AgentConfig, record: &NodeRecord, checks:
     };
     let review = k8s_openapi::api::authentication::v1::SelfSubjectReview::default();
     let who: Result<k8s_openapi::api::authentication::v1::SelfSubjectReview, _> = api
-        .post(
+        .post_query(
             "SelfSubjectReview",
             &["apis", "authentication.k8s.io", "v1", "selfsubjectreviews"],
             &review,

@@ -1,13 +1,16 @@
-//! `leave` checks that the node is drained and cordoned before it changes anything, asking the
-//! devstack's stand-in API server with the node's own credentials (the token the agent makes
-//! from them), as nodeadm's uninstall does. Pods are put on the node through the devstack's
-//! control endpoint (there is no scheduler); the stand-in kubelet (a STAND-IN, not kubelet)
-//! registers the Node.
+//! `leave` in a cluster whose authorizer does not let nodes evict (the stand-in's
+//! `kube-node-evictions?allowed=false`; EKS does let them, see tests/lifecycle_drain.rs): it
+//! behaves as nodeadm's uninstall, checking that the node is drained and cordoned before it
+//! changes anything, asking the devstack's stand-in API server with the node's own credentials
+//! (the token the agent makes from them), and prints the manifest that would let the node drain
+//! itself. Pods are put on the node through the devstack's control endpoint (there is no
+//! scheduler); the stand-in kubelet (a STAND-IN, not kubelet) registers the Node.
 //!
 //! A pod bound to the node blocks leave until it is gone (or `--force`); DaemonSet pods, mirror
 //! pods and finished pods do not; an uncordoned node blocks; an API server nobody answers at
 //! blocks unless `--force`. A refused leave changes nothing: the files, the registration and
-//! the running components stay.
+//! the running components stay. Once the printed manifest is applied, leave drains the node
+//! itself.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod install_support;
@@ -42,6 +45,11 @@ fn joined(api: bool) -> Fixture {
             &ds,
             "POST",
             &format!("/_devstack/eks/kube-api?name={CLUSTER}"),
+        );
+        control(
+            &ds,
+            "POST",
+            &format!("/_devstack/eks/kube-node-evictions?name={CLUSTER}&allowed=false"),
         );
     }
     let node = Node::new(&ds, &create_activation(&ds));
@@ -142,7 +150,12 @@ fn a_pod_bound_to_the_node_blocks_leave_until_it_is_gone() {
             && refused
                 .stderr
                 .contains(&format!("kubectl drain {node} --ignore-daemonsets"))
-            && refused.stderr.contains("hybrid-agent leave --force"),
+            && refused.stderr.contains("`--force`")
+            && refused.stderr.contains(&format!(
+                "This node may not drain itself in cluster {CLUSTER}: the access review denies it `create pods/eviction` (to evict the node's pods through the Eviction API (PodDisruptionBudgets))"
+            ))
+            && refused.stderr.contains("hybrid-agent rbac --drain | kubectl apply -f -")
+            && refused.stderr.contains(hybrid_agent::join::drain::NODE_DRAIN_RBAC.trim_end()),
         "{refused:?}"
     );
     for not_blocking in [
@@ -224,7 +237,7 @@ fn an_uncordoned_or_crowded_node_is_refused_and_force_leaves_anyway() {
     assert!(
         forced
             .stdout
-            .contains("--force: the node was not checked for pods still running on it"),
+            .contains("--force: the node was not drained nor checked for pods still running on it"),
         "{forced:?}"
     );
     assert!(managed_instances(&f.ds).is_empty());
@@ -243,12 +256,40 @@ fn an_api_server_nobody_answers_at_refuses_leave_unless_forced() {
             "cannot tell whether node {} is drained: nothing answers at the API server endpoint https://127.0.0.1:6443",
             f.name
         )) && refused.stderr.contains("asked 3 times")
-            && refused.stderr.contains("nodeadm's uninstall refuses in this case too")
-            && refused.stderr.contains("hybrid-agent leave --force"),
+            && refused.stderr.contains("nodeadm refuses in this case too")
+            && refused.stderr.contains("`--force`"),
         "{refused:?}"
     );
     assert_untouched(&f, &before);
     let forced = f.node.run(&["leave", "--force"]);
     assert_eq!(forced.code, Some(0), "{forced:?}");
+    assert!(managed_instances(&f.ds).is_empty());
+}
+
+#[test]
+fn the_printed_manifest_lets_the_node_drain_itself() {
+    let f = joined(true);
+    let node = f.name.clone();
+    pod(&f.ds, web_pod("app", "web-5d4f-x7", &node));
+    let refused = f.node.run(&["leave"]);
+    assert_eq!(refused.code, Some(3), "{refused:?}");
+    // The administrator applies what leave printed (`hybrid-agent rbac --drain`).
+    let manifest = f.node.run(&["rbac", "--drain"]);
+    assert_eq!(manifest.code, Some(0), "{manifest:?}");
+    assert!(refused.stderr.contains(manifest.stdout.trim_end()));
+    control_body(
+        &f.ds,
+        "POST",
+        &format!("/_devstack/eks/kube-apply?name={CLUSTER}"),
+        &manifest.stdout,
+    );
+    let leave = f.node.run(&["leave"]);
+    assert_eq!(leave.code, Some(0), "{leave:?}");
+    assert!(
+        leave.stdout.contains(&format!("drained node {node} in "))
+            && leave.stdout.contains("1 pod (app/web-5d4f-x7) evicted")
+            && leave.stdout.contains("(cordoned by this drain)"),
+        "{leave:?}"
+    );
     assert!(managed_instances(&f.ds).is_empty());
 }

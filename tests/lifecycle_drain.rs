@@ -219,7 +219,7 @@ fn leave_drains_through_a_budget_one_pod_at_a_time_and_leaves_daemonset_pods() {
             "drained node {node} in "
         )) && leave
             .stdout
-            .contains(": 3 pods (app/web-1, app/web-2, app/web-3), after ")
+            .contains(": 3 pods (app/web-1, app/web-2, app/web-3) evicted, after ")
             && leave.stdout.contains(
                 " refusals by PodDisruptionBudgets, 2 DaemonSet, mirror or finished left (cordoned by this drain)"
             ),

@@ -111,7 +111,7 @@ pub async fn review(api: &Api, rights: &[Right]) -> Result<Vec<Denied>, KubeErro
             ..Default::default()
         };
         let answer: SelfSubjectAccessReview = api
-            .post(
+            .post_query(
                 &format!("access review: may the node {}", right.describe()),
                 &[
                     "apis",

@@ -250,6 +250,19 @@ impl Api {
         self.decode(what, &answer)
     }
 
+    /// POSTs a request that changes nothing (an access review): retried like a GET.
+    pub async fn post_query<B: Serialize, T: DeserializeOwned>(
+        &self,
+        what: &str,
+        segments: &[&str],
+        body: &B,
+    ) -> Result<T, KubeError> {
+        let url = self.url(segments, &[])?;
+        let body = self.to_json(what, body)?;
+        let answer = self.call(what, &url, Method::Post(&body), true).await?;
+        self.decode(what, &answer)
+    }
+
     /// PUTs `body` (an update: with `metadata.resourceVersion`, refused with 409 when the object
     /// changed since it was read). Sent once.
     pub async fn put<B: Serialize, T: DeserializeOwned>(

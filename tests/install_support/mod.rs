@@ -223,7 +223,7 @@ pub fn control_body(
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     assert!(
-        resp.starts_with("HTTP/1.1 200"),
+        resp.starts_with("HTTP/1.1 2"),
         "{method} {path_and_query}: {resp}"
     );
     resp

@@ -214,8 +214,11 @@ const NODE_RULES: &[StaticRule] = &[
 /// The Node authorizer (plugin/pkg/auth/authorizer/node/node_authorizer.go) for node `node`.
 /// The stand-in keeps no graph of what pods reference: a node reads no ConfigMap or Secret
 /// through it (RBAC may still grant them).
-fn node_authorizer(node: &str, a: &Attrs) -> Decision {
+fn node_authorizer(node: &str, a: &Attrs, evictions: bool) -> Decision {
     let verb = a.verb.as_str();
+    if !evictions && a.resource == "pods" && a.subresource == "eviction" {
+        return Decision::NoOpinion(String::new());
+    }
     match (a.group.as_str(), a.resource.as_str()) {
         ("coordination.k8s.io", "leases") => {
             if !matches!(verb, "get" | "create" | "update" | "patch" | "delete") {
@@ -274,6 +277,10 @@ pub(crate) struct Rbac {
     pub cluster_role_bindings: BTreeMap<String, Value>,
     /// ValidatingAdmissionPolicy and ValidatingAdmissionPolicyBinding, by kind and name.
     pub admission_policies: BTreeMap<(String, String), Value>,
+    /// Whether the Node authorizer grants nodes `create pods/eviction` (upstream and EKS: yes).
+    /// Off models a cluster whose authorizer withholds it (an authorization webhook in front,
+    /// or trimmed node rules): only RBAC can grant it then (`hybrid-agent rbac --drain`).
+    pub node_evictions: bool,
 }
 
 /// Label of the bootstrap RBAC objects every cluster has (never removed by `kube-apply` DELETE).
@@ -320,6 +327,7 @@ impl Default for Rbac {
                 ),
             ]),
             admission_policies: BTreeMap::new(),
+            node_evictions: true,
         }
     }
 }
@@ -464,7 +472,7 @@ pub(crate) fn authorize(rbac: &Rbac, user: &User, a: &Attrs) -> Decision {
     }
     let mut reasons = Vec::new();
     if let Some(node) = &user.node {
-        match node_authorizer(node, a) {
+        match node_authorizer(node, a, rbac.node_evictions) {
             Decision::Allow(r) => return Decision::Allow(r),
             Decision::NoOpinion(r) if !r.is_empty() => reasons.push(r),
             Decision::NoOpinion(_) => {}

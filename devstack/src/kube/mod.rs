@@ -847,6 +847,9 @@ fn describe(f: &AuthFailure) -> String {
 /// - `POST kube-api` → `{"endpoint": "https://127.0.0.1:PORT"}`: starts the cluster's API server
 ///   (once) and makes it the cluster's endpoint;
 /// - `POST kube-access?access=hybrid-linux|none|standard`: the access entry nodes' roles have;
+/// - `POST kube-node-evictions?allowed=false|true`: whether the Node authorizer grants nodes
+///   `create pods/eviction` (default true, as upstream and EKS; false models a cluster whose
+///   authorizer withholds it, where only RBAC can grant it);
 /// - `GET kube-nodes` → the NodeList (what the stand-in kubelet registered);
 /// - `POST kube-cordon?node=N[&unschedulable=false]`: sets the Node's `spec.unschedulable`, as
 ///   `kubectl cordon`/`uncordon` do (the lifecycle controller's taint follows);
@@ -899,6 +902,17 @@ pub async fn control(state: &Shared, op: &str, cluster: &str, req: &Req) -> Resp
                 None => bad("kube-access needs ?access=hybrid-linux|none|standard".into()),
             }
         }
+        (Method::POST, "eks/kube-node-evictions") => match get("allowed").as_deref() {
+            Some("true") => {
+                c.rbac.node_evictions = true;
+                ok_json(StatusCode::OK, &json!({ "node_evictions": true }))
+            }
+            Some("false") => {
+                c.rbac.node_evictions = false;
+                ok_json(StatusCode::OK, &json!({ "node_evictions": false }))
+            }
+            _ => bad("kube-node-evictions needs ?allowed=true|false".into()),
+        },
         (Method::GET, "eks/kube-nodes") => ok_json(StatusCode::OK, &objects::node_list(state, c)),
         (Method::POST, "eks/kube-cordon") => {
             let Some(node) = get("node") else {
