@@ -168,6 +168,24 @@ pub struct LifecycleStatus {
     /// The last automatic upgrade's outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last: Option<LastUpgrade>,
+    #[serde(default)]
+    pub auto_reboot: bool,
+    #[serde(default)]
+    pub reboots: u64,
+    #[serde(default)]
+    pub reboots_failed: u64,
+    /// The last automatic reboot's outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reboot: Option<LastReboot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastReboot {
+    /// Seconds since the epoch.
+    pub finished: u64,
+    pub ok: bool,
+    /// Why the host asked, or what went wrong.
+    pub detail: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -638,9 +656,22 @@ impl StatusReport {
         if let Some(l) = &self.lifecycle {
             let _ = writeln!(
                 out,
-                "lifecycle:     {} (window {}; {} upgraded, {} failed)",
-                l.state, l.maintenance_window, l.upgrades_succeeded, l.upgrades_failed
+                "lifecycle:     {} (window {}; upgrades: {} done, {} failed; reboots: {} done, {} failed)",
+                l.state,
+                l.maintenance_window,
+                l.upgrades_succeeded,
+                l.upgrades_failed,
+                l.reboots,
+                l.reboots_failed
             );
+            if let Some(r) = &l.last_reboot {
+                let _ = writeln!(
+                    out,
+                    "  last reboot: {} {}",
+                    if r.ok { "done:" } else { "FAILED:" },
+                    r.detail
+                );
+            }
             if let Some(last) = &l.last {
                 let _ = writeln!(
                     out,

@@ -59,6 +59,8 @@ pub const DEFAULT_LIFECYCLE_CHECK_INTERVAL: Duration = Duration::from_secs(600);
 pub const MIN_LIFECYCLE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long an automatic drain may take (evictions held by PodDisruptionBudgets included).
 pub const DEFAULT_LIFECYCLE_DRAIN_TIMEOUT: Duration = Duration::from_secs(900);
+/// The file Debian and Ubuntu leave when a package needs a reboot.
+pub const DEFAULT_REBOOT_REQUIRED_FILE: &str = "/var/run/reboot-required";
 /// How long a new kubelet has to become healthy before an automatic upgrade rolls back.
 pub const DEFAULT_UPGRADE_WAIT_TIMEOUT: Duration = Duration::from_secs(120);
 /// `daemon.ssm_presence_interval` bounds: at least a second (tests), at most an hour
@@ -134,6 +136,10 @@ struct LifecycleSection {
     check_interval: Option<String>,
     drain_timeout: Option<String>,
     upgrade_wait_timeout: Option<String>,
+    auto_reboot: Option<bool>,
+    reboot_required_file: Option<String>,
+    reboot_check_command: Option<Vec<String>>,
+    reboot_command: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -348,9 +354,21 @@ pub struct LifecycleConfig {
     /// How long a drain may take before the automatic flow gives up (and uncordons).
     #[serde(serialize_with = "serialize_duration")]
     pub drain_timeout: Duration,
-    /// How long the new kubelet has to become healthy before the upgrade rolls back.
+    /// How long the new kubelet has to become healthy before the upgrade rolls back (and, after
+    /// a reboot, before the node is reported as not back).
     #[serde(serialize_with = "serialize_duration")]
     pub upgrade_wait_timeout: Duration,
+    /// Reboot the host when it asks for it ([`LifecycleConfig::reboot_required_file`] exists, or
+    /// [`LifecycleConfig::reboot_check_command`] exits 0): in the window, under the lock,
+    /// drained first and uncordoned once back. Off by default.
+    pub auto_reboot: bool,
+    /// The file a package manager leaves when a reboot is needed (Debian, Ubuntu).
+    pub reboot_required_file: PathBuf,
+    /// A command whose exit status 0 means "a reboot is needed" (for RHEL-like hosts, e.g.
+    /// `["sh", "-c", "! needs-restarting -r"]`); checked besides the file.
+    pub reboot_check_command: Option<Vec<String>>,
+    /// How to reboot.
+    pub reboot_command: Vec<String>,
 }
 
 /// Supervisor choice.
@@ -498,6 +516,10 @@ impl AgentConfig {
                 check_interval: DEFAULT_LIFECYCLE_CHECK_INTERVAL,
                 drain_timeout: DEFAULT_LIFECYCLE_DRAIN_TIMEOUT,
                 upgrade_wait_timeout: DEFAULT_UPGRADE_WAIT_TIMEOUT,
+                auto_reboot: false,
+                reboot_required_file: paths.resolve(DEFAULT_REBOOT_REQUIRED_FILE),
+                reboot_check_command: None,
+                reboot_command: vec!["systemctl".to_owned(), "reboot".to_owned()],
             },
         }
     }
@@ -629,6 +651,19 @@ impl Check<'_, '_> {
         Some(d)
     }
 
+    /// A command line given as a list: a program first.
+    fn command(&mut self, field: &str, cmd: &[String]) -> bool {
+        if cmd.first().is_none_or(|c| c.trim().is_empty()) {
+            self.report(
+                field,
+                "the command is empty".to_owned(),
+                "write the program and its arguments as a list, e.g. [\"systemctl\", \"reboot\"]",
+            );
+            return false;
+        }
+        true
+    }
+
     fn host_path(&mut self, field: &str, value: &str) -> Option<PathBuf> {
         if !value.starts_with('/') {
             self.report(
@@ -742,6 +777,22 @@ impl Check<'_, '_> {
     fn lifecycle(&mut self, raw: Option<&LifecycleSection>, out: &mut LifecycleConfig) {
         let Some(raw) = raw else { return };
         out.auto_upgrade = raw.auto_upgrade.unwrap_or(false);
+        out.auto_reboot = raw.auto_reboot.unwrap_or(false);
+        if let Some(f) = &raw.reboot_required_file
+            && let Some(path) = self.host_path("lifecycle.reboot_required_file", f)
+        {
+            out.reboot_required_file = path;
+        }
+        if let Some(cmd) = &raw.reboot_check_command
+            && self.command("lifecycle.reboot_check_command", cmd)
+        {
+            out.reboot_check_command = Some(cmd.clone());
+        }
+        if let Some(cmd) = &raw.reboot_command
+            && self.command("lifecycle.reboot_command", cmd)
+        {
+            out.reboot_command = cmd.clone();
+        }
         if let Some(w) = &raw.maintenance_window {
             match super::window::Window::parse(w) {
                 Ok(w) => out.maintenance_window = w,

@@ -1,5 +1,13 @@
-//! Automatic upgrades (`[lifecycle] auto_upgrade`): what EKS Auto Mode does for its nodes, for
-//! an unattended hybrid node, one node of the cluster at a time.
+//! Automatic upgrades and reboots (`[lifecycle] auto_upgrade`, `auto_reboot`): what EKS Auto Mode
+//! does for its nodes and kured for reboots, for an unattended hybrid node, one node of the
+//! cluster at a time.
+//!
+//! Reboots: when the host asks (`reboot_required_file`, /var/run/reboot-required on Debian and
+//! Ubuntu, or `reboot_check_command` exiting 0) and no upgrade is due, in the window and under a
+//! slot of the same lock: drain, journal the boot id, run `reboot_command`; once the host is back
+//! (a new boot id, or it no longer asks), wait for the node to be Ready (or waiting only for a
+//! pod network), uncordon, give the slot back. A daemon that starts with a reboot journaled
+//! continues from the journaled phase: that is how the flow ends after a real reboot.
 //!
 //! Every `check_interval` while the maintenance window is open (host time zone):
 //! 1. the control plane's version (`eks:DescribeCluster`) against the node's kubelet (the node
@@ -39,7 +47,7 @@ use crate::install::{InstallRequest, Installer, manifest};
 use crate::join::record::NodeRecord;
 use crate::kube::lock::{self, Acquired};
 use crate::paths::HostPaths;
-use crate::state::{LastUpgrade, LifecycleStatus};
+use crate::state::{LastReboot, LastUpgrade, LifecycleStatus};
 
 /// The journal of an automatic flow in progress.
 pub const LIFECYCLE_JOURNAL: &str = "/var/lib/hybrid-agent/lifecycle.json";
@@ -49,6 +57,12 @@ pub const RETRY_FAILED_AFTER: Duration = Duration::from_secs(24 * 3600);
 const SLOT_MARGIN: Duration = Duration::from_secs(600);
 /// How often a waiting resume asks for the upgrade's run lock again.
 const RESUME_POLL: Duration = Duration::from_secs(2);
+/// How long the daemon waits, after the reboot command returned, for the reboot to happen.
+const REBOOT_WAIT: Duration = Duration::from_secs(600);
+/// Pause between two looks while waiting for the reboot.
+const REBOOT_POLL: Duration = Duration::from_secs(1);
+/// Key of a failed reboot in the list of failed targets.
+const REBOOT: &str = "reboot";
 /// Lines of a failed upgrade's error kept for `status`.
 const ERROR_CHARS: usize = 2000;
 
@@ -82,10 +96,35 @@ pub struct LifecycleInput {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Journal {
     node: String,
+    /// `upgrade` or `reboot`.
+    #[serde(default = "upgrade_action")]
+    action: String,
+    #[serde(default)]
     from: String,
+    #[serde(default)]
     target: String,
     /// Seconds since the epoch.
     started: u64,
+    /// A reboot: the kernel's boot id before it (a new one means the host rebooted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    boot_id: Option<String>,
+    /// A reboot: `drain`, then `reboot` once the reboot command was started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    phase: Option<String>,
+    /// A reboot: why the host asked.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    reason: String,
+}
+
+fn upgrade_action() -> String {
+    "upgrade".to_owned()
+}
+
+/// The running kernel's boot id.
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
 }
 
 fn epoch(t: SystemTime) -> u64 {
@@ -165,6 +204,7 @@ impl Lifecycle {
         let lc = self.input.agent.lifecycle.clone();
         self.status.send_modify(|s| {
             s.auto_upgrade = lc.auto_upgrade;
+            s.auto_reboot = lc.auto_reboot;
             s.maintenance_window = lc.maintenance_window.to_string();
         });
         if let Some(journal) = Journal::load(&self.input.paths) {
@@ -187,10 +227,12 @@ impl Lifecycle {
 
     /// One look (see the module docs).
     async fn tick(&mut self) {
-        let agent = &self.input.agent;
-        let lc = &agent.lifecycle;
-        if !lc.auto_upgrade {
-            self.set_state("automatic upgrades are off ([lifecycle] auto_upgrade)".to_owned());
+        let lc = self.input.agent.lifecycle.clone();
+        if !lc.auto_upgrade && !lc.auto_reboot {
+            self.set_state(
+                "automatic upgrades and reboots are off ([lifecycle] auto_upgrade, auto_reboot)"
+                    .to_owned(),
+            );
             return;
         }
         let (day, minute) = (self.input.local_time)();
@@ -204,7 +246,7 @@ impl Lifecycle {
         let record = match NodeRecord::load(&self.input.paths) {
             Ok(Some(r)) => r,
             Ok(None) => {
-                self.set_state("the node has not joined: nothing to upgrade".to_owned());
+                self.set_state("the node has not joined: nothing to do".to_owned());
                 return;
             }
             Err(e) => {
@@ -212,11 +254,24 @@ impl Lifecycle {
                 return;
             }
         };
-        let control_plane = match self.control_plane(&record).await {
+        // An upgrade due goes first; a reboot waits for the next look.
+        if lc.auto_upgrade && self.tick_upgrade(&record).await {
+            return;
+        }
+        if lc.auto_reboot {
+            self.tick_reboot(&record).await;
+        }
+    }
+
+    /// The upgrade part of a look; true when an upgrade is due (done, running or waiting).
+    async fn tick_upgrade(&mut self, record: &NodeRecord) -> bool {
+        let agent = &self.input.agent;
+        let lc = &agent.lifecycle;
+        let control_plane = match self.control_plane(record).await {
             Ok(v) => v,
             Err(e) => {
                 self.set_state(format!("cannot tell the control plane's version: {e}"));
-                return;
+                return false;
             }
         };
         self.status
@@ -226,18 +281,15 @@ impl Lifecycle {
             self.set_state(format!(
                 "kubelet {from} is not older than the control plane {control_plane}: nothing to upgrade to"
             ));
-            return;
+            return false;
         };
-        let target = match self
-            .latest_patch(&record, &format!("{major}.{minor}"))
-            .await
-        {
+        let target = match self.latest_patch(record, &format!("{major}.{minor}")).await {
             Ok(v) => v,
             Err(e) => {
                 self.set_state(format!(
                     "cannot read the artifact manifest for Kubernetes {major}.{minor}: {e}"
                 ));
-                return;
+                return false;
             }
         };
         self.status
@@ -246,7 +298,7 @@ impl Lifecycle {
             self.set_state(format!(
                 "up to date: kubelet {from}, control plane {control_plane}"
             ));
-            return;
+            return false;
         }
         let now = SystemTime::now();
         self.failed
@@ -257,13 +309,13 @@ impl Lifecycle {
                 httpdate::fmt_http_date(*at),
                 httpdate::fmt_http_date(*at + RETRY_FAILED_AFTER)
             ));
-            return;
+            return false;
         }
-        let api = match crate::join::drain::api(agent, &record) {
+        let api = match crate::join::drain::api(agent, record) {
             Ok(a) => a,
             Err(e) => {
                 self.set_state(format!("cannot talk to the cluster: {e}"));
-                return;
+                return true;
             }
         };
         let action = format!("upgrade {from} to {target}");
@@ -280,25 +332,30 @@ impl Lifecycle {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ));
-                return;
+                return true;
             }
             Err(e) => {
                 self.set_state(format!("upgrade to {target} cannot start: {e}"));
-                return;
+                return true;
             }
         }
         let journal = Journal {
             node: record.node_name.clone(),
+            action: upgrade_action(),
             from: from.clone(),
             target: target.clone(),
             started: epoch(now),
+            boot_id: None,
+            phase: None,
+            reason: String::new(),
         };
         if let Err(e) = journal.save(&self.input.paths) {
             self.set_state(format!("cannot journal the upgrade to {target}: {e}"));
             let _ = lock::release(&api, SystemTime::now()).await;
-            return;
+            return true;
         }
         self.upgrade(&api, &journal).await;
+        true
     }
 
     /// How long a lock slot lives without renewal.
@@ -332,6 +389,12 @@ impl Lifecycle {
                 }
             }
         };
+        // The slot and the journal first: once status says done, it is.
+        match lock::release(api, SystemTime::now()).await {
+            Ok(()) => Journal::remove(&self.input.paths),
+            // The journal stays: the next start gives the slot back (it also expires).
+            Err(e) => tracing::warn!("lifecycle: cannot give the disruption lock slot back: {e}"),
+        }
         let finished = epoch(SystemTime::now());
         match &outcome {
             Ok(()) => {
@@ -362,17 +425,290 @@ impl Lifecycle {
                 });
             }
         }
-        match lock::release(api, SystemTime::now()).await {
-            Ok(()) => Journal::remove(&self.input.paths),
-            // The journal stays: the next start gives the slot back (it also expires).
-            Err(e) => tracing::warn!("lifecycle: cannot give the disruption lock slot back: {e}"),
-        }
         self.set_state(match outcome {
             Ok(()) => format!("upgraded {} to {target}", journal.from),
             Err(_) => format!(
                 "the upgrade to {target} failed; the node runs {} (see last)",
                 journal.from
             ),
+        });
+    }
+
+    /// Why the host wants a reboot, if it does.
+    async fn reboot_required(&self) -> Option<String> {
+        let lc = &self.input.agent.lifecycle;
+        if lc.reboot_required_file.exists() {
+            let packages =
+                std::fs::read_to_string(format!("{}.pkgs", lc.reboot_required_file.display()))
+                    .map(|p| p.split_whitespace().collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default();
+            return Some(format!(
+                "{} exists{}",
+                lc.reboot_required_file.display(),
+                if packages.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (for {packages})")
+                }
+            ));
+        }
+        let cmd = lc.reboot_check_command.as_ref()?;
+        let status = tokio::process::Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await;
+        match status {
+            Ok(s) if s.success() => Some(format!("`{}` says so (exit 0)", cmd.join(" "))),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!("lifecycle: cannot run reboot_check_command {}: {e}", cmd[0]);
+                None
+            }
+        }
+    }
+
+    /// The reboot part of a look (see the module docs).
+    async fn tick_reboot(&mut self, record: &NodeRecord) {
+        let Some(reason) = self.reboot_required().await else {
+            if !self.input.agent.lifecycle.auto_upgrade {
+                self.set_state("no reboot needed".to_owned());
+            }
+            return;
+        };
+        let now = SystemTime::now();
+        self.failed
+            .retain(|(_, at)| now.duration_since(*at).unwrap_or_default() < RETRY_FAILED_AFTER);
+        if let Some((_, at)) = self.failed.iter().find(|(t, _)| t == REBOOT) {
+            self.set_state(format!(
+                "the reboot failed at {} (see last reboot): not tried again before {}",
+                httpdate::fmt_http_date(*at),
+                httpdate::fmt_http_date(*at + RETRY_FAILED_AFTER)
+            ));
+            return;
+        }
+        let api = match crate::join::drain::api(&self.input.agent, record) {
+            Ok(a) => a,
+            Err(e) => {
+                self.set_state(format!("cannot talk to the cluster: {e}"));
+                return;
+            }
+        };
+        let lc = &self.input.agent.lifecycle;
+        match lock::acquire(&api, lc.max_unavailable, "reboot", self.slot_life(), now).await {
+            Ok(Acquired::Held) => {}
+            Ok(Acquired::Busy(holders)) => {
+                self.set_state(format!(
+                    "a reboot ({reason}) waits for the disruption lock: {} of {} nodes already disrupted ({})",
+                    holders.len(),
+                    lc.max_unavailable,
+                    holders
+                        .iter()
+                        .map(|(n, e)| format!("{n}: {}", e.action))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                return;
+            }
+            Err(e) => {
+                self.set_state(format!("a reboot ({reason}) cannot start: {e}"));
+                return;
+            }
+        }
+        let journal = Journal {
+            node: record.node_name.clone(),
+            action: REBOOT.to_owned(),
+            from: String::new(),
+            target: String::new(),
+            started: epoch(now),
+            boot_id: boot_id(),
+            phase: Some("drain".to_owned()),
+            reason,
+        };
+        if let Err(e) = journal.save(&self.input.paths) {
+            self.set_state(format!("cannot journal the reboot: {e}"));
+            let _ = lock::release(&api, SystemTime::now()).await;
+            return;
+        }
+        self.reboot(&api, record, journal).await;
+    }
+
+    /// The journaled reboot from its phase on: drain, run the reboot command, wait for the host
+    /// to come back (a new boot id, or the host no longer asking), kubelet healthy and the node
+    /// Ready, uncordon, give the slot back.
+    async fn reboot(&mut self, api: &crate::kube::Api, record: &NodeRecord, mut journal: Journal) {
+        let paths = self.input.paths.clone();
+        let agent = self.input.agent.clone();
+        let lc = agent.lifecycle.clone();
+        if journal.phase.as_deref() == Some("drain") {
+            self.set_state(format!("draining for a reboot ({})", journal.reason));
+            let opts = crate::kube::drain::DrainOptions {
+                timeout: lc.drain_timeout,
+                ..Default::default()
+            };
+            if let Err(e) = crate::join::drain::drain(&paths, &agent, record, &opts, "reboot").await
+            {
+                // The drain uncordoned the node again (or says it could not).
+                self.reboot_done(
+                    api,
+                    false,
+                    format!("the drain before the reboot failed: {e}"),
+                )
+                .await;
+                return;
+            }
+            journal.phase = Some("reboot".to_owned());
+            if let Err(e) = journal.save(&paths) {
+                self.reboot_failed_uncordon(api, record, format!("cannot journal the reboot: {e}"))
+                    .await;
+                return;
+            }
+            self.set_state(format!("rebooting: `{}`", lc.reboot_command.join(" ")));
+            let ran = tokio::process::Command::new(&lc.reboot_command[0])
+                .args(&lc.reboot_command[1..])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await;
+            match ran {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => {
+                    let why = format!(
+                        "`{}` exited with {}: {}",
+                        lc.reboot_command.join(" "),
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                    self.reboot_failed_uncordon(api, record, why).await;
+                    return;
+                }
+                Err(e) => {
+                    let why = format!("cannot run `{}`: {e}", lc.reboot_command.join(" "));
+                    self.reboot_failed_uncordon(api, record, why).await;
+                    return;
+                }
+            }
+        }
+        // Going down: a new boot id after the reboot, or (a host that does not really reboot,
+        // or a reboot that cleared the request first) the host no longer asks.
+        let waited = tokio::time::Instant::now();
+        loop {
+            let rebooted = boot_id().is_some() && boot_id() != journal.boot_id;
+            if rebooted || self.reboot_required().await.is_none() {
+                break;
+            }
+            if waited.elapsed() > REBOOT_WAIT {
+                let why = format!(
+                    "`{}` returned but the host did not reboot within {}s",
+                    lc.reboot_command.join(" "),
+                    REBOOT_WAIT.as_secs()
+                );
+                self.reboot_failed_uncordon(api, record, why).await;
+                return;
+            }
+            tokio::time::sleep(REBOOT_POLL).await;
+        }
+        self.set_state("back from the reboot: waiting for the node to be Ready".to_owned());
+        let ready = self.node_ready(record).await;
+        match crate::join::drain::uncordon(&paths, &agent, record).await {
+            Ok(line) => {
+                if let Some(line) = line {
+                    tracing::info!("lifecycle: {line}");
+                }
+            }
+            Err(e) => {
+                self.reboot_done(api, false, format!("rebooted, but {e}"))
+                    .await;
+                return;
+            }
+        }
+        match ready {
+            Ok(()) => {
+                let detail = format!("rebooted ({})", journal.reason);
+                self.reboot_done(api, true, detail).await;
+            }
+            Err(e) => {
+                self.reboot_done(
+                    api,
+                    false,
+                    format!("rebooted, but the node is not Ready: {e}"),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// Waits (up to `upgrade_wait_timeout`) for the node to be Ready, or registered and waiting
+    /// only for a pod network.
+    async fn node_ready(&self, record: &NodeRecord) -> Result<(), String> {
+        let agent = &self.input.agent;
+        let credentials = crate::join::cloud::credentials(agent).map_err(|e| e.to_string())?;
+        let check = crate::join::ready::ReadyCheck {
+            endpoint: &record.cluster_details.api_server_endpoint,
+            ca_pem: &record.cluster_details.ca_pem,
+            node_name: &record.node_name,
+            cluster: &record.cluster,
+            region: &record.region,
+            credentials: &credentials,
+            network: &agent.network,
+        };
+        let deadline = tokio::time::Instant::now() + agent.lifecycle.upgrade_wait_timeout;
+        match crate::join::ready::wait_ready(&check, deadline).await {
+            Ok(crate::join::ready::ReadyOutcome::Ready)
+            | Ok(crate::join::ready::ReadyOutcome::WaitingForNetwork(_)) => Ok(()),
+            Ok(crate::join::ready::ReadyOutcome::Unreachable(why)) => Err(why),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// A reboot that failed after the drain: uncordon (a node that stays as it was must take
+    /// pods again), then record.
+    async fn reboot_failed_uncordon(
+        &mut self,
+        api: &crate::kube::Api,
+        record: &NodeRecord,
+        why: String,
+    ) {
+        let note = match crate::join::drain::uncordon(&self.input.paths, &self.input.agent, record)
+            .await
+        {
+            Ok(_) => String::new(),
+            Err(e) => format!("; and {e}"),
+        };
+        self.reboot_done(api, false, format!("{why}{note}")).await;
+    }
+
+    /// Records a reboot's outcome, gives the slot back and removes the journal.
+    async fn reboot_done(&mut self, api: &crate::kube::Api, ok: bool, detail: String) {
+        if ok {
+            tracing::info!("lifecycle: {detail}");
+        } else {
+            tracing::error!("lifecycle: the reboot failed: {detail}");
+            self.failed.push((REBOOT.to_owned(), SystemTime::now()));
+        }
+        // The slot and the journal first: once status says done, it is.
+        match lock::release(api, SystemTime::now()).await {
+            Ok(()) => Journal::remove(&self.input.paths),
+            Err(e) => tracing::warn!("lifecycle: cannot give the disruption lock slot back: {e}"),
+        }
+        let finished = epoch(SystemTime::now());
+        self.status.send_modify(|s| {
+            if ok {
+                s.reboots += 1;
+            } else {
+                s.reboots_failed += 1;
+            }
+            s.last_reboot = Some(LastReboot {
+                finished,
+                ok,
+                detail: detail.chars().take(ERROR_CHARS).collect(),
+            });
+        });
+        self.set_state(if ok {
+            detail
+        } else {
+            format!("the reboot failed: {detail}")
         });
     }
 
@@ -385,6 +721,23 @@ impl Lifecycle {
                 return;
             }
         };
+        if journal.action == REBOOT {
+            self.set_state(format!(
+                "continuing the reboot ({}) journaled at {}",
+                journal.reason, journal.started
+            ));
+            let api = loop {
+                match crate::join::drain::api(&self.input.agent, &record) {
+                    Ok(a) => break a,
+                    Err(e) => {
+                        self.set_state(format!("cannot talk to the cluster: {e}"));
+                        tokio::time::sleep(self.input.agent.lifecycle.check_interval).await;
+                    }
+                }
+            };
+            self.reboot(&api, &record, journal).await;
+            return;
+        }
         self.set_state(format!(
             "continuing the interrupted upgrade {} to {}",
             journal.from, journal.target

@@ -153,7 +153,7 @@ pub fn start(
         let presence = presence_input(paths, &env, &provider, &rotator);
         let child_output = telemetry.as_ref().and_then(|t| t.child_sender.clone());
         let supervision = supervision_factory(paths, agent, child_output);
-        let lifecycle = agent.lifecycle.auto_upgrade.then(|| lifecycle::LifecycleInput {
+        let lifecycle = (agent.lifecycle.auto_upgrade || agent.lifecycle.auto_reboot).then(|| lifecycle::LifecycleInput {
             paths: paths.clone(),
             agent: agent.clone(),
             exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/hybrid-agent")),

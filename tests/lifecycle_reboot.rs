@@ -1,0 +1,231 @@
+//! Automatic reboots (`[lifecycle] auto_reboot`) with a stand-in reboot command (the test
+//! cannot reboot its machine): the host asks (`/var/run/reboot-required` under the sandbox
+//! root), the daemon takes a disruption-lock slot, drains (the pod's budget holds), runs the
+//! reboot command, and, the host no longer asking, waits for the node to be Ready, uncordons and
+//! gives the slot back. A reboot command that fails leaves the node uncordoned, and the failure
+//! is in `status`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod install_support;
+
+use std::time::{Duration, Instant};
+
+use hybrid_agent::join::record::NodeRecord;
+use hybrid_agent::paths::HostPaths;
+use install_support::*;
+use serde_json::{Value, json};
+
+fn body(resp: &str) -> Value {
+    serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap()
+}
+
+fn history(ds: &hybrid_devstack::Devstack) -> Vec<Value> {
+    body(&control(
+        ds,
+        "GET",
+        &format!("/_devstack/eks/kube-history?name={CLUSTER}"),
+    ))["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn seq_of(events: &[Value], action: &str, object: &str) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|e| e["action"] == action && e["object"] == object)
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn the_host_asks_for_a_reboot_and_the_node_is_drained_rebooted_and_uncordoned() {
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = dir.path().join("mirror");
+    std::fs::create_dir_all(&mirror).unwrap();
+    let ds = devstack(&mirror);
+    control(
+        &ds,
+        "POST",
+        &format!("/_devstack/eks/kube-api?name={CLUSTER}"),
+    );
+    control(
+        &ds,
+        "POST",
+        &format!(
+            "/_devstack/eks/kube-timing?name={CLUSTER}&grace_ms=300&replace_ms=300&replace_node=mi-0000000000other"
+        ),
+    );
+    standin_release(&mirror, VERSION);
+    let node = Node::new(&ds, &create_activation(&ds));
+    standin_authenticator(&mirror, VERSION, &node.root);
+    let run = node.join(&ds, &[]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let name = NodeRecord::load(&HostPaths::new(&node.root))
+        .unwrap()
+        .unwrap()
+        .node_name;
+    let manifest = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("packaging/rbac/hybrid-agent-lifecycle.yaml"),
+    )
+    .unwrap();
+    control_body(
+        &ds,
+        "POST",
+        &format!("/_devstack/eks/kube-apply?name={CLUSTER}"),
+        &manifest,
+    );
+    control_body(
+        &ds,
+        "POST",
+        &format!("/_devstack/eks/kube-pods?name={CLUSTER}"),
+        &json!({
+            "metadata": {"namespace": "app", "name": "web-1", "labels": {"app": "web"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-rs",
+                    "uid": "8f0c1b2a-0000-4000-8000-00000000000b", "controller": true}]},
+            "spec": {"nodeName": name, "containers": [{"name": "c", "image": "nginx"}]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+        })
+        .to_string(),
+    );
+
+    // The stand-in reboot: records that it ran, whether the node was cordoned then (read from
+    // a file the test keeps up to date is not possible from here, so the order is read from the
+    // cluster's history instead), and clears the host's request, as a real boot clears /run.
+    let rebooted = node.path("/reboots.log");
+    let required = node.path("/var/run/reboot-required");
+    let reboot_script = dir.path().join("reboot.sh");
+    std::fs::write(
+        &reboot_script,
+        format!(
+            "#!/bin/sh\necho rebooted >> '{}'\nrm -f '{}'\n",
+            rebooted.display(),
+            required.display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .args(["+x", reboot_script.to_str().unwrap()])
+        .status()
+        .unwrap();
+    std::fs::write(
+        node.path("/etc/hybrid-agent/config.toml"),
+        format!(
+            "[supervisor]\nbackend = \"process\"\n\n[lifecycle]\nauto_reboot = true\ncheck_interval = \"1s\"\ndrain_timeout = \"60s\"\nupgrade_wait_timeout = \"30s\"\nreboot_command = [\"{}\"]\n",
+            reboot_script.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("daemon.log");
+    let daemon = node.spawn_daemon(&log);
+    let status = || -> Value {
+        serde_json::from_str(&node.run(&["status", "--json"]).stdout).unwrap_or_default()
+    };
+    wait_until("the daemon idle", Duration::from_secs(30), || {
+        status()["lifecycle"]["state"] == "no reboot needed"
+    });
+    assert!(!rebooted.exists());
+
+    // The host asks.
+    std::fs::create_dir_all(required.parent().unwrap()).unwrap();
+    std::fs::write(&required, "*** System restart required ***\n").unwrap();
+    std::fs::write(
+        node.path("/var/run/reboot-required.pkgs"),
+        "linux-image-6.1.0-28-amd64\n",
+    )
+    .unwrap();
+    wait_until("the reboot done", Duration::from_secs(90), || {
+        status()["lifecycle"]["reboots"] == 1
+    });
+    let s = status();
+    assert_eq!(
+        std::fs::read_to_string(&rebooted).unwrap(),
+        "rebooted\n",
+        "the reboot command ran once"
+    );
+    assert_eq!(s["lifecycle"]["last_reboot"]["ok"], true, "{s}");
+    assert!(
+        s["lifecycle"]["last_reboot"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("(for linux-image-6.1.0-28-amd64)"),
+        "{s}"
+    );
+    assert!(!node.path("/var/lib/hybrid-agent/lifecycle.json").exists());
+    assert!(!node.path("/var/lib/hybrid-agent/drain.json").exists());
+
+    let events = history(&ds);
+    let nodes = format!("nodes/{name}");
+    let cordon = seq_of(&events, "cordon", &nodes);
+    let uncordon = seq_of(&events, "uncordon", &nodes);
+    let evict = seq_of(&events, "evict", "pods/app/web-1");
+    assert_eq!(
+        (cordon.len(), uncordon.len(), evict.len()),
+        (1, 1, 1),
+        "{events:#?}"
+    );
+    assert!(
+        cordon[0] < evict[0] && evict[0] < uncordon[0],
+        "{events:#?}"
+    );
+    // The lock slot was taken before the cordon and given back after the uncordon.
+    let lock = "configmaps/hybrid-agent/hybrid-agent-disruption-lock";
+    let updates = seq_of(&events, "update", lock);
+    assert!(updates.len() >= 2, "{events:#?}");
+    assert!(
+        updates[0] < cordon[0] && *updates.last().unwrap() > uncordon[0],
+        "{events:#?}"
+    );
+    let shown = node.run(&["status"]);
+    assert!(
+        shown.stdout.contains("last reboot: done: rebooted (")
+            && shown.stdout.contains("reboots: 1 done, 0 failed"),
+        "{shown:?}"
+    );
+    drop(daemon);
+
+    // A reboot command that fails: the node is uncordoned again and the failure shown.
+    std::fs::write(
+        &reboot_script,
+        "#!/bin/sh\necho 'Failed to reboot: Access denied' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::write(&required, "*** System restart required ***\n").unwrap();
+    let daemon = node.spawn_daemon(&log);
+    wait_until("the failed reboot", Duration::from_secs(90), || {
+        status()["lifecycle"]["reboots_failed"] == 1
+    });
+    let s = status();
+    let detail = s["lifecycle"]["last_reboot"]["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        detail.contains("exited with exit status: 1: Failed to reboot: Access denied"),
+        "{detail}"
+    );
+    assert!(
+        s["lifecycle"]["state"]
+            .as_str()
+            .unwrap()
+            .starts_with("the reboot failed"),
+        "{s}"
+    );
+    drop(daemon);
+    let events = history(&ds);
+    assert_eq!(seq_of(&events, "cordon", &nodes).len(), 2, "{events:#?}");
+    assert_eq!(
+        seq_of(&events, "uncordon", &nodes).len(),
+        2,
+        "uncordoned after the failure"
+    );
+}
