@@ -8,7 +8,9 @@
 //! header; SigV4 refuses requests more than 5 minutes off). Cloud, once the node is known: the
 //! credentials (STS GetCallerIdentity), the cluster (DescribeCluster: ACTIVE, hybrid networks,
 //! this node's address inside a remote node network), the API server (reachable, the certificate
-//! verifies against the cluster CA, the node's token accepted) and the Node (registered, Ready).
+//! verifies against the cluster CA, the node's token accepted), the Node (registered, Ready), and
+//! what the node is in the cluster: its identity (SelfSubjectReview), its drain rights (access
+//! reviews) and, with `auto_upgrade`, the disruption lock (docs/lifecycle.md).
 //! Components: containerd and kubelet answer their health probes.
 
 use std::net::IpAddr;
