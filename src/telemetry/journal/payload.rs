@@ -122,6 +122,15 @@ pub fn xz_unpacked_size(x: &[u8]) -> Option<u64> {
     loop {
         let h = *x.get(at)?;
         if h == 0 {
+            // The index, then the stream footer. lzma-rs 0.3 computes `backward_size + 1` on
+            // the footer's u32 (decode/xz.rs), which overflows, and panics with overflow checks
+            // (the fuzz build aborts on any panic), for 0xffffffff: such a stream is corrupt,
+            // refused before lzma-rs reads it.
+            let footer = xz_index_end(x, at)?;
+            let backward = x.get(footer + 4..footer + 8)?;
+            if backward == [0xff; 4] {
+                return None;
+            }
             return Some(total);
         }
         at = at.checked_add((usize::from(h) + 1) * 4)?;
@@ -150,6 +159,37 @@ pub fn xz_unpacked_size(x: &[u8]) -> Option<u64> {
         at = at.checked_add(3)? & !3;
         at = at.checked_add(check_len)?;
     }
+}
+
+/// Where the xz index starting at `at` ends (its records, padding and CRC32): the stream
+/// footer's offset. Index: a 0 byte, the record count, two multibyte integers per record,
+/// padding to 4, CRC32 (xz file format 1.0.4 section 4).
+fn xz_index_end(x: &[u8], at: usize) -> Option<usize> {
+    // A multibyte integer: 7 bits per byte, low first, at most 9 bytes.
+    let varint = |p: usize| -> Option<(u64, usize)> {
+        let mut v = 0u64;
+        for i in 0..9 {
+            let b = *x.get(p + i)?;
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Some((v, i + 1));
+            }
+        }
+        None
+    };
+    let mut p = at + 1;
+    let (count, n) = varint(p)?;
+    p += n;
+    // Each integer takes a byte at least: a count beyond the input is corrupt.
+    if count > x.len() as u64 {
+        return None;
+    }
+    for _ in 0..count * 2 {
+        let (_, n) = varint(p)?;
+        p += n;
+    }
+    p = p.checked_add(3)? & !3;
+    p.checked_add(4)
 }
 
 #[cfg(test)]
@@ -205,5 +245,15 @@ mod tests {
             Err(PayloadError::TooLarge)
         );
         assert_eq!(xz_unpacked_size(&x[..20]), None);
+        // The footer (last 12 bytes: CRC32, backward size, flags, "YZ") found past the index;
+        // a backward size lzma-rs would overflow on is refused before it reads the stream.
+        let footer = x.len() - 12;
+        let mut bad = x.clone();
+        bad[footer + 4..footer + 8].copy_from_slice(&[0xff; 4]);
+        assert_eq!(xz_unpacked_size(&bad), None);
+        assert_eq!(
+            inflate(xz, &bad, 1000, 1000, &mut out),
+            Err(PayloadError::Corrupt)
+        );
     }
 }
