@@ -713,6 +713,35 @@ fn refresh_overdue_check(paths: &HostPaths, checks: &mut Vec<Check>) {
     );
 }
 
+/// The last automatic upgrade and reboot, when they failed (docs/lifecycle.md).
+fn lifecycle_checks(l: &crate::state::LifecycleStatus) -> Vec<Check> {
+    let mut out = Vec::new();
+    if let Some(u) = l.last.as_ref().filter(|u| !u.ok) {
+        out.push(
+            Check::new(
+                "automatic upgrade",
+                Outcome::Warn,
+                format!(
+                    "the upgrade {} → {} failed and was rolled back (the node runs {}, uncordoned): {}",
+                    u.from, u.to, u.from, u.error
+                ),
+            )
+            .fix("fix the cause; the same version is tried again a day later, or run `hybrid-agent upgrade` by hand"),
+        );
+    }
+    if let Some(r) = l.last_reboot.as_ref().filter(|r| !r.ok) {
+        out.push(
+            Check::new(
+                "automatic reboot",
+                Outcome::Warn,
+                format!("the last automatic reboot failed: {}", r.detail),
+            )
+            .fix("check [lifecycle] reboot_command (it runs as the agent, as root); tried again a day later"),
+        );
+    }
+    out
+}
+
 /// The daemon and its subsystems, from the state it publishes (`daemon.json`).
 fn daemon_checks(paths: &HostPaths, agent: &AgentConfig, checks: &mut Vec<Check>) {
     use crate::daemon::health::SubsystemState;
@@ -788,6 +817,9 @@ fn daemon_checks(paths: &HostPaths, agent: &AgentConfig, checks: &mut Vec<Check>
                 crate::telemetry::status::telemetry_policy(&t.log_group, &t.metric_namespace)
             )),
         );
+    }
+    if let Some(l) = &report.lifecycle {
+        checks.extend(lifecycle_checks(l));
     }
     if report.daemon.running
         && let Some(p) = &report.ssm_presence
@@ -905,6 +937,32 @@ pub fn to_text(checks: &[Check]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_automatic_upgrade_or_reboot_is_a_warning_naming_the_cause() {
+        let mut l = crate::state::LifecycleStatus::default();
+        assert!(lifecycle_checks(&l).is_empty());
+        l.last = Some(crate::state::LastUpgrade {
+            from: "1.31.2".into(),
+            to: "1.31.3".into(),
+            finished: 0,
+            ok: false,
+            error: "kubelet did not become healthy within 120s".into(),
+        });
+        l.last_reboot = Some(crate::state::LastReboot {
+            finished: 0,
+            ok: true,
+            detail: "rebooted".into(),
+        });
+        let checks = lifecycle_checks(&l);
+        assert_eq!(checks.len(), 1);
+        assert_eq!(checks[0].outcome, Outcome::Warn);
+        assert!(
+            checks[0].detail.contains("1.31.2 → 1.31.3 failed and was rolled back (the node runs 1.31.2, uncordoned): kubelet did not become healthy"),
+            "{}",
+            checks[0].detail
+        );
+    }
 
     #[test]
     fn cidrs_contain_their_addresses_only() {

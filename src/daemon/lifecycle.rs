@@ -243,6 +243,11 @@ impl Lifecycle {
             ));
             return;
         }
+        // A flow whose slot could not be given back (its journal stays): finish that first.
+        if let Some(journal) = Journal::load(&self.input.paths) {
+            self.resume(journal).await;
+            return;
+        }
         let record = match NodeRecord::load(&self.input.paths) {
             Ok(Some(r)) => r,
             Ok(None) => {

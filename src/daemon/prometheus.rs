@@ -59,9 +59,39 @@ pub fn render(state: &DaemonState, now: SystemTime, process: ProcessUsage) -> St
     subsystems(&mut x, state);
     identity(&mut x, state, now);
     presence(&mut x, state);
+    lifecycle(&mut x, state);
     components(&mut x, state);
     telemetry(&mut x, state, now);
     x.out
+}
+
+/// Automatic upgrades and reboots (`[lifecycle]`).
+fn lifecycle(x: &mut Exposition, state: &DaemonState) {
+    let Some(l) = &state.lifecycle else { return };
+    x.family(
+        "lifecycle_upgrades_total",
+        Kind::Counter,
+        "Automatic upgrades by outcome (a failed one was rolled back: the node runs its old version, uncordoned).",
+        vec![
+            Sample::new(l.upgrades_succeeded as f64).label("result", "succeeded"),
+            Sample::new(l.upgrades_failed as f64).label("result", "failed"),
+        ],
+    );
+    x.family(
+        "lifecycle_reboots_total",
+        Kind::Counter,
+        "Automatic reboots by outcome.",
+        vec![
+            Sample::new(l.reboots as f64).label("result", "succeeded"),
+            Sample::new(l.reboots_failed as f64).label("result", "failed"),
+        ],
+    );
+    x.family(
+        "lifecycle_last_upgrade_failed",
+        Kind::Gauge,
+        "1 when the last automatic upgrade failed (status and doctor say why), else 0.",
+        vec![Sample::new(flag(l.last.as_ref().is_some_and(|u| !u.ok)))],
+    );
 }
 
 fn subsystems(x: &mut Exposition, state: &DaemonState) {
@@ -416,6 +446,19 @@ mod tests {
         presence.last_ping = Some(t0 + Duration::from_secs(590));
         presence.pings = 2;
         s.ssm_presence = Some(presence);
+        s.lifecycle = Some(crate::state::LifecycleStatus {
+            auto_upgrade: true,
+            upgrades_succeeded: 3,
+            upgrades_failed: 1,
+            last: Some(crate::state::LastUpgrade {
+                from: "1.31.2".into(),
+                to: "1.31.3".into(),
+                finished: 1_700_000_000,
+                ok: false,
+                error: "kubelet did not become healthy".into(),
+            }),
+            ..Default::default()
+        });
         s
     }
 
@@ -456,6 +499,9 @@ mod tests {
         );
         assert!(text.contains("hybrid_agent_subsystem_up{subsystem=\"telemetry\"} 0\n"));
         assert!(text.contains("hybrid_agent_subsystem_up{subsystem=\"identity\"} 1\n"));
+        assert!(text.contains("hybrid_agent_lifecycle_upgrades_total{result=\"failed\"} 1\n"));
+        assert!(text.contains("hybrid_agent_lifecycle_upgrades_total{result=\"succeeded\"} 3\n"));
+        assert!(text.contains("hybrid_agent_lifecycle_last_upgrade_failed 1\n"));
         assert!(text.contains("hybrid_agent_credentials_seconds_to_expiry 3000\n"));
         assert!(text.contains("hybrid_agent_credentials_expiry_timestamp_seconds 1700003600\n"));
         assert!(
