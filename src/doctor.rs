@@ -59,7 +59,7 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(name: impl Into<String>, outcome: Outcome, detail: impl Into<String>) -> Check {
+    pub fn new(name: impl Into<String>, outcome: Outcome, detail: impl Into<String>) -> Check {
         Check {
             name: name.into(),
             outcome,
@@ -68,7 +68,7 @@ impl Check {
         }
     }
 
-    fn fix(mut self, fix: impl Into<String>) -> Check {
+    pub fn fix(mut self, fix: impl Into<String>) -> Check {
         self.fix = fix.into();
         self
     }

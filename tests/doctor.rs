@@ -180,3 +180,67 @@ fn doctor_passes_a_healthy_node_and_names_each_breakage_with_its_fix() {
     let leave = node.run(&["leave", "--force"]);
     assert_eq!(leave.code, Some(0), "{leave:?}");
 }
+
+#[test]
+fn doctor_before_join_checks_the_nodeconfig_join_will_be_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = dir.path().join("mirror");
+    std::fs::create_dir_all(&mirror).unwrap();
+    let ds = devstack(&mirror);
+    let node = Node::new(&ds, &create_activation(&ds));
+    healthy_kernel(&node);
+    let source = format!("file://{}", node.nodeconfig.display());
+    let run = node.run(&["doctor", "--json", "--config-source", &source]);
+    let checks: Vec<serde_json::Value> = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("doctor --json printed no JSON ({e}): {run:?}"));
+    let find = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} check: {checks:#?}"))
+    };
+    let nc = find("nodeconfig");
+    assert_eq!(nc["outcome"], "ok", "{nc}");
+    assert!(
+        nc["detail"].as_str().unwrap().contains(&format!(
+            "valid for join: cluster {CLUSTER} in {REGION}, credentials from ssm"
+        )),
+        "{nc}"
+    );
+    // The region came from the file: the endpoints were checked, not skipped.
+    assert_eq!(find("endpoint ssm")["outcome"], "ok", "{checks:#?}");
+    assert!(
+        !checks
+            .iter()
+            .any(|c| c["name"] == "network" && c["outcome"] == "skip"),
+        "{checks:#?}"
+    );
+
+    // A NodeConfig join would refuse: doctor fails on it, naming the field.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        format!(
+            "apiVersion: node.eks.aws/v1alpha1\nkind: NodeConfig\nspec:\n  cluster:\n    region: {REGION}\n  hybrid:\n    ssm:\n      activationId: 4a2c9f3e-1b7d-4c8e-9f01-23456789abcd\n      activationCode: ABCDEFGHIJKLMNOPQRST\n"
+        ),
+    )
+    .unwrap();
+    let run = node.run(&[
+        "doctor",
+        "--json",
+        "--config-source",
+        &format!("file://{}", bad.display()),
+    ]);
+    assert_eq!(run.code, Some(3), "{run:?}");
+    let checks: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).unwrap();
+    let nc = checks.iter().find(|c| c["name"] == "nodeconfig").unwrap();
+    assert_eq!(nc["outcome"], "fail", "{nc}");
+    assert!(
+        nc["detail"].as_str().unwrap().contains("spec.cluster.name"),
+        "{nc}"
+    );
+    assert!(
+        !run.stdout.contains("ABCDEFGHIJKLMNOPQRST"),
+        "the code is never shown"
+    );
+}
