@@ -170,14 +170,38 @@ fn two_nodes_upgrade_one_at_a_time_and_a_killed_agent_finishes_its_upgrade() {
     // The newer patch appears on the mirror after the join.
     standin_release(&mirror, PATCH);
 
-    // Without the lifecycle RBAC: nothing happens to the nodes, and status says why.
-    auto_upgrade(&ds, &nodes[0], "daily 00:00-24:00");
-    let log0 = dir.path().join("daemon0.log");
-    let daemon = nodes[0].spawn_daemon(&log0);
     let status = |node: &Node| -> Value {
         let run = node.run(&["status", "--json"]);
         serde_json::from_str(&run.stdout).unwrap_or_default()
     };
+    let log0 = dir.path().join("daemon0.log");
+
+    // Outside the maintenance window (the day after tomorrow, host time, one minute): nothing.
+    let day = jiff::ZonedDateTime::now()
+        .checked_add(jiff::Span::new().days(2))
+        .unwrap()
+        .weekday();
+    let days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    let window = format!(
+        "{} 03:00-03:01",
+        days[usize::from(day.to_monday_zero_offset().unsigned_abs())]
+    );
+    auto_upgrade(&ds, &nodes[0], &window);
+    let daemon = nodes[0].spawn_daemon(&log0);
+    wait_until("the window in status", Duration::from_secs(30), || {
+        status(&nodes[0])["lifecycle"]["state"]
+            == format!("waiting for the maintenance window ({window})").as_str()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        status(&nodes[0])["lifecycle"]["state"],
+        format!("waiting for the maintenance window ({window})").as_str()
+    );
+    drop(daemon);
+
+    // Without the lifecycle RBAC: nothing happens to the nodes, and status says why.
+    auto_upgrade(&ds, &nodes[0], "daily 00:00-24:00");
+    let daemon = nodes[0].spawn_daemon(&log0);
     wait_until("the refusal in status", Duration::from_secs(30), || {
         status(&nodes[0])["lifecycle"]["state"]
             .as_str()
