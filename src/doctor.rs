@@ -11,7 +11,7 @@
 //! verifies against the cluster CA, the node's token accepted), the Node (registered, Ready), and
 //! what the node is in the cluster: its identity (SelfSubjectReview), its drain rights (access
 //! reviews) and, with `auto_upgrade`, the disruption lock (docs/lifecycle.md).
-//! Components: containerd and kubelet answer their health probes.
+//! Components: containerd and kubelet answer their health probes, and use the agent's proxy.
 
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
@@ -146,6 +146,7 @@ pub async fn run(input: &DoctorInput<'_>) -> Vec<Check> {
             &mut checks,
         )
         .await;
+        checks.push(proxy_check(input.paths, input.agent, record));
         component_checks(record, &mut checks).await;
     } else {
         checks.push(Check::new(
@@ -713,6 +714,89 @@ fn refresh_overdue_check(paths: &HostPaths, checks: &mut Vec<Check>) {
     );
 }
 
+/// One proxy for everything: the agent's `[network] proxy` is the one containerd and kubelet
+/// (and kubelet's children: the ECR credential provider, aws-iam-authenticator) use, in the
+/// systemd drop-ins nodeadm's debug check reads and in the built-in backend's environment (the
+/// node record). A proxy changed in the agent config after join reaches the components only
+/// with the next join.
+fn proxy_check(paths: &HostPaths, agent: &AgentConfig, record: &NodeRecord) -> Check {
+    use crate::node::proxy::{CONTAINERD_PROXY_DROPIN, KUBELET_PROXY_DROPIN};
+    let want = agent
+        .network
+        .proxy
+        .as_ref()
+        .map(|p| p.expose().as_str().trim_end_matches('/').to_owned());
+    let mut found: Vec<(String, Option<String>)> = Vec::new();
+    for (who, path) in [
+        ("kubelet drop-in", KUBELET_PROXY_DROPIN),
+        ("containerd drop-in", CONTAINERD_PROXY_DROPIN),
+    ] {
+        let text = std::fs::read_to_string(paths.resolve(path)).unwrap_or_default();
+        let value = text.lines().find_map(|l| {
+            l.trim()
+                .strip_prefix("Environment=\"HTTPS_PROXY=")
+                .map(|v| v.trim_end_matches('"').replace("%%", "%"))
+        });
+        found.push((format!("{who} {path}"), value));
+    }
+    for c in &record.components {
+        let value = c
+            .env
+            .iter()
+            .find(|(k, _)| k == "HTTPS_PROXY")
+            .map(|(_, v)| v.clone());
+        found.push((format!("{} (node record, built-in backend)", c.name), value));
+    }
+    let wrong = proxy_mismatches(want.as_deref(), &found);
+    let shown = agent
+        .network
+        .proxy
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_else(|| "none".to_owned());
+    if wrong.is_empty() {
+        Check::new(
+            "proxy",
+            Outcome::Ok,
+            match &want {
+                Some(_) => format!("agent, containerd and kubelet use the same proxy {shown}"),
+                None => {
+                    "no proxy: neither the agent nor containerd nor kubelet uses one".to_owned()
+                }
+            },
+        )
+    } else {
+        Check::new(
+            "proxy",
+            Outcome::Fail,
+            format!(
+                "the agent's [network] proxy is {shown}, but {}: image pulls or kubelet's calls to AWS go another way than the agent's",
+                wrong.join("; ")
+            ),
+        )
+        .fix("run `hybrid-agent join` again: it renders the agent's [network] settings into both components")
+    }
+}
+
+/// Where a component's proxy differs from the agent's: `where: value` (passwords hidden).
+fn proxy_mismatches(want: Option<&str>, found: &[(String, Option<String>)]) -> Vec<String> {
+    let redact = |v: &str| match reqwest::Url::parse(v) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.as_str().trim_end_matches('/').to_owned()
+        }
+        _ => v.to_owned(),
+    };
+    found
+        .iter()
+        .filter(|(_, got)| got.as_deref().map(|g| g.trim_end_matches('/')) != want)
+        .map(|(at, got)| match got {
+            Some(g) => format!("{at} sets {}", redact(g)),
+            None => format!("{at} sets none"),
+        })
+        .collect()
+}
+
 /// The last automatic upgrade and reboot, when they failed (docs/lifecycle.md).
 fn lifecycle_checks(l: &crate::state::LifecycleStatus) -> Vec<Check> {
     let mut out = Vec::new();
@@ -937,6 +1021,38 @@ pub fn to_text(checks: &[Check]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_proxy_that_differs_from_the_agents_is_named_without_its_password() {
+        let at = |w: &str, v: Option<&str>| (w.to_owned(), v.map(str::to_owned));
+        assert!(proxy_mismatches(None, &[at("kubelet", None)]).is_empty());
+        let p = "http://proxy.example:3128";
+        assert!(
+            proxy_mismatches(
+                Some(p),
+                &[at("kubelet", Some("http://proxy.example:3128/"))]
+            )
+            .is_empty()
+        );
+        let wrong = proxy_mismatches(
+            Some(p),
+            &[
+                at("kubelet drop-in", Some("http://u:hunter2@old.example:3128")),
+                at("containerd", None),
+            ],
+        );
+        assert_eq!(
+            wrong,
+            [
+                "kubelet drop-in sets http://u:***@old.example:3128",
+                "containerd sets none"
+            ]
+        );
+        assert_eq!(
+            proxy_mismatches(None, &[at("kubelet", Some(p))]),
+            ["kubelet sets http://proxy.example:3128"]
+        );
+    }
 
     #[test]
     fn a_failed_automatic_upgrade_or_reboot_is_a_warning_naming_the_cause() {

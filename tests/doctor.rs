@@ -101,6 +101,9 @@ fn doctor_passes_a_healthy_node_and_names_each_breakage_with_its_fix() {
         "node ready",
         "containerd",
         "kubelet",
+        "proxy",
+        "cluster identity",
+        "drain rights",
     ] {
         let (outcome, detail) = checks
             .get(name)
@@ -119,6 +122,12 @@ fn doctor_passes_a_healthy_node_and_names_each_breakage_with_its_fix() {
     assert!(text.stdout.contains(" failed, "), "{text:?}");
 
     // Break things.
+    // A proxy left in kubelet's drop-in that the agent does not use (its password hidden).
+    write(
+        &node,
+        "/etc/systemd/system/kubelet.service.d/http-proxy.conf",
+        "[Service]\nEnvironment=\"HTTPS_PROXY=http://u:hunter2@old-proxy.example:3128\"\n",
+    );
     write(
         &node,
         "/proc/swaps",
@@ -154,6 +163,18 @@ fn doctor_passes_a_healthy_node_and_names_each_breakage_with_its_fix() {
         &["127.0.0.1", "outside", "10.80.0.0/16", "--node-ip"],
     );
     failed("node ready", &["401", "HYBRID_LINUX"]);
+    failed(
+        "proxy",
+        &[
+            "the agent's [network] proxy is none",
+            "kubelet drop-in /etc/systemd/system/kubelet.service.d/http-proxy.conf sets http://u:***@old-proxy.example:3128",
+            "hybrid-agent join",
+        ],
+    );
+    assert!(
+        !run.stdout.contains("hunter2"),
+        "a proxy password in doctor's output"
+    );
     assert_eq!(checks["kernel modules"].0, "ok");
     assert!(
         !run.stdout.contains("k8s-aws-v1."),

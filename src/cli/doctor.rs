@@ -17,7 +17,10 @@ bundle; this host's clock against the endpoints' (SigV4 fails beyond 5 minutes)
 node network
   node ready   the API server answers, its certificate verifies against the cluster CA, it \
 accepts the node's token, and the Node is registered and Ready
-  components   containerd and kubelet answer their health probes
+  components   containerd and kubelet answer their health probes and use the agent's proxy
+  cluster rights  the node's identity in the cluster (SelfSubjectReview), whether it may drain \
+itself (access reviews), the disruption lock with [lifecycle] auto_upgrade, and the last \
+automatic upgrade or reboot
 
 On a host that has not joined, the cloud checks need --region (and --cluster), or the NodeConfig \
 join will be given (--config-source file://PATH, as `nodeadm debug` takes it): it is validated as \
