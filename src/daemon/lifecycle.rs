@@ -127,12 +127,6 @@ fn boot_id() -> Option<String> {
         .map(|s| s.trim().to_owned())
 }
 
-fn epoch(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
 impl Journal {
     fn load(paths: &HostPaths) -> Option<Journal> {
         serde_json::from_slice(&std::fs::read(paths.resolve(LIFECYCLE_JOURNAL)).ok()?).ok()
@@ -349,7 +343,7 @@ impl Lifecycle {
             action: upgrade_action(),
             from: from.clone(),
             target: target.clone(),
-            started: epoch(now),
+            started: crate::kube::epoch_secs(now),
             boot_id: None,
             phase: None,
             reason: String::new(),
@@ -400,7 +394,7 @@ impl Lifecycle {
             // The journal stays: the next start gives the slot back (it also expires).
             Err(e) => tracing::warn!("lifecycle: cannot give the disruption lock slot back: {e}"),
         }
-        let finished = epoch(SystemTime::now());
+        let finished = crate::kube::epoch_secs(SystemTime::now());
         match &outcome {
             Ok(()) => {
                 tracing::info!("lifecycle: upgraded {} to {target}", journal.from);
@@ -527,7 +521,7 @@ impl Lifecycle {
             action: REBOOT.to_owned(),
             from: String::new(),
             target: String::new(),
-            started: epoch(now),
+            started: crate::kube::epoch_secs(now),
             boot_id: boot_id(),
             phase: Some("drain".to_owned()),
             reason,
@@ -697,7 +691,7 @@ impl Lifecycle {
             Ok(()) => Journal::remove(&self.input.paths),
             Err(e) => tracing::warn!("lifecycle: cannot give the disruption lock slot back: {e}"),
         }
-        let finished = epoch(SystemTime::now());
+        let finished = crate::kube::epoch_secs(SystemTime::now());
         self.status.send_modify(|s| {
             if ok {
                 s.reboots += 1;

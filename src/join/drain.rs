@@ -245,10 +245,7 @@ pub async fn drain(
             node: record.node_name.clone(),
             cordoned_before,
             purpose: purpose.to_owned(),
-            started: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or_default(),
+            started: crate::kube::epoch_secs(SystemTime::now()),
         }
         .save(paths)
     };

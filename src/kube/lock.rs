@@ -64,12 +64,6 @@ pub enum LockError {
     Contended,
 }
 
-fn epoch(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
 /// The entries of a lock's data, unreadable ones counted as live until they are replaced (a
 /// newer agent's format must not free its slot).
 fn entries(cm: &ConfigMap, now: u64) -> BTreeMap<String, Entry> {
@@ -176,7 +170,7 @@ pub async fn acquire(
     now: SystemTime,
 ) -> Result<Acquired, LockError> {
     let me = api.node_name().to_owned();
-    let at = epoch(now);
+    let at = super::epoch_secs(now);
     for _ in 0..CONFLICT_TRIES {
         let cm = read(api).await?;
         let current = entries(&cm, at);
@@ -203,7 +197,7 @@ pub async fn acquire(
 /// Gives the slot back (nothing to do when this node holds none).
 pub async fn release(api: &Api, now: SystemTime) -> Result<(), LockError> {
     let me = api.node_name().to_owned();
-    let at = epoch(now);
+    let at = super::epoch_secs(now);
     for _ in 0..CONFLICT_TRIES {
         let cm = read(api).await?;
         if !cm.data.as_ref().is_some_and(|d| d.contains_key(&me)) {
@@ -219,7 +213,7 @@ pub async fn release(api: &Api, now: SystemTime) -> Result<(), LockError> {
 /// Whether this node holds a live slot.
 pub async fn holds(api: &Api, now: SystemTime) -> Result<bool, LockError> {
     let cm = read(api).await?;
-    let at = epoch(now);
+    let at = super::epoch_secs(now);
     Ok(entries(&cm, at)
         .get(api.node_name())
         .is_some_and(|e| e.expires > at))

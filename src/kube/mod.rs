@@ -60,6 +60,14 @@ pub fn api_url(endpoint: &str, segments: &[&str]) -> Result<reqwest::Url, String
     Ok(url)
 }
 
+/// Whole seconds since the Unix epoch: what the lock entries and the drain and lifecycle
+/// journals record.
+pub fn epoch_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
 /// The `message` of a Kubernetes `Status` answer, or the start of whatever came back.
 pub fn status_message(body: &[u8]) -> String {
     let message = http::body_message(body);
@@ -244,10 +252,7 @@ impl Api {
         segments: &[&str],
         body: &B,
     ) -> Result<T, KubeError> {
-        let url = self.url(segments, &[])?;
-        let body = self.to_json(what, body)?;
-        let answer = self.call(what, &url, Method::Post(&body), false).await?;
-        self.decode(what, &answer)
+        self.send_json(what, segments, body, false, false).await
     }
 
     /// POSTs a request that changes nothing (an access review): retried like a GET.
@@ -257,10 +262,7 @@ impl Api {
         segments: &[&str],
         body: &B,
     ) -> Result<T, KubeError> {
-        let url = self.url(segments, &[])?;
-        let body = self.to_json(what, body)?;
-        let answer = self.call(what, &url, Method::Post(&body), true).await?;
-        self.decode(what, &answer)
+        self.send_json(what, segments, body, false, true).await
     }
 
     /// PUTs `body` (an update: with `metadata.resourceVersion`, refused with 409 when the object
@@ -271,10 +273,7 @@ impl Api {
         segments: &[&str],
         body: &B,
     ) -> Result<T, KubeError> {
-        let url = self.url(segments, &[])?;
-        let body = self.to_json(what, body)?;
-        let answer = self.call(what, &url, Method::Put(&body), false).await?;
-        self.decode(what, &answer)
+        self.send_json(what, segments, body, true, false).await
     }
 
     /// A JSON merge patch (RFC 7386) setting fields to values: idempotent, so retried like a GET.
@@ -291,11 +290,28 @@ impl Api {
         self.decode(what, &answer)
     }
 
-    fn to_json<B: Serialize>(&self, what: &str, body: &B) -> Result<serde_json::Value, KubeError> {
-        serde_json::to_value(body).map_err(|e| KubeError::Setup {
+    /// POSTs (or PUTs) `body` as JSON, again on transport failures and 5xx/429 when `retry`;
+    /// the answer decoded.
+    async fn send_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        what: &str,
+        segments: &[&str],
+        body: &B,
+        put: bool,
+        retry: bool,
+    ) -> Result<T, KubeError> {
+        let url = self.url(segments, &[])?;
+        let body = serde_json::to_value(body).map_err(|e| KubeError::Setup {
             endpoint: self.endpoint().to_owned(),
             message: format!("{what}: cannot encode the request: {e}"),
-        })
+        })?;
+        let how = if put {
+            Method::Put(&body)
+        } else {
+            Method::Post(&body)
+        };
+        let answer = self.call(what, &url, how, retry).await?;
+        self.decode(what, &answer)
     }
 
     fn decode<T: DeserializeOwned>(&self, what: &str, body: &[u8]) -> Result<T, KubeError> {
