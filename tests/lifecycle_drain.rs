@@ -74,10 +74,6 @@ fn joined(grace_ms: u64, replace_ms: u64, releases: &[&'static str]) -> Fixture 
     }
 }
 
-fn body(resp: &str) -> Value {
-    serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap()
-}
-
 fn pod(f: &Fixture, pod: Value) {
     control_body(
         &f.ds,
@@ -136,19 +132,6 @@ fn node_pods(f: &Fixture) {
     );
 }
 
-/// The stand-in's history of what happened in the cluster.
-fn history(f: &Fixture) -> Vec<Value> {
-    let resp = control(
-        &f.ds,
-        "GET",
-        &format!("/_devstack/eks/kube-history?name={CLUSTER}"),
-    );
-    body(&resp)["events"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 fn actions(events: &[Value], action: &str) -> Vec<Value> {
     events
         .iter()
@@ -168,7 +151,7 @@ fn pod_names(f: &Fixture) -> Vec<String> {
         "GET",
         &format!("/_devstack/eks/kube-pods?name={CLUSTER}"),
     );
-    body(&resp)["items"]
+    control_json(&resp)["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -188,7 +171,7 @@ fn unschedulable(f: &Fixture) -> bool {
         "GET",
         &format!("/_devstack/eks/kube-nodes?name={CLUSTER}"),
     );
-    body(&resp)["items"]
+    control_json(&resp)["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -227,7 +210,7 @@ fn leave_drains_through_a_budget_one_pod_at_a_time_and_leaves_daemonset_pods() {
     );
     assert!(managed_instances(&f.ds).is_empty(), "then it left");
 
-    let events = history(&f);
+    let events = kube_history(&f.ds);
     let me = format!("system:node:{node}");
     let cordon = actions(&events, "cordon");
     assert_eq!(cordon.len(), 1, "{events:#?}");
@@ -306,7 +289,7 @@ fn a_drain_held_past_its_deadline_uncordons_names_the_budget_and_changes_nothing
     assert_eq!(managed_instances(&f.ds), vec![node.clone()]);
     assert!(f.node.kubelet_healthy());
     assert!(!unschedulable(&f), "uncordoned again");
-    let events = history(&f);
+    let events = kube_history(&f.ds);
     let cordon = actions(&events, "cordon");
     let uncordon = actions(&events, "uncordon");
     assert_eq!((cordon.len(), uncordon.len()), (1, 1), "{events:#?}");
@@ -353,7 +336,7 @@ fn upgrade_drains_first_and_uncordons_after_a_rollback_and_after_success() {
         !f.node.path("/var/lib/hybrid-agent/drain.json").exists(),
         "the drain is forgotten once the cordon is lifted"
     );
-    let events = history(&f);
+    let events = kube_history(&f.ds);
     let evicted: Vec<_> = actions(&events, "evict")
         .iter()
         .map(|e| e["object"].as_str().unwrap().to_owned())
@@ -374,7 +357,7 @@ fn upgrade_drains_first_and_uncordons_after_a_rollback_and_after_success() {
         "{good:?}"
     );
     assert!(!unschedulable(&f));
-    let events = history(&f);
+    let events = kube_history(&f.ds);
     let (cordon, uncordon) = (actions(&events, "cordon"), actions(&events, "uncordon"));
     assert_eq!((cordon.len(), uncordon.len()), (2, 2), "{events:#?}");
     // Each cordon is lifted before the next.

@@ -8,35 +8,12 @@
 
 mod install_support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hybrid_agent::join::record::NodeRecord;
 use hybrid_agent::paths::HostPaths;
 use install_support::*;
 use serde_json::{Value, json};
-
-fn body(resp: &str) -> Value {
-    serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap()
-}
-
-fn history(ds: &hybrid_devstack::Devstack) -> Vec<Value> {
-    body(&control(
-        ds,
-        "GET",
-        &format!("/_devstack/eks/kube-history?name={CLUSTER}"),
-    ))["events"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn seq_of(events: &[Value], action: &str, object: &str) -> Vec<u64> {
     events
@@ -163,7 +140,7 @@ fn the_host_asks_for_a_reboot_and_the_node_is_drained_rebooted_and_uncordoned() 
     assert!(!node.path("/var/lib/hybrid-agent/lifecycle.json").exists());
     assert!(!node.path("/var/lib/hybrid-agent/drain.json").exists());
 
-    let events = history(&ds);
+    let events = kube_history(&ds);
     let nodes = format!("nodes/{name}");
     let cordon = seq_of(&events, "cordon", &nodes);
     let uncordon = seq_of(&events, "uncordon", &nodes);
@@ -221,7 +198,7 @@ fn the_host_asks_for_a_reboot_and_the_node_is_drained_rebooted_and_uncordoned() 
         "{s}"
     );
     drop(daemon);
-    let events = history(&ds);
+    let events = kube_history(&ds);
     assert_eq!(seq_of(&events, "cordon", &nodes).len(), 2, "{events:#?}");
     assert_eq!(
         seq_of(&events, "uncordon", &nodes).len(),

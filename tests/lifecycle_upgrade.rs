@@ -10,7 +10,7 @@
 
 mod install_support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hybrid_agent::join::record::NodeRecord;
 use hybrid_agent::paths::HostPaths;
@@ -19,21 +19,6 @@ use serde_json::{Value, json};
 
 /// The newer patch of the cluster's minor (the devstack cluster runs 1.31).
 const PATCH: &str = "1.31.3";
-
-fn body(resp: &str) -> Value {
-    serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap()
-}
-
-fn history(ds: &hybrid_devstack::Devstack) -> Vec<Value> {
-    body(&control(
-        ds,
-        "GET",
-        &format!("/_devstack/eks/kube-history?name={CLUSTER}"),
-    ))["events"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
 
 fn version(node: &Node) -> String {
     NodeRecord::load(&HostPaths::new(&node.root))
@@ -76,14 +61,6 @@ fn app_pod(ds: &hybrid_devstack::Devstack, app: &str, name: &str, node: &str) {
         })
         .to_string(),
     );
-}
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Every process whose parent is `pid` and whose command line contains `word`.
@@ -220,7 +197,7 @@ fn two_nodes_upgrade_one_at_a_time_and_a_killed_agent_finishes_its_upgrade() {
     drop(daemon);
     assert_eq!(version(&nodes[0]), VERSION);
     assert!(
-        !history(&ds)
+        !kube_history(&ds)
             .iter()
             .any(|e| e["action"] == "cordon" || e["action"] == "evict"),
         "nothing was disrupted without the lock"
@@ -254,7 +231,7 @@ fn two_nodes_upgrade_one_at_a_time_and_a_killed_agent_finishes_its_upgrade() {
     // The first node to evict is killed mid-drain, with its upgrade child.
     let mut first = None;
     wait_until("the first eviction", Duration::from_secs(90), || {
-        first = history(&ds).iter().find_map(|e| {
+        first = kube_history(&ds).iter().find_map(|e| {
             (e["action"] == "evict").then(|| {
                 e["actor"]
                     .as_str()
@@ -287,7 +264,7 @@ fn two_nodes_upgrade_one_at_a_time_and_a_killed_agent_finishes_its_upgrade() {
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(version(&nodes[other]), VERSION, "the other node waited");
     assert!(
-        !history(&ds).iter().any(|e| e["action"] == "cordon"
+        !kube_history(&ds).iter().any(|e| e["action"] == "cordon"
             && e["object"] == format!("nodes/{}", names[other]).as_str()),
         "the other node was not cordoned while the slot was taken"
     );
@@ -304,7 +281,7 @@ fn two_nodes_upgrade_one_at_a_time_and_a_killed_agent_finishes_its_upgrade() {
     });
     drop(daemons);
 
-    let events = history(&ds);
+    let events = kube_history(&ds);
     let spans = cordon_spans(&events);
     for n in &names {
         let mine: Vec<_> = spans.iter().filter(|(node, ..)| node == n).collect();

@@ -229,6 +229,32 @@ pub fn control_body(
     resp
 }
 
+/// The JSON body of a [`control`] answer.
+pub fn control_json(resp: &str) -> serde_json::Value {
+    serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap()
+}
+
+/// The stand-in API server's history of what happened in the cluster (`kube-history`).
+pub fn kube_history(ds: &hybrid_devstack::Devstack) -> Vec<serde_json::Value> {
+    control_json(&control(
+        ds,
+        "GET",
+        &format!("/_devstack/eks/kube-history?name={CLUSTER}"),
+    ))["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Polls `done` every 200 ms until it holds; fails the test after `limit`.
+pub fn wait_until(what: &str, limit: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// Simulates a distribution containerd in the sandbox: `/usr/bin/containerd` owned by the
 /// `containerd` dpkg package. `bin` is a hard link to the host's real binary when one exists
 /// (cheap, and it runs), else a small file.
