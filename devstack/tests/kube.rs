@@ -12,44 +12,9 @@ use hybrid_devstack::kube::verify_token;
 
 const CLUSTER: &str = "hybrid-demo";
 
-/// A `k8s-aws-v1.` token presigned with aws-sigv4 the way aws-iam-authenticator presigns it.
+/// A `k8s-aws-v1.` token of the devstack admin for `cluster`, signed at `at`.
 fn presigned_token(cluster: &str, at: SystemTime) -> String {
-    use aws_sigv4::http_request::{
-        SignableBody, SignableRequest, SignatureLocation, SigningSettings, sign,
-    };
-    let identity = common::admin_credentials().into();
-    let mut settings = SigningSettings::default();
-    settings.signature_location = SignatureLocation::QueryParams;
-    settings.expires_in = Some(Duration::from_secs(60));
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region("us-west-2")
-        .name("sts")
-        .time(at)
-        .settings(settings)
-        .build()
-        .unwrap()
-        .into();
-    let url = "https://sts.us-west-2.amazonaws.com/?Action=GetCallerIdentity&Version=2011-06-15";
-    let request = SignableRequest::new(
-        "GET",
-        url,
-        [
-            ("host", "sts.us-west-2.amazonaws.com"),
-            ("x-k8s-aws-id", cluster),
-        ]
-        .into_iter(),
-        SignableBody::Bytes(&[]),
-    )
-    .unwrap();
-    let (instructions, _) = sign(request, &params).unwrap().into_parts();
-    let mut req = axum::http::Request::builder().uri(url).body(()).unwrap();
-    instructions.apply_to_request_http1x(&mut req);
-    let presigned = req.uri().to_string();
-    format!(
-        "k8s-aws-v1.{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(presigned)
-    )
+    common::presigned_token(&common::admin_credentials(), cluster, at)
 }
 
 #[test]

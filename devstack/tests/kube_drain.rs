@@ -10,51 +10,11 @@ mod common;
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_credential_types::Credentials;
-use base64::Engine;
 use serde_json::{Value, json};
 
 const CLUSTER: &str = "hybrid-demo";
 const NODE_A: &str = "mi-0aaaaaaaaaaaaaaa1";
 const NODE_B: &str = "mi-0bbbbbbbbbbbbbbb2";
-
-/// A `k8s-aws-v1.` token presigned with aws-sigv4 for `creds`.
-fn presigned_token(creds: &Credentials) -> String {
-    use aws_sigv4::http_request::{
-        SignableBody, SignableRequest, SignatureLocation, SigningSettings, sign,
-    };
-    let identity = creds.clone().into();
-    let mut settings = SigningSettings::default();
-    settings.signature_location = SignatureLocation::QueryParams;
-    settings.expires_in = Some(Duration::from_secs(60));
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region("us-west-2")
-        .name("sts")
-        .time(SystemTime::now())
-        .settings(settings)
-        .build()
-        .unwrap()
-        .into();
-    let url = "https://sts.us-west-2.amazonaws.com/?Action=GetCallerIdentity&Version=2011-06-15";
-    let request = SignableRequest::new(
-        "GET",
-        url,
-        [
-            ("host", "sts.us-west-2.amazonaws.com"),
-            ("x-k8s-aws-id", CLUSTER),
-        ]
-        .into_iter(),
-        SignableBody::Bytes(&[]),
-    )
-    .unwrap();
-    let (instructions, _) = sign(request, &params).unwrap().into_parts();
-    let mut req = axum::http::Request::builder().uri(url).body(()).unwrap();
-    instructions.apply_to_request_http1x(&mut req);
-    format!(
-        "k8s-aws-v1.{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(req.uri().to_string())
-    )
-}
 
 struct Kube {
     ds: hybrid_devstack::Devstack,
@@ -81,7 +41,8 @@ impl Kube {
             .tls_certs_only(reqwest::Certificate::from_pem_bundle(ca.as_bytes()).unwrap())
             .build()
             .unwrap();
-        let admin = presigned_token(&common::admin_credentials());
+        let admin =
+            common::presigned_token(&common::admin_credentials(), CLUSTER, SystemTime::now());
         let k = Kube {
             endpoint: started["endpoint"].as_str().unwrap().to_owned(),
             ds,
@@ -104,13 +65,17 @@ impl Kube {
         let cred = hybrid_devstack::state::lock(&self.ds.state.creds)
             .issue(&principal, SystemTime::now(), Duration::from_secs(3600))
             .unwrap();
-        presigned_token(&Credentials::new(
-            cred.access_key_id,
-            cred.secret_access_key,
-            Some(cred.session_token),
-            None,
-            "node",
-        ))
+        common::presigned_token(
+            &Credentials::new(
+                cred.access_key_id,
+                cred.secret_access_key,
+                Some(cred.session_token),
+                None,
+                "node",
+            ),
+            CLUSTER,
+            SystemTime::now(),
+        )
     }
 
     async fn api(

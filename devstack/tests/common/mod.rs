@@ -1,6 +1,6 @@
 //! Shared test plumbing: an in-process devstack, a moto_server from the project's venv, and SDK
 //! configs pointed at either.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -289,4 +289,46 @@ pub async fn signed_query(url: &str, service: &str, body: String) -> reqwest::Re
         .execute(request)
         .await
         .expect("devstack answers")
+}
+
+/// A `k8s-aws-v1.` token presigned with aws-sigv4 (the signer inside aws-sdk-rust, independent
+/// of the agent's) the way aws-iam-authenticator presigns it: STS GetCallerIdentity, the signed
+/// header `x-k8s-aws-id: <cluster>`, signed with `creds` at `at`.
+pub fn presigned_token(creds: &Credentials, cluster: &str, at: std::time::SystemTime) -> String {
+    use aws_sigv4::http_request::{
+        SignableBody, SignableRequest, SignatureLocation, SigningSettings, sign,
+    };
+    use base64::Engine;
+    let identity = creds.clone().into();
+    let mut settings = SigningSettings::default();
+    settings.signature_location = SignatureLocation::QueryParams;
+    settings.expires_in = Some(Duration::from_secs(60));
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-west-2")
+        .name("sts")
+        .time(at)
+        .settings(settings)
+        .build()
+        .unwrap()
+        .into();
+    let url = "https://sts.us-west-2.amazonaws.com/?Action=GetCallerIdentity&Version=2011-06-15";
+    let request = SignableRequest::new(
+        "GET",
+        url,
+        [
+            ("host", "sts.us-west-2.amazonaws.com"),
+            ("x-k8s-aws-id", cluster),
+        ]
+        .into_iter(),
+        SignableBody::Bytes(&[]),
+    )
+    .unwrap();
+    let (instructions, _) = sign(request, &params).unwrap().into_parts();
+    let mut req = axum::http::Request::builder().uri(url).body(()).unwrap();
+    instructions.apply_to_request_http1x(&mut req);
+    format!(
+        "k8s-aws-v1.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(req.uri().to_string())
+    )
 }
