@@ -797,7 +797,7 @@ fn proxy_mismatches(want: Option<&str>, found: &[(String, Option<String>)]) -> V
         .collect()
 }
 
-/// The last automatic upgrade and reboot, when they failed (docs/lifecycle.md).
+/// The last automatic upgrade, reboot and refresh, when they failed (docs/lifecycle.md).
 fn lifecycle_checks(l: &crate::state::LifecycleStatus) -> Vec<Check> {
     let mut out = Vec::new();
     if let Some(u) = l.last.as_ref().filter(|u| !u.ok) {
@@ -821,6 +821,19 @@ fn lifecycle_checks(l: &crate::state::LifecycleStatus) -> Vec<Check> {
                 format!("the last automatic reboot failed: {}", r.detail),
             )
             .fix("check [lifecycle] reboot_command (it runs as the agent, as root); tried again a day later"),
+        );
+    }
+    if let Some(r) = l.last_refresh.as_ref().filter(|r| !r.ok) {
+        out.push(
+            Check::new(
+                "node refresh",
+                Outcome::Warn,
+                format!(
+                    "the last refresh (max_node_age) did not complete: {}",
+                    r.detail
+                ),
+            )
+            .fix("fix the cause named; the node was uncordoned and is refreshed again a day later"),
         );
     }
     out
@@ -1065,7 +1078,7 @@ mod tests {
             ok: false,
             error: "kubelet did not become healthy within 120s".into(),
         });
-        l.last_reboot = Some(crate::state::LastReboot {
+        l.last_reboot = Some(crate::state::LastOutcome {
             finished: 0,
             ok: true,
             detail: "rebooted".into(),

@@ -9,7 +9,7 @@
 //! telemetry add theirs next to `identity`.
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -176,15 +176,28 @@ pub struct LifecycleStatus {
     pub reboots_failed: u64,
     /// The last automatic reboot's outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_reboot: Option<LastReboot>,
+    pub last_reboot: Option<LastOutcome>,
+    /// `[lifecycle] max_node_age` as written (None: no refreshes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_node_age: Option<String>,
+    /// When the node's age counts from (its join, or its last refresh), seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_age_from: Option<u64>,
+    #[serde(default)]
+    pub refreshes: u64,
+    #[serde(default)]
+    pub refreshes_failed: u64,
+    /// The last refresh's outcome (what it did, or what went wrong).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh: Option<LastOutcome>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LastReboot {
+pub struct LastOutcome {
     /// Seconds since the epoch.
     pub finished: u64,
     pub ok: bool,
-    /// Why the host asked, or what went wrong.
+    /// What was done (a reboot: why the host asked), or what went wrong.
     pub detail: String,
 }
 
@@ -474,6 +487,7 @@ pub fn report_from(
                 consecutive_failures: 0,
                 refreshes: 0,
                 key_id: None,
+                key_rotation_error: None,
                 failing_since: None,
             });
         }
@@ -668,6 +682,30 @@ impl StatusReport {
                 let _ = writeln!(
                     out,
                     "  last reboot: {} {}",
+                    if r.ok { "done:" } else { "FAILED:" },
+                    r.detail
+                );
+            }
+            if let Some(age) = &l.max_node_age {
+                let since = l
+                    .node_age_from
+                    .map(|t| {
+                        format!(
+                            "; age counted from {}",
+                            ts::format(UNIX_EPOCH + Duration::from_secs(t))
+                        )
+                    })
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "  refresh:     at max_node_age {age}{since}; refreshes: {} done, {} failed",
+                    l.refreshes, l.refreshes_failed
+                );
+            }
+            if let Some(r) = &l.last_refresh {
+                let _ = writeln!(
+                    out,
+                    "  last refresh: {} {}",
                     if r.ok { "done:" } else { "FAILED:" },
                     r.detail
                 );

@@ -111,7 +111,8 @@ fn answer(state: &Shared, op: &str, req: &Req) -> Result<Response, ApiError> {
 
 /// - `GET /_devstack/ecr/password` → the password tokens carry;
 /// - `GET /_devstack/ecr/registry` → starts the registry if needed and answers
-///   `{"address": "127.0.0.1:PORT", "ca_file": "…", "pause_image": "eks/pause:3.5"}`.
+///   `{"address": "127.0.0.1:PORT", "ca_file": "…", "pause_image": "eks/pause:3.5",
+///   "spare_image": "hybrid-devstack/spare:1.0"}` (repositories of the registry).
 pub fn control(state: &Shared, op: &str, req: &Req) -> Response {
     match (req.method.clone(), op) {
         (Method::GET, "ecr/password") => crate::wire::bytes_response(
@@ -135,6 +136,7 @@ pub fn control(state: &Shared, op: &str, req: &Req) -> Response {
                     "address": r.address.to_string(),
                     "ca_file": r.ca_file.display().to_string(),
                     "pause_image": format!("{}:{}", crate::registry::PAUSE_REPOSITORY, crate::registry::PAUSE_TAG),
+                    "spare_image": format!("{}:{}", crate::registry::SPARE_REPOSITORY, crate::registry::SPARE_TAG),
                 })),
                 None => ApiError::internal("the registry did not start").render(Protocol::Plain),
             }

@@ -24,6 +24,10 @@ const BUSYBOX: &str = "/bin/busybox";
 /// The repository and tag nodeadm's sandbox image has (internal/aws/ecr/ecr.go GetSandboxImage).
 pub const PAUSE_REPOSITORY: &str = "eks/pause";
 pub const PAUSE_TAG: &str = "3.5";
+/// A second image no pod uses (same busybox layer, another entrypoint, so another image id):
+/// what a node's image garbage collection must remove while it keeps the pause image.
+pub const SPARE_REPOSITORY: &str = "hybrid-devstack/spare";
+pub const SPARE_TAG: &str = "1.0";
 /// How long the registry may take to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -84,7 +88,7 @@ impl Registry {
         }
         write(&dir.join("htpasswd"), &out.stdout)?;
         let storage = dir.join("storage");
-        lay_out_pause_image(&storage)?;
+        lay_out_images(&storage)?;
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .and_then(|l| l.local_addr())
             .map_err(|e| format!("pick a port for the registry: {e}"))?
@@ -140,8 +144,9 @@ struct ImageBlobs {
     layer: Vec<u8>,
 }
 
-/// The pause image: one layer holding `/bin/busybox`, whose entrypoint sleeps for ever.
-fn pause_image() -> Result<ImageBlobs, String> {
+/// A busybox image: one layer holding `/bin/busybox`, run with `entrypoint` (the pause image
+/// sleeps for ever).
+fn busybox_image(entrypoint: &[&str]) -> Result<ImageBlobs, String> {
     let busybox = std::fs::read(BUSYBOX)
         .map_err(|e| format!("read {BUSYBOX} (Debian package busybox-static): {e}"))?;
     let mut tar = tar::Builder::new(Vec::new());
@@ -165,7 +170,7 @@ fn pause_image() -> Result<ImageBlobs, String> {
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": { "Entrypoint": ["/bin/busybox", "sleep", "2147483647"] },
+        "config": { "Entrypoint": entrypoint },
         "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{}", sha256_hex(&layer_tar))] },
     })
     .to_string()
@@ -185,15 +190,37 @@ fn pause_image() -> Result<ImageBlobs, String> {
     })
 }
 
-/// Writes the pause image into distribution's filesystem storage layout under `storage`.
-fn lay_out_pause_image(storage: &Path) -> Result<(), String> {
+/// Writes the pause image and the spare one into distribution's filesystem storage layout
+/// under `storage`.
+fn lay_out_images(storage: &Path) -> Result<(), String> {
+    lay_out_image(
+        storage,
+        PAUSE_REPOSITORY,
+        PAUSE_TAG,
+        busybox_image(&["/bin/busybox", "sleep", "2147483647"])?,
+    )?;
+    lay_out_image(
+        storage,
+        SPARE_REPOSITORY,
+        SPARE_TAG,
+        busybox_image(&["/bin/busybox", "true"])?,
+    )
+}
+
+/// Writes one image as `repository:tag`.
+fn lay_out_image(
+    storage: &Path,
+    repository: &str,
+    tag: &str,
+    blobs: ImageBlobs,
+) -> Result<(), String> {
     let ImageBlobs {
         manifest,
         config,
         layer,
-    } = pause_image()?;
+    } = blobs;
     let v2 = storage.join("docker/registry/v2");
-    let repo = v2.join("repositories").join(PAUSE_REPOSITORY);
+    let repo = v2.join("repositories").join(repository);
     let blob = |bytes: &[u8]| -> Result<String, String> {
         let hex = sha256_hex(bytes);
         write(
@@ -213,7 +240,7 @@ fn lay_out_pause_image(storage: &Path) -> Result<(), String> {
     }
     let hex = blob(&manifest)?;
     link(repo.join("_manifests/revisions/sha256").join(&hex), &hex)?;
-    let tag = repo.join("_manifests/tags").join(PAUSE_TAG);
+    let tag = repo.join("_manifests/tags").join(tag);
     link(tag.join("current"), &hex)?;
     link(tag.join("index/sha256").join(&hex), &hex)?;
     Ok(())

@@ -59,6 +59,8 @@ pub const DEFAULT_LIFECYCLE_CHECK_INTERVAL: Duration = Duration::from_secs(600);
 pub const MIN_LIFECYCLE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long an automatic drain may take (evictions held by PodDisruptionBudgets included).
 pub const DEFAULT_LIFECYCLE_DRAIN_TIMEOUT: Duration = Duration::from_secs(900);
+/// Shortest `lifecycle.max_node_age`: a refresh drains the node and empties its image store.
+pub const MIN_MAX_NODE_AGE: Duration = Duration::from_secs(86_400);
 /// The file Debian and Ubuntu leave when a package needs a reboot.
 pub const DEFAULT_REBOOT_REQUIRED_FILE: &str = "/var/run/reboot-required";
 /// How long a new kubelet has to become healthy before an automatic upgrade rolls back.
@@ -140,6 +142,8 @@ struct LifecycleSection {
     reboot_required_file: Option<String>,
     reboot_check_command: Option<Vec<String>>,
     reboot_command: Option<Vec<String>>,
+    max_node_age: Option<String>,
+    refresh_reboot: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -369,6 +373,14 @@ pub struct LifecycleConfig {
     pub reboot_check_command: Option<Vec<String>>,
     /// How to reboot.
     pub reboot_command: Vec<String>,
+    /// Refresh the node once it is this old (since its join or its last refresh; EKS Auto
+    /// Mode replaces its nodes after 21 days): in the window, under the lock, drain, rotate the
+    /// SSM key pair, restart containerd and kubelet from clean state, optionally reboot,
+    /// uncordon. None (the default): never.
+    #[serde(serialize_with = "serialize_opt_duration")]
+    pub max_node_age: Option<Duration>,
+    /// Reboot the host as part of a refresh (with `reboot_command`).
+    pub refresh_reboot: bool,
 }
 
 /// Supervisor choice.
@@ -520,6 +532,8 @@ impl AgentConfig {
                 reboot_required_file: paths.resolve(DEFAULT_REBOOT_REQUIRED_FILE),
                 reboot_check_command: None,
                 reboot_command: vec!["systemctl".to_owned(), "reboot".to_owned()],
+                max_node_age: None,
+                refresh_reboot: false,
             },
         }
     }
@@ -778,6 +792,15 @@ impl Check<'_, '_> {
         let Some(raw) = raw else { return };
         out.auto_upgrade = raw.auto_upgrade.unwrap_or(false);
         out.auto_reboot = raw.auto_reboot.unwrap_or(false);
+        out.refresh_reboot = raw.refresh_reboot.unwrap_or(false);
+        if let Some(v) = &raw.max_node_age {
+            out.max_node_age = self.duration(
+                "lifecycle.max_node_age",
+                v,
+                MIN_MAX_NODE_AGE,
+                Some(Duration::from_secs(366 * 86_400)),
+            );
+        }
         if let Some(f) = &raw.reboot_required_file
             && let Some(path) = self.host_path("lifecycle.reboot_required_file", f)
         {

@@ -40,7 +40,7 @@ pub use env::{ACTIVATION_CODE_ENV, Env};
 pub use node::{ActivationCodeInput, NodeInput, NodeOverrides};
 pub use problem::{Location, Problem, Problems};
 pub use secret::{REDACTED, Secret};
-pub use types::{Region, SafeUrl, parse_cidr};
+pub use types::{Region, SafeUrl, format_duration, parse_cidr};
 pub use validate::{Cluster, Containerd, Kubelet, NodeSettings, Provider};
 
 use crate::paths::HostPaths;

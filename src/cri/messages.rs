@@ -111,6 +111,74 @@ pub struct Image {
     pub repo_digests: Vec<String>,
     #[prost(uint64, tag = "4")]
     pub size: u64,
+    /// Never garbage-collected (containerd pins the sandbox image it is configured with).
+    #[prost(bool, tag = "8")]
+    pub pinned: bool,
+}
+
+/// `ListImagesRequest` (no filter: every image).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListImagesRequest {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListImagesResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub images: Vec<Image>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RemoveImageRequest {
+    #[prost(message, optional, tag = "1")]
+    pub image: Option<ImageSpec>,
+}
+
+/// `ListContainersRequest` (no filter: every container, whatever its state).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListContainersRequest {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListContainersResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub containers: Vec<Container>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Container {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(string, tag = "2")]
+    pub pod_sandbox_id: String,
+    /// The image as the container's config named it.
+    #[prost(message, optional, tag = "4")]
+    pub image: Option<ImageSpec>,
+    /// The image id (or digest reference) the container runs.
+    #[prost(string, tag = "5")]
+    pub image_ref: String,
+    #[prost(int32, tag = "6")]
+    pub state: i32,
+    /// The image id, in runtimes that set it (CRI 1.31 and later).
+    #[prost(string, tag = "10")]
+    pub image_id: String,
+}
+
+/// `ListPodSandboxRequest` (no filter: every sandbox, ready or not).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListPodSandboxRequest {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListPodSandboxResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub items: Vec<PodSandbox>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PodSandbox {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(message, optional, tag = "2")]
+    pub metadata: Option<PodSandboxMetadata>,
+    #[prost(int32, tag = "3")]
+    pub state: i32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -1,7 +1,8 @@
 //! A small gRPC client for the two APIs the agent speaks over containerd's socket: containerd's
 //! own Version service (the health probe) and the Kubernetes CRI (`runtime.v1`), which join uses
 //! to pre-pull the pod sandbox (pause) image with ECR credentials, as nodeadm does
-//! (internal/containerd/sandbox.go), and which tests use to start a real pod sandbox.
+//! (internal/containerd/sandbox.go), which tests use to start a real pod sandbox, and which a
+//! node refresh (`[lifecycle] max_node_age`) uses to garbage-collect images no container uses.
 //!
 //! The messages are written here with `prost` derives rather than generated from the `.proto`
 //! files at build time: the generated crates (containerd-client, k8s-cri) run `protoc` in their
@@ -197,6 +198,60 @@ impl Client {
             )
             .await?;
         Ok(reply.image)
+    }
+
+    /// CRI `ImageService/ListImages`: every image containerd's CRI namespace holds.
+    pub async fn list_images(&self, timeout: Duration) -> Result<Vec<Image>, CriError> {
+        let reply: ListImagesResponse = self
+            .unary(
+                "/runtime.v1.ImageService/ListImages",
+                ListImagesRequest {},
+                timeout,
+            )
+            .await?;
+        Ok(reply.images)
+    }
+
+    /// CRI `ImageService/RemoveImage` of an image id or reference (idempotent: an image already
+    /// gone is no error). containerd refuses an image a container still uses.
+    pub async fn remove_image(&self, image: &str, timeout: Duration) -> Result<(), CriError> {
+        let _: Empty = self
+            .unary(
+                "/runtime.v1.ImageService/RemoveImage",
+                RemoveImageRequest {
+                    image: Some(ImageSpec {
+                        image: image.to_owned(),
+                        ..Default::default()
+                    }),
+                },
+                timeout,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// CRI `RuntimeService/ListContainers`: every container, running or exited.
+    pub async fn list_containers(&self, timeout: Duration) -> Result<Vec<Container>, CriError> {
+        let reply: ListContainersResponse = self
+            .unary(
+                "/runtime.v1.RuntimeService/ListContainers",
+                ListContainersRequest {},
+                timeout,
+            )
+            .await?;
+        Ok(reply.containers)
+    }
+
+    /// CRI `RuntimeService/ListPodSandbox`: every pod sandbox, ready or not.
+    pub async fn list_pod_sandboxes(&self, timeout: Duration) -> Result<Vec<PodSandbox>, CriError> {
+        let reply: ListPodSandboxResponse = self
+            .unary(
+                "/runtime.v1.RuntimeService/ListPodSandbox",
+                ListPodSandboxRequest {},
+                timeout,
+            )
+            .await?;
+        Ok(reply.items)
     }
 
     /// CRI `RuntimeService/RunPodSandbox`: the sandbox id.

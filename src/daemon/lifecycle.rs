@@ -9,6 +9,16 @@
 //! pod network), uncordon, give the slot back. A daemon that starts with a reboot journaled
 //! continues from the journaled phase: that is how the flow ends after a real reboot.
 //!
+//! Refreshes (`max_node_age`; EKS Auto Mode replaces its nodes after 21 days): once the node is
+//! that old (since its join or its last refresh), in the window and under a slot of the lock:
+//! drain, ask the identity subsystem for a new SSM key pair (the rotation loop owns the key;
+//! [`KeyRotation`]), restart containerd and kubelet from clean state
+//! ([`crate::join::refresh`]: unused images collected, stale pod directories removed), reboot
+//! when `refresh_reboot` says so, wait for the node to be Ready, uncordon, give the slot back.
+//! Each phase is journaled before it starts and is idempotent, so a crash or power loss resumes
+//! at the phase it stopped in. A step that fails is named in `status` and the node is
+//! uncordoned all the same; the refresh is tried again a day later.
+//!
 //! Every `check_interval` while the maintenance window is open (host time zone):
 //! 1. the control plane's version (`eks:DescribeCluster`) against the node's kubelet (the node
 //!    record): the target is the next minor when the node is behind (one minor at a time),
@@ -42,12 +52,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::config::AgentConfig;
+use crate::identity::rotation::IdentityStatus;
 use crate::install::progress::Progress;
 use crate::install::{InstallRequest, Installer, manifest};
 use crate::join::record::NodeRecord;
 use crate::kube::lock::{self, Acquired};
 use crate::paths::HostPaths;
-use crate::state::{LastReboot, LastUpgrade, LifecycleStatus};
+use crate::state::{LastOutcome, LastUpgrade, LifecycleStatus};
 
 /// The journal of an automatic flow in progress.
 pub const LIFECYCLE_JOURNAL: &str = "/var/lib/hybrid-agent/lifecycle.json";
@@ -63,6 +74,10 @@ const REBOOT_WAIT: Duration = Duration::from_secs(600);
 const REBOOT_POLL: Duration = Duration::from_secs(1);
 /// Key of a failed reboot in the list of failed targets.
 const REBOOT: &str = "reboot";
+/// A refresh's journaled action.
+const REFRESH: &str = "refresh";
+/// How long a refresh waits for the rotation loop to take a new key pair.
+const KEY_ROTATION_WAIT: Duration = Duration::from_secs(120);
 /// Lines of a failed upgrade's error kept for `status`.
 const ERROR_CHARS: usize = 2000;
 
@@ -90,6 +105,16 @@ pub struct LifecycleInput {
     /// `--root DIR [--config PATH]`, as the daemon was started.
     pub global_args: Vec<OsString>,
     pub local_time: LocalTime,
+    /// The identity subsystem's door for a new key pair (set by the daemon).
+    pub key_rotation: Option<KeyRotation>,
+}
+
+/// Asks the credential rotation loop for a new key pair and watches it take it.
+#[derive(Clone)]
+pub struct KeyRotation {
+    /// Each change is one request ([`crate::identity::rotation::Rotator::key_rotation`]).
+    pub request: watch::Sender<u64>,
+    pub status: watch::Receiver<IdentityStatus>,
 }
 
 /// [`LIFECYCLE_JOURNAL`]'s content.
@@ -114,6 +139,14 @@ struct Journal {
     /// A reboot: why the host asked.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     reason: String,
+    /// A refresh: the id of the key pair in use before it (a new id: the rotation is done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_before: Option<String>,
+    /// A refresh: what its finished phases did, and what went wrong.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    done: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    problems: Vec<String>,
 }
 
 fn upgrade_action() -> String {
@@ -200,6 +233,7 @@ impl Lifecycle {
             s.auto_upgrade = lc.auto_upgrade;
             s.auto_reboot = lc.auto_reboot;
             s.maintenance_window = lc.maintenance_window.to_string();
+            s.max_node_age = lc.max_node_age.map(crate::config::format_duration);
         });
         if let Some(journal) = Journal::load(&self.input.paths) {
             tokio::select! {
@@ -222,9 +256,9 @@ impl Lifecycle {
     /// One look (see the module docs).
     async fn tick(&mut self) {
         let lc = self.input.agent.lifecycle.clone();
-        if !lc.auto_upgrade && !lc.auto_reboot {
+        if !lc.auto_upgrade && !lc.auto_reboot && lc.max_node_age.is_none() {
             self.set_state(
-                "automatic upgrades and reboots are off ([lifecycle] auto_upgrade, auto_reboot)"
+                "automatic upgrades, reboots and refreshes are off ([lifecycle] auto_upgrade, auto_reboot, max_node_age)"
                     .to_owned(),
             );
             return;
@@ -253,8 +287,13 @@ impl Lifecycle {
                 return;
             }
         };
-        // An upgrade due goes first; a reboot waits for the next look.
+        // An upgrade due goes first, then a refresh; a reboot waits for the next look.
         if lc.auto_upgrade && self.tick_upgrade(&record).await {
+            return;
+        }
+        if let Some(max) = lc.max_node_age
+            && self.tick_refresh(&record, max).await
+        {
             return;
         }
         if lc.auto_reboot {
@@ -347,6 +386,9 @@ impl Lifecycle {
             boot_id: None,
             phase: None,
             reason: String::new(),
+            key_before: None,
+            done: Vec::new(),
+            problems: Vec::new(),
         };
         if let Err(e) = journal.save(&self.input.paths) {
             self.set_state(format!("cannot journal the upgrade to {target}: {e}"));
@@ -525,6 +567,9 @@ impl Lifecycle {
             boot_id: boot_id(),
             phase: Some("drain".to_owned()),
             reason,
+            key_before: None,
+            done: Vec::new(),
+            problems: Vec::new(),
         };
         if let Err(e) = journal.save(&self.input.paths) {
             self.set_state(format!("cannot journal the reboot: {e}"));
@@ -550,8 +595,9 @@ impl Lifecycle {
             if let Err(e) = crate::join::drain::drain(&paths, &agent, record, &opts, "reboot").await
             {
                 // The drain uncordoned the node again (or says it could not).
-                self.reboot_done(
+                self.finish(
                     api,
+                    REBOOT,
                     false,
                     format!("the drain before the reboot failed: {e}"),
                 )
@@ -564,49 +610,16 @@ impl Lifecycle {
                     .await;
                 return;
             }
-            self.set_state(format!("rebooting: `{}`", lc.reboot_command.join(" ")));
-            let ran = tokio::process::Command::new(&lc.reboot_command[0])
-                .args(&lc.reboot_command[1..])
-                .stdin(std::process::Stdio::null())
-                .output()
-                .await;
-            match ran {
-                Ok(out) if out.status.success() => {}
-                Ok(out) => {
-                    let why = format!(
-                        "`{}` exited with {}: {}",
-                        lc.reboot_command.join(" "),
-                        out.status,
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    );
-                    self.reboot_failed_uncordon(api, record, why).await;
-                    return;
-                }
-                Err(e) => {
-                    let why = format!("cannot run `{}`: {e}", lc.reboot_command.join(" "));
-                    self.reboot_failed_uncordon(api, record, why).await;
-                    return;
-                }
+            if let Err(why) = self.run_reboot_command().await {
+                self.reboot_failed_uncordon(api, record, why).await;
+                return;
             }
         }
         // Going down: a new boot id after the reboot, or (a host that does not really reboot,
         // or a reboot that cleared the request first) the host no longer asks.
-        let waited = tokio::time::Instant::now();
-        loop {
-            let rebooted = boot_id().is_some() && boot_id() != journal.boot_id;
-            if rebooted || self.reboot_required().await.is_none() {
-                break;
-            }
-            if waited.elapsed() > REBOOT_WAIT {
-                let why = format!(
-                    "`{}` returned but the host did not reboot within {}s",
-                    lc.reboot_command.join(" "),
-                    REBOOT_WAIT.as_secs()
-                );
-                self.reboot_failed_uncordon(api, record, why).await;
-                return;
-            }
-            tokio::time::sleep(REBOOT_POLL).await;
+        if let Err(why) = self.wait_rebooted(&journal, true).await {
+            self.reboot_failed_uncordon(api, record, why).await;
+            return;
         }
         self.set_state("back from the reboot: waiting for the node to be Ready".to_owned());
         let ready = self.node_ready(record).await;
@@ -617,7 +630,7 @@ impl Lifecycle {
                 }
             }
             Err(e) => {
-                self.reboot_done(api, false, format!("rebooted, but {e}"))
+                self.finish(api, REBOOT, false, format!("rebooted, but {e}"))
                     .await;
                 return;
             }
@@ -625,17 +638,381 @@ impl Lifecycle {
         match ready {
             Ok(()) => {
                 let detail = format!("rebooted ({})", journal.reason);
-                self.reboot_done(api, true, detail).await;
+                self.finish(api, REBOOT, true, detail).await;
             }
             Err(e) => {
-                self.reboot_done(
+                self.finish(
                     api,
+                    REBOOT,
                     false,
                     format!("rebooted, but the node is not Ready: {e}"),
                 )
                 .await;
             }
         }
+    }
+
+    /// Runs `reboot_command`; its error output when it fails.
+    async fn run_reboot_command(&self) -> Result<(), String> {
+        let cmd = &self.input.agent.lifecycle.reboot_command;
+        self.set_state(format!("rebooting: `{}`", cmd.join(" ")));
+        let out = tokio::process::Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| format!("cannot run `{}`: {e}", cmd.join(" ")))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(format!(
+            "`{}` exited with {}: {}",
+            cmd.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+
+    /// Waits (up to [`REBOOT_WAIT`]) until the host has rebooted since `journal.boot_id` was
+    /// taken, or, with `or_no_longer_asks`, no longer asks for a reboot.
+    async fn wait_rebooted(
+        &self,
+        journal: &Journal,
+        or_no_longer_asks: bool,
+    ) -> Result<(), String> {
+        let waited = tokio::time::Instant::now();
+        loop {
+            let rebooted = boot_id().is_some() && boot_id() != journal.boot_id;
+            if rebooted || (or_no_longer_asks && self.reboot_required().await.is_none()) {
+                return Ok(());
+            }
+            if waited.elapsed() > REBOOT_WAIT {
+                return Err(format!(
+                    "`{}` returned but the host did not reboot within {}s",
+                    self.input.agent.lifecycle.reboot_command.join(" "),
+                    REBOOT_WAIT.as_secs()
+                ));
+            }
+            tokio::time::sleep(REBOOT_POLL).await;
+        }
+    }
+
+    /// When the node's age counts from: its join, or its last successful refresh.
+    fn age_from(&self, record: &NodeRecord) -> Option<u64> {
+        let joined = time::OffsetDateTime::parse(
+            &record.joined_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()
+        .and_then(|t| u64::try_from(t.unix_timestamp()).ok());
+        let refreshed = self
+            .status
+            .borrow()
+            .last_refresh
+            .as_ref()
+            .filter(|r| r.ok)
+            .map(|r| r.finished);
+        joined.max(refreshed)
+    }
+
+    /// The refresh part of a look; true when a refresh is due (done, running or waiting).
+    async fn tick_refresh(&mut self, record: &NodeRecord, max: Duration) -> bool {
+        let lc = self.input.agent.lifecycle.clone();
+        let from = self.age_from(record);
+        self.status.send_modify(|s| s.node_age_from = from);
+        let now = SystemTime::now();
+        let now_secs = crate::kube::epoch_secs(now);
+        let Some(from) = from else {
+            self.set_state(format!(
+                "cannot tell the node's age: its record's joined_at `{}` is not an RFC 3339 time",
+                record.joined_at
+            ));
+            return false;
+        };
+        let age = Duration::from_secs(now_secs.saturating_sub(from));
+        let days = |d: Duration| format!("{:.1} days", d.as_secs_f64() / 86_400.0);
+        if age < max {
+            if !lc.auto_reboot {
+                self.set_state(format!(
+                    "the node is {} old; refreshed at max_node_age {} (in {})",
+                    days(age),
+                    crate::config::format_duration(max),
+                    days(max - age)
+                ));
+            }
+            return false;
+        }
+        // A refresh that did not complete is tried again a day later, even across restarts.
+        if let Some(last) = self.status.borrow().last_refresh.clone()
+            && !last.ok
+            && now_secs.saturating_sub(last.finished) < RETRY_FAILED_AFTER.as_secs()
+        {
+            if !lc.auto_reboot {
+                self.set_state(format!(
+                    "the last refresh did not complete (see last refresh): tried again after {}",
+                    httpdate::fmt_http_date(
+                        SystemTime::UNIX_EPOCH
+                            + Duration::from_secs(last.finished)
+                            + RETRY_FAILED_AFTER
+                    )
+                ));
+            }
+            return false;
+        }
+        let reason = format!(
+            "the node is {} old, max_node_age {}",
+            days(age),
+            crate::config::format_duration(max)
+        );
+        let api = match crate::join::drain::api(&self.input.agent, record) {
+            Ok(a) => a,
+            Err(e) => {
+                self.set_state(format!("cannot talk to the cluster: {e}"));
+                return true;
+            }
+        };
+        match lock::acquire(&api, lc.max_unavailable, REFRESH, self.slot_life(), now).await {
+            Ok(Acquired::Held) => {}
+            Ok(Acquired::Busy(holders)) => {
+                self.set_state(format!(
+                    "a refresh ({reason}) waits for the disruption lock: {} of {} nodes already disrupted ({})",
+                    holders.len(),
+                    lc.max_unavailable,
+                    holders
+                        .iter()
+                        .map(|(n, e)| format!("{n}: {}", e.action))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                return true;
+            }
+            Err(e) => {
+                self.set_state(format!("a refresh ({reason}) cannot start: {e}"));
+                return true;
+            }
+        }
+        let journal = Journal {
+            node: record.node_name.clone(),
+            action: REFRESH.to_owned(),
+            from: String::new(),
+            target: String::new(),
+            started: now_secs,
+            boot_id: None,
+            phase: Some("drain".to_owned()),
+            reason,
+            key_before: self
+                .input
+                .key_rotation
+                .as_ref()
+                .and_then(|k| k.status.borrow().key_id.clone()),
+            done: Vec::new(),
+            problems: Vec::new(),
+        };
+        if let Err(e) = journal.save(&self.input.paths) {
+            self.set_state(format!("cannot journal the refresh: {e}"));
+            let _ = lock::release(&api, SystemTime::now()).await;
+            return true;
+        }
+        self.refresh(&api, record, journal).await;
+        true
+    }
+
+    /// The journaled refresh from its phase on (see the module docs): drain, rotate, clean,
+    /// reboot (with `refresh_reboot`), ready.
+    async fn refresh(&mut self, api: &crate::kube::Api, record: &NodeRecord, mut journal: Journal) {
+        let paths = self.input.paths.clone();
+        let agent = self.input.agent.clone();
+        let lc = agent.lifecycle.clone();
+        loop {
+            let phase = journal.phase.clone().unwrap_or_else(|| "drain".to_owned());
+            let next = match phase.as_str() {
+                "drain" => {
+                    self.set_state(format!("draining for a refresh ({})", journal.reason));
+                    let opts = crate::kube::drain::DrainOptions {
+                        timeout: lc.drain_timeout,
+                        ..Default::default()
+                    };
+                    if let Err(e) =
+                        crate::join::drain::drain(&paths, &agent, record, &opts, "refresh").await
+                    {
+                        // The drain uncordoned the node again (or says it could not); nothing
+                        // else was touched.
+                        self.finish(
+                            api,
+                            REFRESH,
+                            false,
+                            format!("the drain before the refresh failed: {e}"),
+                        )
+                        .await;
+                        return;
+                    }
+                    "rotate"
+                }
+                "rotate" => {
+                    self.set_state("refresh: rotating the node's key pair".to_owned());
+                    match self.rotate_key(record, &journal).await {
+                        Ok(line) => journal.done.push(line),
+                        Err(e) => journal.problems.push(format!("key pair: {e}")),
+                    }
+                    "clean"
+                }
+                "clean" => {
+                    self.set_state(
+                        "refresh: restarting containerd and kubelet from clean state".to_owned(),
+                    );
+                    match self.clean(record).await {
+                        Ok(line) => journal.done.push(line),
+                        Err(e) => journal.problems.push(format!("clean start: {e}")),
+                    }
+                    if lc.refresh_reboot {
+                        journal.boot_id = boot_id();
+                        "reboot"
+                    } else {
+                        "ready"
+                    }
+                }
+                "reboot" => {
+                    // Journaled before the command runs: after a crash here only the wait is
+                    // left (a second reboot is not what was asked).
+                    let started_here = journal.done.last().is_none_or(|l| l != "reboot started");
+                    if started_here {
+                        journal.done.push("reboot started".to_owned());
+                        if let Err(e) = journal.save(&paths) {
+                            journal
+                                .problems
+                                .push(format!("cannot journal the reboot: {e}"));
+                        } else if let Err(e) = self.run_reboot_command().await {
+                            journal.problems.push(format!("reboot: {e}"));
+                            journal.phase = Some("ready".to_owned());
+                            continue;
+                        }
+                    }
+                    match self.wait_rebooted(&journal, false).await {
+                        Ok(()) => {
+                            journal.done.pop();
+                            journal.done.push("rebooted".to_owned());
+                        }
+                        Err(e) => journal.problems.push(format!("reboot: {e}")),
+                    }
+                    "ready"
+                }
+                _ => {
+                    self.set_state("refresh: waiting for the node to be Ready".to_owned());
+                    if let Err(e) = self.node_ready(record).await {
+                        journal.problems.push(format!("the node is not Ready: {e}"));
+                    }
+                    if let Err(e) = crate::join::drain::uncordon(&paths, &agent, record).await {
+                        journal.problems.push(e.to_string());
+                    }
+                    let ok = journal.problems.is_empty();
+                    let mut detail = format!(
+                        "refreshed ({}): {}",
+                        journal.reason,
+                        journal.done.join("; ")
+                    );
+                    if !ok {
+                        detail = format!(
+                            "{}; what went wrong: {} (the node was uncordoned)",
+                            detail,
+                            journal.problems.join("; ")
+                        );
+                    }
+                    self.finish(api, REFRESH, ok, detail).await;
+                    return;
+                }
+            };
+            journal.phase = Some(next.to_owned());
+            if let Err(e) = journal.save(&paths) {
+                journal.problems.push(format!(
+                    "cannot journal the refresh's next phase ({next}): {e}"
+                ));
+            }
+        }
+    }
+
+    /// A refresh's key rotation, asked of the identity subsystem (which owns the key).
+    async fn rotate_key(&self, record: &NodeRecord, journal: &Journal) -> Result<String, String> {
+        if record.provider != "ssm" {
+            return Ok("key pair not rotated: with IAM Roles Anywhere it is your certificate's (renew it with your PKI)".to_owned());
+        }
+        let Some(k) = &self.input.key_rotation else {
+            return Err("the identity subsystem is not running".to_owned());
+        };
+        let mut status = k.status.clone();
+        let before = journal.key_before.clone();
+        let rotated = |s: &IdentityStatus| s.key_id.is_some() && s.key_id != before;
+        // Already done before a crash: the key in use is not the journaled one.
+        if !rotated(&status.borrow_and_update()) {
+            k.request.send_modify(|n| *n += 1);
+            let waited = tokio::time::timeout(KEY_ROTATION_WAIT, async {
+                loop {
+                    {
+                        let s = status.borrow_and_update();
+                        if rotated(&s) {
+                            return Ok(());
+                        }
+                        if let Some(e) = &s.key_rotation_error {
+                            return Err(e.clone());
+                        }
+                    }
+                    if status.changed().await.is_err() {
+                        return Err("the identity subsystem stopped".to_owned());
+                    }
+                }
+            })
+            .await;
+            match waited {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    let last = status
+                        .borrow()
+                        .last_error
+                        .as_ref()
+                        .map(|e| format!(" (last refresh error: {})", e.message))
+                        .unwrap_or_default();
+                    return Err(format!(
+                        "the rotation loop did not take a new key pair within {}s{last}; it tries again with its next refreshes",
+                        KEY_ROTATION_WAIT.as_secs()
+                    ));
+                }
+            }
+        }
+        let now = status.borrow().key_id.clone().unwrap_or_default();
+        Ok(format!(
+            "key pair rotated ({} → {now})",
+            before.as_deref().unwrap_or("none")
+        ))
+    }
+
+    /// A refresh's clean start, under the run lock `join`, `leave` and `upgrade` take.
+    async fn clean(&self, record: &NodeRecord) -> Result<String, String> {
+        let paths = &self.input.paths;
+        let _lock = loop {
+            match crate::runlock::RunLock::acquire(paths, crate::runlock::LockKind::Admin, REFRESH)
+            {
+                Ok(l) => break l,
+                // An upgrade child of a killed daemon, or an operator's command: wait for it.
+                Err(crate::runlock::LockError::Held { .. }) => {
+                    tokio::time::sleep(RESUME_POLL).await;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
+        let report = crate::join::refresh::clean_restart(
+            paths,
+            &self.input.agent,
+            record,
+            self.input.agent.lifecycle.upgrade_wait_timeout,
+        )
+        .await?;
+        tracing::info!(
+            removed = ?report.images_removed,
+            kept = ?report.images_kept,
+            pod_dirs = ?report.pod_dirs_removed,
+            "lifecycle: clean start done"
+        );
+        Ok(report.summary())
     }
 
     /// Waits (up to `upgrade_wait_timeout`) for the node to be Ready, or registered and waiting
@@ -675,39 +1052,49 @@ impl Lifecycle {
             Ok(_) => String::new(),
             Err(e) => format!("; and {e}"),
         };
-        self.reboot_done(api, false, format!("{why}{note}")).await;
+        self.finish(api, REBOOT, false, format!("{why}{note}"))
+            .await;
     }
 
-    /// Records a reboot's outcome, gives the slot back and removes the journal.
-    async fn reboot_done(&mut self, api: &crate::kube::Api, ok: bool, detail: String) {
+    /// Records a reboot's or a refresh's outcome, gives the slot back and removes the journal.
+    async fn finish(&mut self, api: &crate::kube::Api, action: &str, ok: bool, detail: String) {
         if ok {
             tracing::info!("lifecycle: {detail}");
         } else {
-            tracing::error!("lifecycle: the reboot failed: {detail}");
-            self.failed.push((REBOOT.to_owned(), SystemTime::now()));
+            tracing::error!("lifecycle: the {action} failed: {detail}");
+            self.failed.push((action.to_owned(), SystemTime::now()));
         }
         // The slot and the journal first: once status says done, it is.
         match lock::release(api, SystemTime::now()).await {
             Ok(()) => Journal::remove(&self.input.paths),
             Err(e) => tracing::warn!("lifecycle: cannot give the disruption lock slot back: {e}"),
         }
-        let finished = crate::kube::epoch_secs(SystemTime::now());
+        let outcome = LastOutcome {
+            finished: crate::kube::epoch_secs(SystemTime::now()),
+            ok,
+            detail: detail.chars().take(ERROR_CHARS).collect(),
+        };
         self.status.send_modify(|s| {
-            if ok {
-                s.reboots += 1;
+            let (done, failed, last) = if action == REFRESH {
+                (
+                    &mut s.refreshes,
+                    &mut s.refreshes_failed,
+                    &mut s.last_refresh,
+                )
             } else {
-                s.reboots_failed += 1;
+                (&mut s.reboots, &mut s.reboots_failed, &mut s.last_reboot)
+            };
+            if ok {
+                *done += 1;
+            } else {
+                *failed += 1;
             }
-            s.last_reboot = Some(LastReboot {
-                finished,
-                ok,
-                detail: detail.chars().take(ERROR_CHARS).collect(),
-            });
+            *last = Some(outcome);
         });
         self.set_state(if ok {
             detail
         } else {
-            format!("the reboot failed: {detail}")
+            format!("the {action} failed: {detail}")
         });
     }
 
@@ -720,6 +1107,24 @@ impl Lifecycle {
                 return;
             }
         };
+        if journal.action == REFRESH {
+            self.set_state(format!(
+                "continuing the refresh journaled at {} (phase {})",
+                journal.started,
+                journal.phase.as_deref().unwrap_or("drain")
+            ));
+            let api = loop {
+                match crate::join::drain::api(&self.input.agent, &record) {
+                    Ok(a) => break a,
+                    Err(e) => {
+                        self.set_state(format!("cannot talk to the cluster: {e}"));
+                        tokio::time::sleep(self.input.agent.lifecycle.check_interval).await;
+                    }
+                }
+            };
+            self.refresh(&api, &record, journal).await;
+            return;
+        }
         if journal.action == REBOOT {
             self.set_state(format!(
                 "continuing the reboot ({}) journaled at {}",

@@ -153,12 +153,15 @@ pub fn start(
         let presence = presence_input(paths, &env, &provider, &rotator);
         let child_output = telemetry.as_ref().and_then(|t| t.child_sender.clone());
         let supervision = supervision_factory(paths, agent, child_output);
-        let lifecycle = (agent.lifecycle.auto_upgrade || agent.lifecycle.auto_reboot).then(|| lifecycle::LifecycleInput {
+        let lc = &agent.lifecycle;
+        let lifecycle = (lc.auto_upgrade || lc.auto_reboot || lc.max_node_age.is_some()).then(|| lifecycle::LifecycleInput {
             paths: paths.clone(),
             agent: agent.clone(),
             exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/hybrid-agent")),
             global_args,
             local_time: lifecycle::host_local_time(),
+            // Set below, once the rotation loop's channels are known.
+            key_rotation: None,
         });
         let subsystems = Subsystems {
             rotator,
@@ -631,6 +634,10 @@ pub async fn run_serving(
     // Credential rotation: the first instance was built (and seeded) at start; successors take
     // over its channels, so the AWS clients' credentials and status keep flowing.
     let channels = rotator.channels();
+    let key_rotation = lifecycle::KeyRotation {
+        request: rotator.key_rotation(),
+        status: identity.clone(),
+    };
     let identity_task = {
         let mut first = Some(rotator);
         let stop = stop_rx.clone();
@@ -752,7 +759,8 @@ pub async fn run_serving(
     // Automatic upgrades: its failures are its own state (shown in status); only a panic
     // restarts it.
     let lifecycle_task = match (lifecycle_input, &lifecycle_status) {
-        (Some(input), Some(status)) => {
+        (Some(mut input), Some(status)) => {
+            input.key_rotation = Some(key_rotation);
             let (status, stop) = (status.clone(), stop_rx.clone());
             Some(tokio::spawn(
                 health::keep_running(

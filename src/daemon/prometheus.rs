@@ -87,6 +87,15 @@ fn lifecycle(x: &mut Exposition, state: &DaemonState) {
         ],
     );
     x.family(
+        "lifecycle_refreshes_total",
+        Kind::Counter,
+        "Node refreshes (max_node_age) by outcome.",
+        vec![
+            Sample::new(l.refreshes as f64).label("result", "succeeded"),
+            Sample::new(l.refreshes_failed as f64).label("result", "failed"),
+        ],
+    );
+    x.family(
         "lifecycle_last_upgrade_failed",
         Kind::Gauge,
         "1 when the last automatic upgrade failed (status and doctor say why), else 0.",
@@ -433,6 +442,7 @@ mod tests {
             failing_since: None,
             refreshes: 2,
             key_id: None,
+            key_rotation_error: None,
         });
         s.telemetry = Some(crate::telemetry::TelemetryStatus {
             spool_bytes: 4096,

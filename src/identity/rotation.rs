@@ -42,6 +42,11 @@ pub trait CredentialSource: Send + Sync {
     }
     /// One fetch, no retries.
     fn fetch(&mut self) -> FetchFuture<'_>;
+    /// Asks for a new key pair with the next fetch; `Err` says why this source has none to
+    /// rotate.
+    fn request_key_rotation(&mut self) -> Result<(), String> {
+        Err("this credential source has no key pair of its own to rotate".to_owned())
+    }
 }
 
 /// Where credentials come from.
@@ -93,6 +98,16 @@ impl CredentialSource for Source {
 
     fn fetch(&mut self) -> FetchFuture<'_> {
         Box::pin(Source::fetch(self))
+    }
+
+    fn request_key_rotation(&mut self) -> Result<(), String> {
+        match self {
+            Source::Ssm(s) => {
+                s.request_key_rotation();
+                Ok(())
+            }
+            Source::IamRa(_) => Err("with IAM Roles Anywhere the key pair is the one of the X.509 certificate your PKI issued: rotate it by issuing a new certificate and key (the files `[iam_roles_anywhere]` names)".to_owned()),
+        }
     }
 }
 
@@ -163,6 +178,9 @@ pub struct IdentityStatus {
     /// Non-secret id of the SSM key in use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// Why the last key rotation asked for ([`Rotator::key_rotation`]) cannot be done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_rotation_error: Option<String>,
     /// The first failure since the last successful refresh (`None` while refreshes succeed).
     #[serde(with = "ts::option", default, skip_serializing_if = "Option::is_none")]
     pub failing_since: Option<SystemTime>,
@@ -235,6 +253,8 @@ pub struct RotationSettings {
 pub struct RotationChannels {
     pub credentials: watch::Sender<Option<TemporaryCredentials>>,
     pub status: watch::Sender<IdentityStatus>,
+    /// Requests for a new key pair ([`Rotator::key_rotation`]).
+    pub key_rotation: watch::Sender<u64>,
 }
 
 /// Owns a [`CredentialSource`] and keeps credentials fresh.
@@ -246,6 +266,8 @@ pub struct Rotator {
     jitter: Arc<dyn Jitter>,
     credentials: watch::Sender<Option<TemporaryCredentials>>,
     status: watch::Sender<IdentityStatus>,
+    key_rotation: watch::Sender<u64>,
+    key_rotation_rx: watch::Receiver<u64>,
 }
 
 impl Rotator {
@@ -257,6 +279,7 @@ impl Rotator {
         jitter: Arc<dyn Jitter>,
     ) -> Rotator {
         let source: Box<dyn CredentialSource> = Box::new(source);
+        let key_rotation = watch::Sender::new(0);
         let status = IdentityStatus {
             provider: source.kind(),
             identity: source.identity(),
@@ -268,6 +291,7 @@ impl Rotator {
             consecutive_failures: 0,
             refreshes: 0,
             key_id: source.key_id(),
+            key_rotation_error: None,
             failing_since: None,
         };
         Rotator {
@@ -278,7 +302,17 @@ impl Rotator {
             jitter,
             credentials: watch::Sender::new(None),
             status: watch::Sender::new(status),
+            key_rotation: key_rotation.clone(),
+            key_rotation_rx: key_rotation.subscribe(),
         }
+    }
+
+    /// Where a new key pair is asked for: each change of the value (a counter) is one request.
+    /// The loop asks its source ([`CredentialSource::request_key_rotation`]) and refreshes at
+    /// once; the new key shows in [`IdentityStatus::key_id`], a source that cannot rotate in
+    /// [`IdentityStatus::key_rotation_error`].
+    pub fn key_rotation(&self) -> watch::Sender<u64> {
+        self.key_rotation.clone()
     }
 
     /// Credentials as they rotate, for [`crate::aws::credentials::RotatingCredentials`].
@@ -300,6 +334,7 @@ impl Rotator {
         RotationChannels {
             credentials: self.credentials.clone(),
             status: self.status.clone(),
+            key_rotation: self.key_rotation.clone(),
         }
     }
 
@@ -315,6 +350,26 @@ impl Rotator {
         });
         self.credentials = channels.credentials;
         self.status = channels.status;
+        self.key_rotation_rx = channels.key_rotation.subscribe();
+        self.key_rotation = channels.key_rotation;
+    }
+
+    /// A key rotation was asked for: passes it on to the source.
+    fn on_key_rotation_request(&mut self) {
+        let asked = *self.key_rotation_rx.borrow_and_update();
+        match self.source.request_key_rotation() {
+            Ok(()) => {
+                tracing::info!(
+                    request = asked,
+                    "a new key pair was asked for; refreshing now"
+                );
+                self.status.send_modify(|s| s.key_rotation_error = None);
+            }
+            Err(e) => {
+                tracing::warn!(request = asked, "a new key pair was asked for: {e}");
+                self.status.send_modify(|s| s.key_rotation_error = Some(e));
+            }
+        }
     }
 
     /// One refresh without retries: fetch, write the files, record and publish.
@@ -400,6 +455,7 @@ impl Rotator {
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 _ = self.clock.sleep(delay) => {}
+                Ok(()) = self.key_rotation_rx.changed() => self.on_key_rotation_request(),
             }
             let mut attempt: u32 = 0;
             loop {
@@ -478,6 +534,7 @@ impl Rotator {
                         tokio::select! {
                             _ = &mut shutdown => return Ok(()),
                             _ = self.clock.sleep(wait) => {}
+                            Ok(()) = self.key_rotation_rx.changed() => self.on_key_rotation_request(),
                         }
                     }
                 }
@@ -832,6 +889,7 @@ mod overdue_tests {
             consecutive_failures: 0,
             refreshes: 0,
             key_id: None,
+            key_rotation_error: None,
             failing_since: error.map(|_| t(1800)),
         }
     }

@@ -183,6 +183,12 @@ impl SsmSource {
         Ok(token.credentials)
     }
 
+    /// A new key pair with the next refresh (a node refresh asks, `[lifecycle] max_node_age`):
+    /// the same rotation as when the service sets `UpdateKeyPair`.
+    pub fn request_key_rotation(&mut self) {
+        self.rotation_wanted = true;
+    }
+
     fn key_too_old(&self) -> bool {
         let Some(max) = self.max_key_age else {
             return false;

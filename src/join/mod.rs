@@ -19,6 +19,7 @@ pub mod drain;
 pub mod leave;
 pub mod ready;
 pub mod record;
+pub mod refresh;
 pub mod sandbox;
 pub mod upgrade;
 
