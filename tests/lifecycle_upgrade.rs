@@ -324,3 +324,143 @@ fn two_nodes_upgrade_one_at_a_time_and_a_killed_agent_finishes_its_upgrade() {
     assert_eq!(s["lifecycle"]["upgrades_succeeded"], 1, "{s}");
     assert_eq!(s["lifecycle"]["last"]["ok"], true, "{s}");
 }
+
+/// Seconds since the epoch of a stand-in history event's `at`.
+fn event_at(e: &Value) -> f64 {
+    let t = time::OffsetDateTime::parse(
+        e["at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    t.unix_timestamp_nanos() as f64 / 1e9
+}
+
+/// `scripts/bench lifecycle` (not a test: it asserts only that the flows finished). The time
+/// from "the maintenance window opens" to "the node is uncordoned on the new version", with the
+/// shipped `check_interval` (600 s: the daemon sleeps to the window's opening, not to its next
+/// interval), against the same upgrade run by hand (`hybrid-agent upgrade PATCH`: drain,
+/// switch, health, uncordon) on a twin node in the same run. The agent is the debug build; the
+/// figure is made of the drain (evicted pods take 300 ms to go) and the health waits.
+#[test]
+#[ignore = "a benchmark: scripts/bench lifecycle"]
+fn bench_window_opens_to_node_uncordoned_on_the_new_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = dir.path().join("mirror");
+    std::fs::create_dir_all(&mirror).unwrap();
+    let ds = devstack(&mirror);
+    control(
+        &ds,
+        "POST",
+        &format!("/_devstack/eks/kube-api?name={CLUSTER}"),
+    );
+    control(
+        &ds,
+        "POST",
+        &format!(
+            "/_devstack/eks/kube-timing?name={CLUSTER}&grace_ms=300&replace_ms=300&replace_node=mi-0000000000other"
+        ),
+    );
+    let manifest = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("packaging/rbac/hybrid-agent-lifecycle.yaml"),
+    )
+    .unwrap();
+    control_body(
+        &ds,
+        "POST",
+        &format!("/_devstack/eks/kube-apply?name={CLUSTER}"),
+        &manifest,
+    );
+    standin_release(&mirror, VERSION);
+    let nodes: Vec<Node> = (0..2)
+        .map(|_| {
+            let node = Node::new(&ds, &create_activation(&ds));
+            standin_authenticator(&mirror, VERSION, &node.root);
+            let run = node.join(&ds, &[]);
+            assert_eq!(run.code, Some(0), "{run:?}");
+            node
+        })
+        .collect();
+    let names: Vec<String> = nodes.iter().map(name).collect();
+    for (i, n) in names.iter().enumerate() {
+        app_pod(&ds, &format!("app{i}"), &format!("app{i}-1"), n);
+    }
+    standin_release(&mirror, PATCH);
+
+    // By hand.
+    let mirror_url = format!("{}/mirror/", ds.url);
+    let started = std::time::Instant::now();
+    let run = nodes[0].run(&[
+        "upgrade",
+        PATCH,
+        "--mirror",
+        &mirror_url,
+        "--allow-insecure-mirror",
+        "--drain-timeout",
+        "60s",
+        "--wait-timeout",
+        "30s",
+    ]);
+    let manual = started.elapsed().as_secs_f64();
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(version(&nodes[0]), PATCH);
+
+    // By the daemon: a window that opens at the start of a minute at least 10 s away.
+    let now = jiff::ZonedDateTime::now();
+    let ahead = if now.second() < 50 { 1 } else { 2 };
+    let opens = now
+        .with()
+        .second(0)
+        .subsec_nanosecond(0)
+        .build()
+        .unwrap()
+        .checked_add(jiff::Span::new().minutes(ahead))
+        .unwrap();
+    let closes = opens.checked_add(jiff::Span::new().minutes(30)).unwrap();
+    let days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    let window = format!(
+        "{} {:02}:{:02}-{:02}:{:02}",
+        days[usize::from(opens.weekday().to_monday_zero_offset().unsigned_abs())],
+        opens.hour(),
+        opens.minute(),
+        closes.hour(),
+        closes.minute()
+    );
+    auto_upgrade(&ds, &nodes[1], &window);
+    let config = nodes[1].path("/etc/hybrid-agent/config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    // The shipped interval between looks.
+    std::fs::write(&config, text.replace("check_interval = \"1s\"\n", "")).unwrap();
+    let log = dir.path().join("daemon1.log");
+    let _daemon = nodes[1].spawn_daemon(&log);
+    wait_until(
+        "the upgrade by the daemon",
+        Duration::from_secs(240),
+        || {
+            version(&nodes[1]) == PATCH
+                && kube_history(&ds).iter().any(|e| {
+                    e["action"] == "uncordon" && e["object"] == format!("nodes/{}", names[1])
+                })
+        },
+    );
+    let events = kube_history(&ds);
+    let find = |action: &str| {
+        events
+            .iter()
+            .find(|e| e["action"] == action && e["object"] == format!("nodes/{}", names[1]))
+            .map(event_at)
+            .unwrap()
+    };
+    let open_at = opens.timestamp().as_nanosecond() as f64 / 1e9;
+    let (cordon, uncordon) = (find("cordon"), find("uncordon"));
+    let auto = uncordon - open_at;
+    println!(
+        "lifecycle: by hand, `hybrid-agent upgrade {PATCH}` (drain, switch, health, uncordon): {manual:.2} s"
+    );
+    println!(
+        "lifecycle: window opens -> node uncordoned on {PATCH}: {auto:.2} s (ratio to by hand {:.2}); open -> cordon {:.2} s, cordon -> uncordon {:.2} s; check_interval 600 s (shipped)",
+        auto / manual,
+        cordon - open_at,
+        uncordon - cordon
+    );
+}

@@ -122,6 +122,24 @@ impl Window {
                 || (self.days[yesterday] && minute < self.end)
         }
     }
+
+    /// Whole minutes from a local time until the window is next open: 0 when it is open now.
+    pub fn minutes_until_open(&self, weekday: usize, minute: u16) -> u32 {
+        let mut day = weekday % 7;
+        let mut m = minute.min(1439);
+        // A window opens at least once a week (parse refuses an empty one).
+        for waited in 0..7 * 1440u32 {
+            if self.contains(day, m) {
+                return waited;
+            }
+            m += 1;
+            if m == 1440 {
+                m = 0;
+                day = (day + 1) % 7;
+            }
+        }
+        7 * 1440
+    }
 }
 
 fn day(name: &str, example: &str) -> Result<usize, String> {
@@ -148,6 +166,20 @@ fn minute(hhmm: &str, end: bool, example: &str) -> Result<u16, String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn minutes_until_the_window_opens() {
+        let w = Window::parse("Sat 22:00-02:00").unwrap();
+        // Saturday 21:30: half an hour; inside (Sunday 01:00): none; Sunday 02:00: six days
+        // and twenty hours.
+        assert_eq!(w.minutes_until_open(5, 21 * 60 + 30), 30);
+        assert_eq!(w.minutes_until_open(6, 60), 0);
+        assert_eq!(w.minutes_until_open(6, 120), 6 * 1440 + 20 * 60);
+        assert_eq!(Window::ALWAYS.minutes_until_open(3, 777), 0);
+        let w = Window::parse("Mon-Fri 09:00-17:00").unwrap();
+        // Friday 17:00 to Monday 09:00.
+        assert_eq!(w.minutes_until_open(4, 17 * 60), 2 * 1440 + 16 * 60);
+    }
 
     #[test]
     fn days_and_hours() {

@@ -81,8 +81,9 @@ const KEY_ROTATION_WAIT: Duration = Duration::from_secs(120);
 /// Lines of a failed upgrade's error kept for `status`.
 const ERROR_CHARS: usize = 2000;
 
-/// Local time, as the window reads it: weekday (0 = Monday) and minute after midnight.
-pub type LocalTime = Arc<dyn Fn() -> (usize, u16) + Send + Sync>;
+/// Local time, as the window reads it: weekday (0 = Monday), minute after midnight, and
+/// millisecond in that minute.
+pub type LocalTime = Arc<dyn Fn() -> (usize, u16, u16) + Send + Sync>;
 
 /// The host's local time (the time zone of `TZ` or /etc/localtime; UTC when neither says).
 pub fn host_local_time() -> LocalTime {
@@ -91,6 +92,7 @@ pub fn host_local_time() -> LocalTime {
         (
             usize::from(now.weekday().to_monday_zero_offset().unsigned_abs()),
             u16::from(now.hour().unsigned_abs()) * 60 + u16::from(now.minute().unsigned_abs()),
+            u16::from(now.second().unsigned_abs()) * 1000 + now.millisecond().unsigned_abs(),
         )
     })
 }
@@ -247,9 +249,23 @@ impl Lifecycle {
                 _ = stop.wait_for(|s| *s) => return,
             }
             tokio::select! {
-                () = tokio::time::sleep(lc.check_interval) => {}
+                () = tokio::time::sleep(self.until_next_look()) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
+        }
+    }
+
+    /// `check_interval`, or less when the window opens sooner: a node starts its work in the
+    /// second the window opens, not up to a whole interval later. (Around a daylight-saving
+    /// change the local-time arithmetic can be an hour off; the interval still bounds the wait.)
+    fn until_next_look(&self) -> Duration {
+        let lc = &self.input.agent.lifecycle;
+        let (day, minute, millis) = (self.input.local_time)();
+        match lc.maintenance_window.minutes_until_open(day, minute) {
+            0 => lc.check_interval,
+            m => lc.check_interval.min(Duration::from_millis(
+                (u64::from(m) * 60_000).saturating_sub(u64::from(millis)),
+            )),
         }
     }
 
@@ -263,7 +279,7 @@ impl Lifecycle {
             );
             return;
         }
-        let (day, minute) = (self.input.local_time)();
+        let (day, minute, _) = (self.input.local_time)();
         if !lc.maintenance_window.contains(day, minute) {
             self.set_state(format!(
                 "waiting for the maintenance window ({})",
