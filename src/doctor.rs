@@ -112,6 +112,7 @@ pub async fn run(input: &DoctorInput<'_>) -> Vec<Check> {
         }
     };
     host_checks(input.paths, &mut checks);
+    checks.push(time_sync_check(input.paths).await);
     refresh_overdue_check(input.paths, &mut checks);
     if record.is_some() {
         daemon_checks(input.paths, input.agent, &mut checks);
@@ -148,6 +149,7 @@ pub async fn run(input: &DoctorInput<'_>) -> Vec<Check> {
         .await;
         checks.push(proxy_check(input.paths, input.agent, record));
         component_checks(record, &mut checks).await;
+        checks.push(serving_cert_check(input.paths, record));
     } else {
         checks.push(Check::new(
             "credentials",
@@ -795,6 +797,65 @@ fn proxy_mismatches(want: Option<&str>, found: &[(String, Option<String>)]) -> V
             None => format!("{at} sets none"),
         })
         .collect()
+}
+
+/// Whether the kernel's clock is synchronised ([`crate::node::timesync`]), as `nodeadm debug`
+/// checks it ("ntp-sync"): not the skew against an endpoint (`clock`), but whether anything
+/// keeps the clock right.
+async fn time_sync_check(paths: &HostPaths) -> Check {
+    use crate::node::timesync::{self, TimeSync};
+    const NAME: &str = "time sync";
+    match timesync::read(paths.root()).await {
+        TimeSync::Synchronized { source, detail } => Check::new(
+            NAME,
+            Outcome::Ok,
+            format!("the kernel clock is synchronised ({source}: {detail})"),
+        ),
+        TimeSync::NotSynchronized {
+            source,
+            service_enabled: Some(false),
+            detail,
+        } => Check::new(
+            NAME,
+            Outcome::Fail,
+            format!("the kernel clock is not synchronised and no NTP service is enabled ({source}: {detail}); SigV4 signatures, credentials and kubelet's certificates all depend on it"),
+        )
+        .fix("enable one: `timedatectl set-ntp true` (systemd-timesyncd), or install chrony; on an isolated site point it at a local NTP server"),
+        TimeSync::NotSynchronized { source, detail, .. } => Check::new(
+            NAME,
+            Outcome::Fail,
+            format!("the kernel clock is not synchronised ({source}: {detail}); SigV4 signatures, credentials and kubelet's certificates all depend on it"),
+        )
+        .fix("the NTP service has not synchronised the clock: check that it reaches its servers (`timedatectl timesync-status`, `chronyc sources`); on an isolated site configure a local NTP server"),
+        TimeSync::Unknown(why) => Check::new(
+            NAME,
+            Outcome::Skip,
+            format!("cannot tell whether the kernel clock is synchronised: {why}; the `clock` check's comparison with an endpoint still holds"),
+        ),
+    }
+}
+
+/// kubelet's serving certificate against the cluster's CA ([`crate::node::serving_cert`]), as
+/// `nodeadm debug` checks it ("kubernetes-kubelet-certificate").
+fn serving_cert_check(paths: &HostPaths, record: &NodeRecord) -> Check {
+    use crate::node::serving_cert::{self, KUBELET_SERVING_CERT, ServingCertError};
+    const NAME: &str = "kubelet serving certificate";
+    let path = paths.resolve(KUBELET_SERVING_CERT);
+    let ca = String::from_utf8_lossy(&record.cluster_details.ca_pem);
+    match serving_cert::check(&path, &ca, SystemTime::now()) {
+        Ok(detail) => Check::new(NAME, Outcome::Ok, detail),
+        Err(e @ ServingCertError::Missing(_)) => Check::new(NAME, Outcome::Warn, format!("{e}: `kubectl logs` and `exec` cannot reach this node's pods until it has one"))
+            .fix("kubelet asks for it (serverTLSBootstrap) once it authenticates to the cluster: see the `api server` and `node ready` checks, and `kubectl get csr` for a kubernetes.io/kubelet-serving request of this node waiting for approval"),
+        Err(e @ ServingCertError::NotYetValid { .. }) => Check::new(NAME, Outcome::Fail, e.to_string())
+            .fix("set the clock right (see `clock` and `time sync`), then restart kubelet"),
+        Err(e @ (ServingCertError::Expired { .. } | ServingCertError::OtherIssuer { .. } | ServingCertError::Format { .. })) => {
+            Check::new(NAME, Outcome::Fail, e.to_string()).fix(format!(
+                "remove {} and restart kubelet: it asks the cluster for a new one",
+                KUBELET_SERVING_CERT
+            ))
+        }
+        Err(e) => Check::new(NAME, Outcome::Fail, e.to_string()),
+    }
 }
 
 /// The last automatic upgrade, reboot and refresh, when they failed (docs/lifecycle.md).

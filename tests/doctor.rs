@@ -121,6 +121,91 @@ fn doctor_passes_a_healthy_node_and_names_each_breakage_with_its_fix() {
     assert!(text.stdout.contains("ok    node ready"), "{text:?}");
     assert!(text.stdout.contains(" failed, "), "{text:?}");
 
+    // kubelet's serving certificate (nodeadm's kubernetes-kubelet-certificate check). The
+    // stand-in kubelet never asks for one: what a real kubelet writes once its
+    // kubelet-serving CSR is approved is written here, signed with the devstack cluster's CA.
+    let (outcome, detail) = &checks["kubelet serving certificate"];
+    assert_eq!(outcome, "warn", "{detail}");
+    assert!(
+        detail.contains("kubelet has no serving certificate yet")
+            && detail.contains("kubernetes.io/kubelet-serving"),
+        "{detail}"
+    );
+    let ca = control_json(&control(
+        &ds,
+        "GET",
+        &format!("/_devstack/eks/ca?name={CLUSTER}"),
+    ));
+    // The cluster CA's own parameters with its key, as the stand-in API server issues its
+    // serving certificate.
+    let cluster_ca = rcgen::Issuer::new(
+        hybrid_devstack::eks::ca_params().unwrap(),
+        rcgen::KeyPair::from_pem(ca["key_pem"].as_str().unwrap()).unwrap(),
+    );
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let mut other_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    other_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    other_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "kubernetes");
+    let other_ca = rcgen::Issuer::new(other_params, other_key);
+    let name = hybrid_agent::join::record::NodeRecord::load(&hybrid_agent::paths::HostPaths::new(
+        &node.root,
+    ))
+    .unwrap()
+    .unwrap()
+    .node_name;
+    let serving = |issuer: &rcgen::Issuer<'_, rcgen::KeyPair>, expired: bool| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.clone()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("system:node:{name}"));
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "system:nodes");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let year = time::OffsetDateTime::now_utc().year();
+        if expired {
+            params.not_before = rcgen::date_time_ymd(year - 2, 1, 1);
+            params.not_after = rcgen::date_time_ymd(year - 1, 1, 1);
+        }
+        let cert = params.signed_by(&key, issuer).unwrap();
+        // As kubelet keeps it: the certificate, then its key, in one file.
+        format!("{}{}", cert.pem(), key.serialize_pem())
+    };
+    let pki = "/var/lib/kubelet/pki/kubelet-server-current.pem";
+    write(&node, pki, &serving(&cluster_ca, false));
+    let (_, checks) = doctor(&node);
+    let (outcome, detail) = &checks["kubelet serving certificate"];
+    assert_eq!(outcome, "ok", "{detail}");
+    assert!(
+        detail.contains(&format!("system:node:{name}"))
+            && detail.contains("issued by the cluster's CA"),
+        "{detail}"
+    );
+    // From another cluster (a node that joined elsewhere before): refused, with the fix.
+    write(&node, pki, &serving(&other_ca, false));
+    let (run, checks) = doctor(&node);
+    assert_ne!(run.code, Some(0), "{run:?}");
+    let (outcome, detail) = &checks["kubelet serving certificate"];
+    assert_eq!(outcome, "fail", "{detail}");
+    assert!(
+        detail.contains("was not issued by this cluster's CA")
+            && detail.contains(&format!("fix: remove {pki} and restart kubelet")),
+        "{detail}"
+    );
+    assert!(!run.stdout.contains("PRIVATE KEY"), "{run:?}");
+    write(&node, pki, &serving(&cluster_ca, true));
+    let (_, checks) = doctor(&node);
+    let (outcome, detail) = &checks["kubelet serving certificate"];
+    assert_eq!(outcome, "fail", "{detail}");
+    assert!(
+        detail.contains("the serving certificate expired at"),
+        "{detail}"
+    );
+    std::fs::remove_file(node.path(pki)).unwrap();
+
     // Break things.
     // A proxy left in kubelet's drop-in that the agent does not use (its password hidden).
     write(

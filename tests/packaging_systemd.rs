@@ -136,6 +136,64 @@ fn running(c: &Container, unit: &str) -> u32 {
 
 /// A mirror whose kubelet is the stand-in and whose aws-iam-authenticator runs the installed
 /// agent's `token` (the same exec credential), so the stand-in registers its Node.
+/// Whether the kernel's clock is synchronised, read here with adjtimex(2) (through Python's
+/// ctypes: the test has no unsafe code of its own): no STA_UNSYNC in the status and a maximum
+/// error under 16 s, the rule systemd-timedated applies for `NTPSynchronized`.
+fn kernel_clock_synchronised() -> bool {
+    let script = r#"
+import ctypes, ctypes.util
+class T(ctypes.Structure):
+    _fields_ = [('modes', ctypes.c_uint), ('offset', ctypes.c_long), ('freq', ctypes.c_long),
+        ('maxerror', ctypes.c_long), ('esterror', ctypes.c_long), ('status', ctypes.c_int),
+        ('pad', ctypes.c_char * 256)]
+t = T()
+assert ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True).adjtimex(ctypes.byref(t)) >= 0
+print('yes' if not (t.status & 0x40) and t.maxerror < 16000000 else 'no')
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success() && (said == "yes" || said == "no"),
+        "{out:?}"
+    );
+    said == "yes"
+}
+
+/// doctor's `time sync` under a real systemd: systemd-timedated, activated on the container's
+/// bus, reads the kernel's state (the host's: one kernel), so doctor says what adjtimex says
+/// here.
+fn time_sync_as_the_kernel_says(c: &Container) {
+    let doctor = c.run(&["hybrid-agent", "doctor", "--json"]);
+    let checks: Vec<serde_json::Value> = serde_json::from_slice(&doctor.stdout)
+        .unwrap_or_else(|e| panic!("doctor --json: {e}: {doctor:?}"));
+    let check = checks
+        .iter()
+        .find(|k| k["name"] == "time sync")
+        .unwrap_or_else(|| panic!("no time sync check: {checks:?}"));
+    let detail = check["detail"].as_str().unwrap();
+    if kernel_clock_synchronised() {
+        assert_eq!(check["outcome"], "ok", "{check}");
+        assert!(
+            detail.contains("(systemd-timedated: NTPSynchronized=yes"),
+            "{check}"
+        );
+    } else {
+        assert_eq!(check["outcome"], "fail", "{check}");
+        assert!(
+            detail.contains("the kernel clock is not synchronised")
+                && detail.contains("(systemd-timedated: NTPSynchronized=no"),
+            "{check}"
+        );
+        assert!(
+            check["fix"].as_str().unwrap().contains("timedatectl"),
+            "{check}"
+        );
+    }
+}
+
 fn mirror(dir: &Path) -> PathBuf {
     let mirror = dir.join("mirror");
     standin_release(&mirror, VERSION);
@@ -209,6 +267,7 @@ fn the_deb_and_the_rpm_install_upgrade_and_go_under_a_real_systemd() {
     assert_ne!(agent_restarted, agent);
     let status = c.ok(&["hybrid-agent", "status"]);
     assert!(status.contains("kubelet"), "{status}");
+    time_sync_as_the_kernel_says(&c);
 
     // --- upgrade: a newer build restarts the agent, never kubelet or containerd.
     c.ok(&["dpkg", "-i", &deb2]);

@@ -22,7 +22,9 @@ pub mod kubelet;
 pub mod land;
 pub mod mounts;
 pub mod proxy;
+pub mod serving_cert;
 pub mod system;
+pub mod timesync;
 
 use std::path::{Path, PathBuf};
 
