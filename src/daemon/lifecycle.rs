@@ -184,6 +184,19 @@ impl Journal {
     }
 }
 
+/// "1 of 1 nodes already disrupted (mi-…: upgrade 1.31.2 to 1.31.3)".
+fn busy(holders: &[(String, lock::Entry)], max: u32) -> String {
+    format!(
+        "{} of {max} nodes already disrupted ({})",
+        holders.len(),
+        holders
+            .iter()
+            .map(|(n, e)| format!("{n}: {}", e.action))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
 /// The Kubernetes minor an automatic upgrade aims at, or `None` when the node is already newer
 /// than the control plane (nothing may be done) or a version is unreadable.
 pub fn target_minor(node: &str, control_plane: &str) -> Option<(u32, u32)> {
@@ -377,14 +390,8 @@ impl Lifecycle {
             Ok(Acquired::Held) => {}
             Ok(Acquired::Busy(holders)) => {
                 self.set_state(format!(
-                    "upgrade to {target} waits for the disruption lock: {} of {} nodes already disrupted ({})",
-                    holders.len(),
-                    lc.max_unavailable,
-                    holders
-                        .iter()
-                        .map(|(n, e)| format!("{n}: {}", e.action))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    "upgrade to {target} waits for the disruption lock: {}",
+                    busy(&holders, lc.max_unavailable)
                 ));
                 return true;
             }
@@ -558,14 +565,8 @@ impl Lifecycle {
             Ok(Acquired::Held) => {}
             Ok(Acquired::Busy(holders)) => {
                 self.set_state(format!(
-                    "a reboot ({reason}) waits for the disruption lock: {} of {} nodes already disrupted ({})",
-                    holders.len(),
-                    lc.max_unavailable,
-                    holders
-                        .iter()
-                        .map(|(n, e)| format!("{n}: {}", e.action))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    "a reboot ({reason}) waits for the disruption lock: {}",
+                    busy(&holders, lc.max_unavailable)
                 ));
                 return;
             }
@@ -791,14 +792,8 @@ impl Lifecycle {
             Ok(Acquired::Held) => {}
             Ok(Acquired::Busy(holders)) => {
                 self.set_state(format!(
-                    "a refresh ({reason}) waits for the disruption lock: {} of {} nodes already disrupted ({})",
-                    holders.len(),
-                    lc.max_unavailable,
-                    holders
-                        .iter()
-                        .map(|(n, e)| format!("{n}: {}", e.action))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    "a refresh ({reason}) waits for the disruption lock: {}",
+                    busy(&holders, lc.max_unavailable)
                 ));
                 return true;
             }
@@ -1114,6 +1109,20 @@ impl Lifecycle {
         });
     }
 
+    /// The cluster's API as the node, once its client can be built (a resumed flow must reach
+    /// the cluster to finish: it waits, saying why).
+    async fn api_until_reachable(&self, record: &NodeRecord) -> crate::kube::Api {
+        loop {
+            match crate::join::drain::api(&self.input.agent, record) {
+                Ok(a) => return a,
+                Err(e) => {
+                    self.set_state(format!("cannot talk to the cluster: {e}"));
+                    tokio::time::sleep(self.input.agent.lifecycle.check_interval).await;
+                }
+            }
+        }
+    }
+
     /// An automatic flow found journaled at start: finish it (see the module docs).
     async fn resume(&mut self, journal: Journal) {
         let record = match NodeRecord::load(&self.input.paths) {
@@ -1129,15 +1138,7 @@ impl Lifecycle {
                 journal.started,
                 journal.phase.as_deref().unwrap_or("drain")
             ));
-            let api = loop {
-                match crate::join::drain::api(&self.input.agent, &record) {
-                    Ok(a) => break a,
-                    Err(e) => {
-                        self.set_state(format!("cannot talk to the cluster: {e}"));
-                        tokio::time::sleep(self.input.agent.lifecycle.check_interval).await;
-                    }
-                }
-            };
+            let api = self.api_until_reachable(&record).await;
             self.refresh(&api, &record, journal).await;
             return;
         }
@@ -1146,15 +1147,7 @@ impl Lifecycle {
                 "continuing the reboot ({}) journaled at {}",
                 journal.reason, journal.started
             ));
-            let api = loop {
-                match crate::join::drain::api(&self.input.agent, &record) {
-                    Ok(a) => break a,
-                    Err(e) => {
-                        self.set_state(format!("cannot talk to the cluster: {e}"));
-                        tokio::time::sleep(self.input.agent.lifecycle.check_interval).await;
-                    }
-                }
-            };
+            let api = self.api_until_reachable(&record).await;
             self.reboot(&api, &record, journal).await;
             return;
         }
@@ -1170,15 +1163,7 @@ impl Lifecycle {
         ) {
             tokio::time::sleep(RESUME_POLL).await;
         }
-        let api = loop {
-            match crate::join::drain::api(&self.input.agent, &record) {
-                Ok(a) => break a,
-                Err(e) => {
-                    self.set_state(format!("cannot talk to the cluster: {e}"));
-                    tokio::time::sleep(self.input.agent.lifecycle.check_interval).await;
-                }
-            }
-        };
+        let api = self.api_until_reachable(&record).await;
         self.upgrade(&api, &journal).await;
     }
 
