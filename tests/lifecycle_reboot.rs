@@ -13,7 +13,7 @@ use std::time::Duration;
 use hybrid_agent::join::record::NodeRecord;
 use hybrid_agent::paths::HostPaths;
 use install_support::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 fn seq_of(events: &[Value], action: &str, object: &str) -> Vec<u64> {
     events
@@ -28,19 +28,7 @@ fn the_host_asks_for_a_reboot_and_the_node_is_drained_rebooted_and_uncordoned() 
     let dir = tempfile::tempdir().unwrap();
     let mirror = dir.path().join("mirror");
     std::fs::create_dir_all(&mirror).unwrap();
-    let ds = devstack(&mirror);
-    control(
-        &ds,
-        "POST",
-        &format!("/_devstack/eks/kube-api?name={CLUSTER}"),
-    );
-    control(
-        &ds,
-        "POST",
-        &format!(
-            "/_devstack/eks/kube-timing?name={CLUSTER}&grace_ms=300&replace_ms=300&replace_node=mi-0000000000other"
-        ),
-    );
+    let ds = kube_devstack(&mirror, 300, 300);
     standin_release(&mirror, VERSION);
     let node = Node::new(&ds, &create_activation(&ds));
     standin_authenticator(&mirror, VERSION, &node.root);
@@ -50,30 +38,8 @@ fn the_host_asks_for_a_reboot_and_the_node_is_drained_rebooted_and_uncordoned() 
         .unwrap()
         .unwrap()
         .node_name;
-    let manifest = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("packaging/rbac/hybrid-agent-lifecycle.yaml"),
-    )
-    .unwrap();
-    control_body(
-        &ds,
-        "POST",
-        &format!("/_devstack/eks/kube-apply?name={CLUSTER}"),
-        &manifest,
-    );
-    control_body(
-        &ds,
-        "POST",
-        &format!("/_devstack/eks/kube-pods?name={CLUSTER}"),
-        &json!({
-            "metadata": {"namespace": "app", "name": "web-1", "labels": {"app": "web"},
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-rs",
-                    "uid": "8f0c1b2a-0000-4000-8000-00000000000b", "controller": true}]},
-            "spec": {"nodeName": name, "containers": [{"name": "c", "image": "nginx"}]},
-            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
-        })
-        .to_string(),
-    );
+    apply_lifecycle_rbac(&ds);
+    replicaset_pod(&ds, "web", "web-1", &name);
 
     // The stand-in reboot: records that it ran, whether the node was cordoned then (read from
     // a file the test keeps up to date is not possible from here, so the order is read from the

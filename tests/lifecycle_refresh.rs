@@ -26,7 +26,7 @@ use hybrid_agent::cri;
 use hybrid_agent::join::record::NodeRecord;
 use hybrid_agent::paths::HostPaths;
 use install_support::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Set in the re-run inside the namespace.
 const INNER: &str = "HYBRID_AGENT_TEST_IN_NAMESPACES";
@@ -87,20 +87,8 @@ fn in_namespace() {
     let dir = tempfile::tempdir().unwrap();
     let mirror = dir.path().join("mirror");
     std::fs::create_dir_all(&mirror).unwrap();
-    let ds = devstack(&mirror);
-    control(
-        &ds,
-        "POST",
-        &format!("/_devstack/eks/kube-api?name={CLUSTER}"),
-    );
     // Evicted pods take 3 s to terminate: long enough to kill the daemon in the middle.
-    control(
-        &ds,
-        "POST",
-        &format!(
-            "/_devstack/eks/kube-timing?name={CLUSTER}&grace_ms=3000&replace_ms=300&replace_node=mi-0000000000other"
-        ),
-    );
+    let ds = kube_devstack(&mirror, 3000, 300);
     standin_release(&mirror, VERSION);
     let node = Node::new(&ds, &create_activation(&ds));
     standin_authenticator(&mirror, VERSION, &node.root);
@@ -109,30 +97,8 @@ fn in_namespace() {
     let paths = HostPaths::new(&node.root);
     let mut record = NodeRecord::load(&paths).unwrap().unwrap();
     let name = record.node_name.clone();
-    let manifest = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("packaging/rbac/hybrid-agent-lifecycle.yaml"),
-    )
-    .unwrap();
-    control_body(
-        &ds,
-        "POST",
-        &format!("/_devstack/eks/kube-apply?name={CLUSTER}"),
-        &manifest,
-    );
-    control_body(
-        &ds,
-        "POST",
-        &format!("/_devstack/eks/kube-pods?name={CLUSTER}"),
-        &json!({
-            "metadata": {"namespace": "app", "name": "web-1", "labels": {"app": "web"},
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-rs",
-                    "uid": "8f0c1b2a-0000-4000-8000-00000000000c", "controller": true}]},
-            "spec": {"nodeName": name, "containers": [{"name": "c", "image": "nginx"}]},
-            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
-        })
-        .to_string(),
-    );
+    apply_lifecycle_rbac(&ds);
+    replicaset_pod(&ds, "web", "web-1", &name);
 
     // What ages on a node: an image nothing uses, pulled with ECR credentials into the node's
     // containerd beside the pause image join pulled; a pod directory left behind; and one whose

@@ -15,7 +15,7 @@ use std::time::Duration;
 use hybrid_agent::join::record::NodeRecord;
 use hybrid_agent::paths::HostPaths;
 use install_support::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The newer patch of the cluster's minor (the devstack cluster runs 1.31).
 const PATCH: &str = "1.31.3";
@@ -47,23 +47,6 @@ fn auto_upgrade(ds: &hybrid_devstack::Devstack, node: &Node, window: &str) {
 }
 
 /// A ReplicaSet pod of app `app` on `node`, Running and Ready.
-fn app_pod(ds: &hybrid_devstack::Devstack, app: &str, name: &str, node: &str) {
-    control_body(
-        ds,
-        "POST",
-        &format!("/_devstack/eks/kube-pods?name={CLUSTER}"),
-        &json!({
-            "metadata": {"namespace": "app", "name": name, "labels": {"app": app},
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{app}-rs"),
-                    "uid": "8f0c1b2a-0000-4000-8000-00000000000a", "controller": true}]},
-            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "nginx"}]},
-            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
-        })
-        .to_string(),
-    );
-}
-
-/// Every process whose parent is `pid` and whose command line contains `word`.
 fn children_with(pid: u32, word: &str) -> Vec<i32> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -116,20 +99,8 @@ fn two_nodes_upgrade_one_at_a_time_and_a_killed_agent_finishes_its_upgrade() {
     let dir = tempfile::tempdir().unwrap();
     let mirror = dir.path().join("mirror");
     std::fs::create_dir_all(&mirror).unwrap();
-    let ds = devstack(&mirror);
-    control(
-        &ds,
-        "POST",
-        &format!("/_devstack/eks/kube-api?name={CLUSTER}"),
-    );
     // Evicted pods take 3 s to terminate: long enough to kill a daemon in the middle.
-    control(
-        &ds,
-        "POST",
-        &format!(
-            "/_devstack/eks/kube-timing?name={CLUSTER}&grace_ms=3000&replace_ms=500&replace_node=mi-0000000000other"
-        ),
-    );
+    let ds = kube_devstack(&mirror, 3000, 500);
     standin_release(&mirror, VERSION);
     let nodes: Vec<Node> = (0..2)
         .map(|_| {
@@ -142,7 +113,7 @@ fn two_nodes_upgrade_one_at_a_time_and_a_killed_agent_finishes_its_upgrade() {
         .collect();
     let names: Vec<String> = nodes.iter().map(name).collect();
     for (i, n) in names.iter().enumerate() {
-        app_pod(&ds, &format!("app{i}"), &format!("app{i}-1"), n);
+        replicaset_pod(&ds, &format!("app{i}"), &format!("app{i}-1"), n);
     }
     // The newer patch appears on the mirror after the join.
     standin_release(&mirror, PATCH);
@@ -204,17 +175,7 @@ fn two_nodes_upgrade_one_at_a_time_and_a_killed_agent_finishes_its_upgrade() {
     );
 
     // The administrator applies the shipped manifest.
-    let manifest = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("packaging/rbac/hybrid-agent-lifecycle.yaml"),
-    )
-    .unwrap();
-    control_body(
-        &ds,
-        "POST",
-        &format!("/_devstack/eks/kube-apply?name={CLUSTER}"),
-        &manifest,
-    );
+    apply_lifecycle_rbac(&ds);
     // A window that is open now; then both daemons.
     for node in &nodes {
         auto_upgrade(&ds, node, "daily 00:00-24:00");
@@ -347,30 +308,8 @@ fn bench_window_opens_to_node_uncordoned_on_the_new_version() {
     let dir = tempfile::tempdir().unwrap();
     let mirror = dir.path().join("mirror");
     std::fs::create_dir_all(&mirror).unwrap();
-    let ds = devstack(&mirror);
-    control(
-        &ds,
-        "POST",
-        &format!("/_devstack/eks/kube-api?name={CLUSTER}"),
-    );
-    control(
-        &ds,
-        "POST",
-        &format!(
-            "/_devstack/eks/kube-timing?name={CLUSTER}&grace_ms=300&replace_ms=300&replace_node=mi-0000000000other"
-        ),
-    );
-    let manifest = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("packaging/rbac/hybrid-agent-lifecycle.yaml"),
-    )
-    .unwrap();
-    control_body(
-        &ds,
-        "POST",
-        &format!("/_devstack/eks/kube-apply?name={CLUSTER}"),
-        &manifest,
-    );
+    let ds = kube_devstack(&mirror, 300, 300);
+    apply_lifecycle_rbac(&ds);
     standin_release(&mirror, VERSION);
     let nodes: Vec<Node> = (0..2)
         .map(|_| {
@@ -383,7 +322,7 @@ fn bench_window_opens_to_node_uncordoned_on_the_new_version() {
         .collect();
     let names: Vec<String> = nodes.iter().map(name).collect();
     for (i, n) in names.iter().enumerate() {
-        app_pod(&ds, &format!("app{i}"), &format!("app{i}-1"), n);
+        replicaset_pod(&ds, &format!("app{i}"), &format!("app{i}-1"), n);
     }
     standin_release(&mirror, PATCH);
 

@@ -49,8 +49,9 @@ pub fn hybrid_agent_service(program: &Path) -> UnitFile {
     // ~9 (scripts/bench telemetry). Two arenas and fixed 128 KiB thresholds give it back.
     s.push_str(
         "# Allocator tunables: glibc malloc (mallopt(3)) for a glibc build, two arenas and fixed\n\
-         # 128 KiB thresholds; mimalloc for the static release, freed pages returned at once.\n\
-         # Either gives memory back after a drained backlog; each ignores the other's.\n",
+         # 128 KiB thresholds; mimalloc for the static release, freed pages returned at once and arena\n\
+         # memory committed as used (it needs both to stay small). Either gives memory back after a\n\
+         # drained backlog; each ignores the other's.\n",
     );
     s.push_str(&format!(
         "Environment={}\n",

@@ -193,6 +193,65 @@ pub fn devstack(mirror: &Path) -> hybrid_devstack::Devstack {
     .expect("devstack starts")
 }
 
+/// A devstack serving `mirror` whose demo cluster's stand-in API server runs: evicted pods take
+/// `grace_ms` to terminate and their replacements `replace_ms` to become Ready on another node.
+pub fn kube_devstack(mirror: &Path, grace_ms: u64, replace_ms: u64) -> hybrid_devstack::Devstack {
+    let ds = devstack(mirror);
+    control(
+        &ds,
+        "POST",
+        &format!("/_devstack/eks/kube-api?name={CLUSTER}"),
+    );
+    control(
+        &ds,
+        "POST",
+        &format!(
+            "/_devstack/eks/kube-timing?name={CLUSTER}&grace_ms={grace_ms}&replace_ms={replace_ms}&replace_node=mi-0000000000other"
+        ),
+    );
+    ds
+}
+
+/// What a cluster administrator does once for the automatic lifecycle: applies the shipped
+/// manifest (`hybrid-agent rbac`: the disruption lock and its RBAC).
+pub fn apply_lifecycle_rbac(ds: &hybrid_devstack::Devstack) {
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/rbac/hybrid-agent-lifecycle.yaml"),
+    )
+    .unwrap();
+    control_body(
+        ds,
+        "POST",
+        &format!("/_devstack/eks/kube-apply?name={CLUSTER}"),
+        &manifest,
+    );
+}
+
+/// A running, Ready pod `app/<name>` labelled `app=<app>`, owned by the ReplicaSet `<app>-rs`
+/// and bound to `node`.
+pub fn replicaset_pod(ds: &hybrid_devstack::Devstack, app: &str, name: &str, node: &str) {
+    let owner_uid = format!(
+        "8f0c1b2a-0000-4000-8000-{:0>12}",
+        app.bytes()
+            .take(6)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    control_body(
+        ds,
+        "POST",
+        &format!("/_devstack/eks/kube-pods?name={CLUSTER}"),
+        &serde_json::json!({
+            "metadata": {"namespace": "app", "name": name, "labels": {"app": app},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{app}-rs"),
+                    "uid": owner_uid, "controller": true}]},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "nginx"}]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+        })
+        .to_string(),
+    );
+}
+
 /// The generated manifest URL of a devstack.
 pub fn manifest_url(ds: &hybrid_devstack::Devstack) -> String {
     format!("{}/mirror/manifest.yaml", ds.url)
