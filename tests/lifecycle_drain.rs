@@ -37,19 +37,7 @@ fn joined(grace_ms: u64, replace_ms: u64, releases: &[&'static str]) -> Fixture 
     let dir = tempfile::tempdir().unwrap();
     let mirror = dir.path().join("mirror");
     std::fs::create_dir_all(&mirror).unwrap();
-    let ds = devstack(&mirror);
-    control(
-        &ds,
-        "POST",
-        &format!("/_devstack/eks/kube-api?name={CLUSTER}"),
-    );
-    control(
-        &ds,
-        "POST",
-        &format!(
-            "/_devstack/eks/kube-timing?name={CLUSTER}&grace_ms={grace_ms}&replace_ms={replace_ms}&replace_node=mi-0000000000other"
-        ),
-    );
+    let ds = kube_devstack(&mirror, grace_ms, replace_ms);
     let node = Node::new(&ds, &create_activation(&ds));
     standin_release(&mirror, VERSION);
     for r in releases {

@@ -15,14 +15,6 @@ use hybrid_agent::paths::HostPaths;
 use install_support::*;
 use serde_json::Value;
 
-fn seq_of(events: &[Value], action: &str, object: &str) -> Vec<u64> {
-    events
-        .iter()
-        .filter(|e| e["action"] == action && e["object"] == object)
-        .map(|e| e["seq"].as_u64().unwrap())
-        .collect()
-}
-
 #[test]
 fn the_host_asks_for_a_reboot_and_the_node_is_drained_rebooted_and_uncordoned() {
     let dir = tempfile::tempdir().unwrap();

@@ -56,14 +56,6 @@ fn an_old_node_is_drained_rekeyed_cleaned_and_uncordoned_and_a_killed_refresh_re
     in_namespace();
 }
 
-fn seq_of(events: &[Value], action: &str, object: &str) -> Vec<u64> {
-    events
-        .iter()
-        .filter(|e| e["action"] == action && e["object"] == object)
-        .map(|e| e["seq"].as_u64().unwrap())
-        .collect()
-}
-
 fn image_tags(socket: &std::path::Path) -> Vec<String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

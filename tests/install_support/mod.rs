@@ -305,6 +305,16 @@ pub fn kube_history(ds: &hybrid_devstack::Devstack) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
+/// The `seq` numbers of the stand-in history's events with this action on this object
+/// (`kube_history`).
+pub fn seq_of(events: &[serde_json::Value], action: &str, object: &str) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|e| e["action"] == action && e["object"] == object)
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect()
+}
+
 /// Polls `done` every 200 ms until it holds; fails the test after `limit`.
 pub fn wait_until(what: &str, limit: std::time::Duration, mut done: impl FnMut() -> bool) {
     let start = std::time::Instant::now();
