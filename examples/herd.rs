@@ -9,7 +9,7 @@
 //! `HERD_OUTAGE_SECS` (devstack fault rules), then recover; the minute after recovery is measured
 //! from the devstack's per-second arrivals. Two modes in one run, on the same devstack:
 //! `baseline` (no start-up spread, PutLogEvents unpaced: the agent before this change) and
-//! `paced` (start-up spread, pacing and the post-outage hold-back as shipped).
+//! `paced` (start-up spread, pacing and the slow start after an outage, as shipped).
 //!
 //! Log volume is scaled down so one machine can play a fleet: a "batch" is 10 events of 80
 //! bytes standing for a full PutLogEvents batch, and each stream fills one every

@@ -502,6 +502,9 @@ fn status_answers_live_from_the_socket_falls_back_when_the_daemon_does_not_and_p
         at(&after)
     );
     assert!(get("hybrid_agent_process_resident_memory_bytes") > 0.0);
+    // No outage behind this daemon: PutLogEvents may use its whole pacing rate.
+    assert_eq!(get("hybrid_agent_log_put_rate_share"), 1.0);
+    assert!(after["telemetry"]["counters"].get("slow_start").is_none());
     let started = ts::parse(after["daemon"]["started_at"].as_str().unwrap())
         .unwrap()
         .duration_since(SystemTime::UNIX_EPOCH)

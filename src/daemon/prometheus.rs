@@ -296,6 +296,16 @@ fn telemetry(x: &mut Exposition, state: &DaemonState, now: SystemTime) {
         one(c.retries as f64),
     );
     x.family(
+        "log_put_rate_share",
+        Kind::Gauge,
+        "Share of its pacing rate PutLogEvents may use now: below 1 during the slow start after an outage, 1 otherwise.",
+        one(c
+            .slow_start
+            .as_ref()
+            .and_then(|s| s.share_at(now_ms))
+            .unwrap_or(1.0)),
+    );
+    x.family(
         "metric_points_sent_total",
         Kind::Counter,
         "Metric data points CloudWatch accepted, since the node joined.",

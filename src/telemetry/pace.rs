@@ -17,22 +17,31 @@
 //! ([`crate::retry::startup_delay`]), so a site that powers up at once does not
 //! send its first PutLogEvents/CreateLogStream in the same second.
 //!
-//! Recovery: after calls failed for a while (an outage), every node of the fleet succeeds again
-//! within the same retry window and would then send its whole backlog at once. The first call
-//! that sees the sink healthy again after a failing stretch holds the node's later calls back
-//! by a random share of that stretch, at most the fleet spread (`daemon.startup_jitter`, 30 s
-//! by default; [`recovery_delay`]): a blip of a second costs at most a second, a long outage
-//! spreads the fleet's drain over the spread on top of the retry window.
+//! Recovery: after calls failed for a while (an outage), every node of the fleet comes back
+//! within the sink's retry window, and each holds the backlog of the whole outage. A node that
+//! then drained at its full rate would make the fleet's rate climb for the whole retry window,
+//! each node adding its full rate as it gets through: in `scripts/bench herd` the minute after a
+//! 10-minute outage rose from 1,300 to over 9,000 calls a second, 1.86 times its mean. So a node
+//! whose calls failed for at least [`SLOW_START_MIN_STRETCH`] restarts slow, as a load balancer's
+//! slow-start mode brings a target back (Elastic Load Balancing's `slow_start.duration_seconds`)
+//! and as TCP restarts after a loss: its rate starts at [`SLOW_START_FLOOR`] of the drain rate
+//! and climbs linearly back to it over twice the failing stretch, at least
+//! [`SLOW_START_MIN_RAMP`] and at most [`SLOW_START_MAX_RAMP`], in bursts of at most
+//! [`SLOW_START_BURST`] ([`SlowStart`]). The retries of the calls that failed are not paced by it
+//! (the backoff governs them), and they are what the fleet sends first: with full jitter the
+//! first successes of a fleet fall most densely right after the recovery and thin out over the
+//! retry window, while the slow drains behind them grow; the two sum to a nearly flat minute.
+//! A blip shorter than the minimum stretch leaves the rate alone.
 //!
 //! The arithmetic is the generic cell rate algorithm (GCRA, "virtual scheduling"), pure and in
 //! milliseconds from an origin ([`Bucket`]); [`Pace`] puts a clock and a mutex around it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::retry::{Jitter, RandomJitter};
+use crate::retry::RandomJitter;
 
 /// Sustained PutLogEvents calls a second per node. 5,000 TPS default account quota (large
 /// Regions; 1,500 elsewhere) / 5,000 nodes draining at the same time; CloudWatch Logs service
@@ -43,24 +52,72 @@ pub const DRAIN_RATE_PER_SEC: f64 = 1.0;
 /// shipping never waits. Ours.
 pub const DRAIN_BURST: u32 = 5;
 
-/// Hold-back after calls failed for `failing_for`: uniform in [0, min(failing_for, `spread`)].
-pub fn recovery_delay(failing_for: Duration, spread: Duration, jitter: &dyn Jitter) -> Duration {
-    let u = jitter.unit();
-    let u = if u.is_nan() { 0.5 } else { u.clamp(0.0, 1.0) };
-    failing_for.min(spread).mul_f64(u)
+/// A failing stretch at least this long restarts the node slow; a shorter blip leaves little
+/// backlog and the rate as it was. Ours: two flush intervals.
+pub const SLOW_START_MIN_STRETCH: Duration = Duration::from_secs(10);
+/// The share of the drain rate a slow start begins at. Ours, from `scripts/bench herd`: at a
+/// tenth the growing drains balance the thinning first successes (a fifth or a twentieth leave
+/// the minute rising or falling; docs/measurements.md "Fleet herd after an outage").
+pub const SLOW_START_FLOOR: f64 = 0.1;
+/// Shortest and longest climb back to the full rate (twice the failing stretch in between).
+pub const SLOW_START_MIN_RAMP: Duration = Duration::from_secs(120);
+pub const SLOW_START_MAX_RAMP: Duration = Duration::from_secs(600);
+/// Burst during a slow start: one call per default shipped unit, so a window of the three
+/// streams still goes together. Ours.
+pub const SLOW_START_BURST: u32 = 3;
+
+/// A climb from [`SLOW_START_FLOOR`] of the rate back to all of it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlowStart {
+    /// When the climb began (ms from the bucket's origin).
+    pub from_ms: f64,
+    /// How long it lasts.
+    pub ramp_ms: f64,
+}
+
+impl SlowStart {
+    /// The climb after calls failed for `failing_for`, beginning at `now_ms`; `None` for a blip.
+    pub fn after(failing_for: Duration, now_ms: u64) -> Option<SlowStart> {
+        if failing_for < SLOW_START_MIN_STRETCH {
+            return None;
+        }
+        let ramp = failing_for
+            .saturating_mul(2)
+            .clamp(SLOW_START_MIN_RAMP, SLOW_START_MAX_RAMP);
+        Some(SlowStart {
+            from_ms: now_ms as f64,
+            ramp_ms: ramp.as_millis() as f64,
+        })
+    }
+
+    /// How long the climb lasts.
+    pub fn ramp(&self) -> Duration {
+        Duration::from_millis(self.ramp_ms.max(0.0) as u64)
+    }
+
+    /// The share of the full rate at `now_ms` (`None` once the climb is over).
+    fn share(&self, now_ms: f64) -> Option<f64> {
+        let t = (now_ms - self.from_ms) / self.ramp_ms;
+        // NaN (a zero ramp) counts as over.
+        if t.is_nan() || t >= 1.0 {
+            return None;
+        }
+        Some(SLOW_START_FLOOR + (1.0 - SLOW_START_FLOOR) * t.max(0.0))
+    }
 }
 
 /// A token bucket in virtual-scheduling form: `tat` is the theoretical arrival time of the next
 /// call, in milliseconds from an origin. A call at `now` may go at `max(tat, now) - tolerance`
 /// (tolerance = room for `burst - 1` calls) but not before the start, and moves `tat` one
-/// interval on. Reservations queue:
-/// callers that arrive together are given successive slots.
+/// interval on. Reservations queue: callers that arrive together are given successive slots.
+/// During a [`SlowStart`] the interval and the burst follow the climb.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bucket {
-    interval_ms: f64,
-    tolerance_ms: f64,
+    rate: f64,
+    burst: u32,
     tat_ms: f64,
     start_ms: f64,
+    slow: Option<SlowStart>,
 }
 
 impl Bucket {
@@ -72,29 +129,42 @@ impl Bucket {
         } else {
             1.0 / 60.0
         };
-        let interval_ms = 1000.0 / rate;
-        let tolerance_ms = interval_ms * f64::from(burst.max(1) - 1);
         Bucket {
-            interval_ms,
-            tolerance_ms,
+            rate,
+            burst: burst.max(1),
             tat_ms: start_ms as f64,
             start_ms: start_ms as f64,
+            slow: None,
         }
     }
 
-    /// No call before `at_ms` (later calls queue behind it at the rate).
-    pub fn hold_until(&mut self, at_ms: u64) {
-        let at = at_ms as f64;
-        self.start_ms = self.start_ms.max(at);
-        self.tat_ms = self.tat_ms.max(at);
+    /// Restarts slow: from `slow.from_ms` the rate and the burst follow the climb, beginning
+    /// with the slow burst whatever slots the retries before it reserved ahead.
+    pub fn slow_start(&mut self, slow: SlowStart) {
+        self.tat_ms = slow.from_ms.max(self.start_ms);
+        self.slow = Some(slow);
+    }
+
+    /// The slow start under way at `now_ms`, if any.
+    pub fn slow_start_at(&self, now_ms: u64) -> Option<SlowStart> {
+        self.slow.filter(|s| s.share(now_ms as f64).is_some())
     }
 
     /// Reserves the next slot for a call made at `now_ms`; returns how long to wait for it.
     pub fn reserve(&mut self, now_ms: u64) -> Duration {
         let now = now_ms as f64;
+        let (rate, burst) = match self.slow.and_then(|s| s.share(now)) {
+            Some(share) => (self.rate * share, self.burst.min(SLOW_START_BURST)),
+            None => {
+                self.slow = None;
+                (self.rate, self.burst)
+            }
+        };
+        let interval_ms = 1000.0 / rate;
+        let tolerance_ms = interval_ms * f64::from(burst - 1);
         let tat = self.tat_ms.max(now);
-        let allowed = (tat - self.tolerance_ms).max(self.start_ms);
-        self.tat_ms = tat + self.interval_ms;
+        let allowed = (tat - tolerance_ms).max(self.start_ms);
+        self.tat_ms = tat + interval_ms;
         Duration::from_millis((allowed - now).max(0.0).ceil() as u64)
     }
 }
@@ -110,9 +180,8 @@ struct State {
 pub struct Pace {
     origin: Instant,
     state: Mutex<State>,
-    jitter: Arc<dyn Jitter>,
-    /// Longest hold-back after a failing stretch ([`recovery_delay`]); zero: none.
-    recovery_spread: Duration,
+    /// Whether a long failing stretch restarts the node slow ([`SlowStart`]).
+    slow_start: bool,
 }
 
 impl std::fmt::Debug for Pace {
@@ -122,7 +191,8 @@ impl std::fmt::Debug for Pace {
 }
 
 impl Pace {
-    /// Calls at `rate` a second in bursts of `burst`, the first after `start_delay`.
+    /// Calls at `rate` a second in bursts of `burst`, the first after `start_delay`; no slow
+    /// start.
     pub fn new(rate: f64, burst: u32, start_delay: Duration) -> Pace {
         Pace {
             origin: Instant::now(),
@@ -130,34 +200,25 @@ impl Pace {
                 bucket: Bucket::new(rate, burst, ms(start_delay)),
                 failing_since_ms: None,
             }),
-            jitter: Arc::new(RandomJitter),
-            recovery_spread: Duration::ZERO,
+            slow_start: false,
         }
     }
 
-    /// Holds calls back after a failing stretch by up to `spread` ([`recovery_delay`]).
-    pub fn with_recovery_spread(mut self, spread: Duration) -> Pace {
-        self.recovery_spread = spread;
+    /// Restarts slow after a long failing stretch ([`SlowStart`]).
+    pub fn with_slow_start(mut self) -> Pace {
+        self.slow_start = true;
         self
     }
 
-    /// The same with its randomness pinned (tests).
-    pub fn with_jitter(mut self, jitter: Arc<dyn Jitter>) -> Pace {
-        self.jitter = jitter;
-        self
-    }
-
-    /// The agent's pacing (`rate`: [`DRAIN_RATE_PER_SEC`]; [`DRAIN_BURST`]): the first call at a random
-    /// time within `spread`. No hold-back after an outage: the sink's full-jitter retries already
-    /// spread the fleet's first successes over the retry window, and the rate bounds the drain
-    /// that follows; a hold-back on top stacked a second spread on the first (a triangle whose
-    /// peak was 1.83 times the recovery minute's mean in `scripts/bench herd`).
+    /// The agent's pacing (`rate`: [`DRAIN_RATE_PER_SEC`]; [`DRAIN_BURST`]): the first call at a
+    /// random time within `spread`, and a slow start after an outage.
     pub fn for_node(rate: f64, spread: Duration) -> Pace {
         Pace::new(
             rate,
             DRAIN_BURST,
             crate::retry::startup_delay(spread, &RandomJitter),
         )
+        .with_slow_start()
     }
 
     /// No pacing (tests and the herd bench's baseline).
@@ -166,34 +227,57 @@ impl Pace {
     }
 
     /// Waits for the next slot. `failing`: the sink's calls are failing (the last attempt of
-    /// some batch failed and none succeeded since); the first call after a failing stretch
-    /// holds this and later calls back by [`recovery_delay`].
-    pub async fn acquire(&self, failing: bool) {
+    /// some batch failed and none succeeded since). The first call after a failing stretch of
+    /// at least [`SLOW_START_MIN_STRETCH`] starts a [`SlowStart`]; the retries while failing
+    /// take their slots as usual (their backoff governs them). Returns the slow start this
+    /// call began, with how long calls had failed.
+    pub async fn acquire(&self, failing: bool) -> Option<(Duration, SlowStart)> {
         let now_ms = ms(self.origin.elapsed());
-        let wait = {
-            let mut st = match self.state.lock() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            match (failing, st.failing_since_ms) {
-                (true, None) => st.failing_since_ms = Some(now_ms),
-                (false, Some(since)) if !self.recovery_spread.is_zero() => {
-                    st.failing_since_ms = None;
-                    let hold = recovery_delay(
-                        Duration::from_millis(now_ms.saturating_sub(since)),
-                        self.recovery_spread,
-                        self.jitter.as_ref(),
-                    );
-                    st.bucket.hold_until(now_ms.saturating_add(ms(hold)));
-                }
-                (false, Some(_)) => st.failing_since_ms = None,
-                _ => {}
-            }
-            st.bucket.reserve(now_ms)
-        };
+        let (wait, started) = lock(&self.state).reserve(failing, now_ms, self.slow_start);
+        if let Some((stretch, slow)) = started {
+            tracing::info!(
+                failing_for_s = stretch.as_secs(),
+                ramp_s = slow.ramp().as_secs(),
+                "CloudWatch Logs answers again: shipping restarts at a tenth of its rate and climbs back to it (slow start), so a fleet does not drain its outage backlog at once"
+            );
+        }
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
+        started
+    }
+}
+
+impl State {
+    /// One call's slot at `now_ms` given whether calls are `failing`, and the slow start this
+    /// call began (with the failing stretch behind it), if any.
+    fn reserve(
+        &mut self,
+        failing: bool,
+        now_ms: u64,
+        slow_start: bool,
+    ) -> (Duration, Option<(Duration, SlowStart)>) {
+        let mut started = None;
+        match (failing, self.failing_since_ms) {
+            (true, None) => self.failing_since_ms = Some(now_ms),
+            (false, Some(since)) => {
+                self.failing_since_ms = None;
+                let stretch = Duration::from_millis(now_ms.saturating_sub(since));
+                if slow_start && let Some(slow) = SlowStart::after(stretch, now_ms) {
+                    self.bucket.slow_start(slow);
+                    started = Some((stretch, slow));
+                }
+            }
+            _ => {}
+        }
+        (self.bucket.reserve(now_ms), started)
+    }
+}
+
+fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
     }
 }
 
@@ -290,67 +374,115 @@ mod tests {
         }
     }
 
-    struct Fixed(f64);
-    impl Jitter for Fixed {
-        fn unit(&self) -> f64 {
-            self.0
+    /// Calls asked for in a tight loop from `from_ms` to `to_ms` (each taking 5 ms): when they
+    /// went, in ms.
+    fn drain(b: &mut Bucket, from_ms: u64, to_ms: u64) -> Vec<u64> {
+        let mut now = from_ms;
+        let mut sent = Vec::new();
+        loop {
+            now += b.reserve(now).as_millis() as u64;
+            if now >= to_ms {
+                return sent;
+            }
+            sent.push(now);
+            now += 5;
         }
     }
 
-    /// The hold-back after an outage grows with the outage, up to the spread: a blip costs at
-    /// most its own length, a ten-minute outage spreads a fleet's drain over the whole spread.
+    fn per_second(sent: &[u64]) -> std::collections::BTreeMap<u64, u32> {
+        let mut m = std::collections::BTreeMap::new();
+        for t in sent {
+            *m.entry(t / 1000).or_default() += 1;
+        }
+        m
+    }
+
+    /// The climb lasts twice the failing stretch, between its bounds; a blip starts none.
     #[test]
-    fn recovery_hold_back_scales_with_the_outage() {
+    fn a_slow_start_follows_a_long_failing_stretch_only() {
         let s = Duration::from_secs(1);
-        let spread = 30 * s;
-        assert_eq!(recovery_delay(2 * s, spread, &Fixed(1.0)), 2 * s);
-        assert_eq!(recovery_delay(2 * s, spread, &Fixed(0.25)), 500 * MS);
-        assert_eq!(recovery_delay(600 * s, spread, &Fixed(1.0)), spread);
-        assert_eq!(recovery_delay(600 * s, spread, &Fixed(0.5)), 15 * s);
-        assert_eq!(recovery_delay(600 * s, spread, &Fixed(f64::NAN)), 15 * s);
-        assert_eq!(
-            recovery_delay(Duration::ZERO, spread, &Fixed(1.0)),
-            Duration::ZERO
-        );
-        assert_eq!(
-            recovery_delay(600 * s, Duration::ZERO, &Fixed(1.0)),
-            Duration::ZERO
-        );
+        assert_eq!(SlowStart::after(9 * s, 0), None);
+        let ramp = |stretch| SlowStart::after(stretch, 5).map(|x| (x.from_ms, x.ramp_ms));
+        assert_eq!(ramp(10 * s), Some((5.0, 120_000.0)));
+        assert_eq!(ramp(90 * s), Some((5.0, 180_000.0)));
+        assert_eq!(ramp(600 * s), Some((5.0, 600_000.0)));
+        assert_eq!(ramp(Duration::MAX), Some((5.0, 600_000.0)));
     }
 
-    /// After a hold, calls queue behind it at the rate.
+    /// After a 10-minute outage a node drains at a tenth of its rate, climbing linearly back to
+    /// all of it over ten minutes, never more than [`SLOW_START_BURST`] calls in a second; then
+    /// at the full rate again.
     #[test]
-    fn a_hold_delays_the_calls_behind_it() {
-        let mut b = Bucket::new(1.0, 2, 0);
-        b.hold_until(10_000);
-        assert_eq!(b.reserve(1_000), 9_000 * MS);
-        assert_eq!(b.reserve(1_000), 9_000 * MS);
-        assert_eq!(b.reserve(1_000), 10_000 * MS);
-        // A hold in the past changes nothing.
-        let mut b = Bucket::new(1.0, 1, 0);
-        b.hold_until(0);
-        assert_eq!(b.reserve(5_000), Duration::ZERO);
+    fn a_slow_start_climbs_from_a_tenth_back_to_the_rate() {
+        let mut b = Bucket::new(DRAIN_RATE_PER_SEC, DRAIN_BURST, 0);
+        let slow = SlowStart::after(Duration::from_secs(600), 1_000_000);
+        b.slow_start(slow.unwrap_or_else(|| panic!("a 10-minute stretch starts slow")));
+        let sent = drain(&mut b, 1_000_000, 1_000_000 + 720_000);
+        let secs = per_second(&sent);
+        assert!(secs.values().all(|&n| n <= SLOW_START_BURST), "{secs:?}");
+        let in_minute = |m: u64| {
+            sent.iter()
+                .filter(|&&t| (1_000_000 + m * 60_000..1_000_000 + (m + 1) * 60_000).contains(&t))
+                .count() as f64
+        };
+        // Minute m of the climb averages a share of 0.1 + 0.9·(m + ½)/10: 60·that calls.
+        for m in 0..10 {
+            let want = 60.0 * (0.1 + 0.9 * (m as f64 + 0.5) / 10.0);
+            let got = in_minute(m);
+            assert!(
+                (got - want).abs() <= 3.0,
+                "minute {m}: {got} calls, want {want:.1}"
+            );
+        }
+        assert!((in_minute(11) - 60.0).abs() <= 1.0, "{}", in_minute(11));
+        // Against the rate without a slow start: about 60 calls in the first minute.
+        let mut plain = Bucket::new(DRAIN_RATE_PER_SEC, DRAIN_BURST, 0);
+        let first = drain(&mut plain, 0, 60_000).len();
+        assert!((60..=65).contains(&first), "{first}");
+        assert!(in_minute(0) <= 10.0, "{}", in_minute(0));
     }
 
-    /// The first call that finds the sink healthy after a failing stretch holds the node back
-    /// by a share of that stretch; calls while failing are not held (backoff governs them).
-    #[tokio::test]
-    async fn the_first_call_after_a_failing_stretch_is_held_back() {
-        let p = Pace::new(1000.0, 100, Duration::ZERO)
-            .with_jitter(Arc::new(Fixed(1.0)))
-            .with_recovery_spread(Duration::from_secs(30));
-        let t0 = Instant::now();
-        p.acquire(true).await;
-        assert!(t0.elapsed() < 50 * MS);
-        tokio::time::sleep(200 * MS).await;
-        p.acquire(true).await;
-        assert!(t0.elapsed() < 300 * MS);
-        p.acquire(false).await; // recovered: held by the whole stretch (~200 ms)
-        let took = t0.elapsed();
-        assert!(took >= 390 * MS && took < 2000 * MS, "{took:?}");
-        let t1 = Instant::now();
-        p.acquire(false).await; // healthy since: no hold
-        assert!(t1.elapsed() < 50 * MS);
+    /// The stretch is measured from the first failing call to the first call after it that
+    /// finds the sink healthy, which starts the climb; a blip does not; a pace without slow
+    /// starts (tests, the herd's baseline) never does.
+    #[test]
+    fn the_first_call_after_a_failing_stretch_starts_the_climb() {
+        let state = || State {
+            bucket: Bucket::new(1.0, 5, 0),
+            failing_since_ms: None,
+        };
+        let mut st = state();
+        assert_eq!(st.reserve(false, 1_000, true).1, None);
+        assert_eq!(st.reserve(true, 2_000, true).1, None);
+        assert_eq!(
+            st.reserve(true, 300_000, true).1,
+            None,
+            "retries while failing"
+        );
+        let (_, started) = st.reserve(false, 302_000, true);
+        let (stretch, slow) = started.unwrap_or_else(|| panic!("a 300 s stretch starts slow"));
+        assert_eq!(stretch, Duration::from_secs(300));
+        assert_eq!((slow.from_ms, slow.ramp_ms), (302_000.0, 600_000.0));
+        assert!(st.bucket.slow_start_at(302_001).is_some());
+        // The slow burst is there at once, however far the retries had reserved ahead.
+        let mut b = Bucket::new(1.0, 5, 0);
+        for _ in 0..100 {
+            b.reserve(1_000);
+        }
+        b.slow_start(slow);
+        let waits: Vec<_> = (0..4).map(|_| b.reserve(302_000).as_millis()).collect();
+        assert_eq!(waits[..3], [0, 0, 0], "{waits:?}");
+        assert!((9_900..=10_000).contains(&waits[3]), "{waits:?}");
+        assert!(st.bucket.slow_start_at(902_000).is_none());
+        assert_eq!(st.reserve(false, 303_000, true).1, None, "once per stretch");
+
+        let mut st = state();
+        st.reserve(true, 0, true);
+        assert_eq!(st.reserve(false, 9_999, true).1, None, "a blip");
+        let mut st = state();
+        st.reserve(true, 0, false);
+        assert_eq!(st.reserve(false, 600_000, false).1, None, "slow start off");
+        assert!(st.bucket.slow_start_at(600_001).is_none());
     }
 
     #[tokio::test]

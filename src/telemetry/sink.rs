@@ -378,9 +378,13 @@ impl LogsSink {
         // ResourceNotFound answers to this call so far.
         let mut missing = 0u32;
         loop {
-            self.pace
+            if let Some((failing_for, slow)) = self
+                .pace
                 .acquire(self.failing.load(Ordering::Relaxed))
-                .await;
+                .await
+            {
+                self.counters.set_slow_start(failing_for, slow.ramp());
+            }
             match self.api.put_log_events(&self.group, stream, events).await {
                 Ok(info) => {
                     self.failing.store(false, Ordering::Relaxed);

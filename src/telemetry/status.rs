@@ -31,6 +31,29 @@ pub struct Counters {
     /// CloudWatch refuses the node's role a call telemetry needs (set on AccessDenied, cleared
     /// by the next success of that call).
     access_denied: std::sync::Mutex<Option<AccessDenied>>,
+    /// The slow start after the last long failing stretch ([`super::pace`]).
+    slow_start: std::sync::Mutex<Option<SlowStartStatus>>,
+}
+
+/// PutLogEvents climbing back to its full rate after an outage ([`super::pace::SlowStart`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlowStartStatus {
+    /// How long calls had failed (ms).
+    pub failing_for_ms: u64,
+    /// When the climb began and when the full rate is back (ms since the epoch).
+    pub since_ms: i64,
+    pub until_ms: i64,
+}
+
+impl SlowStartStatus {
+    /// The share of the full rate at `now_ms`, while the climb lasts.
+    pub fn share_at(&self, now_ms: i64) -> Option<f64> {
+        if now_ms >= self.until_ms || self.until_ms <= self.since_ms {
+            return None;
+        }
+        let t = (now_ms - self.since_ms).max(0) as f64 / (self.until_ms - self.since_ms) as f64;
+        Some(super::pace::SLOW_START_FLOOR + (1.0 - super::pace::SLOW_START_FLOOR) * t)
+    }
 }
 
 /// A CloudWatch permission the node's IAM role lacks: telemetry keeps its spool and retries, and
@@ -106,6 +129,7 @@ impl Counters {
             ),
             child_lines_dropped: a(before.child_lines_dropped),
             access_denied: std::sync::Mutex::new(None),
+            slow_start: std::sync::Mutex::new(None),
         }
     }
 
@@ -131,6 +155,17 @@ impl Counters {
         if d.as_ref().is_some_and(|d| d.operation == operation) {
             *d = None;
         }
+    }
+
+    /// A slow start began now, after calls failed for `failing_for`; it lasts `ramp`.
+    pub fn set_slow_start(&self, failing_for: std::time::Duration, ramp: std::time::Duration) {
+        let since_ms = super::now_ms();
+        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
+        *self.slow_start.lock().unwrap_or_else(|e| e.into_inner()) = Some(SlowStartStatus {
+            failing_for_ms: u64::try_from(failing_for.as_millis()).unwrap_or(u64::MAX),
+            since_ms,
+            until_ms: since_ms.saturating_add(ms(ramp)),
+        });
     }
 
     adder!(add_shipped, shipped);
@@ -188,6 +223,12 @@ impl Counters {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            slow_start: self
+                .slow_start
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .filter(|s| s.until_ms > super::now_ms()),
         }
     }
 }
@@ -221,6 +262,9 @@ pub struct CounterSnapshot {
     /// A CloudWatch call refused for lack of a permission, right now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_denied: Option<AccessDenied>,
+    /// PutLogEvents is climbing back to its full rate after an outage, right now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<SlowStartStatus>,
 }
 
 /// Per stream.
@@ -397,6 +441,20 @@ impl TelemetryStatus {
             c.spool_corrupt_records,
             c.journal_missed_entries
         );
+        if let Some(share) = c
+            .slow_start
+            .as_ref()
+            .and_then(|s| s.share_at(now).map(|x| (s, x)))
+        {
+            let (s, share) = share;
+            let _ = writeln!(
+                o,
+                "  slow start after {:.0} s of failed calls: PutLogEvents at {:.0} % of its rate, all of it in {:.0} s",
+                s.failing_for_ms as f64 / 1000.0,
+                share * 100.0,
+                (s.until_ms - now) as f64 / 1000.0
+            );
+        }
         if c.journal_unreadable_entries > 0 || c.journal_unreadable_files > 0 {
             let _ = writeln!(
                 o,
