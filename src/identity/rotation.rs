@@ -9,6 +9,7 @@
 //! instead of hammering the service forever.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -255,6 +256,9 @@ pub struct RotationChannels {
     pub status: watch::Sender<IdentityStatus>,
     /// Requests for a new key pair ([`Rotator::key_rotation`]).
     pub key_rotation: watch::Sender<u64>,
+    /// The last request a loop passed on to its source: a successor passes on one that came
+    /// while no loop was running.
+    pub key_rotation_handled: Arc<AtomicU64>,
 }
 
 /// Owns a [`CredentialSource`] and keeps credentials fresh.
@@ -268,6 +272,7 @@ pub struct Rotator {
     status: watch::Sender<IdentityStatus>,
     key_rotation: watch::Sender<u64>,
     key_rotation_rx: watch::Receiver<u64>,
+    key_rotation_handled: Arc<AtomicU64>,
 }
 
 impl Rotator {
@@ -304,6 +309,7 @@ impl Rotator {
             status: watch::Sender::new(status),
             key_rotation: key_rotation.clone(),
             key_rotation_rx: key_rotation.subscribe(),
+            key_rotation_handled: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -335,6 +341,7 @@ impl Rotator {
             credentials: self.credentials.clone(),
             status: self.status.clone(),
             key_rotation: self.key_rotation.clone(),
+            key_rotation_handled: self.key_rotation_handled.clone(),
         }
     }
 
@@ -351,12 +358,19 @@ impl Rotator {
         self.credentials = channels.credentials;
         self.status = channels.status;
         self.key_rotation_rx = channels.key_rotation.subscribe();
+        // A request that came while no loop was running (its predecessor had died) is still
+        // to be passed on; one the predecessor passed on is not repeated.
+        if *self.key_rotation_rx.borrow() != channels.key_rotation_handled.load(Ordering::SeqCst) {
+            self.key_rotation_rx.mark_changed();
+        }
         self.key_rotation = channels.key_rotation;
+        self.key_rotation_handled = channels.key_rotation_handled;
     }
 
     /// A key rotation was asked for: passes it on to the source.
     fn on_key_rotation_request(&mut self) {
         let asked = *self.key_rotation_rx.borrow_and_update();
+        self.key_rotation_handled.store(asked, Ordering::SeqCst);
         match self.source.request_key_rotation() {
             Ok(()) => {
                 tracing::info!(
@@ -608,6 +622,8 @@ mod tests {
         fetches: Arc<AtomicU32>,
         /// Told the number of fetches so far, for the test's stop condition.
         count: watch::Sender<u32>,
+        /// Key rotations asked of this source.
+        rotations: Arc<AtomicU32>,
     }
 
     impl CredentialSource for Scripted {
@@ -616,6 +632,11 @@ mod tests {
         }
         fn identity(&self) -> String {
             "mi-0123456789abcdef0".into()
+        }
+        fn request_key_rotation(&mut self) -> Result<(), String> {
+            self.rotations.fetch_add(1, Ordering::SeqCst);
+            self.count.send_modify(|n| *n += 1000);
+            Ok(())
         }
         fn fetch(&mut self) -> FetchFuture<'_> {
             let n = self.fetches.fetch_add(1, Ordering::SeqCst) + 1;
@@ -680,6 +701,7 @@ mod tests {
             steps: Mutex::new(steps.iter().copied().collect()),
             fetches: fetches.clone(),
             count,
+            rotations: Arc::new(AtomicU32::new(0)),
         };
         let file = dir.path().join("credentials");
         let mut rotator = Rotator::new(
@@ -845,6 +867,74 @@ mod tests {
 
     /// An error only re-registration fixes ends the loop with the command to run; nothing is
     /// retried after it.
+    /// A loop that took over a dead one's channels passes on a key rotation asked for while no
+    /// loop ran (before, the request was lost and the node refresh waited 120 s for a key that
+    /// never came), and does not repeat one its predecessor passed on.
+    #[tokio::test]
+    async fn a_successor_passes_on_a_key_rotation_asked_while_no_loop_ran() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = TestClock::new();
+        let rotator = |rotations: &Arc<AtomicU32>| {
+            let (count, counted) = watch::channel(0u32);
+            let r = Rotator::new(
+                Scripted {
+                    clock: clock.clone(),
+                    steps: Mutex::new(VecDeque::new()),
+                    fetches: Arc::new(AtomicU32::new(0)),
+                    count,
+                    rotations: rotations.clone(),
+                },
+                RotationSettings {
+                    targets: Vec::new(),
+                    backoff_cap: 60 * S,
+                    startup_spread: Duration::ZERO,
+                },
+                IdentityStore::new(dir.path()),
+                clock.clone(),
+                Arc::new(Fixed(1.0)),
+            );
+            (r, counted)
+        };
+        // Runs a loop until its source was asked for a key or fetched 20 times.
+        let run = |r: Rotator, mut counted: watch::Receiver<u32>| async move {
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                r.run(async move {
+                    let _ = counted.wait_for(|n| *n >= 20).await;
+                }),
+            )
+            .await
+            .expect("the loop ends within 10 s of real time")
+        };
+
+        // The first loop passes a request on.
+        let first = Arc::new(AtomicU32::new(0));
+        let (a, counted) = rotator(&first);
+        let channels = a.channels();
+        channels.key_rotation.send_modify(|n| *n += 1);
+        assert!(run(a, counted).await.is_ok());
+        assert_eq!(first.load(Ordering::SeqCst), 1);
+
+        // Its successor does not repeat it.
+        let second = Arc::new(AtomicU32::new(0));
+        let (mut b, counted) = rotator(&second);
+        b.adopt_channels(channels.clone());
+        assert!(run(b, counted).await.is_ok());
+        assert_eq!(
+            second.load(Ordering::SeqCst),
+            0,
+            "repeated a handled request"
+        );
+
+        // A request made while no loop runs reaches the next one.
+        channels.key_rotation.send_modify(|n| *n += 1);
+        let third = Arc::new(AtomicU32::new(0));
+        let (mut c, counted) = rotator(&third);
+        c.adopt_channels(channels.clone());
+        assert!(run(c, counted).await.is_ok());
+        assert_eq!(third.load(Ordering::SeqCst), 1, "the request was lost");
+    }
+
     #[tokio::test]
     async fn a_fatal_error_stops_the_loop_with_the_action() {
         let r = run(
