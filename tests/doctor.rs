@@ -62,11 +62,7 @@ fn doctor_passes_a_healthy_node_and_names_each_breakage_with_its_fix() {
     let mirror = dir.path().join("mirror");
     std::fs::create_dir_all(&mirror).unwrap();
     let ds = devstack(&mirror);
-    control(
-        &ds,
-        "POST",
-        &format!("/_devstack/eks/kube-api?name={CLUSTER}"),
-    );
+    start_kube_api(&ds);
     // The node reaches the stand-in API server from 127.0.0.1: make that a remote node network.
     control(
         &ds,

@@ -37,11 +37,7 @@ fn fixture(kubelet_mode: Option<&str>, authenticator: bool) -> Fixture {
     let mirror = dir.path().join("mirror");
     std::fs::create_dir_all(&mirror).unwrap();
     let ds = devstack(&mirror);
-    let started = control(
-        &ds,
-        "POST",
-        &format!("/_devstack/eks/kube-api?name={CLUSTER}"),
-    );
+    let started = start_kube_api(&ds);
     assert!(started.contains("https://127.0.0.1:"), "{started}");
     let node = Node::new(&ds, &create_activation(&ds));
     match kubelet_mode {

@@ -41,11 +41,7 @@ fn joined(api: bool) -> Fixture {
     std::fs::create_dir_all(&mirror).unwrap();
     let ds = devstack(&mirror);
     if api {
-        control(
-            &ds,
-            "POST",
-            &format!("/_devstack/eks/kube-api?name={CLUSTER}"),
-        );
+        start_kube_api(&ds);
         control(
             &ds,
             "POST",

@@ -193,15 +193,21 @@ pub fn devstack(mirror: &Path) -> hybrid_devstack::Devstack {
     .expect("devstack starts")
 }
 
+/// Starts the demo cluster's stand-in API server; the devstack's answer (it names the server's
+/// `https://127.0.0.1:` address).
+pub fn start_kube_api(ds: &hybrid_devstack::Devstack) -> String {
+    control(
+        ds,
+        "POST",
+        &format!("/_devstack/eks/kube-api?name={CLUSTER}"),
+    )
+}
+
 /// A devstack serving `mirror` whose demo cluster's stand-in API server runs: evicted pods take
 /// `grace_ms` to terminate and their replacements `replace_ms` to become Ready on another node.
 pub fn kube_devstack(mirror: &Path, grace_ms: u64, replace_ms: u64) -> hybrid_devstack::Devstack {
     let ds = devstack(mirror);
-    control(
-        &ds,
-        "POST",
-        &format!("/_devstack/eks/kube-api?name={CLUSTER}"),
-    );
+    start_kube_api(&ds);
     control(
         &ds,
         "POST",
