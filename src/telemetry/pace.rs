@@ -97,13 +97,19 @@ impl SlowStart {
 
     /// The share of the full rate at `now_ms` (`None` once the climb is over).
     fn share(&self, now_ms: f64) -> Option<f64> {
-        let t = (now_ms - self.from_ms) / self.ramp_ms;
-        // NaN (a zero ramp) counts as over.
-        if t.is_nan() || t >= 1.0 {
-            return None;
-        }
-        Some(SLOW_START_FLOOR + (1.0 - SLOW_START_FLOOR) * t.max(0.0))
+        climb_share(now_ms - self.from_ms, self.ramp_ms)
     }
+}
+
+/// The share of the full rate `elapsed` into a climb lasting `ramp` (any one unit): from
+/// [`SLOW_START_FLOOR`] linearly to all of it; `None` once the climb is over or for a ramp that
+/// is not positive.
+pub fn climb_share(elapsed: f64, ramp: f64) -> Option<f64> {
+    let t = elapsed / ramp;
+    if ramp.is_nan() || ramp <= 0.0 || t.is_nan() || t >= 1.0 {
+        return None;
+    }
+    Some(SLOW_START_FLOOR + (1.0 - SLOW_START_FLOOR) * t.max(0.0))
 }
 
 /// A token bucket in virtual-scheduling form: `tat` is the theoretical arrival time of the next

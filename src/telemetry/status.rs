@@ -48,11 +48,10 @@ pub struct SlowStartStatus {
 impl SlowStartStatus {
     /// The share of the full rate at `now_ms`, while the climb lasts.
     pub fn share_at(&self, now_ms: i64) -> Option<f64> {
-        if now_ms >= self.until_ms || self.until_ms <= self.since_ms {
-            return None;
-        }
-        let t = (now_ms - self.since_ms).max(0) as f64 / (self.until_ms - self.since_ms) as f64;
-        Some(super::pace::SLOW_START_FLOOR + (1.0 - super::pace::SLOW_START_FLOOR) * t)
+        super::pace::climb_share(
+            (now_ms - self.since_ms) as f64,
+            (self.until_ms - self.since_ms) as f64,
+        )
     }
 }
 
