@@ -8,6 +8,7 @@
 
 mod install_support;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hybrid_agent::join::record::NodeRecord;
@@ -15,10 +16,10 @@ use hybrid_agent::paths::HostPaths;
 use install_support::*;
 use serde_json::Value;
 
-#[test]
-fn the_host_asks_for_a_reboot_and_the_node_is_drained_rebooted_and_uncordoned() {
-    let dir = tempfile::tempdir().unwrap();
-    let mirror = dir.path().join("mirror");
+/// A devstack with the stand-in API server, and a node joined to it whose role may use the
+/// disruption lock; the node's name.
+fn joined_node(dir: &Path) -> (hybrid_devstack::Devstack, Node, String) {
+    let mirror = dir.join("mirror");
     std::fs::create_dir_all(&mirror).unwrap();
     let ds = kube_devstack(&mirror, 300, 300);
     standin_release(&mirror, VERSION);
@@ -31,6 +32,33 @@ fn the_host_asks_for_a_reboot_and_the_node_is_drained_rebooted_and_uncordoned() 
         .unwrap()
         .node_name;
     apply_lifecycle_rbac(&ds);
+    (ds, node, name)
+}
+
+/// Writes the stand-in reboot command (a shell script of `body`, in `dir`) and the daemon's
+/// config that runs it, with auto_reboot on; the script's path.
+fn reboot_command(node: &Node, dir: &Path, body: &str) -> PathBuf {
+    let script = dir.join("reboot.sh");
+    std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::process::Command::new("chmod")
+        .args(["+x", script.to_str().unwrap()])
+        .status()
+        .unwrap();
+    std::fs::write(
+        node.path("/etc/hybrid-agent/config.toml"),
+        format!(
+            "[supervisor]\nbackend = \"process\"\n\n[lifecycle]\nauto_reboot = true\ncheck_interval = \"1s\"\ndrain_timeout = \"60s\"\nupgrade_wait_timeout = \"30s\"\nreboot_command = [\"{}\"]\n",
+            script.display()
+        ),
+    )
+    .unwrap();
+    script
+}
+
+#[test]
+fn the_host_asks_for_a_reboot_and_the_node_is_drained_rebooted_and_uncordoned() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ds, node, name) = joined_node(dir.path());
     replicaset_pod(&ds, "web", "web-1", &name);
 
     // The stand-in reboot: records that it ran, whether the node was cordoned then (read from
@@ -38,28 +66,15 @@ fn the_host_asks_for_a_reboot_and_the_node_is_drained_rebooted_and_uncordoned() 
     // cluster's history instead), and clears the host's request, as a real boot clears /run.
     let rebooted = node.path("/reboots.log");
     let required = node.path("/var/run/reboot-required");
-    let reboot_script = dir.path().join("reboot.sh");
-    std::fs::write(
-        &reboot_script,
-        format!(
-            "#!/bin/sh\necho rebooted >> '{}'\nrm -f '{}'\n",
+    let reboot_script = reboot_command(
+        &node,
+        dir.path(),
+        &format!(
+            "echo rebooted >> '{}'\nrm -f '{}'",
             rebooted.display(),
             required.display()
         ),
-    )
-    .unwrap();
-    std::process::Command::new("chmod")
-        .args(["+x", reboot_script.to_str().unwrap()])
-        .status()
-        .unwrap();
-    std::fs::write(
-        node.path("/etc/hybrid-agent/config.toml"),
-        format!(
-            "[supervisor]\nbackend = \"process\"\n\n[lifecycle]\nauto_reboot = true\ncheck_interval = \"1s\"\ndrain_timeout = \"60s\"\nupgrade_wait_timeout = \"30s\"\nreboot_command = [\"{}\"]\n",
-            reboot_script.display()
-        ),
-    )
-    .unwrap();
+    );
     let log = dir.path().join("daemon.log");
     let daemon = node.spawn_daemon(&log);
     let status = || -> Value {
@@ -162,5 +177,68 @@ fn the_host_asks_for_a_reboot_and_the_node_is_drained_rebooted_and_uncordoned() 
         seq_of(&events, "uncordon", &nodes).len(),
         2,
         "uncordoned after the failure"
+    );
+}
+
+/// A reboot takes the daemon down with the host (the stand-in reboot command kills it, as a
+/// power-off would), so the slot is not renewed while the host is down and may expire. The
+/// daemon that starts after the reboot renews the slot before anything else, then waits for
+/// the node to be Ready, uncordons and gives the slot back.
+#[test]
+fn a_reboot_that_takes_the_daemon_down_is_finished_under_a_renewed_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ds, node, name) = joined_node(dir.path());
+
+    // The host "goes down": the request is cleared (as a boot clears /run) and the daemon,
+    // the reboot command's parent, is killed.
+    let required = node.path("/var/run/reboot-required");
+    reboot_command(
+        &node,
+        dir.path(),
+        &format!("rm -f '{}'\nkill -9 $PPID", required.display()),
+    );
+    std::fs::create_dir_all(required.parent().unwrap()).unwrap();
+    std::fs::write(&required, "*** System restart required ***\n").unwrap();
+    let log = dir.path().join("daemon.log");
+    let mut first = node.spawn_daemon(&log);
+    let journal = node.path("/var/lib/hybrid-agent/lifecycle.json");
+    let down = (0..600).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        first.0.try_wait().unwrap()
+    });
+    assert!(down.is_some(), "the reboot command did not run within 60 s");
+    let journaled: Value = serde_json::from_str(&std::fs::read_to_string(&journal).unwrap())
+        .expect("the reboot stays journaled");
+    assert_eq!(journaled["phase"], "reboot", "{journaled}");
+    let nodes = format!("nodes/{name}");
+    let lock = "configmaps/hybrid-agent/hybrid-agent-disruption-lock";
+    let before = kube_history(&ds);
+    assert_eq!(seq_of(&before, "cordon", &nodes).len(), 1, "{before:#?}");
+    assert_eq!(seq_of(&before, "uncordon", &nodes).len(), 0, "{before:#?}");
+    assert_eq!(seq_of(&before, "update", lock).len(), 1, "{before:#?}");
+    drop(first);
+
+    let _second = node.spawn_daemon(&log);
+    let status = || -> Value {
+        serde_json::from_str(&node.run(&["status", "--json"]).stdout).unwrap_or_default()
+    };
+    wait_until("the resumed reboot done", Duration::from_secs(90), || {
+        status()["lifecycle"]["reboots"] == 1
+    });
+    assert!(!journal.exists());
+    let events = kube_history(&ds);
+    let cordon = seq_of(&events, "cordon", &nodes);
+    let uncordon = seq_of(&events, "uncordon", &nodes);
+    let updates = seq_of(&events, "update", lock);
+    assert_eq!((cordon.len(), uncordon.len()), (1, 1), "{events:#?}");
+    // Taken before the cordon, renewed by the second daemon before the uncordon, given back
+    // after it.
+    assert_eq!(updates.len(), 3, "{events:#?}");
+    assert!(
+        updates[0] < cordon[0]
+            && cordon[0] < updates[1]
+            && updates[1] < uncordon[0]
+            && uncordon[0] < updates[2],
+        "{events:#?}"
     );
 }

@@ -38,7 +38,10 @@
 //! middle (power loss, kill -9) finds the journal when it starts again, waits for an upgrade
 //! still running to end (its run lock), runs the upgrade again (it continues: the drain from
 //! its own journal, an interrupted switch rolled back first; a node already on the target has
-//! nothing to do but be uncordoned) and gives the slot back. So a node is never left cordoned
+//! nothing to do but be uncordoned) and gives the slot back. A resumed flow renews its slot
+//! first, since it may have expired while the daemon was down (a reboot, a power cut), and every
+//! flow (upgrade, reboot, refresh) renews it every quarter of its life until it is given back,
+//! the renewal stopped first so that it cannot take the slot again after the release. So a node is never left cordoned
 //! for ever, and never holds a slot it does not use. A failed upgrade leaves the node on its old
 //! version, uncordoned (the upgrade's own rollback), is counted and shown in `status`, and the
 //! same target is not tried again for [`RETRY_FAILED_AFTER`].
@@ -222,6 +225,56 @@ pub struct Lifecycle {
     pub status: Arc<watch::Sender<LifecycleStatus>>,
     /// Targets whose upgrade failed, with when.
     failed: Vec<(String, SystemTime)>,
+    /// The renewal of the slot the flow in progress holds.
+    renewal: Option<SlotRenewal>,
+}
+
+/// Keeps this node's disruption lock slot alive while a flow holds it: renews it every quarter
+/// of its life, in a task that ends with [`SlotRenewal::stop`] or when dropped.
+/// An upgrade, a reboot and a refresh each can outlive the slot's life: a drain, a key rotation,
+/// a clean start, a reboot and two health waits.
+struct SlotRenewal(tokio::task::JoinHandle<()>);
+
+impl SlotRenewal {
+    fn start(api: &crate::kube::Api, max: u32, action: String, ttl: Duration) -> Self {
+        let api = api.clone();
+        SlotRenewal(tokio::spawn(async move {
+            let mut every = tokio::time::interval(ttl / 4);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                renew_slot(&api, max, &action, ttl).await;
+            }
+        }))
+    }
+
+    /// Ends the renewal before the slot is given back: a renewal still running could take the
+    /// slot again after the release.
+    async fn stop(mut self) {
+        self.0.abort();
+        let _ = (&mut self.0).await;
+    }
+}
+
+/// Renews this node's slot once; a failure is logged (the flow goes on either way: the node is
+/// already disrupted, and the slot expires by itself).
+async fn renew_slot(api: &crate::kube::Api, max: u32, action: &str, ttl: Duration) {
+    match lock::acquire(api, max, action, ttl, SystemTime::now()).await {
+        Ok(Acquired::Held) => {}
+        // Only when the slot had expired and others took every one.
+        Ok(Acquired::Busy(holders)) => tracing::warn!(
+            "lifecycle: the disruption lock slot expired and was taken: {}; the {action} goes on to give the node back",
+            busy(&holders, max)
+        ),
+        Err(e) => tracing::warn!("lifecycle: cannot renew the disruption lock slot: {e}"),
+    }
+}
+
+impl Drop for SlotRenewal {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Lifecycle {
@@ -230,6 +283,29 @@ impl Lifecycle {
             input,
             status,
             failed: Vec::new(),
+            renewal: None,
+        }
+    }
+
+    /// Starts renewing the slot the flow about to run holds. A `resumed` flow renews it first,
+    /// before it goes on: it may have expired while the daemon was down (a reboot, a power cut).
+    async fn hold_slot(&mut self, api: &crate::kube::Api, action: &str, resumed: bool) {
+        let max = self.input.agent.lifecycle.max_unavailable;
+        if resumed {
+            renew_slot(api, max, action, self.slot_life()).await;
+        }
+        self.renewal = Some(SlotRenewal::start(
+            api,
+            max,
+            action.to_owned(),
+            self.slot_life(),
+        ));
+    }
+
+    /// Stops renewing the slot (before it is given back).
+    async fn release_hold(&mut self) {
+        if let Some(r) = self.renewal.take() {
+            r.stop().await;
         }
     }
 
@@ -418,6 +494,7 @@ impl Lifecycle {
             let _ = lock::release(&api, SystemTime::now()).await;
             return true;
         }
+        self.hold_slot(&api, &action, false).await;
         self.upgrade(&api, &journal).await;
         true
     }
@@ -436,24 +513,9 @@ impl Lifecycle {
             "upgrading {} to {target} (holding a disruption lock slot)",
             journal.from
         ));
-        let action = format!("upgrade {} to {target}", journal.from);
-        let target_for_child = target.clone();
-        let runner = self.input.clone();
-        let mut child = Box::pin(async move { run_upgrade(&runner, &target_for_child).await });
-        let mut renew = tokio::time::interval(self.slot_life() / 4);
-        renew.tick().await;
-        let outcome = loop {
-            tokio::select! {
-                outcome = &mut child => break outcome,
-                _ = renew.tick() => {
-                    let max = self.input.agent.lifecycle.max_unavailable;
-                    if let Err(e) = lock::acquire(api, max, &action, self.slot_life(), SystemTime::now()).await {
-                        tracing::warn!("lifecycle: cannot renew the disruption lock slot: {e}");
-                    }
-                }
-            }
-        };
+        let outcome = run_upgrade(&self.input, &target).await;
         // The slot and the journal first: once status says done, it is.
+        self.release_hold().await;
         match lock::release(api, SystemTime::now()).await {
             Ok(()) => Journal::remove(&self.input.paths),
             // The journal stays: the next start gives the slot back (it also expires).
@@ -593,6 +655,7 @@ impl Lifecycle {
             let _ = lock::release(&api, SystemTime::now()).await;
             return;
         }
+        self.hold_slot(&api, REBOOT, false).await;
         self.reboot(&api, record, journal).await;
     }
 
@@ -824,6 +887,7 @@ impl Lifecycle {
             let _ = lock::release(&api, SystemTime::now()).await;
             return true;
         }
+        self.hold_slot(&api, REFRESH, false).await;
         self.refresh(&api, record, journal).await;
         true
     }
@@ -1076,6 +1140,7 @@ impl Lifecycle {
             self.failed.push((action.to_owned(), SystemTime::now()));
         }
         // The slot and the journal first: once status says done, it is.
+        self.release_hold().await;
         match lock::release(api, SystemTime::now()).await {
             Ok(()) => Journal::remove(&self.input.paths),
             Err(e) => tracing::warn!("lifecycle: cannot give the disruption lock slot back: {e}"),
@@ -1139,6 +1204,7 @@ impl Lifecycle {
                 journal.phase.as_deref().unwrap_or("drain")
             ));
             let api = self.api_until_reachable(&record).await;
+            self.hold_slot(&api, REFRESH, true).await;
             self.refresh(&api, &record, journal).await;
             return;
         }
@@ -1148,6 +1214,7 @@ impl Lifecycle {
                 journal.reason, journal.started
             ));
             let api = self.api_until_reachable(&record).await;
+            self.hold_slot(&api, REBOOT, true).await;
             self.reboot(&api, &record, journal).await;
             return;
         }
@@ -1164,6 +1231,8 @@ impl Lifecycle {
             tokio::time::sleep(RESUME_POLL).await;
         }
         let api = self.api_until_reachable(&record).await;
+        let action = format!("upgrade {} to {}", journal.from, journal.target);
+        self.hold_slot(&api, &action, true).await;
         self.upgrade(&api, &journal).await;
     }
 
