@@ -24,6 +24,7 @@
 //! "Telemetry drain" and docs/measurements.md "Outage and crash runs".
 
 pub mod batch;
+pub mod body;
 pub mod child;
 pub mod journal;
 pub mod metrics;

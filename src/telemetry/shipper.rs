@@ -571,8 +571,9 @@ impl Shipper {
             .add_spool_corrupt(std::mem::take(&mut self.spool.corrupt_records));
         if self.mem.is_empty() && self.spool.is_empty() {
             // A window read from the spool leaves the flush timer set until the spool is acked:
-            // nothing waits any more.
+            // nothing waits any more. Buffers kept for a backlog's next bodies go too.
             self.first_pending_at = None;
+            self.sink.release_buffers();
         }
         if self.pending.is_some() {
             self.retry_pending()?;

@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use aws_sdk_cloudwatchlogs::Client;
 use aws_sdk_cloudwatchlogs::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_cloudwatchlogs::types::InputLogEvent;
+use aws_smithy_types::body::SdkBody;
 
 use super::batch::Batch;
+use super::body::BodyPool;
 use super::record::Record;
 use super::status::Counters;
 
@@ -156,12 +157,31 @@ pub trait LogsApi: Send + Sync {
     ) -> Call<'a, Option<RejectedInfo>>;
     fn create_log_group<'a>(&'a self, group: &'a str) -> Call<'a, ()>;
     fn create_log_stream<'a>(&'a self, group: &'a str, stream: &'a str) -> Call<'a, ()>;
+    /// Nothing waits to be shipped: let go of buffers kept for the next calls.
+    fn release_buffers(&self) {}
 }
 
-/// [`LogsApi`] over the aws-sdk-cloudwatchlogs client (SDK retries off).
-pub struct SdkLogs(pub Client);
+/// [`LogsApi`] over the aws-sdk-cloudwatchlogs client (SDK retries off). PutLogEvents bodies
+/// are written by [`super::body`] into reused buffers; the SDK signs, sends and parses them.
+pub struct SdkLogs {
+    client: Client,
+    bodies: Arc<BodyPool>,
+}
+
+impl SdkLogs {
+    pub fn new(client: Client) -> SdkLogs {
+        SdkLogs {
+            client,
+            bodies: BodyPool::new(),
+        }
+    }
+}
 
 impl LogsApi for SdkLogs {
+    fn release_buffers(&self) {
+        self.bodies.release();
+    }
+
     fn put_log_events<'a>(
         &'a self,
         group: &'a str,
@@ -170,22 +190,22 @@ impl LogsApi for SdkLogs {
     ) -> Call<'a, Option<RejectedInfo>> {
         Box::pin(async move {
             // Built per attempt: the batch stays with the shipper (it may also go to the spool).
-            let input: Vec<InputLogEvent> = events
-                .iter()
-                .filter_map(|r| {
-                    InputLogEvent::builder()
-                        .timestamp(r.timestamp_ms)
-                        .message(r.message.as_str())
-                        .build()
-                        .ok()
-                })
-                .collect();
+            // The SDK serializes the input without its events (a few bytes) and the body is
+            // swapped for the whole one before signing, with its length.
+            let body = self.bodies.body(group, stream, events);
+            let length = body.len().to_string();
             let out = self
-                .0
+                .client
                 .put_log_events()
                 .log_group_name(group)
                 .log_stream_name(stream)
-                .set_log_events(Some(input))
+                .customize()
+                .mutate_request(move |request| {
+                    *request.body_mut() = SdkBody::from(body.clone());
+                    request
+                        .headers_mut()
+                        .insert("content-length", length.clone());
+                })
                 .send()
                 .await
                 .map_err(|e| call_error(&e))?;
@@ -201,7 +221,7 @@ impl LogsApi for SdkLogs {
 
     fn create_log_group<'a>(&'a self, group: &'a str) -> Call<'a, ()> {
         Box::pin(async move {
-            self.0
+            self.client
                 .create_log_group()
                 .log_group_name(group)
                 .send()
@@ -213,7 +233,7 @@ impl LogsApi for SdkLogs {
 
     fn create_log_stream<'a>(&'a self, group: &'a str, stream: &'a str) -> Call<'a, ()> {
         Box::pin(async move {
-            self.0
+            self.client
                 .create_log_stream()
                 .log_group_name(group)
                 .log_stream_name(stream)
@@ -283,7 +303,7 @@ impl LogsSink {
         counters: Arc<Counters>,
     ) -> LogsSink {
         LogsSink::with_api(
-            Arc::new(SdkLogs(client)),
+            Arc::new(SdkLogs::new(client)),
             group,
             stream_template,
             node,
@@ -334,6 +354,11 @@ impl LogsSink {
 
     pub fn group(&self) -> &str {
         &self.group
+    }
+
+    /// Nothing waits to be shipped: the API lets go of buffers it kept for the next calls.
+    pub fn release_buffers(&self) {
+        self.api.release_buffers();
     }
 
     /// Sends one batch until CloudWatch accepted it (or called it invalid). Returns when the
@@ -493,6 +518,100 @@ pub fn fuzz_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Keeps every request's body and Content-Length as the SDK is about to send it (signed),
+    /// then stops the call: nothing goes to the network.
+    type Captured = Vec<(Vec<u8>, Option<String>)>;
+
+    #[derive(Debug, Default, Clone)]
+    struct Capture(Arc<std::sync::Mutex<Captured>>);
+
+    impl aws_sdk_cloudwatchlogs::config::Intercept for Capture {
+        fn name(&self) -> &'static str {
+            "capture"
+        }
+
+        fn read_before_transmit(
+            &self,
+            context: &aws_sdk_cloudwatchlogs::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+            _components: &aws_sdk_cloudwatchlogs::config::RuntimeComponents,
+            _cfg: &mut aws_sdk_cloudwatchlogs::config::ConfigBag,
+        ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            let request = context.request();
+            let body = request.body().bytes().unwrap_or_default().to_vec();
+            let length = request.headers().get("content-length").map(str::to_string);
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((body, length));
+            Err("captured before sending".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn put_log_events_sends_the_body_the_sdk_serializer_writes_with_its_length() {
+        let capture = Capture::default();
+        let config = aws_sdk_cloudwatchlogs::Config::builder()
+            .behavior_version(aws_sdk_cloudwatchlogs::config::BehaviorVersion::latest())
+            .region(aws_sdk_cloudwatchlogs::config::Region::new("us-west-2"))
+            .credentials_provider(aws_sdk_cloudwatchlogs::config::Credentials::new(
+                "AKIDTEST", "secret", None, None, "test",
+            ))
+            .endpoint_url("http://127.0.0.1:9")
+            .interceptor(capture.clone())
+            .build();
+        let client = Client::from_conf(config);
+        let stream: Arc<str> = Arc::from("kubelet");
+        let texts = [
+            "I1204 07:00:00.000000 1 kubelet.go:100] plain",
+            "quotes \" backslash \\ tab \t cr \r control \u{1}\u{1f} del \u{7f}",
+            "unicode é ✓ 😀 \u{2028} \u{feff}",
+        ];
+        let records: Vec<Record> = texts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, t)| {
+                Record::events(stream.clone(), 1_733_300_000_000 + i as i64, t.to_string())
+            })
+            .collect();
+        // The SDK's own serializer, from InputLogEvents.
+        let input: Vec<aws_sdk_cloudwatchlogs::types::InputLogEvent> = records
+            .iter()
+            .map(|r| {
+                aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+                    .timestamp(r.timestamp_ms)
+                    .message(r.message.as_str())
+                    .build()
+                    .unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect();
+        let sdk = client
+            .put_log_events()
+            .log_group_name("/aws/eks-hybrid/c")
+            .log_stream_name("mi-0/kubelet")
+            .set_log_events(Some(input))
+            .send()
+            .await;
+        assert!(sdk.is_err(), "the capture stops the call");
+        let ours = SdkLogs::new(client)
+            .put_log_events("/aws/eks-hybrid/c", "mi-0/kubelet", &records)
+            .await;
+        assert!(ours.is_err(), "the capture stops the call");
+        let got = capture.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(got.len(), 2, "one request each");
+        let (sdk_body, sdk_length) = &got[0];
+        let (our_body, our_length) = &got[1];
+        assert_eq!(
+            String::from_utf8_lossy(our_body),
+            String::from_utf8_lossy(sdk_body),
+            "the same bytes as the SDK's serializer"
+        );
+        assert_eq!(
+            our_length.as_deref(),
+            Some(our_body.len().to_string().as_str())
+        );
+        assert_eq!(sdk_length, our_length);
+    }
 
     #[test]
     fn classes() {
