@@ -168,10 +168,57 @@ pub struct SdkLogs {
     bodies: Arc<BodyPool>,
 }
 
+tokio::task_local! {
+    /// The body of the PutLogEvents call the current task is making through [`SdkLogs`].
+    static PUT_LOG_EVENTS_BODY: bytes::Bytes;
+}
+
+/// Puts the body written by [`BodyPool`] into the PutLogEvents request before it is signed.
+/// The SDK serializes the input without its events (a few bytes); the operation runs within the
+/// calling task, so the body is that task's [`PUT_LOG_EVENTS_BODY`]. A PutLogEvents call made
+/// without one fails before anything is sent rather than going out without its events.
+#[derive(Debug)]
+struct PutLogEventsBody;
+
+impl aws_sdk_cloudwatchlogs::config::Intercept for PutLogEventsBody {
+    fn name(&self) -> &'static str {
+        "PutLogEventsBody"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut aws_sdk_cloudwatchlogs::config::interceptors::BeforeTransmitInterceptorContextMut<'_>,
+        _components: &aws_sdk_cloudwatchlogs::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_cloudwatchlogs::config::ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let request = context.request_mut();
+        if request.headers().get("x-amz-target") != Some("Logs_20140328.PutLogEvents") {
+            return Ok(());
+        }
+        let body = PUT_LOG_EVENTS_BODY
+            .try_with(bytes::Bytes::clone)
+            .map_err(|_| {
+                "PutLogEvents called without the body of its events (the agent's calls go through \
+             telemetry::sink::SdkLogs)"
+            })?;
+        request
+            .headers_mut()
+            .insert("content-length", body.len().to_string());
+        *request.body_mut() = SdkBody::from(body);
+        Ok(())
+    }
+}
+
 impl SdkLogs {
+    /// Over `client`'s configuration, with the interceptor that puts the bodies in.
     pub fn new(client: Client) -> SdkLogs {
+        let config = client
+            .config()
+            .to_builder()
+            .interceptor(PutLogEventsBody)
+            .build();
         SdkLogs {
-            client,
+            client: Client::from_conf(config),
             bodies: BodyPool::new(),
         }
     }
@@ -190,23 +237,15 @@ impl LogsApi for SdkLogs {
     ) -> Call<'a, Option<RejectedInfo>> {
         Box::pin(async move {
             // Built per attempt: the batch stays with the shipper (it may also go to the spool).
-            // The SDK serializes the input without its events (a few bytes) and the body is
-            // swapped for the whole one before signing, with its length.
             let body = self.bodies.body(group, stream, events);
-            let length = body.len().to_string();
-            let out = self
+            let call = self
                 .client
                 .put_log_events()
                 .log_group_name(group)
                 .log_stream_name(stream)
-                .customize()
-                .mutate_request(move |request| {
-                    *request.body_mut() = SdkBody::from(body.clone());
-                    request
-                        .headers_mut()
-                        .insert("content-length", length.clone());
-                })
-                .send()
+                .send();
+            let out = PUT_LOG_EVENTS_BODY
+                .scope(body, call)
                 .await
                 .map_err(|e| call_error(&e))?;
             Ok(out.rejected_log_events_info().map(|i| {
@@ -593,7 +632,8 @@ mod tests {
             .send()
             .await;
         assert!(sdk.is_err(), "the capture stops the call");
-        let ours = SdkLogs::new(client)
+        let logs = SdkLogs::new(client);
+        let ours = logs
             .put_log_events("/aws/eks-hybrid/c", "mi-0/kubelet", &records)
             .await;
         assert!(ours.is_err(), "the capture stops the call");
@@ -611,6 +651,33 @@ mod tests {
             Some(our_body.len().to_string().as_str())
         );
         assert_eq!(sdk_length, our_length);
+
+        // A PutLogEvents call on the same client that comes without its body is stopped before
+        // it is sent: it would otherwise go out without events.
+        let bare = logs
+            .client
+            .put_log_events()
+            .log_group_name("/aws/eks-hybrid/c")
+            .log_stream_name("mi-0/kubelet")
+            .send()
+            .await;
+        let e = format!("{:?}", bare.err());
+        assert!(e.contains("without the body of its events"), "{e}");
+        let sent = capture.0.lock().unwrap_or_else(|e| e.into_inner()).len();
+        assert_eq!(sent, 2, "nothing more sent");
+        // Other calls on it are untouched.
+        let _ = logs
+            .client
+            .create_log_group()
+            .log_group_name("g")
+            .send()
+            .await;
+        let got = capture.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(got.len(), 3);
+        assert_eq!(
+            String::from_utf8_lossy(&got[2].0),
+            r#"{"logGroupName":"g"}"#
+        );
     }
 
     #[test]
