@@ -265,6 +265,46 @@ fn compressed_payloads_over_the_cap_are_skipped_and_counted_never_inflated() {
 const DECOMPRESS_CAP: u64 = 64 << 20;
 
 #[test]
+fn binary_messages_are_read_with_invalid_utf8_replaced_and_keep_their_syslog_prefix() {
+    // journald stores a MESSAGE sent in its binary form as it came: any bytes.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut bad = b"MESSAGE=cut \xe2\x9c in the middle \xff\xfe and after".to_vec();
+    bad.extend_from_slice(" é ✓".as_bytes());
+    let mut entry = kubelet("unused");
+    entry[3] = Item::Data(bad, 0);
+    let entries = vec![kubelet("plain ascii"), entry, kubelet("multi-byte é ✓ 😀")];
+    std::fs::write(
+        tmp.path().join("system.journal"),
+        journal_file(format::STATE_ONLINE, 1, entries),
+    )
+    .expect("write journal");
+    let (out, stats) = read_dir(tmp.path());
+    assert_eq!(
+        messages(&out),
+        [
+            "plain ascii",
+            "cut \u{fffd} in the middle \u{fffd}\u{fffd} and after é ✓",
+            "multi-byte é ✓ 😀",
+        ],
+        "{stats:?}"
+    );
+    // As shipped: the syslog form, the message whole behind its prefix.
+    let shipped: Vec<String> = out
+        .into_iter()
+        .flat_map(hybrid_agent::telemetry::record::Record::from_journal)
+        .map(|r| r.message.as_str().to_string())
+        .collect();
+    assert_eq!(
+        shipped,
+        [
+            "<6>kubelet: plain ascii",
+            "<6>kubelet: cut \u{fffd} in the middle \u{fffd}\u{fffd} and after é ✓",
+            "<6>kubelet: multi-byte é ✓ 😀",
+        ]
+    );
+}
+
+#[test]
 fn other_units_and_user_journals_are_filtered_out_before_any_decompression() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let big = |tag: &str| zstd_field(&format!("MESSAGE={tag} {}", "z".repeat(4096)));

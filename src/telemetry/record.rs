@@ -173,18 +173,20 @@ impl Record {
         if is_blank(&r.message) {
             return Vec::new();
         }
-        let mut message = String::with_capacity(r.message.len() + r.identifier.len() + 16);
-        message.push('<');
-        push_u64(&mut message, u64::from(r.priority));
-        message.push('>');
-        message.push_str(&r.identifier);
+        let mut prefix = String::with_capacity(r.identifier.len() + 20);
+        prefix.push('<');
+        push_u64(&mut prefix, u64::from(r.priority));
+        prefix.push('>');
+        prefix.push_str(&r.identifier);
         if let Some(pid) = r.pid {
-            message.push('[');
-            push_u64(&mut message, u64::from(pid));
-            message.push(']');
+            prefix.push('[');
+            push_u64(&mut prefix, u64::from(pid));
+            prefix.push(']');
         }
-        message.push_str(": ");
-        message.push_str(&r.message);
+        prefix.push_str(": ");
+        // The reader leaves room for the prefix: the message is moved along, not copied anew.
+        let mut message = r.message;
+        message.insert_str(0, &prefix);
         Record::events(r.stream, (r.realtime_us / 1000) as i64, message)
     }
 }

@@ -662,6 +662,21 @@ impl OpenFile {
     }
 }
 
+/// Bytes beyond the identifier that the syslog prefix `<priority>identifier[pid]: ` takes.
+const SYSLOG_PREFIX_ROOM: usize = 20;
+
+/// `v` as text, invalid UTF-8 replaced, with `room` bytes of spare capacity. Valid text (nearly
+/// all of it) goes through the standard validator's ASCII fast path and is copied once; the
+/// replacing decoder is several times slower per byte.
+fn utf8(v: &[u8], room: usize) -> String {
+    let mut s = String::with_capacity(v.len() + room);
+    match std::str::from_utf8(v) {
+        Ok(t) => s.push_str(t),
+        Err(_) => s.push_str(&String::from_utf8_lossy(v)),
+    }
+    s
+}
+
 /// Reads the journal files of one or more directories in order, from a cursor on.
 pub struct JournalReader {
     dirs: Vec<PathBuf>,
@@ -969,10 +984,16 @@ impl JournalReader {
         else {
             return Ok(EntryOutcome::Filtered);
         };
+        let identifier = fields
+            .ident
+            .or(fields.unit)
+            .map(|v| utf8(&v, 0))
+            .unwrap_or_default();
         let message = match fields.message {
             Some(m) => match f.data_payload(m, DATA_PAYLOAD_MAX as usize, bufs)? {
                 Some(payload::Inflated::Whole) => match bufs.out.strip_prefix(b"MESSAGE=") {
-                    Some(v) => String::from_utf8_lossy(v).into_owned(),
+                    // Room for the syslog prefix `Record::from_journal` puts in front.
+                    Some(v) => utf8(v, identifier.len() + SYSLOG_PREFIX_ROOM),
                     None => String::new(),
                 },
                 // Over the cap, or it does not decompress.
@@ -982,11 +1003,6 @@ impl JournalReader {
             },
             None => String::new(),
         };
-        let identifier = fields
-            .ident
-            .or(fields.unit)
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
-            .unwrap_or_default();
         Ok(EntryOutcome::Matched(JournalRecord {
             stream,
             realtime_us: head.realtime,
