@@ -14,8 +14,8 @@
 //!   the durable copy; the cursor advances only after CloudWatch accepted), the spool
 //!   ([`spool`]) from the first failed attempt on, so journald may vacuum during an outage; child
 //!   output ([`child`]) always goes through the spool;
-//! - **sink** ([`sink`]): PutLogEvents, batches to the real limits ([`batch`]), create on
-//!   ResourceNotFound, one retry owner;
+//! - **sink** ([`sink`]): PutLogEvents, batches to the real limits ([`batch`]), bodies written
+//!   into reused buffers ([`body`]), create on ResourceNotFound, one retry owner;
 //! - **metrics** ([`metrics`]): sampled to disk first, sent with original timestamps.
 //!
 //! [`StatusCell`] holds what `hybrid-agent status` shows.
