@@ -597,6 +597,12 @@ mod tests {
                 "AKIDTEST", "secret", None, None, "test",
             ))
             .endpoint_url("http://127.0.0.1:9")
+            .retry_config(aws_sdk_cloudwatchlogs::config::retry::RetryConfig::disabled())
+            .timeout_config(
+                aws_sdk_cloudwatchlogs::config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(Duration::from_secs(7))
+                    .build(),
+            )
             .interceptor(capture.clone())
             .build();
         let client = Client::from_conf(config);
@@ -633,6 +639,16 @@ mod tests {
             .await;
         assert!(sdk.is_err(), "the capture stops the call");
         let logs = SdkLogs::new(client);
+        // The client rebuilt with the interceptor keeps the rest of its configuration: the SDK
+        // must not start retrying behind the sink, nor lose its timeouts.
+        let config = logs.client.config();
+        assert_eq!(config.retry_config().map(|r| r.max_attempts()), Some(1));
+        assert_eq!(
+            config
+                .timeout_config()
+                .and_then(|t| t.operation_attempt_timeout()),
+            Some(Duration::from_secs(7))
+        );
         let ours = logs
             .put_log_events("/aws/eks-hybrid/c", "mi-0/kubelet", &records)
             .await;
