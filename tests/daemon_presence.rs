@@ -135,7 +135,13 @@ fn an_ssm_node_is_online_while_the_daemon_runs_and_connection_lost_after_it_stop
     })
     .unwrap_or_else(|| panic!("no later ping; daemon log:\n{}", daemon.log()));
 
-    let running = status_json(&host);
+    // The devstack records a ping before it answers; the daemon counts it once the answer is
+    // in, a moment later: wait for the daemon's own count to catch up.
+    let running = wait_for(Duration::from_secs(10), || {
+        let s = status_json(&host);
+        (s["ssm_presence"]["pings"].as_u64().unwrap_or(0) >= 2).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("status never counted a second ping: {}", status_json(&host)));
     let presence = &running["ssm_presence"];
     assert_eq!(presence["instance_id"], id.as_str(), "{running}");
     assert!(presence["last_ping"].is_string(), "{running}");
