@@ -59,7 +59,23 @@ pub fn standin_binary() -> PathBuf {
 }
 
 /// A TCP port nothing listens on right now.
+/// A port free now, picked below the kernel's ephemeral range: a port that `bind(0)` could hand
+/// out would be free to every other test's servers until its user binds it (a devstack took one
+/// such port from under a container's kubelet once).
 pub fn free_port() -> u16 {
+    use std::hash::BuildHasher;
+    let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let start = low.saturating_sub(12_000).max(1024);
+    let span = u64::from(low.saturating_sub(start).max(1));
+    for i in 0..200u64 {
+        let port = start + (std::hash::RandomState::new().hash_one(i) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
