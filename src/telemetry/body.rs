@@ -6,7 +6,7 @@
 //! serializes from. The static build's allocator hands freed pages back to the kernel at once
 //! (`MIMALLOC_PURGE_DELAY=0`, for the RSS goals), so all of that memory is faulted in again for
 //! every batch: about half of the drain's page faults, and a fifth of its CPU
-//! (docs/measurements.md "Telemetry drain").
+//! (docs/measurements.md "Allocator").
 //!
 //! So the sink writes the body itself, with the SDK's own JSON writer (`aws_smithy_json`, the
 //! same calls in the same order as the generated serializer: the bytes are the same), into a
@@ -71,8 +71,8 @@ impl BodyPool {
     }
 
     fn take(&self, capacity: usize) -> String {
+        // Pooled buffers were cleared when they came back.
         let mut text = self.idle().pop().unwrap_or_default();
-        text.clear();
         text.reserve(capacity);
         text
     }
@@ -95,7 +95,8 @@ impl BodyPool {
     }
 
     /// How many buffers wait for reuse.
-    pub fn idle_buffers(&self) -> usize {
+    #[cfg(test)]
+    fn idle_buffers(&self) -> usize {
         self.idle().len()
     }
 

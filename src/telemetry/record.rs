@@ -173,7 +173,7 @@ impl Record {
         if is_blank(&r.message) {
             return Vec::new();
         }
-        let mut prefix = String::with_capacity(r.identifier.len() + 20);
+        let mut prefix = String::with_capacity(r.identifier.len() + SYSLOG_PREFIX_ROOM);
         prefix.push('<');
         push_u64(&mut prefix, u64::from(r.priority));
         prefix.push('>');
@@ -190,6 +190,10 @@ impl Record {
         Record::events(r.stream, (r.realtime_us / 1000) as i64, message)
     }
 }
+
+/// Bytes beyond the identifier that the syslog prefix `<priority>identifier[pid]: ` of
+/// [`Record::from_journal`] takes; the journal reader leaves this much room after a message.
+pub const SYSLOG_PREFIX_ROOM: usize = 20;
 
 fn push_u64(s: &mut String, mut v: u64) {
     let mut buf = [0u8; 20];

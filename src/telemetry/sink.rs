@@ -565,6 +565,12 @@ mod tests {
     #[derive(Debug, Default, Clone)]
     struct Capture(Arc<std::sync::Mutex<Captured>>);
 
+    impl Capture {
+        fn requests(&self) -> Captured {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        }
+    }
+
     impl aws_sdk_cloudwatchlogs::config::Intercept for Capture {
         fn name(&self) -> &'static str {
             "capture"
@@ -653,7 +659,7 @@ mod tests {
             .put_log_events("/aws/eks-hybrid/c", "mi-0/kubelet", &records)
             .await;
         assert!(ours.is_err(), "the capture stops the call");
-        let got = capture.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let got = capture.requests();
         assert_eq!(got.len(), 2, "one request each");
         let (sdk_body, sdk_length) = &got[0];
         let (our_body, our_length) = &got[1];
@@ -679,7 +685,7 @@ mod tests {
             .await;
         let e = format!("{:?}", bare.err());
         assert!(e.contains("without the body of its events"), "{e}");
-        let sent = capture.0.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let sent = capture.requests().len();
         assert_eq!(sent, 2, "nothing more sent");
         // Other calls on it are untouched.
         let _ = logs
@@ -688,7 +694,7 @@ mod tests {
             .log_group_name("g")
             .send()
             .await;
-        let got = capture.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let got = capture.requests();
         assert_eq!(got.len(), 3);
         assert_eq!(
             String::from_utf8_lossy(&got[2].0),

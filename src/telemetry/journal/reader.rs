@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use super::format::{self, Header};
 use super::payload;
+use crate::telemetry::record::SYSLOG_PREFIX_ROOM;
 
 /// Bytes read per `pread` while scanning: large enough that syscalls cost nothing per entry,
 /// small enough for the 20 MiB RSS goal.
@@ -661,9 +662,6 @@ impl OpenFile {
         self.file.metadata().map(|m| m.nlink() == 0).unwrap_or(true)
     }
 }
-
-/// Bytes beyond the identifier that the syslog prefix `<priority>identifier[pid]: ` takes.
-const SYSLOG_PREFIX_ROOM: usize = 20;
 
 /// `v` as text, invalid UTF-8 replaced, with `room` bytes of spare capacity. Valid text (nearly
 /// all of it) goes through the standard validator's ASCII fast path and is copied once; the
